@@ -1,0 +1,203 @@
+//! The validated configuration: types that cannot hold an invalid weight,
+//! duration, address or reference. Built only by `config::validate` from the raw
+//! serde types; everything downstream (snapshot, server, guard) reads these.
+//!
+//! References between parts of a service (a rule's version, the guard's
+//! baseline, the rollout's candidate) are resolved to indexes into
+//! `Service::versions`, so no consumer has to look a name up again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+/// A whole, valid veer configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    /// Where run-time state (weights, latches, rollout progress) persists.
+    pub state_dir: Option<PathBuf>,
+    pub limits: Limits,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Default `127.0.0.1:9901`.
+    pub address: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+/// Protection against bad or too many clients. All have defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Open downstream connections beyond this wait in the accept backlog.
+    /// Default 10,000.
+    pub max_connections: usize,
+    /// A client must finish sending a request head within this. Default 10s.
+    pub header_read_timeout: Duration,
+    /// Total size of a request head (request line and headers). Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish on shutdown. Default 30s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Empty: any host.
+    pub hosts: Vec<HostMatch>,
+    /// Always starts with `/`. Default `/`.
+    pub path_prefix: String,
+    /// At least one; names unique; at least one weight above zero.
+    pub versions: Vec<Version>,
+    pub sticky: Option<Sticky>,
+    pub rules: Vec<Rule>,
+    pub timeouts: Timeouts,
+    pub health_check: Option<HealthCheck>,
+    pub guard: Option<Guard>,
+    pub rollout: Option<Rollout>,
+}
+
+/// How a request's host (port stripped, lowercased) is matched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// `agent-match`: that host only.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches any host ending with it
+    /// (and longer than it), not `example.com` itself.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub name: String,
+    /// Identity of what runs; a new revision clears guard latches. Default "".
+    pub revision: String,
+    /// At least one, no duplicates.
+    pub endpoints: Vec<SocketAddr>,
+    pub weight: u32,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sticky {
+    /// Requests carrying this header keep one version per header value.
+    Header(HeaderName),
+    /// Requests keep one version per cookie value; one is minted when absent.
+    Cookie { name: String, max_age: Duration },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub matcher: RuleMatch,
+    /// Index into `Service::versions`.
+    pub version: usize,
+}
+
+/// Every condition present must hold (an empty matcher matches everything).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuleMatch {
+    pub headers: Vec<(HeaderName, String)>,
+    pub cookies: Vec<(String, String)>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// TCP connect to an endpoint. Default 1s.
+    pub connect: Duration,
+    /// From sending the request to the upstream's response head. Default 15s.
+    pub request: Duration,
+    /// How long a pooled upstream connection may sit idle. Default 60s.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(15),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Starts with `/`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRevert {
+    #[default]
+    Drain,
+    Evict,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// Index into `Service::versions`.
+    pub baseline: usize,
+    pub interval: Duration,
+    pub window: Duration,
+    pub min_requests: u64,
+    /// A fraction in [0, 1].
+    pub max_error_rate: Option<f64>,
+    pub max_p95_latency: Option<Duration>,
+    pub max_p99_latency: Option<Duration>,
+    /// Allowed excess of the version's error rate over the baseline's, in [0, 1].
+    pub max_error_rate_increase: Option<f64>,
+    /// Allowed ratio of the version's p95 to the baseline's, at least 1.
+    pub max_latency_ratio: Option<f64>,
+    /// Bad verdicts in a row before a trip; at least 1.
+    pub consecutive: u32,
+    pub on_revert: OnRevert,
+    pub webhook: Option<http::Uri>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// Index into `Service::versions`; never the guard's baseline.
+    pub candidate: usize,
+    /// Percentages, strictly increasing, each in 1..=100, the last one 100.
+    pub steps: Vec<u32>,
+    pub hold: Duration,
+    pub gate: Option<http::Uri>,
+}

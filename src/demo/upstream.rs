@@ -1,0 +1,42 @@
+//! The demo's built-in upstreams: answer every request with their name after a
+//! fixed delay, and say who they are in `x-upstream`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub async fn spawn(name: &'static str, delay: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let answer = service_fn(move |_request| async move {
+                    tokio::time::sleep(delay).await;
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                    *response.status_mut() = StatusCode::OK;
+                    response
+                        .headers_mut()
+                        .insert("x-upstream", http::HeaderValue::from_static(name));
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), answer)
+                    .await;
+            });
+        }
+    });
+    Ok(address)
+}

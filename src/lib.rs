@@ -1,0 +1,19 @@
+//! veer: an L7 HTTP proxy that releases new versions of a service safely.
+//!
+//! The tree follows the path of a request and the data it reads:
+//! `config` (file → validated types) → `snapshot` (everything the request path
+//! reads, published through one `ArcSwap` by `control`) → `server` (listeners,
+//! connection limits, drain) → `proxy` (one request: route, split, forward,
+//! answer errors) → `upstream` (endpoints, pooled connections, balancing).
+//! `routing` holds the pure decisions (which service, which version).
+//! Dependencies point one way, from the binary's `cli` down to `config`.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,107 @@
+//! The one place where a failure becomes an HTTP answer. Every answer veer makes
+//! itself carries `x-veer-error: CODE` (so it is never mistaken for the
+//! upstream's) and a one-line body that says what happened and what to look at.
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::upstream::UpstreamError;
+
+pub const ERROR_HEADER: &str = "x-veer-error";
+
+/// Who is at fault, for logs and for counting against a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Config,
+}
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No service matches the request's host and path.
+    NoRoute { host: String, path: String },
+    /// The request has no host to route by.
+    MissingHost,
+    /// Every version of the service is at weight 0.
+    NoWeightedVersion { service: String },
+    /// The chosen version lists no endpoint that can take the request.
+    NoEndpoint { service: String, version: String },
+    Upstream {
+        service: String,
+        version: String,
+        error: UpstreamError,
+    },
+}
+
+impl ProxyError {
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
+            ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
+            ProxyError::Upstream { .. } => Source::Upstream,
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no-route"),
+            ProxyError::MissingHost => (StatusCode::BAD_REQUEST, "missing-host"),
+            ProxyError::NoWeightedVersion { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no-weighted-version")
+            }
+            ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoint"),
+            ProxyError::Upstream { error, .. } => match error {
+                UpstreamError::Connect { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
+                }
+                UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
+                UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+                UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
+            },
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let (status, code) = self.status_and_code();
+        let mut body = self.to_string();
+        body.push('\n');
+        let mut response = Response::new(ProxyBody::full(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyError::NoRoute { host, path } => write!(
+                f,
+                "veer: no service matches host `{host}` and path `{path}`; check the services' match blocks"
+            ),
+            ProxyError::MissingHost => {
+                write!(f, "veer: the request names no host (no Host header nor absolute URI)")
+            }
+            ProxyError::NoWeightedVersion { service } => write!(
+                f,
+                "veer: every version of service `{service}` is at weight 0; set a weight above 0"
+            ),
+            ProxyError::NoEndpoint { service, version } => write!(
+                f,
+                "veer: version `{version}` of service `{service}` has no endpoint that can take the request"
+            ),
+            ProxyError::Upstream {
+                service,
+                version,
+                error,
+            } => write!(f, "veer: {service}/{version}: {error}"),
+        }
+    }
+}

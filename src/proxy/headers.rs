@@ -1,0 +1,169 @@
+//! Header rewriting between client and upstream (RFC 9110 §7.6.1): hop-by-hop
+//! headers, and those the `Connection` header names, stay on their own hop;
+//! `X-Forwarded-For/-Proto/-Host` tell the upstream who asked. Header names are
+//! constants and per-connection values are built once per connection, so a
+//! request pays no allocation here unless it carries unusual headers.
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sets
+/// `Connection: upgrade`, which a WebSocket handshake needs on the next hop too.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(named) = connection_named_headers(headers) {
+        for name in named {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    headers.remove(CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    // `TE: trailers` is end-to-end in practice: gRPC servers require it.
+    if headers
+        .get(TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(TE);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Header names listed in `Connection`, other than the ones removed anyway.
+/// `None` (no allocation) in the common case of `keep-alive`/`close` only.
+fn connection_named_headers(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut named: Option<Vec<HeaderName>> = None;
+    for value in headers.get_all(CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.get_or_insert_with(Vec::new).push(name);
+            }
+        }
+    }
+    named
+}
+
+/// True when the request asks to switch protocols (WebSocket over HTTP/1.1).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|t| {
+                t.split(',')
+                    .any(|tok| tok.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the host the client asked for).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    proto: &HeaderValue,
+    host: Option<&HeaderValue>,
+) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => client_ip.clone(),
+        Some(_) => {
+            // Several header lines or one list: join them and add ours.
+            let mut joined = Vec::new();
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+    };
+    headers.insert(&X_FORWARDED_FOR, forwarded_for);
+    headers.insert(&X_FORWARDED_PROTO, proto.clone());
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrade_when_upgrading() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let proto = HeaderValue::from_static("http");
+        let host = HeaderValue::from_static("app.example.com");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        set_forwarded(&mut h, &ip, &proto, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &ip, &proto, None);
+        assert_eq!(fresh["x-forwarded-for"], "10.0.0.9");
+    }
+}

@@ -1,0 +1,239 @@
+//! The per-request service: one request in, one response out, every failure an
+//! HTTP answer (`Infallible` at the hyper boundary).
+//!
+//! The phases, in order:
+//! 1. **route**: load the snapshot once; host and path pick the service.
+//! 2. **split**: the service's weighted table picks the version.
+//! 3. **rewrite**: hop-by-hop headers go, `X-Forwarded-*` come, the URI takes
+//!    the form the upstream protocol wants.
+//! 4. **send**: power-of-two-choices picks an endpoint; a request that could not
+//!    be delivered at all (refused, reset before a byte was sent) is tried once
+//!    on another endpoint of the same version; `timeouts.request` bounds the
+//!    wait for the response head.
+//! 5. **answer**: the upstream's response streams back; an upgrade becomes a
+//!    two-way tunnel; a failure becomes a one-line answer (`error`).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use crate::config::Protocol;
+use crate::snapshot::Snapshot;
+use crate::upstream::{balance, RequestBody, UpstreamError};
+pub use body::ProxyBody;
+pub use error::ProxyError;
+
+/// What the proxy knows about the client connection a request came on; built
+/// once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The peer's IP, ready for `X-Forwarded-For`.
+    pub ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(peer: std::net::SocketAddr, tls: bool) -> ClientInfo {
+        ClientInfo {
+            ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// The request-path service; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct ProxyService {
+    published: Arc<ArcSwap<Snapshot>>,
+}
+
+impl ProxyService {
+    pub fn new(published: Arc<ArcSwap<Snapshot>>) -> ProxyService {
+        ProxyService { published }
+    }
+
+    /// Serves one request; never fails (failures are answers).
+    pub async fn serve(
+        &self,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        match self.forward(request, client).await {
+            Ok(response) => Ok(response),
+            Err(error) => {
+                log_failure(&error);
+                Ok(error.into_response())
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+
+        // 1. route
+        let host_value = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => parts.headers.get(HOST).cloned(),
+        };
+        let Some(host) = host_value.as_ref().and_then(|h| h.to_str().ok()) else {
+            return Err(ProxyError::MissingHost);
+        };
+        let snapshot = self.published.load_full();
+        let Some(service_index) = snapshot.routes.find(host, parts.uri.path()) else {
+            return Err(ProxyError::NoRoute {
+                host: host.to_string(),
+                path: parts.uri.path().to_string(),
+            });
+        };
+        let service = &snapshot.services[service_index];
+
+        // 2. split
+        let Some(split) = &service.split else {
+            return Err(ProxyError::NoWeightedVersion {
+                service: service.name.to_string(),
+            });
+        };
+        let version = &service.versions[split.next()];
+
+        // 3. rewrite
+        let upgrade = headers::is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::set_forwarded(
+            &mut parts.headers,
+            &client.ip,
+            &client.proto,
+            host_value.as_ref(),
+        );
+        match version.protocol {
+            Protocol::Http1 => {
+                parts.version = Version::HTTP_11;
+                if parts.uri.authority().is_some() {
+                    parts.uri = Uri::from(origin_form(&parts.uri));
+                }
+                if !parts.headers.contains_key(HOST) {
+                    if let Some(host) = &host_value {
+                        parts.headers.insert(HOST, host.clone());
+                    }
+                }
+            }
+            Protocol::Http2 => {
+                parts.version = Version::HTTP_2;
+                parts.uri = absolute_form(&parts.uri, host);
+                parts.headers.remove(HOST);
+            }
+        }
+        let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
+
+        // 4. send
+        let upstream_error = |error| ProxyError::Upstream {
+            service: service.name.to_string(),
+            version: version.name.to_string(),
+            error,
+        };
+        let no_endpoint = || ProxyError::NoEndpoint {
+            service: service.name.to_string(),
+            version: version.name.to_string(),
+        };
+        let endpoints = &version.endpoints;
+        let mut chosen = balance::pick(endpoints, None).ok_or_else(no_endpoint)?;
+        let mut retried = false;
+        let sent = loop {
+            let endpoint = &endpoints[chosen];
+            let attempt = tokio::time::timeout(
+                service.timeouts.request,
+                endpoint.send(outgoing, &service.timeouts, upgrade),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(sent)) => break sent,
+                Ok(Err(failed)) => match failed.request {
+                    // Nothing reached the upstream: safe to try another one.
+                    Some(unsent) if !retried && endpoints.len() > 1 => {
+                        tracing::debug!(error = %failed.error, "retrying on another endpoint");
+                        outgoing = unsent;
+                        retried = true;
+                        chosen = balance::pick(endpoints, Some(chosen)).ok_or_else(no_endpoint)?;
+                    }
+                    _ => return Err(upstream_error(failed.error)),
+                },
+                Err(_elapsed) => {
+                    return Err(upstream_error(UpstreamError::Timeout {
+                        addr: endpoint.addr(),
+                    }))
+                }
+            }
+        };
+
+        // 5. answer
+        let (mut response, lease) = sent;
+        if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            headers::strip_hop_by_hop(response.headers_mut(), true);
+            if let Some(client_upgrade) = client_upgrade {
+                upgrade::tunnel(client_upgrade, upstream_upgrade, lease);
+            }
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(|body| ProxyBody::upstream(body, lease)))
+    }
+}
+
+fn origin_form(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// `http://HOST/path?query`, which the HTTP/2 client turns into `:scheme`,
+/// `:authority` and `:path`. Falls back to the URI as it came when the host
+/// is not a valid authority (then the upstream sees what the client sent).
+fn absolute_form(uri: &Uri, host: &str) -> Uri {
+    let Ok(authority) = Authority::try_from(host) else {
+        return uri.clone();
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(origin_form(uri));
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// Logs a failed request, at most one line a second at `warn` (the rest at
+/// `debug`): a failing upstream under load must not turn into a log flood.
+/// Counts go to the metrics.
+fn log_failure(error: &ProxyError) {
+    static LAST_WARN_SECOND: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if LAST_WARN_SECOND.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(source = ?error.source(), "{error}");
+    } else {
+        tracing::debug!(source = ?error.source(), "{error}");
+    }
+}

@@ -1,0 +1,196 @@
+//! Which service a request belongs to, by host and longest path prefix.
+//!
+//! Hosts match exactly, by `*.suffix` wildcard, or (for services that name no
+//! host) any host. The most specific host pattern decides first, as virtual
+//! hosts do in NGINX and Envoy: an exact host, then the longest wildcard, then
+//! "any host"; within it the longest `path_prefix` wins. When no prefix of the
+//! most specific pattern matches, the next pattern is tried. Ports are ignored and
+//! hosts compared case-insensitively. A request that matches nothing gets no
+//! service: veer never forwards to a host the config does not name.
+
+use std::collections::HashMap;
+
+use crate::config::{HostMatch, Service};
+
+/// One service reachable under one prefix.
+#[derive(Debug, Clone)]
+struct Route {
+    prefix: Box<str>,
+    service: usize,
+}
+
+/// The routing table of one snapshot; routes in each list are sorted longest
+/// prefix first so the first prefix that matches is the longest.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, Vec<Route>>,
+    /// (suffix such as `.example.com`, routes), longest suffix first.
+    wildcard: Vec<(Box<str>, Vec<Route>)>,
+    any_host: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(services: &[Service]) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (index, service) in services.iter().enumerate() {
+            let route = Route {
+                prefix: service.path_prefix.as_str().into(),
+                service: index,
+            };
+            if service.hosts.is_empty() {
+                table.any_host.push(route);
+                continue;
+            }
+            for host in &service.hosts {
+                match host {
+                    HostMatch::Exact(name) => table
+                        .exact
+                        .entry(name.as_str().into())
+                        .or_default()
+                        .push(route.clone()),
+                    HostMatch::Suffix(suffix) => {
+                        match table.wildcard.iter_mut().find(|(s, _)| **s == **suffix) {
+                            Some((_, routes)) => routes.push(route.clone()),
+                            None => table
+                                .wildcard
+                                .push((suffix.as_str().into(), vec![route.clone()])),
+                        }
+                    }
+                }
+            }
+        }
+        let longest_first = |routes: &mut Vec<Route>| {
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        };
+        table.exact.values_mut().for_each(longest_first);
+        table
+            .wildcard
+            .iter_mut()
+            .for_each(|(_, r)| longest_first(r));
+        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        longest_first(&mut table.any_host);
+        table
+    }
+
+    /// The index of the service for `host` (as sent: may carry a port, any
+    /// case) and `path`; `None` when no service matches.
+    pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+        let host = strip_port(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            // Rare: clients send lowercase hosts; only this case allocates.
+            return self.find_normalized(&host.to_ascii_lowercase(), path);
+        }
+        self.find_normalized(host, path)
+    }
+
+    fn find_normalized(&self, host: &str, path: &str) -> Option<usize> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let longest = |routes: &[Route]| {
+            routes
+                .iter()
+                .find(|r| path.starts_with(&*r.prefix))
+                .map(|r| r.service)
+        };
+        if let Some(service) = self.exact.get(host).and_then(|r| longest(r)) {
+            return Some(service);
+        }
+        let wildcard = self
+            .wildcard
+            .iter()
+            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .find_map(|(_, routes)| longest(routes));
+        wildcard.or_else(|| longest(&self.any_host))
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(colon) if host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..colon],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Timeouts, Version};
+
+    fn service(name: &str, hosts: &[&str], prefix: &str) -> Service {
+        Service {
+            name: name.into(),
+            hosts: hosts
+                .iter()
+                .map(|h| match h.strip_prefix('*') {
+                    Some(suffix) => HostMatch::Suffix(suffix.into()),
+                    None => HostMatch::Exact((*h).into()),
+                })
+                .collect(),
+            path_prefix: prefix.into(),
+            versions: vec![Version {
+                name: "v".into(),
+                revision: String::new(),
+                endpoints: vec![],
+                weight: 1,
+                protocol: Default::default(),
+            }],
+            sticky: None,
+            rules: vec![],
+            timeouts: Timeouts::default(),
+            health_check: None,
+            guard: None,
+            rollout: None,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(&[
+            service("exact", &["api.example.com"], "/"),
+            service("exact-long", &["api.example.com"], "/v2/"),
+            service("wild", &["*.example.com"], "/"),
+            service("wild-deeper", &["*.eu.example.com"], "/"),
+            service("fallback", &[], "/static/"),
+        ])
+    }
+
+    #[test]
+    fn exact_host_and_longest_prefix() {
+        let t = table();
+        assert_eq!(t.find("api.example.com", "/users"), Some(0));
+        assert_eq!(t.find("api.example.com", "/v2/users"), Some(1));
+        assert_eq!(t.find("API.Example.com:8443", "/v2/x"), Some(1));
+        assert_eq!(t.find("api.example.com.", "/"), Some(0));
+    }
+
+    #[test]
+    fn wildcards_prefer_the_longest_suffix() {
+        let t = table();
+        assert_eq!(t.find("web.example.com", "/"), Some(2));
+        assert_eq!(t.find("a.eu.example.com", "/"), Some(3));
+        assert_eq!(t.find("example.com", "/"), None);
+    }
+
+    #[test]
+    fn any_host_only_under_its_prefix_and_loses_to_longer_prefixes() {
+        let t = table();
+        assert_eq!(t.find("other.org", "/static/app.js"), Some(4));
+        assert_eq!(t.find("other.org", "/"), None);
+        // A named host keeps its requests even where an any-host service has
+        // a longer prefix.
+        assert_eq!(t.find("api.example.com", "/static/x"), Some(0));
+    }
+
+    #[test]
+    fn ports_and_ipv6_literals() {
+        assert_eq!(strip_port("a:80"), "a");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("a"), "a");
+    }
+}

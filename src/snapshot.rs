@@ -1,0 +1,87 @@
+//! Everything the request path reads, built off the path and published as one
+//! value through one `ArcSwap` (by `control`, the only writer). A request loads
+//! the snapshot once and sees one generation of routes, splits and endpoints.
+
+use std::sync::Arc;
+
+use crate::config::{Config, Protocol, Service, Timeouts};
+use crate::routing::{RouteTable, WeightedSplit};
+use crate::upstream::{Endpoint, Registry};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every publish.
+    pub generation: u64,
+    pub routes: RouteTable,
+    pub services: Vec<ServiceSnapshot>,
+}
+
+#[derive(Debug)]
+pub struct ServiceSnapshot {
+    pub name: Arc<str>,
+    /// `None` when every effective weight is zero: no version takes traffic.
+    pub split: Option<WeightedSplit>,
+    pub versions: Vec<Arc<VersionSnapshot>>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug)]
+pub struct VersionSnapshot {
+    pub name: Arc<str>,
+    pub revision: Arc<str>,
+    /// The weight in force (the file's, or a run-time override).
+    pub weight: u32,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`, with `weights(service_index, service)`
+    /// giving each service's effective weights (file or run-time), reusing
+    /// endpoints from `registry`.
+    pub fn build(
+        generation: u64,
+        config: &Config,
+        registry: &mut Registry,
+        weights: impl Fn(usize, &Service) -> Vec<u32>,
+    ) -> Snapshot {
+        let services = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(index, service)| {
+                let weights = weights(index, service);
+                let versions = service
+                    .versions
+                    .iter()
+                    .zip(&weights)
+                    .map(|(version, &weight)| {
+                        Arc::new(VersionSnapshot {
+                            name: version.name.as_str().into(),
+                            revision: version.revision.as_str().into(),
+                            weight,
+                            protocol: version.protocol,
+                            endpoints: version
+                                .endpoints
+                                .iter()
+                                .map(|&addr| registry.endpoint(addr, version.protocol))
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                ServiceSnapshot {
+                    name: service.name.as_str().into(),
+                    split: WeightedSplit::new(&weights),
+                    versions,
+                    timeouts: service.timeouts.clone(),
+                }
+            })
+            .collect();
+        registry.retain_used();
+        Snapshot {
+            generation,
+            routes: RouteTable::new(&config.services),
+            services,
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! One upstream address: its outstanding-request count (read by the balancer)
+//! and its pooled connections.
+//!
+//! HTTP/1.1 connections wait in a lock-free queue while idle; a request takes
+//! one, and its `Lease` puts it back when the response body has been read to
+//! the end. An HTTP/2 endpoint keeps one shared connection that every request
+//! multiplexes over. Nothing here takes a lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{RequestBody, UpstreamError};
+use crate::config::{Protocol, Timeouts};
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+pub struct Endpoint {
+    addr: SocketAddr,
+    protocol: Protocol,
+    outstanding: AtomicUsize,
+    idle: ArrayQueue<IdleConnection>,
+    shared_h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// A request's hold on an endpoint, from sending until the response body ends:
+/// it counts as outstanding for the balancer, and it owns the HTTP/1.1
+/// connection, which goes back to the pool when the lease is dropped.
+pub struct Lease {
+    endpoint: Arc<Endpoint>,
+    connection: Option<http1::SendRequest<RequestBody>>,
+}
+
+/// A failed attempt; `request` is given back when nothing of it was sent, so
+/// the caller may try it on another endpoint.
+pub struct Failed {
+    pub error: UpstreamError,
+    pub request: Option<Request<RequestBody>>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Endpoint {
+        Endpoint {
+            addr,
+            protocol,
+            outstanding: AtomicUsize::new(0),
+            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+            shared_h2: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Requests sent to this endpoint whose responses have not ended.
+    #[inline]
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Sends `request` and waits for the response head. An upgrade request
+    /// (WebSocket) gets a connection of its own that never returns to the pool.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        timeouts: &Timeouts,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
+        let lease = Lease {
+            endpoint: Arc::clone(self),
+            connection: None,
+        };
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        match self.protocol {
+            Protocol::Http1 => self.send_h1(request, timeouts, upgrade, lease).await,
+            Protocol::Http2 => self.send_h2(request, timeouts, lease).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        mut request: Request<RequestBody>,
+        timeouts: &Timeouts,
+        upgrade: bool,
+        mut lease: Lease,
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
+        loop {
+            let pooled = if upgrade {
+                None
+            } else {
+                self.take_idle(timeouts.idle).await
+            };
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => match self.connect_h1(timeouts.connect).await {
+                    Ok(sender) => sender,
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(request),
+                        })
+                    }
+                },
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    if !upgrade {
+                        lease.connection = Some(sender);
+                    }
+                    return Ok((response, lease));
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // The pooled connection had died while idle and nothing was
+                    // written: not the upstream's fault, try a fresh one.
+                    Some(unsent) if reused => request = unsent,
+                    unsent => {
+                        return Err(Failed {
+                            error: UpstreamError::from_hyper(self.addr, failed.error()),
+                            request: unsent,
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        request: Request<RequestBody>,
+        timeouts: &Timeouts,
+        lease: Lease,
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
+        let current = self.shared_h2.load_full();
+        let mut sender = match current {
+            Some(sender) if !sender.is_closed() => (*sender).clone(),
+            _ => match self.connect_h2(timeouts.connect).await {
+                Ok(sender) => {
+                    self.shared_h2.store(Some(Arc::new(sender.clone())));
+                    sender
+                }
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        request: Some(request),
+                    })
+                }
+            },
+        };
+        if let Err(err) = sender.ready().await {
+            self.shared_h2.store(None);
+            return Err(Failed {
+                error: UpstreamError::from_hyper(self.addr, &err),
+                request: Some(request),
+            });
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, lease)),
+            Err(mut failed) => Err(Failed {
+                error: UpstreamError::from_hyper(self.addr, failed.error()),
+                request: failed.take_message(),
+            }),
+        }
+    }
+
+    /// An idle connection that is still open and ready, if the pool has one.
+    async fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+        while let Some(IdleConnection { mut sender, since }) = self.idle.pop() {
+            if sender.is_closed() || since.elapsed() > max_idle {
+                continue;
+            }
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, UpstreamError> {
+        let attempt = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await;
+        let stream = match attempt {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(cause)) => {
+                return Err(UpstreamError::Connect {
+                    addr: self.addr,
+                    cause,
+                })
+            }
+            Err(_) => {
+                return Err(UpstreamError::Connect {
+                    addr: self.addr,
+                    cause: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {connect_timeout:?} (timeouts.connect)"),
+                    ),
+                })
+            }
+        };
+        // Small requests and responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp(connect_timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| UpstreamError::from_hyper(self.addr, &err))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %err, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp(connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| UpstreamError::from_hyper(self.addr, &err))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(upstream = %addr, error = %err, "upstream h2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Lease {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(sender) = self.connection.take() {
+            if !sender.is_closed() {
+                // A full pool just closes the surplus connection.
+                let _ = self.endpoint.idle.push(IdleConnection {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("endpoint", &self.endpoint.addr)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("protocol", &self.protocol)
+            .field("outstanding", &self.outstanding())
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}

@@ -1,0 +1,97 @@
+//! What can go wrong talking to an endpoint, classified once, in the terms the
+//! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No TCP connection could be made (refused, unreachable, connect timeout).
+    /// Nothing was sent: the request can be tried elsewhere.
+    Connect {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    /// No response head within `timeouts.request`.
+    Timeout { addr: SocketAddr },
+    /// The connection broke after the request was (partly) sent.
+    Reset { addr: SocketAddr, cause: String },
+    /// The upstream answered something that is not valid HTTP.
+    Protocol { addr: SocketAddr, cause: String },
+}
+
+/// The failure reasons of `veer_upstream_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Connect => "connect",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Reset => "reset",
+            FailureReason::Protocol => "protocol",
+        }
+    }
+}
+
+impl UpstreamError {
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            UpstreamError::Connect { .. } => FailureReason::Connect,
+            UpstreamError::Timeout { .. } => FailureReason::Timeout,
+            UpstreamError::Reset { .. } => FailureReason::Reset,
+            UpstreamError::Protocol { .. } => FailureReason::Protocol,
+        }
+    }
+
+    /// Classifies an error from hyper's client connection.
+    pub(crate) fn from_hyper(addr: SocketAddr, err: &hyper::Error) -> UpstreamError {
+        let cause = error_chain(err);
+        if err.is_parse() || err.is_parse_status() || err.is_user() {
+            UpstreamError::Protocol { addr, cause }
+        } else if err.is_timeout() {
+            UpstreamError::Timeout { addr }
+        } else {
+            UpstreamError::Reset { addr, cause }
+        }
+    }
+}
+
+/// `outer: inner: innermost`, so a log line says what really happened.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect { addr, cause } => {
+                write!(f, "could not connect to upstream {addr}: {cause}")
+            }
+            UpstreamError::Timeout { addr } => {
+                write!(f, "upstream {addr} sent no response head in time")
+            }
+            UpstreamError::Reset { addr, cause } => {
+                write!(f, "connection to upstream {addr} broke: {cause}")
+            }
+            UpstreamError::Protocol { addr, cause } => {
+                write!(f, "upstream {addr} answered invalid HTTP: {cause}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
