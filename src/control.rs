@@ -4,16 +4,21 @@
 //! path only (an operator or a file change); requests never touch it.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
-use crate::snapshot::Snapshot;
+use crate::config::{self, Config};
+use crate::snapshot::{Parts, Snapshot};
+use crate::telemetry::{StatsRegistry, Telemetry};
 use crate::upstream::Registry;
 
 pub struct Control {
     published: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
+    /// The file the config came from; `None` for a config given in code.
+    source: Option<PathBuf>,
     state: Mutex<State>,
 }
 
@@ -21,28 +26,94 @@ struct State {
     config: Config,
     /// Run-time weights per service name, on top of the file's.
     weights: HashMap<String, Vec<u32>>,
+    last_reload: Option<ReloadRecord>,
     registry: Registry,
+    stats: StatsRegistry,
+    telemetry: Arc<Telemetry>,
     generation: u64,
 }
 
+/// The result of the last reload, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub result: &'static str,
+    pub errors: Vec<String>,
+}
+
 impl Control {
-    pub fn new(config: Config) -> Control {
+    pub fn new(config: Config, telemetry: Arc<Telemetry>, source: Option<PathBuf>) -> Control {
         let mut state = State {
             config,
             weights: HashMap::new(),
+            last_reload: None,
             registry: Registry::default(),
+            stats: StatsRegistry::default(),
+            telemetry: Arc::clone(&telemetry),
             generation: 0,
         };
         let first = state.build();
         Control {
             published: Arc::new(ArcSwap::from_pointee(first)),
+            telemetry,
+            source,
             state: Mutex::new(state),
         }
+    }
+
+    /// The config file, when there is one.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The last reload's result, if there was a reload.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.lock().last_reload.clone()
+    }
+
+    /// Reads the config file again and applies it if it is valid; otherwise
+    /// changes nothing and returns every error (`FILE:LINE:COL: path: reason`).
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        let Some(path) = &self.source else {
+            return Err(vec!["this proxy was started without a config file".into()]);
+        };
+        let loaded = config::load_file(path);
+        let outcome = match loaded {
+            Ok(new) => {
+                self.apply_config(new);
+                Ok(())
+            }
+            Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        };
+        self.telemetry.count_reload(outcome.is_ok());
+        let record = ReloadRecord {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            result: if outcome.is_ok() {
+                "success"
+            } else {
+                "failure"
+            },
+            errors: outcome.as_ref().err().cloned().unwrap_or_default(),
+        };
+        match &outcome {
+            Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
+            Err(errors) => {
+                for error in errors {
+                    tracing::error!("reload refused, the previous config keeps serving: {error}");
+                }
+            }
+        }
+        self.lock().last_reload = Some(record);
+        outcome
     }
 
     /// What the request path reads.
     pub fn published(&self) -> Arc<ArcSwap<Snapshot>> {
         Arc::clone(&self.published)
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// The snapshot in force now.
@@ -112,6 +183,30 @@ impl Control {
         self.publish(&mut state);
     }
 
+    /// Keeps the sliding windows moving (each version's next slot emptied
+    /// ahead of time) and folds Prometheus histograms, until `stop` changes.
+    pub async fn tick(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+        const UPKEEP_EVERY: u32 = 20;
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
+            for version in self.published.load().versions() {
+                version.stats.window().advance(elapsed);
+            }
+            ticks += 1;
+            if ticks % UPKEEP_EVERY == 0 {
+                self.telemetry.upkeep();
+            }
+        }
+    }
+
     fn publish(&self, state: &mut State) {
         let snapshot = state.build();
         self.published.store(Arc::new(snapshot));
@@ -132,10 +227,18 @@ impl State {
         let State {
             config,
             weights,
+            last_reload: _,
             registry,
+            stats,
+            telemetry,
             generation,
         } = self;
-        Snapshot::build(*generation, config, registry, |_, service| {
+        let parts = Parts {
+            endpoints: registry,
+            stats,
+            telemetry,
+        };
+        Snapshot::build(*generation, config, parts, |_, service| {
             weights
                 .get(&service.name)
                 .cloned()

@@ -8,6 +8,7 @@
 //! `routing` holds the pure decisions (which service, which version).
 //! Dependencies point one way, from the binary's `cli` down to `config`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -16,4 +17,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;

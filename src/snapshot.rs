@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::config::{Config, Protocol, Service, Timeouts};
 use crate::routing::{RouteTable, WeightedSplit};
+use crate::telemetry::{StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
 use crate::upstream::{Endpoint, Registry};
 
 #[derive(Debug)]
@@ -23,6 +26,8 @@ pub struct ServiceSnapshot {
     pub split: Option<WeightedSplit>,
     pub versions: Vec<Arc<VersionSnapshot>>,
     pub timeouts: Timeouts,
+    /// The window the guard and `/status` read figures over.
+    pub window: Duration,
 }
 
 #[derive(Debug)]
@@ -33,30 +38,54 @@ pub struct VersionSnapshot {
     pub weight: u32,
     pub protocol: Protocol,
     pub endpoints: Vec<Arc<Endpoint>>,
+    pub stats: Arc<VersionStats>,
+}
+
+/// What a snapshot is built from besides the config: the long-lived pieces
+/// that outlast snapshots.
+pub struct Parts<'a> {
+    pub endpoints: &'a mut Registry,
+    pub stats: &'a mut StatsRegistry,
+    pub telemetry: &'a Telemetry,
 }
 
 impl Snapshot {
     /// Builds the snapshot for `config`, with `weights(service_index, service)`
     /// giving each service's effective weights (file or run-time), reusing
-    /// endpoints from `registry`.
+    /// endpoints and stats that earlier snapshots already had.
     pub fn build(
         generation: u64,
         config: &Config,
-        registry: &mut Registry,
+        parts: Parts<'_>,
         weights: impl Fn(usize, &Service) -> Vec<u32>,
     ) -> Snapshot {
+        let Parts {
+            endpoints: registry,
+            stats,
+            telemetry,
+        } = parts;
         let services = config
             .services
             .iter()
             .enumerate()
             .map(|(index, service)| {
                 let weights = weights(index, service);
+                let window = service.guard.as_ref().map_or(DEFAULT_WINDOW, |g| g.window);
                 let versions = service
                     .versions
                     .iter()
                     .zip(&weights)
                     .map(|(version, &weight)| {
+                        let stats = stats.stats(
+                            telemetry,
+                            &service.name,
+                            &version.name,
+                            &version.revision,
+                            window,
+                        );
+                        stats.set_weight(weight);
                         Arc::new(VersionSnapshot {
+                            stats,
                             name: version.name.as_str().into(),
                             revision: version.revision.as_str().into(),
                             weight,
@@ -74,14 +103,23 @@ impl Snapshot {
                     split: WeightedSplit::new(&weights),
                     versions,
                     timeouts: service.timeouts.clone(),
+                    window,
                 }
             })
             .collect();
         registry.retain_used();
+        stats.retain_used();
         Snapshot {
             generation,
             routes: RouteTable::new(&config.services),
             services,
         }
+    }
+}
+
+impl Snapshot {
+    /// Every version of every service, for tickers and reports.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<VersionSnapshot>> {
+        self.services.iter().flat_map(|s| s.versions.iter())
     }
 }

@@ -7,8 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
+mod status;
+
+use client::{AdminTarget, ClientError};
+use http::Method;
+
 use crate::config;
-use crate::server::{signal, Proxy};
+use crate::server::{signal, Proxy, StartOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +42,25 @@ enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// The live state of services: versions, weights, rates, latencies.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set weights at run time: `veer weights svc green=100 blue=0`.
+    Weights {
+        service: String,
+        /// VERSION=WEIGHT pairs.
+        #[arg(required = true, value_name = "VERSION=WEIGHT")]
+        weights: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// A self-contained demo on loopback: stable and canary upstreams, the
     /// proxy, a load generator and a live per-version table.
     Demo {
@@ -45,19 +70,176 @@ enum Command {
     },
 }
 
+/// How the operator commands reach the admin API.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The admin API's URL.
+    #[arg(
+        long = "admin",
+        env = "VEER_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
+    url: String,
+    /// A file holding the admin token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The admin token itself (prefer --token-file: env is visible to other users of `ps e`).
+    #[arg(long = "token", env = "VEER_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn target(&self) -> Result<AdminTarget, ClientError> {
+        AdminTarget::new(&self.url, self.token_file.as_deref(), self.token.clone())
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The proxy logs what it does; the other commands print their results
+    // and log only problems.
+    init_logging(match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    });
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
         Command::Check { config } => check(&config),
         Command::Demo { duration } => crate::demo::run(duration),
+        Command::Status {
+            service,
+            json,
+            admin,
+        } => operator(&admin, |target| async move {
+            show_status(&target, service, json).await
+        }),
+        Command::Weights {
+            service,
+            weights,
+            admin,
+        } => operator(&admin, |target| async move {
+            set_weights(&target, &service, &weights).await
+        }),
     }
 }
 
-fn init_logging() {
+/// Runs an operator command on a small runtime of its own; exit 2 when the
+/// admin API cannot be reached, as the contract says.
+fn operator<F, Fut>(admin: &AdminArgs, command: F) -> ExitCode
+where
+    F: FnOnce(AdminTarget) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, ClientError>>,
+{
+    let target = match admin.target() {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("veer: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("veer: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(command(target)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("veer: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn show_status(
+    target: &AdminTarget,
+    service: Option<String>,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let (status, body) = target.call(Method::GET, "/status", None).await?;
+    if !status.is_success() {
+        eprintln!("veer: the admin API answered {status}: {}", body.trim());
+        return Ok(ExitCode::from(2));
+    }
+    let report: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        ClientError::Unreachable(format!(
+            "the admin API answered something that is not JSON: {e}"
+        ))
+    })?;
+    if json {
+        let shown = match &service {
+            Some(name) => report["services"]
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["name"] == name.as_str()))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            None => report,
+        };
+        if shown.is_null() {
+            eprintln!("veer: no service named `{}`", service.unwrap_or_default());
+            return Ok(ExitCode::from(1));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match status::table(&report, service.as_deref()) {
+        Some(table) => {
+            print!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("veer: no service named `{}`", service.unwrap_or_default());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn set_weights(
+    target: &AdminTarget,
+    service: &str,
+    pairs: &[String],
+) -> Result<ExitCode, ClientError> {
+    let mut body = serde_json::Map::new();
+    for pair in pairs {
+        let parsed = pair
+            .split_once('=')
+            .and_then(|(v, w)| w.trim().parse::<u32>().ok().map(|w| (v.trim(), w)));
+        let Some((version, weight)) = parsed else {
+            eprintln!(
+                "veer: `{pair}` is not VERSION=WEIGHT (a non-negative integer), e.g. canary=25"
+            );
+            return Ok(ExitCode::from(1));
+        };
+        body.insert(version.to_string(), serde_json::json!(weight));
+    }
+    let path = format!("/services/{service}/weights");
+    let (status, text) = target
+        .call(
+            Method::POST,
+            &path,
+            Some(serde_json::Value::Object(body).to_string()),
+        )
+        .await?;
+    if status.is_success() {
+        println!("{}", text.trim());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("veer: weights refused ({status}): {}", text.trim());
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -114,7 +296,11 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match Proxy::start(config).await {
+        let options = StartOptions {
+            source: Some(path.to_path_buf()),
+            admin: true,
+        };
+        let running = match Proxy::start_with(config, options).await {
             Ok(running) => running,
             Err(err) => {
                 eprintln!("veer: {err}");
@@ -123,6 +309,9 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
         };
         for (name, address) in running.listeners() {
             println!("veer: listener {name} on {address}");
+        }
+        if let Some(address) = running.admin_addr() {
+            println!("veer: admin on {address}");
         }
         println!("veer: ready");
         signal::shutdown().await;

@@ -1,53 +1,501 @@
-// TEMPORARY stand-in until the config module lands; not committed.
-pub mod model;
-pub use model::*;
+//! veer's config file: YAML in, a validated [`Config`] or every error out.
+//!
+//! Two stages (see `raw` and `validate`): serde types that refuse unknown
+//! fields, then a conversion into the types of `model`, which cannot hold an
+//! invalid weight, duration, address or reference. Each error carries the file
+//! position, found through `source_map`, and the field path. Depends on
+//! nothing else in veer.
 
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub path: String,
-    pub reason: String,
-}
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file, self.line, self.column, self.path, self.reason
-        )
-    }
-}
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for e in &self.0 {
-            writeln!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-impl std::error::Error for ConfigErrors {}
-pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.display().to_string(),
-            line: 1,
-            column: 1,
-            path: "(file)".into(),
-            reason: e.to_string(),
-        }])
+mod duration;
+mod error;
+pub mod model;
+mod raw;
+mod source_map;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+pub use duration::parse_duration;
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use validate::DEFAULT_ADMIN_ADDRESS;
+
+use error::{Anchor, Issue};
+use raw::{Invalid, Part, RawConfig, RawDocument};
+use source_map::{Position, SourceMap};
+
+/// The path shown for an error about the file as a whole.
+const FILE_PATH: &str = "(file)";
+
+/// Reads and validates the config file at `path`.
+///
+/// Relative paths inside it (`state_dir`, listener `tls` files,
+/// `admin.token_file`) are resolved against the file's directory, so the
+/// result does not depend on the working directory.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        whole_file_error(&file, format!("cannot read the config file: {error}"))
     })?;
-    parse_str(&text, &path.display().to_string())
+    let mut config = parse_str(&text, &file)?;
+    if let Some(base) = path.parent() {
+        resolve_paths(&mut config, base);
+    }
+    Ok(config)
 }
-pub fn parse_str(_text: &str, file: &str) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors(vec![ConfigError {
-        file: file.into(),
+
+/// Validates config text; `file` names it in errors. Relative paths are left
+/// as written.
+pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let error_at = |position: Position, path: &str, reason: String| ConfigError {
+        file: file.to_string(),
+        line: position.line,
+        column: position.column,
+        path: path.to_string(),
+        reason,
+    };
+    let source = SourceMap::build(text).map_err(|syntax| {
+        ConfigErrors(vec![error_at(
+            syntax.position,
+            FILE_PATH,
+            format!("YAML syntax error: {}", syntax.message),
+        )])
+    })?;
+    if !source.duplicates.is_empty() {
+        return Err(ConfigErrors(
+            source
+                .duplicates
+                .iter()
+                .map(|duplicate| {
+                    error_at(
+                        duplicate.position,
+                        &duplicate.path,
+                        format!(
+                            "duplicate key `{}` (first at line {}): keep one",
+                            duplicate.key, duplicate.first.line
+                        ),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    if let Some(position) = source.second_document {
+        return Err(error_at(
+            position,
+            FILE_PATH,
+            "a second YAML document starts here: a config file holds one; remove this `---` and what follows".to_string(),
+        )
+        .into());
+    }
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|error| {
+        let position = error.location().map_or(Position::START, |at| Position {
+            line: at.line(),
+            column: at.column(),
+        });
+        let message = clean_message(&error.to_string());
+        let (path, reason) = split_path(&message);
+        error_at(position, path.unwrap_or(FILE_PATH), reason.to_string())
+    })?;
+    if value.is_null() {
+        return Err(whole_file_error(
+            file,
+            "the config is empty: it needs at least `listeners` and `services`".to_string(),
+        ));
+    }
+
+    let mut issues = Vec::new();
+    let config =
+        deserialize_parts(value, &mut issues).and_then(|raw| validate::validate(raw, &mut issues));
+    match config {
+        Some(config) if issues.is_empty() => Ok(config),
+        _ => {
+            if issues.is_empty() {
+                // Every refusal should have pushed an issue; never fail silently.
+                issues.push(Issue::at(
+                    "",
+                    "the config was refused without a reason (a bug in veer; please report it)",
+                ));
+            }
+            Err(place(issues, &source, file))
+        }
+    }
+}
+
+fn whole_file_error(file: &str, reason: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: file.to_string(),
         line: 1,
         column: 1,
-        path: "(file)".into(),
-        reason: "stub".into(),
-    }]))
+        path: FILE_PATH.to_string(),
+        reason,
+    }])
+}
+
+/// Deserializes the top level, then each part on its own so that errors in
+/// different parts, listeners and services are all reported. `None` only when
+/// the top level itself is wrong (not a mapping, or an unknown key).
+fn deserialize_parts(value: Value, issues: &mut Vec<Issue>) -> Option<RawConfig> {
+    let document: RawDocument = deserialize_at(value, "", issues).ok()?;
+    Some(RawConfig {
+        listeners: document
+            .listeners
+            .and_then(|list| deserialize_list(list, "listeners", issues)),
+        admin: document
+            .admin
+            .and_then(|admin| deserialize_optional(admin, "admin", issues)),
+        state_dir: document
+            .state_dir
+            .and_then(|dir| deserialize_optional(dir, "state_dir", issues)),
+        limits: document
+            .limits
+            .and_then(|limits| deserialize_optional(limits, "limits", issues)),
+        services: document
+            .services
+            .and_then(|list| deserialize_list(list, "services", issues)),
+    })
+}
+
+/// A part that may be written empty (`admin:` alone): `None` then.
+fn deserialize_optional<T: DeserializeOwned>(
+    value: Value,
+    base: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<Part<T>> {
+    if value.is_null() {
+        return None;
+    }
+    Some(deserialize_at(value, base, issues))
+}
+
+/// A list whose items are deserialized one by one. Not a list at all: one
+/// invalid item, reported, so the list is neither checked nor taken as empty.
+fn deserialize_list<T: DeserializeOwned>(
+    value: Value,
+    base: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<Vec<Part<T>>> {
+    if value.is_null() {
+        return None;
+    }
+    match deserialize_at::<Vec<Value>>(value, base, issues) {
+        Ok(items) => Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| deserialize_at(item, &format!("{base}[{i}]"), issues))
+                .collect(),
+        ),
+        Err(invalid) => Some(vec![Err(invalid)]),
+    }
+}
+
+/// Deserializes `value`, found at `base` in the file; an error becomes an
+/// issue at the full path of the field that failed.
+fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    base: &str,
+    issues: &mut Vec<Issue>,
+) -> Part<T> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let inner = error.path().to_string();
+        let path = match inner.as_str() {
+            "." => base.to_string(),
+            _ if base.is_empty() => inner,
+            _ if inner.starts_with('[') => format!("{base}{inner}"),
+            _ => format!("{base}.{inner}"),
+        };
+        let reason = clean_message(&error.into_inner().to_string());
+        // serde names the unknown key in the path; point at the key itself,
+        // since the key is the typo.
+        let (reason, anchor) = if reason.starts_with("unknown field") {
+            (with_suggestion(reason), Anchor::Key)
+        } else {
+            (reason, Anchor::Value)
+        };
+        issues.push(Issue {
+            path,
+            reason,
+            anchor,
+        });
+        Invalid
+    })
+}
+
+/// Adds "did you mean" to serde's "unknown field `wieght`, expected one of
+/// `name`, ..., `weight`" when one expected field is a small edit away.
+fn with_suggestion(reason: String) -> String {
+    let mut quoted = reason.split('`').skip(1).step_by(2);
+    let Some(unknown) = quoted.next() else {
+        return reason;
+    };
+    let best = quoted
+        .map(|field| (edit_distance(unknown, field), field))
+        .min_by_key(|(distance, _)| *distance);
+    match best {
+        Some((distance, field)) if distance <= 2 && distance < unknown.len() => {
+            format!("{reason}; did you mean `{field}`?")
+        }
+        _ => reason,
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// serde_yaml_ng puts its own field path in front of some messages
+/// (`services[0]: duplicate entry ...`); splits it off.
+fn split_path(message: &str) -> (Option<&str>, &str) {
+    if let Some((path, reason)) = message.split_once(": ") {
+        let path_like = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+        if path_like {
+            return (Some(path), reason);
+        }
+    }
+    (None, message)
+}
+
+/// Removes serde_yaml_ng's own position text (" at line N column M") —
+/// positions are given once, in front — and rewords serde's "unit value",
+/// which is what an empty YAML value is.
+fn clean_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(" at line ") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + " at line ".len()..];
+        match strip_line_column(after) {
+            Some(remaining) => rest = remaining,
+            None => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out.replace("unit value", "empty value")
+}
+
+/// Given text after " at line ", strips `N column M` and returns the rest.
+fn strip_line_column(text: &str) -> Option<&str> {
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let line_len = digits(text);
+    if line_len == 0 {
+        return None;
+    }
+    let after = text[line_len..].strip_prefix(" column ")?;
+    let column_len = digits(after);
+    if column_len == 0 {
+        return None;
+    }
+    Some(&after[column_len..])
+}
+
+/// Gives every issue its file position and sorts them into file order.
+fn place(issues: Vec<Issue>, source: &SourceMap, file: &str) -> ConfigErrors {
+    let mut errors: Vec<ConfigError> = issues
+        .into_iter()
+        .map(|issue| {
+            let position = match issue.anchor {
+                Anchor::Value => source.value(&issue.path),
+                Anchor::Key => source.key(&issue.path),
+            };
+            ConfigError {
+                file: file.to_string(),
+                line: position.line,
+                column: position.column,
+                path: if issue.path.is_empty() {
+                    FILE_PATH.to_string()
+                } else {
+                    issue.path
+                },
+                reason: issue.reason,
+            }
+        })
+        .collect();
+    // Stable: errors at one position keep the order they were found in.
+    errors.sort_by_key(|error| (error.line, error.column));
+    ConfigErrors(errors)
+}
+
+/// Makes relative paths in `config` relative to `base` (the file's directory).
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let resolve = |path: &mut PathBuf| {
+        if path.is_relative() {
+            *path = base.join(&*path);
+        }
+    };
+    if let Some(dir) = config.state_dir.as_mut() {
+        resolve(dir);
+    }
+    if let Some(token_file) = config.admin.token_file.as_mut() {
+        resolve(token_file);
+    }
+    for listener in &mut config.listeners {
+        if let Some(tls) = listener.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MINIMAL: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+services:
+  - name: app
+    versions:
+      - name: stable
+        endpoints: [127.0.0.1:18081]
+        weight: 1
+";
+
+    #[test]
+    fn messages_lose_their_positions() {
+        assert_eq!(
+            clean_message("invalid type: string \"x\", expected u32 at line 3 column 5"),
+            "invalid type: string \"x\", expected u32"
+        );
+        assert_eq!(
+            clean_message("problem at line 1 column 2, while parsing at line 3 column 4"),
+            "problem, while parsing"
+        );
+        assert_eq!(clean_message("at line of fire"), "at line of fire");
+        assert_eq!(
+            clean_message("invalid type: unit value, expected a string"),
+            "invalid type: empty value, expected a string"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_get_a_suggestion() {
+        assert_eq!(
+            with_suggestion("unknown field `wieght`, expected one of `name`, `weight`".into()),
+            "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
+        );
+        assert_eq!(
+            with_suggestion("unknown field `colour`, expected `cert` or `key`".into()),
+            "unknown field `colour`, expected `cert` or `key`"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn serde_yaml_paths_are_split_off() {
+        assert_eq!(
+            split_path("services[0]: duplicate entry with key \"name\""),
+            (Some("services[0]"), "duplicate entry with key \"name\"")
+        );
+        assert_eq!(
+            split_path("did not find expected key: here"),
+            (None, "did not find expected key: here")
+        );
+    }
+
+    #[test]
+    fn omitted_fields_take_their_defaults() {
+        let config = parse_str(MINIMAL, "t.yaml").expect("valid");
+        assert_eq!(config.admin.address, DEFAULT_ADMIN_ADDRESS);
+        assert_eq!(config.admin.token_file, None);
+        assert_eq!(config.state_dir, None);
+        assert_eq!(config.limits, Limits::default());
+        let service = &config.services[0];
+        assert!(service.hosts.is_empty());
+        assert_eq!(service.path_prefix, "/");
+        assert_eq!(service.timeouts, Timeouts::default());
+        assert_eq!(service.versions[0].revision, "");
+        assert_eq!(service.versions[0].protocol, Protocol::Http1);
+        assert_eq!(service.sticky, None);
+        assert!(service.rules.is_empty());
+        assert_eq!(service.guard, None);
+        assert_eq!(service.rollout, None);
+    }
+
+    #[test]
+    fn guard_sticky_and_health_defaults() {
+        let text = format!(
+            "{MINIMAL}    sticky: {{ cookie: s }}\n    health_check: {{ path: /h }}\n    guard: {{ baseline: stable, max_error_rate: 0.1 }}\n"
+        );
+        let config = parse_str(&text, "t.yaml").expect("valid");
+        let service = &config.services[0];
+        assert_eq!(
+            service.sticky,
+            Some(Sticky::Cookie {
+                name: "s".into(),
+                max_age: Duration::from_secs(24 * 3600)
+            })
+        );
+        let health = service.health_check.as_ref().expect("health check");
+        assert_eq!(health.interval, Duration::from_secs(5));
+        assert_eq!(health.timeout, Duration::from_secs(1));
+        let guard = service.guard.as_ref().expect("guard");
+        assert_eq!(guard.baseline, 0);
+        assert_eq!(guard.interval, Duration::from_secs(1));
+        assert_eq!(guard.window, Duration::from_secs(30));
+        assert_eq!(guard.min_requests, 50);
+        assert_eq!(guard.consecutive, 2);
+        assert_eq!(guard.on_revert, OnRevert::Drain);
+        assert_eq!(guard.max_error_rate, Some(0.1));
+        assert_eq!(guard.max_p95_latency, None);
+    }
+
+    #[test]
+    fn empty_parts_are_omitted_parts() {
+        let text = format!("{MINIMAL}admin:\nlimits:\nstate_dir:\n");
+        let config = parse_str(&text, "t.yaml").expect("valid");
+        assert_eq!(config.admin.address, DEFAULT_ADMIN_ADDRESS);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.state_dir, None);
+    }
+
+    #[test]
+    fn load_file_resolves_relative_paths_against_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        let text = format!("{MINIMAL}state_dir: state\nadmin: {{ token_file: secrets/token }}\n")
+            .replace(
+                "address: 127.0.0.1:8080",
+                "address: 127.0.0.1:8080\n    tls: { cert: /etc/c.pem, key: k.pem }",
+            );
+        std::fs::write(&path, text).expect("write");
+        let config = load_file(&path).expect("valid");
+        assert_eq!(config.state_dir, Some(dir.path().join("state")));
+        assert_eq!(
+            config.admin.token_file,
+            Some(dir.path().join("secrets/token"))
+        );
+        let tls = config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.cert, PathBuf::from("/etc/c.pem"));
+        assert_eq!(tls.key, dir.path().join("k.pem"));
+
+        // parse_str leaves them as written.
+        let config = parse_str(&std::fs::read_to_string(&path).expect("read"), "x").expect("valid");
+        assert_eq!(config.state_dir, Some(PathBuf::from("state")));
+    }
 }

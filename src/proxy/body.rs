@@ -9,6 +9,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::telemetry::VersionStats;
 use crate::upstream::Lease;
 
 #[derive(Debug)]
@@ -18,15 +23,18 @@ pub enum ProxyBody {
         /// Released as soon as the body ends, so the connection returns to
         /// the pool before the client has even read the last frame.
         lease: Option<Lease>,
+        /// Records the full duration when the body ends or is dropped.
+        finish: Option<Finish>,
     },
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, lease: Lease) -> ProxyBody {
+    pub fn upstream(body: Incoming, lease: Lease, finish: Finish) -> ProxyBody {
         ProxyBody::Upstream {
             body,
             lease: Some(lease),
+            finish: Some(finish),
         }
     }
 
@@ -48,12 +56,20 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, lease } => {
+            ProxyBody::Upstream {
+                body,
+                lease,
+                finish,
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => drop(lease.take()),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => drop(lease.take()),
-                    _ => {}
+                let ended = match &polled {
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Pending => false,
+                };
+                if ended {
+                    drop(lease.take());
+                    drop(finish.take());
                 }
                 polled
             }
@@ -74,5 +90,30 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// Records a response's full duration (to the end of its body, or to the
+/// moment the client went away) when dropped.
+pub struct Finish {
+    stats: Arc<VersionStats>,
+    started: Instant,
+}
+
+impl Finish {
+    pub fn new(stats: Arc<VersionStats>, started: Instant) -> Finish {
+        Finish { stats, started }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.stats.record_full_duration(self.started.elapsed());
+    }
+}
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finish").finish_non_exhaustive()
     }
 }

@@ -6,6 +6,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
 pub const ERROR_HEADER: &str = "x-veer-error";
@@ -41,6 +42,18 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
             ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
             ProxyError::Upstream { .. } => Source::Upstream,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// The upstream failure this error counts as, if it is one.
+    pub fn failure_reason(&self) -> Option<FailureReason> {
+        match self {
+            ProxyError::Upstream { error, .. } => Some(error.reason()),
+            _ => None,
         }
     }
 

@@ -29,9 +29,13 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use crate::config::Protocol;
+use tokio::time::Instant;
+
+use crate::config::{Protocol, Timeouts};
 use crate::snapshot::Snapshot;
-use crate::upstream::{balance, RequestBody, UpstreamError};
+use crate::telemetry::{Outcome, Telemetry};
+use crate::upstream::{balance, Endpoint, Lease, RequestBody, UpstreamError};
+use body::Finish;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 
@@ -55,15 +59,19 @@ impl ClientInfo {
     }
 }
 
-/// The request-path service; cheap to clone (one `Arc`).
+/// The request-path service; cheap to clone.
 #[derive(Clone)]
 pub struct ProxyService {
     published: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ProxyService {
-    pub fn new(published: Arc<ArcSwap<Snapshot>>) -> ProxyService {
-        ProxyService { published }
+    pub fn new(published: Arc<ArcSwap<Snapshot>>, telemetry: Arc<Telemetry>) -> ProxyService {
+        ProxyService {
+            published,
+            telemetry,
+        }
     }
 
     /// Serves one request; never fails (failures are answers).
@@ -86,6 +94,7 @@ impl ProxyService {
         request: Request<Incoming>,
         client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let started = Instant::now();
         let (mut parts, body) = request.into_parts();
 
         // 1. route
@@ -98,6 +107,7 @@ impl ProxyService {
         };
         let snapshot = self.published.load_full();
         let Some(service_index) = snapshot.routes.find(host, parts.uri.path()) else {
+            self.telemetry.count_unrouted();
             return Err(ProxyError::NoRoute {
                 host: host.to_string(),
                 path: parts.uri.path().to_string(),
@@ -145,50 +155,43 @@ impl ProxyService {
                 parts.headers.remove(HOST);
             }
         }
-        let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
+        let outgoing = Request::from_parts(parts, RequestBody::Client(body));
 
         // 4. send
-        let upstream_error = |error| ProxyError::Upstream {
-            service: service.name.to_string(),
-            version: version.name.to_string(),
-            error,
-        };
-        let no_endpoint = || ProxyError::NoEndpoint {
-            service: service.name.to_string(),
-            version: version.name.to_string(),
-        };
-        let endpoints = &version.endpoints;
-        let mut chosen = balance::pick(endpoints, None).ok_or_else(no_endpoint)?;
-        let mut retried = false;
-        let sent = loop {
-            let endpoint = &endpoints[chosen];
-            let attempt = tokio::time::timeout(
-                service.timeouts.request,
-                endpoint.send(outgoing, &service.timeouts, upgrade),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(sent)) => break sent,
-                Ok(Err(failed)) => match failed.request {
-                    // Nothing reached the upstream: safe to try another one.
-                    Some(unsent) if !retried && endpoints.len() > 1 => {
-                        tracing::debug!(error = %failed.error, "retrying on another endpoint");
-                        outgoing = unsent;
-                        retried = true;
-                        chosen = balance::pick(endpoints, Some(chosen)).ok_or_else(no_endpoint)?;
-                    }
-                    _ => return Err(upstream_error(failed.error)),
-                },
-                Err(_elapsed) => {
-                    return Err(upstream_error(UpstreamError::Timeout {
-                        addr: endpoint.addr(),
-                    }))
-                }
+        let sent = send(&version.endpoints, outgoing, &service.timeouts, upgrade).await;
+
+        // 5. answer, and record the outcome once
+        let latency = started.elapsed();
+        let elapsed = self.telemetry.elapsed(started + latency);
+        let (mut response, lease) = match sent {
+            Ok(sent) => sent,
+            Err(failure) => {
+                let error = match failure {
+                    Some(error) => ProxyError::Upstream {
+                        service: service.name.to_string(),
+                        version: version.name.to_string(),
+                        error,
+                    },
+                    None => ProxyError::NoEndpoint {
+                        service: service.name.to_string(),
+                        version: version.name.to_string(),
+                    },
+                };
+                let outcome = Outcome {
+                    status: error.status(),
+                    failure: error.failure_reason(),
+                    latency,
+                };
+                version.stats.record(elapsed, &outcome);
+                return Err(error);
             }
         };
-
-        // 5. answer
-        let (mut response, lease) = sent;
+        let outcome = Outcome {
+            status: response.status(),
+            failure: None,
+            latency,
+        };
+        version.stats.record(elapsed, &outcome);
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
@@ -198,7 +201,46 @@ impl ProxyService {
             return Ok(response.map(|_| ProxyBody::empty()));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| ProxyBody::upstream(body, lease)))
+        let finish = Finish::new(Arc::clone(&version.stats), started);
+        Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
+    }
+}
+
+/// Sends to one endpoint of the version, and once more to another when the
+/// first attempt delivered nothing (refused, or reset before a byte was sent).
+/// `timeouts.request` bounds each attempt's wait for the response head.
+/// `Err(None)`: the version has no endpoint.
+async fn send(
+    endpoints: &[Arc<Endpoint>],
+    mut outgoing: Request<RequestBody>,
+    timeouts: &Timeouts,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Lease), Option<UpstreamError>> {
+    let mut chosen = balance::pick(endpoints, None).ok_or(None)?;
+    let mut retried = false;
+    loop {
+        let endpoint = &endpoints[chosen];
+        let attempt =
+            tokio::time::timeout(timeouts.request, endpoint.send(outgoing, timeouts, upgrade))
+                .await;
+        match attempt {
+            Ok(Ok(sent)) => return Ok(sent),
+            Ok(Err(failed)) => match failed.request {
+                // Nothing reached the upstream: safe to try another one.
+                Some(unsent) if !retried && endpoints.len() > 1 => {
+                    tracing::debug!(error = %failed.error, "retrying on another endpoint");
+                    outgoing = unsent;
+                    retried = true;
+                    chosen = balance::pick(endpoints, Some(chosen)).ok_or(None)?;
+                }
+                _ => return Err(Some(failed.error)),
+            },
+            Err(_elapsed) => {
+                return Err(Some(UpstreamError::Timeout {
+                    addr: endpoint.addr(),
+                }))
+            }
+        }
     }
 }
 

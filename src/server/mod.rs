@@ -6,25 +6,25 @@
 //! connections (beyond the cap, clients wait in the kernel's backlog). On
 //! shutdown the listeners close first, then every connection is told to finish
 //! its in-flight requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY) and
-//! is given `limits.drain_timeout` to do so.
+//! is given `limits.drain_timeout` to do so. The admin API answers through the
+//! drain (readiness says 503) and stops last.
 
+mod listeners;
 pub mod signal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Limits, Listener};
+use crate::admin::Admin;
+use crate::config::{Config, Listener};
 use crate::control::Control;
-use crate::proxy::{ClientInfo, ProxyService};
+use crate::proxy::ProxyService;
+use crate::telemetry::Telemetry;
+pub use listeners::ListenerSet;
 
 /// Why the proxy could not start.
 #[derive(Debug)]
@@ -37,6 +37,10 @@ pub enum StartError {
     Unsupported {
         listener: String,
         what: &'static str,
+    },
+    Token {
+        path: std::path::PathBuf,
+        cause: String,
     },
 }
 
@@ -55,6 +59,11 @@ impl std::fmt::Display for StartError {
             StartError::Unsupported { listener, what } => {
                 write!(f, "listener `{listener}`: {what}")
             }
+            StartError::Token { path, cause } => write!(
+                f,
+                "cannot read the admin token from {} (admin.token_file): {cause}",
+                path.display()
+            ),
         }
     }
 }
@@ -64,47 +73,78 @@ impl std::error::Error for StartError {}
 /// Starts a proxy: `Proxy::start(config)`.
 pub struct Proxy;
 
-impl Proxy {
-    /// Binds every listener and starts serving. Returns once all listeners
-    /// are bound, so a request sent after this returns is served.
-    pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
-        let limits = config.limits.clone();
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for listener in &config.listeners {
-            bound.push((listener.name.clone(), bind(listener)?));
-        }
-        let control = Arc::new(Control::new(config));
-        let service = ProxyService::new(control.published());
-        let builder = Arc::new(connection_builder(&limits));
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
-        let graceful = Arc::new(GracefulShutdown::new());
-        let (stop, stopped) = watch::channel(false);
+/// How to start beyond what the config says.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The file the config came from: enables `POST /reload`.
+    pub source: Option<std::path::PathBuf>,
+    /// Serve the admin API on `admin.address` (the binary always does;
+    /// in-process tests opt in, so parallel tests don't fight over a port).
+    pub admin: bool,
+}
 
-        let mut addresses = Vec::with_capacity(bound.len());
-        let mut accepting = Vec::with_capacity(bound.len());
-        for (name, listener) in bound {
-            let address = listener.local_addr().map_err(|cause| StartError::Bind {
-                listener: name.clone(),
-                address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                cause,
-            })?;
-            tracing::info!(listener = %name, %address, "listening");
-            addresses.push((name, address));
-            accepting.push(tokio::spawn(accept(
-                listener,
-                service.clone(),
-                Arc::clone(&builder),
-                Arc::clone(&connections),
-                Arc::clone(&graceful),
-                stopped.clone(),
-            )));
-        }
+impl Proxy {
+    /// Binds every listener and starts serving, without the admin API.
+    /// Returns once all listeners are bound, so a request sent after this
+    /// returns is served.
+    pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+        Proxy::start_with(config, StartOptions::default()).await
+    }
+
+    pub async fn start_with(
+        config: Config,
+        options: StartOptions,
+    ) -> Result<RunningProxy, StartError> {
+        let limits = config.limits.clone();
+        let listener_settings = config.listeners.clone();
+        let admin_listener = if options.admin {
+            let settings = Listener {
+                name: "admin".into(),
+                address: config.admin.address,
+                tls: None,
+            };
+            let token = match &config.admin.token_file {
+                Some(path) => Some(read_token(path)?),
+                None => None,
+            };
+            Some((listeners::bind(&settings)?, token))
+        } else {
+            None
+        };
+        let telemetry = Arc::new(Telemetry::new());
+        let control = Arc::new(Control::new(config, Arc::clone(&telemetry), options.source));
+        let service = ProxyService::new(control.published(), telemetry);
+        let listeners = Arc::new(ListenerSet::start(&listener_settings, &limits, service)?);
+        let (stop, stopped) = watch::channel(false);
+        let admin = match admin_listener {
+            Some((listener, token)) => {
+                let admin = Arc::new(Admin::new(Arc::clone(&control), token));
+                let address = listener.local_addr().ok();
+                if let Some(address) = address {
+                    tracing::info!(%address, "admin API listening");
+                }
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(Arc::clone(&admin).serve(listener, stopped));
+                admin.set_ready();
+                Some(AdminServer {
+                    admin,
+                    task,
+                    address,
+                    stop,
+                })
+            }
+            None => None,
+        };
+        let ticker = tokio::spawn({
+            let control = Arc::clone(&control);
+            async move { control.tick(stopped).await }
+        });
         Ok(RunningProxy {
-            addresses,
+            admin,
+            listeners,
             control,
             stop,
-            accepting,
-            graceful,
+            ticker,
             drain_timeout: limits.drain_timeout,
         })
     }
@@ -113,26 +153,41 @@ impl Proxy {
 /// A serving proxy. Dropping it without `shutdown` leaves the listeners to the
 /// runtime's end.
 pub struct RunningProxy {
-    addresses: Vec<(String, SocketAddr)>,
+    admin: Option<AdminServer>,
+    listeners: Arc<ListenerSet>,
     control: Arc<Control>,
+    /// Stops the background tasks (the window ticker).
     stop: watch::Sender<bool>,
-    accepting: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    ticker: JoinHandle<()>,
     drain_timeout: Duration,
 }
 
+struct AdminServer {
+    admin: Arc<Admin>,
+    task: JoinHandle<()>,
+    address: Option<SocketAddr>,
+    /// The admin API stops after the drain, so probes see it through.
+    stop: watch::Sender<bool>,
+}
+
 impl RunningProxy {
+    /// Where the admin API listens, when it was started.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.address)
+    }
+
     /// The address a listener is bound to (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.addresses
-            .iter()
+        self.listeners
+            .addresses()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|&(_, addr)| addr)
+            .map(|(_, addr)| addr)
     }
 
     /// Every listener's name and bound address, in config order.
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.addresses
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners.addresses()
     }
 
     pub fn control(&self) -> &Control {
@@ -142,133 +197,41 @@ impl RunningProxy {
     /// Stops accepting, lets in-flight requests finish (up to the drain
     /// timeout), then returns. Returns whether every connection finished.
     pub async fn shutdown(self) -> bool {
+        // Readiness turns 503 first; the admin API keeps answering through
+        // the drain and stops last.
+        if let Some(admin) = &self.admin {
+            admin.admin.set_draining();
+        }
+        let drained = self.listeners.drain(self.drain_timeout).await;
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(
+                timeout = ?self.drain_timeout,
+                "drain timeout reached; closing the remaining connections (limits.drain_timeout)"
+            );
+        }
         let _ = self.stop.send(true);
-        for task in self.accepting {
-            let _ = task.await;
+        let _ = self.ticker.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.stop.send(true);
+            let _ = admin.task.await;
         }
-        let open = self.graceful.count();
-        tracing::info!(connections = open, "draining");
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
-            return false;
-        };
-        match tokio::time::timeout(self.drain_timeout, graceful.shutdown()).await {
-            Ok(()) => {
-                tracing::info!("drained");
-                true
-            }
-            Err(_) => {
-                tracing::warn!(
-                    timeout = ?self.drain_timeout,
-                    "drain timeout reached; closing the remaining connections (limits.drain_timeout)"
-                );
-                false
-            }
-        }
+        drained
     }
 }
 
-fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
-    if listener.tls.is_some() {
-        return Err(StartError::Unsupported {
-            listener: listener.name.clone(),
-            what: "TLS termination is not available in this build yet; \
-                   remove the `tls` block or terminate TLS in front of veer",
-        });
-    }
-    let fail = |cause| StartError::Bind {
-        listener: listener.name.clone(),
-        address: listener.address,
+fn read_token(path: &std::path::Path) -> Result<String, StartError> {
+    let fail = |cause: String| StartError::Token {
+        path: path.to_path_buf(),
         cause,
     };
-    let domain = socket2::Domain::for_address(listener.address);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&listener.address.into()).map_err(fail)?;
-    socket.listen(4096).map_err(fail)?;
-    TcpListener::from_std(socket.into()).map_err(fail)
-}
-
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    builder
-}
-
-/// What every request on one connection needs, behind one `Arc`.
-struct ConnectionContext {
-    service: ProxyService,
-    client: ClientInfo,
-}
-
-async fn accept(
-    listener: TcpListener,
-    service: ProxyService,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    connections: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                // Out of file descriptors or similar: back off instead of
-                // spinning; the connection waits in the backlog.
-                tracing::warn!(error = %err, "accept failed; retrying in 50ms");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let watcher = graceful.watcher();
-        let builder = Arc::clone(&builder);
-        let context = Arc::new(ConnectionContext {
-            service: service.clone(),
-            client: ClientInfo::new(peer, false),
-        });
-        tokio::spawn(async move {
-            serve(stream, builder, context, watcher).await;
-            drop(permit);
-        });
+    let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(fail(
+            "the file is empty; put a long random token in it".into(),
+        ));
     }
-}
-
-async fn serve(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    context: Arc<ConnectionContext>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let _ = stream.set_nodelay(true);
-    let requests = service_fn(move |request| {
-        let context = Arc::clone(&context);
-        async move { context.service.serve(request, &context.client).await }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), requests);
-    if let Err(err) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(error = %err, "client connection ended with an error");
-    }
+    Ok(token.to_string())
 }

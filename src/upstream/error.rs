@@ -23,10 +23,10 @@ pub enum UpstreamError {
 /// The failure reasons of `veer_upstream_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
-    Connect,
-    Timeout,
-    Reset,
-    Protocol,
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Protocol = 3,
 }
 
 impl FailureReason {

@@ -1,0 +1,227 @@
+//! The admin API, on its own listener: metrics, health, status, and the
+//! operator's controls. Off the request path entirely; it reads the same
+//! snapshot the proxy reads and changes things only through `control`.
+//!
+//! Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
+
+mod status;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::control::Control;
+
+/// Largest admin request body accepted (a weights map is a few bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin handlers share.
+pub struct Admin {
+    pub control: Arc<Control>,
+    token: Option<String>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+impl Admin {
+    pub fn new(control: Arc<Control>, token: Option<String>) -> Admin {
+        Admin {
+            control,
+            token,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Listeners are bound and a config is loaded.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Shutting down: readiness answers 503 so load balancers move away.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Serves admin requests until `stop` changes.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.changed() => return,
+            };
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let admin = Arc::clone(&self);
+            tokio::spawn(async move {
+                let handler = service_fn(move |request| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), handler)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
+        let path = request.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        if method == Method::POST {
+            if let Some(refused) = self.authorize(&request) {
+                return refused;
+            }
+        }
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["metrics"]) => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.control.telemetry().render(),
+            ),
+            (&Method::GET, ["health", "liveness"]) => plain(StatusCode::OK, "alive"),
+            (&Method::GET, ["health", "readiness"]) => {
+                if self.draining.load(Ordering::Acquire) {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if self.ready.load(Ordering::Acquire) {
+                    plain(StatusCode::OK, "ready")
+                } else {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }
+            (&Method::GET, ["status"]) => json(StatusCode::OK, &status::report(&self.control)),
+            (&Method::POST, ["services", service, "weights"]) => {
+                let service = (*service).to_string();
+                match read_json(request).await {
+                    Ok(body) => self.set_weights(&service, body),
+                    Err(response) => response,
+                }
+            }
+            (&Method::POST, ["reload"]) => match self.control.reload() {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({"result": "success"})),
+                Err(errors) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"result": "failure", "errors": errors}),
+                ),
+            },
+            (_, ["metrics"] | ["health", ..] | ["status"]) | (_, ["services", _, _]) | (_, ["reload"]) => {
+                plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this path")
+            }
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "no such admin endpoint; see GET /status, /metrics, /health/liveness, /health/readiness",
+            ),
+        }
+    }
+
+    fn authorize(&self, request: &Request<Incoming>) -> Option<AdminResponse> {
+        let expected = self.token.as_deref()?;
+        let presented = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => None,
+            Some(_) => Some(plain(
+                StatusCode::UNAUTHORIZED,
+                "the admin token does not match; use the token in admin.token_file",
+            )),
+            None => Some(plain(
+                StatusCode::UNAUTHORIZED,
+                "this admin API needs `Authorization: Bearer TOKEN` (the token in admin.token_file; \
+                 the CLI takes --token-file or VEER_ADMIN_TOKEN)",
+            )),
+        }
+    }
+
+    fn set_weights(&self, service: &str, body: serde_json::Value) -> AdminResponse {
+        let Some(map) = body.as_object() else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON object of version weights, e.g. {\"stable\": 0, \"canary\": 100}",
+            );
+        };
+        let mut weights = Vec::with_capacity(map.len());
+        for (version, weight) in map {
+            let Some(weight) = weight.as_u64().and_then(|w| u32::try_from(w).ok()) else {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("weight of `{version}` must be a non-negative integer, got {weight}"),
+                );
+            };
+            weights.push((version.as_str(), weight));
+        }
+        if weights.is_empty() {
+            return plain(StatusCode::BAD_REQUEST, "no weights given");
+        }
+        match self.control.set_weights(service, &weights) {
+            Ok(()) => json(
+                StatusCode::OK,
+                &status::service_weights(&self.control, service),
+            ),
+            Err(reason) if reason.starts_with("no service") => {
+                plain(StatusCode::NOT_FOUND, &reason)
+            }
+            Err(reason) => plain(StatusCode::BAD_REQUEST, &reason),
+        }
+    }
+}
+
+async fn read_json(request: Request<Incoming>) -> Result<serde_json::Value, AdminResponse> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|err| {
+            plain(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {err}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| {
+        plain(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not valid JSON: {err}"),
+        )
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn plain(status: StatusCode, message: &str) -> AdminResponse {
+    text(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let mut body = value.to_string();
+    body.push('\n');
+    text(status, "application/json", body)
+}

@@ -1,0 +1,84 @@
+//! The `/status` report: every service with its versions' weights, revisions,
+//! endpoints and window figures, plus the config's generation and the last
+//! reload's result. Built from the snapshot in force, so it shows what the
+//! request path sees.
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::control::Control;
+use crate::telemetry::Figures;
+
+pub fn report(control: &Control) -> Value {
+    let snapshot = control.snapshot();
+    let elapsed = control.telemetry().elapsed(Instant::now());
+    let services: Vec<Value> = snapshot
+        .services
+        .iter()
+        .map(|service| {
+            let versions: Vec<Value> = service
+                .versions
+                .iter()
+                .map(|version| {
+                    let figures = version.stats.window().figures(elapsed, service.window);
+                    json!({
+                        "name": &*version.name,
+                        "revision": &*version.revision,
+                        "weight": version.weight,
+                        "protocol": match version.protocol {
+                            crate::config::Protocol::Http1 => "http1",
+                            crate::config::Protocol::Http2 => "http2",
+                        },
+                        "endpoints": version.endpoints.iter().map(|e| json!({
+                            "address": e.addr().to_string(),
+                            "health": "unchecked",
+                            "outstanding": e.outstanding(),
+                        })).collect::<Vec<_>>(),
+                        "window": window_json(&figures),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*service.name,
+                "window_seconds": service.window.as_secs(),
+                "versions": versions,
+                "rollout": Value::Null,
+                "guard": Value::Null,
+            })
+        })
+        .collect();
+    json!({
+        "config": {
+            "generation": snapshot.generation,
+            "source": control.source().map(|p| p.display().to_string()),
+            "last_reload": control.last_reload(),
+        },
+        "services": services,
+    })
+}
+
+fn window_json(figures: &Figures) -> Value {
+    let ms = |us: Option<f64>| us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0);
+    json!({
+        "requests": figures.requests,
+        "errors": figures.errors,
+        "rps": (figures.rps() * 100.0).round() / 100.0,
+        "error_rate": figures.error_rate(),
+        "p50_ms": ms(figures.p50_us),
+        "p95_ms": ms(figures.p95_us),
+        "p99_ms": ms(figures.p99_us),
+    })
+}
+
+/// The weights in force for one service, as `{"version": weight}`.
+pub fn service_weights(control: &Control, service: &str) -> Value {
+    let snapshot = control.snapshot();
+    let weights: serde_json::Map<String, Value> = snapshot
+        .services
+        .iter()
+        .filter(|s| &*s.name == service)
+        .flat_map(|s| s.versions.iter())
+        .map(|v| (v.name.to_string(), json!(v.weight)))
+        .collect();
+    json!({ "service": service, "weights": weights })
+}

@@ -1,0 +1,80 @@
+//! `veer status`: the admin API's `/status` as a table for people, or as the
+//! JSON itself for scripts.
+
+use serde_json::Value;
+
+/// Renders the report, only `service` when given. `None` when that service
+/// does not exist.
+pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
+    let mut out = String::new();
+    let config = &report["config"];
+    if let Some(last) = config["last_reload"].as_object() {
+        out.push_str(&format!(
+            "config generation {}; last reload {} at {}\n",
+            config["generation"],
+            last.get("result").and_then(Value::as_str).unwrap_or("?"),
+            last.get("at").and_then(Value::as_str).unwrap_or("?"),
+        ));
+        if let Some(errors) = last.get("errors").and_then(Value::as_array) {
+            for e in errors {
+                out.push_str(&format!("  ! {}\n", e.as_str().unwrap_or("")));
+            }
+        }
+    } else {
+        out.push_str(&format!("config generation {}\n", config["generation"]));
+    }
+    let services = report["services"].as_array()?;
+    let mut shown = 0;
+    for s in services {
+        let name = s["name"].as_str().unwrap_or("?");
+        if service.is_some_and(|wanted| wanted != name) {
+            continue;
+        }
+        shown += 1;
+        out.push_str(&format!(
+            "\n{name}  (window {}s)\n  {:<12} {:<10} {:>6} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9}\n",
+            s["window_seconds"],
+            "VERSION",
+            "REVISION",
+            "WEIGHT",
+            "RPS",
+            "ERR%",
+            "P50ms",
+            "P95ms",
+            "P99ms",
+            "REQUESTS"
+        ));
+        for v in s["versions"].as_array().into_iter().flatten() {
+            let w = &v["window"];
+            let ms = |x: &Value| x.as_f64().map_or("-".to_string(), |m| format!("{m:.2}"));
+            out.push_str(&format!(
+                "  {:<12} {:<10} {:>6} {:>9.1} {:>7.2} {:>8} {:>8} {:>8} {:>9}\n",
+                v["name"].as_str().unwrap_or("?"),
+                v["revision"].as_str().unwrap_or(""),
+                v["weight"].as_u64().unwrap_or(0),
+                w["rps"].as_f64().unwrap_or(0.0),
+                w["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                ms(&w["p50_ms"]),
+                ms(&w["p95_ms"]),
+                ms(&w["p99_ms"]),
+                w["requests"].as_u64().unwrap_or(0),
+            ));
+        }
+        let describe = |v: &Value| {
+            if v.is_null() {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        out.push_str(&format!(
+            "  rollout: {}   guard: {}\n",
+            describe(&s["rollout"]),
+            describe(&s["guard"])
+        ));
+    }
+    if service.is_some() && shown == 0 {
+        return None;
+    }
+    Some(out)
+}

@@ -1,0 +1,281 @@
+//! The config file as written: serde types that mirror the YAML field for
+//! field and refuse unknown fields, so a typo is an error and not a silently
+//! ignored setting.
+//!
+//! Nothing here is checked beyond its shape. Numbers, durations and enum-like
+//! words are kept as written ([`Scalar`]) so that `validate` can say
+//! precisely what is wrong with a value, in the field's own terms, instead of
+//! serde's "invalid value: integer `-1`, expected u32"; omitted fields are
+//! `None` and get their defaults there too.
+//!
+//! The top level keeps its parts as untyped YAML values ([`RawDocument`]):
+//! each part, and each listener and service, is deserialized on its own, so
+//! one typo does not hide the errors in the rest of the file. For the same
+//! reason, fields that are required are `Option`s here: a missing one is a
+//! validation error, reported with the others, not a serde error that would
+//! stop its whole service from being checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// The top level of the file, with its parts still untyped.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with listeners, services and optionally admin, state_dir and limits"
+)]
+pub(crate) struct RawDocument {
+    pub listeners: Option<Value>,
+    pub admin: Option<Value>,
+    pub state_dir: Option<Value>,
+    pub limits: Option<Value>,
+    pub services: Option<Value>,
+}
+
+/// A part of the file that did not deserialize; its error is already reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Invalid;
+
+/// A part of the file, deserialized or already reported.
+pub(crate) type Part<T> = Result<T, Invalid>;
+
+/// The whole file, each part typed (or reported as invalid). A list that is
+/// not a list at all is held as one invalid item, so it is neither checked
+/// further nor taken as empty.
+#[derive(Debug)]
+pub(crate) struct RawConfig {
+    pub listeners: Option<Vec<Part<RawListener>>>,
+    pub admin: Option<Part<RawAdmin>>,
+    pub state_dir: Option<Part<String>>,
+    pub limits: Option<Part<RawLimits>>,
+    pub services: Option<Vec<Part<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener: a mapping with name, address and optionally tls"
+)]
+pub(crate) struct RawListener {
+    pub name: Option<String>,
+    /// A scalar, so that `address: 8080` gets an address error, not a type error.
+    pub address: Option<Scalar>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with cert and key")]
+pub(crate) struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with address and optionally token_file"
+)]
+pub(crate) struct RawAdmin {
+    pub address: Option<Scalar>,
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of max_connections, header_read_timeout, max_header_bytes and drain_timeout"
+)]
+pub(crate) struct RawLimits {
+    pub max_connections: Option<Scalar>,
+    pub header_read_timeout: Option<Scalar>,
+    pub max_header_bytes: Option<Scalar>,
+    pub drain_timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a service: a mapping with name, versions and optionally match, sticky, rules, timeouts, health_check, guard and rollout"
+)]
+pub(crate) struct RawService {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawServiceMatch>,
+    pub versions: Option<Vec<RawVersion>>,
+    pub sticky: Option<RawSticky>,
+    pub rules: Option<Vec<RawRule>>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub guard: Option<RawGuard>,
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with hosts and path_prefix"
+)]
+pub(crate) struct RawServiceMatch {
+    pub hosts: Option<Vec<String>>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a version: a mapping with name, endpoints, weight and optionally revision and protocol"
+)]
+pub(crate) struct RawVersion {
+    pub name: Option<String>,
+    pub revision: Option<Scalar>,
+    pub endpoints: Option<Vec<Scalar>>,
+    pub weight: Option<Scalar>,
+    pub protocol: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with either header, or cookie and optionally max_age"
+)]
+pub(crate) struct RawSticky {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub max_age: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rule: a mapping with match and version"
+)]
+pub(crate) struct RawRule {
+    #[serde(rename = "match")]
+    pub matcher: Option<RawRuleMatch>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with headers, cookies and path_prefix"
+)]
+pub(crate) struct RawRuleMatch {
+    /// Sorted by name: every condition must hold, so order carries nothing,
+    /// and a stable order makes error order stable.
+    pub headers: Option<BTreeMap<String, Scalar>>,
+    pub cookies: Option<BTreeMap<String, Scalar>>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with connect, request and idle"
+)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<Scalar>,
+    pub request: Option<Scalar>,
+    pub idle: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with path and optionally interval and timeout"
+)]
+pub(crate) struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a guard: a mapping with baseline and thresholds"
+)]
+pub(crate) struct RawGuard {
+    pub baseline: Option<String>,
+    pub interval: Option<Scalar>,
+    pub window: Option<Scalar>,
+    pub min_requests: Option<Scalar>,
+    pub max_error_rate: Option<Scalar>,
+    pub max_p95_latency: Option<Scalar>,
+    pub max_p99_latency: Option<Scalar>,
+    pub max_error_rate_increase: Option<Scalar>,
+    pub max_latency_ratio: Option<Scalar>,
+    pub consecutive: Option<Scalar>,
+    pub on_revert: Option<Scalar>,
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rollout: a mapping with candidate, steps, hold and optionally gate"
+)]
+pub(crate) struct RawRollout {
+    pub candidate: Option<String>,
+    pub steps: Option<Vec<Scalar>>,
+    pub hold: Option<Scalar>,
+    pub gate: Option<String>,
+}
+
+/// A single YAML value as written, for a field whose type `validate` checks:
+/// durations, numbers, and text that must not be read as a number. Taking any
+/// scalar here means `request: 5` or `weight: 1.5` is a validation error,
+/// reported together with the others, rather than a deserialization error
+/// that would stop the rest of its service from being checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar {
+    Text(String),
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar {
+    /// As the user (most likely) wrote it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Text(text) => f.write_str(text),
+            Scalar::Int(n) => write!(f, "{n}"),
+            // Debug keeps the point: `1.0`, where Display would print `1`.
+            Scalar::Float(n) => write!(f, "{n:?}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a single value, not a list or mapping")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(text.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(i128::from(n)))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(i128::from(n)))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(n))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(b))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}

@@ -1,0 +1,1628 @@
+//! The second stage: raw serde types -> the validated model.
+//!
+//! Every check runs even after one has failed, and each failure becomes an
+//! [`Issue`] with the field's path, so one `veer check` shows everything that
+//! is wrong. Defaults for omitted fields are applied here, in one place; the
+//! model's `Default` impls are the source of the default values.
+//!
+//! Decisions written down here:
+//! - A rollout needs a guard. The guard's baseline is where the traffic not yet
+//!   given to the candidate goes, and a rollout that nothing watches would
+//!   raise traffic blindly.
+//! - A guard needs at least one threshold; without one it can never trip.
+//! - Service and version names are limited to letters, digits, `-`, `_` and
+//!   `.`: they appear in admin URLs, metric labels and `veer weights
+//!   SERVICE VERSION=W` arguments.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Uri;
+
+use super::duration::parse_duration;
+use super::error::Issue;
+use super::model::{
+    Admin, Config, Guard, HealthCheck, HostMatch, Limits, Listener, ListenerTls, OnRevert,
+    Protocol, Rollout, Rule, RuleMatch, Service, Sticky, Timeouts, Version,
+};
+use super::raw::{
+    Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawRollout,
+    RawRule, RawService, RawServiceMatch, RawSticky, RawTimeouts, RawVersion, Scalar,
+};
+
+/// The admin API's address when `admin.address` is omitted.
+pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+/// A weight above this is surely a mistake, and keeps sums far from overflow.
+pub const MAX_WEIGHT: i128 = 1_000_000;
+/// hyper refuses a smaller HTTP/1 read buffer (it asserts 8192).
+pub const MIN_HEADER_BYTES: i128 = 8192;
+/// A request head larger than this is an attack or a bug.
+pub const MAX_HEADER_BYTES: i128 = 1024 * 1024;
+/// Sticky cookie lifetime when `max_age` is omitted.
+pub const DEFAULT_STICKY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+const GUARD_INTERVAL: Duration = Duration::from_secs(1);
+const GUARD_WINDOW: Duration = Duration::from_secs(30);
+const GUARD_MIN_REQUESTS: u64 = 50;
+const GUARD_CONSECUTIVE: u32 = 2;
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+const NAME_RULE: &str = "use only letters, digits, `-`, `_` and `.` (names appear in admin URLs, metric labels and `veer weights` arguments)";
+const URL_EXAMPLE: &str =
+    "expected an http:// or https:// URL such as http://127.0.0.1:9000/hooks/veer";
+
+/// Checks `raw` and builds the model. Returns `None` if any issue was pushed
+/// (by this stage or by deserialization before it).
+pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config> {
+    let mut v = Validator { issues: Vec::new() };
+    let listeners = v.listeners(raw.listeners);
+    let admin = v.admin(raw.admin, &listeners);
+    let state_dir = match raw.state_dir {
+        None => Some(None),
+        Some(Err(_)) => None,
+        Some(Ok(dir)) => v
+            .path_field("state_dir", &dir, "remove state_dir or name a directory")
+            .map(Some),
+    };
+    let limits = v.limits(raw.limits);
+    let services = v.services(raw.services);
+
+    let clean = v.issues.is_empty() && issues.is_empty();
+    issues.append(&mut v.issues);
+    if !clean {
+        return None;
+    }
+    Some(Config {
+        listeners: listeners
+            .into_iter()
+            .map(|(_, listener)| listener)
+            .collect(),
+        admin: admin?,
+        state_dir: state_dir?,
+        limits: limits?,
+        services,
+    })
+}
+
+struct Validator {
+    issues: Vec<Issue>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.issues.push(Issue::at(path, reason));
+    }
+
+    /// A field that must be present; `reason` says what to write.
+    fn required<T>(&mut self, path: &str, value: Option<T>, reason: &str) -> Option<T> {
+        if value.is_none() {
+            self.err(path, reason);
+        }
+        value
+    }
+
+    // ----- top level ---------------------------------------------------------
+
+    /// The valid listeners, each with its index in the file.
+    fn listeners(&mut self, raw: Option<Vec<Part<RawListener>>>) -> Vec<(usize, Listener)> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                "listeners",
+                "no listeners: add at least one, such as `- { name: public, address: 127.0.0.1:8080 }`",
+            );
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut valid: Vec<(usize, Listener)> = Vec::new();
+        for (i, listener) in raw.into_iter().enumerate() {
+            let Ok(listener) = listener else { continue };
+            let path = format!("listeners[{i}]");
+            let name_path = format!("{path}.name");
+            let name = self.required(
+                &name_path,
+                listener.name,
+                "missing name: give the listener a name, such as public",
+            );
+            if let Some(name) = &name {
+                if self.name(&name_path, name, "listener") {
+                    if let Some(first) = names.get(name) {
+                        self.err(
+                            &name_path,
+                            format!(
+                                "duplicate listener name `{name}` (also listeners[{first}]): give each listener its own name"
+                            ),
+                        );
+                    } else {
+                        names.insert(name.clone(), i);
+                    }
+                }
+            }
+            let address_path = format!("{path}.address");
+            let address = self
+                .required(
+                    &address_path,
+                    listener.address,
+                    "missing address: give the IP:PORT to listen on, such as 127.0.0.1:8080",
+                )
+                .and_then(|text| match parse_listen_address(&text.to_string()) {
+                    Ok(address) => Some(address),
+                    Err(reason) => {
+                        self.err(&address_path, reason);
+                        None
+                    }
+                });
+            let tls = listener.tls.map(|tls| {
+                let cert = self
+                    .required(
+                        &format!("{path}.tls.cert"),
+                        tls.cert,
+                        "missing cert: name the PEM certificate chain file",
+                    )
+                    .and_then(|cert| {
+                        self.path_field(
+                            &format!("{path}.tls.cert"),
+                            &cert,
+                            "name the PEM certificate chain file",
+                        )
+                    });
+                let key = self
+                    .required(
+                        &format!("{path}.tls.key"),
+                        tls.key,
+                        "missing key: name the PEM private key file",
+                    )
+                    .and_then(|key| {
+                        self.path_field(
+                            &format!("{path}.tls.key"),
+                            &key,
+                            "name the PEM private key file",
+                        )
+                    });
+                Some(ListenerTls {
+                    cert: cert?,
+                    key: key?,
+                })
+            });
+            let Some(address) = address else { continue };
+            for (j, other) in &valid {
+                if overlaps(address, other.address) {
+                    self.err(
+                        format!("{path}.address"),
+                        format!(
+                            "`{address}` overlaps listeners[{j}] (`{}`): two listeners cannot bind the same port on the same address; change one of the ports",
+                            other.address
+                        ),
+                    );
+                }
+            }
+            valid.push((
+                i,
+                Listener {
+                    name: name.unwrap_or_default(),
+                    address,
+                    // An invalid TLS block is reported; the listener is kept
+                    // only so that overlaps with it are still found.
+                    tls: tls.flatten(),
+                },
+            ));
+        }
+        valid
+    }
+
+    fn admin(
+        &mut self,
+        raw: Option<Part<RawAdmin>>,
+        listeners: &[(usize, Listener)],
+    ) -> Option<Admin> {
+        let raw = match raw {
+            Some(Ok(admin)) => Some(admin),
+            Some(Err(_)) => return None,
+            None => None,
+        };
+        let (address, token_file) = match raw {
+            Some(admin) => (admin.address, admin.token_file),
+            None => (None, None),
+        };
+        let token_file = token_file.and_then(|file| {
+            self.path_field(
+                "admin.token_file",
+                &file,
+                "name the file holding the admin token, or remove token_file",
+            )
+        });
+        let explicit = address.is_some();
+        let address = match address {
+            None => DEFAULT_ADMIN_ADDRESS,
+            Some(text) => match parse_listen_address(&text.to_string()) {
+                Ok(address) => address,
+                Err(reason) => {
+                    self.err("admin.address", reason);
+                    return None;
+                }
+            },
+        };
+        if !address.ip().is_loopback() && token_file.is_none() {
+            self.err(
+                "admin.address",
+                format!(
+                    "`{address}` is not a loopback address: set admin.token_file: the admin API must not be open without a token"
+                ),
+            );
+        }
+        for (i, listener) in listeners {
+            if overlaps(address, listener.address) {
+                if explicit {
+                    self.err(
+                        "admin.address",
+                        format!(
+                            "`{address}` overlaps listeners[{i}] (`{}`): the admin API needs a port of its own",
+                            listener.address
+                        ),
+                    );
+                } else {
+                    self.err(
+                        format!("listeners[{i}].address"),
+                        format!(
+                            "`{}` overlaps the admin API's default address {DEFAULT_ADMIN_ADDRESS}: change this port or set admin.address",
+                            listener.address
+                        ),
+                    );
+                }
+            }
+        }
+        Some(Admin {
+            address,
+            token_file,
+        })
+    }
+
+    fn limits(&mut self, raw: Option<Part<RawLimits>>) -> Option<Limits> {
+        let defaults = Limits::default();
+        let raw = match raw {
+            None => return Some(defaults),
+            Some(Err(_)) => return None,
+            Some(Ok(raw)) => raw,
+        };
+        let max_connections = match raw.max_connections {
+            None => Some(defaults.max_connections),
+            Some(n) => self.int_in(
+                "limits.max_connections",
+                &n,
+                1,
+                1_000_000,
+                "open client connections",
+            ),
+        };
+        let max_header_bytes = match raw.max_header_bytes {
+            None => Some(defaults.max_header_bytes),
+            Some(n) => self.int_in(
+                "limits.max_header_bytes",
+                &n,
+                MIN_HEADER_BYTES,
+                MAX_HEADER_BYTES,
+                "bytes in a request head; hyper needs at least 8192",
+            ),
+        };
+        let header_read_timeout = self.positive_duration(
+            "limits.header_read_timeout",
+            raw.header_read_timeout.as_ref(),
+            defaults.header_read_timeout,
+        );
+        let drain_timeout = self.positive_duration(
+            "limits.drain_timeout",
+            raw.drain_timeout.as_ref(),
+            defaults.drain_timeout,
+        );
+        Some(Limits {
+            max_connections: max_connections?,
+            header_read_timeout: header_read_timeout?,
+            max_header_bytes: max_header_bytes?,
+            drain_timeout: drain_timeout?,
+        })
+    }
+
+    fn services(&mut self, raw: Option<Vec<Part<RawService>>>) -> Vec<Service> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                "services",
+                "no services: add at least one, with a name and versions to route to",
+            );
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // (host or None for any host, path_prefix) -> (service index, name).
+        let mut routes: HashMap<(Option<HostMatch>, String), (usize, String)> = HashMap::new();
+        let mut services = Vec::new();
+        for (i, service) in raw.into_iter().enumerate() {
+            let Ok(service) = service else { continue };
+            let path = format!("services[{i}]");
+            let name_path = format!("{path}.name");
+            let name = self.required(
+                &name_path,
+                service.name.clone(),
+                "missing name: give the service a name, such as agent-match",
+            );
+            if let Some(name) = &name {
+                if self.name(&name_path, name, "service") {
+                    if let Some(first) = names.get(name) {
+                        self.err(
+                            &name_path,
+                            format!(
+                                "duplicate service name `{name}` (also services[{first}]): give each service its own name"
+                            ),
+                        );
+                    } else {
+                        names.insert(name.clone(), i);
+                    }
+                }
+            }
+            let Some(service) = self.service(&path, service) else {
+                continue;
+            };
+            // Routes are claimed only by services that are otherwise valid,
+            // so one broken service does not cause a second, misleading error.
+            let any_host = [None];
+            let hosts: Vec<Option<HostMatch>> = service.hosts.iter().cloned().map(Some).collect();
+            let claimed = if hosts.is_empty() {
+                &any_host[..]
+            } else {
+                &hosts[..]
+            };
+            for (k, host) in claimed.iter().enumerate() {
+                let key = (host.clone(), service.path_prefix.clone());
+                match routes.get(&key) {
+                    Some((first, first_name)) => {
+                        let (at, what) = match host {
+                            Some(h) => (
+                                format!("{path}.match.hosts[{k}]"),
+                                format!("host `{}`", host_text(h)),
+                            ),
+                            None => (format!("{path}.match"), "any host".to_string()),
+                        };
+                        self.err(
+                            at,
+                            format!(
+                                "{what} with path_prefix `{}` is already routed to service `{first_name}` (services[{first}]): routing would be ambiguous; change the host or the path_prefix",
+                                service.path_prefix
+                            ),
+                        );
+                    }
+                    None => {
+                        routes.insert(key, (i, service.name.clone()));
+                    }
+                }
+            }
+            services.push(service);
+        }
+        services
+    }
+
+    // ----- one service -------------------------------------------------------
+
+    fn service(&mut self, path: &str, raw: RawService) -> Option<Service> {
+        let (hosts, path_prefix) = self.service_match(path, raw.matcher);
+        let (versions, versions_ok) = self.versions(path, raw.versions);
+        // References resolve against every version named in the file, valid
+        // or not: a rule naming a version with a bad endpoint should report
+        // the endpoint, not an "unknown version".
+        let known: Vec<String> = versions.iter().map(|(name, _)| name.clone()).collect();
+        let sticky = raw
+            .sticky
+            .map(|sticky| self.sticky(&format!("{path}.sticky"), sticky));
+        let rules: Vec<Option<Rule>> = raw
+            .rules
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(k, rule)| self.rule(&format!("{path}.rules[{k}]"), rule, &known))
+            .collect();
+        let timeouts = self.timeouts(&format!("{path}.timeouts"), raw.timeouts);
+        let health_check = raw
+            .health_check
+            .map(|check| self.health_check(&format!("{path}.health_check"), check));
+        // The rollout checks its candidate against the baseline as written,
+        // even if the guard has other errors.
+        let baseline = raw.guard.as_ref().map(|guard| {
+            guard
+                .baseline
+                .as_ref()
+                .and_then(|name| known.iter().position(|k| k == name))
+        });
+        let guard = raw
+            .guard
+            .map(|guard| self.guard(&format!("{path}.guard"), guard, &known));
+        let rollout = raw
+            .rollout
+            .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+
+        Some(Service {
+            name: raw.name?,
+            hosts: hosts?,
+            path_prefix: path_prefix?,
+            versions: if versions_ok {
+                versions
+                    .into_iter()
+                    .map(|(_, version)| version)
+                    .collect::<Option<Vec<_>>>()?
+            } else {
+                return None;
+            },
+            sticky: optional(sticky)?,
+            rules: rules.into_iter().collect::<Option<Vec<_>>>()?,
+            timeouts: timeouts?,
+            health_check: optional(health_check)?,
+            guard: optional(guard)?,
+            rollout: optional(rollout)?,
+        })
+    }
+
+    fn service_match(
+        &mut self,
+        path: &str,
+        raw: Option<RawServiceMatch>,
+    ) -> (Option<Vec<HostMatch>>, Option<String>) {
+        let Some(raw) = raw else {
+            return (Some(Vec::new()), Some("/".to_string()));
+        };
+        let mut ok = true;
+        let mut hosts: Vec<(usize, HostMatch)> = Vec::new();
+        for (k, text) in raw.hosts.unwrap_or_default().iter().enumerate() {
+            let at = format!("{path}.match.hosts[{k}]");
+            match parse_host(text) {
+                Ok(host) => {
+                    if let Some((first, _)) = hosts.iter().find(|(_, h)| *h == host) {
+                        self.err(
+                            at,
+                            format!("duplicate host `{text}` (also hosts[{first}]): remove one"),
+                        );
+                        ok = false;
+                    } else {
+                        hosts.push((k, host));
+                    }
+                }
+                Err(reason) => {
+                    self.err(at, reason);
+                    ok = false;
+                }
+            }
+        }
+        let prefix = match raw.path_prefix {
+            None => Some("/".to_string()),
+            Some(prefix) => match check_path_prefix(&prefix) {
+                Ok(()) => Some(prefix),
+                Err(reason) => {
+                    self.err(format!("{path}.match.path_prefix"), reason);
+                    None
+                }
+            },
+        };
+        let hosts = ok.then(|| hosts.into_iter().map(|(_, host)| host).collect());
+        (hosts, prefix)
+    }
+
+    /// Each version's name as written and the version, `None` where it is
+    /// invalid; and whether the set as a whole is valid.
+    fn versions(
+        &mut self,
+        path: &str,
+        raw: Option<Vec<RawVersion>>,
+    ) -> (Vec<(String, Option<Version>)>, bool) {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                format!("{path}.versions"),
+                "no versions: add at least one, with a name, endpoints and a weight",
+            );
+            return (Vec::new(), false);
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut all_weights_known = true;
+        let mut total: i128 = 0;
+        let mut versions = Vec::new();
+        for (j, raw) in raw.into_iter().enumerate() {
+            let at = format!("{path}.versions[{j}]");
+            let name_path = format!("{at}.name");
+            let name = self.required(
+                &name_path,
+                raw.name,
+                "missing name: give the version a name, such as stable",
+            );
+            let mut ok = false;
+            if let Some(name) = &name {
+                ok = self.name(&name_path, name, "version");
+                if ok {
+                    if let Some(first) = names.get(name) {
+                        self.err(
+                            &name_path,
+                            format!(
+                                "duplicate version name `{name}` (also versions[{first}]): give each version of a service its own name"
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        names.insert(name.clone(), j);
+                    }
+                }
+            }
+            let endpoints = self.endpoints(&at, raw.endpoints);
+            let weight = match raw.weight {
+                None => {
+                    self.err(
+                        format!("{at}.weight"),
+                        "missing weight: give every version a weight (0 for no weighted traffic)",
+                    );
+                    None
+                }
+                Some(Scalar::Int(w)) if w < 0 => {
+                    self.err(
+                        format!("{at}.weight"),
+                        format!("weight {w} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"),
+                    );
+                    None
+                }
+                Some(Scalar::Int(w)) if w > MAX_WEIGHT => {
+                    self.err(
+                        format!("{at}.weight"),
+                        format!("weight {w} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"),
+                    );
+                    None
+                }
+                Some(Scalar::Int(w)) => u32::try_from(w).ok(),
+                Some(other) => {
+                    self.err(
+                        format!("{at}.weight"),
+                        format!("`{other}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"),
+                    );
+                    None
+                }
+            };
+            match weight {
+                Some(w) => total += i128::from(w),
+                None => all_weights_known = false,
+            }
+            let protocol = match raw.protocol {
+                None => Some(Protocol::default()),
+                Some(word) => self
+                    .word(
+                        &format!("{at}.protocol"),
+                        &word,
+                        "protocol",
+                        &["http1", "http2"],
+                    )
+                    .map(|i| {
+                        if i == 0 {
+                            Protocol::Http1
+                        } else {
+                            Protocol::Http2
+                        }
+                    }),
+            };
+            let revision = match raw.revision {
+                None => Some(String::new()),
+                Some(revision) => self.text(&format!("{at}.revision"), &revision),
+            };
+            let name = name.unwrap_or_default();
+            let version = match (ok, endpoints, weight, protocol, revision) {
+                (true, Some(endpoints), Some(weight), Some(protocol), Some(revision)) => {
+                    Some(Version {
+                        name: name.clone(),
+                        revision,
+                        endpoints,
+                        weight,
+                        protocol,
+                    })
+                }
+                _ => None,
+            };
+            versions.push((name, version));
+        }
+        let mut set_ok = true;
+        if all_weights_known && total == 0 {
+            self.err(
+                format!("{path}.versions"),
+                "every version has weight 0: at least one version needs a weight above 0",
+            );
+            set_ok = false;
+        }
+        (versions, set_ok)
+    }
+
+    fn endpoints(&mut self, at: &str, raw: Option<Vec<Scalar>>) -> Option<Vec<SocketAddr>> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                format!("{at}.endpoints"),
+                "no endpoints: list at least one IP:PORT, such as [127.0.0.1:18081]",
+            );
+            return None;
+        }
+        let mut ok = true;
+        // With each one's index in the file, for the duplicate message.
+        let mut endpoints: Vec<(usize, SocketAddr)> = Vec::new();
+        for (k, text) in raw.iter().enumerate() {
+            let path = format!("{at}.endpoints[{k}]");
+            match parse_endpoint(&text.to_string()) {
+                Ok(address) => {
+                    if let Some((first, _)) = endpoints.iter().find(|(_, e)| *e == address) {
+                        self.err(
+                            path,
+                            format!(
+                                "duplicate endpoint `{address}` (also endpoints[{first}]): list each endpoint once"
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        endpoints.push((k, address));
+                    }
+                }
+                Err(reason) => {
+                    self.err(path, reason);
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| endpoints.into_iter().map(|(_, address)| address).collect())
+    }
+
+    fn sticky(&mut self, path: &str, raw: RawSticky) -> Option<Sticky> {
+        match (raw.header, raw.cookie) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    path,
+                    "both header and cookie are set: keep one (`{ header: x-user-id }` or `{ cookie: session }`)",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    path,
+                    "neither header nor cookie is set: add one (`{ header: x-user-id }` or `{ cookie: session }`)",
+                );
+                None
+            }
+            (Some(header), None) => {
+                if raw.max_age.is_some() {
+                    self.err(
+                        format!("{path}.max_age"),
+                        "max_age applies only to a sticky cookie: remove it, or use `cookie:` instead of `header:`",
+                    );
+                }
+                let name = self.header_name(&format!("{path}.header"), &header);
+                if raw.max_age.is_some() {
+                    return None;
+                }
+                Some(Sticky::Header(name?))
+            }
+            (None, Some(cookie)) => {
+                let name_ok = self.cookie_name(&format!("{path}.cookie"), &cookie);
+                let max_age = self.positive_duration(
+                    &format!("{path}.max_age"),
+                    raw.max_age.as_ref(),
+                    DEFAULT_STICKY_MAX_AGE,
+                );
+                if !name_ok {
+                    return None;
+                }
+                Some(Sticky::Cookie {
+                    name: cookie,
+                    max_age: max_age?,
+                })
+            }
+        }
+    }
+
+    fn rule(&mut self, path: &str, raw: RawRule, known: &[String]) -> Option<Rule> {
+        let mut ok = true;
+        let mut matcher = RuleMatch::default();
+        if let Some(raw_match) = raw.matcher {
+            for (name, value) in raw_match.headers.unwrap_or_default() {
+                let at = format!("{path}.match.headers.{name}");
+                let header = self.header_name(&at, &name);
+                let value = self.text(&at, &value);
+                if let Some(text) = &value {
+                    if HeaderValue::from_str(text).is_err() {
+                        self.err(
+                            at.clone(),
+                            format!(
+                                "`{text}` is not a valid header value: use visible ASCII characters and spaces"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+                match header {
+                    Some(header) if matcher.headers.iter().any(|(h, _)| *h == header) => {
+                        self.err(
+                            at,
+                            format!(
+                                "header `{name}` is listed twice (header names ignore case): keep one"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    Some(header) => match value {
+                        Some(value) => matcher.headers.push((header, value)),
+                        None => ok = false,
+                    },
+                    None => ok = false,
+                }
+            }
+            for (name, value) in raw_match.cookies.unwrap_or_default() {
+                let at = format!("{path}.match.cookies.{name}");
+                ok &= self.cookie_name(&at, &name);
+                match self.text(&at, &value) {
+                    Some(value) => matcher.cookies.push((name, value)),
+                    None => ok = false,
+                }
+            }
+            if let Some(prefix) = raw_match.path_prefix {
+                match check_path_prefix(&prefix) {
+                    Ok(()) => matcher.path_prefix = Some(prefix),
+                    Err(reason) => {
+                        self.err(format!("{path}.match.path_prefix"), reason);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let version = self.version_ref(
+            &format!("{path}.version"),
+            raw.version.as_deref(),
+            "missing version: name the version that matching requests go to",
+            known,
+        );
+        if !ok {
+            return None;
+        }
+        Some(Rule {
+            matcher,
+            version: version?,
+        })
+    }
+
+    fn timeouts(&mut self, path: &str, raw: Option<RawTimeouts>) -> Option<Timeouts> {
+        let defaults = Timeouts::default();
+        let Some(raw) = raw else {
+            return Some(defaults);
+        };
+        let connect = self.positive_duration(
+            &format!("{path}.connect"),
+            raw.connect.as_ref(),
+            defaults.connect,
+        );
+        let request = self.positive_duration(
+            &format!("{path}.request"),
+            raw.request.as_ref(),
+            defaults.request,
+        );
+        let idle =
+            self.positive_duration(&format!("{path}.idle"), raw.idle.as_ref(), defaults.idle);
+        Some(Timeouts {
+            connect: connect?,
+            request: request?,
+            idle: idle?,
+        })
+    }
+
+    fn health_check(&mut self, path: &str, raw: RawHealthCheck) -> Option<HealthCheck> {
+        let probe_path = match self.required(
+            &format!("{path}.path"),
+            raw.path,
+            "missing path: give the path the probe requests, such as /health/readiness",
+        ) {
+            Some(probe) if probe.starts_with('/') => Some(probe),
+            Some(probe) => {
+                self.err(
+                    format!("{path}.path"),
+                    format!(
+                        "`{probe}` does not start with `/`: write the path the probe requests, such as /health/readiness"
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        let interval = self.positive_duration(
+            &format!("{path}.interval"),
+            raw.interval.as_ref(),
+            HEALTH_INTERVAL,
+        );
+        let timeout = self.positive_duration(
+            &format!("{path}.timeout"),
+            raw.timeout.as_ref(),
+            HEALTH_TIMEOUT,
+        );
+        if let (Some(interval), Some(timeout)) = (interval, timeout) {
+            if timeout > interval {
+                self.err(
+                    format!("{path}.timeout"),
+                    format!(
+                        "timeout ({}) is longer than interval ({}): a probe must end before the next one starts; shorten timeout or lengthen interval",
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(interval)
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(HealthCheck {
+            path: probe_path?,
+            interval: interval?,
+            timeout: timeout?,
+        })
+    }
+
+    fn guard(&mut self, path: &str, raw: RawGuard, known: &[String]) -> Option<Guard> {
+        let baseline = self.version_ref(
+            &format!("{path}.baseline"),
+            raw.baseline.as_deref(),
+            "missing baseline: name the version that traffic goes back to when another one trips",
+            known,
+        );
+        let interval = self.positive_duration(
+            &format!("{path}.interval"),
+            raw.interval.as_ref(),
+            GUARD_INTERVAL,
+        );
+        let window =
+            self.positive_duration(&format!("{path}.window"), raw.window.as_ref(), GUARD_WINDOW);
+        let mut ok = true;
+        if let (Some(interval), Some(window)) = (interval, window) {
+            if window < interval {
+                self.err(
+                    format!("{path}.window"),
+                    format!(
+                        "window ({}) is shorter than interval ({}): each verdict would miss requests; make window at least interval",
+                        humantime::format_duration(window),
+                        humantime::format_duration(interval)
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let min_requests = match raw.min_requests {
+            None => Some(GUARD_MIN_REQUESTS),
+            Some(n) => self.int_in(
+                &format!("{path}.min_requests"),
+                &n,
+                1,
+                1_000_000_000,
+                "requests in the window before the guard gives a verdict",
+            ),
+        };
+        let consecutive = match raw.consecutive {
+            None => Some(GUARD_CONSECUTIVE),
+            Some(n) => self.int_in(
+                &format!("{path}.consecutive"),
+                &n,
+                1,
+                1000,
+                "bad verdicts in a row before a trip",
+            ),
+        };
+        let max_error_rate = self.fraction(
+            &format!("{path}.max_error_rate"),
+            raw.max_error_rate.as_ref(),
+        );
+        let max_error_rate_increase = self.fraction(
+            &format!("{path}.max_error_rate_increase"),
+            raw.max_error_rate_increase.as_ref(),
+        );
+        let ratio_path = format!("{path}.max_latency_ratio");
+        let max_latency_ratio = match raw.max_latency_ratio.as_ref() {
+            None => Ok(None),
+            Some(raw) => match self.number(&ratio_path, raw, "write a ratio such as 1.5") {
+                None => Err(()),
+                Some(ratio) if ratio >= 1.0 => Ok(Some(ratio)),
+                Some(_) => {
+                    self.err(
+                        ratio_path,
+                        format!(
+                            "`{raw}` is below 1: max_latency_ratio is the version's p95 over the baseline's, such as 1.5 for 50% slower"
+                        ),
+                    );
+                    Err(())
+                }
+            },
+        };
+        let max_p95_latency = self.optional_positive_duration(
+            &format!("{path}.max_p95_latency"),
+            raw.max_p95_latency.as_ref(),
+        );
+        let max_p99_latency = self.optional_positive_duration(
+            &format!("{path}.max_p99_latency"),
+            raw.max_p99_latency.as_ref(),
+        );
+        let thresholds = [
+            raw.max_error_rate.is_some(),
+            raw.max_p95_latency.is_some(),
+            raw.max_p99_latency.is_some(),
+            raw.max_error_rate_increase.is_some(),
+            raw.max_latency_ratio.is_some(),
+        ];
+        if !thresholds.contains(&true) {
+            self.err(
+                path,
+                "no thresholds: set at least one of max_error_rate, max_p95_latency, max_p99_latency, max_error_rate_increase or max_latency_ratio, or the guard can never trip",
+            );
+            ok = false;
+        }
+        let on_revert = match raw.on_revert {
+            None => Some(OnRevert::default()),
+            Some(word) => self
+                .word(
+                    &format!("{path}.on_revert"),
+                    &word,
+                    "on_revert",
+                    &["drain", "evict"],
+                )
+                .map(|i| {
+                    if i == 0 {
+                        OnRevert::Drain
+                    } else {
+                        OnRevert::Evict
+                    }
+                }),
+        };
+        let webhook = match raw.webhook {
+            None => Ok(None),
+            Some(text) => self
+                .url(&format!("{path}.webhook"), &text)
+                .map(Some)
+                .ok_or(()),
+        };
+        if !ok {
+            return None;
+        }
+        Some(Guard {
+            baseline: baseline?,
+            interval: interval?,
+            window: window?,
+            min_requests: min_requests?,
+            max_error_rate: max_error_rate.ok()?,
+            max_p95_latency: max_p95_latency.ok()?,
+            max_p99_latency: max_p99_latency.ok()?,
+            max_error_rate_increase: max_error_rate_increase.ok()?,
+            max_latency_ratio: max_latency_ratio.ok()?,
+            consecutive: consecutive?,
+            on_revert: on_revert?,
+            webhook: webhook.ok()?,
+        })
+    }
+
+    /// `baseline`: `None` without a guard, `Some(None)` with an invalid one.
+    fn rollout(
+        &mut self,
+        path: &str,
+        raw: RawRollout,
+        known: &[String],
+        baseline: Option<Option<usize>>,
+    ) -> Option<Rollout> {
+        let candidate = self.version_ref(
+            &format!("{path}.candidate"),
+            raw.candidate.as_deref(),
+            "missing candidate: name the version being rolled out",
+            known,
+        );
+        let mut ok = true;
+        match (baseline, candidate) {
+            (None, _) => {
+                self.err(
+                    path,
+                    "a rollout needs a guard: add `guard:` with a baseline (where the rest of the traffic goes) and a threshold, so each step is judged",
+                );
+                ok = false;
+            }
+            (Some(Some(baseline)), Some(candidate)) if baseline == candidate => {
+                self.err(
+                    format!("{path}.candidate"),
+                    format!(
+                        "candidate `{}` is also the guard's baseline: roll out another version",
+                        raw.candidate.unwrap_or_default()
+                    ),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        let steps = self.steps(&format!("{path}.steps"), raw.steps);
+        let hold = match raw.hold {
+            None => {
+                self.err(
+                    format!("{path}.hold"),
+                    "missing hold: say how long each step must stay healthy, such as `hold: 10m`",
+                );
+                None
+            }
+            Some(hold) => {
+                self.positive_duration(&format!("{path}.hold"), Some(&hold), Duration::ZERO)
+            }
+        };
+        let gate = match raw.gate {
+            None => Ok(None),
+            Some(text) => self.url(&format!("{path}.gate"), &text).map(Some).ok_or(()),
+        };
+        if !ok {
+            return None;
+        }
+        Some(Rollout {
+            candidate: candidate?,
+            steps: steps?,
+            hold: hold?,
+            gate: gate.ok()?,
+        })
+    }
+
+    fn steps(&mut self, path: &str, raw: Option<Vec<Scalar>>) -> Option<Vec<u32>> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                path,
+                "no steps: list the candidate's percentages of traffic, ending at 100, such as [10, 25, 50, 100]",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut steps: Vec<u32> = Vec::new();
+        for (k, step) in raw.iter().enumerate() {
+            let at = format!("{path}[{k}]");
+            let Some(step) = self.int(&at, step) else {
+                ok = false;
+                continue;
+            };
+            if !(1..=100).contains(&step) {
+                self.err(
+                    at,
+                    format!("step {step} is outside 1..=100: steps are percentages of traffic"),
+                );
+                ok = false;
+                continue;
+            }
+            let step = u32::try_from(step).unwrap_or(100);
+            if let Some(&previous) = steps.last() {
+                if step <= previous {
+                    self.err(
+                        at,
+                        format!(
+                            "step {step} is not above the previous step {previous}: steps must be strictly increasing"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            steps.push(step);
+        }
+        // Judged on the last step as written, even when earlier steps are bad.
+        let last = raw.last().and_then(|step| match step {
+            Scalar::Int(n) => Some(*n),
+            _ => None,
+        });
+        if matches!(last, Some(n) if (1..100).contains(&n)) {
+            self.err(
+                format!("{path}[{}]", raw.len() - 1),
+                "the last step must be 100: a rollout ends with all traffic on the candidate",
+            );
+            ok = false;
+        }
+        ok.then_some(steps)
+    }
+
+    // ----- field helpers -----------------------------------------------------
+
+    /// Checks a service, version or listener name; true when valid.
+    fn name(&mut self, path: &str, name: &str, what: &str) -> bool {
+        if name.is_empty() {
+            self.err(path, format!("empty {what} name: {NAME_RULE}"));
+            return false;
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            self.err(
+                path,
+                format!("{what} name `{name}` contains `{bad}`: {NAME_RULE}"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Resolves a reference to a version; `missing` is the reason when the
+    /// field is absent.
+    fn version_ref(
+        &mut self,
+        path: &str,
+        name: Option<&str>,
+        missing: &str,
+        known: &[String],
+    ) -> Option<usize> {
+        let name = self.required(path, name, missing)?;
+        if let Some(index) = known.iter().position(|k| k == name) {
+            return Some(index);
+        }
+        let mut listed: Vec<String> = Vec::new();
+        for k in known {
+            let quoted = format!("`{k}`");
+            if !listed.contains(&quoted) {
+                listed.push(quoted);
+            }
+        }
+        let listed = listed.join(", ");
+        let reason = if listed.is_empty() {
+            format!("unknown version `{name}`: this service has no valid versions")
+        } else {
+            format!("unknown version `{name}`: this service's versions are {listed}")
+        };
+        self.err(path, reason);
+        None
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "`{name}` is not a valid header name: use letters, digits and `-`, such as x-user-id"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn cookie_name(&mut self, path: &str, name: &str) -> bool {
+        // RFC 6265: a cookie name is an RFC 7230 token.
+        let is_token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !is_token {
+            self.err(
+                path,
+                format!(
+                    "`{name}` is not a valid cookie name: use letters, digits and `-` or `_`, such as session"
+                ),
+            );
+        }
+        is_token
+    }
+
+    /// A non-empty filesystem path.
+    fn path_field(&mut self, path: &str, value: &str, hint: &str) -> Option<PathBuf> {
+        if value.trim().is_empty() {
+            self.err(path, format!("empty path: {hint}"));
+            return None;
+        }
+        Some(PathBuf::from(value))
+    }
+
+    /// Text that must be written as text: `revision: 1.10` would be read as
+    /// the number 1.1, so numbers and booleans are refused.
+    fn text(&mut self, path: &str, raw: &Scalar) -> Option<String> {
+        match raw {
+            Scalar::Text(text) => Some(text.clone()),
+            other => {
+                self.err(
+                    path,
+                    format!(
+                        "`{other}` was read as a {}, not text: put it in quotes so it is kept exactly as written",
+                        if matches!(other, Scalar::Bool(_)) { "boolean" } else { "number" }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, path: &str, raw: &Scalar) -> Option<i128> {
+        match raw {
+            Scalar::Int(n) => Some(*n),
+            other => {
+                self.err(path, format!("`{other}` is not a whole number"));
+                None
+            }
+        }
+    }
+
+    /// A finite number; integers are taken as floats. `hint` says what to
+    /// write instead.
+    fn number(&mut self, path: &str, raw: &Scalar, hint: &str) -> Option<f64> {
+        match raw {
+            // Precision beyond 2^53 does not matter for a threshold.
+            #[allow(clippy::cast_precision_loss)]
+            Scalar::Int(n) => Some(*n as f64),
+            Scalar::Float(n) if n.is_finite() => Some(*n),
+            other => {
+                self.err(path, format!("`{other}` is not a number: {hint}"));
+                None
+            }
+        }
+    }
+
+    /// One of `choices`, by index.
+    fn word(&mut self, path: &str, raw: &Scalar, what: &str, choices: &[&str]) -> Option<usize> {
+        if let Scalar::Text(text) = raw {
+            if let Some(index) = choices.iter().position(|c| c == text) {
+                return Some(index);
+            }
+        }
+        let listed = choices
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        self.err(path, format!("unknown {what} `{raw}`: expected {listed}"));
+        None
+    }
+
+    fn duration(&mut self, path: &str, raw: &Scalar) -> Option<Duration> {
+        match parse_duration(&raw.to_string()) {
+            Ok(duration) => Some(duration),
+            Err(reason) => {
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+
+    /// A duration above zero, or `default` when omitted.
+    fn positive_duration(
+        &mut self,
+        path: &str,
+        raw: Option<&Scalar>,
+        default: Duration,
+    ) -> Option<Duration> {
+        match raw {
+            None => Some(default),
+            Some(raw) => match self.duration(path, raw)? {
+                Duration::ZERO => {
+                    self.err(
+                        path,
+                        format!("`{raw}` is zero: this needs a duration above 0"),
+                    );
+                    None
+                }
+                duration => Some(duration),
+            },
+        }
+    }
+
+    /// An optional duration above zero: `Err` when present and invalid.
+    fn optional_positive_duration(
+        &mut self,
+        path: &str,
+        raw: Option<&Scalar>,
+    ) -> Result<Option<Duration>, ()> {
+        match raw {
+            None => Ok(None),
+            Some(raw) => self
+                .positive_duration(path, Some(raw), Duration::ZERO)
+                .map(Some)
+                .ok_or(()),
+        }
+    }
+
+    /// An optional fraction in [0, 1]: `Err` when present and invalid.
+    fn fraction(&mut self, path: &str, raw: Option<&Scalar>) -> Result<Option<f64>, ()> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        match self.number(path, raw, "write a fraction, such as 0.05 for 5%") {
+            None => Err(()),
+            Some(n) if (0.0..=1.0).contains(&n) => Ok(Some(n)),
+            Some(_) => {
+                self.err(
+                    path,
+                    format!("`{raw}` is outside 0..=1: write a fraction, such as 0.05 for 5%"),
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// A whole number in `min..=max`, converted to the field's type.
+    fn int_in<T: TryFrom<i128>>(
+        &mut self,
+        path: &str,
+        raw: &Scalar,
+        min: i128,
+        max: i128,
+        what: &str,
+    ) -> Option<T> {
+        let n = self.int(path, raw)?;
+        if n < min || n > max {
+            self.err(path, format!("{n} is outside {min}..={max} ({what})"));
+            return None;
+        }
+        T::try_from(n).ok()
+    }
+
+    fn url(&mut self, path: &str, text: &str) -> Option<Uri> {
+        match parse_http_url(text) {
+            Ok(uri) => Some(uri),
+            Err(reason) => {
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+}
+
+/// An optional part: omitted (`None`) is fine, present and invalid
+/// (`Some(None)`) is not.
+fn optional<T>(part: Option<Option<T>>) -> Option<Option<T>> {
+    match part {
+        None => Some(None),
+        Some(inner) => inner.map(Some),
+    }
+}
+
+// ----- free parsers (pure, unit-tested) ---------------------------------------
+
+/// Whether two bound addresses would collide: same port and the same IP, or
+/// either is a wildcard (`0.0.0.0`, `[::]`), which also takes the port on
+/// every address. Port 0 asks the OS for a free port and never collides.
+pub(crate) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// An address to listen on: `IP:PORT`, any IP (wildcards too), port 0 allowed.
+pub(crate) fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| address_error(text, "127.0.0.1:8080"))
+}
+
+/// An upstream endpoint: `IP:PORT` that can be connected to.
+pub(crate) fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let address = text
+        .trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| address_error(text, "127.0.0.1:18081"))?;
+    if address.port() == 0 {
+        return Err(format!(
+            "`{text}` has port 0: give the port the endpoint listens on"
+        ));
+    }
+    if address.ip().is_unspecified() {
+        return Err(format!(
+            "`{text}` is a wildcard address, which cannot be connected to: use the endpoint's own IP, such as 127.0.0.1"
+        ));
+    }
+    Ok(address)
+}
+
+/// Explains why `text` is not `IP:PORT`, guessing the usual mistakes.
+fn address_error(text: &str, example: &str) -> String {
+    let text = text.trim();
+    if text.contains("://") {
+        return format!(
+            "`{text}` has a scheme: expected IP:PORT such as {example}, without http://"
+        );
+    }
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return format!("`{text}` is only a port: expected IP:PORT such as {example}");
+    }
+    if text.parse::<IpAddr>().is_ok() {
+        return format!(
+            "`{text}` has no port: expected IP:PORT such as {example} (IPv6 as [::1]:8080)"
+        );
+    }
+    if let Some((host, port)) = text.rsplit_once(':') {
+        let is_name = !host.is_empty()
+            && host.chars().any(|c| c.is_ascii_alphabetic())
+            && !host.contains(':');
+        if is_name && port.parse::<u16>().is_ok() {
+            return format!(
+                "`{text}` names a host: DNS names are not supported, expected IP:PORT such as {example}"
+            );
+        }
+    }
+    format!("`{text}` is not an address: expected IP:PORT such as {example}")
+}
+
+/// A service host pattern: `name`, `*.suffix`, an IP or a bracketed IPv6.
+/// Lowercased, since hosts compare without case.
+pub(crate) fn parse_host(text: &str) -> Result<HostMatch, String> {
+    let host = text.to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("empty host: remove it (omit hosts to match any host)".to_string());
+    }
+    if host == "*" {
+        return Err("`*` alone is not a host pattern: omit hosts to match any host".to_string());
+    }
+    if host.contains("://") {
+        return Err(format!(
+            "`{text}` has a scheme: write the host name alone, such as example.com"
+        ));
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(HostMatch::Exact(host)),
+            Err(_) => Err(format!(
+                "`{text}` is not a bracketed IPv6 address such as [::1]"
+            )),
+        };
+    }
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "`{text}`: write an IPv6 host in brackets, as in [{host}]"
+        ));
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        if port.parse::<u16>().is_ok() {
+            return Err(format!(
+                "`{text}` has a port: hosts are matched without the port; write `{name}`"
+            ));
+        }
+    }
+    let (suffix, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host.as_str()),
+    };
+    if name.contains('*') {
+        return Err(format!(
+            "`{text}`: `*` is allowed only as the whole first label, as in *.example.com"
+        ));
+    }
+    let labels_ok = name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !labels_ok {
+        return Err(format!(
+            "`{text}` is not a host name: use letters, digits, `-` and dots, such as api.example.com"
+        ));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+/// The host pattern as the user would write it.
+fn host_text(host: &HostMatch) -> String {
+    match host {
+        HostMatch::Exact(name) => name.clone(),
+        HostMatch::Suffix(suffix) => format!("*{suffix}"),
+    }
+}
+
+/// A path prefix for matching requests.
+fn check_path_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!(
+            "`{prefix}` does not start with `/`: write a path prefix such as /api"
+        ));
+    }
+    if let Some(bad) = prefix
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+    {
+        return Err(format!(
+            "`{prefix}` contains {bad:?}: a path prefix is a URL path, without query, fragment or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// A webhook or gate URL.
+pub(crate) fn parse_http_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a URL: {URL_EXAMPLE}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!("`{text}` has scheme `{other}`: {URL_EXAMPLE}"));
+        }
+        None => return Err(format!("`{text}` has no scheme: {URL_EXAMPLE}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host: {URL_EXAMPLE}"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    #[test]
+    fn overlap_rules() {
+        assert!(overlaps(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("127.0.0.1:80"), addr("[::]:80")));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.1:81")));
+        assert!(!overlaps(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
+        assert!(!overlaps(addr("0.0.0.0:0"), addr("0.0.0.0:0")));
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            parse_host("Agent-Match"),
+            Ok(HostMatch::Exact("agent-match".into()))
+        );
+        assert_eq!(
+            parse_host("*.Example.com"),
+            Ok(HostMatch::Suffix(".example.com".into()))
+        );
+        assert_eq!(parse_host("[::1]"), Ok(HostMatch::Exact("[::1]".into())));
+        assert_eq!(
+            parse_host("10.0.0.1"),
+            Ok(HostMatch::Exact("10.0.0.1".into()))
+        );
+        for bad in [
+            "", "*", "a.*.com", "*a.com", "a..b", "x:80", "::1", "http://x", "a b",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(
+            parse_host("example.com:8080"),
+            Err("`example.com:8080` has a port: hosts are matched without the port; write `example.com`".into())
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(parse_endpoint("127.0.0.1:80"), Ok(addr("127.0.0.1:80")));
+        assert_eq!(parse_endpoint("[::1]:80"), Ok(addr("[::1]:80")));
+        assert_eq!(
+            parse_endpoint("backend:8080"),
+            Err("`backend:8080` names a host: DNS names are not supported, expected IP:PORT such as 127.0.0.1:18081".into())
+        );
+        assert_eq!(
+            parse_endpoint("127.0.0.1"),
+            Err("`127.0.0.1` has no port: expected IP:PORT such as 127.0.0.1:18081 (IPv6 as [::1]:8080)".into())
+        );
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:80"),
+            Err("`http://127.0.0.1:80` has a scheme: expected IP:PORT such as 127.0.0.1:18081, without http://".into())
+        );
+        assert!(parse_endpoint("127.0.0.1:0").is_err());
+        assert!(parse_endpoint("0.0.0.0:80").is_err());
+        assert!(parse_endpoint("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(parse_http_url("http://127.0.0.1:9000/hooks/veer").is_ok());
+        assert!(parse_http_url("https://example.com/x").is_ok());
+        assert_eq!(
+            parse_http_url("ftp://x/y"),
+            Err("`ftp://x/y` has scheme `ftp`: expected an http:// or https:// URL such as http://127.0.0.1:9000/hooks/veer".into())
+        );
+        assert!(parse_http_url("/hooks/veer").is_err());
+        assert!(parse_http_url("not a url").is_err());
+    }
+
+    #[test]
+    fn path_prefixes() {
+        assert!(check_path_prefix("/").is_ok());
+        assert!(check_path_prefix("/api/v1").is_ok());
+        assert!(check_path_prefix("api").is_err());
+        assert!(check_path_prefix("/a?b").is_err());
+        assert!(check_path_prefix("/a b").is_err());
+    }
+}

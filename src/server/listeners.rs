@@ -1,0 +1,277 @@
+//! The set of bound listeners, changed by reloads: new addresses are bound
+//! before any old one closes, and if one cannot be bound the whole change is
+//! refused and nothing closes. A listener is identified by its address (and
+//! TLS settings): renaming it keeps the socket.
+//!
+//! Every connection holds a permit of one semaphore, which is both the cap on
+//! open connections and the drain's counter: the drain is over when every
+//! permit is back.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::StartError;
+use crate::config::{Limits, Listener};
+use crate::proxy::{ClientInfo, ProxyService};
+
+pub struct ListenerSet {
+    service: ProxyService,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+    /// Changes to `true` when every connection must wind down.
+    drain: watch::Sender<bool>,
+    /// Touched only by reloads and shutdown, never per request.
+    active: Mutex<Vec<Active>>,
+}
+
+struct Active {
+    settings: Listener,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ListenerSet {
+    /// Binds every listener or none.
+    pub fn start(
+        listeners: &[Listener],
+        limits: &Limits,
+        service: ProxyService,
+    ) -> Result<ListenerSet, StartError> {
+        let max_connections = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+        let set = ListenerSet {
+            service,
+            builder: Arc::new(connection_builder(limits)),
+            connections: Arc::new(Semaphore::new(max_connections as usize)),
+            max_connections,
+            drain: watch::channel(false).0,
+            active: Mutex::new(Vec::new()),
+        };
+        set.reconcile(listeners)?;
+        Ok(set)
+    }
+
+    /// Makes the bound listeners match `wanted`: binds the new ones first,
+    /// then closes the ones no longer wanted. On a bind failure nothing
+    /// changes.
+    pub fn reconcile(&self, wanted: &[Listener]) -> Result<(), StartError> {
+        let mut active = self.lock();
+        let same_socket = |a: &Listener, b: &Listener| {
+            a.address == b.address && a.tls == b.tls && a.address.port() != 0
+        };
+        let mut fresh = Vec::new();
+        for listener in wanted {
+            let kept = active
+                .iter()
+                .any(|a| same_socket(&a.settings, listener) || a.settings == *listener);
+            if !kept {
+                fresh.push((listener.clone(), bind(listener)?));
+            }
+        }
+        // Everything new is bound: now it is safe to close what went away.
+        active.retain_mut(|a| {
+            match wanted
+                .iter()
+                .find(|w| same_socket(&a.settings, w) || a.settings == **w)
+            {
+                Some(w) => {
+                    a.settings = w.clone();
+                    true
+                }
+                None => {
+                    tracing::info!(listener = %a.settings.name, address = %a.bound, "closing listener");
+                    let _ = a.stop.send(true);
+                    false
+                }
+            }
+        });
+        for (settings, listener) in fresh {
+            let bound = listener.local_addr().map_err(|cause| StartError::Bind {
+                listener: settings.name.clone(),
+                address: settings.address,
+                cause,
+            })?;
+            tracing::info!(listener = %settings.name, address = %bound, "listening");
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(accept(
+                listener,
+                self.service.clone(),
+                Arc::clone(&self.builder),
+                Arc::clone(&self.connections),
+                self.drain.subscribe(),
+                stopped,
+            ));
+            active.push(Active {
+                settings,
+                bound,
+                stop,
+                task,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every listener's name and bound address, in config order.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|a| (a.settings.name.clone(), a.bound))
+            .collect()
+    }
+
+    /// Closes every listener, then asks every connection to finish its
+    /// in-flight requests and waits up to `timeout` for them. Returns whether
+    /// all connections finished.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut active = self.lock();
+            active
+                .drain(..)
+                .map(|a| {
+                    let _ = a.stop.send(true);
+                    a.task
+                })
+                .collect()
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        let open = self.max_connections as usize - self.connections.available_permits();
+        tracing::info!(connections = open, "draining");
+        self.drain.send_replace(true);
+        let all_back = self.connections.acquire_many(self.max_connections);
+        matches!(tokio::time::timeout(timeout, all_back).await, Ok(Ok(_)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(super) fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
+    if listener.tls.is_some() {
+        return Err(StartError::Unsupported {
+            listener: listener.name.clone(),
+            what: "TLS termination is not available in this build yet; \
+                   remove the `tls` block or terminate TLS in front of veer",
+        });
+    }
+    let fail = |cause| StartError::Bind {
+        listener: listener.name.clone(),
+        address: listener.address,
+        cause,
+    };
+    let domain = socket2::Domain::for_address(listener.address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&listener.address.into()).map_err(fail)?;
+    socket.listen(4096).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+/// What every request on one connection needs, behind one `Arc`.
+struct ConnectionContext {
+    service: ProxyService,
+    client: ClientInfo,
+}
+
+async fn accept(
+    listener: TcpListener,
+    service: ProxyService,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Semaphore>,
+    drain: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Out of file descriptors or similar: back off instead of
+                // spinning; the connection waits in the backlog.
+                tracing::warn!(error = %err, "accept failed; retrying in 50ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let context = Arc::new(ConnectionContext {
+            service: service.clone(),
+            client: ClientInfo::new(peer, false),
+        });
+        tokio::spawn(serve(
+            stream,
+            Arc::clone(&builder),
+            context,
+            drain.clone(),
+            permit,
+        ));
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    context: Arc<ConnectionContext>,
+    mut drain: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let requests = service_fn(move |request| {
+        let context = Arc::clone(&context);
+        async move { context.service.serve(request, &context.client).await }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), requests);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { drop(drain.wait_for(|&draining| draining).await) } => {
+            // HTTP/1.1: finish the request in flight, then close;
+            // HTTP/2: GOAWAY, finish the open streams.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "client connection ended with an error");
+    }
+    drop(permit);
+}

@@ -1,0 +1,235 @@
+//! A sliding window of per-version figures: a ring of one-second slots, each
+//! with request and error counts and a latency histogram, all atomics. The
+//! request path adds to the slot of the current second; readers (the guard,
+//! `/status`) sum the slots inside the window they ask for.
+//!
+//! A slot is reused every `len` seconds, so it must be emptied before its new
+//! second begins. `advance`, called by a ticker a few times a second, empties
+//! the next slot ahead of time, so writers never reset anything and no count is
+//! lost. If the ticker ever falls behind, the first writer of a stale slot
+//! empties it itself (a compare-and-swap on the slot's second elects one),
+//! which at worst loses the few counts that raced with that reset.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::histogram::{quantile, LatencyHistogram, BUCKETS};
+
+const SLOT: Duration = Duration::from_secs(1);
+
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The second (since the telemetry clock's origin) this slot holds, plus
+    /// one; zero for never used.
+    second: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: LatencyHistogram,
+}
+
+/// What a window holds, summed over its slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    pub requests: u64,
+    pub errors: u64,
+    /// Seconds covered (the window, or less just after start).
+    pub span: Duration,
+    /// Latency quantiles in microseconds; `None` without requests.
+    pub p50_us: Option<f64>,
+    pub p95_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+impl Figures {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    pub fn rps(&self) -> f64 {
+        let secs = self.span.as_secs_f64();
+        if secs <= 0.0 {
+            0.0
+        } else {
+            self.requests as f64 / secs
+        }
+    }
+}
+
+impl Window {
+    /// A ring able to answer for windows up to `longest`.
+    pub fn new(longest: Duration) -> Window {
+        // +1 for the second in progress, +1 for the slot being emptied ahead.
+        let len = longest.as_secs().max(1) as usize + 2;
+        Window {
+            slots: (0..len).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// The longest window this ring can answer for.
+    pub fn capacity(&self) -> Duration {
+        Duration::from_secs(self.slots.len() as u64 - 2)
+    }
+
+    /// Counts one request, `elapsed` since the clock's origin.
+    #[inline]
+    pub fn record(&self, elapsed: Duration, latency: Duration, error: bool) {
+        let second = elapsed.as_secs();
+        let slot = self.slot(second);
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency.record(latency);
+    }
+
+    #[inline]
+    fn slot(&self, second: u64) -> &Slot {
+        let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+        let tag = second + 1;
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != tag && seen < tag {
+            // The ticker is behind: claim and empty the slot ourselves.
+            if slot
+                .second
+                .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.clear();
+            }
+        }
+        slot
+    }
+
+    /// Empties the slot of the next second ahead of time; call it more than
+    /// once a second.
+    pub fn advance(&self, elapsed: Duration) {
+        let next = elapsed.as_secs() + 1;
+        let slot = &self.slots[(next % self.slots.len() as u64) as usize];
+        let tag = next + 1;
+        if slot.second.load(Ordering::Acquire) < tag {
+            slot.clear();
+            slot.second.store(tag, Ordering::Release);
+        }
+    }
+
+    /// The figures of the last `window` (clamped to the ring's capacity),
+    /// counting the second in progress.
+    pub fn figures(&self, elapsed: Duration, window: Duration) -> Figures {
+        let now = elapsed.as_secs();
+        let seconds = window.as_secs().clamp(1, self.capacity().as_secs());
+        let oldest = now.saturating_sub(seconds - 1);
+        let mut figures = Figures::default();
+        let mut latency = [0u64; BUCKETS];
+        for second in oldest..=now {
+            let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+            if slot.second.load(Ordering::Acquire) != second + 1 {
+                continue;
+            }
+            figures.requests += slot.requests.load(Ordering::Relaxed);
+            figures.errors += slot.errors.load(Ordering::Relaxed);
+            slot.latency.add_to(&mut latency);
+        }
+        // The second in progress counts in part: span is what has elapsed.
+        let covered = elapsed.saturating_sub(Duration::from_secs(oldest));
+        figures.span = covered.min(Duration::from_secs(seconds)).max(SLOT / 1000);
+        figures.p50_us = quantile(&latency, 0.50);
+        figures.p95_us = quantile(&latency, 0.95);
+        figures.p99_us = quantile(&latency, 0.99);
+        figures
+    }
+}
+
+impl Slot {
+    fn clear(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        self.latency.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn counts_inside_the_window_only() {
+        let w = Window::new(Duration::from_secs(10));
+        // One error a second for 20 seconds, ticker running.
+        for s in 0..20u64 {
+            let at = Duration::from_secs(s) + 100 * MS;
+            w.advance(at);
+            w.record(at, 5 * MS, true);
+            w.record(at, 5 * MS, false);
+        }
+        let f = w.figures(Duration::from_secs(19) + 500 * MS, Duration::from_secs(10));
+        assert_eq!(f.requests, 20);
+        assert_eq!(f.errors, 10);
+        assert!((f.error_rate() - 0.5).abs() < 1e-9);
+        // A shorter window sees less.
+        let f = w.figures(Duration::from_secs(19) + 500 * MS, Duration::from_secs(3));
+        assert_eq!(f.requests, 6);
+    }
+
+    #[test]
+    fn old_errors_expire() {
+        let w = Window::new(Duration::from_secs(5));
+        for _ in 0..100 {
+            w.record(Duration::from_secs(1), MS, true);
+        }
+        assert_eq!(
+            w.figures(Duration::from_secs(2), Duration::from_secs(5))
+                .errors,
+            100
+        );
+        // Seven seconds later, with no ticker at all, nothing is left.
+        let later = w.figures(Duration::from_secs(8), Duration::from_secs(5));
+        assert_eq!(later.requests, 0);
+        assert_eq!(later.p95_us, None);
+        // A writer that finds a stale slot empties it before counting.
+        w.record(Duration::from_secs(1 + 7), MS, false);
+        let f = w.figures(Duration::from_secs(8), Duration::from_secs(5));
+        assert_eq!((f.requests, f.errors), (1, 0));
+    }
+
+    #[test]
+    fn concurrent_recording_loses_nothing() {
+        let w = std::sync::Arc::new(Window::new(Duration::from_secs(30)));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let w = std::sync::Arc::clone(&w);
+                std::thread::spawn(move || {
+                    for i in 0..50_000u32 {
+                        w.record(Duration::from_millis(1500), MS * (i % 50), i % 10 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let f = w.figures(Duration::from_millis(1900), Duration::from_secs(30));
+        assert_eq!(f.requests, 400_000);
+        assert_eq!(f.errors, 40_000);
+    }
+
+    #[test]
+    fn rps_over_a_partial_window() {
+        let w = Window::new(Duration::from_secs(30));
+        for _ in 0..50 {
+            w.record(Duration::from_millis(200), MS, false);
+        }
+        let f = w.figures(Duration::from_millis(500), Duration::from_secs(30));
+        assert_eq!(f.requests, 50);
+        assert!((f.rps() - 100.0).abs() < 1e-6, "{}", f.rps());
+    }
+}
