@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use crate::config::{Config, Protocol, Service, Timeouts};
+use crate::config::{Config, Guard, Protocol, Service, Timeouts};
 use crate::routing::{RouteTable, WeightedSplit};
 use crate::telemetry::{StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
 use crate::upstream::{Endpoint, Registry};
@@ -28,6 +28,8 @@ pub struct ServiceSnapshot {
     pub timeouts: Timeouts,
     /// The window the guard and `/status` read figures over.
     pub window: Duration,
+    /// The guard's policy; its `baseline` indexes `versions`.
+    pub guard: Option<Guard>,
 }
 
 #[derive(Debug)]
@@ -104,6 +106,7 @@ impl Snapshot {
                     versions,
                     timeouts: service.timeouts.clone(),
                     window,
+                    guard: service.guard.clone(),
                 }
             })
             .collect();

@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::Control;
+use crate::guard::webhook::Webhooks;
+use crate::reload::{Reloader, Trigger};
 
 /// Largest admin request body accepted (a weights map is a few bytes).
 const MAX_BODY: usize = 64 * 1024;
@@ -29,6 +31,8 @@ const MAX_BODY: usize = 64 * 1024;
 /// What the admin handlers share.
 pub struct Admin {
     pub control: Arc<Control>,
+    reloader: Option<Arc<Reloader>>,
+    webhooks: Webhooks,
     token: Option<String>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -37,9 +41,16 @@ pub struct Admin {
 type AdminResponse = Response<Full<Bytes>>;
 
 impl Admin {
-    pub fn new(control: Arc<Control>, token: Option<String>) -> Admin {
+    pub fn new(
+        control: Arc<Control>,
+        reloader: Option<Arc<Reloader>>,
+        webhooks: Webhooks,
+        token: Option<String>,
+    ) -> Admin {
         Admin {
             control,
+            reloader,
+            webhooks,
             token,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -113,19 +124,71 @@ impl Admin {
                     Err(response) => response,
                 }
             }
-            (&Method::POST, ["reload"]) => match self.control.reload() {
-                Ok(()) => json(StatusCode::OK, &serde_json::json!({"result": "success"})),
-                Err(errors) => json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"result": "failure", "errors": errors}),
-                ),
-            },
+            (&Method::POST, ["reload"]) => self.reload().await,
+            (&Method::POST, ["services", service, "rollback"]) => self.rollback(service),
+            (&Method::POST, ["services", service, "resume"]) => {
+                match self.control.resume(service) {
+                    Ok(cleared) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({"service": service, "latches_cleared": cleared,
+                            "weights": status::service_weights(&self.control, service)["weights"]}),
+                    ),
+                    Err(reason) => plain(StatusCode::NOT_FOUND, &reason),
+                }
+            }
             (_, ["metrics"] | ["health", ..] | ["status"]) | (_, ["services", _, _]) | (_, ["reload"]) => {
                 plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this path")
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "no such admin endpoint; see GET /status, /metrics, /health/liveness, /health/readiness",
+            ),
+        }
+    }
+
+    fn rollback(&self, service: &str) -> AdminResponse {
+        match self.control.rollback(service) {
+            Ok(events) => {
+                let webhook = self
+                    .control
+                    .snapshot()
+                    .services
+                    .iter()
+                    .find(|s| &*s.name == service)
+                    .and_then(|s| s.guard.as_ref().and_then(|g| g.webhook.clone()));
+                for event in &events {
+                    crate::guard::announce(&self.control, &self.webhooks, event, webhook.as_ref());
+                }
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"service": service, "rolled_back": events.len(),
+                        "weights": status::service_weights(&self.control, service)["weights"]}),
+                )
+            }
+            Err(reason) if reason.starts_with("no service") => {
+                plain(StatusCode::NOT_FOUND, &reason)
+            }
+            Err(reason) => plain(StatusCode::CONFLICT, &reason),
+        }
+    }
+
+    async fn reload(&self) -> AdminResponse {
+        let Some(reloader) = self.reloader.clone() else {
+            return plain(
+                StatusCode::CONFLICT,
+                "this proxy was started without a config file; there is nothing to reload",
+            );
+        };
+        let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        match result {
+            Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({"result": "success"})),
+            Ok(Err(errors)) => json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"result": "failure", "errors": errors}),
+            ),
+            Err(err) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the reload task failed: {err}"),
             ),
         }
     }

@@ -35,6 +35,7 @@ pub fn report(control: &Control) -> Value {
                             "outstanding": e.outstanding(),
                         })).collect::<Vec<_>>(),
                         "window": window_json(&figures),
+                        "guard_verdict": control.verdict(&service.name, &version.name),
                     })
                 })
                 .collect();
@@ -43,7 +44,13 @@ pub fn report(control: &Control) -> Value {
                 "window_seconds": service.window.as_secs(),
                 "versions": versions,
                 "rollout": Value::Null,
-                "guard": Value::Null,
+                "guard": service.guard.as_ref().map(|g| json!({
+                    "baseline": &*service.versions[g.baseline].name,
+                    "interval_ms": g.interval.as_millis() as u64,
+                    "min_requests": g.min_requests,
+                    "latches": control.latches(&service.name),
+                    "events": control.events(&service.name),
+                })),
             })
         })
         .collect();

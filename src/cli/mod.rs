@@ -61,6 +61,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Send every request to the guard's baseline now, and latch it.
+    Rollback {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Clear the guard's latches of a service (its versions get their weights back).
+    Resume {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// A self-contained demo on loopback: stable and canary upstreams, the
     /// proxy, a load generator and a live per-version table.
     Demo {
@@ -119,6 +131,12 @@ pub fn main() -> ExitCode {
             admin,
         } => operator(&admin, |target| async move {
             set_weights(&target, &service, &weights).await
+        }),
+        Command::Rollback { service, admin } => operator(&admin, |target| async move {
+            post_action(&target, &service, "rollback").await
+        }),
+        Command::Resume { service, admin } => operator(&admin, |target| async move {
+            post_action(&target, &service, "resume").await
         }),
     }
 }
@@ -202,6 +220,23 @@ async fn show_status(
     }
 }
 
+/// `POST /services/{service}/{action}`: 0 when applied, 1 when refused.
+async fn post_action(
+    target: &AdminTarget,
+    service: &str,
+    action: &str,
+) -> Result<ExitCode, ClientError> {
+    let path = format!("/services/{service}/{action}");
+    let (status, text) = target.call(Method::POST, &path, None).await?;
+    if status.is_success() {
+        println!("{}", text.trim());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("veer: {action} refused ({status}): {}", text.trim());
+        Ok(ExitCode::from(1))
+    }
+}
+
 async fn set_weights(
     target: &AdminTarget,
     service: &str,
@@ -243,6 +278,7 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

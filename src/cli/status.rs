@@ -60,18 +60,34 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
                 w["requests"].as_u64().unwrap_or(0),
             ));
         }
-        let describe = |v: &Value| {
-            if v.is_null() {
-                "-".to_string()
-            } else {
-                v.to_string()
+        let guard = &s["guard"];
+        if guard.is_null() {
+            out.push_str("  guard: none\n");
+        } else {
+            out.push_str(&format!(
+                "  guard: baseline {}\n",
+                guard["baseline"].as_str().unwrap_or("?")
+            ));
+            for v in s["versions"].as_array().into_iter().flatten() {
+                if let Some(verdict) = v["guard_verdict"].as_str() {
+                    out.push_str(&format!(
+                        "    {:<12} {verdict}\n",
+                        v["name"].as_str().unwrap_or("?")
+                    ));
+                }
             }
-        };
-        out.push_str(&format!(
-            "  rollout: {}   guard: {}\n",
-            describe(&s["rollout"]),
-            describe(&s["guard"])
-        ));
+            for latch in guard["latches"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "    latched: {} revision {} ({}); `veer resume` clears it\n",
+                    latch["version"].as_str().unwrap_or("?"),
+                    latch["revision"].as_str().unwrap_or("?"),
+                    latch["reason"].as_str().unwrap_or("?"),
+                ));
+            }
+        }
+        if !s["rollout"].is_null() {
+            out.push_str(&format!("  rollout: {}\n", s["rollout"]));
+        }
     }
     if service.is_some() && shown == 0 {
         return None;

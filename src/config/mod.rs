@@ -2,9 +2,22 @@
 //!
 //! Two stages (see `raw` and `validate`): serde types that refuse unknown
 //! fields, then a conversion into the types of `model`, which cannot hold an
-//! invalid weight, duration, address or reference. Each error carries the file
-//! position, found through `source_map`, and the field path. Depends on
-//! nothing else in veer.
+//! invalid weight, duration, address or reference. Every error carries the
+//! field path and the file position, as `FILE:LINE:COL: path: reason`.
+//!
+//! The steps of [`parse_str`]:
+//! 1. yaml-rust2 maps every field path to its position (`source_map`), and
+//!    reports syntax errors, duplicate keys and a second document.
+//! 2. serde_yaml_ng reads the text into a `Value`.
+//! 3. Each part (each listener, each service, `admin`, `limits`, ...) is
+//!    deserialized on its own through `serde_path_to_error`, so a typo in one
+//!    service does not hide the errors in the next, and messages come without
+//!    serde_yaml_ng's own position text.
+//! 4. `validate` checks everything and applies the defaults.
+//! 5. Each problem is placed in the file by its path; all are returned, in
+//!    file order.
+//!
+//! Depends on nothing else in veer.
 
 mod duration;
 mod error;
@@ -291,6 +304,7 @@ fn clean_message(message: &str) -> String {
     }
     out.push_str(rest);
     out.replace("unit value", "empty value")
+        .replace("expected field identifier", "expected a field name")
 }
 
 /// Given text after " at line ", strips `N column M` and returns the rest.

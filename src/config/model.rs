@@ -190,6 +190,10 @@ pub struct Guard {
     pub consecutive: u32,
     pub on_revert: OnRevert,
     pub webhook: Option<http::Uri>,
+    /// `error_rate_test: wilson`: trip on the error rate only when the lower
+    /// bound of its 95 % Wilson interval is above `max_error_rate`, so few
+    /// requests need a clearer signal. Default: the plain rate.
+    pub wilson: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -211,6 +211,7 @@ pub(crate) struct RawGuard {
     pub max_latency_ratio: Option<Scalar>,
     pub consecutive: Option<Scalar>,
     pub on_revert: Option<Scalar>,
+    pub error_rate_test: Option<Scalar>,
     pub webhook: Option<String>,
 }
 

@@ -142,6 +142,7 @@ enum Frame {
     /// path. Counts nesting so its end is found.
     ComplexKey {
         depth: usize,
+        start: Position,
     },
 }
 
@@ -176,7 +177,7 @@ impl Builder {
         let mut key_position = None;
         let path = match self.stack.last_mut() {
             None => String::new(),
-            Some(Frame::ComplexKey { depth }) => {
+            Some(Frame::ComplexKey { depth, .. }) => {
                 if node.opens() {
                     *depth += 1;
                 }
@@ -212,9 +213,22 @@ impl Builder {
                             self.map.keys.entry(entry).or_insert(position);
                             *key = Some((text.to_string(), position));
                         }
-                        Node::Alias => *key = Some((COMPLEX_KEY.to_string(), position)),
+                        Node::Alias => {
+                            self.map
+                                .keys
+                                .entry(child_key(path, COMPLEX_KEY))
+                                .or_insert(position);
+                            *key = Some((COMPLEX_KEY.to_string(), position));
+                        }
                         Node::Sequence | Node::Mapping => {
-                            self.stack.push(Frame::ComplexKey { depth: 1 });
+                            self.map
+                                .keys
+                                .entry(child_key(path, COMPLEX_KEY))
+                                .or_insert(position);
+                            self.stack.push(Frame::ComplexKey {
+                                depth: 1,
+                                start: position,
+                            });
                         }
                     }
                     return;
@@ -251,12 +265,13 @@ impl Builder {
 
     fn close(&mut self) {
         match self.stack.last_mut() {
-            Some(Frame::ComplexKey { depth }) if *depth > 1 => *depth -= 1,
-            Some(Frame::ComplexKey { .. }) => {
+            Some(Frame::ComplexKey { depth, .. }) if *depth > 1 => *depth -= 1,
+            Some(Frame::ComplexKey { start, .. }) => {
+                let start = *start;
                 self.stack.pop();
                 // The complex key is complete; its value comes next.
                 if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
-                    *key = Some((COMPLEX_KEY.to_string(), Position::START));
+                    *key = Some((COMPLEX_KEY.to_string(), start));
                 }
             }
             Some(_) => {
@@ -392,6 +407,9 @@ services:
         let map = SourceMap::build("? [x, y]\n: 1\nz: 2\n").expect("valid yaml");
         assert_eq!(map.value("z"), at(3, 4));
         assert_eq!(map.value("?"), at(2, 3));
+        assert_eq!(map.key("?"), at(1, 3));
+        let map = SourceMap::build("? [x, y]\n:\n").expect("valid yaml");
+        assert_eq!(map.value("?"), at(1, 3));
     }
 
     #[test]

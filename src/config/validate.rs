@@ -969,6 +969,17 @@ impl Validator {
                     }
                 }),
         };
+        let wilson = match raw.error_rate_test {
+            None => Some(false),
+            Some(word) => self
+                .word(
+                    &format!("{path}.error_rate_test"),
+                    &word,
+                    "error_rate_test",
+                    &["threshold", "wilson"],
+                )
+                .map(|i| i == 1),
+        };
         let webhook = match raw.webhook {
             None => Ok(None),
             Some(text) => self
@@ -992,6 +1003,7 @@ impl Validator {
             consecutive: consecutive?,
             on_revert: on_revert?,
             webhook: webhook.ok()?,
+            wilson: wilson?,
         })
     }
 
@@ -1147,7 +1159,7 @@ impl Validator {
             return Some(index);
         }
         let mut listed: Vec<String> = Vec::new();
-        for k in known {
+        for k in known.iter().filter(|k| !k.is_empty()) {
             let quoted = format!("`{k}`");
             if !listed.contains(&quoted) {
                 listed.push(quoted);

@@ -6,6 +6,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
 use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
@@ -42,6 +43,26 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
             ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
             ProxyError::Upstream { .. } => Source::Upstream,
+        }
+    }
+
+    /// The error of a send to `version` that got no response (`None`: the
+    /// version had no endpoint).
+    pub fn from_send(
+        service: &ServiceSnapshot,
+        version: &VersionSnapshot,
+        error: Option<UpstreamError>,
+    ) -> ProxyError {
+        match error {
+            Some(error) => ProxyError::Upstream {
+                service: service.name.to_string(),
+                version: version.name.to_string(),
+                error,
+            },
+            None => ProxyError::NoEndpoint {
+                service: service.name.to_string(),
+                version: version.name.to_string(),
+            },
         }
     }
 

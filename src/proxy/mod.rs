@@ -121,7 +121,7 @@ impl ProxyService {
                 service: service.name.to_string(),
             });
         };
-        let version = &service.versions[split.next()];
+        let mut version_index = split.next();
 
         // 3. rewrite
         let upgrade = headers::is_upgrade(&parts.headers);
@@ -137,28 +137,35 @@ impl ProxyService {
             &client.proto,
             host_value.as_ref(),
         );
-        match version.protocol {
-            Protocol::Http1 => {
-                parts.version = Version::HTTP_11;
-                if parts.uri.authority().is_some() {
-                    parts.uri = Uri::from(origin_form(&parts.uri));
-                }
-                if !parts.headers.contains_key(HOST) {
-                    if let Some(host) = &host_value {
-                        parts.headers.insert(HOST, host.clone());
-                    }
-                }
-            }
-            Protocol::Http2 => {
-                parts.version = Version::HTTP_2;
-                parts.uri = absolute_form(&parts.uri, host);
-                parts.headers.remove(HOST);
-            }
-        }
-        let outgoing = Request::from_parts(parts, RequestBody::Client(body));
+        let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
 
-        // 4. send
-        let sent = send(&version.endpoints, outgoing, &service.timeouts, upgrade).await;
+        // 4. send; a request a non-baseline version could not even take is
+        // given to the baseline once, and still counts against that version.
+        let baseline = service.guard.as_ref().map(|g| g.baseline);
+        let (sent, version) = loop {
+            let version = &service.versions[version_index];
+            fit_protocol(&mut outgoing, version.protocol, host_value.as_ref());
+            match send(&version.endpoints, outgoing, &service.timeouts, upgrade).await {
+                Err(SendFailure {
+                    error,
+                    unsent: Some(unsent),
+                }) if baseline.is_some_and(|b| b != version_index) => {
+                    let error = ProxyError::from_send(service, version, error);
+                    version.stats.record(
+                        self.telemetry.elapsed(Instant::now()),
+                        &Outcome {
+                            status: error.status(),
+                            failure: error.failure_reason(),
+                            latency: started.elapsed(),
+                        },
+                    );
+                    tracing::debug!("{error}; falling back to the baseline");
+                    outgoing = unsent;
+                    version_index = baseline.unwrap_or(version_index);
+                }
+                sent => break (sent, version),
+            }
+        };
 
         // 5. answer, and record the outcome once
         let latency = started.elapsed();
@@ -166,17 +173,7 @@ impl ProxyService {
         let (mut response, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
-                let error = match failure {
-                    Some(error) => ProxyError::Upstream {
-                        service: service.name.to_string(),
-                        version: version.name.to_string(),
-                        error,
-                    },
-                    None => ProxyError::NoEndpoint {
-                        service: service.name.to_string(),
-                        version: version.name.to_string(),
-                    },
-                };
+                let error = ProxyError::from_send(service, version, failure.error);
                 let outcome = Outcome {
                     status: error.status(),
                     failure: error.failure_reason(),
@@ -206,17 +203,28 @@ impl ProxyService {
     }
 }
 
+/// A send that got no response. `error` is `None` when the version had no
+/// endpoint; `unsent` gives the request back when nothing of it was sent.
+struct SendFailure {
+    error: Option<UpstreamError>,
+    unsent: Option<Request<RequestBody>>,
+}
+
 /// Sends to one endpoint of the version, and once more to another when the
 /// first attempt delivered nothing (refused, or reset before a byte was sent).
 /// `timeouts.request` bounds each attempt's wait for the response head.
-/// `Err(None)`: the version has no endpoint.
 async fn send(
     endpoints: &[Arc<Endpoint>],
     mut outgoing: Request<RequestBody>,
     timeouts: &Timeouts,
     upgrade: bool,
-) -> Result<(Response<Incoming>, Lease), Option<UpstreamError>> {
-    let mut chosen = balance::pick(endpoints, None).ok_or(None)?;
+) -> Result<(Response<Incoming>, Lease), SendFailure> {
+    let Some(mut chosen) = balance::pick(endpoints, None) else {
+        return Err(SendFailure {
+            error: None,
+            unsent: Some(outgoing),
+        });
+    };
     let mut retried = false;
     loop {
         let endpoint = &endpoints[chosen];
@@ -231,15 +239,54 @@ async fn send(
                     tracing::debug!(error = %failed.error, "retrying on another endpoint");
                     outgoing = unsent;
                     retried = true;
-                    chosen = balance::pick(endpoints, Some(chosen)).ok_or(None)?;
+                    chosen = balance::pick(endpoints, Some(chosen)).unwrap_or(chosen);
                 }
-                _ => return Err(Some(failed.error)),
+                unsent => {
+                    return Err(SendFailure {
+                        error: Some(failed.error),
+                        unsent,
+                    })
+                }
             },
             Err(_elapsed) => {
-                return Err(Some(UpstreamError::Timeout {
-                    addr: endpoint.addr(),
-                }))
+                return Err(SendFailure {
+                    error: Some(UpstreamError::Timeout {
+                        addr: endpoint.addr(),
+                    }),
+                    unsent: None,
+                })
             }
+        }
+    }
+}
+
+/// Gives the request the form its upstream protocol wants: origin-form URI
+/// and a `Host` header for HTTP/1.1; absolute URI (`:authority`) and no
+/// `Host` for HTTP/2. Idempotent, so a request can be refitted for a
+/// fallback version.
+fn fit_protocol(
+    request: &mut Request<RequestBody>,
+    protocol: Protocol,
+    host: Option<&HeaderValue>,
+) {
+    match protocol {
+        Protocol::Http1 => {
+            *request.version_mut() = Version::HTTP_11;
+            if request.uri().authority().is_some() {
+                *request.uri_mut() = Uri::from(origin_form(request.uri()));
+            }
+            if !request.headers().contains_key(HOST) {
+                if let Some(host) = host {
+                    request.headers_mut().insert(HOST, host.clone());
+                }
+            }
+        }
+        Protocol::Http2 => {
+            *request.version_mut() = Version::HTTP_2;
+            if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+                *request.uri_mut() = absolute_form(request.uri(), host);
+            }
+            request.headers_mut().remove(HOST);
         }
     }
 }

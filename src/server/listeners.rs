@@ -8,6 +8,7 @@
 //! permit is back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub struct ListenerSet {
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: Arc<Semaphore>,
     max_connections: u32,
+    first_request_timeout: Duration,
     /// Changes to `true` when every connection must wind down.
     drain: watch::Sender<bool>,
     /// Touched only by reloads and shutdown, never per request.
@@ -53,6 +55,7 @@ impl ListenerSet {
             builder: Arc::new(connection_builder(limits)),
             connections: Arc::new(Semaphore::new(max_connections as usize)),
             max_connections,
+            first_request_timeout: limits.header_read_timeout,
             drain: watch::channel(false).0,
             active: Mutex::new(Vec::new()),
         };
@@ -109,6 +112,7 @@ impl ListenerSet {
                 Arc::clone(&self.connections),
                 self.drain.subscribe(),
                 stopped,
+                self.first_request_timeout,
             ));
             active.push(Active {
                 settings,
@@ -201,6 +205,8 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct ConnectionContext {
     service: ProxyService,
     client: ClientInfo,
+    /// Set by the first request: until then the connection is on the clock.
+    spoke: AtomicBool,
 }
 
 async fn accept(
@@ -210,6 +216,7 @@ async fn accept(
     connections: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    first_request_timeout: Duration,
 ) {
     loop {
         let permit = tokio::select! {
@@ -236,6 +243,7 @@ async fn accept(
         let context = Arc::new(ConnectionContext {
             service: service.clone(),
             client: ClientInfo::new(peer, false),
+            spoke: AtomicBool::new(false),
         });
         tokio::spawn(serve(
             stream,
@@ -243,6 +251,7 @@ async fn accept(
             context,
             drain.clone(),
             permit,
+            first_request_timeout,
         ));
     }
 }
@@ -253,16 +262,34 @@ async fn serve(
     context: Arc<ConnectionContext>,
     mut drain: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
+    first_request_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
+    let on_the_clock = Arc::clone(&context);
     let requests = service_fn(move |request| {
         let context = Arc::clone(&context);
-        async move { context.service.serve(request, &context.client).await }
+        async move {
+            context.spoke.store(true, Ordering::Relaxed);
+            context.service.serve(request, &context.client).await
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), requests);
     tokio::pin!(connection);
+    // hyper's header timeout starts only once it knows the protocol: a
+    // client that connects and says nothing (or stalls in the HTTP/2
+    // preface) is cut off here instead.
+    let silent = async {
+        tokio::time::sleep(first_request_timeout).await;
+        if on_the_clock.spoke.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        _ = silent => {
+            tracing::debug!("closing a connection that sent no request within limits.header_read_timeout");
+            Ok(())
+        }
         _ = async { drop(drain.wait_for(|&draining| draining).await) } => {
             // HTTP/1.1: finish the request in flight, then close;
             // HTTP/2: GOAWAY, finish the open streams.
@@ -274,4 +301,10 @@ async fn serve(
         tracing::debug!(error = %err, "client connection ended with an error");
     }
     drop(permit);
+}
+
+impl crate::reload::Listeners for ListenerSet {
+    fn reconcile(&self, wanted: &[Listener]) -> Result<(), String> {
+        ListenerSet::reconcile(self, wanted).map_err(|e| e.to_string())
+    }
 }

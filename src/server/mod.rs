@@ -22,7 +22,11 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::{Config, Listener};
 use crate::control::Control;
+use crate::guard::webhook::Webhooks;
+use crate::guard::GuardRunner;
 use crate::proxy::ProxyService;
+use crate::reload::{Listeners, Reloader};
+use crate::state::StateStore;
 use crate::telemetry::Telemetry;
 pub use listeners::ListenerSet;
 
@@ -42,6 +46,7 @@ pub enum StartError {
         path: std::path::PathBuf,
         cause: String,
     },
+    State(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -59,6 +64,7 @@ impl std::fmt::Display for StartError {
             StartError::Unsupported { listener, what } => {
                 write!(f, "listener `{listener}`: {what}")
             }
+            StartError::State(message) => write!(f, "state_dir: {message}"),
             StartError::Token { path, cause } => write!(
                 f,
                 "cannot read the admin token from {} (admin.token_file): {cause}",
@@ -111,14 +117,47 @@ impl Proxy {
         } else {
             None
         };
+        let store = match &config.state_dir {
+            Some(dir) => {
+                let (store, layer, warning) =
+                    StateStore::open(dir).map_err(|e| StartError::State(e.to_string()))?;
+                if let Some(warning) = warning {
+                    tracing::warn!("{warning}");
+                }
+                Some((store, layer))
+            }
+            None => None,
+        };
         let telemetry = Arc::new(Telemetry::new());
-        let control = Arc::new(Control::new(config, Arc::clone(&telemetry), options.source));
+        let control = Arc::new(Control::new(
+            config,
+            Arc::clone(&telemetry),
+            options.source.clone(),
+            store,
+        ));
         let service = ProxyService::new(control.published(), telemetry);
         let listeners = Arc::new(ListenerSet::start(&listener_settings, &limits, service)?);
         let (stop, stopped) = watch::channel(false);
+        let webhooks = Webhooks::start();
+        let reloader = options.source.as_ref().map(|path| {
+            let as_listeners: Arc<dyn Listeners> = Arc::clone(&listeners) as Arc<dyn Listeners>;
+            Arc::new(Reloader::new(
+                path.clone(),
+                Arc::clone(&control),
+                as_listeners,
+            ))
+        });
+        let watching = reloader
+            .as_ref()
+            .map(|r| tokio::spawn(Arc::clone(r).run(stopped.clone())));
         let admin = match admin_listener {
             Some((listener, token)) => {
-                let admin = Arc::new(Admin::new(Arc::clone(&control), token));
+                let admin = Arc::new(Admin::new(
+                    Arc::clone(&control),
+                    reloader.clone(),
+                    webhooks.clone(),
+                    token,
+                ));
                 let address = listener.local_addr().ok();
                 if let Some(address) = address {
                     tracing::info!(%address, "admin API listening");
@@ -137,14 +176,18 @@ impl Proxy {
         };
         let ticker = tokio::spawn({
             let control = Arc::clone(&control);
+            let stopped = stopped.clone();
             async move { control.tick(stopped).await }
         });
+        let guard = tokio::spawn(GuardRunner::new(Arc::clone(&control), webhooks).run(stopped));
         Ok(RunningProxy {
             admin,
             listeners,
             control,
             stop,
             ticker,
+            guard,
+            watching,
             drain_timeout: limits.drain_timeout,
         })
     }
@@ -159,6 +202,9 @@ pub struct RunningProxy {
     /// Stops the background tasks (the window ticker).
     stop: watch::Sender<bool>,
     ticker: JoinHandle<()>,
+    guard: JoinHandle<()>,
+    /// Watches the config file, when there is one.
+    watching: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -213,6 +259,10 @@ impl RunningProxy {
         }
         let _ = self.stop.send(true);
         let _ = self.ticker.await;
+        let _ = self.guard.await;
+        if let Some(watching) = self.watching {
+            let _ = watching.await;
+        }
         if let Some(admin) = self.admin {
             let _ = admin.stop.send(true);
             let _ = admin.task.await;

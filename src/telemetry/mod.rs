@@ -122,6 +122,16 @@ impl Telemetry {
         }
     }
 
+    /// Counts a guard trip (cold path: the handle is resolved here).
+    pub fn count_trip(&self, service: &str, version: &str, reason: &str) {
+        let labels = vec![
+            Label::new("service", service.to_string()),
+            Label::new("version", version.to_string()),
+            Label::new("reason", reason.to_string()),
+        ];
+        counter(&self.recorder, "veer_guard_trips_total", labels).increment(1);
+    }
+
     pub fn count_unrouted(&self) {
         self.unrouted.increment(1);
     }
@@ -302,6 +312,12 @@ fn describe(recorder: &PrometheusRecorder) {
         "veer_config_reloads_total",
         None,
         "Config reloads, by result.",
+        0,
+    );
+    d(
+        "veer_guard_trips_total",
+        None,
+        "Versions the guard (or an operator) rolled back, by reason.",
         0,
     );
     d(

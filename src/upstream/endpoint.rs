@@ -20,11 +20,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::error::FailureReason;
 use super::{RequestBody, UpstreamError};
 use crate::config::{Protocol, Timeouts};
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
+/// A pooled connection idle longer than this may have been closed by the
+/// upstream's own keep-alive timeout in the meantime.
+const RISKY_IDLE: Duration = Duration::from_secs(1);
+/// Stale pooled connections tried in a row before a fresh one is the answer.
+const MAX_STALE_RETRIES: u32 = 3;
 
 pub struct Endpoint {
     addr: SocketAddr,
@@ -105,6 +111,7 @@ impl Endpoint {
         upgrade: bool,
         mut lease: Lease,
     ) -> Result<(Response<Incoming>, Lease), Failed> {
+        let mut stale_pool_retries = 0;
         loop {
             let pooled = if upgrade {
                 None
@@ -112,8 +119,18 @@ impl Endpoint {
                 self.take_idle(timeouts.idle).await
             };
             let reused = pooled.is_some();
+            // A connection that is new, or was idle a while, may be reset by
+            // the upstream before it answers (it refuses work, or closed the
+            // idle connection just as we wrote). A request that is safe to
+            // repeat keeps a copy for that case. A connection busy a moment
+            // ago is not at risk, so the hot path copies nothing.
+            let replay = match &pooled {
+                Some((_, idle_for)) if *idle_for < RISKY_IDLE => None,
+                _ if upgrade => None,
+                _ => replayable(&request),
+            };
             let mut sender = match pooled {
-                Some(sender) => sender,
+                Some((sender, _)) => sender,
                 None => match self.connect_h1(timeouts.connect).await {
                     Ok(sender) => sender,
                     Err(error) => {
@@ -131,17 +148,30 @@ impl Endpoint {
                     }
                     return Ok((response, lease));
                 }
-                Err(mut failed) => match failed.take_message() {
-                    // The pooled connection had died while idle and nothing was
-                    // written: not the upstream's fault, try a fresh one.
-                    Some(unsent) if reused => request = unsent,
-                    unsent => {
-                        return Err(Failed {
-                            error: UpstreamError::from_hyper(self.addr, failed.error()),
-                            request: unsent,
-                        })
+                Err(mut failed) => {
+                    let error = UpstreamError::from_hyper(self.addr, failed.error());
+                    let unsent = failed.take_message();
+                    let resent = match (unsent, replay) {
+                        (Some(unsent), _) => Some(unsent),
+                        (None, Some(copy)) if error.reason() == FailureReason::Reset => Some(copy),
+                        (None, _) => None,
+                    };
+                    match resent {
+                        // The pooled connection had died while idle: not the
+                        // upstream's fault, try a fresh one (a few times at
+                        // most, in case the whole pool went stale).
+                        Some(again) if reused && stale_pool_retries < MAX_STALE_RETRIES => {
+                            stale_pool_retries += 1;
+                            request = again;
+                        }
+                        resent => {
+                            return Err(Failed {
+                                error,
+                                request: resent,
+                            })
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -184,14 +214,19 @@ impl Endpoint {
         }
     }
 
-    /// An idle connection that is still open and ready, if the pool has one.
-    async fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    /// An idle connection that is still open and ready, and how long it was
+    /// idle, if the pool has one.
+    async fn take_idle(
+        &self,
+        max_idle: Duration,
+    ) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
         while let Some(IdleConnection { mut sender, since }) = self.idle.pop() {
-            if sender.is_closed() || since.elapsed() > max_idle {
+            let idle_for = since.elapsed();
+            if sender.is_closed() || idle_for > max_idle {
                 continue;
             }
             if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
+                return Some((sender, idle_for));
             }
         }
         None
@@ -260,6 +295,21 @@ impl Endpoint {
         });
         Ok(sender)
     }
+}
+
+/// A copy of `request` to send again if the first try is reset before any
+/// answer: only for methods that are safe to repeat (RFC 9110 §9.2.2) and a
+/// request without a body.
+fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !request.method().is_idempotent() || !http_body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 impl Lease {

@@ -1,0 +1,419 @@
+//! The single writer of the snapshot. Config reloads, run-time weights, guard
+//! trips and operator commands come here, change the desired state under a
+//! mutex, and leave as one new snapshot published with one `ArcSwap` store.
+//! The mutex is on the cold path only (an operator, a file change, a guard
+//! verdict); requests never touch it.
+//!
+//! The run-time layer (weights, latches) is persisted in `state_dir` after
+//! every change, before the change is announced.
+
+pub mod overlay;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::snapshot::{Parts, Snapshot};
+use crate::state::{Latch, PersistedState, StateStore};
+use crate::telemetry::{StatsRegistry, Telemetry};
+use crate::upstream::Registry;
+
+/// Guard events kept for `/status`, per service.
+const EVENTS_KEPT: usize = 20;
+
+pub struct Control {
+    published: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
+    /// The file the config came from; `None` for a config given in code.
+    source: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+struct State {
+    config: Config,
+    /// The run-time layer, exactly as persisted.
+    layer: PersistedState,
+    store: Option<StateStore>,
+    last_reload: Option<ReloadRecord>,
+    events: BTreeMap<String, VecDeque<Event>>,
+    verdicts: BTreeMap<(String, String), String>,
+    registry: Registry,
+    stats: StatsRegistry,
+    telemetry: Arc<Telemetry>,
+    generation: u64,
+}
+
+/// The result of the last reload, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub result: &'static str,
+    pub errors: Vec<String>,
+}
+
+/// A rollback, by the guard or an operator: the contract's webhook event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub service: String,
+    pub version: String,
+    pub revision: String,
+    pub action: &'static str,
+    pub reason: String,
+    pub observed: Option<f64>,
+    pub threshold: Option<f64>,
+    pub window_requests: u64,
+    pub weights: BTreeMap<String, u32>,
+    pub at: String,
+}
+
+/// What the guard measured when it tripped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    pub observed: Option<f64>,
+    pub threshold: Option<f64>,
+    pub window_requests: u64,
+}
+
+impl Control {
+    /// `store` is the opened state dir and what it held; the layer it held is
+    /// reconciled with `config` first (a revision that changed while veer was
+    /// down clears its latch).
+    pub fn new(
+        config: Config,
+        telemetry: Arc<Telemetry>,
+        source: Option<PathBuf>,
+        store: Option<(StateStore, PersistedState)>,
+    ) -> Control {
+        let (store, mut layer) = match store {
+            Some((store, layer)) => (Some(store), layer),
+            None => (None, PersistedState::default()),
+        };
+        for note in overlay::reconcile(&mut layer, &config) {
+            tracing::info!("state: {note}");
+        }
+        let mut state = State {
+            config,
+            layer,
+            store,
+            last_reload: None,
+            events: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
+            registry: Registry::default(),
+            stats: StatsRegistry::default(),
+            telemetry: Arc::clone(&telemetry),
+            generation: 0,
+        };
+        state.persist();
+        let first = state.build();
+        Control {
+            published: Arc::new(ArcSwap::from_pointee(first)),
+            telemetry,
+            source,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// The config file, when there is one.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The last reload's result, if there was a reload.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.lock().last_reload.clone()
+    }
+
+    /// Notes a reload's result for `/status` and the metrics.
+    pub fn record_reload(&self, result: &Result<(), Vec<String>>) {
+        self.telemetry.count_reload(result.is_ok());
+        let record = ReloadRecord {
+            at: now_rfc3339(),
+            result: if result.is_ok() { "success" } else { "failure" },
+            errors: result.as_ref().err().cloned().unwrap_or_default(),
+        };
+        self.lock().last_reload = Some(record);
+    }
+
+    /// What the request path reads.
+    pub fn published(&self) -> Arc<ArcSwap<Snapshot>> {
+        Arc::clone(&self.published)
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.load_full()
+    }
+
+    /// The configuration in force (the file's desired state).
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    /// Sets run-time weights for some versions of `service` (others keep
+    /// theirs). Takes effect for the very next request, and persists.
+    pub fn set_weights(&self, service: &str, weights: &[(&str, u32)]) -> Result<(), String> {
+        let mut state = self.lock();
+        let declared = state.service(service)?.clone();
+        let layer = state.layer.services.entry(service.to_string()).or_default();
+        let mut next = overlay::file_weights(&declared);
+        if let Some(current) = &layer.weights {
+            next.extend(current.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        for &(name, weight) in weights {
+            if !declared.versions.iter().any(|v| v.name == name) {
+                let known: Vec<&str> = declared.versions.iter().map(|v| v.name.as_str()).collect();
+                return Err(format!(
+                    "service `{service}` has no version `{name}` (versions: {})",
+                    known.join(", ")
+                ));
+            }
+            next.insert(name.to_string(), weight);
+        }
+        if next.values().all(|&w| w == 0) {
+            return Err(format!(
+                "refusing weights that are all zero for `{service}`: every request would fail; \
+                 give at least one version a weight above 0"
+            ));
+        }
+        layer.weights = Some(next);
+        layer.file_weights = Some(overlay::file_weights(&declared));
+        self.publish(&mut state);
+        state.persist();
+        Ok(())
+    }
+
+    /// Replaces the configuration; the run-time layer keeps what the new
+    /// file does not override (see `overlay::reconcile`).
+    pub fn apply_config(&self, config: Config) {
+        let mut state = self.lock();
+        for note in overlay::reconcile(&mut state.layer, &config) {
+            tracing::info!("reload: {note}");
+        }
+        state.config = config;
+        self.publish(&mut state);
+        state.persist();
+    }
+
+    /// Latches `version` of `service` at its current revision: its weight
+    /// goes to the guard's baseline in the same publish. `None` when it was
+    /// already latched, or has no baseline to fall back to.
+    pub fn trip(
+        &self,
+        service: &str,
+        version: &str,
+        reason: &str,
+        measured: Measured,
+    ) -> Option<Event> {
+        let mut state = self.lock();
+        let declared = state.service(service).ok()?.clone();
+        let guard = declared.guard.as_ref()?;
+        let (index, target) = declared
+            .versions
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.name == version)?;
+        if index == guard.baseline {
+            return None;
+        }
+        let layer = state.layer.services.entry(service.to_string()).or_default();
+        if overlay::is_latched(layer, version, &target.revision) {
+            return None;
+        }
+        layer.latches.push(Latch {
+            version: version.to_string(),
+            revision: target.revision.clone(),
+            reason: reason.to_string(),
+            at_unix_ms: unix_ms(),
+        });
+        let layer = layer.clone();
+        self.publish(&mut state);
+        // Persisted before anyone is told.
+        state.persist();
+        let weights = overlay::effective_weights(&declared, Some(&layer));
+        let event = Event {
+            service: service.to_string(),
+            version: version.to_string(),
+            revision: target.revision.clone(),
+            action: "rollback",
+            reason: reason.to_string(),
+            observed: measured.observed,
+            threshold: measured.threshold,
+            window_requests: measured.window_requests,
+            weights: declared
+                .versions
+                .iter()
+                .zip(weights)
+                .map(|(v, w)| (v.name.clone(), w))
+                .collect(),
+            at: now_rfc3339(),
+        };
+        let events = state.events.entry(service.to_string()).or_default();
+        events.push_back(event.clone());
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+        Some(event)
+    }
+
+    /// An operator's rollback: every version but the baseline is latched
+    /// (reason `manual`), so every request goes to the baseline now.
+    pub fn rollback(&self, service: &str) -> Result<Vec<Event>, String> {
+        let declared = self.lock().service(service)?.clone();
+        let Some(guard) = &declared.guard else {
+            return Err(format!(
+                "service `{service}` has no guard block, so no baseline to roll back to; \
+                 add `guard: {{baseline: VERSION}}` or set weights with `veer weights`"
+            ));
+        };
+        let events = declared
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != guard.baseline)
+            .filter_map(|(_, v)| self.trip(service, &v.name, "manual", Measured::default()))
+            .collect();
+        Ok(events)
+    }
+
+    /// Clears every latch of `service`: its versions get their weights back.
+    pub fn resume(&self, service: &str) -> Result<usize, String> {
+        let mut state = self.lock();
+        state.service(service)?;
+        let cleared = match state.layer.services.get_mut(service) {
+            Some(layer) => std::mem::take(&mut layer.latches).len(),
+            None => 0,
+        };
+        self.publish(&mut state);
+        state.persist();
+        Ok(cleared)
+    }
+
+    /// Latches in force for `service`.
+    pub fn latches(&self, service: &str) -> Vec<Latch> {
+        self.lock()
+            .layer
+            .services
+            .get(service)
+            .map(|s| s.latches.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last guard events of `service`, oldest first.
+    pub fn events(&self, service: &str) -> Vec<Event> {
+        self.lock()
+            .events
+            .get(service)
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The guard's last verdict on a version, in words, for `/status`.
+    pub fn set_verdict(&self, service: &str, version: &str, verdict: String) {
+        self.lock()
+            .verdicts
+            .insert((service.to_string(), version.to_string()), verdict);
+    }
+
+    pub fn verdict(&self, service: &str, version: &str) -> Option<String> {
+        self.lock()
+            .verdicts
+            .get(&(service.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    /// Keeps the sliding windows moving (each version's next slot emptied
+    /// ahead of time) and folds Prometheus histograms, until `stop` changes.
+    pub async fn tick(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        const TICK: Duration = Duration::from_millis(250);
+        const UPKEEP_EVERY: u32 = 20;
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
+            for version in self.published.load().versions() {
+                version.stats.window().advance(elapsed);
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(UPKEEP_EVERY) {
+                self.telemetry.upkeep();
+            }
+        }
+    }
+
+    fn publish(&self, state: &mut State) {
+        let snapshot = state.build();
+        self.published.store(Arc::new(snapshot));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation under this lock leaves `State` whole, so a panic
+        // elsewhere while it was held does not make it unusable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    fn service(&self, name: &str) -> Result<&crate::config::Service, String> {
+        self.config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no service named `{name}` in the config"))
+    }
+
+    fn persist(&self) {
+        if let Some(store) = &self.store {
+            if let Err(err) = store.save(&self.layer) {
+                tracing::error!("{err}; the change is in force but will not survive a restart");
+            }
+        }
+    }
+
+    fn build(&mut self) -> Snapshot {
+        self.generation += 1;
+        let State {
+            config,
+            layer,
+            registry,
+            stats,
+            telemetry,
+            generation,
+            ..
+        } = self;
+        let parts = Parts {
+            endpoints: registry,
+            stats,
+            telemetry,
+        };
+        Snapshot::build(*generation, config, parts, |_, service| {
+            overlay::effective_weights(service, layer.services.get(&service.name))
+        })
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}

@@ -1,0 +1,185 @@
+//! The run-time layer on top of the config file, as pure functions: which
+//! weights are in force, and what of the layer survives a new config.
+//!
+//! Precedence (the contract's): the file is the desired state; run-time
+//! weights lie on top until the file's own weights for that service change;
+//! a guard latch holds a (version, revision) at zero until that version's
+//! revision changes or an operator resumes, and its share goes to the
+//! guard's baseline.
+
+use std::collections::BTreeMap;
+
+use crate::config::{Config, Service};
+use crate::state::{PersistedState, ServiceState};
+
+/// The file's weights of a service, by version name.
+pub fn file_weights(service: &Service) -> BTreeMap<String, u32> {
+    service
+        .versions
+        .iter()
+        .map(|v| (v.name.clone(), v.weight))
+        .collect()
+}
+
+/// The weights in force, by version index.
+pub fn effective_weights(service: &Service, layer: Option<&ServiceState>) -> Vec<u32> {
+    let mut weights: Vec<u32> = service
+        .versions
+        .iter()
+        .map(|v| {
+            layer
+                .and_then(|l| l.weights.as_ref())
+                .and_then(|w| w.get(&v.name).copied())
+                .unwrap_or(v.weight)
+        })
+        .collect();
+    let (Some(layer), Some(guard)) = (layer, &service.guard) else {
+        return weights;
+    };
+    for (index, version) in service.versions.iter().enumerate() {
+        if index == guard.baseline {
+            continue;
+        }
+        if is_latched(layer, &version.name, &version.revision) {
+            let moved = std::mem::take(&mut weights[index]);
+            weights[guard.baseline] = weights[guard.baseline].saturating_add(moved);
+        }
+    }
+    // A latch must never leave a service with no weighted version at all:
+    // the baseline is where traffic goes.
+    if weights.iter().all(|&w| w == 0) {
+        weights[guard.baseline] = 1;
+    }
+    weights
+}
+
+pub fn is_latched(layer: &ServiceState, version: &str, revision: &str) -> bool {
+    layer
+        .latches
+        .iter()
+        .any(|l| l.version == version && l.revision == revision)
+}
+
+/// Drops what a new config overrides: run-time weights of services whose file
+/// weights changed since they were set, latches of versions whose revision
+/// changed (or that are gone), and services that are gone. Returns one line
+/// per thing dropped, for the log.
+pub fn reconcile(layer: &mut PersistedState, config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    layer.services.retain(|name, state| {
+        let Some(service) = config.services.iter().find(|s| &s.name == name) else {
+            notes.push(format!("service `{name}` left the config: its run-time state is dropped"));
+            return false;
+        };
+        let now = file_weights(service);
+        if state.weights.is_some() && state.file_weights.as_ref() != Some(&now) {
+            notes.push(format!(
+                "service `{name}`: the file's weights changed, they replace the run-time weights"
+            ));
+            state.weights = None;
+            state.file_weights = None;
+        }
+        state.latches.retain(|latch| {
+            let current = service.versions.iter().find(|v| v.name == latch.version);
+            match current {
+                Some(v) if v.revision == latch.revision => true,
+                Some(v) => {
+                    notes.push(format!(
+                        "service `{name}`: version `{}` moved from revision `{}` to `{}`: its guard latch is cleared",
+                        latch.version, latch.revision, v.revision
+                    ));
+                    false
+                }
+                None => false,
+            }
+        });
+        *state != ServiceState::default()
+    });
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Latch;
+
+    fn config(stable: u32, canary: u32, canary_revision: &str) -> Config {
+        let yaml = format!(
+            "listeners: [{{name: l, address: '127.0.0.1:0'}}]\n\
+             services:\n  - name: svc\n    versions:\n\
+             \x20     - {{name: stable, revision: '1', endpoints: ['127.0.0.1:1'], weight: {stable}}}\n\
+             \x20     - {{name: canary, revision: '{canary_revision}', endpoints: ['127.0.0.1:2'], weight: {canary}}}\n\
+             \x20   guard: {{baseline: stable, max_error_rate: 0.05}}\n"
+        );
+        crate::config::parse_str(&yaml, "t.yaml").expect("valid")
+    }
+
+    fn latch(revision: &str) -> Latch {
+        Latch {
+            version: "canary".into(),
+            revision: revision.into(),
+            reason: "error_rate".into(),
+            at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_latch_moves_the_share_to_the_baseline() {
+        let c = config(75, 25, "2");
+        let layer = ServiceState {
+            latches: vec![latch("2")],
+            ..Default::default()
+        };
+        assert_eq!(
+            effective_weights(&c.services[0], Some(&layer)),
+            vec![100, 0]
+        );
+        // A latch on another revision does nothing.
+        let other = ServiceState {
+            latches: vec![latch("1")],
+            ..Default::default()
+        };
+        assert_eq!(
+            effective_weights(&c.services[0], Some(&other)),
+            vec![75, 25]
+        );
+        // Blue-green: all on the canary, canary latched: all on the baseline.
+        let c = config(0, 100, "2");
+        assert_eq!(
+            effective_weights(&c.services[0], Some(&layer)),
+            vec![100, 0]
+        );
+    }
+
+    #[test]
+    fn a_new_revision_clears_the_latch_and_new_file_weights_replace_runtime_ones() {
+        let mut layer = PersistedState::default();
+        layer.services.insert(
+            "svc".into(),
+            ServiceState {
+                weights: Some(BTreeMap::from([
+                    ("stable".into(), 0),
+                    ("canary".into(), 100),
+                ])),
+                file_weights: Some(BTreeMap::from([
+                    ("stable".into(), 90),
+                    ("canary".into(), 10),
+                ])),
+                latches: vec![latch("2")],
+                rollout: None,
+            },
+        );
+        // Same file: everything stays.
+        assert!(reconcile(&mut layer, &config(90, 10, "2")).is_empty());
+        assert!(layer.services["svc"].weights.is_some());
+        // New revision: the latch goes, the run-time weights stay.
+        let notes = reconcile(&mut layer, &config(90, 10, "3"));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(layer.services["svc"].latches.is_empty());
+        assert!(layer.services["svc"].weights.is_some());
+        // New file weights: the run-time weights go, and so does the service's
+        // now empty entry.
+        reconcile(&mut layer, &config(50, 50, "3"));
+        assert!(!layer.services.contains_key("svc"));
+    }
+}

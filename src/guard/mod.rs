@@ -1,0 +1,168 @@
+//! The guard: judges every non-baseline version of every guarded service on its
+//! sliding window, and when one trips, moves its traffic to the baseline at
+//! once (through `control`, which latches and persists), counts it, logs it
+//! and tells the webhook.
+//!
+//! One task ticks every 100 ms and judges each service when its own
+//! `guard.interval` has passed. A trip needs `consecutive` bad verdicts in a
+//! row; fewer than `min_requests` in the window is no verdict at all.
+
+pub mod verdict;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::control::{Control, Measured};
+use verdict::{verdict, Verdict};
+use webhook::Webhooks;
+
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct GuardRunner {
+    control: Arc<Control>,
+    webhooks: Webhooks,
+    /// Bad verdicts in a row, per (service, version, revision).
+    streaks: HashMap<(String, String, String), u32>,
+    last_judged: HashMap<String, Instant>,
+}
+
+impl GuardRunner {
+    pub fn new(control: Arc<Control>, webhooks: Webhooks) -> GuardRunner {
+        GuardRunner {
+            control,
+            webhooks,
+            streaks: HashMap::new(),
+            last_judged: HashMap::new(),
+        }
+    }
+
+    /// Judges until `stop` changes.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            self.judge(Instant::now());
+        }
+    }
+
+    /// One pass over every guarded service that is due.
+    pub fn judge(&mut self, now: Instant) {
+        let snapshot = self.control.snapshot();
+        let elapsed = self.control.telemetry().elapsed(now);
+        for service in &snapshot.services {
+            let Some(policy) = &service.guard else {
+                continue;
+            };
+            let due = self
+                .last_judged
+                .get(&*service.name)
+                .is_none_or(|last| now.duration_since(*last) >= policy.interval);
+            if !due {
+                continue;
+            }
+            self.last_judged.insert(service.name.to_string(), now);
+            let baseline = &service.versions[policy.baseline];
+            let base_figures = baseline.stats.window().figures(elapsed, policy.window);
+            for (index, version) in service.versions.iter().enumerate() {
+                if index == policy.baseline {
+                    continue;
+                }
+                let key = (
+                    service.name.to_string(),
+                    version.name.to_string(),
+                    version.revision.to_string(),
+                );
+                if version.weight == 0 {
+                    // Latched or given no traffic: nothing to judge.
+                    self.streaks.remove(&key);
+                    continue;
+                }
+                let figures = version.stats.window().figures(elapsed, policy.window);
+                let judged = verdict(&figures, Some(&base_figures), policy);
+                let words = match &judged {
+                    Verdict::Healthy => {
+                        self.streaks.remove(&key);
+                        "healthy".to_string()
+                    }
+                    Verdict::Insufficient { requests, needed } => {
+                        self.streaks.remove(&key);
+                        format!("insufficient data: {requests}/{needed} requests")
+                    }
+                    Verdict::Bad {
+                        reason,
+                        observed,
+                        threshold,
+                        figure,
+                    } => {
+                        let streak = self.streaks.entry(key.clone()).or_insert(0);
+                        *streak += 1;
+                        let words = format!(
+                            "bad: {figure} {observed:.4} > {threshold:.4} ({}/{} in a row)",
+                            streak, policy.consecutive
+                        );
+                        if *streak >= policy.consecutive {
+                            self.streaks.remove(&key);
+                            let measured = Measured {
+                                observed: Some(*observed),
+                                threshold: Some(*threshold),
+                                window_requests: figures.requests,
+                            };
+                            if let Some(event) = self.control.trip(
+                                &service.name,
+                                &version.name,
+                                reason.as_str(),
+                                measured,
+                            ) {
+                                self.announce(&event, policy.webhook.as_ref());
+                            }
+                        }
+                        words
+                    }
+                };
+                self.control
+                    .set_verdict(&service.name, &version.name, words);
+            }
+        }
+    }
+
+    fn announce(&self, event: &crate::control::Event, webhook: Option<&http::Uri>) {
+        announce(&self.control, &self.webhooks, event, webhook);
+    }
+}
+
+/// Counts, logs and sends one rollback event (the guard's or an operator's).
+pub fn announce(
+    control: &Control,
+    webhooks: &Webhooks,
+    event: &crate::control::Event,
+    webhook: Option<&http::Uri>,
+) {
+    control
+        .telemetry()
+        .count_trip(&event.service, &event.version, &event.reason);
+    tracing::warn!(
+        service = %event.service,
+        version = %event.version,
+        revision = %event.revision,
+        reason = %event.reason,
+        observed = ?event.observed,
+        threshold = ?event.threshold,
+        window_requests = event.window_requests,
+        weights = ?event.weights,
+        "guard: traffic moved back to the baseline"
+    );
+    if let Some(url) = webhook {
+        match serde_json::to_value(event) {
+            Ok(body) => webhooks.send(url, body),
+            Err(err) => tracing::error!(error = %err, "cannot encode the webhook event"),
+        }
+    }
+}

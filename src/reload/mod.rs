@@ -1,0 +1,133 @@
+//! Hot reload: a change to the config file (seen by `watch`), a SIGHUP or
+//! `POST /reload` reads the file again, validates all of it, binds any new
+//! listener, and only then publishes the new snapshot. A file that fails any
+//! of that changes nothing: the old config keeps serving and the error is
+//! logged, counted and shown in `/status`.
+//!
+//! Depends on `config` and `control`; the listeners are reached through the
+//! `Listeners` trait so that this module does not depend on `server`.
+
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, Config, Listener};
+use crate::control::Control;
+
+/// How long a burst of file events must be quiet before it counts as one
+/// change (an editor's save is several events within a millisecond or two).
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// The part of the server a reload may change.
+pub trait Listeners: Send + Sync {
+    /// Binds new listeners before closing removed ones; on error changes
+    /// nothing and says why.
+    fn reconcile(&self, wanted: &[Listener]) -> Result<(), String>;
+}
+
+/// What set off a reload, for the log.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    FileChanged,
+    Signal,
+    Admin,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    control: Arc<Control>,
+    listeners: Arc<dyn Listeners>,
+    /// Reloads run one at a time, whatever triggered them.
+    serial: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, control: Arc<Control>, listeners: Arc<dyn Listeners>) -> Reloader {
+        Reloader {
+            path,
+            control,
+            listeners,
+            serial: Mutex::new(()),
+        }
+    }
+
+    /// Reloads now. Blocking (reads the file): call it from a blocking
+    /// context. Returns every error, as `FILE:LINE:COL: path: reason`.
+    pub fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let result = config::load_file(&self.path)
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+            .and_then(|config| self.apply(config));
+        match &result {
+            Ok(()) => tracing::info!(?trigger, file = %self.path.display(), "config reloaded"),
+            Err(errors) => {
+                for error in errors {
+                    tracing::error!(
+                        ?trigger,
+                        "reload refused, the previous config keeps serving: {error}"
+                    );
+                }
+            }
+        }
+        self.control.record_reload(&result);
+        result
+    }
+
+    fn apply(&self, config: Config) -> Result<(), Vec<String>> {
+        let current = self.control.config();
+        if config.limits != current.limits {
+            tracing::warn!("`limits` changed: they take effect at the next restart");
+        }
+        if config.admin != current.admin {
+            tracing::warn!("`admin` changed: it takes effect at the next restart");
+        }
+        self.listeners
+            .reconcile(&config.listeners)
+            .map_err(|reason| vec![format!("{}: listeners: {reason}", self.path.display())])?;
+        self.control.apply_config(config);
+        Ok(())
+    }
+
+    /// Reloads on every change of the file and on SIGHUP until `stop` changes.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (_watcher, mut changes) = match watch::watch(&self.path, DEBOUNCE) {
+            Ok(pair) => (Some(pair.0), Some(pair.1)),
+            Err(err) => {
+                tracing::error!(
+                    "not watching the config file: {err}; reload with SIGHUP or POST /reload"
+                );
+                (None, None)
+            }
+        };
+        let mut hangup = signal(SignalKind::hangup())
+            .map_err(|err| tracing::error!(error = %err, "cannot listen for SIGHUP"))
+            .ok();
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = recv(&mut changes) => Trigger::FileChanged,
+                Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
+                _ = stop.changed() => return,
+            };
+            let reloader = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await;
+        }
+    }
+}
+
+async fn recv(changes: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}

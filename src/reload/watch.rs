@@ -1,0 +1,716 @@
+//! Sees every change to the config file and turns each burst of filesystem events
+//! into one "the file changed" signal for the reloader.
+//!
+//! The watch is on the file's directory, not the file: editors rename a new file
+//! over the old one and Kubernetes swaps a `..data` symlink, and a watch on the
+//! file's inode would go deaf after the first such save. A save is a burst of
+//! events (truncate, write, close, rename, …), so events are debounced, and a
+//! burst is reported only when the bytes the reloader would read differ from the
+//! last ones seen: one save, one signal. Depends on `notify`, tokio and std only.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::hash::{DefaultHasher, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Kubernetes mounts a ConfigMap as `..data -> ..<timestamp>` and publishes a new
+/// version by renaming a fresh `..data_tmp` symlink over `..data`.
+const KUBE_DATA: &str = "..data";
+const KUBE_DATA_TMP: &str = "..data_tmp";
+
+/// Raw-event "pokes" waiting for the debounce task. A full queue loses nothing: a
+/// poke still queued already guarantees the burst will be examined.
+const POKE_QUEUE: usize = 64;
+
+/// A burst that never goes quiet (a busy neighbour in a symlinked config's
+/// directory) is still examined after this many debounce periods, so a change
+/// can't be starved.
+const MAX_BURST_PERIODS: u32 = 10;
+const MIN_MAX_BURST: Duration = Duration::from_millis(100);
+
+/// Keeps the OS watch alive; dropping it stops watching, and the receiver returned
+/// by [`watch`] then yields `None`.
+pub struct ConfigWatcher {
+    file: PathBuf,
+    // The debounce task holds only a `Weak` to this, so dropping the
+    // `ConfigWatcher` drops notify's watcher: the OS watch goes and notify's
+    // thread ends.
+    _watcher: Arc<Mutex<RecommendedWatcher>>,
+    task: JoinHandle<()>,
+    #[cfg(test)]
+    refreshes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        // Ends the debounce task now rather than when notify's thread gets round
+        // to dropping its end of the poke channel.
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for ConfigWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigWatcher")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Watches the directory containing `file` (non-recursively) and sends one `()`
+/// per burst of changes that concern `file`, once the burst has been quiet for
+/// `debounce`, and only if the file's content (or its absence) differs from what
+/// it was at the previous signal.
+///
+/// - A missing or unreadable file is a change like any other: the reloader reads
+///   the file and reports the failure; a later create sends another signal.
+/// - Rewriting identical bytes, `touch`, or reading the file sends nothing; SIGHUP
+///   and `POST /reload` are the ways to force a reload.
+/// - Call it before the first load of the file: the baseline is taken once the
+///   OS watch is in place, so a change between the caller's load and this call
+///   would be part of the baseline and go unreported.
+/// - Must be called from inside a tokio runtime. The channel holds one pending
+///   signal; more changes while one is pending coalesce into it, since the
+///   reloader reads the latest file anyway.
+pub fn watch(
+    file: &Path,
+    debounce: Duration,
+) -> Result<(ConfigWatcher, mpsc::Receiver<()>), WatchError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
+    let name = file
+        .file_name()
+        .ok_or_else(|| WatchError::NotAFile {
+            file: file.to_path_buf(),
+        })?
+        .to_os_string();
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Canonical, so that the paths in notify's events (the watched path joined
+    // with an entry's name) compare equal to ours.
+    let dir = std::fs::canonicalize(parent).map_err(|source| WatchError::Dir {
+        dir: parent.to_path_buf(),
+        source,
+    })?;
+    if !dir.is_dir() {
+        return Err(WatchError::Dir {
+            dir,
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let file = dir.join(&name);
+
+    let (poke_tx, poke_rx) = mpsc::channel(POKE_QUEUE);
+    let relevance = Relevance {
+        name,
+        dir: dir.clone(),
+        file: file.clone(),
+    };
+    // Runs on notify's thread: decide cheaply and never block it.
+    let handler = move |res: notify::Result<notify::Event>| {
+        let relevant = match res {
+            Ok(event) => relevance.concerns_file(&event),
+            Err(e) => {
+                // An error may mean lost events; examining the file costs little.
+                tracing::warn!(error = %e, "config watcher: error from the OS watch");
+                true
+            }
+        };
+        if relevant {
+            // Full: a poke is already queued. Closed: the watcher is shutting down.
+            let _ = poke_tx.try_send(());
+        }
+    };
+    let mut watcher =
+        notify::recommended_watcher(handler).map_err(|source| WatchError::Init { source })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError::from_notify(&dir, source))?;
+    let watcher = Arc::new(Mutex::new(watcher));
+
+    #[cfg(test)]
+    let refreshes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tracker = Tracker {
+        file: file.clone(),
+        dir,
+        last: Fingerprint::Missing,
+        target_dir: None,
+        watcher: Arc::downgrade(&watcher),
+        #[cfg(test)]
+        refreshes: refreshes.clone(),
+    };
+    // The baseline, taken with the OS watch in place: any later change is either
+    // in it or raises an event. Direct std::fs here: this runs once, at start.
+    tracker.refresh();
+
+    let (out_tx, out_rx) = mpsc::channel(1);
+    let task = runtime.spawn(debounce_loop(poke_rx, out_tx, tracker, debounce));
+    let handle = ConfigWatcher {
+        file,
+        _watcher: watcher,
+        task,
+        #[cfg(test)]
+        refreshes,
+    };
+    Ok((handle, out_rx))
+}
+
+/// Why the config file could not be watched, worded for the operator.
+#[derive(Debug)]
+pub enum WatchError {
+    /// `watch` was called outside a tokio runtime: a bug in the caller.
+    NoRuntime,
+    /// The path has no file name (`/`, `..`).
+    NotAFile { file: PathBuf },
+    /// The directory holding the file is missing, unreadable or not a directory.
+    Dir { dir: PathBuf, source: io::Error },
+    /// The OS watcher could not be created (on Linux: inotify instance or fd limit).
+    Init { source: notify::Error },
+    /// The per-user inotify watch limit is reached.
+    WatchLimit { dir: PathBuf },
+    /// Any other failure to watch the directory.
+    Watch { dir: PathBuf, source: notify::Error },
+}
+
+impl WatchError {
+    fn from_notify(dir: &Path, source: notify::Error) -> Self {
+        match source.kind {
+            notify::ErrorKind::MaxFilesWatch => WatchError::WatchLimit {
+                dir: dir.to_path_buf(),
+            },
+            notify::ErrorKind::PathNotFound => WatchError::Dir {
+                dir: dir.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotFound, "directory not found"),
+            },
+            _ => WatchError::Watch {
+                dir: dir.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchError::NoRuntime => write!(
+                f,
+                "the config watcher must be started inside a tokio runtime (a bug in veer)"
+            ),
+            WatchError::NotAFile { file } => write!(
+                f,
+                "config path {} does not name a file; pass the config file's path with -c",
+                file.display()
+            ),
+            WatchError::Dir { dir, source } => write!(
+                f,
+                "cannot watch the config directory {}: {source}; it must exist and be \
+                 readable when veer starts (check the path given with -c)",
+                dir.display()
+            ),
+            WatchError::Init { source } => write!(
+                f,
+                "cannot start watching the config file: {source}; on Linux this usually \
+                 means the per-user inotify instance limit is reached: raise it \
+                 (sysctl -w fs.inotify.max_user_instances=512) or stop idle watchers, \
+                 or raise the open-file limit (ulimit -n)"
+            ),
+            WatchError::WatchLimit { dir } => write!(
+                f,
+                "cannot watch the config directory {}: the inotify watch limit is reached; \
+                 raise it (sysctl -w fs.inotify.max_user_watches=524288) or stop idle watchers",
+                dir.display()
+            ),
+            WatchError::Watch { dir, source } => write!(
+                f,
+                "cannot watch the config directory {}: {source}",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WatchError::Dir { source, .. } => Some(source),
+            WatchError::Init { source } | WatchError::Watch { source, .. } => Some(source),
+            WatchError::NoRuntime | WatchError::NotAFile { .. } | WatchError::WatchLimit { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// Which raw events may concern the config file. Errs towards yes: a false
+/// positive costs one read of a small file, a false negative a missed reload.
+struct Relevance {
+    name: OsString,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Relevance {
+    fn concerns_file(&self, event: &notify::Event) -> bool {
+        if let EventKind::Access(kind) = event.kind {
+            // notify's inotify backend also reports opens and read-only closes.
+            // Reading the file — our own fingerprint or the reloader — would start
+            // a new burst and so another read, forever. Only a writer's close counts.
+            if !matches!(kind, AccessKind::Close(AccessMode::Write)) {
+                return false;
+            }
+        }
+        if event.need_rescan() || event.paths.is_empty() {
+            // The kernel queue overflowed: events were lost, look at the file.
+            return true;
+        }
+        for path in &event.paths {
+            if *path == self.dir {
+                if matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        "config directory was removed or moved: changes to the config file \
+                         will not be seen until veer restarts"
+                    );
+                }
+                return true;
+            }
+            if let Some(name) = path.file_name() {
+                if name == self.name || name == KUBE_DATA || name == KUBE_DATA_TMP {
+                    return true;
+                }
+            }
+        }
+        // When the file is a symlink, what it resolves to can change through any
+        // entry of the directory (an intermediate link, a renamed folder), so every
+        // event counts; the fingerprint drops those that changed nothing.
+        std::fs::symlink_metadata(&self.file).is_ok_and(|m| m.file_type().is_symlink())
+    }
+}
+
+/// What the reloader would read, reduced to a comparable value. Content rather
+/// than mtime: a save that rewrites the same bytes, or a ConfigMap update that
+/// changes other keys only, needs no reload; and coarse mtimes on some
+/// filesystems could hide a real change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fingerprint {
+    Missing,
+    Unreadable(io::ErrorKind),
+    Content { len: u64, hash: u64 },
+}
+
+impl Fingerprint {
+    fn of(file: &Path) -> Self {
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                let mut hasher = DefaultHasher::new();
+                hasher.write(&bytes);
+                Fingerprint::Content {
+                    len: bytes.len() as u64,
+                    hash: hasher.finish(),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Fingerprint::Missing,
+            Err(e) => Fingerprint::Unreadable(e.kind()),
+        }
+    }
+}
+
+/// The debounce task's view of the file: the last fingerprint, and a second watch
+/// on a symlinked file's target directory.
+struct Tracker {
+    file: PathBuf,
+    dir: PathBuf,
+    last: Fingerprint,
+    target_dir: Option<PathBuf>,
+    watcher: Weak<Mutex<RecommendedWatcher>>,
+    #[cfg(test)]
+    refreshes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Tracker {
+    /// Looks at the file again; true when it differs from the last look.
+    /// Blocking: reads the file and talks to notify's thread.
+    fn refresh(&mut self) -> bool {
+        #[cfg(test)]
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Watch first, read second: a change after the read then raises an event.
+        self.follow_symlink_target();
+        let now = Fingerprint::of(&self.file);
+        let changed = now != self.last;
+        if changed {
+            tracing::debug!(file = %self.file.display(), fingerprint = ?now, "config file changed");
+        }
+        self.last = now;
+        changed
+    }
+
+    /// A symlinked config may resolve outside the watched directory, where its
+    /// target can be edited in place with no event in our directory: watch the
+    /// target's directory too, and follow it when the link moves.
+    fn follow_symlink_target(&mut self) {
+        let wanted = std::fs::canonicalize(&self.file)
+            .ok()
+            .and_then(|target| target.parent().map(Path::to_path_buf))
+            .filter(|d| *d != self.dir);
+        if wanted == self.target_dir {
+            return;
+        }
+        let Some(watcher) = self.watcher.upgrade() else {
+            return;
+        };
+        // Poisoning can't leave the watcher half-changed: each call is one message
+        // to notify's thread.
+        let mut watcher = match watcher.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(old) = self.target_dir.take() {
+            // Fails when the directory is gone (a ConfigMap's previous timestamped
+            // folder): the OS dropped that watch already.
+            let _ = watcher.unwatch(&old);
+        }
+        if let Some(new) = wanted {
+            match watcher.watch(&new, RecursiveMode::NonRecursive) {
+                Ok(()) => self.target_dir = Some(new),
+                // Retried at the next burst. Meanwhile, replacing the link is seen,
+                // editing its target in place is not.
+                Err(e) => tracing::warn!(
+                    dir = %new.display(),
+                    error = %e,
+                    "config watcher: cannot watch the symlinked config's target directory"
+                ),
+            }
+        }
+    }
+}
+
+/// Waits for a burst, waits for it to go quiet, looks at the file, and signals
+/// when it changed. Ends when the watcher or the receiver is dropped.
+async fn debounce_loop(
+    mut pokes: mpsc::Receiver<()>,
+    out: mpsc::Sender<()>,
+    mut tracker: Tracker,
+    debounce: Duration,
+) {
+    let max_burst = (debounce * MAX_BURST_PERIODS).max(MIN_MAX_BURST);
+    loop {
+        tokio::select! {
+            poke = pokes.recv() => if poke.is_none() { return },
+            () = out.closed() => return,
+        }
+        let cap = Instant::now() + max_burst;
+        let mut quiet_at = (Instant::now() + debounce).min(cap);
+        loop {
+            tokio::select! {
+                poke = pokes.recv() => match poke {
+                    Some(()) => quiet_at = (Instant::now() + debounce).min(cap),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(quiet_at) => break,
+            }
+        }
+        // spawn_blocking: the config may live on a network or FUSE mount, and a
+        // stalled read must not stall a runtime worker that serves requests.
+        let looked = tokio::task::spawn_blocking(move || {
+            let changed = tracker.refresh();
+            (tracker, changed)
+        })
+        .await;
+        let changed;
+        (tracker, changed) = match looked {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "config watcher stopped: changes will not be seen");
+                return;
+            }
+        };
+        if changed {
+            match out.try_send(()) {
+                // Full: a signal is pending and the reloader will read this content.
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Closed(())) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::Ordering;
+    use tokio::time::timeout;
+
+    /// Longer than production's few milliseconds so that a busy CI machine
+    /// preempting the writer between truncate and write doesn't split one save
+    /// into two bursts; the property under test doesn't depend on the value.
+    const DEBOUNCE: Duration = Duration::from_millis(50);
+    const FIRST_WITHIN: Duration = Duration::from_secs(2);
+    const NONE_WITHIN: Duration = Duration::from_millis(300);
+
+    fn setup(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("veer.yaml");
+        fs::write(&file, content).expect("write config");
+        (dir, file)
+    }
+
+    async fn expect_one(rx: &mut mpsc::Receiver<()>, what: &str) {
+        expect_signal(rx, what).await;
+        expect_none(rx, what).await;
+    }
+
+    async fn expect_signal(rx: &mut mpsc::Receiver<()>, what: &str) {
+        match timeout(FIRST_WITHIN, rx.recv()).await {
+            Ok(Some(())) => {}
+            Ok(None) => panic!("{what}: watcher channel closed"),
+            Err(_) => panic!("{what}: no notification within {FIRST_WITHIN:?}"),
+        }
+    }
+
+    async fn expect_none(rx: &mut mpsc::Receiver<()>, what: &str) {
+        if let Ok(got) = timeout(NONE_WITHIN, rx.recv()).await {
+            panic!("{what}: unexpected extra notification ({got:?})");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_in_place_is_one_notification() {
+        let (_dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::write(&file, "weight: 2\n").expect("rewrite");
+        expect_one(&mut rx, "write in place").await;
+        fs::write(&file, "weight: 3\n").expect("rewrite again");
+        expect_one(&mut rx, "second write in place").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rename_over_is_one_notification() {
+        let (dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        let tmp = dir.path().join(".veer.yaml.tmp");
+        fs::write(&tmp, "weight: 2\n").expect("write temp");
+        fs::rename(&tmp, &file).expect("rename over");
+        expect_one(&mut rx, "rename over").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn editor_backup_dance_is_one_notification() {
+        // vim with `backupcopy=no`: move the original aside, write a new file,
+        // delete the backup.
+        let (dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        let backup = dir.path().join("veer.yaml~");
+        fs::rename(&file, &backup).expect("move aside");
+        fs::write(&file, "weight: 2\n").expect("write new");
+        fs::remove_file(&backup).expect("remove backup");
+        expect_one(&mut rx, "editor save").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_then_create_signals_after_the_create() {
+        let (_dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::remove_file(&file).expect("delete");
+        // The missing file is itself a change: the reloader reports a failed reload.
+        expect_signal(&mut rx, "delete").await;
+        fs::write(&file, "weight: 2\n").expect("create");
+        expect_one(&mut rx, "create after delete").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quick_delete_then_create_ends_on_the_created_file() {
+        let (_dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::remove_file(&file).expect("delete");
+        fs::write(&file, "weight: 2\n").expect("create");
+        // Act as the reloader: read the file at each signal. One or two signals,
+        // depending on whether the two steps fell in one burst; what matters is
+        // that the last one leads to the created file, not to its absence.
+        expect_signal(&mut rx, "delete+create").await;
+        let mut seen = vec![fs::read_to_string(&file).ok()];
+        while let Ok(Some(())) = timeout(NONE_WITHIN, rx.recv()).await {
+            seen.push(fs::read_to_string(&file).ok());
+        }
+        assert!(seen.len() <= 2, "signals: {seen:?}");
+        assert_eq!(seen.last(), Some(&Some("weight: 2\n".to_string())));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unrelated_file_in_the_dir_is_ignored() {
+        let (dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        let other = dir.path().join("notes.txt");
+        fs::write(&other, "hello").expect("create other");
+        fs::write(&other, "hello again").expect("modify other");
+        fs::remove_file(&other).expect("remove other");
+        expect_none(&mut rx, "unrelated file").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_content_rewrite_is_ignored() {
+        let (_dir, file) = setup("weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::write(&file, "weight: 1\n").expect("rewrite same");
+        expect_none(&mut rx, "identical rewrite").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_the_file_does_not_loop() {
+        // notify reports opens; if they counted, each look at the file would
+        // start the next burst and the task would read the file forever.
+        let (_dir, file) = setup("weight: 1\n");
+        let (w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::write(&file, "weight: 2\n").expect("rewrite");
+        expect_signal(&mut rx, "write").await;
+        for _ in 0..5 {
+            fs::read(&file).expect("read as the reloader would");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let looks = w.refreshes.load(Ordering::SeqCst);
+        // The baseline, the write's burst, possibly one split-off tail; not one
+        // per debounce period.
+        assert!(looks <= 4, "file looked at {looks} times");
+        expect_none(&mut rx, "reads").await;
+    }
+
+    /// Lays out a directory the way kubelet mounts a ConfigMap.
+    fn configmap_version(root: &Path, version: &str, content: &str) {
+        let folder = root.join(version);
+        fs::create_dir(&folder).expect("version folder");
+        fs::write(folder.join("veer.yaml"), content).expect("version file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configmap_symlink_swap_is_one_notification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        configmap_version(root, "..2026_A", "weight: 1\n");
+        symlink("..2026_A", root.join("..data")).expect("..data");
+        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
+        let file = root.join("veer.yaml");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+
+        configmap_version(root, "..2026_B", "weight: 2\n");
+        symlink("..2026_B", root.join("..data_tmp")).expect("..data_tmp");
+        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        fs::remove_dir_all(root.join("..2026_A")).expect("remove old");
+        expect_one(&mut rx, "configmap swap").await;
+        assert_eq!(fs::read_to_string(&file).expect("read"), "weight: 2\n");
+
+        // And the next update after that, through the newly watched folder.
+        configmap_version(root, "..2026_C", "weight: 3\n");
+        symlink("..2026_C", root.join("..data_tmp")).expect("..data_tmp");
+        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        fs::remove_dir_all(root.join("..2026_B")).expect("remove old");
+        expect_one(&mut rx, "second configmap swap").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configmap_swap_with_unchanged_content_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        configmap_version(root, "..2026_A", "weight: 1\n");
+        symlink("..2026_A", root.join("..data")).expect("..data");
+        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
+        let (_w, mut rx) = watch(&root.join("veer.yaml"), DEBOUNCE).expect("watch");
+
+        configmap_version(root, "..2026_B", "weight: 1\n");
+        symlink("..2026_B", root.join("..data_tmp")).expect("..data_tmp");
+        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        fs::remove_dir_all(root.join("..2026_A")).expect("remove old");
+        expect_none(&mut rx, "swap to identical content").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn symlink_to_another_dir_sees_edits_of_the_target() {
+        let conf = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let target = elsewhere.path().join("real.yaml");
+        fs::write(&target, "weight: 1\n").expect("target");
+        let file = conf.path().join("veer.yaml");
+        symlink(&target, &file).expect("link");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::write(&target, "weight: 2\n").expect("edit target in place");
+        expect_one(&mut rx, "edit of symlink target").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relative_path_works() {
+        // A bare file name resolves against the working directory; use a path
+        // whose parent is given relative to an absolute one instead of changing
+        // the process-wide cwd under parallel tests.
+        let (dir, _file) = setup("weight: 1\n");
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).expect("sub");
+        let file = sub.join("..").join("veer.yaml");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        fs::write(dir.path().join("veer.yaml"), "weight: 2\n").expect("rewrite");
+        expect_one(&mut rx, "write via a path with ..").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("nope").join("veer.yaml");
+        let err = watch(&file, DEBOUNCE).expect_err("missing dir must fail");
+        assert!(matches!(err, WatchError::Dir { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("nope"), "{msg}");
+        assert!(msg.contains("must exist"), "{msg}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_file_at_start_is_fine_and_its_creation_signals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("veer.yaml");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch without the file");
+        fs::write(&file, "weight: 1\n").expect("create");
+        expect_one(&mut rx, "create").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_watcher_closes_the_channel() {
+        let (_dir, file) = setup("weight: 1\n");
+        let (w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
+        drop(w);
+        let end = timeout(FIRST_WITHIN, rx.recv()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[test]
+    fn outside_a_runtime_is_an_error_not_a_panic() {
+        let (_dir, file) = setup("weight: 1\n");
+        let err = watch(&file, DEBOUNCE).expect_err("no runtime");
+        assert!(matches!(err, WatchError::NoRuntime));
+    }
+
+    #[test]
+    fn limit_errors_name_the_sysctl() {
+        let err = WatchError::WatchLimit {
+            dir: PathBuf::from("/etc/veer"),
+        };
+        assert!(err.to_string().contains("fs.inotify.max_user_watches"));
+        let err = WatchError::Init {
+            source: notify::Error::io(io::Error::from_raw_os_error(24)),
+        };
+        assert!(err.to_string().contains("fs.inotify.max_user_instances"));
+    }
+}

@@ -1,0 +1,66 @@
+//! Shared harness for veer's integration tests: real servers and real clients on
+//! loopback sockets at port 0, no mocks.
+//!
+//! - [`upstream`]: a hyper upstream (HTTP/1.1 and h2c on one port, upgrades) whose
+//!   behaviour is chosen by path and can be told at run time to fail or slow down.
+//! - [`raw`]: a raw TCP upstream that breaks HTTP on purpose (garbage, resets) and a
+//!   port that refuses connections.
+//! - [`client`]: HTTP/1.1 and h2c clients, raw TCP exchanges, streaming bodies.
+//! - [`config`]: a builder for the YAML configs the tests run the proxy with.
+//! - [`binary`]: runs the real `veer` binary on a temp config and reads its
+//!   `veer: listener ...` lines.
+//! - [`harness`]: starts the proxy in-process.
+//!
+//! Each test file uses a subset, hence the blanket `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod binary;
+pub mod client;
+pub mod config;
+pub mod harness;
+pub mod raw;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Errors from bodies and clients, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type used by the test upstreams and clients.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// A listener on `127.0.0.1:0` with a deep accept backlog (4096, like veer's
+/// own): a thousand connects at once must not overflow it and wait for a SYN
+/// retransmission.
+pub fn bind_loopback() -> tokio::net::TcpListener {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("create test socket");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket
+        .set_nonblocking(true)
+        .expect("nonblocking test socket");
+    socket.bind(&addr.into()).expect("bind 127.0.0.1:0");
+    socket.listen(4096).expect("listen");
+    tokio::net::TcpListener::from_std(socket.into()).expect("tokio listener")
+}
+
+/// Runs `fut` and fails the test if it takes longer than `limit`: every wait in
+/// the suite is bounded, so a proxy bug shows as a failure, never as a hung run.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: still not done after {limit:?}"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: condition not reached within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
