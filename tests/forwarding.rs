@@ -42,8 +42,13 @@ fn all_values(headers: &HeaderMap, name: &str) -> Vec<String> {
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection exactly as built (hyper's
-/// pooled client would manage Connection itself).
-async fn send_on_own_connection(proxy: &TestProxy, req: Request<Body>) -> Answer {
+/// pooled client would manage Connection itself). The request target goes out
+/// as given: build it in origin form (`/path`) unless testing absolute form.
+async fn send_on_own_connection(proxy: &TestProxy, mut req: Request<Body>) -> Answer {
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = http::HeaderValue::from_str(&proxy.addr().to_string()).expect("host");
+        req.headers_mut().insert(http::header::HOST, host);
+    }
     let mut conn = http1_connect(proxy.addr()).await;
     let resp = within(LIMIT, "request", conn.send_request(req))
         .await
@@ -55,7 +60,7 @@ async fn send_on_own_connection(proxy: &TestProxy, req: Request<Body>) -> Answer
 async fn hop_by_hop_request_headers_are_stripped() {
     let up = Upstream::start("stable").await;
     let proxy = proxy_to(&up, false).await;
-    let req = Request::get(proxy.url("/headers"))
+    let req = Request::get("/headers")
         .header("host", "app.example")
         .header("connection", "keep-alive, x-hop-custom, X-Hop-Other")
         .header("keep-alive", "timeout=5, max=100")
@@ -106,7 +111,7 @@ async fn hop_by_hop_request_headers_are_stripped() {
 async fn te_keeps_only_trailers() {
     let up = Upstream::start("stable").await;
     let proxy = proxy_to(&up, false).await;
-    let req = Request::get(proxy.url("/headers"))
+    let req = Request::get("/headers")
         .header("te", "trailers, gzip")
         .body(empty())
         .expect("request");
@@ -123,7 +128,7 @@ async fn te_keeps_only_trailers() {
 async fn stray_upgrade_header_is_stripped() {
     let up = Upstream::start("stable").await;
     let proxy = proxy_to(&up, false).await;
-    let req = Request::get(proxy.url("/headers"))
+    let req = Request::get("/headers")
         .header("upgrade", "foo/1")
         .body(empty())
         .expect("request");
@@ -142,7 +147,7 @@ async fn stray_upgrade_header_is_stripped() {
 async fn content_length_body_is_not_rechunked() {
     let up = Upstream::start("stable").await;
     let proxy = proxy_to(&up, false).await;
-    let req = Request::post(proxy.url("/headers"))
+    let req = Request::post("/headers")
         .header("content-length", "5")
         .body(full("hello"))
         .expect("request");
@@ -151,6 +156,35 @@ async fn content_length_body_is_not_rechunked() {
     let seen = up.last_headers();
     assert!(!seen.contains_key("transfer-encoding"), "{seen:?}");
     assert_eq!(all_values(&seen, "content-length"), ["5"]);
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form request target, the target's
+/// authority is the host; the Host header sent along is ignored and replaced.
+/// Routing, Host and X-Forwarded-Host all agree on it.
+#[tokio::test]
+async fn absolute_form_target_replaces_host() {
+    let up = Upstream::start("stable").await;
+    let yaml = ConfigBuilder::new()
+        .service(
+            service("web")
+                .hosts(&["app.example"])
+                .version("stable", &[up.addr()], 1),
+        )
+        .yaml();
+    let proxy = TestProxy::start(&yaml).await;
+    let req = Request::get("http://app.example/headers")
+        .header("host", "other.example")
+        .body(empty())
+        .expect("request");
+    let answer = send_on_own_connection(&proxy, req).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.text());
+    let seen = up.last_headers();
+    assert_eq!(all_values(&seen, "host"), ["app.example"], "{seen:?}");
+    assert_eq!(
+        all_values(&seen, "x-forwarded-host"),
+        ["app.example"],
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]

@@ -77,7 +77,7 @@ enum Command {
     /// proxy, a load generator and a live per-version table.
     Demo {
         /// How long the load runs.
-        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
 }

@@ -273,9 +273,13 @@ fn fit_protocol(
         Protocol::Http1 => {
             *request.version_mut() = Version::HTTP_11;
             if request.uri().authority().is_some() {
+                // An absolute-form target names the host; a Host header
+                // that says otherwise is replaced (RFC 9112 §3.2.2).
                 *request.uri_mut() = Uri::from(origin_form(request.uri()));
-            }
-            if !request.headers().contains_key(HOST) {
+                if let Some(host) = host {
+                    request.headers_mut().insert(HOST, host.clone());
+                }
+            } else if !request.headers().contains_key(HOST) {
                 if let Some(host) = host {
                     request.headers_mut().insert(HOST, host.clone());
                 }
