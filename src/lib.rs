@@ -16,6 +16,7 @@ pub mod demo;
 pub mod guard;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

@@ -3,10 +3,13 @@
 //! the snapshot once and sees one generation of routes, splits and endpoints.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use crate::config::{Config, Guard, Protocol, Service, Timeouts};
+use http::header::HeaderName;
+
+use crate::config::{Config, Guard, Protocol, Rollout, Service, Sticky, Timeouts};
+use crate::routing::rules::CompiledRule;
+use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
 use crate::telemetry::{StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
 use crate::upstream::{Endpoint, Registry};
@@ -30,14 +33,46 @@ pub struct ServiceSnapshot {
     pub window: Duration,
     /// The guard's policy; its `baseline` indexes `versions`.
     pub guard: Option<Guard>,
+    pub rollout: Option<Rollout>,
+    /// A/B rules, first match wins, before weights.
+    pub rules: Vec<CompiledRule>,
+    pub sticky: Option<StickyRouting>,
+}
+
+/// Where a sticky user's key comes from, and its bucket table.
+#[derive(Debug)]
+pub struct StickyRouting {
+    pub key: StickyKey,
+    /// `None` when no version has weight.
+    pub table: Option<StickyTable>,
+}
+
+#[derive(Debug)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie {
+        name: String,
+        /// `Set-Cookie` attributes after the value, built once.
+        attributes: String,
+    },
+}
+
+/// The weights in force for one service and which versions are latched.
+#[derive(Debug, Clone, Default)]
+pub struct Effective {
+    pub weights: Vec<u32>,
+    pub latched: Vec<bool>,
 }
 
 #[derive(Debug)]
 pub struct VersionSnapshot {
     pub name: Arc<str>,
     pub revision: Arc<str>,
-    /// The weight in force (the file's, or a run-time override).
+    /// The weight in force (the file's, a rollout step's, or a run-time
+    /// override; zero while latched).
     pub weight: u32,
+    /// The guard (or an operator) took this revision out of service.
+    pub latched: bool,
     pub protocol: Protocol,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub stats: Arc<VersionStats>,
@@ -59,7 +94,7 @@ impl Snapshot {
         generation: u64,
         config: &Config,
         parts: Parts<'_>,
-        weights: impl Fn(usize, &Service) -> Vec<u32>,
+        effective: impl Fn(usize, &Service) -> Effective,
     ) -> Snapshot {
         let Parts {
             endpoints: registry,
@@ -71,13 +106,14 @@ impl Snapshot {
             .iter()
             .enumerate()
             .map(|(index, service)| {
-                let weights = weights(index, service);
+                let Effective { weights, latched } = effective(index, service);
                 let window = service.guard.as_ref().map_or(DEFAULT_WINDOW, |g| g.window);
                 let versions = service
                     .versions
                     .iter()
                     .zip(&weights)
-                    .map(|(version, &weight)| {
+                    .enumerate()
+                    .map(|(v, (version, &weight))| {
                         let stats = stats.stats(
                             telemetry,
                             &service.name,
@@ -91,6 +127,7 @@ impl Snapshot {
                             name: version.name.as_str().into(),
                             revision: version.revision.as_str().into(),
                             weight,
+                            latched: latched.get(v).copied().unwrap_or(false),
                             protocol: version.protocol,
                             endpoints: version
                                 .endpoints
@@ -107,6 +144,28 @@ impl Snapshot {
                     timeouts: service.timeouts.clone(),
                     window,
                     guard: service.guard.clone(),
+                    rollout: service.rollout.clone(),
+                    rules: service
+                        .rules
+                        .iter()
+                        .filter_map(CompiledRule::compile)
+                        .collect(),
+                    sticky: service.sticky.as_ref().map(|sticky| {
+                        let baseline = service.guard.as_ref().map_or(0, |g| g.baseline);
+                        StickyRouting {
+                            key: match sticky {
+                                Sticky::Header(name) => StickyKey::Header(name.clone()),
+                                Sticky::Cookie { name, max_age } => StickyKey::Cookie {
+                                    name: name.clone(),
+                                    attributes: format!(
+                                        "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                                        max_age.as_secs()
+                                    ),
+                                },
+                            },
+                            table: StickyTable::new(&service.name, &weights, baseline),
+                        }
+                    }),
                 }
             })
             .collect();

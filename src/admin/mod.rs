@@ -126,6 +126,24 @@ impl Admin {
             }
             (&Method::POST, ["reload"]) => self.reload().await,
             (&Method::POST, ["services", service, "rollback"]) => self.rollback(service),
+            (&Method::POST, ["services", service, "promote"]) => {
+                let full = request
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "full" || kv == "full=true"));
+                match self.control.advance_rollout(service, full) {
+                    Ok(_) => json(StatusCode::OK, &status::service_rollout(&self.control, service)),
+                    Err(reason) if reason.starts_with("no service") => {
+                        plain(StatusCode::NOT_FOUND, &reason)
+                    }
+                    Err(reason) => plain(StatusCode::CONFLICT, &reason),
+                }
+            }
+            (&Method::POST, ["services", service, "pause"]) => match self.control.pause(service) {
+                Ok(()) => json(StatusCode::OK, &status::service_rollout(&self.control, service)),
+                Err(reason) if reason.starts_with("no service") => plain(StatusCode::NOT_FOUND, &reason),
+                Err(reason) => plain(StatusCode::CONFLICT, &reason),
+            },
             (&Method::POST, ["services", service, "resume"]) => {
                 match self.control.resume(service) {
                     Ok(cleared) => json(

@@ -43,7 +43,7 @@ pub fn report(control: &Control) -> Value {
                 "name": &*service.name,
                 "window_seconds": service.window.as_secs(),
                 "versions": versions,
-                "rollout": Value::Null,
+                "rollout": rollout_json(control, &service.name, service.rollout.as_ref()),
                 "guard": service.guard.as_ref().map(|g| json!({
                     "baseline": &*service.versions[g.baseline].name,
                     "interval_ms": g.interval.as_millis() as u64,
@@ -61,6 +61,50 @@ pub fn report(control: &Control) -> Value {
             "last_reload": control.last_reload(),
         },
         "services": services,
+    })
+}
+
+/// The rollout of one service for `/status` (`null` without a rollout).
+pub fn rollout_json(
+    control: &Control,
+    service: &str,
+    config: Option<&crate::config::Rollout>,
+) -> Value {
+    let (Some(config), Some(progress)) = (config, control.rollout(service)) else {
+        return Value::Null;
+    };
+    let percent = match progress.outcome {
+        crate::state::RolloutOutcome::Completed => 100,
+        _ => config.steps.get(progress.step).copied().unwrap_or(100),
+    };
+    let hold_ms = u64::try_from(config.hold.as_millis()).unwrap_or(u64::MAX);
+    json!({
+        "candidate": progress.candidate,
+        "revision": progress.revision,
+        "state": crate::control::outcome_word(progress.outcome),
+        "paused": progress.paused,
+        "step": progress.step + 1,
+        "steps": config.steps.len(),
+        "percent": percent,
+        "hold_ms": hold_ms,
+        "held_ms": progress.held_ms,
+        "hold_remaining_ms": hold_ms.saturating_sub(progress.held_ms),
+        "gate": control.gate_status(service),
+    })
+}
+
+/// `{"service": .., "rollout": ..}` for the rollout commands' answers.
+pub fn service_rollout(control: &Control, service: &str) -> Value {
+    let snapshot = control.snapshot();
+    let config = snapshot
+        .services
+        .iter()
+        .find(|s| &*s.name == service)
+        .and_then(|s| s.rollout.clone());
+    json!({
+        "service": service,
+        "rollout": rollout_json(control, service, config.as_ref()),
+        "weights": service_weights(control, service)["weights"],
     })
 }
 

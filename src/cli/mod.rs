@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod status;
+mod wait;
 
 use client::{AdminTarget, ClientError};
 use http::Method;
@@ -67,7 +68,31 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Clear the guard's latches of a service (its versions get their weights back).
+    /// Move the rollout to its next step now (`--full`: to 100%).
+    Promote {
+        service: String,
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Hold the rollout at its current step until `veer resume`.
+    Pause {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Wait until the rollout completes (exit 0) or is rolled back (exit 1);
+    /// exit 2 on timeout or when the admin API cannot be reached.
+    Wait {
+        service: String,
+        /// Give up after this long (e.g. 30m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Clear the guard's latches and let a paused or rolled-back rollout go on.
     Resume {
         service: String,
         #[command(flatten)]
@@ -137,6 +162,24 @@ pub fn main() -> ExitCode {
         }),
         Command::Resume { service, admin } => operator(&admin, |target| async move {
             post_action(&target, &service, "resume").await
+        }),
+        Command::Promote {
+            service,
+            full,
+            admin,
+        } => operator(&admin, |target| async move {
+            let action = if full { "promote?full=true" } else { "promote" };
+            post_action(&target, &service, action).await
+        }),
+        Command::Pause { service, admin } => operator(&admin, |target| async move {
+            post_action(&target, &service, "pause").await
+        }),
+        Command::Wait {
+            service,
+            timeout,
+            admin,
+        } => operator(&admin, |target| async move {
+            wait::wait(&target, &service, timeout).await
         }),
     }
 }
@@ -232,6 +275,7 @@ async fn post_action(
         println!("{}", text.trim());
         Ok(ExitCode::SUCCESS)
     } else {
+        let action = action.split('?').next().unwrap_or(action);
         eprintln!("veer: {action} refused ({status}): {}", text.trim());
         Ok(ExitCode::from(1))
     }

@@ -86,11 +86,40 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
             }
         }
         if !s["rollout"].is_null() {
-            out.push_str(&format!("  rollout: {}\n", s["rollout"]));
+            out.push_str(&format!("  rollout: {}\n", rollout_line(&s["rollout"])));
         }
     }
     if service.is_some() && shown == 0 {
         return None;
     }
     Some(out)
+}
+
+/// One line for a rollout: `canary 1.2.0: step 2/4 at 25%, 12s of hold left,
+/// in_progress; gate: ...`.
+pub fn rollout_line(r: &Value) -> String {
+    let mut line = format!(
+        "{} {}: step {}/{} at {}%",
+        r["candidate"].as_str().unwrap_or("?"),
+        r["revision"].as_str().unwrap_or("?"),
+        r["step"],
+        r["steps"],
+        r["percent"],
+    );
+    let state = r["state"].as_str().unwrap_or("?");
+    if state == "in_progress" {
+        let left = r["hold_remaining_ms"].as_u64().unwrap_or(0);
+        line.push_str(&format!(
+            ", {:.0}s of hold left",
+            (left as f64 / 1000.0).ceil()
+        ));
+    }
+    line.push_str(&format!(", {state}"));
+    if r["paused"].as_bool() == Some(true) {
+        line.push_str(" (paused)");
+    }
+    if let Some(gate) = r["gate"].as_str() {
+        line.push_str(&format!("; {gate}"));
+    }
+    line
 }

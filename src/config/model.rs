@@ -131,7 +131,12 @@ pub struct Rule {
 /// Every condition present must hold (an empty matcher matches everything).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RuleMatch {
+    /// Header equal to the value.
     pub headers: Vec<(HeaderName, String)>,
+    /// Header present, whatever its value.
+    pub present: Vec<HeaderName>,
+    /// Header matching the regex (checked to compile).
+    pub regex: Vec<(HeaderName, String)>,
     pub cookies: Vec<(String, String)>,
     pub path_prefix: Option<String>,
 }

@@ -162,12 +162,14 @@ pub(crate) struct RawRule {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with headers, cookies and path_prefix"
+    expecting = "a mapping with headers, headers_present, headers_regex, cookies and path_prefix"
 )]
 pub(crate) struct RawRuleMatch {
     /// Sorted by name: every condition must hold, so order carries nothing,
     /// and a stable order makes error order stable.
     pub headers: Option<BTreeMap<String, Scalar>>,
+    pub headers_present: Option<Vec<String>>,
+    pub headers_regex: Option<BTreeMap<String, Scalar>>,
     pub cookies: Option<BTreeMap<String, Scalar>>,
     pub path_prefix: Option<String>,
 }

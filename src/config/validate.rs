@@ -752,6 +752,38 @@ impl Validator {
                     None => ok = false,
                 }
             }
+            for (index, name) in raw_match
+                .headers_present
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let at = format!("{path}.match.headers_present[{index}]");
+                match self.header_name(&at, name) {
+                    Some(header) => matcher.present.push(header),
+                    None => ok = false,
+                }
+            }
+            for (name, value) in raw_match.headers_regex.unwrap_or_default() {
+                let at = format!("{path}.match.headers_regex.{name}");
+                let header = self.header_name(&at, &name);
+                let pattern = self.text(&at, &value);
+                if let Some(pattern) = &pattern {
+                    if let Err(err) = regex::Regex::new(pattern) {
+                        let first = err.to_string();
+                        let first = first.lines().last().unwrap_or("invalid").trim().to_string();
+                        self.err(
+                            at.clone(),
+                            format!("`{pattern}` is not a valid regex: {first}"),
+                        );
+                        ok = false;
+                    }
+                }
+                match (header, pattern) {
+                    (Some(header), Some(pattern)) => matcher.regex.push((header, pattern)),
+                    _ => ok = false,
+                }
+            }
             for (name, value) in raw_match.cookies.unwrap_or_default() {
                 let at = format!("{path}.match.cookies.{name}");
                 ok &= self.cookie_name(&at, &name);

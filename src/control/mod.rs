@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::snapshot::{Parts, Snapshot};
-use crate::state::{Latch, PersistedState, StateStore};
+use crate::snapshot::{Effective, Parts, Snapshot};
+use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, StateStore};
 use crate::telemetry::{StatsRegistry, Telemetry};
 use crate::upstream::Registry;
 
@@ -42,6 +42,10 @@ struct State {
     last_reload: Option<ReloadRecord>,
     events: BTreeMap<String, VecDeque<Event>>,
     verdicts: BTreeMap<(String, String), String>,
+    /// The rollout gate's last answer per service, for `/status`.
+    gates: BTreeMap<String, String>,
+    /// When the layer was last written (hold time is saved every few seconds).
+    last_persist: std::time::Instant,
     registry: Registry,
     stats: StatsRegistry,
     telemetry: Arc<Telemetry>,
@@ -93,7 +97,7 @@ impl Control {
             Some((store, layer)) => (Some(store), layer),
             None => (None, PersistedState::default()),
         };
-        for note in overlay::reconcile(&mut layer, &config) {
+        for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
             tracing::info!("state: {note}");
         }
         let mut state = State {
@@ -103,6 +107,8 @@ impl Control {
             last_reload: None,
             events: BTreeMap::new(),
             verdicts: BTreeMap::new(),
+            gates: BTreeMap::new(),
+            last_persist: std::time::Instant::now(),
             registry: Registry::default(),
             stats: StatsRegistry::default(),
             telemetry: Arc::clone(&telemetry),
@@ -186,6 +192,15 @@ impl Control {
         }
         layer.weights = Some(next);
         layer.file_weights = Some(overlay::file_weights(&declared));
+        // A person took over: the automatic rollout ends where it is.
+        if let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| p.outcome == RolloutOutcome::InProgress)
+        {
+            progress.outcome = RolloutOutcome::Abandoned;
+            tracing::info!(service, "manual weights end the rollout");
+        }
         self.publish(&mut state);
         state.persist();
         Ok(())
@@ -195,7 +210,7 @@ impl Control {
     /// file does not override (see `overlay::reconcile`).
     pub fn apply_config(&self, config: Config) {
         let mut state = self.lock();
-        for note in overlay::reconcile(&mut state.layer, &config) {
+        for note in overlay::reconcile(&mut state.layer, &config, unix_ms()) {
             tracing::info!("reload: {note}");
         }
         state.config = config;
@@ -234,6 +249,13 @@ impl Control {
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
         });
+        if let Some(progress) = layer.rollout.as_mut().filter(|p| {
+            p.candidate == version
+                && p.revision == target.revision
+                && p.outcome == RolloutOutcome::InProgress
+        }) {
+            progress.outcome = RolloutOutcome::RolledBack;
+        }
         let layer = layer.clone();
         self.publish(&mut state);
         // Persisted before anyone is told.
@@ -284,17 +306,135 @@ impl Control {
         Ok(events)
     }
 
-    /// Clears every latch of `service`: its versions get their weights back.
+    /// Clears every latch of `service` (its versions get their weights back)
+    /// and lets its rollout go on: a paused one continues, a rolled-back one
+    /// starts again from its first step.
     pub fn resume(&self, service: &str) -> Result<usize, String> {
         let mut state = self.lock();
         state.service(service)?;
         let cleared = match state.layer.services.get_mut(service) {
-            Some(layer) => std::mem::take(&mut layer.latches).len(),
+            Some(layer) => {
+                if let Some(progress) = layer.rollout.as_mut() {
+                    progress.paused = false;
+                    if progress.outcome == RolloutOutcome::RolledBack {
+                        progress.outcome = RolloutOutcome::InProgress;
+                        progress.step = 0;
+                        progress.held_ms = 0;
+                        progress.step_entered_unix_ms = unix_ms();
+                    }
+                }
+                std::mem::take(&mut layer.latches).len()
+            }
             None => 0,
         };
         self.publish(&mut state);
         state.persist();
         Ok(cleared)
+    }
+
+    /// The rollout progress that applies to `service` now, if any.
+    pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
+        let state = self.lock();
+        let declared = state.service(service).ok()?;
+        overlay::current_rollout(declared, state.layer.services.get(service)).cloned()
+    }
+
+    /// Adds time held at the current step of a running, unpaused rollout.
+    /// Written to disk every few seconds rather than every tick: a restart
+    /// loses at most that much hold time, and so never skips ahead.
+    pub fn add_rollout_hold(&self, service: &str, held: Duration) {
+        const SAVE_EVERY: Duration = Duration::from_secs(5);
+        let mut state = self.lock();
+        let Ok(declared) = state.service(service).cloned() else {
+            return;
+        };
+        let Some(layer) = state.layer.services.get_mut(service) else {
+            return;
+        };
+        let running = overlay::current_rollout(&declared, Some(layer))
+            .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused);
+        if let (true, Some(progress)) = (running, layer.rollout.as_mut()) {
+            progress.held_ms = progress
+                .held_ms
+                .saturating_add(u64::try_from(held.as_millis()).unwrap_or(u64::MAX));
+            if state.last_persist.elapsed() >= SAVE_EVERY {
+                state.persist();
+            }
+        }
+    }
+
+    /// Moves the rollout to its next step (`full`: to 100 %, completing it).
+    /// Returns the progress after the move.
+    pub fn advance_rollout(&self, service: &str, full: bool) -> Result<RolloutProgress, String> {
+        let mut state = self.lock();
+        let declared = state.service(service)?.clone();
+        let Some(config) = &declared.rollout else {
+            return Err(format!("service `{service}` has no rollout block"));
+        };
+        let layer = state.layer.services.entry(service.to_string()).or_default();
+        let is_current = overlay::current_rollout(&declared, Some(layer)).is_some();
+        let Some(progress) = layer.rollout.as_mut().filter(|_| is_current) else {
+            return Err(format!("service `{service}` has no rollout in progress"));
+        };
+        if progress.outcome != RolloutOutcome::InProgress {
+            return Err(format!(
+                "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
+                outcome_word(progress.outcome)
+            ));
+        }
+        let last = config.steps.len().saturating_sub(1);
+        progress.step = if full {
+            last
+        } else {
+            (progress.step + 1).min(last)
+        };
+        progress.held_ms = 0;
+        progress.step_entered_unix_ms = unix_ms();
+        if progress.step >= last {
+            progress.outcome = RolloutOutcome::Completed;
+        }
+        let after = progress.clone();
+        state.gates.remove(service);
+        tracing::info!(
+            service,
+            step = after.step + 1,
+            percent = config.steps.get(after.step).copied().unwrap_or(100),
+            outcome = outcome_word(after.outcome),
+            "rollout advanced"
+        );
+        self.publish(&mut state);
+        state.persist();
+        Ok(after)
+    }
+
+    /// Holds the rollout at its current step until `resume`.
+    pub fn pause(&self, service: &str) -> Result<(), String> {
+        let mut state = self.lock();
+        state.service(service)?;
+        let paused = state
+            .layer
+            .services
+            .get_mut(service)
+            .and_then(|l| l.rollout.as_mut())
+            .filter(|p| p.outcome == RolloutOutcome::InProgress)
+            .map(|p| p.paused = true)
+            .is_some();
+        if !paused {
+            return Err(format!(
+                "service `{service}` has no rollout in progress to pause"
+            ));
+        }
+        state.persist();
+        Ok(())
+    }
+
+    /// The gate's last answer for a service's rollout.
+    pub fn set_gate_status(&self, service: &str, status: String) {
+        self.lock().gates.insert(service.to_string(), status);
+    }
+
+    pub fn gate_status(&self, service: &str) -> Option<String> {
+        self.lock().gates.get(service).cloned()
     }
 
     /// Latches in force for `service`.
@@ -377,7 +517,8 @@ impl State {
             .ok_or_else(|| format!("no service named `{name}` in the config"))
     }
 
-    fn persist(&self) {
+    fn persist(&mut self) {
+        self.last_persist = std::time::Instant::now();
         if let Some(store) = &self.store {
             if let Err(err) = store.save(&self.layer) {
                 tracing::error!("{err}; the change is in force but will not survive a restart");
@@ -402,8 +543,26 @@ impl State {
             telemetry,
         };
         Snapshot::build(*generation, config, parts, |_, service| {
-            overlay::effective_weights(service, layer.services.get(&service.name))
+            let own = layer.services.get(&service.name);
+            Effective {
+                weights: overlay::effective_weights(service, own),
+                latched: service
+                    .versions
+                    .iter()
+                    .map(|v| own.is_some_and(|l| overlay::is_latched(l, &v.name, &v.revision)))
+                    .collect(),
+            }
         })
+    }
+}
+
+/// How a rollout's outcome reads in messages and `/status`.
+pub fn outcome_word(outcome: RolloutOutcome) -> &'static str {
+    match outcome {
+        RolloutOutcome::InProgress => "in_progress",
+        RolloutOutcome::Completed => "completed",
+        RolloutOutcome::RolledBack => "rolled_back",
+        RolloutOutcome::Abandoned => "abandoned",
     }
 }
 

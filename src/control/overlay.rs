@@ -1,16 +1,17 @@
 //! The run-time layer on top of the config file, as pure functions: which
 //! weights are in force, and what of the layer survives a new config.
 //!
-//! Precedence (the contract's): the file is the desired state; run-time
-//! weights lie on top until the file's own weights for that service change;
-//! a guard latch holds a (version, revision) at zero until that version's
-//! revision changes or an operator resumes, and its share goes to the
-//! guard's baseline.
+//! Precedence (the contract's): the file is the desired state; a rollout in
+//! progress (or completed) for the candidate's revision sets the candidate's
+//! and the baseline's weights from its step; otherwise run-time weights lie
+//! on top until the file's own weights for that service change; a guard latch
+//! holds a (version, revision) at zero until that version's revision changes
+//! or an operator resumes, and its share goes to the guard's baseline.
 
 use std::collections::BTreeMap;
 
 use crate::config::{Config, Service};
-use crate::state::{PersistedState, ServiceState};
+use crate::state::{PersistedState, RolloutOutcome, RolloutProgress, ServiceState};
 
 /// The file's weights of a service, by version name.
 pub fn file_weights(service: &Service) -> BTreeMap<String, u32> {
@@ -21,18 +22,68 @@ pub fn file_weights(service: &Service) -> BTreeMap<String, u32> {
         .collect()
 }
 
+/// The rollout progress that applies to `service` as configured now: for its
+/// candidate at the candidate's current revision.
+pub fn current_rollout<'a>(
+    service: &Service,
+    layer: Option<&'a ServiceState>,
+) -> Option<&'a RolloutProgress> {
+    let rollout = service.rollout.as_ref()?;
+    let candidate = service.versions.get(rollout.candidate)?;
+    layer?
+        .rollout
+        .as_ref()
+        .filter(|p| p.candidate == candidate.name && p.revision == candidate.revision)
+}
+
+/// The candidate's percentage at the rollout's current step.
+pub fn rollout_percent(service: &Service, progress: &RolloutProgress) -> u32 {
+    let Some(rollout) = &service.rollout else {
+        return 0;
+    };
+    match progress.outcome {
+        RolloutOutcome::Completed => 100,
+        _ => rollout
+            .steps
+            .get(progress.step)
+            .or(rollout.steps.last())
+            .copied()
+            .unwrap_or(0),
+    }
+}
+
 /// The weights in force, by version index.
 pub fn effective_weights(service: &Service, layer: Option<&ServiceState>) -> Vec<u32> {
-    let mut weights: Vec<u32> = service
-        .versions
-        .iter()
-        .map(|v| {
-            layer
-                .and_then(|l| l.weights.as_ref())
-                .and_then(|w| w.get(&v.name).copied())
-                .unwrap_or(v.weight)
-        })
-        .collect();
+    let rollout = current_rollout(service, layer)
+        .filter(|p| p.outcome != RolloutOutcome::Abandoned)
+        .zip(service.rollout.as_ref())
+        .zip(service.guard.as_ref());
+    let mut weights: Vec<u32> = match rollout {
+        Some(((progress, config), guard)) => {
+            let percent = rollout_percent(service, progress);
+            (0..service.versions.len())
+                .map(|i| {
+                    if i == config.candidate {
+                        percent
+                    } else if i == guard.baseline {
+                        100 - percent
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        }
+        None => service
+            .versions
+            .iter()
+            .map(|v| {
+                layer
+                    .and_then(|l| l.weights.as_ref())
+                    .and_then(|w| w.get(&v.name).copied())
+                    .unwrap_or(v.weight)
+            })
+            .collect(),
+    };
     let (Some(layer), Some(guard)) = (layer, &service.guard) else {
         return weights;
     };
@@ -62,10 +113,46 @@ pub fn is_latched(layer: &ServiceState, version: &str, revision: &str) -> bool {
 
 /// Drops what a new config overrides: run-time weights of services whose file
 /// weights changed since they were set, latches of versions whose revision
-/// changed (or that are gone), and services that are gone. Returns one line
-/// per thing dropped, for the log.
-pub fn reconcile(layer: &mut PersistedState, config: &Config) -> Vec<String> {
+/// changed (or that are gone), rollout progress for another candidate or
+/// revision, and services that are gone; starts the rollouts the config asks
+/// for that have no progress yet (at `now_ms`). Returns one line per change,
+/// for the log.
+pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Vec<String> {
     let mut notes = Vec::new();
+    for service in &config.services {
+        let (Some(rollout), Some(candidate)) = (
+            &service.rollout,
+            service
+                .rollout
+                .as_ref()
+                .and_then(|r| service.versions.get(r.candidate)),
+        ) else {
+            continue;
+        };
+        let state = layer.services.entry(service.name.clone()).or_default();
+        let current = state
+            .rollout
+            .as_ref()
+            .is_some_and(|p| p.candidate == candidate.name && p.revision == candidate.revision);
+        if !current {
+            notes.push(format!(
+                "service `{}`: rollout of `{}` revision `{}` starts at {}%",
+                service.name,
+                candidate.name,
+                candidate.revision,
+                rollout.steps.first().copied().unwrap_or(100)
+            ));
+            state.rollout = Some(RolloutProgress {
+                candidate: candidate.name.clone(),
+                revision: candidate.revision.clone(),
+                step: 0,
+                step_entered_unix_ms: now_ms,
+                held_ms: 0,
+                paused: false,
+                outcome: RolloutOutcome::InProgress,
+            });
+        }
+    }
     layer.services.retain(|name, state| {
         let Some(service) = config.services.iter().find(|s| &s.name == name) else {
             notes.push(format!("service `{name}` left the config: its run-time state is dropped"));
@@ -78,6 +165,10 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config) -> Vec<String> {
             ));
             state.weights = None;
             state.file_weights = None;
+        }
+        if state.rollout.is_some() && current_rollout(service, Some(state)).is_none() {
+            notes.push(format!("service `{name}`: the rollout in the config changed; the old progress is dropped"));
+            state.rollout = None;
         }
         state.latches.retain(|latch| {
             let current = service.versions.iter().find(|v| v.name == latch.version);
@@ -170,16 +261,16 @@ mod tests {
             },
         );
         // Same file: everything stays.
-        assert!(reconcile(&mut layer, &config(90, 10, "2")).is_empty());
+        assert!(reconcile(&mut layer, &config(90, 10, "2"), 0).is_empty());
         assert!(layer.services["svc"].weights.is_some());
         // New revision: the latch goes, the run-time weights stay.
-        let notes = reconcile(&mut layer, &config(90, 10, "3"));
+        let notes = reconcile(&mut layer, &config(90, 10, "3"), 0);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(layer.services["svc"].latches.is_empty());
         assert!(layer.services["svc"].weights.is_some());
         // New file weights: the run-time weights go, and so does the service's
         // now empty entry.
-        reconcile(&mut layer, &config(50, 50, "3"));
+        reconcile(&mut layer, &config(50, 50, "3"), 0);
         assert!(!layer.services.contains_key("svc"));
     }
 }

@@ -64,7 +64,7 @@ async fn deliver(url: &Uri, event: &serde_json::Value) {
     tracing::error!(%url, "webhook event not delivered after {ATTEMPTS} attempts");
 }
 
-async fn post(url: &Uri, body: Bytes) -> Result<http::StatusCode, String> {
+pub(crate) async fn post(url: &Uri, body: Bytes) -> Result<http::StatusCode, String> {
     let host = url.host().ok_or("the webhook URL names no host")?;
     let port = url.port_u16().unwrap_or(80);
     if url.scheme_str() != Some("http") {

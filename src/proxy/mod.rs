@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -32,7 +32,8 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::config::{Protocol, Timeouts};
-use crate::snapshot::Snapshot;
+use crate::routing::rules;
+use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey};
 use crate::telemetry::{Outcome, Telemetry};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, UpstreamError};
 use body::Finish;
@@ -115,13 +116,9 @@ impl ProxyService {
         };
         let service = &snapshot.services[service_index];
 
-        // 2. split
-        let Some(split) = &service.split else {
-            return Err(ProxyError::NoWeightedVersion {
-                service: service.name.to_string(),
-            });
-        };
-        let mut version_index = split.next();
+        // 2. choose the version: A/B rules, then sticky users, then weights
+        let mut minted_cookie = None;
+        let mut version_index = choose_version(service, &parts, &mut minted_cookie)?;
 
         // 3. rewrite
         let upgrade = headers::is_upgrade(&parts.headers);
@@ -198,9 +195,60 @@ impl ProxyService {
             return Ok(response.map(|_| ProxyBody::empty()));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
+        if let Some(cookie) = minted_cookie {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
         let finish = Finish::new(Arc::clone(&version.stats), started);
         Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
     }
+}
+
+/// The version for this request: the first A/B rule that matches (the
+/// baseline instead when its version is latched or has no endpoint), else the
+/// sticky user's bucket, else the weighted split. A sticky cookie missing from
+/// the request is minted into `minted_cookie` for the response.
+fn choose_version(
+    service: &ServiceSnapshot,
+    parts: &http::request::Parts,
+    minted_cookie: &mut Option<HeaderValue>,
+) -> Result<usize, ProxyError> {
+    let baseline = service.guard.as_ref().map(|g| g.baseline);
+    if !service.rules.is_empty() {
+        if let Some(v) = rules::first_match(&service.rules, &parts.headers, parts.uri.path()) {
+            let version = &service.versions[v];
+            if version.latched || version.endpoints.is_empty() {
+                return Ok(baseline.unwrap_or(v));
+            }
+            return Ok(v);
+        }
+    }
+    let no_weight = || ProxyError::NoWeightedVersion {
+        service: service.name.to_string(),
+    };
+    if let Some(sticky) = &service.sticky {
+        let table = sticky.table.as_ref().ok_or_else(no_weight)?;
+        match &sticky.key {
+            StickyKey::Header(name) => {
+                if let Some(key) = parts.headers.get(name) {
+                    return Ok(table.version(key.as_bytes()));
+                }
+            }
+            StickyKey::Cookie { name, attributes } => {
+                if let Some(key) = rules::cookie(&parts.headers, name) {
+                    return Ok(table.version(key.as_bytes()));
+                }
+                // An anonymous user: give them a key so they stick too.
+                let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+                *minted_cookie = HeaderValue::from_str(&format!("{name}={key}{attributes}")).ok();
+                return Ok(table.version(key.as_bytes()));
+            }
+        }
+    }
+    service
+        .split
+        .as_ref()
+        .map(|s| s.next())
+        .ok_or_else(no_weight)
 }
 
 /// A send that got no response. `error` is `None` when the version had no

@@ -26,6 +26,7 @@ use crate::guard::webhook::Webhooks;
 use crate::guard::GuardRunner;
 use crate::proxy::ProxyService;
 use crate::reload::{Listeners, Reloader};
+use crate::rollout::RolloutRunner;
 use crate::state::StateStore;
 use crate::telemetry::Telemetry;
 pub use listeners::ListenerSet;
@@ -179,7 +180,9 @@ impl Proxy {
             let stopped = stopped.clone();
             async move { control.tick(stopped).await }
         });
-        let guard = tokio::spawn(GuardRunner::new(Arc::clone(&control), webhooks).run(stopped));
+        let guard =
+            tokio::spawn(GuardRunner::new(Arc::clone(&control), webhooks).run(stopped.clone()));
+        let rollouts = tokio::spawn(RolloutRunner::new(Arc::clone(&control)).run(stopped));
         Ok(RunningProxy {
             admin,
             listeners,
@@ -187,6 +190,7 @@ impl Proxy {
             stop,
             ticker,
             guard,
+            rollouts,
             watching,
             drain_timeout: limits.drain_timeout,
         })
@@ -203,6 +207,7 @@ pub struct RunningProxy {
     stop: watch::Sender<bool>,
     ticker: JoinHandle<()>,
     guard: JoinHandle<()>,
+    rollouts: JoinHandle<()>,
     /// Watches the config file, when there is one.
     watching: Option<JoinHandle<()>>,
     drain_timeout: Duration,
@@ -260,6 +265,7 @@ impl RunningProxy {
         let _ = self.stop.send(true);
         let _ = self.ticker.await;
         let _ = self.guard.await;
+        let _ = self.rollouts.await;
         if let Some(watching) = self.watching {
             let _ = watching.await;
         }
