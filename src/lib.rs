@@ -10,10 +10,12 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod guard;
+pub mod health;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
-use crate::config::{Config, Guard, Protocol, Rollout, Service, Sticky, Timeouts};
+use crate::config::{
+    Config, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
+};
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
@@ -34,6 +36,8 @@ pub struct ServiceSnapshot {
     /// The guard's policy; its `baseline` indexes `versions`.
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: Outlier,
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
     pub sticky: Option<StickyRouting>,
@@ -73,8 +77,14 @@ pub struct VersionSnapshot {
     pub weight: u32,
     /// The guard (or an operator) took this revision out of service.
     pub latched: bool,
+    /// No endpoint can take requests (probes failing, ejected): its share went
+    /// to the guard's baseline.
+    pub unavailable: bool,
     pub protocol: Protocol,
+    /// The endpoints that may take requests now (healthy, not ejected).
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Every endpoint the config lists, for health checks and reports.
+    pub all_endpoints: Vec<Arc<Endpoint>>,
     pub stats: Arc<VersionStats>,
 }
 
@@ -84,6 +94,9 @@ pub struct Parts<'a> {
     pub endpoints: &'a mut Registry,
     pub stats: &'a mut StatsRegistry,
     pub telemetry: &'a Telemetry,
+    /// veer is starting: endpoints count as healthy until probed (unless the
+    /// health check says otherwise); endpoints a reload adds wait for a pass.
+    pub starting: bool,
 }
 
 impl Snapshot {
@@ -100,14 +113,70 @@ impl Snapshot {
             endpoints: registry,
             stats,
             telemetry,
+            starting,
         } = parts;
+        let now_ms = crate::clock::now_ms();
         let services = config
             .services
             .iter()
             .enumerate()
             .map(|(index, service)| {
-                let Effective { weights, latched } = effective(index, service);
+                let Effective {
+                    mut weights,
+                    latched,
+                } = effective(index, service);
                 let window = service.guard.as_ref().map_or(DEFAULT_WINDOW, |g| g.window);
+                let initially_healthy = service
+                    .health_check
+                    .as_ref()
+                    .map_or(true, |h| h.initial_healthy.unwrap_or(starting));
+                let slow_start_ms = service
+                    .slow_start
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let all: Vec<Vec<Arc<Endpoint>>> = service
+                    .versions
+                    .iter()
+                    .map(|version| {
+                        version
+                            .endpoints
+                            .iter()
+                            .map(|&addr| {
+                                let endpoint =
+                                    registry.endpoint(addr, version.protocol, initially_healthy);
+                                endpoint.health.set_slow_start(slow_start_ms);
+                                endpoint
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let available: Vec<Vec<Arc<Endpoint>>> = all
+                    .iter()
+                    .map(|eps| {
+                        eps.iter()
+                            .filter(|e| e.health.available(now_ms))
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                // A version with no endpoint able to serve gives its share to
+                // the baseline, as a latch does, rather than failing requests.
+                let baseline = service.guard.as_ref().map(|g| g.baseline);
+                let mut unavailable = vec![false; service.versions.len()];
+                for v in 0..service.versions.len() {
+                    if available[v].is_empty() {
+                        unavailable[v] = true;
+                        if let Some(b) = baseline.filter(|&b| b != v && !available[b].is_empty()) {
+                            if weights[v] > 0 {
+                                tracing::warn!(
+                                    service = %service.name,
+                                    version = %service.versions[v].name,
+                                    "no endpoint can take requests; its share goes to the baseline"
+                                );
+                            }
+                            weights[b] = weights[b].saturating_add(std::mem::take(&mut weights[v]));
+                        }
+                    }
+                }
                 let versions = service
                     .versions
                     .iter()
@@ -122,18 +191,25 @@ impl Snapshot {
                             window,
                         );
                         stats.set_weight(weight);
+                        for endpoint in &all[v] {
+                            telemetry
+                                .endpoint_gauge(&service.name, &version.name, endpoint.addr())
+                                .set(if endpoint.health.available(now_ms) {
+                                    1.0
+                                } else {
+                                    0.0
+                                });
+                        }
                         Arc::new(VersionSnapshot {
                             stats,
                             name: version.name.as_str().into(),
                             revision: version.revision.as_str().into(),
                             weight,
                             latched: latched.get(v).copied().unwrap_or(false),
+                            unavailable: unavailable[v],
                             protocol: version.protocol,
-                            endpoints: version
-                                .endpoints
-                                .iter()
-                                .map(|&addr| registry.endpoint(addr, version.protocol))
-                                .collect(),
+                            endpoints: available[v].clone(),
+                            all_endpoints: all[v].clone(),
                         })
                     })
                     .collect();
@@ -145,6 +221,8 @@ impl Snapshot {
                     window,
                     guard: service.guard.clone(),
                     rollout: service.rollout.clone(),
+                    health_check: service.health_check.clone(),
+                    outlier: service.outlier.clone(),
                     rules: service
                         .rules
                         .iter()

@@ -12,6 +12,7 @@ use crate::telemetry::Figures;
 pub fn report(control: &Control) -> Value {
     let snapshot = control.snapshot();
     let elapsed = control.telemetry().elapsed(Instant::now());
+    let now_ms = crate::clock::now_ms();
     let services: Vec<Value> = snapshot
         .services
         .iter()
@@ -29,11 +30,28 @@ pub fn report(control: &Control) -> Value {
                             crate::config::Protocol::Http1 => "http1",
                             crate::config::Protocol::Http2 => "http2",
                         },
-                        "endpoints": version.endpoints.iter().map(|e| json!({
-                            "address": e.addr().to_string(),
-                            "health": "unchecked",
-                            "outstanding": e.outstanding(),
-                        })).collect::<Vec<_>>(),
+                        "latched": version.latched,
+                        "unavailable": version.unavailable,
+                        "endpoints": version.all_endpoints.iter().map(|e| {
+                            let until = e.health.ejected_until_ms();
+                            let health = if until > now_ms {
+                                "ejected"
+                            } else if !e.health.probe_ok() {
+                                "unhealthy"
+                            } else if service.health_check.is_none() {
+                                "unchecked"
+                            } else {
+                                "healthy"
+                            };
+                            json!({
+                                "address": e.addr().to_string(),
+                                "health": health,
+                                "ejected_for_ms": until.saturating_sub(now_ms),
+                                "ejections": e.health.ejections(),
+                                "ramping": e.health.is_ramping(),
+                                "outstanding": e.outstanding(),
+                            })
+                        }).collect::<Vec<_>>(),
                         "window": window_json(&figures),
                         "guard_verdict": control.verdict(&service.name, &version.name),
                     })

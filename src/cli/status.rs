@@ -60,6 +60,33 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
                 w["requests"].as_u64().unwrap_or(0),
             ));
         }
+        for v in s["versions"].as_array().into_iter().flatten() {
+            let troubled: Vec<String> = v["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["health"] != "healthy" && e["health"] != "unchecked")
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["address"].as_str().unwrap_or("?"),
+                        e["health"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            if !troubled.is_empty() || v["unavailable"] == true {
+                out.push_str(&format!(
+                    "  {}: {}{}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    if v["unavailable"] == true {
+                        "no endpoint can serve (share moved to the baseline); "
+                    } else {
+                        ""
+                    },
+                    troubled.join(", ")
+                ));
+            }
+        }
         let guard = &s["guard"];
         if guard.is_null() {
             out.push_str("  guard: none\n");

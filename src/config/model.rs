@@ -81,6 +81,11 @@ pub struct Service {
     pub rules: Vec<Rule>,
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheck>,
+    /// Passive ejection on failures seen in real traffic.
+    pub outlier: Outlier,
+    /// An endpoint that joins (or returns from ejection) ramps its share up
+    /// over this long. `None`: at once.
+    pub slow_start: Option<Duration>,
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
 }
@@ -167,6 +172,48 @@ pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Passing probes in a row before an endpoint enters service. Default 1.
+    pub healthy_threshold: u32,
+    /// Failing probes in a row before it leaves. Default 3.
+    pub unhealthy_threshold: u32,
+    /// Inclusive status ranges that pass. Default 200..=399.
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// Whether an endpoint counts as healthy before its first probe. `None`:
+    /// healthy when veer starts (it probes at once), not ready when a reload
+    /// adds it.
+    pub initial_healthy: Option<bool>,
+}
+
+/// Passive ejection (like Envoy's outlier detection): after
+/// `consecutive_failures` failures in a row on real traffic an endpoint is
+/// ejected for `base_ejection` times the number of its ejections so far (up to
+/// `max_ejection`), but never so many that more than `max_ejected_percent` of
+/// a version's endpoints are out at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// 0 turns passive ejection off. Default 5.
+    pub consecutive_failures: u32,
+    /// Whether 5xx answers count as failures (connect errors, resets and
+    /// timeouts always do). Default false.
+    pub count_5xx: bool,
+    /// Default 5s.
+    pub base_ejection: Duration,
+    /// Default 5m.
+    pub max_ejection: Duration,
+    /// Default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            count_5xx: false,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

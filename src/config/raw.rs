@@ -110,6 +110,8 @@ pub(crate) struct RawService {
     pub rules: Option<Vec<RawRule>>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,
+    pub outlier_detection: Option<RawOutlier>,
+    pub slow_start: Option<Scalar>,
     pub guard: Option<RawGuard>,
     pub rollout: Option<RawRollout>,
 }
@@ -194,6 +196,23 @@ pub(crate) struct RawHealthCheck {
     pub path: Option<String>,
     pub interval: Option<Scalar>,
     pub timeout: Option<Scalar>,
+    pub healthy_threshold: Option<Scalar>,
+    pub unhealthy_threshold: Option<Scalar>,
+    pub expected_statuses: Option<Vec<Scalar>>,
+    pub initial: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with consecutive_failures, count_5xx, base_ejection, max_ejection and max_ejected_percent"
+)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<Scalar>,
+    pub count_5xx: Option<bool>,
+    pub base_ejection: Option<Scalar>,
+    pub max_ejection: Option<Scalar>,
+    pub max_ejected_percent: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,12 +25,12 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    Admin, Config, Guard, HealthCheck, HostMatch, Limits, Listener, ListenerTls, OnRevert,
+    Admin, Config, Guard, HealthCheck, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier,
     Protocol, Rollout, Rule, RuleMatch, Service, Sticky, Timeouts, Version,
 };
 use super::raw::{
-    Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawRollout,
-    RawRule, RawService, RawServiceMatch, RawSticky, RawTimeouts, RawVersion, Scalar,
+    Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawOutlier,
+    RawRollout, RawRule, RawService, RawServiceMatch, RawSticky, RawTimeouts, RawVersion, Scalar,
 };
 
 /// The admin API's address when `admin.address` is omitted.
@@ -425,6 +425,9 @@ impl Validator {
         let health_check = raw
             .health_check
             .map(|check| self.health_check(&format!("{path}.health_check"), check));
+        let outlier = self.outlier(&format!("{path}.outlier_detection"), raw.outlier_detection);
+        let slow_start =
+            self.optional_positive_duration(&format!("{path}.slow_start"), raw.slow_start.as_ref());
         // The rollout checks its candidate against the baseline as written,
         // even if the guard has other errors.
         let baseline = raw.guard.as_ref().map(|guard| {
@@ -456,6 +459,8 @@ impl Validator {
             rules: rules.into_iter().collect::<Option<Vec<_>>>()?,
             timeouts: timeouts?,
             health_check: optional(health_check)?,
+            outlier: outlier?,
+            slow_start: slow_start.ok()?,
             guard: optional(guard)?,
             rollout: optional(rollout)?,
         })
@@ -882,10 +887,109 @@ impl Validator {
                 return None;
             }
         }
+        let threshold = |this: &mut Self, name: &str, raw: Option<Scalar>, default: u32| match raw {
+            None => Some(default),
+            Some(n) => this.int_in(&format!("{path}.{name}"), &n, 1, 100, "probes in a row"),
+        };
+        let healthy_threshold = threshold(self, "healthy_threshold", raw.healthy_threshold, 1);
+        let unhealthy_threshold =
+            threshold(self, "unhealthy_threshold", raw.unhealthy_threshold, 3);
+        let mut expected_statuses = Vec::new();
+        let mut statuses_ok = true;
+        for (k, status) in raw.expected_statuses.unwrap_or_default().iter().enumerate() {
+            match status_range(status) {
+                Some(range) => expected_statuses.push(range),
+                None => {
+                    self.err(
+                        format!("{path}.expected_statuses[{k}]"),
+                        format!("`{status}` is not a status (200) or a range (200-299) within 100..=599"),
+                    );
+                    statuses_ok = false;
+                }
+            }
+        }
+        if expected_statuses.is_empty() {
+            expected_statuses.push((200, 399));
+        }
+        let initial_healthy = match raw.initial {
+            None => Some(None),
+            Some(word) => self
+                .word(
+                    &format!("{path}.initial"),
+                    &word,
+                    "initial state",
+                    &["healthy", "unhealthy"],
+                )
+                .map(|i| Some(i == 0)),
+        };
+        if !statuses_ok {
+            return None;
+        }
         Some(HealthCheck {
             path: probe_path?,
             interval: interval?,
             timeout: timeout?,
+            healthy_threshold: healthy_threshold?,
+            unhealthy_threshold: unhealthy_threshold?,
+            expected_statuses,
+            initial_healthy: initial_healthy?,
+        })
+    }
+
+    fn outlier(&mut self, path: &str, raw: Option<RawOutlier>) -> Option<Outlier> {
+        let defaults = Outlier::default();
+        let Some(raw) = raw else {
+            return Some(defaults);
+        };
+        let consecutive_failures = match raw.consecutive_failures {
+            None => Some(defaults.consecutive_failures),
+            Some(n) => self.int_in(
+                &format!("{path}.consecutive_failures"),
+                &n,
+                0,
+                10_000,
+                "failures in a row before an ejection; 0 turns ejection off",
+            ),
+        };
+        let base_ejection = self.positive_duration(
+            &format!("{path}.base_ejection"),
+            raw.base_ejection.as_ref(),
+            defaults.base_ejection,
+        );
+        let max_ejection = self.positive_duration(
+            &format!("{path}.max_ejection"),
+            raw.max_ejection.as_ref(),
+            defaults.max_ejection,
+        );
+        let max_ejected_percent = match raw.max_ejected_percent {
+            None => Some(defaults.max_ejected_percent),
+            Some(n) => self.int_in(
+                &format!("{path}.max_ejected_percent"),
+                &n,
+                0,
+                100,
+                "percent of a version's endpoints that may be ejected at once",
+            ),
+        };
+        if let (Some(base), Some(max)) = (base_ejection, max_ejection) {
+            if max < base {
+                self.err(
+                    format!("{path}.max_ejection"),
+                    format!(
+                        "max_ejection ({}) is shorter than base_ejection ({}): make it at least as long",
+                        humantime::format_duration(max),
+                        humantime::format_duration(base)
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(Outlier {
+            consecutive_failures: consecutive_failures?,
+            count_5xx: raw.count_5xx.unwrap_or(defaults.count_5xx),
+            base_ejection: base_ejection?,
+            max_ejection: max_ejection?,
+            max_ejected_percent: max_ejected_percent?,
         })
     }
 
@@ -1581,6 +1685,20 @@ pub(crate) fn parse_http_url(text: &str) -> Result<Uri, String> {
         return Err(format!("`{text}` has no host: {URL_EXAMPLE}"));
     }
     Ok(uri)
+}
+
+/// `200` or `"200-299"` as an inclusive range within 100..=599.
+fn status_range(raw: &Scalar) -> Option<(u16, u16)> {
+    let (low, high) = match raw {
+        Scalar::Int(n) => (u16::try_from(*n).ok()?, u16::try_from(*n).ok()?),
+        Scalar::Text(text) => {
+            let (a, b) = text.split_once('-')?;
+            (a.trim().parse().ok()?, b.trim().parse().ok()?)
+        }
+        _ => return None,
+    };
+    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high)
+        .then_some((low, high))
 }
 
 #[cfg(test)]

@@ -494,6 +494,12 @@ impl Control {
         }
     }
 
+    /// Publishes the same desired state again: endpoint health changed.
+    pub fn republish(&self) {
+        let mut state = self.lock();
+        self.publish(&mut state);
+    }
+
     fn publish(&self, state: &mut State) {
         let snapshot = state.build();
         self.published.store(Arc::new(snapshot));
@@ -541,6 +547,7 @@ impl State {
             endpoints: registry,
             stats,
             telemetry,
+            starting: *generation == 1,
         };
         Snapshot::build(*generation, config, parts, |_, service| {
             let own = layer.services.get(&service.name);

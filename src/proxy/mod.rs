@@ -31,7 +31,8 @@ use hyper::upgrade::OnUpgrade;
 
 use tokio::time::Instant;
 
-use crate::config::{Protocol, Timeouts};
+use crate::config::Protocol;
+use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey};
 use crate::telemetry::{Outcome, Telemetry};
@@ -65,13 +66,19 @@ impl ClientInfo {
 pub struct ProxyService {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
+    health: HealthSender,
 }
 
 impl ProxyService {
-    pub fn new(published: Arc<ArcSwap<Snapshot>>, telemetry: Arc<Telemetry>) -> ProxyService {
+    pub fn new(
+        published: Arc<ArcSwap<Snapshot>>,
+        telemetry: Arc<Telemetry>,
+        health: HealthSender,
+    ) -> ProxyService {
         ProxyService {
             published,
             telemetry,
+            health,
         }
     }
 
@@ -142,7 +149,10 @@ impl ProxyService {
         let (sent, version) = loop {
             let version = &service.versions[version_index];
             fit_protocol(&mut outgoing, version.protocol, host_value.as_ref());
-            match send(&version.endpoints, outgoing, &service.timeouts, upgrade).await {
+            match self
+                .send(service, &version.endpoints, outgoing, upgrade)
+                .await
+            {
                 Err(SendFailure {
                     error,
                     unsent: Some(unsent),
@@ -258,52 +268,88 @@ struct SendFailure {
     unsent: Option<Request<RequestBody>>,
 }
 
-/// Sends to one endpoint of the version, and once more to another when the
-/// first attempt delivered nothing (refused, or reset before a byte was sent).
-/// `timeouts.request` bounds each attempt's wait for the response head.
-async fn send(
-    endpoints: &[Arc<Endpoint>],
-    mut outgoing: Request<RequestBody>,
-    timeouts: &Timeouts,
-    upgrade: bool,
-) -> Result<(Response<Incoming>, Lease), SendFailure> {
-    let Some(mut chosen) = balance::pick(endpoints, None) else {
-        return Err(SendFailure {
-            error: None,
-            unsent: Some(outgoing),
-        });
-    };
-    let mut retried = false;
-    loop {
-        let endpoint = &endpoints[chosen];
-        let attempt =
-            tokio::time::timeout(timeouts.request, endpoint.send(outgoing, timeouts, upgrade))
-                .await;
-        match attempt {
-            Ok(Ok(sent)) => return Ok(sent),
-            Ok(Err(failed)) => match failed.request {
-                // Nothing reached the upstream: safe to try another one.
-                Some(unsent) if !retried && endpoints.len() > 1 => {
-                    tracing::debug!(error = %failed.error, "retrying on another endpoint");
-                    outgoing = unsent;
-                    retried = true;
-                    chosen = balance::pick(endpoints, Some(chosen)).unwrap_or(chosen);
+impl ProxyService {
+    /// Sends to one endpoint of the version, and once more to another when
+    /// the first attempt delivered nothing (refused, or reset before a byte
+    /// was sent). `timeouts.request` bounds each attempt's wait for the
+    /// response head. Each attempt's outcome feeds the endpoint's failure
+    /// streak (passive ejection).
+    async fn send(
+        &self,
+        service: &ServiceSnapshot,
+        endpoints: &[Arc<Endpoint>],
+        mut outgoing: Request<RequestBody>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+        let timeouts = &service.timeouts;
+        let Some(mut chosen) = balance::pick(endpoints, None) else {
+            return Err(SendFailure {
+                error: None,
+                unsent: Some(outgoing),
+            });
+        };
+        let mut retried = false;
+        loop {
+            let endpoint = &endpoints[chosen];
+            let attempt =
+                tokio::time::timeout(timeouts.request, endpoint.send(outgoing, timeouts, upgrade))
+                    .await;
+            match attempt {
+                Ok(Ok(sent)) => {
+                    if service.outlier.count_5xx && sent.0.status().is_server_error() {
+                        self.count_failure(service, endpoint, "5xx");
+                    } else {
+                        endpoint.health.record_success();
+                    }
+                    return Ok(sent);
                 }
-                unsent => {
+                Ok(Err(failed)) => {
+                    self.count_failure(service, endpoint, failed.error.reason().as_str());
+                    match failed.request {
+                        // Nothing reached the upstream: safe to try another one.
+                        Some(unsent) if !retried && endpoints.len() > 1 => {
+                            tracing::debug!(error = %failed.error, "retrying on another endpoint");
+                            outgoing = unsent;
+                            retried = true;
+                            chosen = balance::pick(endpoints, Some(chosen)).unwrap_or(chosen);
+                        }
+                        unsent => {
+                            return Err(SendFailure {
+                                error: Some(failed.error),
+                                unsent,
+                            })
+                        }
+                    }
+                }
+                Err(_elapsed) => {
+                    self.count_failure(service, endpoint, "timeout");
                     return Err(SendFailure {
-                        error: Some(failed.error),
-                        unsent,
-                    })
+                        error: Some(UpstreamError::Timeout {
+                            addr: endpoint.addr(),
+                        }),
+                        unsent: None,
+                    });
                 }
-            },
-            Err(_elapsed) => {
-                return Err(SendFailure {
-                    error: Some(UpstreamError::Timeout {
-                        addr: endpoint.addr(),
-                    }),
-                    unsent: None,
-                })
             }
+        }
+    }
+
+    /// Adds to the endpoint's failure streak and, each time the streak
+    /// reaches the outlier threshold, asks the health runner to eject it.
+    fn count_failure(
+        &self,
+        service: &ServiceSnapshot,
+        endpoint: &Arc<Endpoint>,
+        reason: &'static str,
+    ) {
+        let threshold = service.outlier.consecutive_failures;
+        let streak = endpoint.health.record_failure();
+        if threshold > 0 && streak % threshold == 0 {
+            let _ = self.health.send(HealthEvent::Failing {
+                service: Arc::clone(&service.name),
+                endpoint: Arc::clone(endpoint),
+                reason,
+            });
         }
     }
 }

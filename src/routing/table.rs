@@ -144,6 +144,8 @@ mod tests {
             rules: vec![],
             timeouts: Timeouts::default(),
             health_check: None,
+            outlier: Default::default(),
+            slow_start: None,
             guard: None,
             rollout: None,
         }

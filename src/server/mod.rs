@@ -24,6 +24,7 @@ use crate::config::{Config, Listener};
 use crate::control::Control;
 use crate::guard::webhook::Webhooks;
 use crate::guard::GuardRunner;
+use crate::health::HealthRunner;
 use crate::proxy::ProxyService;
 use crate::reload::{Listeners, Reloader};
 use crate::rollout::RolloutRunner;
@@ -136,7 +137,8 @@ impl Proxy {
             options.source.clone(),
             store,
         ));
-        let service = ProxyService::new(control.published(), telemetry);
+        let (health, health_events) = HealthRunner::new(Arc::clone(&control));
+        let service = ProxyService::new(control.published(), telemetry, health_events);
         let listeners = Arc::new(ListenerSet::start(&listener_settings, &limits, service)?);
         let (stop, stopped) = watch::channel(false);
         let webhooks = Webhooks::start();
@@ -182,7 +184,8 @@ impl Proxy {
         });
         let guard =
             tokio::spawn(GuardRunner::new(Arc::clone(&control), webhooks).run(stopped.clone()));
-        let rollouts = tokio::spawn(RolloutRunner::new(Arc::clone(&control)).run(stopped));
+        let rollouts = tokio::spawn(RolloutRunner::new(Arc::clone(&control)).run(stopped.clone()));
+        let health = tokio::spawn(health.run(stopped));
         Ok(RunningProxy {
             admin,
             listeners,
@@ -191,6 +194,7 @@ impl Proxy {
             ticker,
             guard,
             rollouts,
+            health,
             watching,
             drain_timeout: limits.drain_timeout,
         })
@@ -208,6 +212,7 @@ pub struct RunningProxy {
     ticker: JoinHandle<()>,
     guard: JoinHandle<()>,
     rollouts: JoinHandle<()>,
+    health: JoinHandle<()>,
     /// Watches the config file, when there is one.
     watching: Option<JoinHandle<()>>,
     drain_timeout: Duration,
@@ -266,6 +271,7 @@ impl RunningProxy {
         let _ = self.ticker.await;
         let _ = self.guard.await;
         let _ = self.rollouts.await;
+        let _ = self.health.await;
         if let Some(watching) = self.watching {
             let _ = watching.await;
         }

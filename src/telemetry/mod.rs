@@ -132,6 +132,41 @@ impl Telemetry {
         counter(&self.recorder, "veer_guard_trips_total", labels).increment(1);
     }
 
+    /// `veer_endpoint_healthy` for one endpoint (cold path: resolved here).
+    pub fn endpoint_gauge(
+        &self,
+        service: &str,
+        version: &str,
+        endpoint: std::net::SocketAddr,
+    ) -> Gauge {
+        let labels = vec![
+            Label::new("service", service.to_string()),
+            Label::new("version", version.to_string()),
+            Label::new("endpoint", endpoint.to_string()),
+        ];
+        self.recorder.register_gauge(
+            &Key::from_parts("veer_endpoint_healthy", labels),
+            &metadata(),
+        )
+    }
+
+    /// `veer_endpoint_ejections_total` (cold path).
+    pub fn count_ejection(
+        &self,
+        service: &str,
+        version: &str,
+        endpoint: std::net::SocketAddr,
+        reason: &str,
+    ) {
+        let labels = vec![
+            Label::new("service", service.to_string()),
+            Label::new("version", version.to_string()),
+            Label::new("endpoint", endpoint.to_string()),
+            Label::new("reason", reason.to_string()),
+        ];
+        counter(&self.recorder, "veer_endpoint_ejections_total", labels).increment(1);
+    }
+
     pub fn count_unrouted(&self) {
         self.unrouted.increment(1);
     }

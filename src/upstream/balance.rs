@@ -21,9 +21,21 @@ pub fn pick(endpoints: &[Arc<Endpoint>], skip: Option<usize>) -> Option<usize> {
         0 => None,
         1 => Some(index(0)),
         _ => {
-            let a = fastrand::usize(..choices);
-            let b = (a + 1 + fastrand::usize(..choices - 1)) % choices;
-            Some(less_busy(endpoints, index(a), index(b)))
+            let first = fastrand::usize(..choices);
+            let second = (first + 1 + fastrand::usize(..choices - 1)) % choices;
+            let (a, b) = (index(first), index(second));
+            let (chosen, other) = match less_busy(endpoints, a, b) {
+                x if x == a => (a, b),
+                _ => (b, a),
+            };
+            // Slow start: an endpoint that just joined wins only a growing
+            // fraction of the draws it would otherwise win.
+            let ramp = endpoints[chosen].health.ramp(crate::clock::now_ms);
+            if ramp < 1.0 && fastrand::f64() >= ramp {
+                Some(other)
+            } else {
+                Some(chosen)
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::FailureReason;
+use super::health::EndpointHealth;
 use super::{RequestBody, UpstreamError};
 use crate::config::{Protocol, Timeouts};
 
@@ -36,6 +37,7 @@ pub struct Endpoint {
     addr: SocketAddr,
     protocol: Protocol,
     outstanding: AtomicUsize,
+    pub health: EndpointHealth,
     idle: ArrayQueue<IdleConnection>,
     shared_h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
 }
@@ -66,6 +68,7 @@ impl Endpoint {
             addr,
             protocol,
             outstanding: AtomicUsize::new(0),
+            health: EndpointHealth::default(),
             idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
             shared_h2: ArcSwapOption::empty(),
         }

@@ -9,6 +9,8 @@ pub mod balance;
 pub mod body;
 pub mod endpoint;
 pub mod error;
+pub mod health;
+pub mod probe;
 pub mod registry;
 
 pub use body::RequestBody;

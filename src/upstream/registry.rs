@@ -15,13 +15,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The endpoint for `addr`, the one already known if there is one.
-    pub fn endpoint(&mut self, addr: SocketAddr, protocol: Protocol) -> Arc<Endpoint> {
-        Arc::clone(
-            self.endpoints
-                .entry((addr, protocol))
-                .or_insert_with(|| Arc::new(Endpoint::new(addr, protocol))),
-        )
+    /// The endpoint for `addr`, the one already known if there is one; a new
+    /// one starts healthy or not as told.
+    pub fn endpoint(
+        &mut self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        initially_healthy: bool,
+    ) -> Arc<Endpoint> {
+        Arc::clone(self.endpoints.entry((addr, protocol)).or_insert_with(|| {
+            let endpoint = Endpoint::new(addr, protocol);
+            endpoint
+                .health
+                .set_probe_ok(initially_healthy, crate::clock::now_ms());
+            Arc::new(endpoint)
+        }))
     }
 
     /// Forgets endpoints that no snapshot uses any more; requests still in
