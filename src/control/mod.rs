@@ -260,6 +260,18 @@ impl Control {
         self.publish(&mut state);
         // Persisted before anyone is told.
         state.persist();
+        if guard.on_revert == crate::config::OnRevert::Evict {
+            if let Some(stats) = self
+                .published
+                .load()
+                .services
+                .iter()
+                .find(|s| &*s.name == service)
+                .and_then(|s| s.versions.get(index))
+            {
+                stats.stats.evict();
+            }
+        }
         let weights = overlay::effective_weights(&declared, Some(&layer));
         let event = Event {
             service: service.to_string(),
@@ -534,6 +546,14 @@ impl State {
 
     fn build(&mut self) -> Snapshot {
         self.generation += 1;
+        for service in &self.config.services {
+            if service.rollout.is_some() {
+                let step =
+                    overlay::current_rollout(service, self.layer.services.get(&service.name))
+                        .map_or(0, |p| u32::try_from(p.step + 1).unwrap_or(u32::MAX));
+                self.telemetry.set_rollout_step(&service.name, step);
+            }
+        }
         let State {
             config,
             layer,

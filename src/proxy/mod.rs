@@ -200,7 +200,12 @@ impl ProxyService {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
             if let Some(client_upgrade) = client_upgrade {
-                upgrade::tunnel(client_upgrade, upstream_upgrade, lease);
+                upgrade::tunnel(
+                    client_upgrade,
+                    upstream_upgrade,
+                    lease,
+                    Arc::clone(&version.stats),
+                );
             }
             return Ok(response.map(|_| ProxyBody::empty()));
         }

@@ -4,12 +4,20 @@
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
+use std::sync::Arc;
+
+use crate::telemetry::VersionStats;
 use crate::upstream::Lease;
 
 /// Joins the client and upstream connections in a task of their own. The
 /// lease keeps the endpoint's outstanding count for as long as the tunnel
 /// lives, so the balancer sees long-lived connections too.
-pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
+pub(super) fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    lease: Lease,
+    version: Arc<VersionStats>,
+) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -18,9 +26,15 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
                 return;
             }
         };
-        let result = copy(client, upstream).await;
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "upgraded connection ended with an error");
+        // `on_revert: evict` closes the tunnel when its version is reverted.
+        let evicted = version.evicted();
+        tokio::select! {
+            result = copy(client, upstream) => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "upgraded connection ended with an error");
+                }
+            }
+            _ = evicted => tracing::debug!("upgraded connection closed: its version was reverted"),
         }
         drop(lease);
     });

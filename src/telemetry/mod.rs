@@ -150,6 +150,14 @@ impl Telemetry {
         )
     }
 
+    /// Sets `veer_rollout_step` (1-based; 0 without a rollout). Cold path.
+    pub fn set_rollout_step(&self, service: &str, step: u32) {
+        let labels = vec![Label::new("service", service.to_string())];
+        self.recorder
+            .register_gauge(&Key::from_parts("veer_rollout_step", labels), &metadata())
+            .set(f64::from(step));
+    }
+
     /// `veer_endpoint_ejections_total` (cold path).
     pub fn count_ejection(
         &self,
@@ -214,6 +222,7 @@ impl Telemetry {
                 &metadata(),
             ),
             window: Window::new(window),
+            evictions: tokio::sync::Notify::new(),
         }
     }
 }
@@ -232,9 +241,24 @@ pub struct VersionStats {
     full_duration: Histogram,
     weight: Gauge,
     window: Window,
+    /// Wakes the long-lived connections (upgraded tunnels) of this version
+    /// when it is reverted with `on_revert: evict`. It lives here because
+    /// this is the one per-(version, revision) object that outlasts
+    /// snapshots.
+    evictions: tokio::sync::Notify,
 }
 
 impl VersionStats {
+    /// Closes this version's long-lived connections.
+    pub fn evict(&self) {
+        self.evictions.notify_waiters();
+    }
+
+    /// Completes when `evict` is called.
+    pub async fn evicted(&self) {
+        self.evictions.notified().await;
+    }
+
     /// Records one request's outcome; `elapsed` is `Telemetry::elapsed(now)`.
     #[inline]
     pub fn record(&self, elapsed: Duration, outcome: &Outcome) {
@@ -347,6 +371,24 @@ fn describe(recorder: &PrometheusRecorder) {
         "veer_config_reloads_total",
         None,
         "Config reloads, by result.",
+        0,
+    );
+    d(
+        "veer_rollout_step",
+        None,
+        "The rollout's current step, 1-based (0: no rollout).",
+        1,
+    );
+    d(
+        "veer_endpoint_healthy",
+        None,
+        "1 when the endpoint may take requests (probes pass, not ejected).",
+        1,
+    );
+    d(
+        "veer_endpoint_ejections_total",
+        None,
+        "Passive ejections of endpoints that failed on real traffic.",
         0,
     );
     d(
