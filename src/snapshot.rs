@@ -129,7 +129,7 @@ impl Snapshot {
                 let initially_healthy = service
                     .health_check
                     .as_ref()
-                    .map_or(true, |h| h.initial_healthy.unwrap_or(starting));
+                    .is_none_or(|h| h.initial_healthy.unwrap_or(starting));
                 let slow_start_ms = service
                     .slow_start
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

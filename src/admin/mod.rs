@@ -154,9 +154,17 @@ impl Admin {
                     Err(reason) => plain(StatusCode::NOT_FOUND, &reason),
                 }
             }
-            (_, ["metrics"] | ["health", ..] | ["status"]) | (_, ["services", _, _]) | (_, ["reload"]) => {
-                plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this path")
-            }
+            (
+                _,
+                ["metrics"]
+                | ["health", "liveness" | "readiness"]
+                | ["status"]
+                | ["reload"]
+                | ["services", _, "weights" | "rollback" | "promote" | "pause" | "resume"],
+            ) => plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed for this path (GET reads, POST acts)",
+            ),
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "no such admin endpoint; see GET /status, /metrics, /health/liveness, /health/readiness",

@@ -324,6 +324,33 @@ impl Control {
     pub fn resume(&self, service: &str) -> Result<usize, String> {
         let mut state = self.lock();
         state.service(service)?;
+        let latched: Vec<(String, String)> = state
+            .layer
+            .services
+            .get(service)
+            .map(|l| {
+                l.latches
+                    .iter()
+                    .map(|latch| (latch.version.clone(), latch.revision.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(snapshot) = self
+            .published
+            .load()
+            .services
+            .iter()
+            .find(|s| &*s.name == service)
+        {
+            for version in &snapshot.versions {
+                if latched
+                    .iter()
+                    .any(|(v, r)| **v == *version.name && **r == *version.revision)
+                {
+                    version.stats.window().reset();
+                }
+            }
+        }
         let cleared = match state.layer.services.get_mut(service) {
             Some(layer) => {
                 if let Some(progress) = layer.rollout.as_mut() {

@@ -120,6 +120,15 @@ impl Window {
         }
     }
 
+    /// Forgets everything recorded: a resumed version is judged on fresh
+    /// requests only, not on those that got it rolled back.
+    pub fn reset(&self) {
+        for slot in self.slots.iter() {
+            slot.second.store(0, Ordering::Release);
+            slot.clear();
+        }
+    }
+
     /// The figures of the last `window` (clamped to the ring's capacity),
     /// counting the second in progress.
     pub fn figures(&self, elapsed: Duration, window: Duration) -> Figures {
@@ -220,6 +229,23 @@ mod tests {
         let f = w.figures(Duration::from_millis(1900), Duration::from_secs(30));
         assert_eq!(f.requests, 400_000);
         assert_eq!(f.errors, 40_000);
+    }
+
+    #[test]
+    fn reset_forgets_everything() {
+        let w = Window::new(Duration::from_secs(10));
+        for _ in 0..10 {
+            w.record(Duration::from_secs(3), MS, true);
+        }
+        w.reset();
+        let f = w.figures(Duration::from_secs(4), Duration::from_secs(10));
+        assert_eq!((f.requests, f.errors), (0, 0));
+        w.record(Duration::from_secs(4), MS, false);
+        assert_eq!(
+            w.figures(Duration::from_secs(4), Duration::from_secs(10))
+                .requests,
+            1
+        );
     }
 
     #[test]
