@@ -141,9 +141,14 @@ impl Snapshot {
                             .endpoints
                             .iter()
                             .map(|&addr| {
-                                let endpoint =
+                                let (endpoint, created) =
                                     registry.endpoint(addr, version.protocol, initially_healthy);
                                 endpoint.health.set_slow_start(slow_start_ms);
+                                // An endpoint a reload adds in service at once
+                                // (no health check) ramps up like any joiner.
+                                if created && !starting && endpoint.health.probe_ok() {
+                                    endpoint.health.joined(now_ms);
+                                }
                                 endpoint
                             })
                             .collect()

@@ -540,8 +540,21 @@ impl Control {
     }
 
     fn publish(&self, state: &mut State) {
-        let snapshot = state.build();
-        self.published.store(Arc::new(snapshot));
+        let snapshot = Arc::new(state.build());
+        let previous = self.published.swap(Arc::clone(&snapshot));
+        // A version that just lost its last endpoint in service, and had
+        // traffic, had its share moved to the baseline: count it.
+        for (service, before) in snapshot.services.iter().zip(&previous.services) {
+            if service.name != before.name {
+                continue;
+            }
+            for (version, was) in service.versions.iter().zip(&before.versions) {
+                if version.unavailable && !was.unavailable && version.name == was.name {
+                    self.telemetry
+                        .count_share_moved(&service.name, &version.name);
+                }
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

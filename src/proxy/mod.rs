@@ -349,7 +349,7 @@ impl ProxyService {
     ) {
         let threshold = service.outlier.consecutive_failures;
         let streak = endpoint.health.record_failure();
-        if threshold > 0 && streak % threshold == 0 {
+        if threshold > 0 && streak.is_multiple_of(threshold) {
             let _ = self.health.send(HealthEvent::Failing {
                 service: Arc::clone(&service.name),
                 endpoint: Arc::clone(endpoint),

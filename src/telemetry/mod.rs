@@ -150,6 +150,16 @@ impl Telemetry {
         )
     }
 
+    /// `veer_version_unavailable_total`: a version lost its last endpoint in
+    /// service (its share went to the baseline, if there is one). Cold path.
+    pub fn count_share_moved(&self, service: &str, version: &str) {
+        let labels = vec![
+            Label::new("service", service.to_string()),
+            Label::new("version", version.to_string()),
+        ];
+        counter(&self.recorder, "veer_version_unavailable_total", labels).increment(1);
+    }
+
     /// Sets `veer_rollout_step` (1-based; 0 without a rollout). Cold path.
     pub fn set_rollout_step(&self, service: &str, step: u32) {
         let labels = vec![Label::new("service", service.to_string())];
@@ -384,6 +394,12 @@ fn describe(recorder: &PrometheusRecorder) {
         None,
         "1 when the endpoint may take requests (probes pass, not ejected).",
         1,
+    );
+    d(
+        "veer_version_unavailable_total",
+        None,
+        "Times a version was left with no endpoint in service (its share went to the baseline).",
+        0,
     );
     d(
         "veer_endpoint_ejections_total",

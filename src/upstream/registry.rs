@@ -15,21 +15,24 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The endpoint for `addr`, the one already known if there is one; a new
-    /// one starts healthy or not as told.
+    /// The endpoint for `addr`, the one already known if there is one (then
+    /// `false`); a new one (`true`) starts healthy or not as told.
     pub fn endpoint(
         &mut self,
         addr: SocketAddr,
         protocol: Protocol,
         initially_healthy: bool,
-    ) -> Arc<Endpoint> {
-        Arc::clone(self.endpoints.entry((addr, protocol)).or_insert_with(|| {
+    ) -> (Arc<Endpoint>, bool) {
+        let mut created = false;
+        let endpoint = self.endpoints.entry((addr, protocol)).or_insert_with(|| {
+            created = true;
             let endpoint = Endpoint::new(addr, protocol);
             endpoint
                 .health
                 .set_probe_ok(initially_healthy, crate::clock::now_ms());
             Arc::new(endpoint)
-        }))
+        });
+        (Arc::clone(endpoint), created)
     }
 
     /// Forgets endpoints that no snapshot uses any more; requests still in
