@@ -89,6 +89,10 @@ enum Command {
         /// Give up after this long (e.g. 30m).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Wait for the rollout of this candidate revision (a pipeline that
+        /// just pushed a config would otherwise see the previous rollout).
+        #[arg(long)]
+        revision: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -177,9 +181,10 @@ pub fn main() -> ExitCode {
         Command::Wait {
             service,
             timeout,
+            revision,
             admin,
         } => operator(&admin, |target| async move {
-            wait::wait(&target, &service, timeout).await
+            wait::wait(&target, &service, timeout, revision.as_deref()).await
         }),
     }
 }

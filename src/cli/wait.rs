@@ -22,6 +22,7 @@ pub async fn wait(
     target: &AdminTarget,
     service: &str,
     timeout: Option<Duration>,
+    revision: Option<&str>,
 ) -> Result<ExitCode, ClientError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let live = std::io::stdout().is_terminal();
@@ -29,6 +30,18 @@ pub async fn wait(
     let mut failures = 0;
     loop {
         match poll(target, service).await {
+            Ok(Some((rollout, _))) if revision.is_some_and(|r| rollout["revision"] != r) => {
+                failures = 0;
+                let line = format!(
+                    "waiting for the rollout of revision {} (veer shows {})",
+                    revision.unwrap_or_default(),
+                    rollout["revision"]
+                );
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
             Ok(Some((rollout, service_json))) => {
                 failures = 0;
                 let line = progress_line(&rollout, &service_json);
@@ -62,6 +75,8 @@ pub async fn wait(
                     _ => {}
                 }
             }
+            // A pipeline that just pushed the config may be ahead of veer.
+            Ok(None) if revision.is_some() => failures = 0,
             Ok(None) => {
                 finish(
                     live,

@@ -192,12 +192,14 @@ impl Control {
         }
         layer.weights = Some(next);
         layer.file_weights = Some(overlay::file_weights(&declared));
-        // A person took over: the automatic rollout ends where it is.
-        if let Some(progress) = layer
-            .rollout
-            .as_mut()
-            .filter(|p| p.outcome == RolloutOutcome::InProgress)
-        {
+        // A person took over: the automatic rollout ends where it is (a
+        // completed one too, or its 100 % would keep overriding them).
+        if let Some(progress) = layer.rollout.as_mut().filter(|p| {
+            matches!(
+                p.outcome,
+                RolloutOutcome::InProgress | RolloutOutcome::Completed
+            )
+        }) {
             progress.outcome = RolloutOutcome::Abandoned;
             tracing::info!(service, "manual weights end the rollout");
         }
@@ -444,6 +446,11 @@ impl Control {
         self.publish(&mut state);
         state.persist();
         Ok(after)
+    }
+
+    /// Writes the run-time layer now (on shutdown: keeps the hold time).
+    pub fn persist_now(&self) {
+        self.lock().persist();
     }
 
     /// Holds the rollout at its current step until `resume`.

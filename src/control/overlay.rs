@@ -142,6 +142,11 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
                 candidate.revision,
                 rollout.steps.first().copied().unwrap_or(100)
             ));
+            // Remember the file's weights the rollout started from: if a
+            // reload changes them later, the file takes over again.
+            if state.weights.is_none() {
+                state.file_weights = Some(file_weights(service));
+            }
             state.rollout = Some(RolloutProgress {
                 candidate: candidate.name.clone(),
                 revision: candidate.revision.clone(),
@@ -165,6 +170,17 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             ));
             state.weights = None;
             state.file_weights = None;
+        }
+        if state.weights.is_none() && state.file_weights.as_ref().is_some_and(|w| *w != now) {
+            if let Some(progress) = state.rollout.as_mut().filter(|p| {
+                matches!(p.outcome, RolloutOutcome::InProgress | RolloutOutcome::Completed)
+            }) {
+                notes.push(format!(
+                    "service `{name}`: the file's weights changed, they replace the rollout's"
+                ));
+                progress.outcome = RolloutOutcome::Abandoned;
+            }
+            state.file_weights = Some(now.clone());
         }
         if state.rollout.is_some() && current_rollout(service, Some(state)).is_none() {
             notes.push(format!("service `{name}`: the rollout in the config changed; the old progress is dropped"));

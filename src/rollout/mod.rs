@@ -106,11 +106,8 @@ impl RolloutRunner {
                 continue;
             };
             let candidate = &service.versions[rollout.candidate];
-            let requests = candidate
-                .stats
-                .window()
-                .figures(elapsed, guard.window)
-                .requests;
+            let figures = candidate.stats.window().figures(elapsed, guard.window);
+            let requests = figures.requests;
             match decide(&progress, rollout, requests, guard.min_requests) {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
@@ -123,7 +120,7 @@ impl RolloutRunner {
                 }
                 Decision::Advance => match &rollout.gate {
                     None => self.advance(name),
-                    Some(gate) => self.ask_gate(name, gate, &progress, rollout, requests, now),
+                    Some(gate) => self.ask_gate(name, gate, &progress, rollout, &figures, now),
                 },
             }
         }
@@ -143,7 +140,7 @@ impl RolloutRunner {
         gate: &http::Uri,
         progress: &RolloutProgress,
         rollout: &Rollout,
-        requests: u64,
+        figures: &crate::telemetry::Figures,
         now: Instant,
     ) {
         if let Some(call) = self.pending_gates.get_mut(service) {
@@ -186,7 +183,11 @@ impl RolloutRunner {
             "steps": rollout.steps.len(),
             "from_percent": rollout.steps.get(progress.step),
             "to_percent": rollout.steps.get(next),
-            "window_requests": requests,
+            "window_requests": figures.requests,
+            "error_rate": figures.error_rate(),
+            "p50_ms": figures.p50_us.map(|us| us / 1000.0),
+            "p95_ms": figures.p95_us.map(|us| us / 1000.0),
+            "p99_ms": figures.p99_us.map(|us| us / 1000.0),
         });
         let (reply, answer) = oneshot::channel();
         let url = gate.clone();

@@ -259,6 +259,8 @@ impl RunningProxy {
             admin.admin.set_draining();
         }
         let drained = self.listeners.drain(self.drain_timeout).await;
+        // Rollout hold time is saved every few seconds; save the rest.
+        self.control.persist_now();
         if drained {
             tracing::info!("drained");
         } else {
