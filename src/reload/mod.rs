@@ -92,10 +92,14 @@ impl Reloader {
         Ok(())
     }
 
-    /// Reloads on every change of the file and on SIGHUP until `stop` changes.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let (_watcher, mut changes) = match watch::watch(&self.path, DEBOUNCE) {
-            Ok(pair) => (Some(pair.0), Some(pair.1)),
+    /// Starts watching the file and listening for SIGHUP, now: when this
+    /// returns, no change and no signal can be missed (before it, SIGHUP's
+    /// default action would end the process). A change made between the
+    /// first load and this call is caught here by comparing the file with
+    /// the config in force.
+    pub fn listen(self: &Arc<Self>) -> Listening {
+        let (watcher, changes) = match watch::watch(&self.path, DEBOUNCE) {
+            Ok((watcher, changes)) => (Some(watcher), Some(changes)),
             Err(err) => {
                 tracing::error!(
                     "not watching the config file: {err}; reload with SIGHUP or POST /reload"
@@ -103,16 +107,39 @@ impl Reloader {
                 (None, None)
             }
         };
-        let mut hangup = signal(SignalKind::hangup())
+        let hangup = signal(SignalKind::hangup())
             .map_err(|err| tracing::error!(error = %err, "cannot listen for SIGHUP"))
             .ok();
+        if config::load_file(&self.path).is_ok_and(|now| now != self.control.config()) {
+            let _ = self.reload(Trigger::FileChanged);
+        }
+        Listening {
+            reloader: Arc::clone(self),
+            _watcher: watcher,
+            changes,
+            hangup,
+        }
+    }
+}
+
+/// The file watch and the SIGHUP handler of a reloader, set up by `listen`.
+pub struct Listening {
+    reloader: Arc<Reloader>,
+    _watcher: Option<watch::ConfigWatcher>,
+    changes: Option<tokio::sync::mpsc::Receiver<()>>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Listening {
+    /// Reloads on every change of the file and on SIGHUP until `stop` changes.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             let trigger = tokio::select! {
-                Some(()) = recv(&mut changes) => Trigger::FileChanged,
-                Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
+                Some(()) = recv(&mut self.changes) => Trigger::FileChanged,
+                Some(()) = recv_signal(&mut self.hangup) => Trigger::Signal,
                 _ = stop.changed() => return,
             };
-            let reloader = Arc::clone(&self);
+            let reloader = Arc::clone(&self.reloader);
             let _ = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await;
         }
     }

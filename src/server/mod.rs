@@ -152,7 +152,7 @@ impl Proxy {
         });
         let watching = reloader
             .as_ref()
-            .map(|r| tokio::spawn(Arc::clone(r).run(stopped.clone())));
+            .map(|r| tokio::spawn(r.listen().run(stopped.clone())));
         let admin = match admin_listener {
             Some((listener, token)) => {
                 let admin = Arc::new(Admin::new(
