@@ -30,11 +30,11 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, lease: Lease, finish: Finish) -> ProxyBody {
+    pub fn upstream(body: Incoming, lease: Lease, finish: Option<Finish>) -> ProxyBody {
         ProxyBody::Upstream {
             body,
             lease: Some(lease),
-            finish: Some(finish),
+            finish,
         }
     }
 

@@ -67,6 +67,9 @@ pub struct ProxyService {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     health: HealthSender,
+    /// `VEER_BENCH_NO_TELEMETRY=1` skips recording outcomes: only for
+    /// measuring what telemetry costs (the guard is blind without it).
+    record: bool,
 }
 
 impl ProxyService {
@@ -75,10 +78,17 @@ impl ProxyService {
         telemetry: Arc<Telemetry>,
         health: HealthSender,
     ) -> ProxyService {
+        let record = std::env::var_os("VEER_BENCH_NO_TELEMETRY").is_none_or(|v| v != "1");
+        if !record {
+            tracing::warn!(
+                "VEER_BENCH_NO_TELEMETRY=1: no request is measured and the guard is blind"
+            );
+        }
         ProxyService {
             published,
             telemetry,
             health,
+            record,
         }
     }
 
@@ -186,7 +196,9 @@ impl ProxyService {
                     failure: error.failure_reason(),
                     latency,
                 };
-                version.stats.record(elapsed, &outcome);
+                if self.record {
+                    version.stats.record(elapsed, &outcome);
+                }
                 return Err(error);
             }
         };
@@ -195,7 +207,9 @@ impl ProxyService {
             failure: None,
             latency,
         };
-        version.stats.record(elapsed, &outcome);
+        if self.record {
+            version.stats.record(elapsed, &outcome);
+        }
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
@@ -213,7 +227,9 @@ impl ProxyService {
         if let Some(cookie) = minted_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        let finish = Finish::new(Arc::clone(&version.stats), started);
+        let finish = self
+            .record
+            .then(|| Finish::new(Arc::clone(&version.stats), started));
         Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
     }
 }
