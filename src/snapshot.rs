@@ -39,6 +39,8 @@ pub struct VersionSnapshot {
     /// The weight in force (the file's, or a run-time override).
     pub weight: u32,
     pub protocol: Protocol,
+    /// Whether the endpoints are reached over TLS (`:scheme https`).
+    pub tls: bool,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub stats: Arc<VersionStats>,
 }
@@ -92,10 +94,13 @@ impl Snapshot {
                             revision: version.revision.as_str().into(),
                             weight,
                             protocol: version.protocol,
+                            tls: version.tls.is_some(),
                             endpoints: version
                                 .endpoints
                                 .iter()
-                                .map(|&addr| registry.endpoint(addr, version.protocol))
+                                .map(|&addr| {
+                                    registry.endpoint(addr, version.protocol, version.tls.as_ref())
+                                })
                                 .collect(),
                         })
                     })
