@@ -153,3 +153,90 @@ pub(crate) fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
     err.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration as Days, OffsetDateTime};
+
+    /// A self-signed certificate for CN=billing: its DER and PEM, and its key.
+    fn certificate(
+        not_after: OffsetDateTime,
+        san: rcgen::SanType,
+    ) -> (CertificateDer<'static>, String, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billing");
+        params.subject_alt_names = vec![san];
+        params.not_before = OffsetDateTime::now_utc() - Days::days(30);
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).expect("self-signed");
+        (cert.der().clone(), cert.pem(), key)
+    }
+
+    fn dns(name: &str) -> rcgen::SanType {
+        rcgen::SanType::DnsName(name.try_into().expect("dns name"))
+    }
+
+    fn in_days(days: i64) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + Days::days(days) + Days::hours(2)
+    }
+
+    #[test]
+    fn expiry_is_warned_within_fourteen_days_and_after() {
+        let (later, _, _) = certificate(in_days(90), dns("a.test"));
+        assert_eq!(expiry_warning(&later, SystemTime::now()), None);
+        let (soon, _, _) = certificate(in_days(13), dns("a.test"));
+        let warning = expiry_warning(&soon, SystemTime::now()).expect("warned");
+        assert!(
+            warning.starts_with("the certificate expires in 13 days, at "),
+            "{warning}"
+        );
+        let (gone, _, _) = certificate(in_days(-2), dns("a.test"));
+        let warning = expiry_warning(&gone, SystemTime::now()).expect("warned");
+        assert!(
+            warning.starts_with("the certificate expired at "),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn identity_names_subject_and_sans() {
+        let uri = rcgen::SanType::URI("spiffe://mesh/sa/billing".try_into().expect("uri"));
+        let (cert, _, _) = certificate(in_days(9), uri);
+        assert_eq!(
+            client_identity(&cert).as_deref(),
+            Some("Subject=\"CN=billing\";URI=spiffe://mesh/sa/billing")
+        );
+        let (cert, _, _) = certificate(in_days(9), dns("b.test"));
+        assert_eq!(
+            client_identity(&cert).as_deref(),
+            Some("Subject=\"CN=billing\";DNS=b.test")
+        );
+    }
+
+    #[test]
+    fn a_pair_must_match_and_files_must_hold_pem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, cert_pem, key) = certificate(in_days(90), dns("a.test"));
+        let (_, _, other_key) = certificate(in_days(90), dns("a.test"));
+        let cert = dir.path().join("c.pem");
+        let own = dir.path().join("k.pem");
+        let other = dir.path().join("o.pem");
+        std::fs::write(&cert, cert_pem).expect("cert");
+        std::fs::write(&own, key.serialize_pem()).expect("key");
+        std::fs::write(&other, other_key.serialize_pem()).expect("other key");
+        assert!(load_pair(&cert, &own).is_ok());
+        let mismatch = load_pair(&cert, &other).expect_err("mismatch");
+        assert!(
+            mismatch.contains("does not belong to the certificate"),
+            "{mismatch}"
+        );
+        let not_a_key = read_private_key(&cert).expect_err("no key");
+        assert!(not_a_key.contains("holds no private key"), "{not_a_key}");
+        let not_a_cert = read_certificates(&own).expect_err("no certificate");
+        assert!(not_a_cert.contains("holds no certificate"), "{not_a_cert}");
+    }
+}
