@@ -6,6 +6,7 @@
 //! connection limits, drain) → `proxy` (one request: route, split, forward,
 //! answer errors) → `upstream` (endpoints, pooled connections, balancing).
 //! `routing` holds the pure decisions (which service, which version).
+//! `tls` reads certificates and sets up rustls for listeners and upstreams.
 //! Dependencies point one way, from the binary's `cli` down to `config`.
 
 pub mod admin;
@@ -24,4 +25,5 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -81,6 +81,8 @@ pub struct VersionSnapshot {
     /// to the guard's baseline.
     pub unavailable: bool,
     pub protocol: Protocol,
+    /// Whether the endpoints are reached over TLS (`:scheme https`).
+    pub tls: bool,
     /// The endpoints that may take requests now (healthy, not ejected).
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Every endpoint the config lists, for health checks and reports.
@@ -141,8 +143,12 @@ impl Snapshot {
                             .endpoints
                             .iter()
                             .map(|&addr| {
-                                let (endpoint, created) =
-                                    registry.endpoint(addr, version.protocol, initially_healthy);
+                                let (endpoint, created) = registry.endpoint(
+                                    addr,
+                                    version.protocol,
+                                    version.tls.as_ref(),
+                                    initially_healthy,
+                                );
                                 endpoint.health.set_slow_start(slow_start_ms);
                                 // An endpoint a reload adds in service at once
                                 // (no health check) ramps up like any joiner.
@@ -213,6 +219,7 @@ impl Snapshot {
                             latched: latched.get(v).copied().unwrap_or(false),
                             unavailable: unavailable[v],
                             protocol: version.protocol,
+                            tls: version.tls.is_some(),
                             endpoints: available[v].clone(),
                             all_endpoints: all[v].clone(),
                         })

@@ -67,7 +67,7 @@ services:
     assert_eq!(
         lines,
         [
-            format!("{file}:9:9: services[0].versions[0].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`; did you mean `weight`?"),
+            format!("{file}:9:9: services[0].versions[0].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?"),
             format!("{file}:12:33: services[1].versions[0].endpoints[0]: `backend:80` names a host: DNS names are not supported, expected IP:PORT such as 127.0.0.1:18081"),
         ]
     );

@@ -171,7 +171,7 @@ fn unknown_top_level_field() {
 fn unknown_field_points_at_the_key() {
     assert_errors(
         &edit("        weight: 10", "        wieght: 10"),
-        &["test.yaml:12:9: services[0].versions[1].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`; did you mean `weight`?"],
+        &["test.yaml:12:9: services[0].versions[1].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?"],
     );
 }
 
@@ -596,7 +596,7 @@ services:
             "test.yaml:11:17: services[0].versions[0].weight: weight -3 is negative: weights are whole numbers from 0 to 1000000",
             "test.yaml:12:24: services[0].guard.baseline: unknown version `gone`: this service's versions are `stable`",
             "test.yaml:12:46: services[0].guard.max_error_rate: `2` is outside 0..=1: write a fraction, such as 0.05 for 5%",
-            "test.yaml:19:9: services[1].versions[0].colour: unknown field `colour`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`",
+            "test.yaml:19:9: services[1].versions[0].colour: unknown field `colour`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`",
             "test.yaml:21:27: services[2].match.path_prefix: `third` does not start with `/`: write a path prefix such as /api",
         ],
     );

@@ -654,7 +654,9 @@ async fn metrics_parse_as_prometheus_text_with_the_contract_names() {
     for s in series("veer_upstream_failures_total") {
         let reason = s.labels.get("reason").expect("reason label");
         assert!(
-            ["connect", "timeout", "reset", "protocol"].contains(&reason),
+            // The contract's four, plus `tls` (a failed handshake to a TLS
+            // upstream), which veer adds.
+            ["connect", "timeout", "reset", "protocol", "tls"].contains(&reason),
             "reason label {reason}"
         );
     }

@@ -332,9 +332,19 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Loads the config and checks the files it names (certificates, keys).
+fn load(
+    path: &std::path::Path,
+) -> Result<(config::Config, Vec<config::ConfigError>), config::ConfigErrors> {
+    config::load_file_checked(path, crate::tls::check::files_now)
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
-        Ok(_) => {
+    match load(path) {
+        Ok((_, warnings)) => {
+            for warning in &warnings {
+                eprintln!("{warning}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -358,8 +368,13 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
-    let config = match config::load_file(path) {
-        Ok(config) => config,
+    let config = match load(path) {
+        Ok((config, warnings)) => {
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
         Err(errors) => {
             for error in &errors.0 {
                 eprintln!("{error}");

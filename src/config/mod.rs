@@ -49,20 +49,57 @@ const FILE_PATH: &str = "(file)";
 /// `admin.token_file`) are resolved against the file's directory, so the
 /// result does not depend on the working directory.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_checked(path, |_| Vec::new()).map(|(config, _)| config)
+}
+
+/// A problem with a file the config names (a certificate, a key), found by a
+/// check run on the valid config; placed at its field like any other error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIssue {
+    /// The field naming the file, as in `listeners[0].tls.cert`.
+    pub path: String,
+    pub reason: String,
+    /// A warning is reported but does not refuse the config.
+    pub warning: bool,
+}
+
+/// As [`load_file`], then runs `check` on the valid config (its paths
+/// resolved) and places what it finds in the file. Errors refuse the config;
+/// warnings come back beside it, their reasons starting with `warning: `.
+pub fn load_file_checked(
+    path: &Path,
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| {
         whole_file_error(&file, format!("cannot read the config file: {error}"))
     })?;
-    let mut config = parse_str(&text, &file)?;
+    let (mut config, source) = parse_with_source(&text, &file)?;
     if let Some(base) = path.parent() {
         resolve_paths(&mut config, base);
     }
-    Ok(config)
+    let (warnings, errors): (Vec<FileIssue>, Vec<FileIssue>) =
+        check(&config).into_iter().partition(|issue| issue.warning);
+    let issues = |list: Vec<FileIssue>, prefix: &str| {
+        list.into_iter()
+            .map(|issue| Issue::at(issue.path, format!("{prefix}{}", issue.reason)))
+            .collect::<Vec<_>>()
+    };
+    if !errors.is_empty() {
+        return Err(place(issues(errors, ""), &source, &file));
+    }
+    let warnings = place(issues(warnings, "warning: "), &source, &file);
+    Ok((config, warnings.0))
 }
 
 /// Validates config text; `file` names it in errors. Relative paths are left
 /// as written.
 pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse_with_source(text, file).map(|(config, _)| config)
+}
+
+/// The config and the map of where each field is, for later checks.
+fn parse_with_source(text: &str, file: &str) -> Result<(Config, SourceMap), ConfigErrors> {
     let error_at = |position: Position, path: &str, reason: String| ConfigError {
         file: file.to_string(),
         line: position.line,
@@ -123,7 +160,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let config =
         deserialize_parts(value, &mut issues).and_then(|raw| validate::validate(raw, &mut issues));
     match config {
-        Some(config) if issues.is_empty() => Ok(config),
+        Some(config) if issues.is_empty() => Ok((config, source)),
         _ => {
             if issues.is_empty() {
                 // Every refusal should have pushed an issue; never fail silently.
@@ -364,8 +401,28 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     for listener in &mut config.listeners {
         if let Some(tls) = listener.tls.as_mut() {
-            resolve(&mut tls.cert);
-            resolve(&mut tls.key);
+            for pair in &mut tls.certificates {
+                resolve(&mut pair.cert);
+                resolve(&mut pair.key);
+            }
+            if let Some(ca) = tls.client_ca.as_mut() {
+                resolve(ca);
+            }
+        }
+    }
+    for version in config
+        .services
+        .iter_mut()
+        .flat_map(|s| s.versions.iter_mut())
+    {
+        if let Some(tls) = version.tls.as_mut() {
+            if let Some(ca) = tls.ca.as_mut() {
+                resolve(ca);
+            }
+            if let Some((cert, key)) = tls.client_cert.as_mut() {
+                resolve(cert);
+                resolve(key);
+            }
         }
     }
 }
@@ -504,7 +561,7 @@ services:
             config.admin.token_file,
             Some(dir.path().join("secrets/token"))
         );
-        let tls = config.listeners[0].tls.as_ref().expect("tls");
+        let tls = &config.listeners[0].tls.as_ref().expect("tls").certificates[0];
         assert_eq!(tls.cert, PathBuf::from("/etc/c.pem"));
         assert_eq!(tls.key, dir.path().join("k.pem"));
 

@@ -30,10 +30,42 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenerTls {
+    /// At least one. The first is the default, served when the client's SNI
+    /// names none of the others' hosts (or names nothing): the plain
+    /// `tls: {cert, key}` when written, else the first of `certificates`.
+    pub certificates: Vec<CertificateFiles>,
+    /// Client certificates are required and verified against these roots.
+    pub client_ca: Option<PathBuf>,
+    /// The verified client identity is passed upstream in this header (and a
+    /// header of that name from the client is always removed). Only with
+    /// `client_ca`.
+    pub identity_header: Option<HeaderName>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertificateFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The SNI names this certificate is served for; empty for the default.
+    pub hosts: Vec<HostMatch>,
+}
+
+/// TLS from veer to a version's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked against the endpoint's certificate;
+    /// `None`: the endpoint's IP address.
+    pub server_name: Option<String>,
+    /// Roots to verify the endpoint with; `None`: the public web roots.
+    pub ca: Option<PathBuf>,
+    /// No verification at all (test setups only; logged loudly).
+    pub insecure_skip_verify: bool,
+    /// A client certificate for upstream mTLS, with its key.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +148,8 @@ pub struct Version {
     pub endpoints: Vec<SocketAddr>,
     pub weight: u32,
     pub protocol: Protocol,
+    /// `None`: cleartext.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -68,10 +68,40 @@ pub(crate) struct RawListener {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with cert and key")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with cert and key, or certificates, and optionally client_ca and identity_header"
+)]
 pub(crate) struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub client_ca: Option<String>,
+    pub identity_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a certificate: a mapping with cert, key and hosts"
+)]
+pub(crate) struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with optionally server_name, ca, insecure_skip_verify, client_cert and client_key"
+)]
+pub(crate) struct RawUpstreamTls {
+    pub server_name: Option<String>,
+    pub ca: Option<String>,
+    pub insecure_skip_verify: Option<Scalar>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +159,7 @@ pub(crate) struct RawServiceMatch {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a version: a mapping with name, endpoints, weight and optionally revision and protocol"
+    expecting = "a version: a mapping with name, endpoints, weight and optionally revision, protocol and tls"
 )]
 pub(crate) struct RawVersion {
     pub name: Option<String>,
@@ -137,6 +167,7 @@ pub(crate) struct RawVersion {
     pub endpoints: Option<Vec<Scalar>>,
     pub weight: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

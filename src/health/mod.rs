@@ -236,8 +236,7 @@ async fn prober(check: HealthCheck, endpoint: Arc<Endpoint>, events: HealthSende
     }
     loop {
         let result = probe(
-            endpoint.addr(),
-            endpoint.protocol(),
+            &endpoint,
             &check.path,
             check.timeout,
             &check.expected_statuses,

@@ -93,6 +93,7 @@ impl ProxyError {
                 UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
                 UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
                 UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
+                UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls"),
             },
         }
     }

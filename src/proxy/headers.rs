@@ -102,6 +102,15 @@ pub fn set_forwarded(
     }
 }
 
+/// Sets the client-identity header of an mTLS listener: whatever the client
+/// sent under that name goes, the verified identity (if any) comes.
+pub fn set_identity(headers: &mut HeaderMap, header: &HeaderName, identity: Option<&HeaderValue>) {
+    headers.remove(header);
+    if let Some(identity) = identity {
+        headers.insert(header.clone(), identity.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +155,18 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn identity_replaces_what_the_client_sent() {
+        let header = HeaderName::from_static("x-client-identity");
+        let mut h = map(&[("x-client-identity", "forged"), ("x-client-identity", "2")]);
+        set_identity(&mut h, &header, None);
+        assert!(h.get(&header).is_none());
+        let verified = HeaderValue::from_static("Subject=\"CN=a\"");
+        let mut h = map(&[("x-client-identity", "forged")]);
+        set_identity(&mut h, &header, Some(&verified));
+        assert_eq!(h.get_all(&header).iter().collect::<Vec<_>>(), [&verified]);
     }
 
     #[test]

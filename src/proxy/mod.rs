@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::config::Protocol;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
-use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey};
+use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::{Outcome, Telemetry};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, UpstreamError};
 use body::Finish;
@@ -49,6 +49,9 @@ pub struct ClientInfo {
     pub ip: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: HeaderValue,
+    /// The listener's identity header (mTLS) and the verified identity of
+    /// this connection's client certificate.
+    pub identity: Option<(HeaderName, Option<HeaderValue>)>,
 }
 
 impl ClientInfo {
@@ -57,7 +60,15 @@ impl ClientInfo {
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            identity: None,
         }
+    }
+
+    /// Requests on this connection carry `identity` in `header` (and never a
+    /// `header` the client sent itself).
+    pub fn with_identity(mut self, header: HeaderName, identity: Option<HeaderValue>) -> Self {
+        self.identity = Some((header, identity));
+        self
     }
 }
 
@@ -151,6 +162,9 @@ impl ProxyService {
             &client.proto,
             host_value.as_ref(),
         );
+        if let Some((header, identity)) = &client.identity {
+            headers::set_identity(&mut parts.headers, header, identity.as_ref());
+        }
         let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
 
         // 4. send; a request a non-baseline version could not even take is
@@ -158,7 +172,7 @@ impl ProxyService {
         let baseline = service.guard.as_ref().map(|g| g.baseline);
         let (sent, version) = loop {
             let version = &service.versions[version_index];
-            fit_protocol(&mut outgoing, version.protocol, host_value.as_ref());
+            fit_protocol(&mut outgoing, version, host_value.as_ref());
             match self
                 .send(service, &version.endpoints, outgoing, upgrade)
                 .await
@@ -376,15 +390,15 @@ impl ProxyService {
 }
 
 /// Gives the request the form its upstream protocol wants: origin-form URI
-/// and a `Host` header for HTTP/1.1; absolute URI (`:authority`) and no
-/// `Host` for HTTP/2. Idempotent, so a request can be refitted for a
+/// and a `Host` header for HTTP/1.1; absolute URI (`:scheme`, `:authority`)
+/// and no `Host` for HTTP/2. Idempotent, so a request can be refitted for a
 /// fallback version.
 fn fit_protocol(
     request: &mut Request<RequestBody>,
-    protocol: Protocol,
+    version: &VersionSnapshot,
     host: Option<&HeaderValue>,
 ) {
-    match protocol {
+    match version.protocol {
         Protocol::Http1 => {
             *request.version_mut() = Version::HTTP_11;
             if request.uri().authority().is_some() {
@@ -403,7 +417,12 @@ fn fit_protocol(
         Protocol::Http2 => {
             *request.version_mut() = Version::HTTP_2;
             if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-                *request.uri_mut() = absolute_form(request.uri(), host);
+                let scheme = if version.tls {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                };
+                *request.uri_mut() = absolute_form(request.uri(), host, scheme);
             }
             request.headers_mut().remove(HOST);
         }
@@ -416,15 +435,16 @@ fn origin_form(uri: &Uri) -> PathAndQuery {
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
-/// `http://HOST/path?query`, which the HTTP/2 client turns into `:scheme`,
-/// `:authority` and `:path`. Falls back to the URI as it came when the host
-/// is not a valid authority (then the upstream sees what the client sent).
-fn absolute_form(uri: &Uri, host: &str) -> Uri {
+/// `SCHEME://HOST/path?query`, which the HTTP/2 client turns into
+/// `:scheme`, `:authority` and `:path`. Falls back to the URI as it came when
+/// the host is not a valid authority (then the upstream sees what the client
+/// sent).
+fn absolute_form(uri: &Uri, host: &str, scheme: Scheme) -> Uri {
     let Ok(authority) = Authority::try_from(host) else {
         return uri.clone();
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(origin_form(uri));
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())

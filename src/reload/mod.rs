@@ -5,7 +5,9 @@
 //! logged, counted and shown in `/status`.
 //!
 //! Depends on `config` and `control`; the listeners are reached through the
-//! `Listeners` trait so that this module does not depend on `server`.
+//! `Listeners` trait so that this module does not depend on `server`, and the
+//! files a config names (certificates, keys) are checked by the function the
+//! server gives, before anything is applied.
 
 pub mod watch;
 
@@ -37,20 +39,30 @@ pub enum Trigger {
     Admin,
 }
 
+/// Checks the files a valid config names (`tls::check::files`).
+pub type FileCheck = fn(&Config) -> Vec<config::FileIssue>;
+
 pub struct Reloader {
     path: PathBuf,
     control: Arc<Control>,
     listeners: Arc<dyn Listeners>,
+    check_files: FileCheck,
     /// Reloads run one at a time, whatever triggered them.
     serial: Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, control: Arc<Control>, listeners: Arc<dyn Listeners>) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        control: Arc<Control>,
+        listeners: Arc<dyn Listeners>,
+        check_files: FileCheck,
+    ) -> Reloader {
         Reloader {
             path,
             control,
             listeners,
+            check_files,
             serial: Mutex::new(()),
         }
     }
@@ -59,9 +71,14 @@ impl Reloader {
     /// context. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let result = config::load_file(&self.path)
+        let result = config::load_file_checked(&self.path, self.check_files)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
-            .and_then(|config| self.apply(config));
+            .and_then(|(config, warnings)| {
+                for warning in &warnings {
+                    tracing::warn!(?trigger, "{warning}");
+                }
+                self.apply(config)
+            });
         match &result {
             Ok(()) => tracing::info!(?trigger, file = %self.path.display(), "config reloaded"),
             Err(errors) => {

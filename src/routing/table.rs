@@ -139,6 +139,7 @@ mod tests {
                 endpoints: vec![],
                 weight: 1,
                 protocol: Default::default(),
+                tls: None,
             }],
             sticky: None,
             rules: vec![],

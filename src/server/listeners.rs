@@ -1,20 +1,24 @@
 //! The set of bound listeners, changed by reloads: new addresses are bound
 //! before any old one closes, and if one cannot be bound the whole change is
-//! refused and nothing closes. A listener is identified by its address (and
-//! TLS settings): renaming it keeps the socket.
+//! refused and nothing closes. A listener is identified by its address:
+//! renaming it keeps the socket, and so does changing its `tls` block (the new
+//! TLS settings are loaded first, then swapped in for new connections).
 //!
 //! Every connection holds a permit of one semaphore, which is both the cap on
 //! open connections and the drain's counter: the drain is over when every
-//! permit is back.
+//! permit is back. A TLS handshake runs in the connection's own task, under
+//! its permit, bounded by `limits.header_read_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -22,9 +26,16 @@ use tokio::task::JoinHandle;
 use super::StartError;
 use crate::config::{Limits, Listener};
 use crate::proxy::{ClientInfo, ProxyService};
+use crate::telemetry::Telemetry;
+use crate::tls::server::Terminator;
+
+/// A listener's TLS, swapped by reloads; `None` for cleartext. Read once
+/// per accepted connection.
+type SharedTls = Arc<ArcSwapOption<Terminator>>;
 
 pub struct ListenerSet {
     service: ProxyService,
+    telemetry: Arc<Telemetry>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: Arc<Semaphore>,
     max_connections: u32,
@@ -37,6 +48,7 @@ pub struct ListenerSet {
 
 struct Active {
     settings: Listener,
+    tls: SharedTls,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -48,10 +60,12 @@ impl ListenerSet {
         listeners: &[Listener],
         limits: &Limits,
         service: ProxyService,
+        telemetry: Arc<Telemetry>,
     ) -> Result<ListenerSet, StartError> {
         let max_connections = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
         let set = ListenerSet {
             service,
+            telemetry,
             builder: Arc::new(connection_builder(limits)),
             connections: Arc::new(Semaphore::new(max_connections as usize)),
             max_connections,
@@ -63,65 +77,94 @@ impl ListenerSet {
         Ok(set)
     }
 
-    /// Makes the bound listeners match `wanted`: binds the new ones first,
-    /// then closes the ones no longer wanted. On a bind failure nothing
-    /// changes.
+    /// Makes the bound listeners match `wanted`: loads new TLS settings and
+    /// binds the new listeners first, then swaps TLS settings in and closes
+    /// the listeners no longer wanted. On any failure nothing changes.
     pub fn reconcile(&self, wanted: &[Listener]) -> Result<(), StartError> {
         let mut active = self.lock();
+        // Port 0 asks for any free port, so only the name tells it is the same.
         let same_socket = |a: &Listener, b: &Listener| {
-            a.address == b.address && a.tls == b.tls && a.address.port() != 0
+            a.address == b.address && (a.address.port() != 0 || a.name == b.name)
         };
         let mut fresh = Vec::new();
+        // (index into `active`, its new TLS) for kept listeners whose TLS changed.
+        let mut swaps = Vec::new();
         for listener in wanted {
-            let kept = active
+            match active
                 .iter()
-                .any(|a| same_socket(&a.settings, listener) || a.settings == *listener);
-            if !kept {
-                fresh.push((listener.clone(), bind(listener)?));
+                .position(|a| same_socket(&a.settings, listener))
+            {
+                Some(kept) if active[kept].settings.tls == listener.tls => {}
+                Some(kept) => swaps.push((kept, self.terminator(listener)?)),
+                None => {
+                    let tls = self.terminator(listener)?;
+                    fresh.push((listener.clone(), bind(listener)?, tls));
+                }
             }
         }
-        // Everything new is bound: now it is safe to close what went away.
-        active.retain_mut(|a| {
-            match wanted
-                .iter()
-                .find(|w| same_socket(&a.settings, w) || a.settings == **w)
-            {
-                Some(w) => {
-                    a.settings = w.clone();
-                    true
-                }
-                None => {
-                    tracing::info!(listener = %a.settings.name, address = %a.bound, "closing listener");
-                    let _ = a.stop.send(true);
-                    false
-                }
+        // Everything new is loaded and bound: now it is safe to change.
+        for (kept, tls) in swaps {
+            tracing::info!(listener = %active[kept].settings.name, "TLS settings changed; new connections use them");
+            active[kept].tls.store(tls.map(Arc::new));
+        }
+        active.retain_mut(|a| match wanted.iter().find(|w| same_socket(&a.settings, w)) {
+            Some(w) => {
+                a.settings = w.clone();
+                true
+            }
+            None => {
+                tracing::info!(listener = %a.settings.name, address = %a.bound, "closing listener");
+                let _ = a.stop.send(true);
+                false
             }
         });
-        for (settings, listener) in fresh {
+        for (settings, listener, tls) in fresh {
             let bound = listener.local_addr().map_err(|cause| StartError::Bind {
                 listener: settings.name.clone(),
                 address: settings.address,
                 cause,
             })?;
-            tracing::info!(listener = %settings.name, address = %bound, "listening");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(listener = %settings.name, address = %bound, scheme, "listening");
+            let tls: SharedTls = Arc::new(ArcSwapOption::new(tls.map(Arc::new)));
             let (stop, stopped) = watch::channel(false);
             let task = tokio::spawn(accept(
                 listener,
-                self.service.clone(),
-                Arc::clone(&self.builder),
+                Arc::new(ConnectionSetup {
+                    service: self.service.clone(),
+                    builder: Arc::clone(&self.builder),
+                    tls: Arc::clone(&tls),
+                    first_request_timeout: self.first_request_timeout,
+                }),
                 Arc::clone(&self.connections),
                 self.drain.subscribe(),
                 stopped,
-                self.first_request_timeout,
             ));
             active.push(Active {
                 settings,
+                tls,
                 bound,
                 stop,
                 task,
             });
         }
         Ok(())
+    }
+
+    /// The TLS of `listener`, loaded from its files; `None` for cleartext.
+    fn terminator(&self, listener: &Listener) -> Result<Option<Terminator>, StartError> {
+        listener
+            .tls
+            .as_ref()
+            .map(|tls| {
+                Terminator::new(&listener.name, tls, &self.telemetry).map_err(|cause| {
+                    StartError::Tls {
+                        listener: listener.name.clone(),
+                        cause,
+                    }
+                })
+            })
+            .transpose()
     }
 
     /// Every listener's name and bound address, in config order.
@@ -162,13 +205,6 @@ impl ListenerSet {
 }
 
 pub(super) fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
-    if listener.tls.is_some() {
-        return Err(StartError::Unsupported {
-            listener: listener.name.clone(),
-            what: "TLS termination is not available in this build yet; \
-                   remove the `tls` block or terminate TLS in front of veer",
-        });
-    }
     let fail = |cause| StartError::Bind {
         listener: listener.name.clone(),
         address: listener.address,
@@ -201,6 +237,15 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What a listener's accept loop hands every connection it accepts.
+struct ConnectionSetup {
+    service: ProxyService,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: SharedTls,
+    /// Bounds the TLS handshake, and then the wait for the first request.
+    first_request_timeout: Duration,
+}
+
 /// What every request on one connection needs, behind one `Arc`.
 struct ConnectionContext {
     service: ProxyService,
@@ -211,12 +256,10 @@ struct ConnectionContext {
 
 async fn accept(
     listener: TcpListener,
-    service: ProxyService,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    setup: Arc<ConnectionSetup>,
     connections: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
-    first_request_timeout: Duration,
 ) {
     loop {
         let permit = tokio::select! {
@@ -240,31 +283,62 @@ async fn accept(
                 continue;
             }
         };
-        let context = Arc::new(ConnectionContext {
-            service: service.clone(),
-            client: ClientInfo::new(peer, false),
-            spoke: AtomicBool::new(false),
-        });
-        tokio::spawn(serve(
+        // The handshake, if any, is the connection task's: a slow client
+        // must not hold up the accept loop.
+        tokio::spawn(connection(
             stream,
-            Arc::clone(&builder),
-            context,
+            peer,
+            Arc::clone(&setup),
             drain.clone(),
             permit,
-            first_request_timeout,
         ));
     }
 }
 
-async fn serve(
+/// One accepted connection: the TLS handshake when the listener has TLS, then
+/// HTTP until the client leaves or the drain ends it.
+async fn connection(
     stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    context: Arc<ConnectionContext>,
-    mut drain: watch::Receiver<bool>,
+    peer: SocketAddr,
+    setup: Arc<ConnectionSetup>,
+    drain: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
-    first_request_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = setup.tls.load_full() else {
+        let client = ClientInfo::new(peer, false);
+        serve(stream, &setup, client, drain).await;
+        drop(permit);
+        return;
+    };
+    let Some(accepted) = tls.accept(stream, setup.first_request_timeout).await else {
+        drop(permit);
+        return;
+    };
+    let mut client = ClientInfo::new(peer, true);
+    if let Some(header) = tls.identity_header() {
+        client = client.with_identity(header.clone(), accepted.identity);
+    }
+    // The connection keeps the settings it was accepted with, not the
+    // terminator (which holds the certificate watches).
+    drop(tls);
+    serve(accepted.stream, &setup, client, drain).await;
+    drop(permit);
+}
+
+async fn serve<I>(
+    io: I,
+    setup: &ConnectionSetup,
+    client: ClientInfo,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let context = Arc::new(ConnectionContext {
+        service: setup.service.clone(),
+        client,
+        spoke: AtomicBool::new(false),
+    });
     let on_the_clock = Arc::clone(&context);
     let requests = service_fn(move |request| {
         let context = Arc::clone(&context);
@@ -273,11 +347,14 @@ async fn serve(
             context.service.serve(request, &context.client).await
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), requests);
+    let connection = setup
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), requests);
     tokio::pin!(connection);
     // hyper's header timeout starts only once it knows the protocol: a
     // client that connects and says nothing (or stalls in the HTTP/2
     // preface) is cut off here instead.
+    let first_request_timeout = setup.first_request_timeout;
     let silent = async {
         tokio::time::sleep(first_request_timeout).await;
         if on_the_clock.spoke.load(Ordering::Relaxed) {
@@ -300,7 +377,6 @@ async fn serve(
     if let Err(err) = result {
         tracing::debug!(error = %err, "client connection ended with an error");
     }
-    drop(permit);
 }
 
 impl crate::reload::Listeners for ListenerSet {

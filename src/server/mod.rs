@@ -2,7 +2,8 @@
 //!
 //! Each listener accepts in a task of its own and serves every connection with
 //! hyper-util's auto builder: HTTP/1.1 (keep-alive, pipelining, upgrades) and
-//! HTTP/2 with prior knowledge share the port. A semaphore caps open
+//! HTTP/2 with prior knowledge share the port; on a TLS listener, after a
+//! handshake in the connection's task (ALPN `h2` or `http/1.1`). A semaphore caps open
 //! connections (beyond the cap, clients wait in the kernel's backlog). On
 //! shutdown the listeners close first, then every connection is told to finish
 //! its in-flight requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY) and
@@ -44,6 +45,11 @@ pub enum StartError {
         listener: String,
         what: &'static str,
     },
+    /// A listener's certificates or CA could not be loaded.
+    Tls {
+        listener: String,
+        cause: String,
+    },
     Token {
         path: std::path::PathBuf,
         cause: String,
@@ -65,6 +71,9 @@ impl std::fmt::Display for StartError {
             ),
             StartError::Unsupported { listener, what } => {
                 write!(f, "listener `{listener}`: {what}")
+            }
+            StartError::Tls { listener, cause } => {
+                write!(f, "listener `{listener}`: TLS: {cause}")
             }
             StartError::State(message) => write!(f, "state_dir: {message}"),
             StartError::Token { path, cause } => write!(
@@ -138,8 +147,13 @@ impl Proxy {
             store,
         ));
         let (health, health_events) = HealthRunner::new(Arc::clone(&control));
-        let service = ProxyService::new(control.published(), telemetry, health_events);
-        let listeners = Arc::new(ListenerSet::start(&listener_settings, &limits, service)?);
+        let service = ProxyService::new(control.published(), Arc::clone(&telemetry), health_events);
+        let listeners = Arc::new(ListenerSet::start(
+            &listener_settings,
+            &limits,
+            service,
+            telemetry,
+        )?);
         let (stop, stopped) = watch::channel(false);
         let webhooks = Webhooks::start();
         let reloader = options.source.as_ref().map(|path| {
@@ -148,6 +162,7 @@ impl Proxy {
                 path.clone(),
                 Arc::clone(&control),
                 as_listeners,
+                crate::tls::check::files_now,
             ))
         });
         let watching = reloader

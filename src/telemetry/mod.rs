@@ -185,6 +185,16 @@ impl Telemetry {
         counter(&self.recorder, "veer_endpoint_ejections_total", labels).increment(1);
     }
 
+    /// The counter of one reason of `veer_tls_handshake_failures_total` for
+    /// one listener (cold path: resolved when the listener's TLS is set up).
+    pub fn tls_handshake_failure_counter(&self, listener: &str, reason: &'static str) -> Counter {
+        let labels = vec![
+            Label::new("listener", listener.to_string()),
+            Label::new("reason", reason),
+        ];
+        counter(&self.recorder, "veer_tls_handshake_failures_total", labels)
+    }
+
     pub fn count_unrouted(&self) {
         self.unrouted.increment(1);
     }
@@ -211,6 +221,7 @@ impl Telemetry {
                 FailureReason::Timeout,
                 FailureReason::Reset,
                 FailureReason::Protocol,
+                FailureReason::Tls,
             ]
             .map(|reason| {
                 counter(
@@ -246,7 +257,7 @@ impl Default for Telemetry {
 /// The handles and window of one version of one service.
 pub struct VersionStats {
     requests: [Counter; 5],
-    failures: [Counter; 4],
+    failures: [Counter; 5],
     duration: Histogram,
     full_duration: Histogram,
     weight: Gauge,
@@ -411,6 +422,12 @@ fn describe(recorder: &PrometheusRecorder) {
         "veer_guard_trips_total",
         None,
         "Versions the guard (or an operator) rolled back, by reason.",
+        0,
+    );
+    d(
+        "veer_tls_handshake_failures_total",
+        None,
+        "Client TLS handshakes that failed, per listener and reason.",
         0,
     );
     d(

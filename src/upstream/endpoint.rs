@@ -4,7 +4,9 @@
 //! HTTP/1.1 connections wait in a lock-free queue while idle; a request takes
 //! one, and its `Lease` puts it back when the response body has been read to
 //! the end. An HTTP/2 endpoint keeps one shared connection that every request
-//! multiplexes over. Nothing here takes a lock.
+//! multiplexes over. Nothing here takes a lock. A TLS endpoint wraps each new
+//! connection in a handshake (`tls::client`) before HTTP starts; pooled
+//! connections are already past it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -24,6 +27,7 @@ use super::error::FailureReason;
 use super::health::EndpointHealth;
 use super::{RequestBody, UpstreamError};
 use crate::config::{Protocol, Timeouts};
+use crate::tls::client::Originator;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -36,6 +40,9 @@ const MAX_STALE_RETRIES: u32 = 3;
 pub struct Endpoint {
     addr: SocketAddr,
     protocol: Protocol,
+    /// `None`: cleartext. `Err`: the version's TLS files could not be loaded
+    /// when the endpoint was set up; every attempt fails with that reason.
+    tls: Option<Result<Originator, String>>,
     outstanding: AtomicUsize,
     pub health: EndpointHealth,
     idle: ArrayQueue<IdleConnection>,
@@ -64,9 +71,19 @@ pub struct Failed {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, protocol: Protocol) -> Endpoint {
+        Endpoint::with_tls(addr, protocol, None)
+    }
+
+    /// An endpoint reached over TLS when `tls` is set.
+    pub fn with_tls(
+        addr: SocketAddr,
+        protocol: Protocol,
+        tls: Option<Result<Originator, String>>,
+    ) -> Endpoint {
         Endpoint {
             addr,
             protocol,
+            tls,
             outstanding: AtomicUsize::new(0),
             health: EndpointHealth::default(),
             idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
@@ -152,7 +169,10 @@ impl Endpoint {
                     return Ok((response, lease));
                 }
                 Err(mut failed) => {
-                    let error = UpstreamError::from_hyper(self.addr, failed.error());
+                    let error = self.explain(
+                        UpstreamError::from_hyper(self.addr, failed.error()),
+                        !reused,
+                    );
                     let unsent = failed.take_message();
                     let resent = match (unsent, replay) {
                         (Some(unsent), _) => Some(unsent),
@@ -186,11 +206,13 @@ impl Endpoint {
         lease: Lease,
     ) -> Result<(Response<Incoming>, Lease), Failed> {
         let current = self.shared_h2.load_full();
+        let mut fresh = false;
         let mut sender = match current {
             Some(sender) if !sender.is_closed() => (*sender).clone(),
             _ => match self.connect_h2(timeouts.connect).await {
                 Ok(sender) => {
                     self.shared_h2.store(Some(Arc::new(sender.clone())));
+                    fresh = true;
                     sender
                 }
                 Err(error) => {
@@ -204,16 +226,33 @@ impl Endpoint {
         if let Err(err) = sender.ready().await {
             self.shared_h2.store(None);
             return Err(Failed {
-                error: UpstreamError::from_hyper(self.addr, &err),
+                error: self.explain(UpstreamError::from_hyper(self.addr, &err), fresh),
                 request: Some(request),
             });
         }
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, lease)),
             Err(mut failed) => Err(Failed {
-                error: UpstreamError::from_hyper(self.addr, failed.error()),
+                error: self.explain(UpstreamError::from_hyper(self.addr, failed.error()), fresh),
                 request: failed.take_message(),
             }),
+        }
+    }
+
+    /// A reset on a connection just made to a TLS endpoint may be the
+    /// endpoint refusing the handshake late (TLS 1.3 client certificates).
+    fn explain(&self, error: UpstreamError, fresh: bool) -> UpstreamError {
+        match (&self.tls, &error) {
+            (Some(Ok(origin)), UpstreamError::Reset { .. }) if fresh => {
+                match origin.explain_reset() {
+                    Some(cause) => UpstreamError::Tls {
+                        addr: self.addr,
+                        cause,
+                    },
+                    None => error,
+                }
+            }
+            _ => error,
         }
     }
 
@@ -260,13 +299,99 @@ impl Endpoint {
         Ok(stream)
     }
 
+    /// `GET path` on a fresh connection of its own (TLS when the endpoint
+    /// has it), outside the pool and the outstanding count: a health probe.
+    pub async fn probe_get(
+        &self,
+        path: &str,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let authority = self.addr.to_string();
+        let mut request = Request::new(RequestBody::Empty);
+        request.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("veer-health-check"),
+        );
+        let invalid = |e: &dyn std::fmt::Display| UpstreamError::Protocol {
+            addr: self.addr,
+            cause: format!("cannot build the probe request: {e}"),
+        };
+        match self.protocol {
+            Protocol::Http1 => {
+                *request.uri_mut() = path.parse().map_err(|e| invalid(&e))?;
+                let host = http::HeaderValue::from_str(&authority).map_err(|e| invalid(&e))?;
+                request.headers_mut().insert(http::header::HOST, host);
+                let mut sender = self.connect_h1(connect_timeout).await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| UpstreamError::from_hyper(self.addr, &e))
+            }
+            Protocol::Http2 => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                *request.uri_mut() = format!("{scheme}://{authority}{path}")
+                    .parse()
+                    .map_err(|e| invalid(&e))?;
+                *request.version_mut() = http::Version::HTTP_2;
+                let mut sender = self.connect_h2(connect_timeout).await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| UpstreamError::from_hyper(self.addr, &e))
+            }
+        }
+    }
+
     async fn connect_h1(
         &self,
         connect_timeout: Duration,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = self.connect_tcp(connect_timeout).await?;
+        match &self.tls {
+            None => self.handshake_h1(stream).await,
+            Some(tls) => {
+                let stream = self.connect_tls(tls, stream, connect_timeout).await?;
+                self.handshake_h1(stream).await
+            }
+        }
+    }
+
+    async fn connect_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp(connect_timeout).await?;
+        match &self.tls {
+            None => self.handshake_h2(stream).await,
+            Some(tls) => {
+                let stream = self.connect_tls(tls, stream, connect_timeout).await?;
+                self.handshake_h2(stream).await
+            }
+        }
+    }
+
+    async fn connect_tls(
+        &self,
+        tls: &Result<Originator, String>,
+        stream: TcpStream,
+        limit: Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let fail = |cause| UpstreamError::Tls {
+            addr: self.addr,
+            cause,
+        };
+        match tls {
+            Ok(originator) => originator.connect(stream, limit).await.map_err(fail),
+            Err(cause) => Err(fail(cause.clone())),
+        }
+    }
+
+    async fn handshake_h1<I>(&self, io: I) -> Result<http1::SendRequest<RequestBody>, UpstreamError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|err| UpstreamError::from_hyper(self.addr, &err))?;
         let addr = self.addr;
@@ -278,16 +403,15 @@ impl Endpoint {
         Ok(sender)
     }
 
-    async fn connect_h2(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let stream = self.connect_tcp(connect_timeout).await?;
+    async fn handshake_h2<I>(&self, io: I) -> Result<http2::SendRequest<RequestBody>, UpstreamError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|err| UpstreamError::from_hyper(self.addr, &err))?;
         let addr = self.addr;
@@ -349,6 +473,7 @@ impl std::fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("addr", &self.addr)
             .field("protocol", &self.protocol)
+            .field("tls", &self.tls.is_some())
             .field("outstanding", &self.outstanding())
             .field("idle", &self.idle.len())
             .finish()

@@ -1,5 +1,6 @@
 //! What can go wrong talking to an endpoint, classified once, in the terms the
-//! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`).
+//! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`, and
+//! `tls` for a failed handshake with a TLS endpoint).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +19,10 @@ pub enum UpstreamError {
     Reset { addr: SocketAddr, cause: String },
     /// The upstream answered something that is not valid HTTP.
     Protocol { addr: SocketAddr, cause: String },
+    /// The TLS handshake failed (untrusted or misnamed certificate, no
+    /// common protocol, a client certificate refused, or the endpoint's TLS
+    /// settings could not be loaded). Nothing was sent.
+    Tls { addr: SocketAddr, cause: String },
 }
 
 /// The failure reasons of `veer_upstream_failures_total`.
@@ -27,6 +32,7 @@ pub enum FailureReason {
     Timeout = 1,
     Reset = 2,
     Protocol = 3,
+    Tls = 4,
 }
 
 impl FailureReason {
@@ -36,6 +42,7 @@ impl FailureReason {
             FailureReason::Timeout => "timeout",
             FailureReason::Reset => "reset",
             FailureReason::Protocol => "protocol",
+            FailureReason::Tls => "tls",
         }
     }
 }
@@ -47,6 +54,7 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } => FailureReason::Timeout,
             UpstreamError::Reset { .. } => FailureReason::Reset,
             UpstreamError::Protocol { .. } => FailureReason::Protocol,
+            UpstreamError::Tls { .. } => FailureReason::Tls,
         }
     }
 
@@ -89,6 +97,9 @@ impl fmt::Display for UpstreamError {
             }
             UpstreamError::Protocol { addr, cause } => {
                 write!(f, "upstream {addr} answered invalid HTTP: {cause}")
+            }
+            UpstreamError::Tls { addr, cause } => {
+                write!(f, "TLS handshake with upstream {addr} failed: {cause}")
             }
         }
     }

@@ -7,26 +7,45 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Endpoint;
-use crate::config::Protocol;
+use crate::config::{Protocol, UpstreamTls};
+use crate::tls::client::Originator;
+
+type Key = (SocketAddr, Protocol, Option<UpstreamTls>);
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    endpoints: HashMap<(SocketAddr, Protocol), Arc<Endpoint>>,
+    endpoints: HashMap<Key, Arc<Endpoint>>,
 }
 
 impl Registry {
     /// The endpoint for `addr`, the one already known if there is one (then
-    /// `false`); a new one (`true`) starts healthy or not as told.
+    /// `false`); a new one (`true`) starts healthy or not as told. A new TLS
+    /// endpoint reads its files here (a failure is logged, and answered to
+    /// every request it gets).
     pub fn endpoint(
         &mut self,
         addr: SocketAddr,
         protocol: Protocol,
+        tls: Option<&UpstreamTls>,
         initially_healthy: bool,
     ) -> (Arc<Endpoint>, bool) {
+        let key = (addr, protocol, tls.cloned());
         let mut created = false;
-        let endpoint = self.endpoints.entry((addr, protocol)).or_insert_with(|| {
+        let endpoint = self.endpoints.entry(key).or_insert_with(|| {
             created = true;
-            let endpoint = Endpoint::new(addr, protocol);
+            let origin = tls.map(|settings| {
+                if settings.insecure_skip_verify {
+                    tracing::warn!(
+                        endpoint = %addr,
+                        "tls.insecure_skip_verify: the endpoint's certificate is NOT verified; \
+                         anyone on the path can read and change this traffic (use it for tests only)"
+                    );
+                }
+                Originator::new(settings, addr, protocol).inspect_err(|reason| {
+                    tracing::error!(endpoint = %addr, "TLS to the endpoint cannot be set up: {reason}");
+                })
+            });
+            let endpoint = Endpoint::with_tls(addr, protocol, origin);
             endpoint
                 .health
                 .set_probe_ok(initially_healthy, crate::clock::now_ms());
