@@ -162,7 +162,7 @@ HAPROXY_BIN=$(command -v haproxy)
 
 # ---------------------------------------------------------------------------
 # 2. build
-VEER_BIN="$ROOT/target/release/veer"
+VEER_BIN="${VEER_BIN:-$ROOT/target/release/veer}"
 if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release"
   cargo build --release --quiet

@@ -520,7 +520,9 @@ impl Control {
     /// ahead of time) and folds Prometheus histograms, until `stop` changes.
     pub async fn tick(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         const TICK: Duration = Duration::from_millis(250);
-        const UPKEEP_EVERY: u32 = 20;
+        // Prometheus histograms buffer raw samples until upkeep folds them;
+        // once a second keeps that buffer (and so peak memory) small.
+        const UPKEEP_EVERY: u32 = 4;
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut ticks = 0u32;

@@ -17,28 +17,72 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes the hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`, which a WebSocket handshake needs on the next hop too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(named) = connection_named_headers(headers) {
-        for name in named {
-            if !(upgrade && name == UPGRADE) {
-                headers.remove(&name);
+    // One pass over the names finds which hop-by-hop headers are there (most
+    // messages carry none, or only `Connection`), so only those are removed:
+    // a removal is a hash and a probe, and this runs twice per request.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        present |= hop_by_hop_bit(name);
+    }
+    if present & CONNECTION_BIT != 0 {
+        if let Some(named) = connection_named_headers(headers) {
+            for name in named {
+                if !(upgrade && name == UPGRADE) {
+                    headers.remove(&name);
+                }
             }
         }
+        headers.remove(CONNECTION);
     }
-    headers.remove(CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(TRANSFER_ENCODING);
+    }
     // `TE: trailers` is end-to-end in practice: gRPC servers require it.
-    if headers
-        .get(TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if present & TE_BIT != 0
+        && headers
+            .get(TE)
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(TE);
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(UPGRADE);
+    }
+}
+
+const CONNECTION_BIT: u8 = 1;
+const KEEP_ALIVE_BIT: u8 = 2;
+const PROXY_CONNECTION_BIT: u8 = 4;
+const TRANSFER_ENCODING_BIT: u8 = 8;
+const TE_BIT: u8 = 16;
+const UPGRADE_BIT: u8 = 32;
+
+/// Which hop-by-hop header `name` is, as a bit (0 for an end-to-end one).
+/// Standard names compare as enum tags, the two custom ones by bytes.
+#[inline]
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == CONNECTION {
+        CONNECTION_BIT
+    } else if name == TRANSFER_ENCODING {
+        TRANSFER_ENCODING_BIT
+    } else if name == TE {
+        TE_BIT
+    } else if name == UPGRADE {
+        UPGRADE_BIT
+    } else if name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else {
+        0
     }
 }
 

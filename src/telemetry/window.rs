@@ -5,10 +5,11 @@
 //!
 //! A slot is reused every `len` seconds, so it must be emptied before its new
 //! second begins. `advance`, called by a ticker a few times a second, empties
-//! the next slot ahead of time, so writers never reset anything and no count is
-//! lost. If the ticker ever falls behind, the first writer of a stale slot
-//! empties it itself (a compare-and-swap on the slot's second elects one),
-//! which at worst loses the few counts that raced with that reset.
+//! the next slot ahead of time, so writers normally reset nothing. If the
+//! ticker ever falls behind, the first writer of a stale slot empties it
+//! itself: a compare-and-swap marks the slot as being emptied, the other
+//! writers of that second wait the few nanoseconds it takes, and no count is
+//! lost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -94,16 +95,9 @@ impl Window {
     fn slot(&self, second: u64) -> &Slot {
         let slot = &self.slots[(second % self.slots.len() as u64) as usize];
         let tag = second + 1;
-        let seen = slot.second.load(Ordering::Acquire);
-        if seen != tag && seen < tag {
-            // The ticker is behind: claim and empty the slot ourselves.
-            if slot
-                .second
-                .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                slot.clear();
-            }
+        // The common case: the ticker emptied this slot ahead of time.
+        if slot.second.load(Ordering::Acquire) != tag {
+            slot.claim(tag);
         }
         slot
     }
@@ -113,11 +107,7 @@ impl Window {
     pub fn advance(&self, elapsed: Duration) {
         let next = elapsed.as_secs() + 1;
         let slot = &self.slots[(next % self.slots.len() as u64) as usize];
-        let tag = next + 1;
-        if slot.second.load(Ordering::Acquire) < tag {
-            slot.clear();
-            slot.second.store(tag, Ordering::Release);
-        }
+        slot.claim(next + 1);
     }
 
     /// Forgets everything recorded: a resumed version is judged on fresh
@@ -156,7 +146,36 @@ impl Window {
     }
 }
 
+/// A slot being emptied: writers wait for it, readers skip it.
+const CLAIMING: u64 = u64::MAX;
+
 impl Slot {
+    /// Makes this slot hold second `tag - 1`, emptied, unless it already does
+    /// (or holds a later second). One claimant empties it while the others
+    /// wait for the new tag, so no count lands in a slot being emptied. The
+    /// wait only happens when the ticker fell behind.
+    fn claim(&self, tag: u64) {
+        loop {
+            let seen = self.second.load(Ordering::Acquire);
+            if seen == CLAIMING {
+                std::hint::spin_loop();
+                continue;
+            }
+            if seen >= tag {
+                return;
+            }
+            if self
+                .second
+                .compare_exchange(seen, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.clear();
+                self.second.store(tag, Ordering::Release);
+                return;
+            }
+        }
+    }
+
     fn clear(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
