@@ -50,6 +50,9 @@
 #   DURATION=10       seconds of each saturation run
 #   RATE_DURATION=$DURATION   seconds of each fixed-rate run
 #   RATES="5000 12000"        fixed rates, req/s (empty: none)
+#   TLS_RATES="5000"  fixed rates over HTTPS (TLS 1.3, HTTP/1.1 by ALPN,
+#                     keep-alive; the same ECDSA P-256 certificate for every
+#                     proxy; the proxies talk plain HTTP/1.1 upstream; empty: none)
 #   H2_RATES="5000"   fixed rates over HTTP/2 (h2c, prior knowledge; one
 #                     stream at a time per connection; empty: none). The
 #                     proxies talk HTTP/1.1 to the upstreams either way.
@@ -74,6 +77,7 @@ DURATION=${DURATION:-10}
 RATE_DURATION=${RATE_DURATION:-$DURATION}
 RATES=${RATES-5000 12000}
 H2_RATES=${H2_RATES-5000}
+TLS_RATES=${TLS_RATES-5000}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 TARGETS=${TARGETS:-direct veer nginx haproxy}
@@ -99,6 +103,13 @@ declare -A H2_PORT=(
   [veer]=${PORT[veer]}
   [nginx]=$((BASE_PORT + 14))
   [haproxy]=$((BASE_PORT + 15))
+)
+# HTTPS: a TLS listener each (`direct`: the stable upstream's own).
+declare -A TLS_PORT=(
+  [direct]=$((BASE_PORT + 4))
+  [veer]=$((BASE_PORT + 16))
+  [nginx]=$((BASE_PORT + 17))
+  [haproxy]=$((BASE_PORT + 18))
 )
 VEER_ADMIN_PORT=$((BASE_PORT + 19))
 
@@ -170,7 +181,8 @@ fi
 [[ -x $VEER_BIN ]] || die "no $VEER_BIN (build it, or unset SKIP_BUILD)"
 
 for port in "$STABLE_PORT" "$CANARY_PORT" "${PORT[veer]}" "${PORT[nginx]}" "${PORT[haproxy]}" \
-  "${H2_PORT[direct]}" "${H2_PORT[nginx]}" "${H2_PORT[haproxy]}" "$VEER_ADMIN_PORT"; do
+  "${H2_PORT[direct]}" "${H2_PORT[nginx]}" "${H2_PORT[haproxy]}" "$VEER_ADMIN_PORT" \
+  "${TLS_PORT[direct]}" "${TLS_PORT[veer]}" "${TLS_PORT[nginx]}" "${TLS_PORT[haproxy]}"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     die "127.0.0.1:$port is already in use; stop what serves it or set BASE_PORT"
   fi
@@ -184,12 +196,25 @@ wait_http() { # url what
   die "$2 did not answer at $1 (logs in $WORK, run with KEEP=1 to keep them)"
 }
 
+# One certificate for every TLS listener, made here (ECDSA P-256, as most
+# sites use now); HAProxy wants certificate and key in one file.
+TLS_CERT="$WORK/tls.crt" TLS_KEY="$WORK/tls.key" TLS_PEM="$WORK/tls.pem"
+if [[ -n $TLS_RATES ]]; then
+  command -v openssl >/dev/null || die "openssl is needed for the TLS rows (apt-get install -y openssl)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TLS_KEY" \
+    -out "$TLS_CERT" -subj /CN=bench.test -addext subjectAltName=DNS:bench.test -days 30 \
+    >/dev/null 2>&1 || die "openssl could not make the benchmark certificate"
+  cat "$TLS_CERT" "$TLS_KEY" >"$TLS_PEM"
+fi
+
 # ---------------------------------------------------------------------------
 # 3. upstreams
-start_upstream() { # name port [h2c-port]
+start_upstream() { # name port [h2c-port] [tls-port]
   local dir="$WORK/upstream-$1"
-  local h2_listen=""
+  local h2_listen="" tls_listen=""
   [[ -n ${3:-} ]] && h2_listen="listen 127.0.0.1:$3 http2 backlog=4096;"
+  [[ -n ${4:-} && -n $TLS_RATES ]] &&
+    tls_listen="listen 127.0.0.1:$4 ssl backlog=4096; ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY;"
   mkdir -p "$dir"
   cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
@@ -204,6 +229,7 @@ http {
   server {
     listen 127.0.0.1:$2 backlog=4096;
     $h2_listen
+    $tls_listen
     location = /__stub { stub_status; }
     location / { default_type text/plain; return 200 "$1\n"; }
   }
@@ -214,7 +240,7 @@ EOF
   PIDS+=($!)
   wait_http "http://127.0.0.1:$2/__stub" "upstream $1"
 }
-start_upstream stable "$STABLE_PORT" "${H2_PORT[direct]}"
+start_upstream stable "$STABLE_PORT" "${H2_PORT[direct]}" "${TLS_PORT[direct]}"
 start_upstream canary "$CANARY_PORT"
 log "upstreams: stable 127.0.0.1:$STABLE_PORT, canary 127.0.0.1:$CANARY_PORT (CPU $LOAD_CPU)"
 
@@ -233,6 +259,7 @@ start_veer() {
   cat >"${CONFIG_FILE[veer]}" <<EOF
 listeners:
   - { name: public, address: 127.0.0.1:${PORT[veer]} }
+$([[ -n $TLS_RATES ]] && echo "  - { name: secure, address: 127.0.0.1:${TLS_PORT[veer]}, tls: { cert: $TLS_CERT, key: $TLS_KEY } }")
 admin: { address: 127.0.0.1:$VEER_ADMIN_PORT }
 state_dir: $dir/state
 services:
@@ -280,6 +307,7 @@ http {
   server {
     listen 127.0.0.1:${PORT[nginx]} backlog=4096;
     listen 127.0.0.1:${H2_PORT[nginx]} http2 backlog=4096;
+    $([[ -n $TLS_RATES ]] && echo "listen 127.0.0.1:${TLS_PORT[nginx]} ssl backlog=4096; ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY;")
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -307,6 +335,7 @@ start_haproxy() {
   cat >"${CONFIG_FILE[haproxy]}" <<EOF
 global
   nbthread 1
+  ssl-default-bind-options ssl-min-ver TLSv1.2
   maxconn 8000
 
 defaults
@@ -322,6 +351,7 @@ defaults
 frontend public
   bind 127.0.0.1:${PORT[haproxy]}
   bind 127.0.0.1:${H2_PORT[haproxy]} proto h2
+$([[ -n $TLS_RATES ]] && echo "  bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TLS_PEM alpn http/1.1")
   http-request set-header X-Forwarded-Proto http
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend app
@@ -430,7 +460,7 @@ run_load() { # load url
       printf "%d %.3f %d %d %d %d\n", v["requests"], v["duration_us"] / 1e6, v["p50"], v["p99"], v["p999"], v["errors"] + extra
     }' <<<"$line"
   else
-    local rate=${load#h2-} protocol=--h1
+    local rate=${load#*-} protocol=--h1
     [[ $load == h2-* ]] && protocol=--no-tls-proto=h2c
     local n=$((rate * RATE_DURATION)) logfile="$WORK/h2load.log" out
     rm -f "$logfile"
@@ -458,6 +488,8 @@ measure() { # round load target
   if [[ $load == h2-* ]]; then
     url="http://127.0.0.1:${H2_PORT[$target]}/"
     protocol=h2
+  elif [[ $load == tls-* ]]; then
+    url="https://127.0.0.1:${TLS_PORT[$target]}/"
   fi
   warm_up "$url" "$protocol"
   local pids
@@ -491,6 +523,7 @@ measure() { # round load target
 
 LOADS="sat $RATES"
 for rate in $H2_RATES; do LOADS+=" h2-$rate"; done
+for rate in $TLS_RATES; do LOADS+=" tls-$rate"; done
 printf 'round\tload\ttarget\trequests\trps\tp50_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kb\tcanary_pct\terrors\tcpu_kernel_pct\n' >"$RAW"
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 UPTIME_START=$(uptime)
@@ -595,6 +628,8 @@ load_title() {
     echo "Saturation: wrk -t1 -c$CONNECTIONS -d${DURATION}s"
   elif [[ $1 == h2-* ]]; then
     echo "HTTP/2 (h2c) at fixed rate ${1#h2-} req/s: h2load -c$CONNECTIONS -m1, ${RATE_DURATION}s"
+  elif [[ $1 == tls-* ]]; then
+    echo "HTTPS (TLS 1.3, HTTP/1.1, keep-alive) at fixed rate ${1#tls-} req/s: h2load --h1 -c$CONNECTIONS, ${RATE_DURATION}s"
   else
     echo "Fixed rate $1 req/s: h2load --h1 -c$CONNECTIONS, ${RATE_DURATION}s"
   fi
@@ -684,7 +719,7 @@ echo "raw rounds: $RAW"
 mkdir -p "$ROOT/docs"
 awk -F'\t' -v loads="$LOADS" -v targets="$TARGETS" -v title="veer vs NGINX vs HAProxy — medians of $ROUNDS rounds, $STARTED_AT" '
   NR > 1 { v["cpu", $1, $2] = $7; v["p99", $1, $2] = $5 }
-  function label(l) { if (l == "sat") return "saturation"; if (l ~ /^h2-/) return "h2c " substr(l, 4) " req/s"; return l " req/s" }
+  function label(l) { if (l == "sat") return "saturation"; if (l ~ /^h2-/) return "h2c " substr(l, 4) " req/s"; if (l ~ /^tls-/) return "https " substr(l, 5) " req/s"; return l " req/s" }
   # One bar chart: groups are the loads in `which`, bars the targets.
   function panel(x0, w, metric, which, heading, skip_direct,   pl, np, i, j, max, t, n, y, h, bx, val, ticks, step, gw, bw, nb) {
     np = split(which, pl, " ")
@@ -755,7 +790,7 @@ BLOCK="$WORK/block.md"
   echo "- load average at start: \`${UPTIME_START#*load average: }\`; at end: \`${UPTIME_END#*load average: }\` (\`uptime\`; the machine is shared, figures taken under load are noisy)"
   echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
   versions
-  echo "- settings: \`ROUNDS=$ROUNDS DURATION=$DURATION RATE_DURATION=$RATE_DURATION RATES=\"$RATES\" H2_RATES=\"$H2_RATES\" WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS\`; proxies on CPU $PROXY_CPU, load generator and upstreams on CPU $LOAD_CPU"
+  echo "- settings: \`ROUNDS=$ROUNDS DURATION=$DURATION RATE_DURATION=$RATE_DURATION RATES=\"$RATES\" H2_RATES=\"$H2_RATES\" TLS_RATES=\"$TLS_RATES\" WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS\`; proxies on CPU $PROXY_CPU, load generator and upstreams on CPU $LOAD_CPU"
   echo
   echo "![CPU per request and p99 per proxy](benchmarks.svg)"
   echo
@@ -779,6 +814,9 @@ BLOCK="$WORK/block.md"
   done
   for rate in $H2_RATES; do
     echo "$(rate_cmd "$rate" h2)   # $rate req/s over h2c (URL: the h2c port)"
+  done
+  for rate in $TLS_RATES; do
+    echo "$(rate_cmd "$rate")   # $rate req/s over HTTPS (URL: https://, the TLS port)"
   done
   echo '```'
   echo
