@@ -127,7 +127,8 @@ pub fn service_rollout(control: &Control, service: &str) -> Value {
 }
 
 fn window_json(figures: &Figures) -> Value {
-    let ms = |us: Option<f64>| us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0);
+    // Microseconds to milliseconds, keeping microsecond precision.
+    let ms = |us: Option<f64>| us.map(|v| v.round() / 1000.0);
     json!({
         "requests": figures.requests,
         "errors": figures.errors,

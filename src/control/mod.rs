@@ -386,15 +386,17 @@ impl Control {
     pub fn add_rollout_hold(&self, service: &str, held: Duration) {
         const SAVE_EVERY: Duration = Duration::from_secs(5);
         let mut state = self.lock();
-        let Ok(declared) = state.service(service).cloned() else {
-            return;
-        };
-        let Some(layer) = state.layer.services.get_mut(service) else {
-            return;
-        };
-        let running = overlay::current_rollout(&declared, Some(layer))
-            .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused);
-        if let (true, Some(progress)) = (running, layer.rollout.as_mut()) {
+        // Runs ten times a second per service: look, don't clone the config.
+        let running = state.service(service).is_ok_and(|declared| {
+            overlay::current_rollout(declared, state.layer.services.get(service))
+                .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
+        });
+        let progress = state
+            .layer
+            .services
+            .get_mut(service)
+            .and_then(|layer| layer.rollout.as_mut());
+        if let (true, Some(progress)) = (running, progress) {
             progress.held_ms = progress
                 .held_ms
                 .saturating_add(u64::try_from(held.as_millis()).unwrap_or(u64::MAX));

@@ -182,14 +182,16 @@ impl ProxyService {
                     unsent: Some(unsent),
                 }) if baseline.is_some_and(|b| b != version_index) => {
                     let error = ProxyError::from_send(service, version, error);
-                    version.stats.record(
-                        self.telemetry.elapsed(Instant::now()),
-                        &Outcome {
-                            status: error.status(),
-                            failure: error.failure_reason(),
-                            latency: started.elapsed(),
-                        },
-                    );
+                    if self.record {
+                        version.stats.record(
+                            self.telemetry.elapsed(Instant::now()),
+                            &Outcome {
+                                status: error.status(),
+                                failure: error.failure_reason(),
+                                latency: started.elapsed(),
+                            },
+                        );
+                    }
                     tracing::debug!("{error}; falling back to the baseline");
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
