@@ -7,19 +7,19 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use crate::telemetry::VersionStats;
-use crate::upstream::Lease;
+use crate::upstream::body::BoxError;
+use crate::upstream::{Lease, ResponseBody};
 
 #[derive(Debug)]
 pub enum ProxyBody {
     Upstream {
-        body: Incoming,
+        body: ResponseBody,
         /// Released as soon as the body ends, so the connection returns to
         /// the pool before the client has even read the last frame.
         lease: Option<Lease>,
@@ -30,7 +30,20 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, lease: Lease, finish: Option<Finish>) -> ProxyBody {
+    pub fn upstream(mut body: ResponseBody, mut lease: Lease, finish: Option<Finish>) -> ProxyBody {
+        // A response without a body (HEAD, 204, 304) may never be polled:
+        // its connection goes back to the pool now.
+        if let ResponseBody::Direct(direct) = &mut body {
+            if http_body::Body::is_end_stream(direct) {
+                lease.release_direct(direct.take_reusable());
+                drop(lease);
+                return ProxyBody::Upstream {
+                    body,
+                    lease: None,
+                    finish,
+                };
+            }
+        }
         ProxyBody::Upstream {
             body,
             lease: Some(lease),
@@ -49,12 +62,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream {
                 body,
@@ -68,6 +81,11 @@ impl Body for ProxyBody {
                     Poll::Pending => false,
                 };
                 if ended {
+                    if let (ResponseBody::Direct(direct), Some(lease)) =
+                        (&mut *body, lease.as_mut())
+                    {
+                        lease.release_direct(direct.take_reusable());
+                    }
                     drop(lease.take());
                     drop(finish.take());
                 }

@@ -36,7 +36,7 @@ use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::{Outcome, Telemetry};
-use crate::upstream::{balance, Endpoint, Lease, RequestBody, UpstreamError};
+use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
 use body::Finish;
 pub use body::ProxyBody;
 pub use error::ProxyError;
@@ -317,7 +317,7 @@ impl ProxyService {
         endpoints: &[Arc<Endpoint>],
         mut outgoing: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+    ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
         let Some(mut chosen) = balance::pick(endpoints, None) else {
             return Err(SendFailure {

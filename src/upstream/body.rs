@@ -42,3 +42,42 @@ impl Body for RequestBody {
         }
     }
 }
+
+/// The body an upstream answers with: read by hyper's client connection, or
+/// by the request's own task (`h1`, the plain HTTP/1.1 fast path).
+#[derive(Debug)]
+pub enum ResponseBody {
+    Hyper(Incoming),
+    Direct(super::h1::Body),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            ResponseBody::Direct(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Hyper(body) => body.is_end_stream(),
+            ResponseBody::Direct(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Hyper(body) => body.size_hint(),
+            ResponseBody::Direct(body) => body.size_hint(),
+        }
+    }
+}

@@ -24,8 +24,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::FailureReason;
+use super::h1;
 use super::health::EndpointHealth;
-use super::{RequestBody, UpstreamError};
+use super::{RequestBody, ResponseBody, UpstreamError};
 use crate::config::{Protocol, Timeouts};
 use crate::tls::client::Originator;
 
@@ -46,11 +47,19 @@ pub struct Endpoint {
     outstanding: AtomicUsize,
     pub health: EndpointHealth,
     idle: ArrayQueue<IdleConnection>,
+    /// Plain connections for the fast path (`h1`); they never mix with
+    /// hyper's, whose connection task owns its socket.
+    idle_direct: ArrayQueue<IdleDirect>,
     shared_h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
 }
 
 struct IdleConnection {
     sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+struct IdleDirect {
+    connection: Box<h1::Connection>,
     since: Instant,
 }
 
@@ -60,6 +69,7 @@ struct IdleConnection {
 pub struct Lease {
     endpoint: Arc<Endpoint>,
     connection: Option<http1::SendRequest<RequestBody>>,
+    direct: Option<Box<h1::Connection>>,
 }
 
 /// A failed attempt; `request` is given back when nothing of it was sent, so
@@ -87,6 +97,7 @@ impl Endpoint {
             outstanding: AtomicUsize::new(0),
             health: EndpointHealth::default(),
             idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+            idle_direct: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
             shared_h2: ArcSwapOption::empty(),
         }
     }
@@ -112,10 +123,11 @@ impl Endpoint {
         request: Request<RequestBody>,
         timeouts: &Timeouts,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Lease), Failed> {
+    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
         let lease = Lease {
             endpoint: Arc::clone(self),
             connection: None,
+            direct: None,
         };
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         match self.protocol {
@@ -130,7 +142,10 @@ impl Endpoint {
         timeouts: &Timeouts,
         upgrade: bool,
         mut lease: Lease,
-    ) -> Result<(Response<Incoming>, Lease), Failed> {
+    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
+        if !upgrade && self.tls.is_none() && http_body::Body::is_end_stream(request.body()) {
+            return self.send_direct(request, timeouts, lease).await;
+        }
         let mut stale_pool_retries = 0;
         loop {
             let pooled = if upgrade {
@@ -166,7 +181,7 @@ impl Endpoint {
                     if !upgrade {
                         lease.connection = Some(sender);
                     }
-                    return Ok((response, lease));
+                    return Ok((response.map(ResponseBody::Hyper), lease));
                 }
                 Err(mut failed) => {
                     let error = self.explain(
@@ -199,12 +214,100 @@ impl Endpoint {
         }
     }
 
+    /// The fast path for a request without a body to a plain HTTP/1.1
+    /// endpoint (`h1`). Nothing was taken by the upstream when the head could
+    /// not be written; when it was written and the connection closed without
+    /// a byte of answer, the request is given back only if its method is safe
+    /// to repeat. Either way a pooled connection that died while idle is not
+    /// the upstream's fault: a fresh one is tried.
+    async fn send_direct(
+        &self,
+        request: Request<RequestBody>,
+        timeouts: &Timeouts,
+        lease: Lease,
+    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
+        let mut stale_pool_retries = 0;
+        loop {
+            let pooled = self.take_idle_direct(timeouts.idle);
+            let reused = pooled.is_some();
+            let mut connection = match pooled {
+                Some(connection) => connection,
+                None => match self.connect_tcp(timeouts.connect).await {
+                    Ok(stream) => h1::Connection::new(stream),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(request),
+                        })
+                    }
+                },
+            };
+            let (error, resendable) = match connection.exchange(&request).await {
+                Ok(head) => {
+                    let response = head.into_response(connection, self.addr);
+                    return Ok((response.map(ResponseBody::Direct), lease));
+                }
+                Err(h1::ExchangeError::Unwritten(cause)) => (
+                    UpstreamError::Reset {
+                        addr: self.addr,
+                        cause: format!("could not send the request: {cause}"),
+                    },
+                    true,
+                ),
+                Err(h1::ExchangeError::NothingBack(cause)) => (
+                    UpstreamError::Reset {
+                        addr: self.addr,
+                        cause,
+                    },
+                    request.method().is_idempotent(),
+                ),
+                Err(h1::ExchangeError::Broken(cause)) => (
+                    UpstreamError::Reset {
+                        addr: self.addr,
+                        cause,
+                    },
+                    false,
+                ),
+                Err(h1::ExchangeError::Protocol(cause)) => (
+                    UpstreamError::Protocol {
+                        addr: self.addr,
+                        cause,
+                    },
+                    false,
+                ),
+            };
+            if !resendable {
+                return Err(Failed {
+                    error,
+                    request: None,
+                });
+            }
+            if !(reused && stale_pool_retries < MAX_STALE_RETRIES) {
+                return Err(Failed {
+                    error,
+                    request: Some(request),
+                });
+            }
+            stale_pool_retries += 1;
+        }
+    }
+
+    /// An idle plain connection that is still open, if the pool has one.
+    fn take_idle_direct(&self, max_idle: Duration) -> Option<Box<h1::Connection>> {
+        while let Some(IdleDirect { connection, since }) = self.idle_direct.pop() {
+            if since.elapsed() <= max_idle && connection.is_idle_and_open() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
     async fn send_h2(
         &self,
         request: Request<RequestBody>,
         timeouts: &Timeouts,
         lease: Lease,
-    ) -> Result<(Response<Incoming>, Lease), Failed> {
+    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
         let current = self.shared_h2.load_full();
         let mut fresh = false;
         let mut sender = match current {
@@ -231,7 +334,7 @@ impl Endpoint {
             });
         }
         match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, lease)),
+            Ok(response) => Ok((response.map(ResponseBody::Hyper), lease)),
             Err(mut failed) => Err(Failed {
                 error: self.explain(UpstreamError::from_hyper(self.addr, failed.error()), fresh),
                 request: failed.take_message(),
@@ -443,11 +546,23 @@ impl Lease {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
+
+    /// Called when a fast-path response body ended: its connection, if it
+    /// can serve another request, goes back to the pool with the lease.
+    pub fn release_direct(&mut self, connection: Option<Box<h1::Connection>>) {
+        self.direct = connection;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(connection) = self.direct.take() {
+            let _ = self.endpoint.idle_direct.push(IdleDirect {
+                connection,
+                since: Instant::now(),
+            });
+        }
         if let Some(sender) = self.connection.take() {
             if !sender.is_closed() {
                 // A full pool just closes the surplus connection.

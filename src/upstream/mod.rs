@@ -9,11 +9,12 @@ pub mod balance;
 pub mod body;
 pub mod endpoint;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod probe;
 pub mod registry;
 
-pub use body::RequestBody;
+pub use body::{RequestBody, ResponseBody};
 pub use endpoint::{Endpoint, Lease};
 pub use error::UpstreamError;
 pub use registry::Registry;

@@ -1,0 +1,693 @@
+//! HTTP/1.1 to a plain-TCP upstream, driven by the request's own task.
+//!
+//! hyper's client connection is a task of its own: every request crosses a
+//! channel to it, wakes it, and comes back through a oneshot, and every
+//! response head is parsed into a fresh `HeaderMap` there. For the common
+//! exchange (a request without a body on a keep-alive connection) that is
+//! more than a third of veer's user-space instructions per request. Here the
+//! request future writes the head itself, reads the response head into the
+//! connection's buffer, and the response body (`Body`) reads the rest from
+//! the same socket while the client consumes it. Header values are slices of
+//! the buffer they arrived in; nothing is copied.
+//!
+//! What is not this simple goes through hyper (`endpoint.rs` decides):
+//! requests with a body (the response may come before the body is sent),
+//! upgrades, TLS and HTTP/2.
+//!
+//! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding` (chunked, else read to close) over `Content-Length`;
+//! neither means read to close. A connection is reused only when its body
+//! ended exactly where its framing said, and the upstream did not ask to
+//! close.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A response head larger than this is refused (hyper's client allows about
+/// as much by default, and no sane upstream comes near it).
+const MAX_HEAD: usize = 64 * 1024;
+/// Response headers (and chunked trailers) parsed at most; hyper's default.
+const MAX_HEADERS: usize = 100;
+/// The read buffer's first size, and what it is shrunk back to when a
+/// connection returns to the pool after a large body.
+const READ_CHUNK: usize = 8 * 1024;
+/// Reads of a large body take up to this much at once.
+const MAX_READ: usize = 64 * 1024;
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// One plain-TCP connection to an upstream, with the bytes read from it but
+/// not consumed yet.
+pub struct Connection {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+/// Why an exchange gave no response head.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The head could not be written: the connection was already closed by
+    /// the upstream. Nothing of the request was taken.
+    Unwritten(io::Error),
+    /// The request was written and the connection closed (or broke) before a
+    /// single byte came back.
+    NothingBack(String),
+    /// The connection broke in the middle of the response head.
+    Broken(String),
+    /// The upstream answered something that is not HTTP/1.x.
+    Protocol(String),
+}
+
+impl Connection {
+    pub fn new(io: TcpStream) -> Box<Connection> {
+        Box::new(Connection {
+            io,
+            read: BytesMut::new(),
+            write: Vec::with_capacity(512),
+        })
+    }
+
+    /// True when the upstream has not closed this idle connection, nor sent
+    /// anything on it, as far as the runtime has seen; costs no system call
+    /// unless the socket was signalled.
+    pub fn is_idle_and_open(&self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Signalled: an end of stream, unsolicited bytes, or a readiness
+            // left over from the last response. Only the last is fine.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes `request`'s head (it has no body) and reads the response head.
+    /// 1xx interim responses are skipped.
+    pub async fn exchange<B>(
+        &mut self,
+        request: &Request<B>,
+    ) -> Result<ResponseHead, ExchangeError> {
+        encode_head(request, &mut self.write);
+        self.io
+            .write_all(&self.write)
+            .await
+            .map_err(ExchangeError::Unwritten)?;
+        let mut received_any = false;
+        loop {
+            if let Some(head) = self.parse_head(request.method())? {
+                return Ok(head);
+            }
+            if self.read.len() >= MAX_HEAD {
+                return Err(ExchangeError::Protocol(format!(
+                    "response head larger than {} KiB",
+                    MAX_HEAD / 1024
+                )));
+            }
+            self.read.reserve(READ_CHUNK);
+            let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read).await;
+            match read {
+                Ok(0) | Err(_) if !received_any => {
+                    let cause = match read {
+                        Err(e) => e.to_string(),
+                        _ => "connection closed before any response".to_string(),
+                    };
+                    return Err(ExchangeError::NothingBack(cause));
+                }
+                Ok(0) => {
+                    return Err(ExchangeError::Broken(
+                        "connection closed in the middle of the response head".to_string(),
+                    ))
+                }
+                Err(e) => return Err(ExchangeError::Broken(e.to_string())),
+                Ok(_) => received_any = true,
+            }
+        }
+    }
+
+    /// Parses a complete final response head off the front of the buffer,
+    /// if there is one.
+    fn parse_head(&mut self, method: &Method) -> Result<Option<ResponseHead>, ExchangeError> {
+        loop {
+            let mut storage =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let status = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut parsed, &self.read, &mut storage)
+                .map_err(|e| ExchangeError::Protocol(format!("invalid response head: {e}")))?;
+            let httparse::Status::Complete(head_len) = status else {
+                return Ok(None);
+            };
+            let code = parsed.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| ExchangeError::Protocol(format!("invalid status code {code}")))?;
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ExchangeError::Protocol(
+                        "101 Switching Protocols to a request that asked for no upgrade"
+                            .to_string(),
+                    ));
+                }
+                // 100 Continue, 103 Early Hints: the final answer follows.
+                let _ = self.read.split_to(head_len);
+                continue;
+            }
+            let version = if parsed.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // Header positions, so the values can be slices of the head once
+            // it is split off the buffer (the parse borrows the buffer).
+            let base = self.read.as_ptr() as usize;
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let count = parsed.headers.len();
+            for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = header.name.as_ptr() as usize - base;
+                let value = header.value.as_ptr() as usize - base;
+                // Offsets fit: the head is at most MAX_HEAD plus one read.
+                *span = (
+                    name as u32,
+                    (name + header.name.len()) as u32,
+                    value as u32,
+                    (value + header.value.len()) as u32,
+                );
+            }
+            let head = self.read.split_to(head_len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+                    .map_err(|_| {
+                        ExchangeError::Protocol("invalid header name in the response".to_string())
+                    })?;
+                let value = HeaderValue::from_maybe_shared(
+                    head.slice(value_start as usize..value_end as usize),
+                )
+                .map_err(|_| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
+                headers.append(name, value);
+            }
+            let framing = framing(method, status, &headers)?;
+            let keep_alive = framing.reusable() && wants_keep_alive(version, &headers);
+            return Ok(Some(ResponseHead {
+                status,
+                version,
+                headers,
+                framing,
+                keep_alive,
+            }));
+        }
+    }
+
+    /// Hands back the read buffer to its first size after a large body, so
+    /// an idle connection holds little memory.
+    fn shrink(&mut self) {
+        if self.read.capacity() > 2 * READ_CHUNK {
+            self.read = BytesMut::new();
+        }
+    }
+}
+
+/// `METHOD /path?query HTTP/1.1`, the headers as they are, and the blank line.
+fn encode_head<B>(request: &Request<B>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = match request.uri().path_and_query() {
+        Some(pq) => pq.as_str(),
+        None if request.method() == Method::OPTIONS => "*",
+        None => "/",
+    };
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A final response head, before its body.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl ResponseHead {
+    /// The response, whose body reads the rest from `connection`.
+    pub fn into_response(self, connection: Box<Connection>, addr: SocketAddr) -> Response<Body> {
+        let state = match self.framing {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut response = Response::new(Body {
+            connection: Some(connection),
+            state,
+            keep_alive: self.keep_alive,
+            addr,
+        });
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl Framing {
+    fn reusable(self) -> bool {
+        self != Framing::UntilClose
+    }
+}
+
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Framing, ExchangeError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|codings| codings.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part).ok_or_else(|| {
+                ExchangeError::Protocol("invalid Content-Length in the response".to_string())
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Protocol(
+                    "conflicting Content-Length values in the response".to_string(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+fn parse_length(text: &[u8]) -> Option<u64> {
+    let text = text.trim_ascii();
+    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
+/// unless told `keep-alive`.
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// The response body, read from the connection as the client takes it.
+pub struct Body {
+    /// `None` once the body has failed.
+    connection: Option<Box<Connection>>,
+    state: State,
+    keep_alive: bool,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+use super::body::BoxError;
+
+impl Body {
+    /// The connection, when the body was read exactly to its end and the
+    /// upstream keeps it open: ready for the next request.
+    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
+        if self.state != State::Done || !self.keep_alive {
+            return None;
+        }
+        let mut connection = self.connection.take()?;
+        // Bytes beyond the body are not a response to anything we sent.
+        if !connection.read.is_empty() {
+            return None;
+        }
+        connection.shrink();
+        Some(connection)
+    }
+
+    fn fail(&mut self, what: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.connection = None;
+        self.state = State::Done;
+        Poll::Ready(Some(Err(io::Error::other(format!(
+            "upstream {}: {what}",
+            self.addr
+        ))
+        .into())))
+    }
+
+    /// Reads more from the socket; `Ok(0)` is the end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let want = usize::try_from(want)
+            .unwrap_or(MAX_READ)
+            .clamp(READ_CHUNK, MAX_READ);
+        connection.read.reserve(want);
+        tokio_util::io::poll_read_buf(Pin::new(&mut connection.io), cx, &mut connection.read)
+    }
+
+    fn buffered(&self) -> usize {
+        self.connection.as_ref().map_or(0, |c| c.read.len())
+    }
+
+    fn take_buffered(&mut self, limit: u64) -> Bytes {
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("connection is present while reading");
+        let n = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(connection.read.len());
+        connection.read.split_to(n).freeze()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(remaining) | State::ChunkData(remaining) if this.buffered() > 0 => {
+                    let data = this.take_buffered(remaining);
+                    let left = remaining - data.len() as u64;
+                    this.state = match (this.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), left) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        (_, left) => State::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if this.buffered() > 0 => {
+                    let data = this.take_buffered(u64::MAX);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkSize => {
+                    let line = {
+                        let read = &this.connection.as_ref().map(|c| &c.read[..]).unwrap_or(&[]);
+                        httparse::parse_chunk_size(read)
+                    };
+                    match line {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            this.take_buffered(used as u64);
+                            this.state = State::Trailers;
+                            continue;
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            this.take_buffered(used as u64);
+                            this.state = State::ChunkData(size);
+                            continue;
+                        }
+                        Ok(httparse::Status::Partial) if this.buffered() < MAX_CHUNK_LINE => {}
+                        Ok(httparse::Status::Partial) => {
+                            return this.fail("chunk-size line too long".to_string())
+                        }
+                        Err(_) => return this.fail("invalid chunk size".to_string()),
+                    }
+                }
+                State::ChunkEnd => {
+                    if this.buffered() >= 2 {
+                        if this.take_buffered(2)[..] != b"\r\n"[..] {
+                            return this.fail("chunk not followed by CRLF".to_string());
+                        }
+                        this.state = State::ChunkSize;
+                        continue;
+                    }
+                }
+                State::Trailers => {
+                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let read = this.connection.as_ref().map(|c| &c.read[..]).unwrap_or(&[]);
+                    match httparse::parse_headers(read, &mut storage) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let trailers = trailer_map(fields);
+                            this.take_buffered(used as u64);
+                            this.state = State::Done;
+                            match trailers {
+                                Some(map) if !map.is_empty() => {
+                                    return Poll::Ready(Some(Ok(Frame::trailers(map))))
+                                }
+                                Some(_) => return Poll::Ready(None),
+                                None => return this.fail("invalid trailer".to_string()),
+                            }
+                        }
+                        Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {}
+                        Ok(httparse::Status::Partial) => {
+                            return this.fail("trailers too large".to_string())
+                        }
+                        Err(e) => return this.fail(format!("invalid trailers: {e}")),
+                    }
+                }
+                State::Length(_) | State::ChunkData(_) | State::UntilClose => {}
+            }
+            // The buffer holds too little for the current state: read more.
+            let want = match this.state {
+                State::Length(n) | State::ChunkData(n) => n,
+                _ => READ_CHUNK as u64,
+            };
+            match std::task::ready!(this.poll_fill(cx, want)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.state = State::Done;
+                    this.connection = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail("closed the connection before the body ended".to_string())
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(format!("body read failed: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+fn trailer_map(fields: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(field.value).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("addr", &self.addr)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.read.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        let frame = |m: &Method, s: StatusCode, h: &[(&str, &str)]| framing(m, s, &headers(h)).ok();
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "12")]),
+            Some(Framing::Length(12))
+        );
+        assert_eq!(
+            frame(&Method::HEAD, ok, &[("content-length", "12")]),
+            Some(Framing::Length(0))
+        );
+        assert_eq!(
+            frame(&get, StatusCode::NO_CONTENT, &[]),
+            Some(Framing::Length(0))
+        );
+        assert_eq!(
+            frame(&get, StatusCode::NOT_MODIFIED, &[("content-length", "9")]),
+            Some(Framing::Length(0))
+        );
+        assert_eq!(frame(&get, ok, &[]), Some(Framing::UntilClose));
+        // Transfer-Encoding wins over Content-Length; only a final chunked
+        // coding is chunked framing.
+        assert_eq!(
+            frame(
+                &get,
+                ok,
+                &[
+                    ("transfer-encoding", "gzip, chunked"),
+                    ("content-length", "3")
+                ]
+            ),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            frame(&get, ok, &[("transfer-encoding", "gzip")]),
+            Some(Framing::UntilClose)
+        );
+        // Repeated equal lengths are one length; different ones are refused.
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "5, 5")]),
+            Some(Framing::Length(5))
+        );
+        assert_eq!(
+            frame(
+                &get,
+                ok,
+                &[("content-length", "5"), ("content-length", "6")]
+            ),
+            None
+        );
+        for bad in ["", "-1", "+5", "0x10", "1 2", "99999999999999999999"] {
+            assert_eq!(frame(&get, ok, &[("content-length", bad)]), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection_header() {
+        let v11 = Version::HTTP_11;
+        let v10 = Version::HTTP_10;
+        assert!(wants_keep_alive(v11, &headers(&[])));
+        assert!(!wants_keep_alive(v11, &headers(&[("connection", "Close")])));
+        assert!(!wants_keep_alive(
+            v11,
+            &headers(&[("connection", "te, close")])
+        ));
+        assert!(!wants_keep_alive(v10, &headers(&[])));
+        assert!(wants_keep_alive(
+            v10,
+            &headers(&[("connection", "keep-alive")])
+        ));
+    }
+
+    #[test]
+    fn request_head_is_written_as_it_is() {
+        let request = Request::builder()
+            .method(Method::DELETE)
+            .uri("/items/7?force=1")
+            .header("host", "api.example.com")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .expect("request");
+        let mut out = Vec::new();
+        encode_head(&request, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "DELETE /items/7?force=1 HTTP/1.1\r\nhost: api.example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        let options = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("*")
+            .body(())
+            .expect("request");
+        let mut out = Vec::new();
+        encode_head(&options, &mut out);
+        assert!(
+            out.starts_with(b"OPTIONS * HTTP/1.1\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
