@@ -270,3 +270,65 @@ async fn a_thousand_concurrent_connections_are_all_served() {
     assert_eq!(up.total(), CONNECTIONS as u64);
     still_serves(&proxy).await;
 }
+
+/// The head timeout runs between requests too: a keep-alive connection
+/// that sends nothing after its response is closed, while one whose
+/// response takes longer than the timeout (the head is in, the clock stops)
+/// is served in full and then kept for the next request.
+#[tokio::test]
+async fn the_head_timeout_runs_only_between_requests() {
+    let (up, proxy) = fixture().await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+
+    // A response that takes 1.5 s, longer than the 1 s head timeout.
+    stream
+        .write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await
+        .expect("request");
+    let mut reply = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !reply.ends_with(b"stable") {
+        let n = within(Duration::from_secs(5), "the slow answer", async {
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await
+        })
+        .await
+        .expect("read");
+        assert!(
+            n > 0,
+            "closed before the slow answer: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(support::client::status_of(&reply), Some(200));
+
+    // A download that streams for longer than the timeout is not cut.
+    stream
+        .write_all(b"GET /download/1048576 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await
+        .expect("second request");
+    let mut received = 0usize;
+    let started = std::time::Instant::now();
+    while received < 1024 * 1024 {
+        // Read slowly: about 1.6 s for the whole body.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let n = within(Duration::from_secs(5), "a slow read", async {
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await
+        })
+        .await
+        .expect("read");
+        assert!(
+            n > 0,
+            "closed after {received} bytes, {:?} in",
+            started.elapsed()
+        );
+        received += n;
+    }
+
+    // Then idle: closed after about the head timeout.
+    let reply = read_until_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(reply.closed, "an idle keep-alive connection must be closed");
+    assert!(reply.bytes.len() < 1024, "nothing but the rest of the body");
+    assert_eq!(up.count("/delay/1500"), 1);
+    still_serves(&proxy).await;
+}

@@ -10,11 +10,13 @@
 //! its permit, bounded by `limits.header_read_timeout`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,9 +25,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::idle::{IdleClock, InFlight, Tracked};
 use super::StartError;
 use crate::config::{Limits, Listener};
-use crate::proxy::{ClientInfo, ProxyService};
+use crate::proxy::{ClientInfo, ProxyService, RequestTimer};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
 
@@ -225,7 +228,9 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The connection's own IdleClock does this, without a timer per
+        // request (see `idle.rs`).
+        .header_read_timeout(None)
         // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8 * 1024));
     builder
@@ -250,8 +255,18 @@ struct ConnectionSetup {
 struct ConnectionContext {
     service: ProxyService,
     client: ClientInfo,
-    /// Set by the first request: until then the connection is on the clock.
-    spoke: AtomicBool,
+    /// How long the connection has waited for a request head.
+    idle: IdleClock,
+    /// The connection's request-timeout timer, lent to one request at a time
+    /// and reset for each (see `ProxyService::serve`); HTTP/2 streams that
+    /// find it lent out make their own.
+    request_timer: ArrayQueue<RequestTimer>,
+}
+
+impl AsRef<IdleClock> for ConnectionContext {
+    fn as_ref(&self) -> &IdleClock {
+        &self.idle
+    }
 }
 
 async fn accept(
@@ -337,34 +352,32 @@ async fn serve<I>(
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
         client,
-        spoke: AtomicBool::new(false),
+        idle: IdleClock::new(setup.first_request_timeout),
+        request_timer: ArrayQueue::new(1),
     });
-    let on_the_clock = Arc::clone(&context);
-    let requests = service_fn(move |request| {
-        let context = Arc::clone(&context);
+    let watched = Arc::clone(&context);
+    let requests = service_fn(move |request: Request<Incoming>| {
+        let context = InFlight::start(Arc::clone(&context), request.version());
         async move {
-            context.spoke.store(true, Ordering::Relaxed);
-            context.service.serve(request, &context.client).await
+            let mut timer = context.request_timer.pop();
+            let response = context
+                .service
+                .serve(request, &context.client, &mut timer)
+                .await;
+            if let Some(timer) = timer {
+                let _ = context.request_timer.push(timer);
+            }
+            response.map(|response| response.map(|body| Tracked::new(body, context)))
         }
     });
     let connection = setup
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), requests);
     tokio::pin!(connection);
-    // hyper's header timeout starts only once it knows the protocol: a
-    // client that connects and says nothing (or stalls in the HTTP/2
-    // preface) is cut off here instead.
-    let first_request_timeout = setup.first_request_timeout;
-    let silent = async {
-        tokio::time::sleep(first_request_timeout).await;
-        if on_the_clock.spoke.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = silent => {
-            tracing::debug!("closing a connection that sent no request within limits.header_read_timeout");
+        _ = watched.idle.expired() => {
+            tracing::debug!("closing a connection that sent no request head within limits.header_read_timeout");
             Ok(())
         }
         _ = async { drop(drain.wait_for(|&draining| draining).await) } => {

@@ -10,6 +10,7 @@
 //! is given `limits.drain_timeout` to do so. The admin API answers through the
 //! drain (readiness says 503) and stops last.
 
+mod idle;
 mod listeners;
 pub mod signal;
 
