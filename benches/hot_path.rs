@@ -488,6 +488,21 @@ fn record_outcome(c: &mut Criterion) {
             )
         })
     });
+    // What a request pays in all: its outcome, then its full duration when
+    // the response body ends.
+    group.bench_function("veer_VersionStats::record+record_full_duration", |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(
+                iters,
+                |i| {
+                    let o = outcome(i);
+                    stats.record(black_box(elapsed), &o);
+                    stats.record_full_duration(black_box(o.latency));
+                },
+                || telemetry.upkeep(),
+            )
+        })
+    });
     group.bench_function("part_Window::record", |b| {
         b.iter(|| {
             let o = outcome(3);
