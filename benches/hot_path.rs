@@ -23,6 +23,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use http::StatusCode;
 use veer::config::{self, Config, Protocol};
 use veer::routing::{RouteTable, WeightedSplit};
+use veer::telemetry::buckets::LatencyBuckets;
 use veer::telemetry::{Outcome, Telemetry};
 use veer::upstream::{balance, Endpoint};
 
@@ -436,9 +437,8 @@ impl LockedSamples {
     }
 }
 
-/// Samples recorded between two upkeeps, outside the timed part: the proxy's
-/// ticker folds the Prometheus histogram's sample blocks every few seconds,
-/// off the request path.
+/// Samples recorded between two upkeeps, outside the timed part: the naive
+/// rows' buffers must be emptied as they would be off the request path.
 const CHUNK: u64 = 1 << 16;
 
 /// Times `op(i)` for `iters` iterations, calling `upkeep` untimed every
@@ -466,6 +466,10 @@ fn record_outcome(c: &mut Criterion) {
     let naive = LockedSamples::default();
 
     // The parts of `VersionStats::record`, on their own.
+    let buckets = LatencyBuckets::default();
+    // The exporter's histogram, which veer recorded latencies into before
+    // `LatencyBuckets`: every sample is buffered with a clock read until an
+    // upkeep folds the buffer.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = prometheus.handle();
     let key = metrics::Key::from_parts(
@@ -479,12 +483,28 @@ fn record_outcome(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("record_outcome");
     group.throughput(Throughput::Elements(1));
+    // In chunks like the naive rows, though there is nothing to fold.
     group.bench_function("veer_VersionStats::record", |b| {
         b.iter_custom(|iters| {
             timed_in_chunks(
                 iters,
                 |i| stats.record(black_box(elapsed), &outcome(i)),
-                || telemetry.upkeep(),
+                || {},
+            )
+        })
+    });
+    // What a request pays in all: its outcome, then its full duration when
+    // the response body ends.
+    group.bench_function("veer_VersionStats::record+record_full_duration", |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(
+                iters,
+                |i| {
+                    let o = outcome(i);
+                    stats.record(black_box(elapsed), &o);
+                    stats.record_full_duration(black_box(o.latency));
+                },
+                || {},
             )
         })
     });
@@ -496,7 +516,12 @@ fn record_outcome(c: &mut Criterion) {
                 .record(black_box(elapsed), o.latency, o.is_error())
         })
     });
-    group.bench_function("part_prometheus_histogram.record", |b| {
+    group.bench_function("part_LatencyBuckets::record", |b| {
+        b.iter_custom(|iters| timed_in_chunks(iters, |i| buckets.record(outcome(i).latency), || {}))
+    });
+    // Its upkeep is untimed, which flatters it: the proxy paid for it on the
+    // ticker.
+    group.bench_function("naive_prometheus_histogram.record", |b| {
         b.iter_custom(|iters| {
             timed_in_chunks(
                 iters,
@@ -531,7 +556,6 @@ fn record_outcome(c: &mut Criterion) {
             while done < iters {
                 let n = CHUNK.min(iters - done);
                 total += on_two_threads(n, &stats, |s, i| s.record(elapsed, &outcome(i)));
-                telemetry.upkeep();
                 done += n;
             }
             total

@@ -519,15 +519,11 @@ impl Control {
     }
 
     /// Keeps the sliding windows moving (each version's next slot emptied
-    /// ahead of time) and folds Prometheus histograms, until `stop` changes.
+    /// ahead of time) until `stop` changes.
     pub async fn tick(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         const TICK: Duration = Duration::from_millis(250);
-        // Prometheus histograms buffer raw samples until upkeep folds them;
-        // once a second keeps that buffer (and so peak memory) small.
-        const UPKEEP_EVERY: u32 = 4;
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -536,10 +532,6 @@ impl Control {
             let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
             for version in self.published.load().versions() {
                 version.stats.window().advance(elapsed);
-            }
-            ticks += 1;
-            if ticks.is_multiple_of(UPKEEP_EVERY) {
-                self.telemetry.upkeep();
             }
         }
     }

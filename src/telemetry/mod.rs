@@ -1,6 +1,8 @@
-//! Per-version measurement, in two forms: cumulative Prometheus metrics
-//! (through the `metrics` facade and its Prometheus exporter) and a sliding
-//! window held in-process for the guard and `/status`.
+//! Per-version measurement, in two forms: cumulative Prometheus metrics and
+//! a sliding window held in-process for the guard and `/status`. Counters and
+//! gauges go through the `metrics` facade and its Prometheus exporter; the
+//! latency histograms are veer's own bucket counters (`buckets`), because the
+//! exporter's buffered every sample and read a clock per request.
 //!
 //! Every metric handle is resolved when a snapshot is built, never per
 //! request: recording an outcome is a few relaxed atomic adds and no label
@@ -16,6 +18,8 @@
 //! response head: what the version controls. The full duration, to the end of
 //! the response body, is `veer_response_duration_seconds`.
 
+pub mod buckets;
+mod exposition;
 pub mod histogram;
 pub mod window;
 
@@ -24,28 +28,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
 
 use crate::upstream::error::FailureReason;
+use buckets::LatencyBuckets;
+use exposition::{Family, HistogramRegistry};
 pub use window::{Figures, Window};
 
-/// Buckets for request latencies: sub-millisecond (a proxy on loopback) up to
-/// 10 s, finer where service latencies usually are.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075,
-    0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
-];
+const REQUEST_DURATION: Family = Family {
+    name: "veer_request_duration_seconds",
+    help: "From a request's arrival to the upstream's response head.",
+};
+
+const RESPONSE_DURATION: Family = Family {
+    name: "veer_response_duration_seconds",
+    help: "From a request's arrival to the end of the response body.",
+};
 
 /// The longest window kept when no guard asks for more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 
-/// The metrics of one proxy: the recorder, the clock the windows count seconds
-/// on, and the proxy-wide counters.
+/// The metrics of one proxy: the recorder, the latency histograms, the clock
+/// the windows count seconds on, and the proxy-wide counters.
 pub struct Telemetry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    histograms: HistogramRegistry,
     origin: Instant,
     reloads_success: Counter,
     reloads_failure: Counter,
@@ -71,13 +81,7 @@ impl Outcome {
 
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
-                LATENCY_BUCKETS,
-            )
-            .map(PrometheusBuilder::build_recorder)
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
         let reloads = |result: &'static str| {
@@ -93,6 +97,7 @@ impl Telemetry {
             unrouted: counter(&recorder, "veer_unrouted_requests_total", vec![]),
             handle,
             recorder,
+            histograms: HistogramRegistry::default(),
             origin: Instant::now(),
         }
     }
@@ -103,15 +108,12 @@ impl Telemetry {
         now.saturating_duration_since(self.origin)
     }
 
-    /// Prometheus text exposition of everything.
+    /// Prometheus text exposition of everything: the exporter's counters and
+    /// gauges, then the histograms.
     pub fn render(&self) -> String {
-        self.handle.render()
-    }
-
-    /// Folds recorded histogram samples into their buckets; run it every few
-    /// seconds so memory stays flat when nobody scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        let mut text = self.handle.render();
+        self.histograms.render_into(&mut text);
+        text
     }
 
     pub fn count_reload(&self, success: bool) {
@@ -199,7 +201,8 @@ impl Telemetry {
         self.unrouted.increment(1);
     }
 
-    /// Resolves every handle of one version.
+    /// Resolves every handle of one version. Its histograms are shared with
+    /// any other revision of the same version, as its counters are.
     pub fn version_stats(&self, service: &str, version: &str, window: Duration) -> VersionStats {
         let labels = || {
             vec![
@@ -230,14 +233,12 @@ impl Telemetry {
                     with("reason", reason.as_str()),
                 )
             }),
-            duration: r.register_histogram(
-                &Key::from_parts("veer_request_duration_seconds", labels()),
-                &metadata(),
-            ),
-            full_duration: r.register_histogram(
-                &Key::from_parts("veer_response_duration_seconds", labels()),
-                &metadata(),
-            ),
+            duration: self
+                .histograms
+                .get_or_create(REQUEST_DURATION, histogram_labels(service, version)),
+            full_duration: self
+                .histograms
+                .get_or_create(RESPONSE_DURATION, histogram_labels(service, version)),
             weight: r.register_gauge(
                 &Key::from_parts("veer_version_weight", labels()),
                 &metadata(),
@@ -258,8 +259,8 @@ impl Default for Telemetry {
 pub struct VersionStats {
     requests: [Counter; 5],
     failures: [Counter; 5],
-    duration: Histogram,
-    full_duration: Histogram,
+    duration: Arc<LatencyBuckets>,
+    full_duration: Arc<LatencyBuckets>,
     weight: Gauge,
     window: Window,
     /// Wakes the long-lived connections (upgraded tunnels) of this version
@@ -288,7 +289,7 @@ impl VersionStats {
         if let Some(reason) = outcome.failure {
             self.failures[reason as usize].increment(1);
         }
-        self.duration.record(outcome.latency.as_secs_f64());
+        self.duration.record(outcome.latency);
         self.window
             .record(elapsed, outcome.latency, outcome.is_error());
     }
@@ -296,7 +297,7 @@ impl VersionStats {
     /// Records how long the whole response took, to the end of its body.
     #[inline]
     pub fn record_full_duration(&self, duration: Duration) {
-        self.full_duration.record(duration.as_secs_f64());
+        self.full_duration.record(duration);
     }
 
     pub fn set_weight(&self, weight: u32) {
@@ -357,6 +358,13 @@ impl StatsRegistry {
     }
 }
 
+fn histogram_labels(service: &str, version: &str) -> exposition::Labels {
+    vec![
+        ("service", service.to_string()),
+        ("version", version.to_string()),
+    ]
+}
+
 fn metadata() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
 }
@@ -366,92 +374,158 @@ fn counter(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    use metrics::Unit;
-    let d = |name: &'static str, unit: Option<Unit>, text: &'static str, kind: u8| {
+    // Not the histograms: they are veer's own, with their help text in
+    // `REQUEST_DURATION` and `RESPONSE_DURATION`.
+    let d = |name: &'static str, text: &'static str, kind: u8| {
         let name = metrics::KeyName::from_const_str(name);
         let text = metrics::SharedString::const_str(text);
         match kind {
-            0 => recorder.describe_counter(name, unit, text),
-            1 => recorder.describe_gauge(name, unit, text),
-            _ => recorder.describe_histogram(name, unit, text),
+            0 => recorder.describe_counter(name, None, text),
+            _ => recorder.describe_gauge(name, None, text),
         }
     };
     d(
         "veer_requests_total",
-        None,
         "Requests served per version, by status class of the answer.",
         0,
     );
     d(
         "veer_upstream_failures_total",
-        None,
         "Failed upstream attempts per version, by reason.",
         0,
     );
-    d(
-        "veer_config_reloads_total",
-        None,
-        "Config reloads, by result.",
-        0,
-    );
+    d("veer_config_reloads_total", "Config reloads, by result.", 0);
     d(
         "veer_rollout_step",
-        None,
         "The rollout's current step, 1-based (0: no rollout).",
         1,
     );
     d(
         "veer_endpoint_healthy",
-        None,
         "1 when the endpoint may take requests (probes pass, not ejected).",
         1,
     );
     d(
         "veer_version_unavailable_total",
-        None,
         "Times a version was left with no endpoint in service (its share went to the baseline).",
         0,
     );
     d(
         "veer_endpoint_ejections_total",
-        None,
         "Passive ejections of endpoints that failed on real traffic.",
         0,
     );
     d(
         "veer_guard_trips_total",
-        None,
         "Versions the guard (or an operator) rolled back, by reason.",
         0,
     );
     d(
         "veer_tls_handshake_failures_total",
-        None,
         "Client TLS handshakes that failed, per listener and reason.",
         0,
     );
     d(
         "veer_unrouted_requests_total",
-        None,
         "Requests that matched no service (answered 404).",
         0,
     );
     d(
         "veer_version_weight",
-        None,
         "The weight in force for each version.",
         1,
     );
-    d(
-        "veer_request_duration_seconds",
-        Some(Unit::Seconds),
-        "From a request's arrival to the upstream's response head.",
-        2,
-    );
-    d(
-        "veer_response_duration_seconds",
-        Some(Unit::Seconds),
-        "From a request's arrival to the end of the response body.",
-        2,
-    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(latency: Duration) -> Outcome {
+        Outcome {
+            status: StatusCode::OK,
+            failure: None,
+            latency,
+        }
+    }
+
+    #[test]
+    fn two_revisions_of_a_version_share_one_histogram_and_the_text_parses() {
+        let telemetry = Telemetry::new();
+        let mut registry = StatsRegistry::default();
+        let window = Duration::from_secs(10);
+        let first = registry.stats(&telemetry, "web", "stable", "1", window);
+        let second = registry.stats(&telemetry, "web", "stable", "2", window);
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "one VersionStats per revision"
+        );
+        let now = telemetry.elapsed(Instant::now());
+        first.record(now, &ok(Duration::from_millis(1)));
+        second.record(now, &ok(Duration::from_millis(40)));
+        first.record_full_duration(Duration::from_millis(2));
+        second.record_full_duration(Duration::from_millis(45));
+
+        let text = telemetry.render();
+        for name in [REQUEST_DURATION.name, RESPONSE_DURATION.name] {
+            let help = format!("# HELP {name} ");
+            let kind = format!("# TYPE {name} histogram");
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with(&help)).count(),
+                1,
+                "{text}"
+            );
+            assert_eq!(text.lines().filter(|l| *l == kind).count(), 1, "{text}");
+        }
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("parses as Prometheus text");
+        let series: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == REQUEST_DURATION.name)
+            .collect();
+        assert_eq!(series.len(), 1, "one series for both revisions: {text}");
+        let prometheus_parse::Value::Histogram(buckets) = &series[0].value else {
+            panic!("not a histogram: {:?}", series[0]);
+        };
+        let at = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
+        assert_eq!(at(0.001), Some(1.0));
+        assert_eq!(at(0.05), Some(2.0));
+        assert_eq!(at(f64::INFINITY), Some(2.0));
+        let labels = [("service", "web"), ("version", "stable")];
+        let value = |metric: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        assert_eq!(
+            value("veer_request_duration_seconds_count"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            value("veer_request_duration_seconds_sum"),
+            Some(0.041),
+            "{text}"
+        );
+        assert_eq!(
+            value("veer_response_duration_seconds_sum"),
+            Some(0.047),
+            "{text}"
+        );
+        // The exporter's counters are still there, counted across revisions too.
+        assert!(
+            text.contains(
+                "veer_requests_total{service=\"web\",version=\"stable\",code=\"2xx\"} 2\n"
+            ),
+            "{text}"
+        );
+    }
 }
