@@ -26,6 +26,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::idle::{IdleClock, InFlight, Tracked};
+use super::woken::PollWhenWoken;
 use super::StartError;
 use crate::config::{Limits, Listener};
 use crate::proxy::{ClientInfo, ProxyService, RequestTimer};
@@ -374,13 +375,18 @@ async fn serve<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), requests);
     tokio::pin!(connection);
+    // Polled only when they fire, not on every wake-up of the connection.
+    let expired = PollWhenWoken::new(async move { watched.idle.expired().await });
+    let drained = PollWhenWoken::new(async move {
+        drop(drain.wait_for(|&draining| draining).await);
+    });
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = watched.idle.expired() => {
+        _ = expired => {
             tracing::debug!("closing a connection that sent no request head within limits.header_read_timeout");
             Ok(())
         }
-        _ = async { drop(drain.wait_for(|&draining| draining).await) } => {
+        _ = drained => {
             // HTTP/1.1: finish the request in flight, then close;
             // HTTP/2: GOAWAY, finish the open streams.
             connection.as_mut().graceful_shutdown();

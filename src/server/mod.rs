@@ -13,6 +13,7 @@
 mod idle;
 mod listeners;
 pub mod signal;
+mod woken;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
