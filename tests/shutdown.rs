@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use support::binary::VeerProcess;
-use support::client::{get, h2c_connect, http1_client, http1_connect, read_answer, send, Answer};
+use support::client::{
+    get, h2c_connect, http1_client, http1_connect, raw_exchange, read_answer, send, Answer,
+};
 use support::config::{service, ConfigBuilder, LISTENER};
 use support::upstream::Upstream;
 use support::{wait_until, within, BoxError};
@@ -174,6 +176,73 @@ async fn drain_timeout_bounds_the_wait() {
         status.code(),
         Some(1),
         "exit status after a drain cut short: {status}\n{}",
+        veer.output()
+    );
+}
+
+/// A config change that lands while veer drains (a GitOps sync racing a
+/// rolling restart) must not open a listener behind the drain's back: its
+/// accept loop could take a connection permit before the drain counts them,
+/// and the drain would then wait for it until the drain timeout (seen once
+/// in a test run as exit 1 after 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_the_drain_opens_no_listener() {
+    let up = Upstream::start("stable").await;
+    let mut veer = start(&up, "20s");
+    let addr = veer.listener(LISTENER);
+    let tasks = in_flight(addr, "/delay/1500", 1).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both requests in flight at the upstream",
+        || up.total() == 2,
+    )
+    .await;
+    veer.signal("TERM");
+
+    // The same config plus a listener on a port known to be free.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("probe a free port");
+    let extra = free.local_addr().expect("free port");
+    drop(free);
+    let path = veer.config_path();
+    let yaml = std::fs::read_to_string(&path).expect("read config");
+    let with_extra = yaml.replacen(
+        "listeners:\n",
+        &format!("listeners:\n  - name: extra\n    address: \"{extra}\"\n"),
+        1,
+    );
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, with_extra).expect("write config");
+    std::fs::rename(&staged, &path).expect("replace config");
+    // The admin API answers through the drain: the reload runs now.
+    let admin = veer
+        .output()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("veer: admin on ")?.parse().ok())
+        .expect("the admin address");
+    let reply = raw_exchange(
+        admin,
+        b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "a listener was opened during the drain\n{}",
+        veer.output()
+    );
+
+    for task in tasks {
+        let answer = within(Duration::from_secs(20), "an in-flight request", task)
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("a request in flight failed: {e}\n{}", veer.output()));
+        assert_eq!(answer.status, 200);
+    }
+    let status = veer.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "veer must exit 0 once its requests finished, got {status:?}\n{}",
         veer.output()
     );
 }

@@ -10,6 +10,7 @@
 //! its permit, bounded by `limits.header_read_timeout`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct ListenerSet {
     drain: watch::Sender<bool>,
     /// Touched only by reloads and shutdown, never per request.
     active: Mutex<Vec<Active>>,
+    /// Set, under the `active` lock, once the drain has begun.
+    closed: AtomicBool,
 }
 
 struct Active {
@@ -76,6 +79,7 @@ impl ListenerSet {
             first_request_timeout: limits.header_read_timeout,
             drain: watch::channel(false).0,
             active: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
         };
         set.reconcile(listeners)?;
         Ok(set)
@@ -86,6 +90,13 @@ impl ListenerSet {
     /// the listeners no longer wanted. On any failure nothing changes.
     pub fn reconcile(&self, wanted: &[Listener]) -> Result<(), StartError> {
         let mut active = self.lock();
+        // A reload that races with shutdown must not open a listener the
+        // drain no longer knows about: its accept loop would hold a
+        // connection permit, and the drain would wait for it to the end.
+        if self.closed.load(Ordering::Relaxed) {
+            tracing::info!("shutting down: listener changes are ignored");
+            return Ok(());
+        }
         // Port 0 asks for any free port, so only the name tells it is the same.
         let same_socket = |a: &Listener, b: &Listener| {
             a.address == b.address && (a.address.port() != 0 || a.name == b.name)
@@ -185,6 +196,7 @@ impl ListenerSet {
     pub async fn drain(&self, timeout: Duration) -> bool {
         let tasks: Vec<JoinHandle<()>> = {
             let mut active = self.lock();
+            self.closed.store(true, Ordering::Relaxed);
             active
                 .drain(..)
                 .map(|a| {
@@ -359,7 +371,7 @@ async fn serve<I>(
     let watched = Arc::clone(&context);
     let requests = service_fn(move |request: Request<Incoming>| {
         let context = InFlight::start(Arc::clone(&context), request.version());
-        async move {
+        let fut = async move {
             let mut timer = context.request_timer.pop();
             let response = context
                 .service
@@ -369,7 +381,11 @@ async fn serve<I>(
                 let _ = context.request_timer.push(timer);
             }
             response.map(|response| response.map(|body| Tracked::new(body, context)))
-        }
+        };
+        // Boxed: the future is a few KiB, and hyper's HTTP/2 server spawns
+        // each stream's future as a task, which moved it twice (callgrind:
+        // 9,600 instructions of memcpy per h2 request before this).
+        Box::pin(fut)
     });
     let connection = setup
         .builder

@@ -131,6 +131,13 @@ impl Endpoint {
         };
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         match self.protocol {
+            Protocol::Http1
+                if !upgrade
+                    && self.tls.is_none()
+                    && http_body::Body::is_end_stream(request.body()) =>
+            {
+                self.send_direct(request, timeouts, lease).await
+            }
             Protocol::Http1 => self.send_h1(request, timeouts, upgrade, lease).await,
             Protocol::Http2 => self.send_h2(request, timeouts, lease).await,
         }
@@ -143,9 +150,6 @@ impl Endpoint {
         upgrade: bool,
         mut lease: Lease,
     ) -> Result<(Response<ResponseBody>, Lease), Failed> {
-        if !upgrade && self.tls.is_none() && http_body::Body::is_end_stream(request.body()) {
-            return self.send_direct(request, timeouts, lease).await;
-        }
         let mut stale_pool_retries = 0;
         loop {
             let pooled = if upgrade {
@@ -166,7 +170,9 @@ impl Endpoint {
             };
             let mut sender = match pooled {
                 Some((sender, _)) => sender,
-                None => match self.connect_h1(timeouts.connect).await {
+                // Boxed: a handshake's future is kilobytes, and an inline
+                // one would be moved with every request's future.
+                None => match Box::pin(self.connect_h1(timeouts.connect)).await {
                     Ok(sender) => sender,
                     Err(error) => {
                         return Err(Failed {
@@ -312,7 +318,8 @@ impl Endpoint {
         let mut fresh = false;
         let mut sender = match current {
             Some(sender) if !sender.is_closed() => (*sender).clone(),
-            _ => match self.connect_h2(timeouts.connect).await {
+            // Boxed, as in `send_h1`: the h2 handshake's future is 6 KiB.
+            _ => match Box::pin(self.connect_h2(timeouts.connect)).await {
                 Ok(sender) => {
                     self.shared_h2.store(Some(Arc::new(sender.clone())));
                     fresh = true;

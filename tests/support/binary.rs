@@ -24,6 +24,11 @@ pub struct VeerProcess {
 }
 
 impl VeerProcess {
+    /// The config file veer runs on (`-c FILE`); rewrite it to reload.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("veer.yaml")
+    }
+
     /// Starts `bin run -c FILE` with `yaml` as FILE. Panics (with the process's
     /// output) if it does not print `veer: ready` within [`READY_LIMIT`].
     pub fn start(bin: &str, yaml: &str) -> VeerProcess {
