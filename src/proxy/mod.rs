@@ -180,11 +180,21 @@ impl ProxyService {
         // 4. send; a request a non-baseline version could not even take is
         // given to the baseline once, and still counts against that version.
         let baseline = service.guard.as_ref().map(|g| g.baseline);
+        // The first attempt's clock starts with the request (routing took
+        // microseconds), which saves a clock read on the hot path.
+        let mut attempt_at = started;
         let (sent, version) = loop {
             let version = &service.versions[version_index];
             fit_protocol(&mut outgoing, version, host_value.as_ref());
             match self
-                .send(service, &version.endpoints, outgoing, upgrade, timer)
+                .send(
+                    service,
+                    &version.endpoints,
+                    outgoing,
+                    upgrade,
+                    timer,
+                    attempt_at,
+                )
                 .await
             {
                 Err(SendFailure {
@@ -205,6 +215,7 @@ impl ProxyService {
                     tracing::debug!("{error}; falling back to the baseline");
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
+                    attempt_at = Instant::now();
                 }
                 sent => break (sent, version),
             }
@@ -328,6 +339,7 @@ impl ProxyService {
         mut outgoing: Request<RequestBody>,
         upgrade: bool,
         timer: &mut Option<RequestTimer>,
+        mut attempt_at: Instant,
     ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
         let Some(mut chosen) = balance::pick(endpoints, None) else {
@@ -339,7 +351,7 @@ impl ProxyService {
         let mut retried = false;
         loop {
             let endpoint = &endpoints[chosen];
-            let deadline = Instant::now() + timeouts.request;
+            let deadline = attempt_at + timeouts.request;
             let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             timer.as_mut().reset(deadline);
             let attempt = tokio::select! {
@@ -364,6 +376,7 @@ impl ProxyService {
                             tracing::debug!(error = %failed.error, "retrying on another endpoint");
                             outgoing = unsent;
                             retried = true;
+                            attempt_at = Instant::now();
                             chosen = balance::pick(endpoints, Some(chosen)).unwrap_or(chosen);
                         }
                         unsent => {
