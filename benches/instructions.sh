@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Instructions veer executes in user space per proxied request, counted by
+# callgrind: exact and repeatable where wall-clock figures on a shared
+# 2-core machine swing by ±10 %. The A/B figure for a change to the request
+# path: build both binaries, run this on each, compare.
+#
+#   benches/instructions.sh                       # target/release/veer, HTTP/1.1
+#   benches/instructions.sh BIN h2c               # HTTP/2 cleartext to veer
+#   benches/instructions.sh BIN https             # TLS 1.3 + HTTP/1.1 to veer
+#   CONNECTIONS=8 benches/instructions.sh BIN     # 8 connections (batched wake-ups)
+#
+# veer runs under `valgrind --tool=callgrind` with `--workers 1` in front of
+# two NGINX upstreams (90/10 split, guard on, as in compare.sh); h2load sends
+# N1 and then, in a second run, N2 requests; per request = (I(N2) - I(N1)) /
+# (N2 - N1), which cancels start-up and shutdown. With one connection (the
+# default) every request pays its own wake-ups, as at a moderate fixed rate.
+# The run-to-run spread is a few hundred instructions (the number of
+# wake-ups varies a little): compare figures of at least two runs each.
+#
+# Settings: N1=2000 N2=12000 CONNECTIONS=1 BASE_PORT=19180 KEEP=0.
+# Needs valgrind, nginx, h2load (nghttp2-client) and openssl; installs them
+# with apt-get when missing. Loopback only; every process is stopped by PID.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/target/release/veer}
+MODE=${2:-h1}
+N1=${N1:-2000}
+N2=${N2:-12000}
+CONNECTIONS=${CONNECTIONS:-1}
+BASE_PORT=${BASE_PORT:-19180}
+KEEP=${KEEP:-0}
+
+die() { echo "instructions.sh: $*" >&2; exit 1; }
+[[ -x $BIN ]] || die "no veer binary at $BIN (cargo build --release)"
+case $MODE in h1 | h2c | https) ;; *) die "mode must be h1, h2c or https, not $MODE" ;; esac
+
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v nginx >/dev/null || need+=(nginx)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+if ((${#need[@]})); then
+  echo "installing ${need[*]}" >&2
+  apt-get install -y "${need[@]}" >/dev/null
+fi
+
+WORK=$(mktemp -d /tmp/veer-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ $KEEP == 1 ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PROXY=$BASE_PORT STABLE=$((BASE_PORT + 1)) CANARY=$((BASE_PORT + 2))
+TLS=$((BASE_PORT + 3)) ADMIN=$((BASE_PORT + 10))
+
+cat >"$WORK/upstreams.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$STABLE; location / { return 200 "stable\n"; } }
+  server { listen 127.0.0.1:$CANARY; location / { return 200 "canary\n"; } }
+}
+EOF
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 2 -subj /CN=localhost 2>/dev/null
+cat >"$WORK/veer.yaml" <<EOF
+listeners:
+  - { name: public, address: "127.0.0.1:$PROXY" }
+  - { name: secure, address: "127.0.0.1:$TLS", tls: { cert: $WORK/tls.crt, key: $WORK/tls.key } }
+admin: { address: "127.0.0.1:$ADMIN" }
+services:
+  - name: web
+    versions:
+      - { name: stable, revision: "1", endpoints: ["127.0.0.1:$STABLE"], weight: 90 }
+      - { name: canary, revision: "2", endpoints: ["127.0.0.1:$CANARY"], weight: 10 }
+    guard: { baseline: stable, max_error_rate: 0.05, max_p95_latency: 500ms }
+EOF
+
+nginx -p "$WORK" -c "$WORK/upstreams.conf" &
+PIDS+=($!)
+sleep 0.3
+
+case $MODE in
+  h1) load=(h2load --h1 "http://127.0.0.1:$PROXY/") ;;
+  h2c) load=(h2load "http://127.0.0.1:$PROXY/") ;;
+  https) load=(h2load --h1 "https://127.0.0.1:$TLS/") ;;
+esac
+
+# Instructions of one veer process serving N requests, start to exit.
+count() {
+  local n=$1 out="$WORK/callgrind.$1"
+  valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$BIN" run -c "$WORK/veer.yaml" --workers 1 >"$WORK/veer.out" 2>"$WORK/veer.err" &
+  local vpid=$!
+  PIDS+=($vpid)
+  for _ in $(seq 120); do grep -q ready "$WORK/veer.out" 2>/dev/null && break; sleep 0.5; done
+  grep -q ready "$WORK/veer.out" || die "veer did not start under valgrind: $(tail -3 "$WORK/veer.err")"
+  local done
+  done=$("${load[@]}" -c "$CONNECTIONS" -n "$n" 2>&1 | awk '/^requests:/ {print $8}')
+  [[ $done == "$n" ]] || die "only $done of $n requests succeeded"
+  kill -INT "$vpid"
+  wait "$vpid" 2>/dev/null || true
+  awk '/^totals:/ {s += $2} END {print s}' "$out"
+}
+
+i1=$(count "$N1")
+i2=$(count "$N2")
+per=$(((i2 - i1) / (N2 - N1)))
+echo "veer $("$BIN" --version 2>&1 | head -1), $MODE, $CONNECTIONS connection(s): $per instructions per request (I($N1)=$i1, I($N2)=$i2)"
