@@ -30,23 +30,18 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(mut body: ResponseBody, mut lease: Lease, finish: Option<Finish>) -> ProxyBody {
+    pub fn upstream(mut body: ResponseBody, lease: Lease, finish: Option<Finish>) -> ProxyBody {
         // A response without a body (HEAD, 204, 304) may never be polled:
         // its connection goes back to the pool now.
-        if let ResponseBody::Direct(direct) = &mut body {
-            if http_body::Body::is_end_stream(direct) {
-                lease.release_direct(direct.take_reusable());
-                drop(lease);
-                return ProxyBody::Upstream {
-                    body,
-                    lease: None,
-                    finish,
-                };
-            }
-        }
+        let lease = if body.is_end_stream() {
+            body.release(lease);
+            None
+        } else {
+            Some(lease)
+        };
         ProxyBody::Upstream {
             body,
-            lease: Some(lease),
+            lease,
             finish,
         }
     }
@@ -81,12 +76,9 @@ impl Body for ProxyBody {
                     Poll::Pending => false,
                 };
                 if ended {
-                    if let (ResponseBody::Direct(direct), Some(lease)) =
-                        (&mut *body, lease.as_mut())
-                    {
-                        lease.release_direct(direct.take_reusable());
+                    if let Some(lease) = lease.take() {
+                        body.release(lease);
                     }
-                    drop(lease.take());
                     drop(finish.take());
                 }
                 polled

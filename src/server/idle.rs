@@ -46,12 +46,6 @@ pub enum Verdict {
     Never,
 }
 
-impl AsRef<IdleClock> for IdleClock {
-    fn as_ref(&self) -> &IdleClock {
-        self
-    }
-}
-
 impl IdleClock {
     pub fn new(limit: Duration) -> IdleClock {
         IdleClock {
@@ -83,11 +77,6 @@ impl IdleClock {
         }
     }
 
-    /// When the first check is due.
-    pub fn first_deadline(&self) -> Instant {
-        self.origin + self.limit
-    }
-
     pub fn verdict(&self, now: Instant) -> Verdict {
         if self.http2.load(Ordering::Relaxed) {
             return Verdict::Never;
@@ -107,7 +96,7 @@ impl IdleClock {
     /// Completes when the connection has waited too long for a request
     /// head; never for an HTTP/2 connection that has sent a request.
     pub async fn expired(&self) {
-        let sleep = tokio::time::sleep_until(self.first_deadline());
+        let sleep = tokio::time::sleep_until(self.origin + self.limit);
         tokio::pin!(sleep);
         loop {
             sleep.as_mut().await;

@@ -53,6 +53,17 @@ pub enum ResponseBody {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+impl ResponseBody {
+    /// Ends the request's hold on its endpoint once the body has ended: a
+    /// fast-path connection read exactly to its end goes back to the pool
+    /// with the lease (hyper's connections return on their own).
+    pub fn release(&mut self, mut lease: super::Lease) {
+        if let ResponseBody::Direct(direct) = self {
+            lease.release_direct(direct.take_reusable());
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -123,13 +123,12 @@ impl Connection {
             self.read.reserve(READ_CHUNK);
             let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read).await;
             match read {
-                Ok(0) | Err(_) if !received_any => {
-                    let cause = match read {
-                        Err(e) => e.to_string(),
-                        _ => "connection closed before any response".to_string(),
-                    };
-                    return Err(ExchangeError::NothingBack(cause));
+                Ok(0) if !received_any => {
+                    return Err(ExchangeError::NothingBack(
+                        "connection closed before any response".to_string(),
+                    ))
                 }
+                Err(e) if !received_any => return Err(ExchangeError::NothingBack(e.to_string())),
                 Ok(0) => {
                     return Err(ExchangeError::Broken(
                         "connection closed in the middle of the response head".to_string(),
