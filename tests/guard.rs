@@ -28,12 +28,13 @@ use prometheus_parse::{Scrape, Value};
 use support::binary::VeerProcess;
 use support::client::{empty, get, http1_client, send, try_send, Answer, HttpClient};
 use support::config::LISTENER;
+use support::harness::start_with_admin;
 use support::raw::closed_port;
 use support::upstream::Upstream;
 use support::{wait_until, within};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use veer::server::{Proxy, RunningProxy, StartOptions};
+use veer::server::RunningProxy;
 use veer::telemetry::Figures;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -153,18 +154,7 @@ impl Fixture {
 
     /// With `source`, the file the config came from: `POST /reload` reads it.
     async fn start_from(setup: &Setup, source: Option<PathBuf>) -> Fixture {
-        let yaml = setup.yaml();
-        let config = veer::config::parse_str(&yaml, "t.yaml")
-            .unwrap_or_else(|e| panic!("veer refused the test config:\n{e}\n---\n{yaml}"));
-        let options = StartOptions {
-            source,
-            admin: true,
-        };
-        let running = Proxy::start_with(config, options)
-            .await
-            .unwrap_or_else(|e| panic!("veer did not start: {e}"));
-        let proxy = running.listener_addr(LISTENER).expect("listener public");
-        let admin = running.admin_addr().expect("admin API address");
+        let (running, proxy, admin) = start_with_admin(&setup.yaml(), source).await;
         Fixture {
             running,
             client: http1_client(),

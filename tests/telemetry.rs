@@ -20,10 +20,11 @@ use prometheus_parse::{LineInfo, Scrape, Value};
 use support::binary::VeerProcess;
 use support::client::{get, http1_client, send, Answer, HttpClient};
 use support::config::LISTENER;
+use support::harness::start_with_admin;
 use support::raw::closed_port;
 use support::upstream::Upstream;
 use support::within;
-use veer::server::{Proxy, RunningProxy, StartOptions};
+use veer::server::RunningProxy;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -81,17 +82,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start(yaml: &str) -> Fixture {
-        let config = veer::config::parse_str(yaml, "t.yaml")
-            .unwrap_or_else(|e| panic!("veer refused the test config:\n{e}\n---\n{yaml}"));
-        let options = StartOptions {
-            source: None,
-            admin: true,
-        };
-        let running = Proxy::start_with(config, options)
-            .await
-            .unwrap_or_else(|e| panic!("veer did not start: {e}"));
-        let proxy = running.listener_addr(LISTENER).expect("listener public");
-        let admin = running.admin_addr().expect("admin API address");
+        let (running, proxy, admin) = start_with_admin(yaml, None).await;
         Fixture {
             running,
             client: http1_client(),

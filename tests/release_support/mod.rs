@@ -17,11 +17,12 @@ use std::time::Duration;
 use http::{Method, Request};
 use serde_json::Value;
 use tokio::task::{JoinHandle, JoinSet};
-use veer::server::{Proxy, RunningProxy, StartOptions};
+use veer::server::RunningProxy;
 
 use crate::support::binary::VeerProcess;
 use crate::support::client::{empty, full, get, http1_client, send, try_send, Answer, HttpClient};
 use crate::support::config::LISTENER;
+use crate::support::harness::start_with_admin;
 use crate::support::within;
 
 /// Bound on any single wait of these tests (a CLI run, a shutdown, a poll).
@@ -99,17 +100,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(yaml: &str) -> Fixture {
-        let config = veer::config::parse_str(yaml, "t.yaml")
-            .unwrap_or_else(|e| panic!("veer refused the test config:\n{e}\n---\n{yaml}"));
-        let options = StartOptions {
-            source: None,
-            admin: true,
-        };
-        let running = Proxy::start_with(config, options)
-            .await
-            .unwrap_or_else(|e| panic!("veer did not start: {e}\n---\n{yaml}"));
-        let proxy = running.listener_addr(LISTENER).expect("listener public");
-        let admin = running.admin_addr().expect("admin API address");
+        let (running, proxy, admin) = start_with_admin(yaml, None).await;
         Fixture {
             running,
             client: http1_client(),

@@ -1,8 +1,9 @@
 //! Starts veer in-process on a YAML config (listener `public` on `127.0.0.1:0`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use veer::server::{Proxy, RunningProxy};
+use veer::server::{Proxy, RunningProxy, StartOptions};
 
 use super::config::LISTENER;
 
@@ -51,4 +52,25 @@ impl TestProxy {
     pub async fn shutdown(self) {
         self.running.shutdown().await;
     }
+}
+
+/// veer started in-process with its admin API on: the running proxy, the
+/// `public` listener's address and the admin API's. With `source`, the file
+/// the config came from (`POST /reload` reads it).
+pub async fn start_with_admin(
+    yaml: &str,
+    source: Option<PathBuf>,
+) -> (RunningProxy, SocketAddr, SocketAddr) {
+    let config = veer::config::parse_str(yaml, "t.yaml")
+        .unwrap_or_else(|e| panic!("veer refused the test config:\n{e}\n---\n{yaml}"));
+    let options = StartOptions {
+        source,
+        admin: true,
+    };
+    let running = Proxy::start_with(config, options)
+        .await
+        .unwrap_or_else(|e| panic!("veer did not start: {e}\n---\n{yaml}"));
+    let proxy = running.listener_addr(LISTENER).expect("listener public");
+    let admin = running.admin_addr().expect("admin API address");
+    (running, proxy, admin)
 }
