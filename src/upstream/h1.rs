@@ -14,11 +14,16 @@
 //! requests with a body (the response may come before the body is sent),
 //! upgrades, TLS and HTTP/2.
 //!
-//! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304;
-//! `Transfer-Encoding` (chunked, else read to close) over `Content-Length`;
+//! Framing follows RFC 9112 §6.3, rule for rule as hyper's client applies
+//! it (a differential test holds the two to the same answers): no body for
+//! HEAD, 1xx, 204 and 304; `Transfer-Encoding` on an HTTP/1.0 response is
+//! refused; `Transfer-Encoding` (chunked, else read to close) over
+//! `Content-Length`, which must be one valid number however often repeated;
 //! neither means read to close. A connection is reused only when its body
-//! ended exactly where its framing said, and the upstream did not ask to
-//! close.
+//! ended exactly where its framing said, nothing followed it, the upstream
+//! did not ask to close, and the head did not carry both `Transfer-Encoding`
+//! and `Content-Length` (a sign of response splitting: RFC 9112 §6.1 says
+//! close after it).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -33,9 +38,10 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A response head larger than this is refused (hyper's client allows about
-/// as much by default, and no sane upstream comes near it).
-const MAX_HEAD: usize = 64 * 1024;
+/// A response head that has not ended within this many bytes is refused:
+/// the limit of hyper's client read buffer (8 KiB plus 4 KiB for each of
+/// 100 headers), so both paths accept the same heads.
+const MAX_HEAD: usize = 8 * 1024 + 4 * 1024 * MAX_HEADERS;
 /// Response headers (and chunked trailers) parsed at most; hyper's default.
 const MAX_HEADERS: usize = 100;
 /// The read buffer's first size, and what it is shrunk back to when a
@@ -201,8 +207,11 @@ impl Connection {
                 .map_err(|_| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
                 headers.append(name, value);
             }
-            let framing = framing(method, status, &headers)?;
-            let keep_alive = framing.reusable() && wants_keep_alive(version, &headers);
+            let framing = framing(method, status, version, &headers)?;
+            let keep_alive = framing.reusable()
+                && wants_keep_alive(version, &headers)
+                && !(headers.contains_key(TRANSFER_ENCODING)
+                    && headers.contains_key(CONTENT_LENGTH));
             return Ok(Some(ResponseHead {
                 status,
                 version,
@@ -291,6 +300,7 @@ impl Framing {
 fn framing(
     method: &Method,
     status: StatusCode,
+    version: Version,
     headers: &HeaderMap,
 ) -> Result<Framing, ExchangeError> {
     if method == Method::HEAD
@@ -300,6 +310,13 @@ fn framing(
         return Ok(Framing::Length(0));
     }
     if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        // HTTP/1.0 has no transfer codings: a peer that sends one has framed
+        // its message in a way the two ends cannot agree on (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Err(ExchangeError::Protocol(
+                "Transfer-Encoding in an HTTP/1.0 response".to_string(),
+            ));
+        }
         let chunked = last
             .to_str()
             .ok()
@@ -315,7 +332,10 @@ fn framing(
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
             let n = parse_length(part).ok_or_else(|| {
-                ExchangeError::Protocol("invalid Content-Length in the response".to_string())
+                ExchangeError::Protocol(format!(
+                    "invalid Content-Length {:?} in the response",
+                    String::from_utf8_lossy(value.as_bytes())
+                ))
             })?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Protocol(
@@ -328,12 +348,22 @@ fn framing(
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
+/// Digits only (no sign, no hex), any number of them as long as the value
+/// fits; the two largest `u64`s are refused as hyper refuses them (it keeps
+/// them as markers for chunked and close-delimited bodies).
 fn parse_length(text: &[u8]) -> Option<u64> {
     let text = text.trim_ascii();
-    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+    if text.is_empty() {
         return None;
     }
-    Some(text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    let mut n = 0u64;
+    for &d in text {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    (n <= u64::MAX - 2).then_some(n)
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
@@ -591,7 +621,9 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let get = Method::GET;
         let ok = StatusCode::OK;
-        let frame = |m: &Method, s: StatusCode, h: &[(&str, &str)]| framing(m, s, &headers(h)).ok();
+        let frame = |m: &Method, s: StatusCode, h: &[(&str, &str)]| {
+            framing(m, s, Version::HTTP_11, &headers(h)).ok()
+        };
         assert_eq!(
             frame(&get, ok, &[("content-length", "12")]),
             Some(Framing::Length(12))
@@ -639,9 +671,47 @@ mod tests {
             ),
             None
         );
-        for bad in ["", "-1", "+5", "0x10", "1 2", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "+5",
+            "0x10",
+            "1 2",
+            "5,",
+            "99999999999999999999",
+            "18446744073709551614",
+        ] {
             assert_eq!(frame(&get, ok, &[("content-length", bad)]), None, "{bad:?}");
         }
+        // Leading zeros are digits like any other.
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "000000000000000000007")]),
+            Some(Framing::Length(7))
+        );
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "18446744073709551613")]),
+            Some(Framing::Length(u64::MAX - 2))
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_on_http_10_is_refused_unless_there_is_no_body() {
+        let te = headers(&[("transfer-encoding", "chunked")]);
+        let ok = StatusCode::OK;
+        let refused = framing(&Method::GET, ok, Version::HTTP_10, &te);
+        assert!(
+            matches!(&refused, Err(ExchangeError::Protocol(m)) if m == "Transfer-Encoding in an HTTP/1.0 response"),
+            "{refused:?}"
+        );
+        // A HEAD answer or a 204 has no body to misframe.
+        assert_eq!(
+            framing(&Method::HEAD, ok, Version::HTTP_10, &te).ok(),
+            Some(Framing::Length(0))
+        );
+        assert_eq!(
+            framing(&Method::GET, StatusCode::NO_CONTENT, Version::HTTP_10, &te).ok(),
+            Some(Framing::Length(0))
+        );
     }
 
     #[test]
