@@ -104,7 +104,28 @@ fn cases() -> Vec<Case> {
     big_header.extend(std::iter::repeat_n(b'b', 100 * 1024));
     big_header.extend_from_slice(b"\r\n\r\nok");
 
+    let chunked = |body: &[u8]| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    let extension = |n: usize| format!(";e={}", "x".repeat(n));
+    let long_extension =
+        chunked(format!("5{}\r\nhello\r\n0\r\n\r\n", extension(10_000)).as_bytes());
+    let extensions_over_limit = chunked(
+        format!(
+            "1{e}\r\na\r\n1{e}\r\nb\r\n1{e}\r\nc\r\n0\r\n\r\n",
+            e = extension(6_000)
+        )
+        .as_bytes(),
+    );
+    let big_trailers =
+        chunked(format!("2\r\nok\r\n0\r\nx-t: {}\r\n\r\n", "t".repeat(20_000)).as_bytes());
+
     vec![
+        case("chunked-long-extension", &long_extension, KeepOpen, Whole(200, "hello"), true),
+        case("chunked-extensions-over-16-kib", &extensions_over_limit, KeepOpen, Cut(200, "ab"), false),
+        case("chunked-trailers-over-16-kib", &big_trailers, KeepOpen, Cut(200, "ok"), false),
         // Content-Length
         case("cl", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", KeepOpen, Whole(200, "hello"), true),
         case("cl-zero", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", KeepOpen, Whole(200, ""), true),
