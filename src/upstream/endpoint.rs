@@ -135,7 +135,10 @@ impl Endpoint {
                 if !upgrade
                     && self.tls.is_none()
                     && direct_enabled()
-                    && http_body::Body::is_end_stream(request.body()) =>
+                    && http_body::Body::is_end_stream(request.body())
+                    // A 2xx to CONNECT is a tunnel, which only hyper's client
+                    // knows how to hand over.
+                    && request.method() != http::Method::CONNECT =>
             {
                 self.send_direct(request, timeouts, lease).await
             }

@@ -12,7 +12,7 @@
 //!
 //! What is not this simple goes through hyper (`endpoint.rs` decides):
 //! requests with a body (the response may come before the body is sent),
-//! upgrades, TLS and HTTP/2.
+//! upgrades and CONNECT, TLS and HTTP/2.
 //!
 //! Framing follows RFC 9112 §6.3, rule for rule as hyper's client applies
 //! it (a differential test holds the two to the same answers): no body for
@@ -172,7 +172,7 @@ pub fn parse_head(
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let status = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut parsed, &read, &mut storage)
+            .parse_response_with_uninit_headers(&mut parsed, read, &mut storage)
             .map_err(|e| ExchangeError::Protocol(format!("invalid response head: {e}")))?;
         let httparse::Status::Complete(head_len) = status else {
             return Ok(None);
