@@ -225,9 +225,7 @@ pub fn parse_head(
             headers.append(name, value);
         }
         let framing = framing(method, status, version, &headers)?;
-        let keep_alive = framing.reusable()
-            && wants_keep_alive(version, &headers)
-            && !(headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH));
+        let keep_alive = framing.reusable() && wants_keep_alive(version, &headers);
         return Ok(Some(ResponseHead {
             status,
             version,
@@ -290,19 +288,22 @@ impl ResponseHead {
 enum Framing {
     Length(u64),
     Chunked,
+    /// Chunked, though the head also gave a `Content-Length`: maybe a
+    /// response split in two, so the connection is not trusted after it.
+    ChunkedThenClose,
     UntilClose,
 }
 
 impl Framing {
     fn reusable(self) -> bool {
-        self != Framing::UntilClose
+        matches!(self, Framing::Length(_) | Framing::Chunked)
     }
 
     fn initial_state(self) -> State {
         match self {
             Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
+            Framing::Chunked | Framing::ChunkedThenClose => State::ChunkSize,
             Framing::UntilClose => State::UntilClose,
         }
     }
@@ -333,10 +334,12 @@ fn framing(
             .ok()
             .and_then(|codings| codings.rsplit(',').next())
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
+        return Ok(if !chunked {
             Framing::UntilClose
+        } else if headers.contains_key(CONTENT_LENGTH) {
+            Framing::ChunkedThenClose
+        } else {
+            Framing::Chunked
         });
     }
     let mut length = None;
@@ -730,6 +733,10 @@ mod tests {
                     ("content-length", "3")
                 ]
             ),
+            Some(Framing::ChunkedThenClose)
+        );
+        assert_eq!(
+            frame(&get, ok, &[("transfer-encoding", "chunked")]),
             Some(Framing::Chunked)
         );
         assert_eq!(
