@@ -251,12 +251,25 @@ impl Control {
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
         });
-        if let Some(progress) = layer.rollout.as_mut().filter(|p| {
-            p.candidate == version
-                && p.revision == target.revision
-                && p.outcome == RolloutOutcome::InProgress
-        }) {
-            progress.outcome = RolloutOutcome::RolledBack;
+        // After completion too: a pipeline must not take a revision that
+        // tripped at 100 % for a good one.
+        if let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| p.candidate == version && p.revision == target.revision)
+        {
+            let before = progress.outcome;
+            *progress = crate::rollout::on_rollback(progress);
+            if before != progress.outcome {
+                tracing::warn!(
+                    service,
+                    version,
+                    revision = target.revision.as_str(),
+                    was = outcome_word(before),
+                    reason,
+                    "rollout rolled back"
+                );
+            }
         }
         let layer = layer.clone();
         self.publish(&mut state);
@@ -406,8 +419,9 @@ impl Control {
         }
     }
 
-    /// Moves the rollout to its next step (`full`: to 100 %, completing it).
-    /// Returns the progress after the move.
+    /// Moves the rollout to its next step (`full`: to its last step, which
+    /// still holds); at the last step, completes it. Returns the progress
+    /// after the move.
     pub fn advance_rollout(&self, service: &str, full: bool) -> Result<RolloutProgress, String> {
         let mut state = self.lock();
         let declared = state.service(service)?.clone();
@@ -419,31 +433,49 @@ impl Control {
         let Some(progress) = layer.rollout.as_mut().filter(|_| is_current) else {
             return Err(format!("service `{service}` has no rollout in progress"));
         };
-        if progress.outcome != RolloutOutcome::InProgress {
-            return Err(format!(
-                "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
-                outcome_word(progress.outcome)
-            ));
-        }
-        let last = config.steps.len().saturating_sub(1);
-        progress.step = if full {
-            last
-        } else {
-            (progress.step + 1).min(last)
-        };
-        progress.held_ms = 0;
-        progress.step_entered_unix_ms = unix_ms();
-        if progress.step >= last {
-            progress.outcome = RolloutOutcome::Completed;
-        }
+        *progress = crate::rollout::promote(progress, config, full, unix_ms()).map_err(
+            |crate::rollout::Stuck::Finished(outcome)| {
+                format!(
+                    "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
+                    outcome_word(outcome)
+                )
+            },
+        )?;
         let after = progress.clone();
         state.gates.remove(service);
         tracing::info!(
             service,
             step = after.step + 1,
-            percent = config.steps.get(after.step).copied().unwrap_or(100),
+            percent = config.percent(after.step),
             outcome = outcome_word(after.outcome),
             "rollout advanced"
+        );
+        self.publish(&mut state);
+        state.persist();
+        Ok(after)
+    }
+
+    /// The last step held with no trip: the rollout is completed.
+    pub fn complete_rollout(&self, service: &str) -> Result<RolloutProgress, String> {
+        let mut state = self.lock();
+        let declared = state.service(service)?.clone();
+        let layer = state.layer.services.entry(service.to_string()).or_default();
+        let is_current = overlay::current_rollout(&declared, Some(layer)).is_some();
+        let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| is_current && p.outcome == RolloutOutcome::InProgress)
+        else {
+            return Err(format!("service `{service}` has no rollout in progress"));
+        };
+        *progress = crate::rollout::complete(progress);
+        let after = progress.clone();
+        state.gates.remove(service);
+        tracing::info!(
+            service,
+            candidate = after.candidate.as_str(),
+            revision = after.revision.as_str(),
+            "rollout completed: the last step held with no trip"
         );
         self.publish(&mut state);
         state.persist();
