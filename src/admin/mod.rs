@@ -95,7 +95,10 @@ impl Admin {
         let path = request.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
-        if method == Method::POST {
+        // Reads are open, but a token that is presented and wrong is refused
+        // on a read too: a pipeline's `veer wait` learns its token is bad
+        // before it needs it to roll back.
+        if method == Method::POST || request.headers().contains_key(AUTHORIZATION) {
             if let Some(refused) = self.authorize(&request) {
                 return refused;
             }

@@ -82,11 +82,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Wait until the rollout completes (exit 0) or is rolled back (exit 1);
-    /// exit 2 on timeout or when the admin API cannot be reached.
+    /// Wait until the rollout completes: exit 0 completed (its last step held
+    /// with no trip), 1 rolled back or ended by hand, 2 timed out, 3 admin API
+    /// unreachable or refusing the token, 64 usage error or unknown service.
     Wait {
         service: String,
-        /// Give up after this long (e.g. 30m).
+        /// Give up after this long (e.g. 90m). Default: the rollout's least
+        /// remaining time × 1.5 + 10m, printed at start; required when a
+        /// manual step lies ahead.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
         /// Wait for the rollout of this candidate revision (a pipeline that
@@ -135,8 +138,24 @@ impl AdminArgs {
     }
 }
 
+/// A wrong command line (clap's own errors included): EX_USAGE, so that no
+/// command's usage error reads as one of its results (`veer wait`'s 2 is a
+/// timeout, `veer status`'s 2 an unreachable admin API).
+const USAGE: u8 = 64;
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(USAGE)
+            } else {
+                // --help, --version
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // The proxy logs what it does; the other commands print their results
     // and log only problems.
     init_logging(match cli.command {
@@ -183,9 +202,16 @@ pub fn main() -> ExitCode {
             timeout,
             revision,
             admin,
-        } => operator(&admin, |target| async move {
-            wait::wait(&target, &service, timeout, revision.as_deref()).await
-        }),
+        } => match admin.target() {
+            Ok(target) => operator_runtime(|| async move {
+                wait::wait(&target, &service, timeout, revision.as_deref()).await
+            })
+            .map_or(ExitCode::from(wait::Exit::Unreachable), ExitCode::from),
+            Err(err) => {
+                eprintln!("veer: {err}");
+                ExitCode::from(wait::Exit::Usage)
+            }
+        },
     }
 }
 
@@ -203,21 +229,31 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match operator_runtime(|| command(target)) {
+        Some(Ok(code)) => code,
+        Some(Err(err)) => {
+            eprintln!("veer: {err}");
+            ExitCode::from(2)
+        }
+        None => ExitCode::from(2),
+    }
+}
+
+/// Runs `command` on a small runtime of its own; `None` (reported) when the
+/// runtime cannot start.
+fn operator_runtime<F, Fut, T>(command: F) -> Option<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => Some(runtime.block_on(command())),
         Err(err) => {
             eprintln!("veer: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(command(target)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("veer: {err}");
-            ExitCode::from(2)
+            None
         }
     }
 }
