@@ -445,7 +445,8 @@ fn printed_json(out: &std::process::Output) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_completes_the_last_step() {
+async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_completes_the_last_step(
+) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let blocks = guard(NEVER_TRIPS) + &rollout("[10, 25, 50, 100]", "1s", None);

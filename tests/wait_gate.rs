@@ -21,7 +21,8 @@ use release_support::{
 use support::binary::VeerProcess;
 use support::upstream::Upstream;
 
-const GUARD: &str = "    guard: { baseline: stable, interval: 100ms, window: 2s, min_requests: 10, \
+const GUARD: &str =
+    "    guard: { baseline: stable, interval: 100ms, window: 2s, min_requests: 10, \
                      consecutive: 2, max_error_rate: 0.2 }\n";
 
 fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release_support::V> {
@@ -42,8 +43,8 @@ async fn wait_code(args: &[&str]) -> (Option<i32>, String) {
 async fn a_trip_after_completion_rolls_the_release_back_and_veer_wait_exits_1() {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    let blocks = GUARD.to_string()
-        + "    rollout: { candidate: canary, steps: [50, 100], hold: 300ms }\n";
+    let blocks =
+        GUARD.to_string() + "    rollout: { candidate: canary, steps: [50, 100], hold: 300ms }\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     let load = Load::start(
@@ -57,11 +58,15 @@ async fn a_trip_after_completion_rolls_the_release_back_and_veer_wait_exits_1() 
 
     // At 100 % the last step still holds: in progress before completed.
     let last = f
-        .wait_web(LIMIT, "the last step", |w| at(w, 2, "in_progress") || at(w, 2, "completed"))
+        .wait_web(LIMIT, "the last step", |w| {
+            at(w, 2, "in_progress") || at(w, 2, "completed")
+        })
         .await;
     assert_eq!(last["rollout"]["percent"], 100, "{last:#}");
     let done = f
-        .wait_web(LIMIT, "completion after the last hold", |w| at(w, 2, "completed"))
+        .wait_web(LIMIT, "completion after the last hold", |w| {
+            at(w, 2, "completed")
+        })
         .await;
     assert_eq!((weight(&done, "stable"), weight(&done, "canary")), (0, 100));
     veer_ok(&["wait", "web", "--admin", &admin, "--timeout", "20s"], 0).await;
@@ -90,8 +95,8 @@ async fn a_trip_after_completion_rolls_the_release_back_and_veer_wait_exits_1() 
 async fn a_manual_rollback_after_completion_makes_veer_wait_exit_1_until_resumed() {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    let blocks = GUARD.to_string()
-        + "    rollout: { candidate: canary, steps: [50, 100], hold: 1h }\n";
+    let blocks =
+        GUARD.to_string() + "    rollout: { candidate: canary, steps: [50, 100], hold: 1h }\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     let cmd = |verb: &'static str| vec![verb, "web", "--admin", admin.as_str()];
@@ -156,14 +161,20 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
         out.contains("timed out after") && out.contains("it goes on in veer (not rolled back)"),
         "{out}"
     );
-    assert!(at(&f.web().await, 2, "in_progress"), "still at the manual step");
+    assert!(
+        at(&f.web().await, 2, "in_progress"),
+        "still at the manual step"
+    );
 
     veer_ok(&["promote", "web", "--admin", &admin], 0).await;
     // The last step holds for the rollout's 300ms; its least remaining time
     // sets the default timeout, printed at start.
     let (code, out) = wait_code(&["wait", "web", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("no --timeout given; waiting at most 10m"), "{out}");
+    assert!(
+        out.contains("no --timeout given; waiting at most 10m"),
+        "{out}"
+    );
     assert!(out.contains("rollout completed"), "{out}");
     load.finish().await;
     f.shutdown().await;
@@ -175,8 +186,8 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
 async fn off_a_terminal_veer_wait_prints_changes_only() {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    let blocks = GUARD.to_string()
-        + "    rollout: { candidate: canary, steps: [10, 100], hold: 594s }\n";
+    let blocks =
+        GUARD.to_string() + "    rollout: { candidate: canary, steps: [10, 100], hold: 594s }\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     veer_ok(&["pause", "web", "--admin", &admin], 0).await;
@@ -184,9 +195,16 @@ async fn off_a_terminal_veer_wait_prints_changes_only() {
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let progress: Vec<&str> = stdout.lines().filter(|l| l.contains("step 1/2")).collect();
-    assert_eq!(progress.len(), 1, "one line while nothing changes:\n{stdout}");
+    assert_eq!(
+        progress.len(),
+        1,
+        "one line while nothing changes:\n{stdout}"
+    );
     assert!(progress[0].contains("9m 54s of hold left"), "{stdout}");
-    assert!(stdout.starts_with("veer wait: web: waiting at most 3s\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("veer wait: web: waiting at most 3s\n"),
+        "{stdout}"
+    );
     f.shutdown().await;
 }
 
@@ -233,7 +251,14 @@ async fn usage_errors_exit_64_and_an_unreachable_or_refusing_admin_api_exits_3()
     let url = format!("http://{}", admin_of(&proxy));
     let wrong = wrong.display().to_string();
     let (code, out) = wait_code(&[
-        "wait", "web", "--admin", &url, "--token-file", &wrong, "--timeout", "1m",
+        "wait",
+        "web",
+        "--admin",
+        &url,
+        "--token-file",
+        &wrong,
+        "--timeout",
+        "1m",
     ])
     .await;
     assert_eq!(code, Some(3), "{out}");
@@ -241,17 +266,126 @@ async fn usage_errors_exit_64_and_an_unreachable_or_refusing_admin_api_exits_3()
 
     let token = token.display().to_string();
     let (code, out) = wait_code(&[
-        "wait", "nope", "--admin", &url, "--token-file", &token, "--timeout", "1m",
+        "wait",
+        "nope",
+        "--admin",
+        &url,
+        "--token-file",
+        &token,
+        "--timeout",
+        "1m",
     ])
     .await;
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("no service named `nope`"), "{out}");
     let (code, out) = wait_code(&[
-        "wait", "web", "--admin", &url, "--token-file", &token, "--timeout", "1m",
+        "wait",
+        "web",
+        "--admin",
+        &url,
+        "--token-file",
+        &token,
+        "--timeout",
+        "1m",
     ])
     .await;
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("has no rollout to wait for"), "{out}");
     proxy.signal("TERM");
     proxy.wait_exit(LIMIT).await;
+}
+
+/// `veer weights` is held to the config's rules, with the config's message,
+/// and a latched version is refused with 409 and the reason, never quietly
+/// given 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_time_weights_follow_the_config_rules_and_a_latched_version_is_refused_409() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let f = Fixture::start(&web_yaml(
+        &[
+            v("stable", stable.addr(), 90),
+            v("canary", canary.addr(), 10),
+        ],
+        GUARD,
+        None,
+    ))
+    .await;
+    let admin = f.admin_url();
+    let weights = |pair: &'static str| {
+        vec![
+            "weights",
+            "web",
+            "stable=1",
+            pair,
+            "--admin",
+            admin.as_str(),
+        ]
+    };
+    for (pair, message) in [
+        (
+            "canary=1000001",
+            "weight 1000001 is above the maximum 1000000: weights are relative, so scale them all down",
+        ),
+        (
+            "canary=4294967296",
+            "weight 4294967296 is above the maximum 1000000: weights are relative, so scale them all down",
+        ),
+        (
+            "canary=99999999999999999999999999999999999999999",
+            "is above the maximum 1000000",
+        ),
+        (
+            "canary=-3",
+            "weight -3 is negative: weights are whole numbers from 0 to 1000000",
+        ),
+        (
+            "canary=1.5",
+            "`1.5` is not a whole number: weights are whole numbers from 0 to 1000000",
+        ),
+    ] {
+        let out = veer_ok(&weights(pair), 1).await;
+        let text = output_text(&out);
+        assert!(text.contains(message), "{pair}\n{text}");
+    }
+    // The admin API itself applies the same rule to what any client sends.
+    for (body, message) in [
+        (
+            serde_json::json!({"canary": 4_294_967_296_u64}),
+            "weight 4294967296 is above the maximum 1000000",
+        ),
+        (
+            serde_json::json!({"canary": 1e30}),
+            "is above the maximum 1000000",
+        ),
+        (
+            serde_json::json!({"canary": "ten"}),
+            "is not a whole number",
+        ),
+    ] {
+        let answer = f.post("/services/web/weights", Some(body)).await;
+        let text = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 400, "{text}");
+        assert!(text.contains(message), "{text}");
+    }
+    let web = f.web().await;
+    assert_eq!((weight(&web, "stable"), weight(&web, "canary")), (90, 10));
+
+    veer_ok(&["rollback", "web", "--admin", &admin], 0).await;
+    let out = veer_ok(&weights("canary=50"), 1).await;
+    let text = output_text(&out);
+    assert!(text.contains("409"), "{text}");
+    assert!(
+        text.contains("version `canary` of `web` is latched at revision `1.2.0` (manual)"),
+        "{text}"
+    );
+    let web = f.web().await;
+    assert_eq!((weight(&web, "stable"), weight(&web, "canary")), (100, 0));
+    // Weight 0 for the latched version asks for nothing it refuses.
+    veer_ok(
+        &["weights", "web", "stable=5", "canary=0", "--admin", &admin],
+        0,
+    )
+    .await;
+    f.shutdown().await;
 }

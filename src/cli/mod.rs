@@ -329,16 +329,28 @@ async fn set_weights(
 ) -> Result<ExitCode, ClientError> {
     let mut body = serde_json::Map::new();
     for pair in pairs {
-        let parsed = pair
-            .split_once('=')
-            .and_then(|(v, w)| w.trim().parse::<u32>().ok().map(|w| (v.trim(), w)));
-        let Some((version, weight)) = parsed else {
-            eprintln!(
-                "veer: `{pair}` is not VERSION=WEIGHT (a non-negative integer), e.g. canary=25"
-            );
+        let Some((version, weight)) = pair.split_once('=') else {
+            eprintln!("veer: `{pair}` is not VERSION=WEIGHT, e.g. canary=25");
             return Ok(ExitCode::from(1));
         };
-        body.insert(version.to_string(), serde_json::json!(weight));
+        let (version, written) = (version.trim(), weight.trim());
+        // Held to the config's rule, with its message; veer checks again.
+        let whole = match written.parse::<i128>() {
+            Ok(w) => Some(w),
+            // Too long for i128, but still a whole number.
+            Err(_) if is_digits(written) => Some(i128::MAX),
+            Err(_) if written.strip_prefix('-').is_some_and(is_digits) => Some(i128::MIN),
+            Err(_) => None,
+        };
+        match config::weight_rule(whole, written) {
+            Ok(weight) => {
+                body.insert(version.to_string(), serde_json::json!(weight));
+            }
+            Err(reason) => {
+                eprintln!("veer: weights refused: `{version}`: {reason}");
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     let path = format!("/services/{service}/weights");
     let (status, text) = target
@@ -355,6 +367,10 @@ async fn set_weights(
         eprintln!("veer: weights refused ({status}): {}", text.trim());
         Ok(ExitCode::from(1))
     }
+}
+
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn init_logging(default: &str) {

@@ -65,7 +65,10 @@ pub async fn wait(
     let started = Instant::now();
     let mut deadline = timeout.map(|t| started + t);
     if let Some(t) = timeout {
-        println!("veer wait: {service}: waiting at most {}", human_duration(t));
+        println!(
+            "veer wait: {service}: waiting at most {}",
+            human_duration(t)
+        );
     }
     let mut printed = Printed::default();
     let mut reached = false;
@@ -101,7 +104,9 @@ pub async fn wait(
                     let shows = rollout["revision"].as_str().unwrap_or("no rollout");
                     printed.show(
                         live,
-                        format!("waiting for the rollout of revision {revision} (veer shows {shows})"),
+                        format!(
+                            "waiting for the rollout of revision {revision} (veer shows {shows})"
+                        ),
                         String::new(),
                     );
                 } else {

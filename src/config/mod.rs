@@ -34,7 +34,7 @@ use serde_yaml_ng::Value;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use validate::DEFAULT_ADMIN_ADDRESS;
+pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS, MAX_WEIGHT};
 
 use error::{Anchor, Issue};
 use raw::{Invalid, Part, RawConfig, RawDocument};

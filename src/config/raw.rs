@@ -304,7 +304,9 @@ impl<'de> Deserialize<'de> for RawStep {
         impl<'de> Visitor<'de> for StepVisitor {
             type Value = RawStep;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a step: a percentage such as 25, or a mapping such as {weight: 25, hold: 10m}")
+                f.write_str(
+                    "a step: a percentage such as 25, or a mapping such as {weight: 25, hold: 10m}",
+                )
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<RawStep, E> {
                 Ok(RawStep::Plain(Scalar::Text(text.to_string())))

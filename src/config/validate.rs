@@ -25,14 +25,14 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    Admin, CertificateFiles, Config, Guard, HealthCheck, HostMatch, Limits, Listener, ListenerTls,
-    Hold, OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Sticky, Timeouts, UpstreamTls,
-    Step, Version,
+    Admin, CertificateFiles, Config, Guard, HealthCheck, Hold, HostMatch, Limits, Listener,
+    ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky,
+    Timeouts, UpstreamTls, Version,
 };
 use super::raw::{
     Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawOutlier,
-    RawRollout, RawRule, RawStep, RawStepMap, RawService, RawServiceMatch, RawSticky, RawTimeouts, RawTls,
-    RawUpstreamTls, RawVersion, Scalar,
+    RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts,
+    RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 
 /// The admin API's address when `admin.address` is omitted.
@@ -40,6 +40,25 @@ pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
 /// A weight above this is surely a mistake, and keeps sums far from overflow.
 pub const MAX_WEIGHT: i128 = 1_000_000;
+
+/// The rule for a weight, in the file and at run time alike (`veer weights`,
+/// `POST /services/{name}/weights`), with one message for each refusal.
+/// `whole` is the value when it is a whole number (any value above the
+/// maximum for one too large to hold); `written` is how it was written.
+pub fn weight_rule(whole: Option<i128>, written: &str) -> Result<u32, String> {
+    match whole {
+        Some(w) if w < 0 => Err(format!(
+            "weight {written} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"
+        )),
+        Some(w) if w > MAX_WEIGHT => Err(format!(
+            "weight {written} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"
+        )),
+        Some(w) => u32::try_from(w).map_err(|_| format!("weight {w} is out of range")),
+        None => Err(format!(
+            "`{written}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"
+        )),
+    }
+}
 /// hyper refuses a smaller HTTP/1 read buffer (it asserts 8192).
 pub const MIN_HEADER_BYTES: i128 = 8192;
 /// A request head larger than this is an attack or a bug.
@@ -753,27 +772,18 @@ impl Validator {
                     );
                     None
                 }
-                Some(Scalar::Int(w)) if w < 0 => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("weight {w} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"),
-                    );
-                    None
-                }
-                Some(Scalar::Int(w)) if w > MAX_WEIGHT => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("weight {w} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"),
-                    );
-                    None
-                }
-                Some(Scalar::Int(w)) => u32::try_from(w).ok(),
-                Some(other) => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("`{other}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"),
-                    );
-                    None
+                Some(raw) => {
+                    let whole = match &raw {
+                        Scalar::Int(w) => Some(*w),
+                        _ => None,
+                    };
+                    match weight_rule(whole, &raw.to_string()) {
+                        Ok(w) => Some(w),
+                        Err(reason) => {
+                            self.err(format!("{at}.weight"), reason);
+                            None
+                        }
+                    }
                 }
             };
             match weight {
@@ -1447,7 +1457,11 @@ impl Validator {
                         );
                         ok = false;
                     }
-                    (map.weight.as_ref(), map.hold.as_ref(), format!("{at}.weight"))
+                    (
+                        map.weight.as_ref(),
+                        map.hold.as_ref(),
+                        format!("{at}.weight"),
+                    )
                 }
             };
             let hold = match hold {

@@ -75,6 +75,39 @@ pub struct Event {
     pub at: String,
 }
 
+/// Why run-time weights were refused; each knows its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsRefused {
+    /// No such service (404).
+    NoService(String),
+    /// A version the guard latched was given traffic (409).
+    Latched(String),
+    /// An unknown version, or all weights zero (400).
+    Invalid(String),
+}
+
+impl WeightsRefused {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            WeightsRefused::NoService(_) => http::StatusCode::NOT_FOUND,
+            WeightsRefused::Latched(_) => http::StatusCode::CONFLICT,
+            WeightsRefused::Invalid(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsRefused::NoService(m)
+            | WeightsRefused::Latched(m)
+            | WeightsRefused::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for WeightsRefused {}
+
 /// What the guard measured when it tripped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Measured {
@@ -166,9 +199,37 @@ impl Control {
 
     /// Sets run-time weights for some versions of `service` (others keep
     /// theirs). Takes effect for the very next request, and persists.
-    pub fn set_weights(&self, service: &str, weights: &[(&str, u32)]) -> Result<(), String> {
+    ///
+    /// A weight above 0 for a version the guard latched is refused, not
+    /// quietly turned into 0: the latch holds until the version's revision
+    /// changes or an operator runs `veer resume`.
+    pub fn set_weights(
+        &self,
+        service: &str,
+        weights: &[(&str, u32)],
+    ) -> Result<(), WeightsRefused> {
         let mut state = self.lock();
-        let declared = state.service(service)?.clone();
+        let declared = state
+            .service(service)
+            .map_err(WeightsRefused::NoService)?
+            .clone();
+        for &(name, weight) in weights {
+            let latch = state.layer.services.get(service).and_then(|layer| {
+                let version = declared.versions.iter().find(|v| v.name == name)?;
+                layer
+                    .latches
+                    .iter()
+                    .find(|l| l.version == name && l.revision == version.revision)
+            });
+            if let (Some(latch), true) = (latch, weight > 0) {
+                return Err(WeightsRefused::Latched(format!(
+                    "version `{name}` of `{service}` is latched at revision `{}` ({}): it gets no traffic \
+                     until its revision changes or an operator runs `veer resume {service}`; \
+                     give it weight 0 or resume first",
+                    latch.revision, latch.reason
+                )));
+            }
+        }
         let layer = state.layer.services.entry(service.to_string()).or_default();
         let mut next = overlay::file_weights(&declared);
         if let Some(current) = &layer.weights {
@@ -177,18 +238,18 @@ impl Control {
         for &(name, weight) in weights {
             if !declared.versions.iter().any(|v| v.name == name) {
                 let known: Vec<&str> = declared.versions.iter().map(|v| v.name.as_str()).collect();
-                return Err(format!(
+                return Err(WeightsRefused::Invalid(format!(
                     "service `{service}` has no version `{name}` (versions: {})",
                     known.join(", ")
-                ));
+                )));
             }
             next.insert(name.to_string(), weight);
         }
         if next.values().all(|&w| w == 0) {
-            return Err(format!(
+            return Err(WeightsRefused::Invalid(format!(
                 "refusing weights that are all zero for `{service}`: every request would fail; \
                  give at least one version a weight above 0"
-            ));
+            )));
         }
         layer.weights = Some(next);
         layer.file_weights = Some(overlay::file_weights(&declared));

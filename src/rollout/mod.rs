@@ -159,10 +159,13 @@ pub fn min_remaining(progress: &RolloutProgress, rollout: &Rollout) -> Option<Du
 
 /// The least running time the whole rollout takes; `None` with a manual step.
 pub fn min_total(rollout: &Rollout) -> Option<Duration> {
-    rollout.steps.iter().try_fold(Duration::ZERO, |total, step| match step.hold {
-        Hold::For(hold) => Some(total + hold),
-        Hold::Manual => None,
-    })
+    rollout
+        .steps
+        .iter()
+        .try_fold(Duration::ZERO, |total, step| match step.hold {
+            Hold::For(hold) => Some(total + hold),
+            Hold::Manual => None,
+        })
 }
 
 struct GateCall {
@@ -422,7 +425,10 @@ mod tests {
             Decision::AwaitPromotion
         );
         let next = promote(&progress(1, 0), &r, false, 7).expect("in progress");
-        assert_eq!((next.step, next.held_ms, next.step_entered_unix_ms), (2, 0, 7));
+        assert_eq!(
+            (next.step, next.held_ms, next.step_entered_unix_ms),
+            (2, 0, 7)
+        );
         assert_eq!(next.outcome, RolloutOutcome::InProgress);
     }
 
