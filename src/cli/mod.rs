@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod preflight;
 mod status;
 mod wait;
 
@@ -38,10 +39,15 @@ enum Command {
         #[arg(long, env = "VEER_WORKERS")]
         workers: Option<usize>,
     },
-    /// Validate a config without serving; prints every error.
+    /// Validate a config without serving; prints every error. Reads every
+    /// file `veer run` would (TLS files, the admin token).
     Check {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Check everything but the files the config names (for a pipeline
+        /// without the secrets); lists the files it did not read.
+        #[arg(long)]
+        offline: bool,
     },
     /// The live state of services: versions, weights, rates, latencies.
     Status {
@@ -164,7 +170,7 @@ pub fn main() -> ExitCode {
     });
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
-        Command::Check { config } => check(&config),
+        Command::Check { config, offline } => check(&config, offline),
         Command::Demo { duration } => crate::demo::run(duration),
         Command::Status {
             service,
@@ -384,20 +390,46 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Loads the config and checks the files it names (certificates, keys).
-fn load(
-    path: &std::path::Path,
-) -> Result<(config::Config, Vec<config::ConfigError>), config::ConfigErrors> {
-    config::load_file_checked(path, crate::tls::check::files_now)
+/// Loads the config and checks the files it names (certificates, keys, the
+/// admin token) unless `offline`; `veer check` and `veer run` share this, so
+/// they agree. Returns the files not read beside the config and warnings.
+fn load(path: &std::path::Path, offline: bool) -> Result<Loaded, config::ConfigErrors> {
+    let mut not_read = Vec::new();
+    let (config, warnings) = config::load_file_checked(path, |config| {
+        let (issues, skipped) = preflight::check(config, offline);
+        not_read = skipped;
+        issues
+    })?;
+    Ok(Loaded {
+        config,
+        warnings,
+        not_read,
+    })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok((_, warnings)) => {
-            for warning in &warnings {
+struct Loaded {
+    config: config::Config,
+    warnings: Vec<config::ConfigError>,
+    not_read: Vec<String>,
+}
+
+fn check(path: &std::path::Path, offline: bool) -> ExitCode {
+    match load(path, offline) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
             println!("{}: ok", path.display());
+            if offline {
+                if loaded.not_read.is_empty() {
+                    println!("offline: the config names no files; nothing was left unread");
+                } else {
+                    println!(
+                        "offline: not read (`veer run` will read them; check them where they are): {}",
+                        loaded.not_read.join(", ")
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -420,12 +452,12 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
-    let config = match load(path) {
-        Ok((config, warnings)) => {
-            for warning in &warnings {
+    let config = match load(path, false) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
-            config
+            loaded.config
         }
         Err(errors) => {
             for error in &errors.0 {

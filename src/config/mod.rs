@@ -244,12 +244,23 @@ fn deserialize_list<T: DeserializeOwned>(
 
 /// Deserializes `value`, found at `base` in the file; an error becomes an
 /// issue at the full path of the field that failed.
+///
+/// serde stops at the first unknown key. So an unknown key is reported,
+/// taken out of the value, and the value read again: every misspelled key is
+/// reported in one run (a top-level one beside a nested one too), and the
+/// rest of the part is still checked.
 fn deserialize_at<T: DeserializeOwned>(
-    value: Value,
+    mut value: Value,
     base: &str,
     issues: &mut Vec<Issue>,
 ) -> Part<T> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
+    // Bounds the retries on a pathological file; each pass removes one key.
+    const MAX_UNKNOWN: usize = 100;
+    for _ in 0..MAX_UNKNOWN {
+        let error = match serde_path_to_error::deserialize(value.clone()) {
+            Ok(parsed) => return Ok(parsed),
+            Err(error) => error,
+        };
         let inner = error.path().to_string();
         let path = match inner.as_str() {
             "." => base.to_string(),
@@ -257,21 +268,49 @@ fn deserialize_at<T: DeserializeOwned>(
             _ if inner.starts_with('[') => format!("{base}{inner}"),
             _ => format!("{base}.{inner}"),
         };
+        let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
         let reason = clean_message(&error.into_inner().to_string());
+        if !reason.starts_with("unknown field") {
+            issues.push(Issue::at(path, reason));
+            return Err(Invalid);
+        }
         // serde names the unknown key in the path; point at the key itself,
         // since the key is the typo.
-        let (reason, anchor) = if reason.starts_with("unknown field") {
-            (with_suggestion(reason), Anchor::Key)
-        } else {
-            (reason, Anchor::Value)
-        };
         issues.push(Issue {
             path,
-            reason,
-            anchor,
+            reason: with_suggestion(reason),
+            anchor: Anchor::Key,
         });
-        Invalid
-    })
+        if !remove_at(&mut value, &segments) {
+            return Err(Invalid);
+        }
+    }
+    Err(Invalid)
+}
+
+/// Removes the mapping entry at `path` (the last segment is its key); false
+/// when there is none.
+fn remove_at(value: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Seq { index } => node.as_sequence_mut().and_then(|s| s.get_mut(*index)),
+            Segment::Map { key } => node.as_mapping_mut().and_then(|m| m.get_mut(key.as_str())),
+            _ => None,
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match (last, node.as_mapping_mut()) {
+        (Segment::Map { key }, Some(mapping)) => mapping.remove(key.as_str()).is_some(),
+        _ => false,
+    }
 }
 
 /// Adds "did you mean" to serde's "unknown field `wieght`, expected one of
