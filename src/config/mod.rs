@@ -276,12 +276,13 @@ fn deserialize_at<T: DeserializeOwned>(
         }
         // serde names the unknown key in the path; point at the key itself,
         // since the key is the typo.
+        let (reason, meant) = with_suggestion(reason);
         issues.push(Issue {
             path,
-            reason: with_suggestion(reason),
+            reason,
             anchor: Anchor::Key,
         });
-        if !remove_at(&mut value, &segments) {
+        if !remove_at(&mut value, &segments, meant.as_deref()) {
             return Err(Invalid);
         }
     }
@@ -289,8 +290,14 @@ fn deserialize_at<T: DeserializeOwned>(
 }
 
 /// Removes the mapping entry at `path` (the last segment is its key); false
-/// when there is none.
-fn remove_at(value: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
+/// when there is none. With `meant` (the key it surely stands for, when that
+/// one is not written too) the value is kept under that key, so it is still
+/// checked and no "missing" error follows the typo.
+fn remove_at(
+    value: &mut Value,
+    path: &[serde_path_to_error::Segment],
+    meant: Option<&str>,
+) -> bool {
     use serde_path_to_error::Segment;
     let Some((last, parents)) = path.split_last() else {
         return false;
@@ -307,27 +314,35 @@ fn remove_at(value: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
             None => return false,
         }
     }
-    match (last, node.as_mapping_mut()) {
-        (Segment::Map { key }, Some(mapping)) => mapping.remove(key.as_str()).is_some(),
-        _ => false,
+    let (Segment::Map { key }, Some(mapping)) = (last, node.as_mapping_mut()) else {
+        return false;
+    };
+    let Some(removed) = mapping.remove(key.as_str()) else {
+        return false;
+    };
+    if let Some(meant) = meant.filter(|m| !mapping.contains_key(*m)) {
+        mapping.insert(Value::String(meant.to_string()), removed);
     }
+    true
 }
 
 /// Adds "did you mean" to serde's "unknown field `wieght`, expected one of
-/// `name`, ..., `weight`" when one expected field is a small edit away.
-fn with_suggestion(reason: String) -> String {
+/// `name`, ..., `weight`" when one expected field is a small edit away, and
+/// returns that field.
+fn with_suggestion(reason: String) -> (String, Option<String>) {
     let mut quoted = reason.split('`').skip(1).step_by(2);
     let Some(unknown) = quoted.next() else {
-        return reason;
+        return (reason, None);
     };
     let best = quoted
         .map(|field| (edit_distance(unknown, field), field))
         .min_by_key(|(distance, _)| *distance);
     match best {
         Some((distance, field)) if distance <= 2 && distance < unknown.len() => {
-            format!("{reason}; did you mean `{field}`?")
+            let field = field.to_string();
+            (format!("{reason}; did you mean `{field}`?"), Some(field))
         }
-        _ => reason,
+        _ => (reason, None),
     }
 }
 
@@ -505,11 +520,18 @@ services:
     fn unknown_fields_get_a_suggestion() {
         assert_eq!(
             with_suggestion("unknown field `wieght`, expected one of `name`, `weight`".into()),
-            "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
+            (
+                "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
+                    .to_string(),
+                Some("weight".to_string())
+            )
         );
         assert_eq!(
             with_suggestion("unknown field `colour`, expected `cert` or `key`".into()),
-            "unknown field `colour`, expected `cert` or `key`"
+            (
+                "unknown field `colour`, expected `cert` or `key`".to_string(),
+                None
+            )
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "ab"), 2);
