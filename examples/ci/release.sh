@@ -5,7 +5,9 @@
 #   release.sh start     set the canary's revision and the rollout block in
 #                        $CONFIG_FILE and check it (offline: the pipeline that
 #                        edits the file has no secrets); exit 0 with the file
-#                        changed, or 10 when it already says $REVISION (a re-run)
+#                        changed, 10 when it already rolls out $REVISION (a
+#                        re-run: gate on that rollout), 11 when $REVISION is
+#                        already stable (nothing to do)
 #   release.sh loaded    wait until veer has loaded $REVISION (exit 0), or
 #                        fail when veer refused the new file (exit 4)
 #   release.sh gate      `veer wait` with a timeout computed from the
@@ -48,8 +50,14 @@ status_json() {
 case "$phase" in
 start)
     : "${CONFIG_FILE:?set CONFIG_FILE}"
-    current=$(SERVICE=$SERVICE yq '.services[] | select(.name == strenv(SERVICE)) | .versions[] | select(.name == "canary") | .revision' "$CONFIG_FILE")
-    if [ "$current" = "$REVISION" ]; then
+    revision_of() {
+        SERVICE=$SERVICE VERSION=$1 yq '.services[] | select(.name == strenv(SERVICE)) | .versions[] | select(.name == strenv(VERSION)) | .revision' "$CONFIG_FILE"
+    }
+    if [ "$(revision_of stable)" = "$REVISION" ]; then
+        say "$SERVICE $REVISION is already the stable revision; nothing to release"
+        exit 11
+    fi
+    if [ "$(revision_of canary)" = "$REVISION" ]; then
         # A re-run of the same release: the file already asks for it, and
         # veer already has (or had) its rollout. Committing nothing is right;
         # the gate reports how that rollout stands (a rolled-back revision
