@@ -24,7 +24,8 @@ use release_support::{Load, BIN};
 use support::binary::VeerProcess;
 use support::upstream::Upstream;
 
-const GUARD: &str = "    guard: { baseline: stable, interval: 100ms, window: 2s, min_requests: 10, \
+const GUARD: &str =
+    "    guard: { baseline: stable, interval: 100ms, window: 2s, min_requests: 10, \
                      consecutive: 2, max_error_rate: 0.2 }\n";
 
 struct Site {
@@ -165,7 +166,10 @@ async fn the_release_script_acts_on_every_answer_of_a_local_veer() {
     let (code, out) = run("gate", &env("2.0.0"));
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("web 2.0.0 completed"), "{out}");
-    assert!(out.contains("waiting up to 9"), "the computed timeout: {out}");
+    assert!(
+        out.contains("waiting up to 9"),
+        "the computed timeout: {out}"
+    );
     if yq {
         let (code, out) = run("finish", &env("2.0.0"));
         assert_eq!(code, Some(0), "{out}");

@@ -389,3 +389,19 @@ async fn run_time_weights_follow_the_config_rules_and_a_latched_version_is_refus
     .await;
     f.shutdown().await;
 }
+
+/// A guard with nowhere to keep its latches: `veer run` warns at start, as
+/// `veer check` does, and still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn veer_run_warns_at_start_when_a_guard_has_no_state_dir() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let mut proxy = VeerProcess::start(BIN, &web_yaml(&versions(&stable, &canary), GUARD, None));
+    let out = proxy.output();
+    assert!(
+        out.contains("services[0].guard: warning: no state_dir: service `web` has a guard"),
+        "{out}"
+    );
+    proxy.signal("TERM");
+    proxy.wait_exit(LIMIT).await;
+}
