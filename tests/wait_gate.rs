@@ -127,7 +127,7 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
         + "    rollout:\n      candidate: canary\n      steps:\n\
            \x20       - {weight: 10, hold: 200ms}\n\
            \x20       - {weight: 50, hold: manual}\n\
-           \x20       - 100\n      hold: 300ms\n";
+           \x20       - 100\n      hold: 2s\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     let first = f.rollout().await;
@@ -167,12 +167,14 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
     );
 
     veer_ok(&["promote", "web", "--admin", &admin], 0).await;
-    // The last step holds for the rollout's 300ms; its least remaining time
-    // sets the default timeout, printed at start.
-    let (code, out) = wait_code(&["wait", "web", "--admin", &admin]).await;
+    // The last step holds for the rollout's 2s; its least remaining time
+    // sets the default timeout, printed once, at start.
+    let (code, out) = wait_code(&["wait", "web", "--revision", "1.2.0", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("no --timeout given; waiting at most 10m"),
+    assert_eq!(
+        out.matches("no --timeout given; waiting at most 10m")
+            .count(),
+        1,
         "{out}"
     );
     assert!(out.contains("rollout completed"), "{out}");

@@ -71,6 +71,9 @@ pub async fn wait(
         );
     }
     let mut printed = Printed::default();
+    // Without --timeout: whether the bound was taken from the rollout yet
+    // (once, when veer first shows the rollout waited for).
+    let mut sized = false;
     let mut reached = false;
     let mut failing_since: Option<(Instant, u32)> = None;
     loop {
@@ -110,7 +113,8 @@ pub async fn wait(
                         String::new(),
                     );
                 } else {
-                    if timeout.is_none() && (deadline.is_none() || revision.is_some()) {
+                    if timeout.is_none() && !sized {
+                        sized = true;
                         match default_timeout(rollout) {
                             Some(t) => {
                                 deadline = Some(Instant::now() + t);
