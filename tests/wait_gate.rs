@@ -193,6 +193,11 @@ async fn off_a_terminal_veer_wait_prints_changes_only() {
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     veer_ok(&["pause", "web", "--admin", &admin], 0).await;
+    // The guard has judged once: its verdict will not change from here on.
+    f.wait_web(LIMIT, "a first guard verdict", |w| {
+        release_support::version(w, "canary")["guard_verdict"].is_string()
+    })
+    .await;
     let out = veer(&["wait", "web", "--admin", &admin, "--timeout", "3s"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
