@@ -83,9 +83,10 @@ fn check_reads_the_admin_token_unless_offline() {
     assert_eq!(
         text(&output.stdout),
         format!(
-            "{}: ok\noffline: not read (`veer run` will read them; check them where they are): admin.token_file ({})\n",
+            "{}: ok\noffline: not read (`veer run` will read them; check them where they are): admin.token_file ({}), state_dir ({})\n",
             path.display(),
-            token.display()
+            token.display(),
+            dir.path().join("state").display()
         )
     );
 
@@ -205,6 +206,26 @@ fn a_missing_file_fails() {
         format!(
             "{}:1:1: (file): cannot read the config file: No such file or directory (os error 2)",
             path.display()
+        )
+    );
+}
+
+/// `state_dir` naming a file: refused by `check` as `run` would fail on it.
+#[test]
+fn a_state_dir_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("veer.yaml");
+    let yaml = WITH_TOKEN.replace("  token_file: secrets/admin-token\n", "");
+    std::fs::write(&path, yaml).expect("write config");
+    std::fs::write(dir.path().join("state"), "not a directory").expect("write file");
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+    assert_eq!(
+        text(&output.stderr).trim_end(),
+        format!(
+            "{}:6:12: state_dir: {} exists and is not a directory: name a directory veer may create and write",
+            path.display(),
+            dir.path().join("state").display()
         )
     );
 }

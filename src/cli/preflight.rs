@@ -86,12 +86,16 @@ fn persistence(config: &Config) -> Option<FileIssue> {
     })
 }
 
-/// Every file the config names, as `field (path)`.
+/// Every file and directory the config names, as `field (path)`.
 fn named_files(config: &Config) -> Vec<String> {
     let mut files = Vec::new();
     let mut add = |field: String, path: &Path| files.push(format!("{field} ({})", path.display()));
     if let Some(path) = &config.admin.token_file {
         add("admin.token_file".into(), path);
+    }
+    // Where veer runs, not where the pipeline checks.
+    if let Some(dir) = &config.state_dir {
+        add("state_dir".into(), dir);
     }
     for (i, listener) in config.listeners.iter().enumerate() {
         let Some(tls) = &listener.tls else { continue };
