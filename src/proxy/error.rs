@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
+use crate::telemetry::ClientFault;
 use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
@@ -42,6 +43,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
             ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
+            ProxyError::Upstream { error, .. } if error.is_client() => Source::Client,
             ProxyError::Upstream { .. } => Source::Upstream,
         }
     }
@@ -73,7 +75,22 @@ impl ProxyError {
     /// The upstream failure this error counts as, if it is one.
     pub fn failure_reason(&self) -> Option<FailureReason> {
         match self {
-            ProxyError::Upstream { error, .. } => Some(error.reason()),
+            ProxyError::Upstream { error, .. } => error.reason(),
+            _ => None,
+        }
+    }
+
+    /// The client's fault this error counts as, if it is one.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed, .. },
+                ..
+            } => Some(if *malformed {
+                ClientFault::Malformed
+            } else {
+                ClientFault::Upload
+            }),
             _ => None,
         }
     }
@@ -94,6 +111,12 @@ impl ProxyError {
                 UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
                 UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
                 UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls"),
+                UpstreamError::ClientBody {
+                    malformed: true, ..
+                } => (StatusCode::BAD_REQUEST, "malformed-request-body"),
+                UpstreamError::ClientBody {
+                    malformed: false, ..
+                } => (StatusCode::BAD_REQUEST, "incomplete-request-body"),
             },
         }
     }
@@ -131,6 +154,20 @@ impl std::fmt::Display for ProxyError {
             ProxyError::NoEndpoint { service, version } => write!(
                 f,
                 "veer: version `{version}` of service `{service}` has no endpoint that can take the request"
+            ),
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed: true, .. },
+                ..
+            } => write!(
+                f,
+                "veer: the request body is malformed (invalid chunked framing); fix the client's encoding"
+            ),
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed: false, .. },
+                ..
+            } => write!(
+                f,
+                "veer: the request body ended before it was complete; send the whole body"
             ),
             ProxyError::Upstream {
                 service,
