@@ -40,9 +40,9 @@ use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::Telemetry;
 use crate::upstream::body::ClientBodyWatch;
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
-use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 pub use body::ProxyBody;
 pub use error::ProxyError;
+use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 
 /// What the proxy knows about the client connection a request came on; built
 /// once per connection.
@@ -307,10 +307,7 @@ impl ProxyService {
         };
         let answered = Answered {
             status: response.status(),
-            endpoint: self
-                .shared
-                .record
-                .then(|| Arc::clone(lease.endpoint())),
+            endpoint: self.shared.record.then(|| Arc::clone(lease.endpoint())),
             failure: None,
             client: None,
             latency,
@@ -445,7 +442,8 @@ impl ProxyService {
                             unsent: None,
                         });
                     };
-                    self.shared.count_failure(service, endpoint, reason.as_str());
+                    self.shared
+                        .count_failure(service, endpoint, reason.as_str());
                     match failed.request {
                         // Nothing reached the upstream: safe to try another one.
                         Some(unsent) if !retried && endpoints.len() > 1 => {
@@ -475,7 +473,6 @@ impl ProxyService {
             }
         }
     }
-
 }
 
 impl Shared {

@@ -257,7 +257,8 @@ impl Telemetry {
             l
         };
         let r = &self.recorder;
-        let requests: Box<[OnceLock<Counter>]> = (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
+        let requests: Box<[OnceLock<Counter>]> =
+            (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
         for code in COMMON_STATUSES {
             let _ = requests[usize::from(code - 100)].set(counter(
                 r,
@@ -275,7 +276,13 @@ impl Telemetry {
                 ClientFault::Upload,
                 ClientFault::Disconnect,
             ]
-            .map(|fault| counter(r, "veer_client_aborts_total", with("reason", fault.as_str()))),
+            .map(|fault| {
+                counter(
+                    r,
+                    "veer_client_aborts_total",
+                    with("reason", fault.as_str()),
+                )
+            }),
             failures: [
                 FailureReason::Connect,
                 FailureReason::Timeout,
