@@ -233,7 +233,7 @@ async fn breaking_upstream() -> (SocketAddr, Arc<AtomicU64>) {
                     }
                     if n % 10 < 3 {
                         let _ = stream.write_all(&[b'x'; 10]).await;
-                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                         return;
                     }
                     if stream.write_all(&[b'x'; 1000]).await.is_err() {

@@ -109,6 +109,11 @@ impl Body for ProxyBody {
                 finish,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, finish.as_mut()) {
+                    if let Some(data) = frame.data_ref() {
+                        finish.sent(data.len());
+                    }
+                }
                 let end = match &polled {
                     Poll::Ready(None) => Some(End::Complete),
                     Poll::Ready(Some(Err(_))) => Some(End::Failed),
@@ -133,7 +138,12 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Full { bytes, finish } => {
-                let frame = bytes.take().map(|b| Ok(Frame::data(b)));
+                let frame = bytes.take().map(|b| {
+                    if let Some(finish) = finish.as_mut() {
+                        finish.sent(b.len());
+                    }
+                    Ok(Frame::data(b))
+                });
                 drop(finish.take());
                 Poll::Ready(frame)
             }

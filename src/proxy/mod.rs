@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
@@ -37,6 +38,7 @@ use crate::config::Protocol;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
+use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
 use crate::upstream::body::ClientBodyWatch;
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
@@ -94,16 +96,27 @@ pub(crate) struct Shared {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     health: HealthSender,
+    /// The access log, when configured; it also turns request ids on.
+    access: Option<AccessLog>,
     /// `VEER_BENCH_NO_TELEMETRY=1` skips recording outcomes: only for
     /// measuring what telemetry costs (the guard is blind without it).
     record: bool,
 }
+
+/// The request id header: propagated when the client sent one, generated
+/// when not (with the access log on), and set on the upstream request and
+/// on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id from the client longer than this is replaced.
+const MAX_REQUEST_ID: usize = 200;
 
 impl ProxyService {
     pub fn new(
         published: Arc<ArcSwap<Snapshot>>,
         telemetry: Arc<Telemetry>,
         health: HealthSender,
+        access: Option<AccessLog>,
     ) -> ProxyService {
         let record = std::env::var_os("VEER_BENCH_NO_TELEMETRY").is_none_or(|v| v != "1");
         if !record {
@@ -116,6 +129,7 @@ impl ProxyService {
                 published,
                 telemetry,
                 health,
+                access,
                 record,
             }),
         }
@@ -146,6 +160,7 @@ impl ProxyService {
         started: Instant,
         answered: Answered,
         body_watch: Option<&ClientBodyWatch>,
+        log: Option<Box<Entry>>,
     ) -> Option<Finish> {
         self.shared.record.then(|| {
             Finish::new(
@@ -156,6 +171,7 @@ impl ProxyService {
                 started,
                 answered,
                 body_watch.cloned(),
+                log,
             )
         })
     }
@@ -168,6 +184,8 @@ impl ProxyService {
         at: (usize, usize),
         started: Instant,
         error: ProxyError,
+        log: Option<Box<Entry>>,
+        request_id: Option<HeaderValue>,
     ) -> Response<ProxyBody> {
         log_failure(&error);
         let answered = Answered {
@@ -177,8 +195,11 @@ impl ProxyService {
             client: error.client_fault(),
             latency: started.elapsed(),
         };
-        let finish = self.finish(snapshot, at, started, answered, None);
-        let response = error.into_response();
+        let finish = self.finish(snapshot, at, started, answered, None, log);
+        let mut response = error.into_response();
+        if let Some(id) = request_id {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
         match finish {
             Some(finish) => response.map(|body| body.with_finish(finish)),
             None => response,
@@ -233,6 +254,33 @@ impl ProxyService {
         if let Some((header, identity)) = &client.identity {
             headers::set_identity(&mut parts.headers, header, identity.as_ref());
         }
+        // The request id and access log entry, when the log is on.
+        let (request_id, mut log) = match &self.shared.access {
+            None => (None, None),
+            Some(access) => {
+                let id = request_id(&mut parts.headers);
+                let entry = access.sampled().then(|| {
+                    Box::new(Entry {
+                        at: std::time::SystemTime::UNIX_EPOCH,
+                        request_id: id.clone(),
+                        client_ip: client.ip.clone(),
+                        method: parts.method.clone(),
+                        host: host_value.clone(),
+                        path: parts.uri.path_and_query().cloned(),
+                        service: Arc::clone(&service.name),
+                        version: Arc::clone(&service.versions[version_index].name),
+                        endpoint: None,
+                        status: 0,
+                        outcome: "ok",
+                        reason: None,
+                        bytes: 0,
+                        ttfb: Duration::ZERO,
+                        total: Duration::ZERO,
+                    })
+                });
+                (Some(id), entry)
+            }
+        };
         let body = RequestBody::client(body);
         let body_watch = body.watch().cloned();
         let mut outgoing = Request::from_parts(parts, body);
@@ -284,6 +332,7 @@ impl ProxyService {
                         started,
                         answered,
                         None,
+                        None,
                     ));
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
@@ -302,7 +351,7 @@ impl ProxyService {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                return Ok(self.fail(&snapshot, at, started, error));
+                return Ok(self.fail(&snapshot, at, started, error, log, request_id));
             }
         };
         let answered = Answered {
@@ -312,7 +361,19 @@ impl ProxyService {
             client: None,
             latency,
         };
-        let mut finish = self.finish(&snapshot, at, started, answered, body_watch.as_ref());
+        let mut finish = self.finish(
+            &snapshot,
+            at,
+            started,
+            answered,
+            body_watch.as_ref(),
+            log.take(),
+        );
+        if let Some(id) = request_id {
+            if !response.headers().contains_key(REQUEST_ID) {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
+        }
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // An upgrade's outcome is its `101`: what follows is a tunnel.
             if let Some(mut finish) = finish.take() {
@@ -494,6 +555,20 @@ impl Shared {
             });
         }
     }
+}
+
+/// The request's id: the client's `x-request-id` when it sent a usable one,
+/// else a new random one, set on the request for the upstream.
+fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        if !id.is_empty() && id.len() <= MAX_REQUEST_ID {
+            return id.clone();
+        }
+    }
+    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID, id.clone());
+    id
 }
 
 /// Gives the request the form its upstream protocol wants: origin-form URI

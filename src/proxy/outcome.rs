@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::snapshot::Snapshot;
+use crate::telemetry::access::Entry;
 use crate::telemetry::{ClientFault, Outcome, VersionStats};
 use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
 use crate::upstream::error::FailureReason;
@@ -75,6 +76,10 @@ pub struct Finish {
     client: Option<ClientFault>,
     /// Hears of the client's body failing after the head was sent.
     body_watch: Option<ClientBodyWatch>,
+    /// Response body bytes handed to the client (for the access log).
+    bytes: u64,
+    /// This request's access log entry, when it is logged.
+    log: Option<Box<Entry>>,
     on_drop: End,
     done: bool,
 }
@@ -98,6 +103,7 @@ impl Finish {
         started: Instant,
         answered: Answered,
         body_watch: Option<ClientBodyWatch>,
+        log: Option<Box<Entry>>,
     ) -> Finish {
         Finish {
             shared,
@@ -111,6 +117,8 @@ impl Finish {
             failure: answered.failure,
             client: answered.client,
             body_watch,
+            bytes: 0,
+            log,
             on_drop: End::ClientGone,
             done: false,
         }
@@ -121,6 +129,12 @@ impl Finish {
     /// or not the client read it.
     pub fn drop_means(&mut self, end: End) {
         self.on_drop = end;
+    }
+
+    /// Counts body bytes handed to the client.
+    #[inline]
+    pub fn sent(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
     }
 
     fn stats(&self) -> &VersionStats {
@@ -169,6 +183,24 @@ impl Finish {
                 }
                 (None, None) => endpoint.health.record_success(),
             }
+        }
+        if let (Some(mut entry), Some(access)) = (self.log.take(), &self.shared.access) {
+            let service = &self.snapshot.services[self.service];
+            entry.at = std::time::SystemTime::now();
+            entry.service = Arc::clone(&service.name);
+            entry.version = Arc::clone(&service.versions[self.version].name);
+            entry.endpoint = self.endpoint.as_ref().map(|e| e.addr());
+            entry.status = self.status.as_u16();
+            (entry.outcome, entry.reason) = match (failure, client) {
+                (Some(reason), _) => ("error", Some(reason.as_str())),
+                (None, Some(fault)) => ("client", Some(fault.as_str())),
+                (None, None) if outcome.is_error() => ("error", None),
+                (None, None) => ("ok", None),
+            };
+            entry.bytes = self.bytes;
+            entry.ttfb = outcome.latency;
+            entry.total = outcome.total;
+            access.log(entry);
         }
     }
 }

@@ -21,6 +21,7 @@
 //! version controls. The full duration, to the end of the response stream, is
 //! `veer_response_duration_seconds`.
 
+pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod histogram;
@@ -236,6 +237,12 @@ impl Telemetry {
             Label::new("reason", reason),
         ];
         counter(&self.recorder, "veer_tls_handshake_failures_total", labels)
+    }
+
+    /// `veer_access_log_dropped_total`: lines the access log's writer could
+    /// not keep up with.
+    pub fn access_log_dropped_counter(&self) -> Counter {
+        counter(&self.recorder, "veer_access_log_dropped_total", vec![])
     }
 
     pub fn count_unrouted(&self) {
@@ -519,6 +526,11 @@ fn describe(recorder: &PrometheusRecorder) {
         0,
     );
     d("veer_config_reloads_total", "Config reloads, by result.", 0);
+    d(
+        "veer_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind.",
+        0,
+    );
     d(
         "veer_rollout_step",
         "The rollout's current step, 1-based (0: no rollout).",
