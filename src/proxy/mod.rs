@@ -40,7 +40,7 @@ use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
-use crate::upstream::body::ClientBodyWatch;
+use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
 pub use body::ProxyBody;
 pub use error::ProxyError;
@@ -521,6 +521,17 @@ impl ProxyService {
                             })
                         }
                     }
+                }
+                // The client had not finished sending its body: the wait
+                // was for the client, not the upstream.
+                Err(_elapsed) if body_watch.is_some_and(|w| !w.is_complete()) => {
+                    return Err(SendFailure {
+                        error: Some(UpstreamError::ClientBody {
+                            fault: ClientBodyFault::Slow,
+                            cause: format!("request body incomplete after {:?}", timeouts.request),
+                        }),
+                        unsent: None,
+                    });
                 }
                 Err(_elapsed) => {
                     self.shared.count_failure(service, endpoint, "timeout");
