@@ -326,14 +326,16 @@ impl ProxyService {
                     };
                     // The failed attempt is the version's outcome; its stream
                     // ended here.
-                    drop(self.finish(
+                    if let Some(mut finish) = self.finish(
                         &snapshot,
                         (service_index, version_index),
                         started,
                         answered,
                         None,
                         None,
-                    ));
+                    ) {
+                        finish.end(None, End::Complete);
+                    }
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
                     attempt_at = Instant::now();
