@@ -33,6 +33,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::config::Protocol;
+use crate::grpc;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
@@ -118,11 +119,13 @@ impl ProxyService {
         client: &ClientInfo,
         timer: &mut Option<RequestTimer>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        // A gRPC client is answered in gRPC's terms (see `error`).
+        let grpc = grpc::kind(request.headers());
         match self.forward(request, client, timer).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 log_failure(&error);
-                Ok(error.into_response())
+                Ok(error.into_response_for(grpc))
             }
         }
     }
@@ -175,6 +178,9 @@ impl ProxyService {
         if let Some((header, identity)) = &client.identity {
             headers::set_identity(&mut parts.headers, header, identity.as_ref());
         }
+        // A gRPC caller's deadline runs from its call's arrival, across
+        // every attempt.
+        let call_deadline = grpc::timeout(&parts.headers).map(|t| started + t);
         let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
 
         // 4. send; a request a non-baseline version could not even take is
@@ -194,6 +200,7 @@ impl ProxyService {
                     upgrade,
                     timer,
                     attempt_at,
+                    call_deadline,
                 )
                 .await
             {
@@ -330,7 +337,7 @@ impl ProxyService {
     /// Sends to one endpoint of the version, and once more to another when
     /// the first attempt delivered nothing (refused, or reset before a byte
     /// was sent). `timeouts.request` bounds each attempt's wait for the
-    /// response head. Each attempt's outcome feeds the endpoint's failure
+    /// response head, and a gRPC caller's `call_deadline` all of them. Each attempt's outcome feeds the endpoint's failure
     /// streak (passive ejection).
     async fn send(
         &self,
@@ -340,6 +347,7 @@ impl ProxyService {
         upgrade: bool,
         timer: &mut Option<RequestTimer>,
         mut attempt_at: Instant,
+        call_deadline: Option<Instant>,
     ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
         let Some(mut chosen) = balance::pick(endpoints, None) else {
@@ -351,7 +359,10 @@ impl ProxyService {
         let mut retried = false;
         loop {
             let endpoint = &endpoints[chosen];
-            let deadline = attempt_at + timeouts.request;
+            let deadline = match call_deadline {
+                Some(call) => call.min(attempt_at + timeouts.request),
+                None => attempt_at + timeouts.request,
+            };
             let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             timer.as_mut().reset(deadline);
             let attempt = tokio::select! {
