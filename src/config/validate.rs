@@ -632,6 +632,7 @@ impl Validator {
         let rollout = raw
             .rollout
             .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+        let grpc = super::grpc::validate(&format!("{path}.grpc"), raw.grpc, &mut self.issues);
 
         Some(Service {
             name: raw.name?,
@@ -653,6 +654,7 @@ impl Validator {
             slow_start: slow_start.ok()?,
             guard: optional(guard)?,
             rollout: optional(rollout)?,
+            grpc: grpc?,
         })
     }
 
@@ -1340,6 +1342,7 @@ impl Validator {
             on_revert: on_revert?,
             webhook: webhook.ok()?,
             wilson: wilson?,
+            per_method: raw.per_method.unwrap_or(false),
         })
     }
 
