@@ -14,6 +14,7 @@ use http::{Response, StatusCode};
 use super::body::ProxyBody;
 use crate::grpc::{self, Code};
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
+use crate::telemetry::ClientFault;
 use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
@@ -49,6 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
             ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
+            ProxyError::Upstream { error, .. } if error.is_client() => Source::Client,
             ProxyError::Upstream { .. } => Source::Upstream,
         }
     }
@@ -80,7 +82,22 @@ impl ProxyError {
     /// The upstream failure this error counts as, if it is one.
     pub fn failure_reason(&self) -> Option<FailureReason> {
         match self {
-            ProxyError::Upstream { error, .. } => Some(error.reason()),
+            ProxyError::Upstream { error, .. } => error.reason(),
+            _ => None,
+        }
+    }
+
+    /// The client's fault this error counts as, if it is one.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed, .. },
+                ..
+            } => Some(if *malformed {
+                ClientFault::Malformed
+            } else {
+                ClientFault::Upload
+            }),
             _ => None,
         }
     }
@@ -101,6 +118,12 @@ impl ProxyError {
                 UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
                 UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
                 UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls"),
+                UpstreamError::ClientBody {
+                    malformed: true, ..
+                } => (StatusCode::BAD_REQUEST, "malformed-request-body"),
+                UpstreamError::ClientBody {
+                    malformed: false, ..
+                } => (StatusCode::BAD_REQUEST, "incomplete-request-body"),
             },
         }
     }
@@ -119,6 +142,14 @@ impl ProxyError {
                 | UpstreamError::Reset { .. }
                 | UpstreamError::Protocol { .. }
                 | UpstreamError::Tls { .. } => Code::Unavailable,
+                // What a gRPC server answers a client whose frames it cannot
+                // read, and one that stopped sending.
+                UpstreamError::ClientBody {
+                    malformed: true, ..
+                } => Code::Internal,
+                UpstreamError::ClientBody {
+                    malformed: false, ..
+                } => Code::Cancelled,
             },
         }
     }
@@ -185,6 +216,20 @@ impl std::fmt::Display for ProxyError {
             ProxyError::NoEndpoint { service, version } => write!(
                 f,
                 "veer: version `{version}` of service `{service}` has no endpoint that can take the request"
+            ),
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed: true, .. },
+                ..
+            } => write!(
+                f,
+                "veer: the request body is malformed (invalid chunked framing); fix the client's encoding"
+            ),
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { malformed: false, .. },
+                ..
+            } => write!(
+                f,
+                "veer: the request body ended before it was complete; send the whole body"
             ),
             ProxyError::Upstream {
                 service,

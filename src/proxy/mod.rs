@@ -16,6 +16,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod outcome;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -37,9 +38,10 @@ use crate::grpc;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
-use crate::telemetry::{Outcome, Telemetry};
+use crate::telemetry::Telemetry;
+use crate::upstream::body::ClientBodyWatch;
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
-use body::Finish;
+use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 pub use body::ProxyBody;
 pub use error::ProxyError;
 
@@ -84,6 +86,12 @@ pub type RequestTimer = Pin<Box<tokio::time::Sleep>>;
 /// The request-path service; cheap to clone.
 #[derive(Clone)]
 pub struct ProxyService {
+    shared: Arc<Shared>,
+}
+
+/// What every request of every connection reads; each request's pending
+/// outcome holds it too.
+pub(crate) struct Shared {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     health: HealthSender,
@@ -105,10 +113,12 @@ impl ProxyService {
             );
         }
         ProxyService {
-            published,
-            telemetry,
-            health,
-            record,
+            shared: Arc::new(Shared {
+                published,
+                telemetry,
+                health,
+                record,
+            }),
         }
     }
 
@@ -130,6 +140,54 @@ impl ProxyService {
         }
     }
 
+    /// The pending outcome of a request answered by `version` (`None` when
+    /// outcomes are not recorded).
+    fn finish(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        (service, version): (usize, usize),
+        started: Instant,
+        answered: Answered,
+        body_watch: Option<&ClientBodyWatch>,
+    ) -> Option<Finish> {
+        self.shared.record.then(|| {
+            Finish::new(
+                Arc::clone(&self.shared),
+                Arc::clone(snapshot),
+                service,
+                version,
+                started,
+                answered,
+                body_watch.cloned(),
+            )
+        })
+    }
+
+    /// A failure veer answers itself for `version`, its outcome recorded
+    /// with it.
+    fn fail(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        at: (usize, usize),
+        started: Instant,
+        error: ProxyError,
+    ) -> Response<ProxyBody> {
+        log_failure(&error);
+        let answered = Answered {
+            status: error.status(),
+            endpoint: None,
+            failure: error.failure_reason(),
+            client: error.client_fault(),
+            latency: started.elapsed(),
+        };
+        let finish = self.finish(snapshot, at, started, answered, None);
+        let response = error.into_response();
+        match finish {
+            Some(finish) => response.map(|body| body.with_finish(finish)),
+            None => response,
+        }
+    }
+
     async fn forward(
         &self,
         request: Request<Incoming>,
@@ -147,9 +205,9 @@ impl ProxyService {
         let Some(host) = host_value.as_ref().and_then(|h| h.to_str().ok()) else {
             return Err(ProxyError::MissingHost);
         };
-        let snapshot = self.published.load_full();
+        let snapshot = self.shared.published.load_full();
         let Some(service_index) = snapshot.routes.find(host, parts.uri.path()) else {
-            self.telemetry.count_unrouted();
+            self.shared.telemetry.count_unrouted();
             return Err(ProxyError::NoRoute {
                 host: host.to_string(),
                 path: parts.uri.path().to_string(),
@@ -181,7 +239,9 @@ impl ProxyService {
         // A gRPC caller's deadline runs from its call's arrival, across
         // every attempt.
         let call_deadline = grpc::timeout(&parts.headers).map(|t| started + t);
-        let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
+        let body = RequestBody::client(body);
+        let body_watch = body.watch().cloned();
+        let mut outgoing = Request::from_parts(parts, body);
 
         // 4. send; a request a non-baseline version could not even take is
         // given to the baseline once, and still counts against that version.
@@ -189,8 +249,13 @@ impl ProxyService {
         // The first attempt's clock starts with the request (routing took
         // microseconds), which saves a clock read on the hot path.
         let mut attempt_at = started;
-        let (sent, version) = loop {
+        // Counts the client leaving while the upstream is awaited.
+        let mut gone = GoneBeforeAnswer(None);
+        let sent = loop {
             let version = &service.versions[version_index];
+            if self.shared.record {
+                gone.0 = Some(&version.stats);
+            }
             fit_protocol(&mut outgoing, version, host_value.as_ref());
             match self
                 .send(
@@ -201,6 +266,7 @@ impl ProxyService {
                     timer,
                     attempt_at,
                     call_deadline,
+                    body_watch.as_ref(),
                 )
                 .await
             {
@@ -209,52 +275,59 @@ impl ProxyService {
                     unsent: Some(unsent),
                 }) if baseline.is_some_and(|b| b != version_index) => {
                     let error = ProxyError::from_send(service, version, error);
-                    if self.record {
-                        version.stats.record(
-                            self.telemetry.elapsed(Instant::now()),
-                            &Outcome {
-                                status: error.status(),
-                                failure: error.failure_reason(),
-                                latency: started.elapsed(),
-                            },
-                        );
-                    }
                     tracing::debug!("{error}; falling back to the baseline");
+                    let answered = Answered {
+                        status: error.status(),
+                        endpoint: None,
+                        failure: error.failure_reason(),
+                        client: error.client_fault(),
+                        latency: started.elapsed(),
+                    };
+                    // The failed attempt is the version's outcome; its stream
+                    // ended here.
+                    drop(self.finish(
+                        &snapshot,
+                        (service_index, version_index),
+                        started,
+                        answered,
+                        None,
+                    ));
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
                     attempt_at = Instant::now();
                 }
-                sent => break (sent, version),
+                sent => break sent,
             }
         };
+        gone.0 = None;
 
-        // 5. answer, and record the outcome once
+        // 5. answer; the outcome is recorded when the response stream ends
         let latency = started.elapsed();
-        let elapsed = self.telemetry.elapsed(started + latency);
+        let at = (service_index, version_index);
+        let version = &service.versions[version_index];
         let (mut response, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                let outcome = Outcome {
-                    status: error.status(),
-                    failure: error.failure_reason(),
-                    latency,
-                };
-                if self.record {
-                    version.stats.record(elapsed, &outcome);
-                }
-                return Err(error);
+                return Ok(self.fail(&snapshot, at, started, error));
             }
         };
-        let outcome = Outcome {
+        let answered = Answered {
             status: response.status(),
+            endpoint: self
+                .shared
+                .record
+                .then(|| Arc::clone(lease.endpoint())),
             failure: None,
+            client: None,
             latency,
         };
-        if self.record {
-            version.stats.record(elapsed, &outcome);
-        }
+        let mut finish = self.finish(&snapshot, at, started, answered, body_watch.as_ref());
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // An upgrade's outcome is its `101`: what follows is a tunnel.
+            if let Some(mut finish) = finish.take() {
+                finish.end(None, End::Complete);
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
             if let Some(client_upgrade) = client_upgrade {
@@ -271,9 +344,6 @@ impl ProxyService {
         if let Some(cookie) = minted_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        let finish = self
-            .record
-            .then(|| Finish::new(Arc::clone(&version.stats), started));
         Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
     }
 }
@@ -339,6 +409,7 @@ impl ProxyService {
     /// was sent). `timeouts.request` bounds each attempt's wait for the
     /// response head, and a gRPC caller's `call_deadline` all of them. Each attempt's outcome feeds the endpoint's failure
     /// streak (passive ejection).
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         service: &ServiceSnapshot,
@@ -348,6 +419,7 @@ impl ProxyService {
         timer: &mut Option<RequestTimer>,
         mut attempt_at: Instant,
         call_deadline: Option<Instant>,
+        body_watch: Option<&ClientBodyWatch>,
     ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
         let Some(mut chosen) = balance::pick(endpoints, None) else {
@@ -371,16 +443,20 @@ impl ProxyService {
                 () = timer.as_mut() => Err(()),
             };
             match attempt {
-                Ok(Ok(sent)) => {
-                    if service.outlier.count_5xx && sent.0.status().is_server_error() {
-                        self.count_failure(service, endpoint, "5xx");
-                    } else {
-                        endpoint.health.record_success();
-                    }
-                    return Ok(sent);
-                }
-                Ok(Err(failed)) => {
-                    self.count_failure(service, endpoint, failed.error.reason().as_str());
+                // The endpoint's streak hears of this answer when its
+                // stream ends (`outcome`).
+                Ok(Ok(sent)) => return Ok(sent),
+                Ok(Err(mut failed)) => {
+                    failed.error = failed.error.or_client(body_watch);
+                    let Some(reason) = failed.error.reason() else {
+                        // The client's body broke: nobody else is to blame,
+                        // and there is nothing left to send elsewhere.
+                        return Err(SendFailure {
+                            error: Some(failed.error),
+                            unsent: None,
+                        });
+                    };
+                    self.shared.count_failure(service, endpoint, reason.as_str());
                     match failed.request {
                         // Nothing reached the upstream: safe to try another one.
                         Some(unsent) if !retried && endpoints.len() > 1 => {
@@ -399,7 +475,7 @@ impl ProxyService {
                     }
                 }
                 Err(_elapsed) => {
-                    self.count_failure(service, endpoint, "timeout");
+                    self.shared.count_failure(service, endpoint, "timeout");
                     return Err(SendFailure {
                         error: Some(UpstreamError::Timeout {
                             addr: endpoint.addr(),
@@ -411,9 +487,12 @@ impl ProxyService {
         }
     }
 
+}
+
+impl Shared {
     /// Adds to the endpoint's failure streak and, each time the streak
     /// reaches the outlier threshold, asks the health runner to eject it.
-    fn count_failure(
+    pub(crate) fn count_failure(
         &self,
         service: &ServiceSnapshot,
         endpoint: &Arc<Endpoint>,
