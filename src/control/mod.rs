@@ -349,7 +349,7 @@ impl Control {
                     .iter()
                     .any(|(v, r)| **v == *version.name && **r == *version.revision)
                 {
-                    version.stats.window().reset();
+                    version.stats.reset();
                 }
             }
         }
@@ -531,7 +531,7 @@ impl Control {
             }
             let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
             for version in self.published.load().versions() {
-                version.stats.window().advance(elapsed);
+                version.stats.advance(elapsed);
             }
         }
     }

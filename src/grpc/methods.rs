@@ -71,28 +71,41 @@ impl MethodTable {
         self.slots.len()
     }
 
-    /// The stats `path` is counted under.
+    /// The slot `path` is counted under (`cap()`: `other`).
     #[inline]
-    pub fn get(&self, path: &str) -> &MethodStats {
+    pub fn id(&self, path: &str) -> usize {
         let published = self.published.load(Ordering::Acquire);
-        if let Some(found) = self.find(path, 0, published) {
+        if let Some(found) = self.find(path, published) {
             return found;
         }
         if self.full.load(Ordering::Relaxed) || !is_method(path) {
-            return &self.other;
+            return self.cap();
         }
         self.add(path)
     }
 
-    fn find(&self, path: &str, from: usize, to: usize) -> Option<&MethodStats> {
-        self.slots[from..to]
+    /// The stats of a slot from `id`.
+    #[inline]
+    pub fn stats(&self, id: usize) -> &MethodStats {
+        self.slots
+            .get(id)
+            .and_then(OnceLock::get)
+            .unwrap_or(&self.other)
+    }
+
+    /// The stats `path` is counted under.
+    pub fn get(&self, path: &str) -> &MethodStats {
+        self.stats(self.id(path))
+    }
+
+    fn find(&self, path: &str, published: usize) -> Option<usize> {
+        self.slots[..published]
             .iter()
-            .filter_map(OnceLock::get)
-            .find(|m| *m.name == *path)
+            .position(|m| m.get().is_some_and(|m| *m.name == *path))
     }
 
     #[cold]
-    fn add(&self, path: &str) -> &MethodStats {
+    fn add(&self, path: &str) -> usize {
         // A poisoned lock only means another adder panicked; the slots it
         // guards are still consistent (each is set once).
         let _adding = self
@@ -100,16 +113,16 @@ impl MethodTable {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let published = self.published.load(Ordering::Acquire);
-        if let Some(found) = self.find(path, 0, published) {
+        if let Some(found) = self.find(path, published) {
             return found;
         }
         let Some(slot) = self.slots.get(published) else {
             self.full.store(true, Ordering::Relaxed);
-            return &self.other;
+            return self.cap();
         };
-        let stats = slot.get_or_init(|| MethodStats::new(path, self.window));
+        slot.get_or_init(|| MethodStats::new(path, self.window));
         self.published.store(published + 1, Ordering::Release);
-        stats
+        published
     }
 
     /// Every method seen, then `other` (when it counted anything).

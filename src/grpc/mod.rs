@@ -236,6 +236,55 @@ pub fn status_from_head(status: StatusCode, headers: &HeaderMap) -> Option<Code>
     status_in(headers).or_else(|| (status != StatusCode::OK).then(|| Code::from_http(status)))
 }
 
+/// A gRPC call in flight: what its response head said and how its end is
+/// judged. Made when the head arrives, read when the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub kind: Kind,
+    /// The status known from the head: a trailers-only answer's, a non-200
+    /// HTTP status read as gRPC, or the code veer answered with itself.
+    pub head: Option<Code>,
+    /// The method's slot in the version's `methods::MethodTable`.
+    pub method: usize,
+    pub errors: ErrorCodes,
+}
+
+/// How a gRPC call ended, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub status: Status,
+    /// Whether the version is to blame.
+    pub error: bool,
+    pub method: usize,
+}
+
+impl Call {
+    /// Judges the call when its stream ends. `version_failed`: the stream
+    /// broke, or no upstream answered (veer's own answer); `client_fault`:
+    /// the caller went away or broke its own request.
+    pub fn end(&self, trailers: Option<&HeaderMap>, version_failed: bool, client_fault: bool) -> Ended {
+        let (status, error) = if client_fault {
+            // Whatever the upstream would have said, the caller cancelled.
+            (self.head.or(Some(Code::Cancelled)), false)
+        } else if version_failed {
+            (self.head, true)
+        } else {
+            let status = self.head.or_else(|| trailers.and_then(status_in));
+            match (self.kind, status) {
+                // grpc-web's trailers travel in the body, out of sight: a
+                // complete answer without a visible status is not judged.
+                (Kind::Web, None) => (None, false),
+                (_, status) => (status, self.errors.is_error(status)),
+            }
+        };
+        Ended {
+            status,
+            error,
+            method: self.method,
+        }
+    }
+}
+
 /// The caller's deadline from `grpc-timeout`: 1 to 8 digits and a unit
 /// (`H`, `M`, `S`, `m`, `u`, `n`). `None` when absent or malformed (then
 /// the call is bounded by `timeouts.request` alone, as without one).
@@ -389,6 +438,50 @@ mod tests {
             status_from_head(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()),
             Some(Code::Unknown)
         );
+    }
+
+    #[test]
+    fn a_call_is_judged_by_the_status_it_ended_with() {
+        let call = Call {
+            kind: Kind::Grpc,
+            head: None,
+            method: 3,
+            errors: ErrorCodes::default(),
+        };
+        let ok = headers(&[("grpc-status", "0")]);
+        let internal = headers(&[("grpc-status", "13")]);
+        let not_found = headers(&[("grpc-status", "5")]);
+        let end = |c: &Call, t: Option<&HeaderMap>| {
+            let e = c.end(t, false, false);
+            (e.status, e.error)
+        };
+        assert_eq!(end(&call, Some(&ok)), (Some(Code::Ok), false));
+        assert_eq!(end(&call, Some(&internal)), (Some(Code::Internal), true));
+        assert_eq!(end(&call, Some(&not_found)), (Some(Code::NotFound), false));
+        assert_eq!(end(&call, None), (None, true), "no status at all");
+        assert_eq!(call.end(None, false, false).method, 3);
+
+        let trailers_only = Call {
+            head: Some(Code::Unavailable),
+            ..call
+        };
+        assert_eq!(end(&trailers_only, None), (Some(Code::Unavailable), true));
+
+        let reset = call.end(Some(&ok), true, false);
+        assert_eq!((reset.status, reset.error), (None, true));
+        let gone = call.end(None, false, true);
+        assert_eq!((gone.status, gone.error), (Some(Code::Cancelled), false));
+
+        let web = Call {
+            kind: Kind::Web,
+            ..call
+        };
+        assert_eq!(end(&web, None), (None, false), "grpc-web: status unseen");
+        let web_only = Call {
+            head: Some(Code::Internal),
+            ..web
+        };
+        assert_eq!(end(&web_only, None), (Some(Code::Internal), true));
     }
 
     #[test]

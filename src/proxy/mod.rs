@@ -131,7 +131,7 @@ impl ProxyService {
     ) -> Result<Response<ProxyBody>, Infallible> {
         // A gRPC client is answered in gRPC's terms (see `error`).
         let grpc = grpc::kind(request.headers());
-        match self.forward(request, client, timer).await {
+        match self.forward(request, client, timer, grpc).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 log_failure(&error);
@@ -171,6 +171,7 @@ impl ProxyService {
         at: (usize, usize),
         started: Instant,
         error: ProxyError,
+        grpc: Option<(grpc::Kind, usize)>,
     ) -> Response<ProxyBody> {
         log_failure(&error);
         let answered = Answered {
@@ -180,8 +181,16 @@ impl ProxyService {
             client: error.client_fault(),
             latency: started.elapsed(),
         };
-        let finish = self.finish(snapshot, at, started, answered, None);
-        let response = error.into_response();
+        let mut finish = self.finish(snapshot, at, started, answered, None);
+        if let (Some(finish), Some((kind, method))) = (finish.as_mut(), grpc) {
+            finish.grpc(grpc::Call {
+                kind,
+                head: Some(error.grpc_code()),
+                method,
+                errors: snapshot.services[at.0].grpc_errors,
+            });
+        }
+        let response = error.into_response_for(grpc.map(|(kind, _)| kind));
         match finish {
             Some(finish) => response.map(|body| body.with_finish(finish)),
             None => response,
@@ -193,6 +202,7 @@ impl ProxyService {
         request: Request<Incoming>,
         client: &ClientInfo,
         timer: &mut Option<RequestTimer>,
+        grpc: Option<grpc::Kind>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -239,6 +249,9 @@ impl ProxyService {
         // A gRPC caller's deadline runs from its call's arrival, across
         // every attempt.
         let call_deadline = grpc::timeout(&parts.headers).map(|t| started + t);
+        // A gRPC call's method, for its per-method figures (a refcount, not
+        // a copy).
+        let method = grpc.and_then(|_| parts.uri.path_and_query().cloned());
         let body = RequestBody::client(body);
         let body_watch = body.watch().cloned();
         let mut outgoing = Request::from_parts(parts, body);
@@ -305,11 +318,15 @@ impl ProxyService {
         let latency = started.elapsed();
         let at = (service_index, version_index);
         let version = &service.versions[version_index];
+        let call = grpc.map(|kind| {
+            let path = method.as_ref().map_or("", |m| m.path());
+            (kind, version.stats.methods().id(path))
+        });
         let (mut response, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                return Ok(self.fail(&snapshot, at, started, error));
+                return Ok(self.fail(&snapshot, at, started, error, call));
             }
         };
         let answered = Answered {
@@ -323,6 +340,14 @@ impl ProxyService {
             latency,
         };
         let mut finish = self.finish(&snapshot, at, started, answered, body_watch.as_ref());
+        if let (Some(finish), Some((kind, method))) = (finish.as_mut(), call) {
+            finish.grpc(grpc::Call {
+                kind,
+                head: grpc::status_from_head(response.status(), response.headers()),
+                method,
+                errors: service.grpc_errors,
+            });
+        }
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // An upgrade's outcome is its `101`: what follows is a tunnel.
             if let Some(mut finish) = finish.take() {
