@@ -376,7 +376,29 @@ impl Decoder for RawCodec {
     }
 }
 
-type Transport = Client<HttpConnector, tonic::body::Body>;
+type Transport = Client<FixedAddr, tonic::body::Body>;
+
+/// Connects to one address whatever host the URI names.
+#[derive(Clone)]
+pub struct FixedAddr {
+    addr: SocketAddr,
+    connector: HttpConnector,
+}
+
+impl tower::Service<http::Uri> for FixedAddr {
+    type Response = <HttpConnector as tower::Service<http::Uri>>::Response;
+    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
+    type Future = <HttpConnector as tower::Service<http::Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.connector.poll_ready(cx)
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let uri = format!("http://{}", self.addr).parse().expect("address URI");
+        self.connector.call(uri)
+    }
+}
 
 /// tonic's gRPC client, over HTTP/2 to `addr` (h2c prior knowledge).
 #[derive(Clone)]
@@ -386,10 +408,18 @@ pub struct GrpcClient {
 
 impl GrpcClient {
     pub fn new(addr: SocketAddr) -> GrpcClient {
+        GrpcClient::with_authority(addr, &addr.to_string())
+    }
+
+    /// Connects to `addr` but names `authority` in each call (`:authority`,
+    /// what veer routes by), as a client of a named service behind veer does.
+    pub fn with_authority(addr: SocketAddr, authority: &str) -> GrpcClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let transport = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build_http();
-        let origin: http::Uri = format!("http://{addr}").parse().expect("origin");
+            .build(FixedAddr { addr, connector });
+        let origin: http::Uri = format!("http://{authority}").parse().expect("origin");
         GrpcClient {
             inner: tonic::client::Grpc::with_origin(transport, origin),
         }
