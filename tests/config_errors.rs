@@ -163,7 +163,7 @@ fn duplicate_key() {
 fn unknown_top_level_field() {
     assert_errors(
         &edit("services:", "service:"),
-        &["test.yaml:4:1: service: unknown field `service`, expected one of `listeners`, `admin`, `state_dir`, `limits`, `services`; did you mean `services`?"],
+        &["test.yaml:4:1: service: unknown field `service`, expected one of `listeners`, `admin`, `state_dir`, `limits`, `access_log`, `services`; did you mean `services`?"],
     );
 }
 

@@ -650,7 +650,15 @@ async fn metrics_parse_as_prometheus_text_with_the_contract_names() {
         assert!(
             // The contract's four, plus `tls` (a failed handshake to a TLS upstream) and `midstream`
             // (a response that broke after its head), which veer adds.
-            ["connect", "timeout", "reset", "protocol", "tls", "midstream"].contains(&reason),
+            [
+                "connect",
+                "timeout",
+                "reset",
+                "protocol",
+                "tls",
+                "midstream"
+            ]
+            .contains(&reason),
             "reason label {reason}"
         );
     }

@@ -66,14 +66,30 @@ impl ProxyBody {
 
     /// An answer veer made itself, with the outcome it ends: held in memory,
     /// it is complete whether or not the client reads it.
-    pub fn with_finish(self, mut with: Finish) -> ProxyBody {
+    pub fn with_finish(mut self, mut with: Finish) -> ProxyBody {
         with.drop_means(End::Complete);
-        match self {
-            ProxyBody::Full { bytes, .. } => ProxyBody::Full {
-                bytes,
-                finish: Some(with),
-            },
-            upstream => upstream,
+        if let ProxyBody::Full { finish, .. } = &mut self {
+            *finish = Some(with);
+        }
+        self
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // HTTP/1.1 stops reading a body once its content-length is written,
+        // and an HTTP/2 upstream may send its end of stream only after the
+        // last byte: a body dropped with nothing left to send was delivered
+        // whole, not abandoned.
+        if let ProxyBody::Upstream {
+            body,
+            finish: Some(finish),
+            ..
+        } = self
+        {
+            if body.size_hint().exact() == Some(0) {
+                finish.end(None, End::Complete);
+            }
         }
     }
 }
@@ -93,6 +109,11 @@ impl Body for ProxyBody {
                 finish,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, finish.as_mut()) {
+                    if let Some(data) = frame.data_ref() {
+                        finish.sent(data.len());
+                    }
+                }
                 let end = match &polled {
                     Poll::Ready(None) => Some(End::Complete),
                     Poll::Ready(Some(Err(_))) => Some(End::Failed),
@@ -117,7 +138,12 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Full { bytes, finish } => {
-                let frame = bytes.take().map(|b| Ok(Frame::data(b)));
+                let frame = bytes.take().map(|b| {
+                    if let Some(finish) = finish.as_mut() {
+                        finish.sent(b.len());
+                    }
+                    Ok(Frame::data(b))
+                });
                 drop(finish.take());
                 Poll::Ready(frame)
             }

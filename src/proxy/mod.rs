@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
@@ -38,12 +39,13 @@ use crate::grpc;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
+use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
 use crate::upstream::body::ClientBodyWatch;
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
-use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 pub use body::ProxyBody;
 pub use error::ProxyError;
+use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 
 /// What the proxy knows about the client connection a request came on; built
 /// once per connection.
@@ -95,16 +97,27 @@ pub(crate) struct Shared {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     health: HealthSender,
+    /// The access log, when configured; it also turns request ids on.
+    access: Option<AccessLog>,
     /// `VEER_BENCH_NO_TELEMETRY=1` skips recording outcomes: only for
     /// measuring what telemetry costs (the guard is blind without it).
     record: bool,
 }
+
+/// The request id header: propagated when the client sent one, generated
+/// when not (with the access log on), and set on the upstream request and
+/// on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id from the client longer than this is replaced.
+const MAX_REQUEST_ID: usize = 200;
 
 impl ProxyService {
     pub fn new(
         published: Arc<ArcSwap<Snapshot>>,
         telemetry: Arc<Telemetry>,
         health: HealthSender,
+        access: Option<AccessLog>,
     ) -> ProxyService {
         let record = std::env::var_os("VEER_BENCH_NO_TELEMETRY").is_none_or(|v| v != "1");
         if !record {
@@ -117,6 +130,7 @@ impl ProxyService {
                 published,
                 telemetry,
                 health,
+                access,
                 record,
             }),
         }
@@ -149,6 +163,7 @@ impl ProxyService {
         started: Instant,
         answered: Answered,
         body_watch: Option<&ClientBodyWatch>,
+        log: Option<Box<Entry>>,
     ) -> Option<Finish> {
         self.shared.record.then(|| {
             Finish::new(
@@ -159,6 +174,7 @@ impl ProxyService {
                 started,
                 answered,
                 body_watch.cloned(),
+                log,
             )
         })
     }
@@ -171,6 +187,8 @@ impl ProxyService {
         at: (usize, usize),
         started: Instant,
         error: ProxyError,
+        log: Option<Box<Entry>>,
+        request_id: Option<HeaderValue>,
         grpc: Option<(grpc::Kind, usize)>,
     ) -> Response<ProxyBody> {
         log_failure(&error);
@@ -181,7 +199,7 @@ impl ProxyService {
             client: error.client_fault(),
             latency: started.elapsed(),
         };
-        let mut finish = self.finish(snapshot, at, started, answered, None);
+        let mut finish = self.finish(snapshot, at, started, answered, None, log);
         if let (Some(finish), Some((kind, method))) = (finish.as_mut(), grpc) {
             finish.grpc(grpc::Call {
                 kind,
@@ -190,7 +208,10 @@ impl ProxyService {
                 errors: snapshot.services[at.0].grpc_errors,
             });
         }
-        let response = error.into_response_for(grpc.map(|(kind, _)| kind));
+        let mut response = error.into_response_for(grpc.map(|(kind, _)| kind));
+        if let Some(id) = request_id {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
         match finish {
             Some(finish) => response.map(|body| body.with_finish(finish)),
             None => response,
@@ -252,6 +273,33 @@ impl ProxyService {
         // A gRPC call's method, for its per-method figures (a refcount, not
         // a copy).
         let method = grpc.and_then(|_| parts.uri.path_and_query().cloned());
+        // The request id and access log entry, when the log is on.
+        let (request_id, mut log) = match &self.shared.access {
+            None => (None, None),
+            Some(access) => {
+                let id = request_id(&mut parts.headers);
+                let entry = access.sampled().then(|| {
+                    Box::new(Entry {
+                        at: std::time::SystemTime::UNIX_EPOCH,
+                        request_id: id.clone(),
+                        client_ip: client.ip.clone(),
+                        method: parts.method.clone(),
+                        host: host_value.clone(),
+                        path: parts.uri.path_and_query().cloned(),
+                        service: Arc::clone(&service.name),
+                        version: Arc::clone(&service.versions[version_index].name),
+                        endpoint: None,
+                        status: 0,
+                        outcome: "ok",
+                        reason: None,
+                        bytes: 0,
+                        ttfb: Duration::ZERO,
+                        total: Duration::ZERO,
+                    })
+                });
+                (Some(id), entry)
+            }
+        };
         let body = RequestBody::client(body);
         let body_watch = body.watch().cloned();
         let mut outgoing = Request::from_parts(parts, body);
@@ -304,6 +352,7 @@ impl ProxyService {
                         started,
                         answered,
                         None,
+                        None,
                     ));
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
@@ -326,20 +375,24 @@ impl ProxyService {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                return Ok(self.fail(&snapshot, at, started, error, call));
+                return Ok(self.fail(&snapshot, at, started, error, log, request_id, call));
             }
         };
         let answered = Answered {
             status: response.status(),
-            endpoint: self
-                .shared
-                .record
-                .then(|| Arc::clone(lease.endpoint())),
+            endpoint: self.shared.record.then(|| Arc::clone(lease.endpoint())),
             failure: None,
             client: None,
             latency,
         };
-        let mut finish = self.finish(&snapshot, at, started, answered, body_watch.as_ref());
+        let mut finish = self.finish(
+            &snapshot,
+            at,
+            started,
+            answered,
+            body_watch.as_ref(),
+            log.take(),
+        );
         if let (Some(finish), Some((kind, method))) = (finish.as_mut(), call) {
             finish.grpc(grpc::Call {
                 kind,
@@ -347,6 +400,11 @@ impl ProxyService {
                 method,
                 errors: service.grpc_errors,
             });
+        }
+        if let Some(id) = request_id {
+            if !response.headers().contains_key(REQUEST_ID) {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
         }
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // An upgrade's outcome is its `101`: what follows is a tunnel.
@@ -432,8 +490,9 @@ impl ProxyService {
     /// Sends to one endpoint of the version, and once more to another when
     /// the first attempt delivered nothing (refused, or reset before a byte
     /// was sent). `timeouts.request` bounds each attempt's wait for the
-    /// response head, and a gRPC caller's `call_deadline` all of them. Each attempt's outcome feeds the endpoint's failure
-    /// streak (passive ejection).
+    /// response head, and a gRPC caller's `call_deadline` all of them. Each
+    /// attempt's outcome feeds the endpoint's failure streak (passive
+    /// ejection).
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -481,7 +540,8 @@ impl ProxyService {
                             unsent: None,
                         });
                     };
-                    self.shared.count_failure(service, endpoint, reason.as_str());
+                    self.shared
+                        .count_failure(service, endpoint, reason.as_str());
                     match failed.request {
                         // Nothing reached the upstream: safe to try another one.
                         Some(unsent) if !retried && endpoints.len() > 1 => {
@@ -511,7 +571,6 @@ impl ProxyService {
             }
         }
     }
-
 }
 
 impl Shared {
@@ -533,6 +592,20 @@ impl Shared {
             });
         }
     }
+}
+
+/// The request's id: the client's `x-request-id` when it sent a usable one,
+/// else a new random one, set on the request for the upstream.
+fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        if !id.is_empty() && id.len() <= MAX_REQUEST_ID {
+            return id.clone();
+        }
+    }
+    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID, id.clone());
+    id
 }
 
 /// Gives the request the form its upstream protocol wants: origin-form URI

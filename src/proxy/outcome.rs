@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::Shared;
 use crate::grpc;
 use crate::snapshot::Snapshot;
+use crate::telemetry::access::Entry;
 use crate::telemetry::{ClientFault, Outcome, VersionStats};
 use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
 use crate::upstream::error::FailureReason;
@@ -78,6 +79,10 @@ pub struct Finish {
     body_watch: Option<ClientBodyWatch>,
     /// Set for a gRPC call: judged by its `grpc-status` when it ends.
     grpc: Option<grpc::Call>,
+    /// Response body bytes handed to the client (for the access log).
+    bytes: u64,
+    /// This request's access log entry, when it is logged.
+    log: Option<Box<Entry>>,
     on_drop: End,
     done: bool,
 }
@@ -101,6 +106,7 @@ impl Finish {
         started: Instant,
         answered: Answered,
         body_watch: Option<ClientBodyWatch>,
+        log: Option<Box<Entry>>,
     ) -> Finish {
         Finish {
             shared,
@@ -115,6 +121,8 @@ impl Finish {
             client: answered.client,
             body_watch,
             grpc: None,
+            bytes: 0,
+            log,
             on_drop: End::ClientGone,
             done: false,
         }
@@ -131,6 +139,12 @@ impl Finish {
     /// or not the client read it.
     pub fn drop_means(&mut self, end: End) {
         self.on_drop = end;
+    }
+
+    /// Counts body bytes handed to the client.
+    #[inline]
+    pub fn sent(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
     }
 
     fn stats(&self) -> &VersionStats {
@@ -184,6 +198,27 @@ impl Finish {
                 }
                 (None, None) => endpoint.health.record_success(),
             }
+        }
+        if let (Some(mut entry), Some(access)) = (self.log.take(), &self.shared.access) {
+            let service = &self.snapshot.services[self.service];
+            entry.at = std::time::SystemTime::now();
+            entry.service = Arc::clone(&service.name);
+            entry.version = Arc::clone(&service.versions[self.version].name);
+            entry.endpoint = self.endpoint.as_ref().map(|e| e.addr());
+            entry.status = self.status.as_u16();
+            (entry.outcome, entry.reason) = match (failure, client) {
+                (Some(reason), _) => ("error", Some(reason.as_str())),
+                (None, Some(fault)) => ("client", Some(fault.as_str())),
+                // A gRPC call's error is its status: `INTERNAL`, `NO_STATUS`.
+                (None, None) if outcome.is_error() => {
+                    ("error", grpc.map(|call| grpc::outcome_name(call.status)))
+                }
+                (None, None) => ("ok", None),
+            };
+            entry.bytes = self.bytes;
+            entry.ttfb = outcome.latency;
+            entry.total = outcome.total;
+            access.log(entry);
         }
     }
 }

@@ -21,6 +21,7 @@
 //! version controls. The full duration, to the end of the response stream, is
 //! `veer_response_duration_seconds`.
 
+pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod histogram;
@@ -245,6 +246,12 @@ impl Telemetry {
         counter(&self.recorder, "veer_tls_handshake_failures_total", labels)
     }
 
+    /// `veer_access_log_dropped_total`: lines the access log's writer could
+    /// not keep up with.
+    pub fn access_log_dropped_counter(&self) -> Counter {
+        counter(&self.recorder, "veer_access_log_dropped_total", vec![])
+    }
+
     pub fn count_unrouted(&self) {
         self.unrouted.increment(1);
     }
@@ -270,7 +277,8 @@ impl Telemetry {
             l
         };
         let r = &self.recorder;
-        let requests: Box<[OnceLock<Counter>]> = (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
+        let requests: Box<[OnceLock<Counter>]> =
+            (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
         for code in COMMON_STATUSES {
             let _ = requests[usize::from(code - 100)].set(counter(
                 r,
@@ -288,7 +296,13 @@ impl Telemetry {
                 ClientFault::Upload,
                 ClientFault::Disconnect,
             ]
-            .map(|fault| counter(r, "veer_client_aborts_total", with("reason", fault.as_str()))),
+            .map(|fault| {
+                counter(
+                    r,
+                    "veer_client_aborts_total",
+                    with("reason", fault.as_str()),
+                )
+            }),
             failures: [
                 FailureReason::Connect,
                 FailureReason::Timeout,
@@ -576,6 +590,11 @@ fn describe(recorder: &PrometheusRecorder) {
         0,
     );
     d("veer_config_reloads_total", "Config reloads, by result.", 0);
+    d(
+        "veer_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind.",
+        0,
+    );
     d(
         "veer_rollout_step",
         "The rollout's current step, 1-based (0: no rollout).",

@@ -152,7 +152,10 @@ impl fmt::Display for UpstreamError {
                 write!(f, "TLS handshake with upstream {addr} failed: {cause}")
             }
             UpstreamError::ClientBody { cause, .. } => {
-                write!(f, "the request body could not be read from the client: {cause}")
+                write!(
+                    f,
+                    "the request body could not be read from the client: {cause}"
+                )
             }
         }
     }
