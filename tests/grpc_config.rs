@@ -90,3 +90,23 @@ fn bad_blocks() {
         &["test.yaml:14:7: services[0].grpc.error_code: unknown field `error_code`, expected `error_codes` or `max_methods`; did you mean `error_codes`?"],
     );
 }
+
+#[test]
+fn the_readme_grpc_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### gRPC releases")
+        .nth(1)
+        .expect("a gRPC section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a YAML example");
+    let text = format!("listeners:\n  - name: public\n    address: 127.0.0.1:8080\n{yaml}");
+    let config = parse_str(&text, "README.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let service = &config.services[0];
+    assert_eq!(service.grpc.error_codes, ErrorCodes::default());
+    assert!(service.guard.as_ref().expect("guard").per_method);
+}
