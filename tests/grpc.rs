@@ -87,7 +87,11 @@ async fn the_four_kinds_of_call_pass_through() {
 async fn the_upstream_status_reaches_the_client_unchanged() {
     let upstream = GrpcUpstream::start("stable").await;
     upstream.fail(UNARY, 100, Failure::Trailers(tonic::Code::Internal));
-    upstream.fail(SERVER_STREAM, 100, Failure::TrailersOnly(tonic::Code::NotFound));
+    upstream.fail(
+        SERVER_STREAM,
+        100,
+        Failure::TrailersOnly(tonic::Code::NotFound),
+    );
     let proxy = proxy(grpc_service(&upstream)).await;
     let mut client = GrpcClient::new(proxy.addr());
     within(LIMIT, "calls", async {
@@ -317,12 +321,18 @@ async fn a_canary_failing_30_percent_of_unary_calls_with_internal_is_reverted() 
         let mut client = client.clone();
         assert_eq!(client.unary(UNARY).await.expect("stable answers"), "stable");
     }
-    assert!(canary.calls() <= before + 2, "the reverted canary still gets calls");
+    assert!(
+        canary.calls() <= before + 2,
+        "the reverted canary still gets calls"
+    );
 
     let metrics = admin_get(admin, "/metrics").await;
     let internal = metric(&metrics, "echo", "canary", "INTERNAL");
     let ok = metric(&metrics, "echo", "canary", "OK");
-    assert!(internal > 0.0 && ok > internal, "INTERNAL {internal}, OK {ok}\n{metrics}");
+    assert!(
+        internal > 0.0 && ok > internal,
+        "INTERNAL {internal}, OK {ok}\n{metrics}"
+    );
     running.shutdown().await;
 }
 
@@ -354,10 +364,16 @@ async fn a_canary_answering_not_found_to_every_call_is_not_reverted() {
         serde_json::from_str(&admin_get(admin, "/status").await).expect("status is JSON");
     let canary_status = &status["services"][0]["versions"][1];
     assert_eq!(canary_status["name"], "canary");
-    assert!(canary_status["window"]["requests"].as_u64() >= Some(20), "{canary_status}");
+    assert!(
+        canary_status["window"]["requests"].as_u64() >= Some(20),
+        "{canary_status}"
+    );
     assert_eq!(canary_status["window"]["errors"], 0, "{canary_status}");
     let metrics = admin_get(admin, "/metrics").await;
-    assert!(metric(&metrics, "echo", "canary", "NOT_FOUND") >= 20.0, "{metrics}");
+    assert!(
+        metric(&metrics, "echo", "canary", "NOT_FOUND") >= 20.0,
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 
@@ -411,7 +427,10 @@ async fn a_canary_ending_bidi_streams_without_a_status_is_reverted() {
         canary_verdict(&running, "echo")
     );
     let metrics = admin_get(admin, "/metrics").await;
-    assert!(metric(&metrics, "echo", "canary", "NO_STATUS") > 0.0, "{metrics}");
+    assert!(
+        metric(&metrics, "echo", "canary", "NO_STATUS") > 0.0,
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 

@@ -44,10 +44,9 @@ fn without_a_block_the_defaults_hold() {
 
 #[test]
 fn codes_by_name_in_any_case_or_by_number() {
-    let config = parse(
-        "    grpc:\n      error_codes: [internal, UNAVAILABLE, 12]\n      max_methods: 3\n",
-    )
-    .expect("valid");
+    let config =
+        parse("    grpc:\n      error_codes: [internal, UNAVAILABLE, 12]\n      max_methods: 3\n")
+            .expect("valid");
     let grpc = &config.services[0].grpc;
     let codes: Vec<Code> = grpc.error_codes.codes().collect();
     assert_eq!(

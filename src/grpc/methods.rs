@@ -203,7 +203,11 @@ mod tests {
         let table = MethodTable::new(2, WINDOW);
         let find = table.get("/s.S/Find") as *const MethodStats;
         assert_eq!(table.get("/s.S/Find").name(), "/s.S/Find");
-        assert_eq!(table.get("/s.S/Find") as *const _, find, "one slot per name");
+        assert_eq!(
+            table.get("/s.S/Find") as *const _,
+            find,
+            "one slot per name"
+        );
         assert_eq!(table.get("/s.S/Health").name(), "/s.S/Health");
         assert_eq!(table.get("/s.S/Third").name(), OTHER, "over the cap");
         assert_eq!(table.get("/not a method").name(), OTHER);

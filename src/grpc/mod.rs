@@ -262,7 +262,12 @@ impl Call {
     /// Judges the call when its stream ends. `version_failed`: the stream
     /// broke, or no upstream answered (veer's own answer); `client_fault`:
     /// the caller went away or broke its own request.
-    pub fn end(&self, trailers: Option<&HeaderMap>, version_failed: bool, client_fault: bool) -> Ended {
+    pub fn end(
+        &self,
+        trailers: Option<&HeaderMap>,
+        version_failed: bool,
+        client_fault: bool,
+    ) -> Ended {
         let (status, error) = if client_fault {
             // Whatever the upstream would have said, the caller cancelled.
             (self.head.or(Some(Code::Cancelled)), false)
@@ -405,10 +410,7 @@ mod tests {
             status_in(&headers(&[("grpc-status", "13")])),
             Some(Code::Internal)
         );
-        assert_eq!(
-            status_in(&headers(&[("grpc-status", "0")])),
-            Some(Code::Ok)
-        );
+        assert_eq!(status_in(&headers(&[("grpc-status", "0")])), Some(Code::Ok));
         assert_eq!(
             status_in(&headers(&[("grpc-status", "99")])),
             Some(Code::Unknown),

@@ -186,14 +186,16 @@ async fn handle(request: Request<Incoming>, state: Arc<State>) -> Response<Chann
     let failure = state.failure(&method);
     let (tx, rx) = mpsc::channel(16);
     let mut response = Response::new(ChannelBody(rx));
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/grpc"),
-    );
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     if let Some(Failure::TrailersOnly(code)) = failure {
         let headers = response.headers_mut();
         headers.insert("grpc-status", status_value(code));
-        headers.insert("grpc-message", HeaderValue::from_static("trailers-only failure"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("trailers-only failure"),
+        );
         drop(tx);
         return response;
     }
@@ -395,7 +397,9 @@ impl tower::Service<http::Uri> for FixedAddr {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let uri = format!("http://{}", self.addr).parse().expect("address URI");
+        let uri = format!("http://{}", self.addr)
+            .parse()
+            .expect("address URI");
         self.connector.call(uri)
     }
 }
@@ -457,7 +461,11 @@ impl GrpcClient {
 
     /// A server-streaming call asking for `n` messages; every message, or
     /// the status the stream ended with.
-    pub async fn server_stream(&mut self, method: &str, n: u64) -> Result<Vec<Bytes>, tonic::Status> {
+    pub async fn server_stream(
+        &mut self,
+        method: &str,
+        n: u64,
+    ) -> Result<Vec<Bytes>, tonic::Status> {
         self.ready().await?;
         let request = tonic::Request::new(Bytes::from(n.to_string()));
         let path = method.parse().expect("method path");
@@ -490,12 +498,16 @@ impl GrpcClient {
     pub async fn bidi(&mut self, method: &str, n: u64) -> Result<Vec<Bytes>, tonic::Status> {
         self.ready().await?;
         let (tx, rx) = mpsc::channel::<Bytes>(1);
-        let outgoing = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let outgoing =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
         let path = method.parse().expect("method path");
         let first = Bytes::from_static(b"m0");
-        tx.send(first).await.map_err(|_| tonic::Status::internal("send"))?;
+        tx.send(first)
+            .await
+            .map_err(|_| tonic::Status::internal("send"))?;
         let mut stream = self
             .inner
             .streaming(tonic::Request::new(outgoing), path, RawCodec)
