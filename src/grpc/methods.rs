@@ -50,7 +50,8 @@ pub struct MethodTable {
     full: AtomicBool,
     /// Serializes adding a method (cold: see the module note).
     adding: Mutex<()>,
-    other: MethodStats,
+    /// Made on first use: a version that serves no gRPC keeps no window here.
+    other: OnceLock<MethodStats>,
     window: Duration,
 }
 
@@ -62,7 +63,7 @@ impl MethodTable {
             published: AtomicUsize::new(0),
             full: AtomicBool::new(cap == 0),
             adding: Mutex::new(()),
-            other: MethodStats::new(OTHER, window),
+            other: OnceLock::new(),
             window,
         }
     }
@@ -87,10 +88,15 @@ impl MethodTable {
     /// The stats of a slot from `id`.
     #[inline]
     pub fn stats(&self, id: usize) -> &MethodStats {
-        self.slots
-            .get(id)
-            .and_then(OnceLock::get)
-            .unwrap_or(&self.other)
+        match self.slots.get(id).and_then(OnceLock::get) {
+            Some(stats) => stats,
+            None => self.other(),
+        }
+    }
+
+    fn other(&self) -> &MethodStats {
+        self.other
+            .get_or_init(|| MethodStats::new(OTHER, self.window))
     }
 
     /// The stats `path` is counted under.
@@ -125,14 +131,16 @@ impl MethodTable {
         published
     }
 
-    /// Every method seen, then `other` (when it counted anything).
+    /// Every method seen, then `other` (once anything was counted there).
     pub fn each(&self, mut f: impl FnMut(&MethodStats)) {
         let published = self.published.load(Ordering::Acquire);
         self.slots[..published]
             .iter()
             .filter_map(OnceLock::get)
             .for_each(&mut f);
-        f(&self.other);
+        if let Some(other) = self.other.get() {
+            f(other);
+        }
     }
 
     /// Empties the next second of every window ahead of time (the ticker's job).

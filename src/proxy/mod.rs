@@ -181,6 +181,7 @@ impl ProxyService {
 
     /// A failure veer answers itself for `version`, its outcome recorded
     /// with it.
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -269,7 +270,9 @@ impl ProxyService {
         }
         // A gRPC caller's deadline runs from its call's arrival, across
         // every attempt.
-        let call_deadline = grpc::timeout(&parts.headers).map(|t| started + t);
+        let call_deadline = grpc
+            .and_then(|_| grpc::timeout(&parts.headers))
+            .map(|t| started + t);
         // A gRPC call's method, for its per-method figures (a refcount, not
         // a copy).
         let method = grpc.and_then(|_| parts.uri.path_and_query().cloned());
