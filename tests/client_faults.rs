@@ -298,3 +298,58 @@ async fn a_thousand_broken_requests_trip_no_guard_and_eject_no_endpoint() {
     );
     f.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_arriving_when_the_request_timeout_ends_is_the_clients_408() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let yaml = config(stable.addr(), canary.addr(), 0).replace(
+        "    outlier_detection:",
+        "    timeouts: { request: 300ms }\n    outlier_detection:",
+    );
+    let f = Fixture::start(&yaml).await;
+
+    // One chunk of a chunked body, then nothing (the connection stays open).
+    let mut stream = TcpStream::connect(f.proxy).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /sink HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .expect("write");
+    let reply = read_until_close(&mut stream, WAIT).await;
+    assert_eq!(reply.status(), Some(408), "{}", reply.text());
+    let text = reply.text();
+    assert!(
+        text.contains("x-veer-error: request-body-timeout")
+            && text.contains("veer: the request body was still arriving when the service's timeouts.request ran out; send it faster or raise timeouts.request"),
+        "{text}"
+    );
+    assert_eq!(
+        f.metric("veer_client_aborts_total", &[("reason", "upload")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        f.metric("veer_upstream_failures_total", &[]).await,
+        0.0,
+        "the upstream was waiting for the client, not timing out"
+    );
+    assert_eq!(f.errors_in_window().await, 0);
+
+    // A whole body the upstream is slow to answer is still the upstream's
+    // timeout.
+    let reply = raw_exchange(
+        f.proxy,
+        b"POST /delay/2000 HTTP/1.1\r\nhost: web\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+        WAIT,
+    )
+    .await;
+    assert_eq!(reply.status(), Some(504), "{}", reply.text());
+    assert_eq!(
+        f.metric("veer_upstream_failures_total", &[("reason", "timeout")])
+            .await,
+        1.0
+    );
+    f.running.shutdown().await;
+}

@@ -405,3 +405,38 @@ async fn rare_statuses_get_their_own_code_label() {
     }
     f.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_judged_at_its_101_while_the_tunnel_lives_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let upstream = Upstream::start("stable").await;
+    let f = Fixture::start(&yaml(&[("stable", upstream.addr(), 1, false)], "")).await;
+    let stream = TcpStream::connect(f.proxy).await.expect("connect");
+    let (mut ws, response) = within(
+        LIMIT,
+        "handshake",
+        tokio_tungstenite::client_async("ws://web/ws", stream),
+    )
+    .await
+    .expect("handshake");
+    assert_eq!(response.status(), 101);
+    // Recorded at the 101, with the tunnel still open.
+    assert_eq!(
+        f.wait_metric("veer_requests_total", &[("code", "101")], 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        f.metric("veer_response_duration_seconds_count", &[]).await,
+        1.0
+    );
+    ws.send(Message::text("still open")).await.expect("send");
+    let echoed = within(LIMIT, "echo", ws.next()).await;
+    assert!(matches!(echoed, Some(Ok(Message::Text(_)))), "{echoed:?}");
+    drop(ws);
+    assert_eq!(f.metric("veer_client_aborts_total", &[]).await, 0.0);
+    assert_eq!(f.window("stable").await["errors"], 0);
+    f.running.shutdown().await;
+}

@@ -15,6 +15,7 @@ use super::body::ProxyBody;
 use crate::grpc::{self, Code};
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
 use crate::telemetry::ClientFault;
+use crate::upstream::body::ClientBodyFault;
 use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
@@ -91,12 +92,11 @@ impl ProxyError {
     pub fn client_fault(&self) -> Option<ClientFault> {
         match self {
             ProxyError::Upstream {
-                error: UpstreamError::ClientBody { malformed, .. },
+                error: UpstreamError::ClientBody { fault, .. },
                 ..
-            } => Some(if *malformed {
-                ClientFault::Malformed
-            } else {
-                ClientFault::Upload
+            } => Some(match fault {
+                ClientBodyFault::Malformed => ClientFault::Malformed,
+                ClientBodyFault::Aborted | ClientBodyFault::Slow => ClientFault::Upload,
             }),
             _ => None,
         }
@@ -118,12 +118,15 @@ impl ProxyError {
                 UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
                 UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
                 UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls"),
-                UpstreamError::ClientBody {
-                    malformed: true, ..
-                } => (StatusCode::BAD_REQUEST, "malformed-request-body"),
-                UpstreamError::ClientBody {
-                    malformed: false, ..
-                } => (StatusCode::BAD_REQUEST, "incomplete-request-body"),
+                UpstreamError::ClientBody { fault, .. } => match fault {
+                    ClientBodyFault::Malformed => {
+                        (StatusCode::BAD_REQUEST, "malformed-request-body")
+                    }
+                    ClientBodyFault::Aborted => {
+                        (StatusCode::BAD_REQUEST, "incomplete-request-body")
+                    }
+                    ClientBodyFault::Slow => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),
+                },
             },
         }
     }
@@ -218,19 +221,13 @@ impl std::fmt::Display for ProxyError {
                 "veer: version `{version}` of service `{service}` has no endpoint that can take the request"
             ),
             ProxyError::Upstream {
-                error: UpstreamError::ClientBody { malformed: true, .. },
+                error: UpstreamError::ClientBody { fault, .. },
                 ..
-            } => write!(
-                f,
-                "veer: the request body is malformed (invalid chunked framing); fix the client's encoding"
-            ),
-            ProxyError::Upstream {
-                error: UpstreamError::ClientBody { malformed: false, .. },
-                ..
-            } => write!(
-                f,
-                "veer: the request body ended before it was complete; send the whole body"
-            ),
+            } => f.write_str(match fault {
+                ClientBodyFault::Malformed => "veer: the request body is malformed (invalid chunked framing); fix the client's encoding",
+                ClientBodyFault::Aborted => "veer: the request body ended before it was complete; send the whole body",
+                ClientBodyFault::Slow => "veer: the request body was still arriving when the service's timeouts.request ran out; send it faster or raise timeouts.request",
+            }),
             ProxyError::Upstream {
                 service,
                 version,

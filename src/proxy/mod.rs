@@ -41,7 +41,7 @@ use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
-use crate::upstream::body::ClientBodyWatch;
+use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
 pub use body::ProxyBody;
 pub use error::ProxyError;
@@ -349,14 +349,16 @@ impl ProxyService {
                     };
                     // The failed attempt is the version's outcome; its stream
                     // ended here.
-                    drop(self.finish(
+                    if let Some(mut finish) = self.finish(
                         &snapshot,
                         (service_index, version_index),
                         started,
                         answered,
                         None,
                         None,
-                    ));
+                    ) {
+                        finish.end(None, End::Complete);
+                    }
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
                     attempt_at = Instant::now();
@@ -561,6 +563,17 @@ impl ProxyService {
                             })
                         }
                     }
+                }
+                // The client had not finished sending its body: the wait
+                // was for the client, not the upstream.
+                Err(_elapsed) if body_watch.is_some_and(|w| !w.is_complete()) => {
+                    return Err(SendFailure {
+                        error: Some(UpstreamError::ClientBody {
+                            fault: ClientBodyFault::Slow,
+                            cause: format!("request body incomplete after {:?}", timeouts.request),
+                        }),
+                        unsent: None,
+                    });
                 }
                 Err(_elapsed) => {
                     self.shared.count_failure(service, endpoint, "timeout");

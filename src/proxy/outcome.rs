@@ -226,7 +226,7 @@ impl Finish {
 pub fn client_fault(fault: ClientBodyFault) -> ClientFault {
     match fault {
         ClientBodyFault::Malformed => ClientFault::Malformed,
-        ClientBodyFault::Aborted => ClientFault::Upload,
+        ClientBodyFault::Aborted | ClientBodyFault::Slow => ClientFault::Upload,
     }
 }
 

@@ -49,20 +49,39 @@ pub enum ClientBodyFault {
     Malformed,
     /// The body ended early or the client reset the connection or stream.
     Aborted,
+    /// The body was still arriving when `timeouts.request` ran out.
+    Slow,
 }
+
+const MALFORMED: u8 = 1;
+const ABORTED: u8 = 2;
+const COMPLETE: u8 = 3;
 
 impl ClientBodyWatch {
     pub fn fault(&self) -> Option<ClientBodyFault> {
         match self.0.load(Ordering::Relaxed) {
-            1 => Some(ClientBodyFault::Malformed),
-            2 => Some(ClientBodyFault::Aborted),
+            MALFORMED => Some(ClientBodyFault::Malformed),
+            ABORTED => Some(ClientBodyFault::Aborted),
             _ => None,
         }
     }
 
+    /// Whether the whole body was read from the client.
+    pub fn is_complete(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == COMPLETE
+    }
+
     fn set(&self, error: &hyper::Error) {
-        let fault = if is_malformed(error) { 1 } else { 2 };
+        let fault = if is_malformed(error) {
+            MALFORMED
+        } else {
+            ABORTED
+        };
         self.0.store(fault, Ordering::Relaxed);
+    }
+
+    fn complete(&self) {
+        self.0.store(COMPLETE, Ordering::Relaxed);
     }
 }
 
@@ -115,14 +134,27 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            RequestBody::Client { body, watch } => match Pin::new(body).poll_frame(cx) {
+            RequestBody::Client { body, watch } => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Err(error))) => {
                     if let Some(watch) = watch {
                         watch.set(&error);
                     }
                     Poll::Ready(Some(Err(ClientBodyError(error))))
                 }
-                polled => polled.map_err(ClientBodyError),
+                Poll::Ready(None) => {
+                    if let Some(watch) = watch {
+                        watch.complete();
+                    }
+                    Poll::Ready(None)
+                }
+                polled => {
+                    if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (watch.as_ref(), &polled) {
+                        if body.is_end_stream() {
+                            watch.complete();
+                        }
+                    }
+                    polled.map_err(ClientBodyError)
+                }
             },
             RequestBody::Empty => Poll::Ready(None),
         }

@@ -25,10 +25,12 @@ pub enum UpstreamError {
     /// common protocol, a client certificate refused, or the endpoint's TLS
     /// settings could not be loaded). Nothing was sent.
     Tls { addr: SocketAddr, cause: String },
-    /// The client's request body failed while it was being sent: the
-    /// client's fault, never the upstream's (`malformed`: invalid framing,
-    /// else the client stopped sending).
-    ClientBody { malformed: bool, cause: String },
+    /// The client's request body failed, or was still arriving when
+    /// `timeouts.request` ran out: the client's fault, never the upstream's.
+    ClientBody {
+        fault: ClientBodyFault,
+        cause: String,
+    },
 }
 
 /// The failure reasons of `veer_upstream_failures_total`.
@@ -80,7 +82,7 @@ impl UpstreamError {
     pub(crate) fn or_client(self, watch: Option<&ClientBodyWatch>) -> UpstreamError {
         match watch.and_then(ClientBodyWatch::fault) {
             Some(fault) if !self.is_client() => UpstreamError::ClientBody {
-                malformed: fault == ClientBodyFault::Malformed,
+                fault,
                 cause: self.to_string(),
             },
             _ => self,
@@ -93,10 +95,12 @@ impl UpstreamError {
     pub(crate) fn from_hyper(addr: SocketAddr, err: &hyper::Error) -> UpstreamError {
         let cause = error_chain(err);
         if let Some(client) = find_cause::<ClientBodyError>(err) {
-            return UpstreamError::ClientBody {
-                malformed: client.is_malformed(),
-                cause,
+            let fault = if client.is_malformed() {
+                ClientBodyFault::Malformed
+            } else {
+                ClientBodyFault::Aborted
             };
+            return UpstreamError::ClientBody { fault, cause };
         }
         if err.is_parse() || err.is_parse_status() || err.is_user() {
             UpstreamError::Protocol { addr, cause }
