@@ -146,13 +146,12 @@ impl ProxyError {
                 | UpstreamError::Protocol { .. }
                 | UpstreamError::Tls { .. } => Code::Unavailable,
                 // What a gRPC server answers a client whose frames it cannot
-                // read, and one that stopped sending.
-                UpstreamError::ClientBody {
-                    malformed: true, ..
-                } => Code::Internal,
-                UpstreamError::ClientBody {
-                    malformed: false, ..
-                } => Code::Cancelled,
+                // read, one that stopped sending, and one too slow to send.
+                UpstreamError::ClientBody { fault, .. } => match fault {
+                    ClientBodyFault::Malformed => Code::Internal,
+                    ClientBodyFault::Aborted => Code::Cancelled,
+                    ClientBodyFault::Slow => Code::DeadlineExceeded,
+                },
             },
         }
     }
