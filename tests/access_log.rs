@@ -173,3 +173,39 @@ async fn an_access_log_that_cannot_be_opened_stops_the_start_with_the_reason() {
         "{error}"
     );
 }
+
+#[test]
+fn veer_check_refuses_an_access_log_in_a_missing_directory_as_run_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+    let config = dir.path().join("veer.yaml");
+    std::fs::write(
+        &config,
+        yaml(upstream, "access_log: { path: missing-dir/access.log }\n"),
+    )
+    .expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run veer check");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("access_log.path")
+            && all.contains("does not exist: create it, or name a file in an existing directory"),
+        "{all}"
+    );
+
+    std::fs::create_dir(dir.path().join("missing-dir")).expect("mkdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run veer check");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}

@@ -353,3 +353,52 @@ async fn a_body_still_arriving_when_the_request_timeout_ends_is_the_clients_408(
     );
     f.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_resets_its_upload_is_counted_and_blames_no_one() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let f = Fixture::start(&config(stable.addr(), canary.addr(), 0)).await;
+
+    let stream = TcpStream::connect(f.proxy).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    for sent in 1..=3u64 {
+        let request = http::Request::post("http://web/sink")
+            .body(())
+            .expect("request");
+        let (_response, mut body) = client.send_request(request, false).expect("stream");
+        body.send_data(bytes::Bytes::from_static(b"part of it"), false)
+            .expect("data");
+        // Reset once the upstream has the request: veer routed it and is
+        // sending its body.
+        support::wait_until(WAIT, "the upstream to get the request", || {
+            stable.count("/sink") == sent
+        })
+        .await;
+        body.send_reset(h2::Reason::CANCEL);
+        client = client.ready().await.expect("ready again");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let aborts = f
+            .metric("veer_client_aborts_total", &[("reason", "upload")])
+            .await
+            + f.metric("veer_client_aborts_total", &[("reason", "disconnect")])
+                .await;
+        if aborts >= 3.0 {
+            assert_eq!(aborts, 3.0, "each reset counted once");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resets not counted: {aborts}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.metric("veer_upstream_failures_total", &[]).await, 0.0);
+    assert_eq!(f.errors_in_window().await, 0);
+    assert_eq!(f.metric("veer_endpoint_ejections_total", &[]).await, 0.0);
+    f.running.shutdown().await;
+}

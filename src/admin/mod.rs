@@ -95,7 +95,10 @@ impl Admin {
         let path = request.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
-        if method == Method::POST {
+        // Reads are open, but a token that is presented and wrong is refused
+        // on a read too: a pipeline's `veer wait` learns its token is bad
+        // before it needs it to roll back.
+        if method == Method::POST || request.headers().contains_key(AUTHORIZATION) {
             if let Some(refused) = self.authorize(&request) {
                 return refused;
             }
@@ -249,11 +252,25 @@ impl Admin {
         };
         let mut weights = Vec::with_capacity(map.len());
         for (version, weight) in map {
-            let Some(weight) = weight.as_u64().and_then(|w| u32::try_from(w).ok()) else {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    &format!("weight of `{version}` must be a non-negative integer, got {weight}"),
-                );
+            // The config's rule and message: a run-time weight is held to
+            // what the file would accept.
+            let whole = weight
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| weight.as_u64().map(i128::from))
+                // Past u64 JSON has only floats: a whole one is still a
+                // whole number, just far above the maximum.
+                .or_else(|| {
+                    weight
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() > 1e18)
+                        .map(|f| if f > 0.0 { i128::MAX } else { i128::MIN })
+                });
+            let weight = match crate::config::weight_rule(whole, &weight.to_string()) {
+                Ok(w) => w,
+                Err(reason) => {
+                    return plain(StatusCode::BAD_REQUEST, &format!("`{version}`: {reason}"))
+                }
             };
             weights.push((version.as_str(), weight));
         }
@@ -265,10 +282,7 @@ impl Admin {
                 StatusCode::OK,
                 &status::service_weights(&self.control, service),
             ),
-            Err(reason) if reason.starts_with("no service") => {
-                plain(StatusCode::NOT_FOUND, &reason)
-            }
-            Err(reason) => plain(StatusCode::BAD_REQUEST, &reason),
+            Err(refused) => plain(refused.status(), &refused.to_string()),
         }
     }
 }

@@ -256,3 +256,37 @@ impl Drop for GoneBeforeAnswer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_is_judged_by_how_it_ended() {
+        let trailers = HeaderMap::new();
+        assert_eq!(
+            classify(StatusCode::OK, Some(&trailers), End::Complete),
+            (None, None)
+        );
+        assert_eq!(
+            classify(StatusCode::OK, None, End::Failed),
+            (Some(FailureReason::Midstream), None),
+            "a 200 whose body broke is the version's"
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None, End::ClientGone),
+            (None, Some(ClientFault::Disconnect)),
+            "leaving is the client's, whatever the status"
+        );
+    }
+
+    #[test]
+    fn a_broken_upload_is_the_clients_fault() {
+        assert_eq!(
+            client_fault(ClientBodyFault::Malformed),
+            ClientFault::Malformed
+        );
+        assert_eq!(client_fault(ClientBodyFault::Aborted), ClientFault::Upload);
+        assert_eq!(client_fault(ClientBodyFault::Slow), ClientFault::Upload);
+    }
+}
