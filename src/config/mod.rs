@@ -21,6 +21,7 @@
 
 mod duration;
 mod error;
+mod grpc;
 pub mod model;
 mod raw;
 mod source_map;
@@ -33,6 +34,7 @@ use serde_yaml_ng::Value;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
+pub use grpc::{Grpc, DEFAULT_MAX_METHODS};
 pub use model::*;
 pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS, MAX_WEIGHT};
 

@@ -137,6 +137,8 @@ pub struct Service {
     pub slow_start: Option<Duration>,
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
+    /// How gRPC calls are judged (defaults when the block is omitted).
+    pub grpc: super::Grpc,
 }
 
 /// How a request's host (port stripped, lowercased) is matched.
@@ -297,6 +299,10 @@ pub struct Guard {
     /// bound of its 95 % Wilson interval is above `max_error_rate`, so few
     /// requests need a clearer signal. Default: the plain rate.
     pub wilson: bool,
+    /// `per_method: true`: each gRPC method is also judged on its own, so
+    /// one broken method trips the version even when the others drown it in
+    /// successes. Default false.
+    pub per_method: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

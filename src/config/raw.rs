@@ -141,7 +141,7 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a service: a mapping with name, versions and optionally match, sticky, rules, timeouts, health_check, guard and rollout"
+    expecting = "a service: a mapping with name, versions and optionally match, sticky, rules, timeouts, health_check, guard, rollout and grpc"
 )]
 pub(crate) struct RawService {
     pub name: Option<String>,
@@ -156,6 +156,7 @@ pub(crate) struct RawService {
     pub slow_start: Option<Scalar>,
     pub guard: Option<RawGuard>,
     pub rollout: Option<RawRollout>,
+    pub grpc: Option<super::grpc::RawGrpc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +278,7 @@ pub(crate) struct RawGuard {
     pub on_revert: Option<Scalar>,
     pub error_rate_test: Option<Scalar>,
     pub webhook: Option<String>,
+    pub per_method: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

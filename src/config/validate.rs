@@ -682,6 +682,7 @@ impl Validator {
         let rollout = raw
             .rollout
             .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+        let grpc = super::grpc::validate(&format!("{path}.grpc"), raw.grpc, &mut self.issues);
 
         Some(Service {
             name: raw.name?,
@@ -703,6 +704,7 @@ impl Validator {
             slow_start: slow_start.ok()?,
             guard: optional(guard)?,
             rollout: optional(rollout)?,
+            grpc: grpc?,
         })
     }
 
@@ -1381,6 +1383,7 @@ impl Validator {
             on_revert: on_revert?,
             webhook: webhook.ok()?,
             wilson: wilson?,
+            per_method: raw.per_method.unwrap_or(false),
         })
     }
 
