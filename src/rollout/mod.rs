@@ -128,7 +128,10 @@ impl RolloutRunner {
 
     fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
-        if let Err(reason) = self.control.advance_rollout(service, false) {
+        let before = self.control.snapshot();
+        let advanced = self.control.advance_rollout(service, false);
+        crate::audit::rollout_step(service, &before, &self.control.snapshot(), &advanced);
+        if let Err(reason) = advanced {
             tracing::warn!(service, "rollout could not advance: {reason}");
         }
     }
