@@ -491,8 +491,8 @@ fn log_failure(error: &ProxyError) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     if LAST_WARN_SECOND.swap(now, Ordering::Relaxed) != now {
-        tracing::warn!(source = error.source().map(tracing::field::display), "{error}");
+        tracing::warn!(source = ?error.source(), "{error}");
     } else {
-        tracing::debug!(source = error.source().map(tracing::field::display), "{error}");
+        tracing::debug!(source = ?error.source(), "{error}");
     }
 }
