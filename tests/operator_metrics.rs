@@ -270,6 +270,12 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     assert!(m.all("veer_version_weight_percent", &canary_labels).is_empty());
     assert!(m.all("veer_version_latched", &canary_labels).is_empty());
     assert!(m.all("veer_guard_verdict", &[]).is_empty());
+    assert!(m.all("veer_version_weight", &canary_labels).is_empty(), "{}", m.text);
+    assert!(m.all("veer_endpoint_healthy", &canary_labels).is_empty());
+    assert_eq!(
+        m.one("veer_endpoint_healthy", &[("service", "web"), ("version", "stable")]),
+        1.0
+    );
     assert!(m.all("veer_tls_certificate_expiry_seconds", &[]).is_empty());
     assert_eq!(
         m.one(

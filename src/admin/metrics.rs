@@ -4,6 +4,11 @@
 //! snapshot and `control` at scrape time, so a version or service removed
 //! from the config drops out of them at once.
 //!
+//! The exporter's own gauges of a removed version or endpoint
+//! (`veer_version_weight`, `veer_endpoint_healthy`, `veer_rollout_step` of a
+//! removed service) are left out of its text, so they do not show a stale
+//! value forever.
+//!
 //! Before rendering, the counters an alert may compare against
 //! (`veer_guard_trips_total`, `veer_version_unavailable_total`) are declared
 //! at 0 for every configured version, so `increase(...)` and `absent(...)`
@@ -14,6 +19,7 @@ use metrics::{Key, Label, Metadata, Recorder};
 
 use crate::control::{outcome_word, Control};
 use crate::guard::verdict::Reason;
+use crate::snapshot::Snapshot;
 use crate::state::RolloutOutcome;
 use crate::telemetry::operator::{gauge_family, sample};
 
@@ -53,7 +59,7 @@ pub fn render(control: &Control) -> String {
         telemetry.set_rollout_step(&service.name, 0);
     }
 
-    let mut text = telemetry.render();
+    let mut text = drop_removed(telemetry.render(), &snapshot);
 
     gauge_family(
         &mut text,
@@ -161,6 +167,65 @@ pub fn render(control: &Control) -> String {
         }
     }
     text
+}
+
+/// The gauges the exporter keeps per version or endpoint, which would go on
+/// showing the last value of a version or endpoint the config no longer
+/// has. (The exporter cannot forget a series; its counters of removed
+/// versions are left, as counters of a restarted target would be.)
+const CONFIG_GAUGES: [&str; 3] = [
+    "veer_version_weight{",
+    "veer_endpoint_healthy{",
+    "veer_rollout_step{",
+];
+
+/// Drops, from the exporter's text, the samples of `CONFIG_GAUGES` whose
+/// service, version or endpoint is not in the snapshot.
+fn drop_removed(text: String, snapshot: &Snapshot) -> String {
+    if !text.lines().any(is_config_gauge) {
+        return text;
+    }
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if !is_config_gauge(line) || configured(line, snapshot) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
+fn is_config_gauge(line: &str) -> bool {
+    CONFIG_GAUGES.iter().any(|g| line.starts_with(g))
+}
+
+/// Whether every service, version and endpoint label of `line` names one in
+/// the snapshot. Names in the config cannot hold quotes or backslashes, so
+/// the label values need no unescaping.
+fn configured(line: &str, snapshot: &Snapshot) -> bool {
+    let label = |name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(&line[start..start + len])
+    };
+    let Some(service) = label("service")
+        .and_then(|name| snapshot.services.iter().find(|s| &*s.name == name))
+    else {
+        return false;
+    };
+    let Some(name) = label("version") else {
+        return true;
+    };
+    let Some(version) = service.versions.iter().find(|v| &*v.name == name) else {
+        return false;
+    };
+    match label("endpoint") {
+        None => true,
+        Some(endpoint) => version
+            .all_endpoints
+            .iter()
+            .any(|e| e.addr().to_string() == endpoint),
+    }
 }
 
 /// Registers, at 0, the counters of every configured version that only
