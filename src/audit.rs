@@ -90,7 +90,11 @@ pub fn rollout_step(
     result: &Result<crate::state::RolloutProgress, String>,
 ) {
     let detail = match result {
-        Ok(progress) => format!("step {} of the rollout of {}", progress.step + 1, progress.candidate),
+        Ok(progress) => format!(
+            "step {} of the rollout of {}",
+            progress.step + 1,
+            progress.candidate
+        ),
         Err(reason) => reason.clone(),
     };
     system(

@@ -124,7 +124,14 @@ async fn every_admin_action_is_audited_with_who_what_and_result() {
     // Refused before anything runs: no token, then a wrong one.
     let answer = post(&client, admin, "/services/web/rollback", None, None).await;
     assert_eq!(answer.status, 401, "{}", answer.text());
-    let answer = post(&client, admin, "/services/web/rollback", Some("guess"), None).await;
+    let answer = post(
+        &client,
+        admin,
+        "/services/web/rollback",
+        Some("guess"),
+        None,
+    )
+    .await;
     assert_eq!(answer.status, 401, "{}", answer.text());
 
     let answer = post(

@@ -134,7 +134,12 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     let (cert, key) = Ca::new("metrics test CA")
         .leaf_until(&["localhost"], not_after)
         .write(dir.path(), "server");
-    let config = yaml(stable.addr(), Some(canary.addr()), Some((&cert, &key)), true);
+    let config = yaml(
+        stable.addr(),
+        Some(canary.addr()),
+        Some((&cert, &key)),
+        true,
+    );
     let veer = VeerProcess::start(BIN, &config);
     let admin = admin_of(&veer);
     let proxy = veer.listener("public");
@@ -144,7 +149,10 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     // Build and process.
     let build = m.all("veer_build_info", &[]);
     assert_eq!(build.len(), 1, "{}", m.text);
-    assert_eq!(build[0].labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        build[0].labels.get("version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(value(build[0]), 1.0);
     assert!(m.one("process_resident_memory_bytes", &[]) > 0.0);
     assert!(m.one("process_open_fds", &[]) > 0.0);
@@ -154,7 +162,10 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     assert_eq!(
         m.one(
             "veer_tls_certificate_expiry_seconds",
-            &[("listener", "secure"), ("cert", &cert.display().to_string())]
+            &[
+                ("listener", "secure"),
+                ("cert", &cert.display().to_string())
+            ]
         ),
         NOT_AFTER as f64
     );
@@ -170,7 +181,12 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         .is_empty());
     assert_eq!(m.one("veer_version_unavailable_total", &canary_labels), 0.0);
     // Weight shares beside the raw weights.
-    let raw = |version: &str| m.one("veer_version_weight", &[("service", "web"), ("version", version)]);
+    let raw = |version: &str| {
+        m.one(
+            "veer_version_weight",
+            &[("service", "web"), ("version", version)],
+        )
+    };
     let total = raw("stable") + raw("canary");
     for version in ["stable", "canary"] {
         let percent = m.one(
@@ -195,7 +211,10 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     assert_eq!(verdicts.len(), 4, "{}", m.text);
     assert_eq!(verdicts.iter().map(|s| value(s)).sum::<f64>(), 1.0);
     assert_eq!(
-        m.one("veer_rollout_state", &[("service", "web"), ("state", "in_progress")]),
+        m.one(
+            "veer_rollout_state",
+            &[("service", "web"), ("state", "in_progress")]
+        ),
         1.0
     );
     assert_eq!(
@@ -208,7 +227,9 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     assert_eq!(m.one("veer_rollout_step", &[("service", "web")]), 1.0);
 
     // An open connection, then a request in flight.
-    let idle = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+    let idle = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
     scrape_until(&client, admin, "one open connection", |m| {
         m.get("veer_listener_connections", &[("listener", "public")]) == Some(1.0)
     })
@@ -216,11 +237,18 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     let slow = {
         let client = client.clone();
         tokio::spawn(async move {
-            send(&client, get(&format!("http://{proxy}/delay/1500"), Some("web"))).await
+            send(
+                &client,
+                get(&format!("http://{proxy}/delay/1500"), Some("web")),
+            )
+            .await
         })
     };
     scrape_until(&client, admin, "one request in flight", |m| {
-        m.get("veer_listener_requests_in_flight", &[("listener", "public")]) == Some(1.0)
+        m.get(
+            "veer_listener_requests_in_flight",
+            &[("listener", "public")],
+        ) == Some(1.0)
     })
     .await;
     let answer = within(LIMIT, "the slow request", slow)
@@ -229,7 +257,10 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     drop(idle);
     scrape_until(&client, admin, "no request in flight", |m| {
-        m.get("veer_listener_requests_in_flight", &[("listener", "public")]) == Some(0.0)
+        m.get(
+            "veer_listener_requests_in_flight",
+            &[("listener", "public")],
+        ) == Some(0.0)
     })
     .await;
 
@@ -267,13 +298,22 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
     })
     .await;
     assert!(m.all("veer_rollout_state", &[]).is_empty(), "{}", m.text);
-    assert!(m.all("veer_version_weight_percent", &canary_labels).is_empty());
+    assert!(m
+        .all("veer_version_weight_percent", &canary_labels)
+        .is_empty());
     assert!(m.all("veer_version_latched", &canary_labels).is_empty());
     assert!(m.all("veer_guard_verdict", &[]).is_empty());
-    assert!(m.all("veer_version_weight", &canary_labels).is_empty(), "{}", m.text);
+    assert!(
+        m.all("veer_version_weight", &canary_labels).is_empty(),
+        "{}",
+        m.text
+    );
     assert!(m.all("veer_endpoint_healthy", &canary_labels).is_empty());
     assert_eq!(
-        m.one("veer_endpoint_healthy", &[("service", "web"), ("version", "stable")]),
+        m.one(
+            "veer_endpoint_healthy",
+            &[("service", "web"), ("version", "stable")]
+        ),
         1.0
     );
     assert!(m.all("veer_tls_certificate_expiry_seconds", &[]).is_empty());

@@ -208,8 +208,8 @@ fn configured(line: &str, snapshot: &Snapshot) -> bool {
         let len = line[start..].find('"')?;
         Some(&line[start..start + len])
     };
-    let Some(service) = label("service")
-        .and_then(|name| snapshot.services.iter().find(|s| &*s.name == name))
+    let Some(service) =
+        label("service").and_then(|name| snapshot.services.iter().find(|s| &*s.name == name))
     else {
         return false;
     };

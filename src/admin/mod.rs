@@ -214,8 +214,10 @@ impl Admin {
                 Err(reason) => Err(not_found_or(reason, StatusCode::CONFLICT)),
             },
             Action::Resume(service) => match self.control.resume(service) {
-                Ok(cleared) => Ok(serde_json::json!({"service": service, "latches_cleared": cleared,
-                    "weights": status::service_weights(&self.control, service)["weights"]})),
+                Ok(cleared) => Ok(
+                    serde_json::json!({"service": service, "latches_cleared": cleared,
+                    "weights": status::service_weights(&self.control, service)["weights"]}),
+                ),
                 Err(reason) => Err(refuse(StatusCode::NOT_FOUND, reason)),
             },
         }
@@ -239,7 +241,9 @@ impl Admin {
                         "weights": status::service_weights(&self.control, service)["weights"]}),
                 )
             }
-            Err(reason) if reason.starts_with("no service") => Err(refuse(StatusCode::NOT_FOUND, reason)),
+            Err(reason) if reason.starts_with("no service") => {
+                Err(refuse(StatusCode::NOT_FOUND, reason))
+            }
             Err(reason) => Err(refuse(StatusCode::CONFLICT, reason)),
         }
     }
@@ -394,7 +398,12 @@ async fn read_json(request: Request<Incoming>) -> Refusable {
     let body = Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|err| refuse(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")))?
+        .map_err(|err| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            )
+        })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|err| {
         refuse(

@@ -92,7 +92,9 @@ impl Reloader {
                 self.apply(config)
             });
         match &result {
-            Ok(()) => tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), "config reloaded"),
+            Ok(()) => {
+                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), "config reloaded")
+            }
             Err(errors) => {
                 for error in errors {
                     tracing::error!(

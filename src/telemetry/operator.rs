@@ -171,7 +171,12 @@ impl Operator {
         );
         for (name, gauges) in &listeners {
             let value = gauges.connections() as f64;
-            sample(text, "veer_listener_connections", &[("listener", name)], value);
+            sample(
+                text,
+                "veer_listener_connections",
+                &[("listener", name)],
+                value,
+            );
         }
         gauge_family(
             text,
@@ -295,6 +300,9 @@ mod tests {
         drop(gauges);
         let mut text = String::new();
         operator.render_into(&mut text);
-        assert!(!text.contains("pub\\\"lic"), "gone listeners drop out: {text}");
+        assert!(
+            !text.contains("pub\\\"lic"),
+            "gone listeners drop out: {text}"
+        );
     }
 }

@@ -281,7 +281,12 @@ fn warn_if_expiring(listener: &str, pair: &CertificateFiles, key: &CertifiedKey)
 }
 
 /// `veer_tls_certificate_expiry_seconds` of the pair's leaf certificate.
-fn record_expiry(telemetry: &Telemetry, listener: &str, pair: &CertificateFiles, key: &CertifiedKey) {
+fn record_expiry(
+    telemetry: &Telemetry,
+    listener: &str,
+    pair: &CertificateFiles,
+    key: &CertifiedKey,
+) {
     let not_after = key.cert.first().and_then(super::not_after);
     telemetry
         .operator()
