@@ -10,7 +10,8 @@
 //! value forever.
 //!
 //! Before rendering, the counters an alert may compare against
-//! (`veer_guard_trips_total`, `veer_version_unavailable_total`) are declared
+//! (`veer_guard_trips_total`, `veer_version_unavailable_total`,
+//! `veer_endpoint_ejections_total`) are declared
 //! at 0 for every configured version, so `increase(...)` and `absent(...)`
 //! work before the first trip; and `veer_rollout_step` is set to 0 for a
 //! service whose rollout block is gone.
@@ -31,6 +32,10 @@ const TRIP_REASONS: [Reason; 5] = [
     Reason::LatencyRatio,
     Reason::Manual,
 ];
+
+/// Every reason an endpoint is ejected for: a failed attempt's, or `5xx`
+/// with `outlier_detection.count_5xx`.
+const EJECTION_REASONS: [&str; 6] = ["connect", "timeout", "reset", "protocol", "tls", "5xx"];
 
 const VERDICTS: [&str; 4] = ["healthy", "insufficient", "bad", "none"];
 
@@ -246,6 +251,20 @@ fn declare_counters(control: &Control) {
                 &Key::from_parts("veer_version_unavailable_total", labels()),
                 &metadata,
             );
+            if service.outlier.consecutive_failures > 0 {
+                for endpoint in &version.all_endpoints {
+                    let endpoint = endpoint.addr().to_string();
+                    for reason in EJECTION_REASONS {
+                        let mut with_reason = labels();
+                        with_reason.push(Label::new("endpoint", endpoint.clone()));
+                        with_reason.push(Label::new("reason", reason));
+                        let _ = recorder.register_counter(
+                            &Key::from_parts("veer_endpoint_ejections_total", with_reason),
+                            &metadata,
+                        );
+                    }
+                }
+            }
             let Some(guard) = &service.guard else {
                 continue;
             };
