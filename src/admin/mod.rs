@@ -3,6 +3,10 @@
 //! snapshot the proxy reads and changes things only through `control`.
 //!
 //! Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
+//! Every POST to an action — carried out or refused, the token checked or
+//! not — leaves one line in the audit trail (`crate::audit`), written here
+//! where the caller, the service's weights before and after, and the answer
+//! are all known.
 
 mod metrics;
 mod status;
