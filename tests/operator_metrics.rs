@@ -245,7 +245,7 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         tokio::spawn(async move {
             send(
                 &client,
-                get(&format!("http://{proxy}/delay/1500"), Some("web")),
+                get(&format!("http://{proxy}/delay/5000"), Some("web")),
             )
             .await
         })
