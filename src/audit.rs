@@ -82,25 +82,32 @@ pub fn system(actor: &str, action: Action<'_>) {
     );
 }
 
-/// The rollout's own step to its next weight (`promote` by `rollout`).
-pub fn rollout_step(
+/// What the rollout does by itself: `promote` (a step to its next weight)
+/// or `complete` (its last step held with no trip).
+pub fn rollout(
+    action: &str,
     service: &str,
     before: &Snapshot,
     after: &Snapshot,
     result: &Result<crate::state::RolloutProgress, String>,
 ) {
     let detail = match result {
+        Ok(progress) if action == "complete" => format!(
+            "the rollout of {} {} completed: its last step held",
+            progress.candidate, progress.revision
+        ),
         Ok(progress) => format!(
-            "step {} of the rollout of {}",
+            "step {} of the rollout of {} {}",
             progress.step + 1,
-            progress.candidate
+            progress.candidate,
+            progress.revision
         ),
         Err(reason) => reason.clone(),
     };
     system(
         "rollout",
         Action {
-            action: "promote",
+            action,
             service: Some(service),
             before: &weights(before, Some(service)),
             after: &weights(after, Some(service)),

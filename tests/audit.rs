@@ -291,10 +291,22 @@ async fn guard_trips_file_reloads_and_rollout_steps_are_audited() {
     assert!(
         step["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("step 2 of the rollout of canary")),
+            .is_some_and(|d| d.contains("step 2 of the rollout of canary 2")),
         "{step}"
     );
     assert!(step["peer"].is_null(), "veer acted by itself: {step}");
+    // ... and completes once its last step has held too.
+    let complete = audit_line(&veer, "the rollout's completion", |l| {
+        is(l, "rollout", "complete", "ok")
+    })
+    .await;
+    assert_eq!(complete["before"], "stable@1=0 canary@2=100");
+    assert!(
+        complete["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the rollout of canary 2 completed")),
+        "{complete}"
+    );
 
     // A file change that veer refuses, then one it takes.
     std::fs::write(veer.config_path(), "listeners: [").expect("write bad config");

@@ -88,7 +88,8 @@ fn example_config_is_valid() {
     assert_eq!(guard.baseline, 0);
     let rollout = service.rollout.as_ref().expect("the example has a rollout");
     assert_eq!(rollout.candidate, 1);
-    assert_eq!(rollout.steps, [10, 25, 50, 100]);
+    let percents: Vec<u32> = rollout.steps.iter().map(|s| s.percent).collect();
+    assert_eq!(percents, [10, 25, 50, 100]);
 }
 
 #[test]
@@ -596,6 +597,7 @@ services:
             "test.yaml:11:17: services[0].versions[0].weight: weight -3 is negative: weights are whole numbers from 0 to 1000000",
             "test.yaml:12:24: services[0].guard.baseline: unknown version `gone`: this service's versions are `stable`",
             "test.yaml:12:46: services[0].guard.max_error_rate: `2` is outside 0..=1: write a fraction, such as 0.05 for 5%",
+            "test.yaml:17:20: services[1].versions[0].endpoints: no endpoints: list at least one IP:PORT, such as [127.0.0.1:18081]",
             "test.yaml:19:9: services[1].versions[0].colour: unknown field `colour`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`",
             "test.yaml:21:27: services[2].match.path_prefix: `third` does not start with `/`: write a path prefix such as /api",
         ],
@@ -630,4 +632,100 @@ fn errors_carry_their_parts() {
     );
     let as_error: &dyn std::error::Error = &errors;
     assert!(as_error.to_string().starts_with("test.yaml:9:17: "));
+}
+
+// ----- rollout steps with their own holds ---------------------------------------
+
+const GUARD_LINE: &str = "    guard: { baseline: stable, max_error_rate: 0.05 }\n";
+
+#[test]
+fn steps_carry_their_own_hold_or_a_manual_one_and_the_short_form_still_works() {
+    use std::time::Duration;
+    use veer::config::{Hold, Step};
+    let config = parse(&with_service_lines(&format!(
+        "{GUARD_LINE}    rollout:\n      candidate: canary\n      steps: [{{weight: 10, hold: 30m}}, {{weight: 50, hold: manual}}, 100]\n      hold: 10m\n"
+    )))
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let rollout = config.services[0].rollout.as_ref().expect("rollout");
+    assert_eq!(
+        rollout.steps,
+        [
+            Step {
+                percent: 10,
+                hold: Hold::For(Duration::from_secs(1800))
+            },
+            Step {
+                percent: 50,
+                hold: Hold::Manual
+            },
+            Step {
+                percent: 100,
+                hold: Hold::For(Duration::from_secs(600))
+            },
+        ]
+    );
+    // Every step with its own hold: the rollout's `hold` may go.
+    let config = parse(&with_service_lines(&format!(
+        "{GUARD_LINE}    rollout: {{ candidate: canary, steps: [{{weight: 20, hold: 1m}}, {{weight: 100, hold: 5m}}] }}\n"
+    )))
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let steps = &config.services[0].rollout.as_ref().expect("rollout").steps;
+    assert_eq!(steps[1].hold, Hold::For(Duration::from_secs(300)));
+    // The short form: every step holds for `hold`, the last one too.
+    let config = parse(&with_service_lines(&format!(
+        "{GUARD_LINE}    rollout: {{ candidate: canary, steps: [10, 100], hold: manual }}\n"
+    )))
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let steps = &config.services[0].rollout.as_ref().expect("rollout").steps;
+    assert!(steps.iter().all(|s| s.hold == Hold::Manual));
+}
+
+#[test]
+fn step_errors_name_the_step_field() {
+    assert_errors(
+        &with_service_lines(&format!(
+            "{GUARD_LINE}    rollout:\n      candidate: canary\n      steps:\n        - {{weight: 10, hold: soon}}\n        - {{wieght: 50, hold: 1m}}\n        - {{hold: 1m}}\n        - {{weight: 90, hold: 0s}}\n"
+        )),
+        &[
+            "test.yaml:17:30: services[0].rollout.steps[0].hold: `soon` is not a duration: write a number with a unit, such as 250ms, 5s, 1m or 1h",
+            "test.yaml:18:12: services[0].rollout.steps[1].wieght: unknown field `wieght`, expected `weight` or `hold`; did you mean `weight`?",
+            "test.yaml:19:11: services[0].rollout.steps[2]: missing weight: give the candidate's percentage at this step, such as {weight: 25, hold: 10m}",
+            "test.yaml:20:20: services[0].rollout.steps[3].weight: the last step must be 100: a rollout ends with all traffic on the candidate",
+            "test.yaml:20:30: services[0].rollout.steps[3].hold: `0s` is zero: this needs a duration above 0",
+        ],
+    );
+}
+
+#[test]
+fn a_step_without_any_hold_is_reported_once_at_the_rollout() {
+    assert_errors(
+        &with_service_lines(&format!(
+            "{GUARD_LINE}    rollout:\n      candidate: canary\n      steps: [{{weight: 10, hold: 1m}}, 100]\n"
+        )),
+        &[
+            "test.yaml:15:7: services[0].rollout.hold: missing hold: say how long each step must stay healthy, such as `hold: 10m`, or give every step its own, such as {weight: 10, hold: 30m}",
+        ],
+    );
+}
+
+// ----- every unknown key, in one run ------------------------------------------
+
+#[test]
+fn every_unknown_key_is_reported_top_level_and_nested() {
+    let text = format!(
+        "stat_dir: state\n{}",
+        edit(
+            "        weight: 10\n",
+            "        weight: 10\n        revison: x\n        wieght: 3\n"
+        )
+    ) + "    helth_check: { path: /h }\n";
+    assert_errors(
+        &text,
+        &[
+            "test.yaml:1:1: stat_dir: unknown field `stat_dir`, expected one of `listeners`, `admin`, `state_dir`, `limits`, `services`; did you mean `state_dir`?",
+            "test.yaml:14:9: services[0].versions[1].revison: unknown field `revison`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `revision`?",
+            "test.yaml:15:9: services[0].versions[1].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?",
+            "test.yaml:16:5: services[0].helth_check: unknown field `helth_check`, expected one of `name`, `match`, `versions`, `sticky`, `rules`, `timeouts`, `health_check`, `outlier_detection`, `slow_start`, `guard`, `rollout`; did you mean `health_check`?",
+        ],
+    );
 }

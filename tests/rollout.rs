@@ -127,8 +127,8 @@ async fn a_rollout_through_10_50_100_completes_each_step_carries_its_share_and_v
     );
     wait_until(
         Duration::from_secs(45),
-        "the rollout completes and 200 answers come at its last step",
-        || load.count_at(3) >= PER_STEP,
+        "200 answers come at the last step and, its hold over, the rollout completes",
+        || load.count_at(3) >= PER_STEP && watcher.saw("completed"),
     )
     .await;
     let samples = load.finish().await;
@@ -138,13 +138,14 @@ async fn a_rollout_through_10_50_100_completes_each_step_carries_its_share_and_v
     let mut steps: Vec<u64> = seen.iter().map(|s| s.step).collect();
     steps.dedup();
     assert_eq!(steps, vec![1, 2, 3], "steps seen in /status: {seen:?}");
-    for (k, &percent) in STEPS.iter().enumerate() {
-        let step = k as u64 + 1;
-        let state = if step == 3 {
-            "completed"
-        } else {
-            "in_progress"
-        };
+    // The last step holds like the others: in progress at 100 % first,
+    // completed only once its hold is over.
+    let phases = STEPS
+        .iter()
+        .enumerate()
+        .map(|(k, &percent)| (k as u64 + 1, percent, "in_progress"))
+        .chain([(3, 100, "completed")]);
+    for (step, percent, state) in phases {
         assert!(
             seen.contains(&Observed {
                 step,
@@ -444,7 +445,8 @@ fn printed_json(out: &std::process::Output) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_to_completion() {
+async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_completes_the_last_step(
+) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let blocks = guard(NEVER_TRIPS) + &rollout("[10, 25, 50, 100]", "1s", None);
@@ -516,17 +518,22 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_to_com
         (50, 50)
     );
 
-    // ... and promote --full completes it.
+    // ... promote --full goes to the last step, which still holds ...
     let mut full = cmd("promote");
     full.push("--full");
-    let completed = printed_json(&veer_ok(&full, 0).await);
+    let last = printed_json(&veer_ok(&full, 0).await);
+    assert_eq!(last["rollout"]["state"], "in_progress", "{last:#}");
+    assert_eq!(last["rollout"]["step"], 4, "{last:#}");
+    assert_eq!(last["rollout"]["percent"], 100, "{last:#}");
+    assert_eq!(
+        last["weights"],
+        serde_json::json!({"stable": 0, "canary": 100}),
+        "{last:#}"
+    );
+    // ... and promoting the last step completes it: the operator vouches.
+    let completed = printed_json(&veer_ok(&cmd("promote"), 0).await);
     assert_eq!(completed["rollout"]["state"], "completed", "{completed:#}");
     assert_eq!(completed["rollout"]["percent"], 100, "{completed:#}");
-    assert_eq!(
-        completed["weights"],
-        serde_json::json!({"stable": 0, "canary": 100}),
-        "{completed:#}"
-    );
     let mut wait = cmd("wait");
     wait.extend(["--timeout", "20s"]);
     veer_ok(&wait, 0).await;
@@ -633,6 +640,7 @@ async fn manual_weights_after_a_completed_rollout_take_effect() {
     let admin = f.admin_url();
 
     veer_ok(&["promote", "web", "--full", "--admin", &admin], 0).await;
+    veer_ok(&["promote", "web", "--admin", &admin], 0).await;
     let done = f.web().await;
     assert!(at(&done, 3, "completed"), "{done:#}");
     assert_eq!((weight(&done, "stable"), weight(&done, "canary")), (0, 100));

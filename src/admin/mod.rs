@@ -106,6 +106,14 @@ impl Admin {
                 return self.act(request, peer, action).await;
             }
         }
+        // Reads are open, but a token that is presented and wrong is refused
+        // on a read too: a pipeline's `veer wait` learns its token is bad
+        // before it needs it to roll back.
+        if method == Method::POST || request.headers().contains_key(AUTHORIZATION) {
+            if let (Err(refused), _) = self.authorize(&request) {
+                return plain(refused.status, &refused.reason);
+            }
+        }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => text(
                 StatusCode::OK,
@@ -312,11 +320,28 @@ impl Admin {
         };
         let mut weights = Vec::with_capacity(map.len());
         for (version, weight) in map {
-            let Some(weight) = weight.as_u64().and_then(|w| u32::try_from(w).ok()) else {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!("weight of `{version}` must be a non-negative integer, got {weight}"),
-                ));
+            // The config's rule and message: a run-time weight is held to
+            // what the file would accept.
+            let whole = weight
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| weight.as_u64().map(i128::from))
+                // Past u64 JSON has only floats: a whole one is still a
+                // whole number, just far above the maximum.
+                .or_else(|| {
+                    weight
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() > 1e18)
+                        .map(|f| if f > 0.0 { i128::MAX } else { i128::MIN })
+                });
+            let weight = match crate::config::weight_rule(whole, &weight.to_string()) {
+                Ok(w) => w,
+                Err(reason) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("`{version}`: {reason}"),
+                    ))
+                }
             };
             weights.push((version.as_str(), weight));
         }
@@ -325,10 +350,7 @@ impl Admin {
         }
         match self.control.set_weights(service, &weights) {
             Ok(()) => Ok(status::service_weights(&self.control, service)),
-            Err(reason) if reason.starts_with("no service") => {
-                Err(refuse(StatusCode::NOT_FOUND, reason))
-            }
-            Err(reason) => Err(refuse(StatusCode::BAD_REQUEST, reason)),
+            Err(refused) => Err(refuse(refused.status(), refused.to_string())),
         }
     }
 }

@@ -93,9 +93,14 @@ pub fn rollout_json(
     };
     let percent = match progress.outcome {
         crate::state::RolloutOutcome::Completed => 100,
-        _ => config.steps.get(progress.step).copied().unwrap_or(100),
+        _ => config.percent(progress.step),
     };
-    let hold_ms = u64::try_from(config.hold.as_millis()).unwrap_or(u64::MAX);
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    // `null` for a manual step: it waits for `veer promote`, not for time.
+    let hold_ms = match config.steps.get(progress.step).map(|s| s.hold) {
+        Some(crate::config::Hold::For(hold)) => Some(millis(hold)),
+        _ => None,
+    };
     json!({
         "candidate": progress.candidate,
         "revision": progress.revision,
@@ -104,9 +109,15 @@ pub fn rollout_json(
         "step": progress.step + 1,
         "steps": config.steps.len(),
         "percent": percent,
+        "manual": hold_ms.is_none(),
         "hold_ms": hold_ms,
         "held_ms": progress.held_ms,
-        "hold_remaining_ms": hold_ms.saturating_sub(progress.held_ms),
+        "hold_remaining_ms": hold_ms.map(|h| h.saturating_sub(progress.held_ms)),
+        // The least running time left before completion, and the whole
+        // rollout's: what a pipeline sizes `veer wait --timeout` from.
+        // `null` while a manual step lies ahead.
+        "min_remaining_ms": crate::rollout::min_remaining(&progress, config).map(millis),
+        "min_total_ms": crate::rollout::min_total(config).map(millis),
         "gate": control.gate_status(service),
     })
 }

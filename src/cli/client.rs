@@ -21,8 +21,10 @@ pub struct AdminTarget {
 
 #[derive(Debug)]
 pub enum ClientError {
-    /// The admin API could not be reached at all (exit status 2).
+    /// The admin API could not be reached at all.
     Unreachable(String),
+    /// The admin API refused the token (401/403): retrying will not help.
+    Refused(String),
     /// The command line was wrong (bad URL, unreadable token file).
     Usage(String),
 }
@@ -30,7 +32,9 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Unreachable(m) | ClientError::Usage(m) => f.write_str(m),
+            ClientError::Unreachable(m) | ClientError::Refused(m) | ClientError::Usage(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod preflight;
 mod status;
 mod wait;
 
@@ -38,10 +39,15 @@ enum Command {
         #[arg(long, env = "VEER_WORKERS")]
         workers: Option<usize>,
     },
-    /// Validate a config without serving; prints every error.
+    /// Validate a config without serving; prints every error. Reads every
+    /// file `veer run` would (TLS files, the admin token).
     Check {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Check everything but the files the config names (for a pipeline
+        /// without the secrets); lists the files it did not read.
+        #[arg(long)]
+        offline: bool,
     },
     /// The live state of services: versions, weights, rates, latencies.
     Status {
@@ -82,11 +88,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Wait until the rollout completes (exit 0) or is rolled back (exit 1);
-    /// exit 2 on timeout or when the admin API cannot be reached.
+    /// Wait until the rollout completes: exit 0 completed (its last step held
+    /// with no trip), 1 rolled back or ended by hand, 2 timed out, 3 admin API
+    /// unreachable or refusing the token, 64 usage error or unknown service.
     Wait {
         service: String,
-        /// Give up after this long (e.g. 30m).
+        /// Give up after this long (e.g. 90m). Default: the rollout's least
+        /// remaining time × 1.5 + 10m, printed at start; required when a
+        /// manual step lies ahead.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
         /// Wait for the rollout of this candidate revision (a pipeline that
@@ -135,8 +144,24 @@ impl AdminArgs {
     }
 }
 
+/// A wrong command line (clap's own errors included): EX_USAGE, so that no
+/// command's usage error reads as one of its results (`veer wait`'s 2 is a
+/// timeout, `veer status`'s 2 an unreachable admin API).
+const USAGE: u8 = 64;
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(USAGE)
+            } else {
+                // --help, --version
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // The proxy logs what it does; the other commands print their results
     // and log only problems.
     init_logging(match cli.command {
@@ -145,7 +170,7 @@ pub fn main() -> ExitCode {
     });
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
-        Command::Check { config } => check(&config),
+        Command::Check { config, offline } => check(&config, offline),
         Command::Demo { duration } => crate::demo::run(duration),
         Command::Status {
             service,
@@ -183,9 +208,16 @@ pub fn main() -> ExitCode {
             timeout,
             revision,
             admin,
-        } => operator(&admin, |target| async move {
-            wait::wait(&target, &service, timeout, revision.as_deref()).await
-        }),
+        } => match admin.target() {
+            Ok(target) => operator_runtime(|| async move {
+                wait::wait(&target, &service, timeout, revision.as_deref()).await
+            })
+            .map_or(ExitCode::from(wait::Exit::Unreachable), ExitCode::from),
+            Err(err) => {
+                eprintln!("veer: {err}");
+                ExitCode::from(wait::Exit::Usage)
+            }
+        },
     }
 }
 
@@ -203,21 +235,31 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match operator_runtime(|| command(target)) {
+        Some(Ok(code)) => code,
+        Some(Err(err)) => {
+            eprintln!("veer: {err}");
+            ExitCode::from(2)
+        }
+        None => ExitCode::from(2),
+    }
+}
+
+/// Runs `command` on a small runtime of its own; `None` (reported) when the
+/// runtime cannot start.
+fn operator_runtime<F, Fut, T>(command: F) -> Option<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => Some(runtime.block_on(command())),
         Err(err) => {
             eprintln!("veer: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(command(target)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("veer: {err}");
-            ExitCode::from(2)
+            None
         }
     }
 }
@@ -293,16 +335,28 @@ async fn set_weights(
 ) -> Result<ExitCode, ClientError> {
     let mut body = serde_json::Map::new();
     for pair in pairs {
-        let parsed = pair
-            .split_once('=')
-            .and_then(|(v, w)| w.trim().parse::<u32>().ok().map(|w| (v.trim(), w)));
-        let Some((version, weight)) = parsed else {
-            eprintln!(
-                "veer: `{pair}` is not VERSION=WEIGHT (a non-negative integer), e.g. canary=25"
-            );
+        let Some((version, weight)) = pair.split_once('=') else {
+            eprintln!("veer: `{pair}` is not VERSION=WEIGHT, e.g. canary=25");
             return Ok(ExitCode::from(1));
         };
-        body.insert(version.to_string(), serde_json::json!(weight));
+        let (version, written) = (version.trim(), weight.trim());
+        // Held to the config's rule, with its message; veer checks again.
+        let whole = match written.parse::<i128>() {
+            Ok(w) => Some(w),
+            // Too long for i128, but still a whole number.
+            Err(_) if is_digits(written) => Some(i128::MAX),
+            Err(_) if written.strip_prefix('-').is_some_and(is_digits) => Some(i128::MIN),
+            Err(_) => None,
+        };
+        match config::weight_rule(whole, written) {
+            Ok(weight) => {
+                body.insert(version.to_string(), serde_json::json!(weight));
+            }
+            Err(reason) => {
+                eprintln!("veer: weights refused: `{version}`: {reason}");
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     let path = format!("/services/{service}/weights");
     let (status, text) = target
@@ -321,24 +375,54 @@ async fn set_weights(
     }
 }
 
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn init_logging(default: &str) {
     crate::logging::init(default);
 }
 
-/// Loads the config and checks the files it names (certificates, keys).
-fn load(
-    path: &std::path::Path,
-) -> Result<(config::Config, Vec<config::ConfigError>), config::ConfigErrors> {
-    config::load_file_checked(path, crate::tls::check::files_now)
+/// Loads the config and checks the files it names (certificates, keys, the
+/// admin token) unless `offline`; `veer check` and `veer run` share this, so
+/// they agree. Returns the files not read beside the config and warnings.
+fn load(path: &std::path::Path, offline: bool) -> Result<Loaded, config::ConfigErrors> {
+    let mut not_read = Vec::new();
+    let (config, warnings) = config::load_file_checked(path, |config| {
+        let (issues, skipped) = preflight::check(config, offline);
+        not_read = skipped;
+        issues
+    })?;
+    Ok(Loaded {
+        config,
+        warnings,
+        not_read,
+    })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok((_, warnings)) => {
-            for warning in &warnings {
+struct Loaded {
+    config: config::Config,
+    warnings: Vec<config::ConfigError>,
+    not_read: Vec<String>,
+}
+
+fn check(path: &std::path::Path, offline: bool) -> ExitCode {
+    match load(path, offline) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
             println!("{}: ok", path.display());
+            if offline {
+                if loaded.not_read.is_empty() {
+                    println!("offline: the config names no files; nothing was left unread");
+                } else {
+                    println!(
+                        "offline: not read (`veer run` will read them; check them where they are): {}",
+                        loaded.not_read.join(", ")
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -361,12 +445,12 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
-    let config = match load(path) {
-        Ok((config, warnings)) => {
-            for warning in &warnings {
+    let config = match load(path, false) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
-            config
+            loaded.config
         }
         Err(errors) => {
             for error in &errors.0 {

@@ -1,6 +1,8 @@
 //! `veer status`: the admin API's `/status` as a table for people, or as the
 //! JSON itself for scripts.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// Renders the report, only `service` when given. `None` when that service
@@ -135,11 +137,13 @@ pub fn rollout_line(r: &Value) -> String {
     );
     let state = r["state"].as_str().unwrap_or("?");
     if state == "in_progress" {
-        let left = r["hold_remaining_ms"].as_u64().unwrap_or(0);
-        line.push_str(&format!(
-            ", {:.0}s of hold left",
-            (left as f64 / 1000.0).ceil()
-        ));
+        match r["hold_remaining_ms"].as_u64() {
+            Some(left) => line.push_str(&format!(
+                ", {} of hold left",
+                human_duration(Duration::from_millis(left))
+            )),
+            None => line.push_str(", waiting for `veer promote`"),
+        }
     }
     line.push_str(&format!(", {state}"));
     if r["paused"].as_bool() == Some(true) {
@@ -149,4 +153,35 @@ pub fn rollout_line(r: &Value) -> String {
         line.push_str(&format!("; {gate}"));
     }
     line
+}
+
+/// A duration as people read it: `9m 54s`, `1h 5m`, `3s`, `0s`; seconds
+/// rounded up, so a hold with 400 ms left does not read as done.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let read = |ms: u64| human_duration(Duration::from_millis(ms));
+        assert_eq!(read(594_000), "9m 54s");
+        assert_eq!(read(593_001), "9m 54s");
+        assert_eq!(read(0), "0s");
+        assert_eq!(read(400), "1s");
+        assert_eq!(read(600_000), "10m");
+        assert_eq!(read(3_900_000), "1h 5m");
+        assert_eq!(read(7_200_000), "2h");
+    }
 }

@@ -1,7 +1,11 @@
 //! `veer wait`: the gate of a CI pipeline. Polls `/status` until the
-//! service's rollout completes (exit 0) or is rolled back (exit 1); exit 2 on
-//! timeout or when the admin API cannot be reached. On a terminal it keeps one
-//! live progress line; elsewhere it prints a line per change, for CI logs.
+//! service's rollout completes or is rolled back, and says which by its exit
+//! status, one meaning per code (see [`Exit`]): a pipeline rolls back only on
+//! 1, and never because the network or its own command line failed.
+//!
+//! On a terminal it keeps one live progress line; elsewhere (a CI log) it
+//! prints a line only when the step, the state or the guard's verdict
+//! changes.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,98 +16,223 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::{AdminTarget, ClientError};
-use super::status::rollout_line;
+use super::status::{human_duration, rollout_line};
 
 const POLL: Duration = Duration::from_millis(500);
-/// Failed polls in a row before the admin API counts as gone.
-const UNREACHABLE_AFTER: u32 = 10;
+/// Before veer has answered once, this many failed polls in a row mean it is
+/// not there (a wrong `--admin`, veer not started): exit 3 soon.
+const UNREACHABLE_AT_START: u32 = 4;
+/// Once it has answered, veer may be restarting: failures are tolerated this
+/// long before the admin API counts as gone.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+/// Without `--timeout`: the rollout's least remaining time times this, plus
+/// [`DEFAULT_MARGIN`].
+const DEFAULT_FACTOR: f64 = 1.5;
+const DEFAULT_MARGIN: Duration = Duration::from_secs(600);
+/// Without `--timeout`, how long to wait for a `--revision` veer has not
+/// loaded yet (the pipeline may be ahead of the config's reload).
+const DEFAULT_REVISION_WAIT: Duration = Duration::from_secs(600);
+
+/// `veer wait`'s exit statuses, as the contract fixes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The last step held with no trip.
+    Completed = 0,
+    /// Rolled back by the guard or an operator (after completion too), or
+    /// ended by manual weights: not a release to keep.
+    RolledBack = 1,
+    /// `--timeout` passed with the rollout still going.
+    TimedOut = 2,
+    /// The admin API could not be reached, or refused the token.
+    Unreachable = 3,
+    /// A wrong command line, or a service veer does not know.
+    Usage = 64,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
 
 pub async fn wait(
     target: &AdminTarget,
     service: &str,
     timeout: Option<Duration>,
     revision: Option<&str>,
-) -> Result<ExitCode, ClientError> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+) -> Exit {
     let live = std::io::stdout().is_terminal();
-    let mut last_line = String::new();
-    let mut failures = 0;
+    let started = Instant::now();
+    let mut deadline = timeout.map(|t| started + t);
+    if let Some(t) = timeout {
+        println!(
+            "veer wait: {service}: waiting at most {}",
+            human_duration(t)
+        );
+    }
+    let mut printed = Printed::default();
+    // Without --timeout: whether the bound was taken from the rollout yet
+    // (once, when veer first shows the rollout waited for).
+    let mut sized = false;
+    let mut reached = false;
+    let mut failing_since: Option<(Instant, u32)> = None;
     loop {
         match poll(target, service).await {
-            Ok(Some((rollout, _))) if revision.is_some_and(|r| rollout["revision"] != r) => {
-                failures = 0;
-                let line = format!(
-                    "waiting for the rollout of revision {} (veer shows {})",
-                    revision.unwrap_or_default(),
-                    rollout["revision"]
-                );
-                if line != last_line {
-                    println!("{line}");
-                    last_line = line;
-                }
-            }
-            Ok(Some((rollout, service_json))) => {
-                failures = 0;
-                let line = progress_line(&rollout, &service_json);
-                if line != last_line {
-                    if live {
-                        print!("\r\x1b[2K{line}");
-                        let _ = std::io::stdout().flush();
-                    } else {
-                        println!("{line}");
-                    }
-                    last_line = line;
-                }
-                match rollout["state"].as_str() {
-                    Some("completed") => {
-                        finish(live, &format!("{service}: rollout completed"));
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    Some("rolled_back") => {
-                        finish(live, &format!("{service}: rollout rolled back"));
-                        return Ok(ExitCode::from(1));
-                    }
-                    Some("abandoned") => {
+            Ok(found) => {
+                reached = true;
+                failing_since = None;
+                let Some(service_json) = found else {
+                    finish(live, &format!("veer: no service named `{service}` in veer's config (see `veer status`)"));
+                    return Exit::Usage;
+                };
+                let rollout = &service_json["rollout"];
+                let ours = !rollout.is_null()
+                    && revision.is_none_or(|r| rollout["revision"].as_str() == Some(r));
+                if !ours {
+                    // A pipeline that just pushed the config may be ahead of veer.
+                    let Some(revision) = revision else {
                         finish(
                             live,
-                            &format!(
-                                "{service}: rollout ended by manual weights; not a completion"
-                            ),
+                            &format!("veer: service `{service}` has no rollout to wait for (its config has no `rollout:` block)"),
                         );
-                        return Ok(ExitCode::from(1));
+                        return Exit::Usage;
+                    };
+                    if deadline.is_none() {
+                        deadline = Some(started + DEFAULT_REVISION_WAIT);
+                        println!(
+                            "veer wait: {service}: no --timeout given; waiting at most {} for veer to load revision {revision}",
+                            human_duration(DEFAULT_REVISION_WAIT)
+                        );
                     }
-                    _ => {}
+                    let shows = rollout["revision"].as_str().unwrap_or("no rollout");
+                    printed.show(
+                        live,
+                        format!(
+                            "waiting for the rollout of revision {revision} (veer shows {shows})"
+                        ),
+                        String::new(),
+                    );
+                } else {
+                    if timeout.is_none() && !sized {
+                        sized = true;
+                        match default_timeout(rollout) {
+                            Some(t) => {
+                                deadline = Some(Instant::now() + t);
+                                println!(
+                                    "veer wait: {service}: no --timeout given; waiting at most {} (the rollout's least remaining time × {DEFAULT_FACTOR} + {})",
+                                    human_duration(t),
+                                    human_duration(DEFAULT_MARGIN)
+                                );
+                            }
+                            None if rollout["state"] == "in_progress" => {
+                                finish(
+                                    live,
+                                    &format!("veer: the rollout of `{service}` has a manual step ahead, which waits for `veer promote`: give --timeout (e.g. --timeout 2h)"),
+                                );
+                                return Exit::Usage;
+                            }
+                            None => {}
+                        }
+                    }
+                    let (line, key) = progress(rollout, &service_json);
+                    printed.show(live, line, key);
+                    if let Some(exit) = verdict(live, service, rollout) {
+                        return exit;
+                    }
                 }
             }
-            // A pipeline that just pushed the config may be ahead of veer.
-            Ok(None) if revision.is_some() => failures = 0,
-            Ok(None) => {
-                finish(
-                    live,
-                    &format!("veer: service `{service}` has no rollout to wait for"),
-                );
-                return Ok(ExitCode::from(2));
+            Err(ClientError::Refused(message)) => {
+                finish(live, &format!("veer: {message}"));
+                return Exit::Unreachable;
             }
-            Err(err) => {
-                failures += 1;
-                if failures >= UNREACHABLE_AFTER {
-                    return Err(err);
+            Err(ClientError::Usage(message)) => {
+                finish(live, &format!("veer: {message}"));
+                return Exit::Usage;
+            }
+            Err(ClientError::Unreachable(message)) => {
+                let now = Instant::now();
+                let (since, count) = failing_since.get_or_insert((now, 0));
+                *count += 1;
+                let gone = if reached {
+                    now.duration_since(*since) >= UNREACHABLE_AFTER
+                } else {
+                    *count >= UNREACHABLE_AT_START
+                };
+                if gone {
+                    finish(live, &format!("veer: {message}"));
+                    return Exit::Unreachable;
                 }
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
+            let waited = human_duration(Instant::now().duration_since(started));
             finish(
                 live,
-                &format!("{service}: timed out waiting for the rollout"),
+                &format!("{service}: timed out after {waited} with the rollout still going; it goes on in veer (not rolled back)"),
             );
-            return Ok(ExitCode::from(2));
+            return Exit::TimedOut;
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-async fn poll(target: &AdminTarget, service: &str) -> Result<Option<(Value, Value)>, ClientError> {
+/// The exit for a finished rollout, with its closing line; `None` while it runs.
+fn verdict(live: bool, service: &str, rollout: &Value) -> Option<Exit> {
+    let (exit, message) = match rollout["state"].as_str() {
+        Some("completed") => (
+            Exit::Completed,
+            format!("{service}: rollout completed: the last step held with no trip"),
+        ),
+        Some("rolled_back") => (Exit::RolledBack, format!("{service}: rollout rolled back")),
+        Some("abandoned") => (
+            Exit::RolledBack,
+            format!("{service}: rollout ended by manual weights; not a completion"),
+        ),
+        _ => return None,
+    };
+    finish(live, &message);
+    Some(exit)
+}
+
+/// The rollout's least remaining time with a margin; `None` with a manual
+/// step ahead (no time bounds it) or a rollout already over.
+fn default_timeout(rollout: &Value) -> Option<Duration> {
+    let remaining = Duration::from_millis(rollout["min_remaining_ms"].as_u64()?);
+    Some(remaining.mul_f64(DEFAULT_FACTOR) + DEFAULT_MARGIN)
+}
+
+/// What was last printed, so that a CI log gets a line per change only.
+#[derive(Default)]
+struct Printed {
+    line: String,
+    key: Option<String>,
+}
+
+impl Printed {
+    /// `key` holds what matters off a terminal (step, state, verdict); the
+    /// line's figures and countdown change every poll and are not news.
+    fn show(&mut self, live: bool, line: String, key: String) {
+        if live {
+            if line != self.line {
+                print!("\r\x1b[2K{line}");
+                let _ = std::io::stdout().flush();
+            }
+        } else if self.key.as_ref() != Some(&key) {
+            println!("{line}");
+        }
+        self.line = line;
+        self.key = Some(key);
+    }
+}
+
+async fn poll(target: &AdminTarget, service: &str) -> Result<Option<Value>, ClientError> {
     let (status, body) = target.call(Method::GET, "/status", None).await?;
+    if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+        return Err(ClientError::Refused(format!(
+            "the admin API at {} refused the token ({status}): check --token-file or VEER_ADMIN_TOKEN",
+            target.authority
+        )));
+    }
     if !status.is_success() {
         return Err(ClientError::Unreachable(format!(
             "the admin API answered {status}: {}",
@@ -112,21 +241,20 @@ async fn poll(target: &AdminTarget, service: &str) -> Result<Option<(Value, Valu
     }
     let report: Value = serde_json::from_str(&body)
         .map_err(|e| ClientError::Unreachable(format!("/status is not JSON: {e}")))?;
-    let found = report["services"]
+    Ok(report["services"]
         .as_array()
         .and_then(|all| all.iter().find(|s| s["name"] == service))
-        .cloned();
-    Ok(found.and_then(|s| {
-        let rollout = s["rollout"].clone();
-        (!rollout.is_null()).then_some((rollout, s))
-    }))
+        .cloned())
 }
 
-fn progress_line(rollout: &Value, service: &Value) -> String {
+/// The progress line, and the part of it that is news: step, state, pause,
+/// the gate's and the guard's words without their running counts.
+fn progress(rollout: &Value, service: &Value) -> (String, String) {
     let candidate = rollout["candidate"].as_str().unwrap_or("");
-    let figures = service["versions"]
+    let version = service["versions"]
         .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == candidate))
+        .and_then(|vs| vs.iter().find(|v| v["name"] == candidate));
+    let figures = version
         .map(|v| {
             let w = &v["window"];
             let p95 = w["p95_ms"]
@@ -138,7 +266,25 @@ fn progress_line(rollout: &Value, service: &Value) -> String {
             )
         })
         .unwrap_or_default();
-    format!("{}{figures}", rollout_line(rollout))
+    let verdict = version
+        .and_then(|v| v["guard_verdict"].as_str())
+        .unwrap_or("");
+    let kind = |text: &str| text.split(':').next().unwrap_or("").to_string();
+    let key = format!(
+        "{}|{}|{}|{}|{}|{}",
+        rollout["revision"],
+        rollout["step"],
+        rollout["state"],
+        rollout["paused"],
+        kind(rollout["gate"].as_str().unwrap_or("")),
+        kind(verdict),
+    );
+    let verdict = if verdict.is_empty() {
+        String::new()
+    } else {
+        format!("; guard: {verdict}")
+    };
+    (format!("{}{figures}{verdict}", rollout_line(rollout)), key)
 }
 
 fn finish(live: bool, message: &str) {
@@ -146,4 +292,47 @@ fn finish(live: bool, message: &str) {
         println!();
     }
     println!("{message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_timeout_has_a_margin_and_none_past_a_manual_step() {
+        let rollout = serde_json::json!({"min_remaining_ms": 1_800_000});
+        assert_eq!(
+            default_timeout(&rollout),
+            Some(Duration::from_secs(2_700 + 600))
+        );
+        assert_eq!(
+            default_timeout(&serde_json::json!({"min_remaining_ms": null})),
+            None
+        );
+    }
+
+    #[test]
+    fn figures_that_change_every_poll_are_not_news() {
+        let rollout = |held: u64, gate: &str| {
+            serde_json::json!({"candidate": "canary", "revision": "2", "step": 1, "steps": 3,
+                "percent": 10, "state": "in_progress", "paused": false, "hold_remaining_ms": held,
+                "gate": gate})
+        };
+        let service = |rate: f64, verdict: &str| {
+            serde_json::json!({"versions": [{"name": "canary", "guard_verdict": verdict,
+                "window": {"error_rate": rate, "p95_ms": 3.0}}]})
+        };
+        let (a, key_a) = progress(
+            &rollout(5_000, "waiting for traffic: 3/20 requests"),
+            &service(0.0, "insufficient data: 3/20 requests"),
+        );
+        let (b, key_b) = progress(
+            &rollout(4_000, "waiting for traffic: 9/20 requests"),
+            &service(0.01, "insufficient data: 9/20 requests"),
+        );
+        assert_ne!(a, b);
+        assert_eq!(key_a, key_b);
+        let (_, key_c) = progress(&rollout(4_000, ""), &service(0.01, "healthy"));
+        assert_ne!(key_a, key_c);
+    }
 }

@@ -34,7 +34,7 @@ use serde_yaml_ng::Value;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use validate::DEFAULT_ADMIN_ADDRESS;
+pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS, MAX_WEIGHT};
 
 use error::{Anchor, Issue};
 use raw::{Invalid, Part, RawConfig, RawDocument};
@@ -244,12 +244,23 @@ fn deserialize_list<T: DeserializeOwned>(
 
 /// Deserializes `value`, found at `base` in the file; an error becomes an
 /// issue at the full path of the field that failed.
+///
+/// serde stops at the first unknown key. So an unknown key is reported,
+/// taken out of the value, and the value read again: every misspelled key is
+/// reported in one run (a top-level one beside a nested one too), and the
+/// rest of the part is still checked.
 fn deserialize_at<T: DeserializeOwned>(
-    value: Value,
+    mut value: Value,
     base: &str,
     issues: &mut Vec<Issue>,
 ) -> Part<T> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
+    // Bounds the retries on a pathological file; each pass removes one key.
+    const MAX_UNKNOWN: usize = 100;
+    for _ in 0..MAX_UNKNOWN {
+        let error = match serde_path_to_error::deserialize(value.clone()) {
+            Ok(parsed) => return Ok(parsed),
+            Err(error) => error,
+        };
         let inner = error.path().to_string();
         let path = match inner.as_str() {
             "." => base.to_string(),
@@ -257,38 +268,81 @@ fn deserialize_at<T: DeserializeOwned>(
             _ if inner.starts_with('[') => format!("{base}{inner}"),
             _ => format!("{base}.{inner}"),
         };
+        let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
         let reason = clean_message(&error.into_inner().to_string());
+        if !reason.starts_with("unknown field") {
+            issues.push(Issue::at(path, reason));
+            return Err(Invalid);
+        }
         // serde names the unknown key in the path; point at the key itself,
         // since the key is the typo.
-        let (reason, anchor) = if reason.starts_with("unknown field") {
-            (with_suggestion(reason), Anchor::Key)
-        } else {
-            (reason, Anchor::Value)
-        };
+        let (reason, meant) = with_suggestion(reason);
         issues.push(Issue {
             path,
             reason,
-            anchor,
+            anchor: Anchor::Key,
         });
-        Invalid
-    })
+        if !remove_at(&mut value, &segments, meant.as_deref()) {
+            return Err(Invalid);
+        }
+    }
+    Err(Invalid)
+}
+
+/// Removes the mapping entry at `path` (the last segment is its key); false
+/// when there is none. With `meant` (the key it surely stands for, when that
+/// one is not written too) the value is kept under that key, so it is still
+/// checked and no "missing" error follows the typo.
+fn remove_at(
+    value: &mut Value,
+    path: &[serde_path_to_error::Segment],
+    meant: Option<&str>,
+) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Seq { index } => node.as_sequence_mut().and_then(|s| s.get_mut(*index)),
+            Segment::Map { key } => node.as_mapping_mut().and_then(|m| m.get_mut(key.as_str())),
+            _ => None,
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    let (Segment::Map { key }, Some(mapping)) = (last, node.as_mapping_mut()) else {
+        return false;
+    };
+    let Some(removed) = mapping.remove(key.as_str()) else {
+        return false;
+    };
+    if let Some(meant) = meant.filter(|m| !mapping.contains_key(*m)) {
+        mapping.insert(Value::String(meant.to_string()), removed);
+    }
+    true
 }
 
 /// Adds "did you mean" to serde's "unknown field `wieght`, expected one of
-/// `name`, ..., `weight`" when one expected field is a small edit away.
-fn with_suggestion(reason: String) -> String {
+/// `name`, ..., `weight`" when one expected field is a small edit away, and
+/// returns that field.
+fn with_suggestion(reason: String) -> (String, Option<String>) {
     let mut quoted = reason.split('`').skip(1).step_by(2);
     let Some(unknown) = quoted.next() else {
-        return reason;
+        return (reason, None);
     };
     let best = quoted
         .map(|field| (edit_distance(unknown, field), field))
         .min_by_key(|(distance, _)| *distance);
     match best {
         Some((distance, field)) if distance <= 2 && distance < unknown.len() => {
-            format!("{reason}; did you mean `{field}`?")
+            let field = field.to_string();
+            (format!("{reason}; did you mean `{field}`?"), Some(field))
         }
-        _ => reason,
+        _ => (reason, None),
     }
 }
 
@@ -466,11 +520,18 @@ services:
     fn unknown_fields_get_a_suggestion() {
         assert_eq!(
             with_suggestion("unknown field `wieght`, expected one of `name`, `weight`".into()),
-            "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
+            (
+                "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
+                    .to_string(),
+                Some("weight".to_string())
+            )
         );
         assert_eq!(
             with_suggestion("unknown field `colour`, expected `cert` or `key`".into()),
-            "unknown field `colour`, expected `cert` or `key`"
+            (
+                "unknown field `colour`, expected `cert` or `key`".to_string(),
+                None
+            )
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "ab"), 2);

@@ -286,8 +286,33 @@ pub struct Guard {
 pub struct Rollout {
     /// Index into `Service::versions`; never the guard's baseline.
     pub candidate: usize,
-    /// Percentages, strictly increasing, each in 1..=100, the last one 100.
-    pub steps: Vec<u32>,
-    pub hold: Duration,
+    /// Percentages strictly increasing, each in 1..=100, the last one 100.
+    pub steps: Vec<Step>,
     pub gate: Option<http::Uri>,
+}
+
+impl Rollout {
+    /// The candidate's percentage at step `index` (the last step past the end).
+    pub fn percent(&self, index: usize) -> u32 {
+        self.steps
+            .get(index)
+            .or(self.steps.last())
+            .map_or(100, |step| step.percent)
+    }
+}
+
+/// One step of a rollout: the candidate's share and how long it must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub percent: u32,
+    pub hold: Hold,
+}
+
+/// How a step ends: after a time healthy, or when an operator promotes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Running time healthy at the step, with enough traffic to judge.
+    For(Duration),
+    /// Waits for `veer promote`, however long (the guard still watches).
+    Manual,
 }

@@ -274,9 +274,64 @@ pub(crate) struct RawGuard {
 )]
 pub(crate) struct RawRollout {
     pub candidate: Option<String>,
-    pub steps: Option<Vec<Scalar>>,
+    pub steps: Option<Vec<RawStep>>,
     pub hold: Option<Scalar>,
     pub gate: Option<String>,
+}
+
+/// One rollout step: a bare percentage (`25`, held for the rollout's `hold`)
+/// or a mapping with its own hold (`{weight: 25, hold: 30m}`, or
+/// `hold: manual` to wait for `veer promote`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RawStep {
+    Plain(Scalar),
+    Detailed(RawStepMap),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a step: a mapping with weight and optionally hold"
+)]
+pub(crate) struct RawStepMap {
+    pub weight: Option<Scalar>,
+    pub hold: Option<Scalar>,
+}
+
+impl<'de> Deserialize<'de> for RawStep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = RawStep;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a step: a percentage such as 25, or a mapping such as {weight: 25, hold: 10m}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawStep, E> {
+                Ok(RawStep::Plain(Scalar::Text(text.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawStep, E> {
+                Ok(RawStep::Plain(Scalar::Int(i128::from(n))))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawStep, E> {
+                Ok(RawStep::Plain(Scalar::Int(i128::from(n))))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<RawStep, E> {
+                Ok(RawStep::Plain(Scalar::Float(n)))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<RawStep, E> {
+                Ok(RawStep::Plain(Scalar::Bool(b)))
+            }
+            // Through the caller's map access, so that an unknown key inside
+            // a step is reported at its own path (`steps[1].wieght`).
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawStep, A::Error> {
+                RawStepMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawStep::Detailed)
+            }
+        }
+        deserializer.deserialize_any(StepVisitor)
+    }
 }
 
 /// A single YAML value as written, for a field whose type `validate` checks:

@@ -25,14 +25,14 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    Admin, CertificateFiles, Config, Guard, HealthCheck, HostMatch, Limits, Listener, ListenerTls,
-    OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Sticky, Timeouts, UpstreamTls,
-    Version,
+    Admin, CertificateFiles, Config, Guard, HealthCheck, Hold, HostMatch, Limits, Listener,
+    ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky,
+    Timeouts, UpstreamTls, Version,
 };
 use super::raw::{
     Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawOutlier,
-    RawRollout, RawRule, RawService, RawServiceMatch, RawSticky, RawTimeouts, RawTls,
-    RawUpstreamTls, RawVersion, Scalar,
+    RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts,
+    RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 
 /// The admin API's address when `admin.address` is omitted.
@@ -40,6 +40,25 @@ pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
 /// A weight above this is surely a mistake, and keeps sums far from overflow.
 pub const MAX_WEIGHT: i128 = 1_000_000;
+
+/// The rule for a weight, in the file and at run time alike (`veer weights`,
+/// `POST /services/{name}/weights`), with one message for each refusal.
+/// `whole` is the value when it is a whole number (any value above the
+/// maximum for one too large to hold); `written` is how it was written.
+pub fn weight_rule(whole: Option<i128>, written: &str) -> Result<u32, String> {
+    match whole {
+        Some(w) if w < 0 => Err(format!(
+            "weight {written} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"
+        )),
+        Some(w) if w > MAX_WEIGHT => Err(format!(
+            "weight {written} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"
+        )),
+        Some(w) => u32::try_from(w).map_err(|_| format!("weight {w} is out of range")),
+        None => Err(format!(
+            "`{written}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"
+        )),
+    }
+}
 /// hyper refuses a smaller HTTP/1 read buffer (it asserts 8192).
 pub const MIN_HEADER_BYTES: i128 = 8192;
 /// A request head larger than this is an attack or a bug.
@@ -753,27 +772,18 @@ impl Validator {
                     );
                     None
                 }
-                Some(Scalar::Int(w)) if w < 0 => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("weight {w} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"),
-                    );
-                    None
-                }
-                Some(Scalar::Int(w)) if w > MAX_WEIGHT => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("weight {w} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"),
-                    );
-                    None
-                }
-                Some(Scalar::Int(w)) => u32::try_from(w).ok(),
-                Some(other) => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("`{other}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"),
-                    );
-                    None
+                Some(raw) => {
+                    let whole = match &raw {
+                        Scalar::Int(w) => Some(*w),
+                        _ => None,
+                    };
+                    match weight_rule(whole, &raw.to_string()) {
+                        Ok(w) => Some(w),
+                        Err(reason) => {
+                            self.err(format!("{at}.weight"), reason);
+                            None
+                        }
+                    }
                 }
             };
             match weight {
@@ -1378,35 +1388,52 @@ impl Validator {
             }
             _ => {}
         }
-        let steps = self.steps(&format!("{path}.steps"), raw.steps);
-        let hold = match raw.hold {
-            None => {
-                self.err(
-                    format!("{path}.hold"),
-                    "missing hold: say how long each step must stay healthy, such as `hold: 10m`",
-                );
-                None
-            }
-            Some(hold) => {
-                self.positive_duration(&format!("{path}.hold"), Some(&hold), Duration::ZERO)
-            }
-        };
+        // The rollout's `hold` is the default for steps written without
+        // one; it may be left out when every step carries its own.
+        let default_hold = raw
+            .hold
+            .as_ref()
+            .map(|hold| self.hold(&format!("{path}.hold"), hold).ok_or(()));
+        let steps = self.steps(
+            &format!("{path}.steps"),
+            raw.steps,
+            default_hold.and_then(Result::ok),
+            path,
+            default_hold.is_some(),
+        );
         let gate = match raw.gate {
             None => Ok(None),
             Some(text) => self.url(&format!("{path}.gate"), &text).map(Some).ok_or(()),
         };
-        if !ok {
+        if !ok || matches!(default_hold, Some(Err(()))) {
             return None;
         }
         Some(Rollout {
             candidate: candidate?,
             steps: steps?,
-            hold: hold?,
             gate: gate.ok()?,
         })
     }
 
-    fn steps(&mut self, path: &str, raw: Option<Vec<Scalar>>) -> Option<Vec<u32>> {
+    /// A hold: a positive duration, or `manual` (wait for `veer promote`).
+    fn hold(&mut self, path: &str, raw: &Scalar) -> Option<Hold> {
+        if matches!(raw, Scalar::Text(text) if text == "manual") {
+            return Some(Hold::Manual);
+        }
+        self.positive_duration(path, Some(raw), Duration::ZERO)
+            .map(Hold::For)
+    }
+
+    /// `default_hold`: the rollout's own `hold`, for bare steps; `hold_written`
+    /// says whether it was written at all (an invalid one is reported already).
+    fn steps(
+        &mut self,
+        path: &str,
+        raw: Option<Vec<RawStep>>,
+        default_hold: Option<Hold>,
+        rollout_path: &str,
+        hold_written: bool,
+    ) -> Option<Vec<Step>> {
         let raw = raw.unwrap_or_default();
         if raw.is_empty() {
             self.err(
@@ -1416,43 +1443,92 @@ impl Validator {
             return None;
         }
         let mut ok = true;
-        let mut steps: Vec<u32> = Vec::new();
+        let mut missing_hold = false;
+        let mut steps: Vec<Step> = Vec::new();
         for (k, step) in raw.iter().enumerate() {
             let at = format!("{path}[{k}]");
-            let Some(step) = self.int(&at, step) else {
+            let (percent, hold, percent_at) = match step {
+                RawStep::Plain(percent) => (Some(percent), None, at.clone()),
+                RawStep::Detailed(map) => {
+                    if map.weight.is_none() {
+                        self.err(
+                            &at,
+                            "missing weight: give the candidate's percentage at this step, such as {weight: 25, hold: 10m}",
+                        );
+                        ok = false;
+                    }
+                    (
+                        map.weight.as_ref(),
+                        map.hold.as_ref(),
+                        format!("{at}.weight"),
+                    )
+                }
+            };
+            let hold = match hold {
+                Some(raw) => {
+                    let hold = self.hold(&format!("{at}.hold"), raw);
+                    ok &= hold.is_some();
+                    hold
+                }
+                None if default_hold.is_some() => default_hold,
+                None => {
+                    // Reported once, at the rollout, below.
+                    missing_hold |= !hold_written;
+                    ok = false;
+                    None
+                }
+            };
+            let Some(percent) = percent else { continue };
+            let Some(percent) = self.int(&percent_at, percent) else {
                 ok = false;
                 continue;
             };
-            if !(1..=100).contains(&step) {
+            if !(1..=100).contains(&percent) {
                 self.err(
-                    at,
-                    format!("step {step} is outside 1..=100: steps are percentages of traffic"),
+                    percent_at,
+                    format!("step {percent} is outside 1..=100: steps are percentages of traffic"),
                 );
                 ok = false;
                 continue;
             }
-            let step = u32::try_from(step).unwrap_or(100);
-            if let Some(&previous) = steps.last() {
-                if step <= previous {
+            let percent = u32::try_from(percent).unwrap_or(100);
+            if let Some(previous) = steps.last() {
+                if percent <= previous.percent {
                     self.err(
-                        at,
+                        &percent_at,
                         format!(
-                            "step {step} is not above the previous step {previous}: steps must be strictly increasing"
+                            "step {percent} is not above the previous step {}: steps must be strictly increasing",
+                            previous.percent
                         ),
                     );
                     ok = false;
                 }
             }
-            steps.push(step);
+            steps.push(Step {
+                percent,
+                hold: hold.unwrap_or(Hold::Manual),
+            });
+        }
+        if missing_hold {
+            self.err(
+                format!("{rollout_path}.hold"),
+                "missing hold: say how long each step must stay healthy, such as `hold: 10m`, or give every step its own, such as {weight: 10, hold: 30m}",
+            );
         }
         // Judged on the last step as written, even when earlier steps are bad.
-        let last = raw.last().and_then(|step| match step {
-            Scalar::Int(n) => Some(*n),
-            _ => None,
-        });
+        let (last, last_at) = match raw.last() {
+            Some(RawStep::Plain(Scalar::Int(n))) => {
+                (Some(*n), format!("{path}[{}]", raw.len() - 1))
+            }
+            Some(RawStep::Detailed(RawStepMap {
+                weight: Some(Scalar::Int(n)),
+                ..
+            })) => (Some(*n), format!("{path}[{}].weight", raw.len() - 1)),
+            _ => (None, String::new()),
+        };
         if matches!(last, Some(n) if (1..100).contains(&n)) {
             self.err(
-                format!("{path}[{}]", raw.len() - 1),
+                last_at,
                 "the last step must be 100: a rollout ends with all traffic on the candidate",
             );
             ok = false;

@@ -75,6 +75,39 @@ pub struct Event {
     pub at: String,
 }
 
+/// Why run-time weights were refused; each knows its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsRefused {
+    /// No such service (404).
+    NoService(String),
+    /// A version the guard latched was given traffic (409).
+    Latched(String),
+    /// An unknown version, or all weights zero (400).
+    Invalid(String),
+}
+
+impl WeightsRefused {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            WeightsRefused::NoService(_) => http::StatusCode::NOT_FOUND,
+            WeightsRefused::Latched(_) => http::StatusCode::CONFLICT,
+            WeightsRefused::Invalid(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsRefused::NoService(m)
+            | WeightsRefused::Latched(m)
+            | WeightsRefused::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for WeightsRefused {}
+
 /// What the guard measured when it tripped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Measured {
@@ -166,9 +199,37 @@ impl Control {
 
     /// Sets run-time weights for some versions of `service` (others keep
     /// theirs). Takes effect for the very next request, and persists.
-    pub fn set_weights(&self, service: &str, weights: &[(&str, u32)]) -> Result<(), String> {
+    ///
+    /// A weight above 0 for a version the guard latched is refused, not
+    /// quietly turned into 0: the latch holds until the version's revision
+    /// changes or an operator runs `veer resume`.
+    pub fn set_weights(
+        &self,
+        service: &str,
+        weights: &[(&str, u32)],
+    ) -> Result<(), WeightsRefused> {
         let mut state = self.lock();
-        let declared = state.service(service)?.clone();
+        let declared = state
+            .service(service)
+            .map_err(WeightsRefused::NoService)?
+            .clone();
+        for &(name, weight) in weights {
+            let latch = state.layer.services.get(service).and_then(|layer| {
+                let version = declared.versions.iter().find(|v| v.name == name)?;
+                layer
+                    .latches
+                    .iter()
+                    .find(|l| l.version == name && l.revision == version.revision)
+            });
+            if let (Some(latch), true) = (latch, weight > 0) {
+                return Err(WeightsRefused::Latched(format!(
+                    "version `{name}` of `{service}` is latched at revision `{}` ({}): it gets no traffic \
+                     until its revision changes or an operator runs `veer resume {service}`; \
+                     give it weight 0 or resume first",
+                    latch.revision, latch.reason
+                )));
+            }
+        }
         let layer = state.layer.services.entry(service.to_string()).or_default();
         let mut next = overlay::file_weights(&declared);
         if let Some(current) = &layer.weights {
@@ -177,18 +238,18 @@ impl Control {
         for &(name, weight) in weights {
             if !declared.versions.iter().any(|v| v.name == name) {
                 let known: Vec<&str> = declared.versions.iter().map(|v| v.name.as_str()).collect();
-                return Err(format!(
+                return Err(WeightsRefused::Invalid(format!(
                     "service `{service}` has no version `{name}` (versions: {})",
                     known.join(", ")
-                ));
+                )));
             }
             next.insert(name.to_string(), weight);
         }
         if next.values().all(|&w| w == 0) {
-            return Err(format!(
+            return Err(WeightsRefused::Invalid(format!(
                 "refusing weights that are all zero for `{service}`: every request would fail; \
                  give at least one version a weight above 0"
-            ));
+            )));
         }
         layer.weights = Some(next);
         layer.file_weights = Some(overlay::file_weights(&declared));
@@ -251,12 +312,25 @@ impl Control {
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
         });
-        if let Some(progress) = layer.rollout.as_mut().filter(|p| {
-            p.candidate == version
-                && p.revision == target.revision
-                && p.outcome == RolloutOutcome::InProgress
-        }) {
-            progress.outcome = RolloutOutcome::RolledBack;
+        // After completion too: a pipeline must not take a revision that
+        // tripped at 100 % for a good one.
+        if let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| p.candidate == version && p.revision == target.revision)
+        {
+            let before = progress.outcome;
+            *progress = crate::rollout::on_rollback(progress);
+            if before != progress.outcome {
+                tracing::warn!(
+                    service,
+                    version,
+                    revision = target.revision.as_str(),
+                    was = outcome_word(before),
+                    reason,
+                    "rollout rolled back"
+                );
+            }
         }
         let layer = layer.clone();
         self.publish(&mut state);
@@ -406,8 +480,9 @@ impl Control {
         }
     }
 
-    /// Moves the rollout to its next step (`full`: to 100 %, completing it).
-    /// Returns the progress after the move.
+    /// Moves the rollout to its next step (`full`: to its last step, which
+    /// still holds); at the last step, completes it. Returns the progress
+    /// after the move.
     pub fn advance_rollout(&self, service: &str, full: bool) -> Result<RolloutProgress, String> {
         let mut state = self.lock();
         let declared = state.service(service)?.clone();
@@ -419,31 +494,49 @@ impl Control {
         let Some(progress) = layer.rollout.as_mut().filter(|_| is_current) else {
             return Err(format!("service `{service}` has no rollout in progress"));
         };
-        if progress.outcome != RolloutOutcome::InProgress {
-            return Err(format!(
-                "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
-                outcome_word(progress.outcome)
-            ));
-        }
-        let last = config.steps.len().saturating_sub(1);
-        progress.step = if full {
-            last
-        } else {
-            (progress.step + 1).min(last)
-        };
-        progress.held_ms = 0;
-        progress.step_entered_unix_ms = unix_ms();
-        if progress.step >= last {
-            progress.outcome = RolloutOutcome::Completed;
-        }
+        *progress = crate::rollout::promote(progress, config, full, unix_ms()).map_err(
+            |crate::rollout::Stuck::Finished(outcome)| {
+                format!(
+                    "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
+                    outcome_word(outcome)
+                )
+            },
+        )?;
         let after = progress.clone();
         state.gates.remove(service);
         tracing::info!(
             service,
             step = after.step + 1,
-            percent = config.steps.get(after.step).copied().unwrap_or(100),
+            percent = config.percent(after.step),
             outcome = outcome_word(after.outcome),
             "rollout advanced"
+        );
+        self.publish(&mut state);
+        state.persist();
+        Ok(after)
+    }
+
+    /// The last step held with no trip: the rollout is completed.
+    pub fn complete_rollout(&self, service: &str) -> Result<RolloutProgress, String> {
+        let mut state = self.lock();
+        let declared = state.service(service)?.clone();
+        let layer = state.layer.services.entry(service.to_string()).or_default();
+        let is_current = overlay::current_rollout(&declared, Some(layer)).is_some();
+        let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| is_current && p.outcome == RolloutOutcome::InProgress)
+        else {
+            return Err(format!("service `{service}` has no rollout in progress"));
+        };
+        *progress = crate::rollout::complete(progress);
+        let after = progress.clone();
+        state.gates.remove(service);
+        tracing::info!(
+            service,
+            candidate = after.candidate.as_str(),
+            revision = after.revision.as_str(),
+            "rollout completed: the last step held with no trip"
         );
         self.publish(&mut state);
         state.persist();

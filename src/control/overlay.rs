@@ -43,12 +43,7 @@ pub fn rollout_percent(service: &Service, progress: &RolloutProgress) -> u32 {
     };
     match progress.outcome {
         RolloutOutcome::Completed => 100,
-        _ => rollout
-            .steps
-            .get(progress.step)
-            .or(rollout.steps.last())
-            .copied()
-            .unwrap_or(0),
+        _ => rollout.percent(progress.step),
     }
 }
 
@@ -140,7 +135,7 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
                 service.name,
                 candidate.name,
                 candidate.revision,
-                rollout.steps.first().copied().unwrap_or(100)
+                rollout.percent(0)
             ));
             // Remember the file's weights the rollout started from: if a
             // reload changes them later, the file takes over again.

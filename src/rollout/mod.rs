@@ -1,11 +1,19 @@
 //! Progressive rollouts: the candidate moves through `rollout.steps` by
-//! itself. Each step holds for `rollout.hold` of running time (paused time and
-//! downtime do not count); it advances only when the candidate's window holds
-//! at least the guard's `min_requests` and the guard has not tripped it, and,
-//! when `rollout.gate` is set, only once the gate answers 2xx. A trip ends the
-//! rollout as rolled back (in `control`). Progress lives in the run-time
-//! layer, so a restart resumes the same step with the hold time already
-//! spent.
+//! itself. Each step holds for its hold of running time (paused time and
+//! downtime do not count), or, for a `manual` step, until `veer promote`; it
+//! moves on only when the candidate's window holds at least the guard's
+//! `min_requests` and the guard has not tripped it, and, when `rollout.gate`
+//! is set, only once the gate answers 2xx before a weight increase.
+//!
+//! The last step holds like the others: a rollout is completed only when all
+//! traffic has been on the candidate for that hold with no trip. A trip or
+//! an operator's rollback of the candidate afterwards still turns it into
+//! rolled back, for that revision, until the revision changes or an operator
+//! resumes. Progress lives in the run-time layer, so a restart resumes the
+//! same step with the hold time already spent.
+//!
+//! The transitions are the pure functions below ([`decide`], [`promote`],
+//! [`on_rollback`], [`min_remaining`]); `control` applies them under its lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::Rollout;
+use crate::config::{Hold, Rollout};
 use crate::control::Control;
 use crate::state::{RolloutOutcome, RolloutProgress};
 
@@ -28,11 +36,15 @@ const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Decision {
     /// Nothing: finished, paused, or not held long enough.
     Hold,
+    /// A manual step: nothing moves it but `veer promote`.
+    AwaitPromotion,
     /// Held long enough, but the window has too few requests to vouch for
     /// the step.
     AwaitTraffic { requests: u64, needed: u64 },
     /// Ready for the next step.
     Advance,
+    /// The last step held: the rollout is complete.
+    Complete,
 }
 
 /// The pure decision for one rollout.
@@ -45,8 +57,16 @@ pub fn decide(
     if progress.outcome != RolloutOutcome::InProgress || progress.paused {
         return Decision::Hold;
     }
-    if u128::from(progress.held_ms) < rollout.hold.as_millis() {
-        return Decision::Hold;
+    let Some(step) = rollout.steps.get(progress.step) else {
+        // Past the end (a config that lost steps): the last step applies.
+        return Decision::Complete;
+    };
+    match step.hold {
+        Hold::Manual => return Decision::AwaitPromotion,
+        Hold::For(hold) if u128::from(progress.held_ms) < hold.as_millis() => {
+            return Decision::Hold
+        }
+        Hold::For(_) => {}
     }
     if window_requests < min_requests {
         return Decision::AwaitTraffic {
@@ -54,7 +74,98 @@ pub fn decide(
             needed: min_requests,
         };
     }
-    Decision::Advance
+    if progress.step + 1 >= rollout.steps.len() {
+        Decision::Complete
+    } else {
+        Decision::Advance
+    }
+}
+
+/// Why a rollout cannot move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stuck {
+    /// Completed, rolled back or abandoned.
+    Finished(RolloutOutcome),
+}
+
+/// The progress after a move forward at `now_ms`: one step (`full`: straight
+/// to the last step, which then holds like any other). Promoting the last
+/// step completes the rollout: the operator vouches for it.
+pub fn promote(
+    progress: &RolloutProgress,
+    rollout: &Rollout,
+    full: bool,
+    now_ms: u64,
+) -> Result<RolloutProgress, Stuck> {
+    if progress.outcome != RolloutOutcome::InProgress {
+        return Err(Stuck::Finished(progress.outcome));
+    }
+    let last = rollout.steps.len().saturating_sub(1);
+    let mut next = progress.clone();
+    if progress.step >= last {
+        next.outcome = RolloutOutcome::Completed;
+        return Ok(next);
+    }
+    next.step = if full { last } else { progress.step + 1 };
+    next.held_ms = 0;
+    next.step_entered_unix_ms = now_ms;
+    Ok(next)
+}
+
+/// The last step held: the same progress, completed.
+pub fn complete(progress: &RolloutProgress) -> RolloutProgress {
+    let mut next = progress.clone();
+    if next.outcome == RolloutOutcome::InProgress {
+        next.outcome = RolloutOutcome::Completed;
+    }
+    next
+}
+
+/// The candidate was rolled back (a trip or an operator): a rollout in
+/// progress or completed becomes rolled back. An abandoned one stays so (a
+/// person set weights by hand; the rollout was over before).
+pub fn on_rollback(progress: &RolloutProgress) -> RolloutProgress {
+    let mut next = progress.clone();
+    if matches!(
+        next.outcome,
+        RolloutOutcome::InProgress | RolloutOutcome::Completed
+    ) {
+        next.outcome = RolloutOutcome::RolledBack;
+    }
+    next
+}
+
+/// The least running time left before the rollout can complete: the rest of
+/// the current step's hold and every later step's. `None` when a manual step
+/// is still ahead (it waits for a person), or when the rollout is over.
+pub fn min_remaining(progress: &RolloutProgress, rollout: &Rollout) -> Option<Duration> {
+    if progress.outcome != RolloutOutcome::InProgress {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    for (index, step) in rollout.steps.iter().enumerate().skip(progress.step) {
+        let Hold::For(hold) = step.hold else {
+            return None;
+        };
+        let held = if index == progress.step {
+            Duration::from_millis(progress.held_ms)
+        } else {
+            Duration::ZERO
+        };
+        total += hold.saturating_sub(held);
+    }
+    Some(total)
+}
+
+/// The least running time the whole rollout takes; `None` with a manual step.
+pub fn min_total(rollout: &Rollout) -> Option<Duration> {
+    rollout
+        .steps
+        .iter()
+        .try_fold(Duration::ZERO, |total, step| match step.hold {
+            Hold::For(hold) => Some(total + hold),
+            Hold::Manual => None,
+        })
 }
 
 struct GateCall {
@@ -112,6 +223,25 @@ impl RolloutRunner {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
                 }
+                Decision::AwaitPromotion => {
+                    self.pending_gates.remove(name);
+                    self.control.set_gate_status(
+                        name,
+                        format!(
+                            "waiting for `veer promote {name}`: step {} is manual",
+                            progress.step + 1
+                        ),
+                    );
+                }
+                Decision::Complete => {
+                    self.pending_gates.remove(name);
+                    let completed = self.control.complete_rollout(name);
+                    let after = self.control.snapshot();
+                    crate::audit::rollout("complete", name, &snapshot, &after, &completed);
+                    if let Err(reason) = completed {
+                        tracing::warn!(service = name, reason, "rollout could not complete");
+                    }
+                }
                 Decision::AwaitTraffic { requests, needed } => {
                     self.control.set_gate_status(
                         name,
@@ -130,9 +260,15 @@ impl RolloutRunner {
         self.pending_gates.remove(service);
         let before = self.control.snapshot();
         let advanced = self.control.advance_rollout(service, false);
-        crate::audit::rollout_step(service, &before, &self.control.snapshot(), &advanced);
+        crate::audit::rollout(
+            "promote",
+            service,
+            &before,
+            &self.control.snapshot(),
+            &advanced,
+        );
         if let Err(reason) = advanced {
-            tracing::warn!(service, "rollout could not advance: {reason}");
+            tracing::warn!(service, reason, "rollout could not advance");
         }
     }
 
@@ -184,8 +320,8 @@ impl RolloutRunner {
             "from_step": progress.step + 1,
             "to_step": next + 1,
             "steps": rollout.steps.len(),
-            "from_percent": rollout.steps.get(progress.step),
-            "to_percent": rollout.steps.get(next),
+            "from_percent": rollout.steps.get(progress.step).map(|s| s.percent),
+            "to_percent": rollout.steps.get(next).map(|s| s.percent),
             "window_requests": figures.requests,
             "error_rate": figures.error_rate(),
             "p50_ms": figures.p50_us.map(|us| us / 1000.0),
@@ -223,21 +359,26 @@ impl RolloutRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Step;
+
+    fn step(percent: u32, hold: Hold) -> Step {
+        Step { percent, hold }
+    }
 
     fn rollout() -> Rollout {
+        let two = Hold::For(Duration::from_secs(2));
         Rollout {
             candidate: 1,
-            steps: vec![10, 50, 100],
-            hold: Duration::from_secs(2),
+            steps: vec![step(10, two), step(50, two), step(100, two)],
             gate: None,
         }
     }
 
-    fn progress(held_ms: u64) -> RolloutProgress {
+    fn progress(step: usize, held_ms: u64) -> RolloutProgress {
         RolloutProgress {
             candidate: "canary".into(),
             revision: "2".into(),
-            step: 0,
+            step,
             step_entered_unix_ms: 0,
             held_ms,
             paused: false,
@@ -248,25 +389,105 @@ mod tests {
     #[test]
     fn holds_then_needs_traffic_then_advances() {
         assert_eq!(
-            decide(&progress(1_999), &rollout(), 500, 50),
+            decide(&progress(0, 1_999), &rollout(), 500, 50),
             Decision::Hold
         );
         assert_eq!(
-            decide(&progress(2_000), &rollout(), 12, 50),
+            decide(&progress(0, 2_000), &rollout(), 12, 50),
             Decision::AwaitTraffic {
                 requests: 12,
                 needed: 50
             }
         );
         assert_eq!(
-            decide(&progress(2_000), &rollout(), 50, 50),
+            decide(&progress(0, 2_000), &rollout(), 50, 50),
             Decision::Advance
         );
     }
 
     #[test]
+    fn the_last_step_holds_before_the_rollout_completes() {
+        assert_eq!(
+            decide(&progress(2, 1_999), &rollout(), 500, 50),
+            Decision::Hold
+        );
+        assert_eq!(
+            decide(&progress(2, 2_000), &rollout(), 10, 50),
+            Decision::AwaitTraffic {
+                requests: 10,
+                needed: 50
+            }
+        );
+        assert_eq!(
+            decide(&progress(2, 2_000), &rollout(), 50, 50),
+            Decision::Complete
+        );
+        assert_eq!(
+            complete(&progress(2, 2_000)).outcome,
+            RolloutOutcome::Completed
+        );
+    }
+
+    #[test]
+    fn a_manual_step_waits_for_promote_whatever_the_hold_time() {
+        let mut r = rollout();
+        r.steps[1].hold = Hold::Manual;
+        assert_eq!(
+            decide(&progress(1, u64::MAX), &r, 500, 50),
+            Decision::AwaitPromotion
+        );
+        let next = promote(&progress(1, 0), &r, false, 7).expect("in progress");
+        assert_eq!(
+            (next.step, next.held_ms, next.step_entered_unix_ms),
+            (2, 0, 7)
+        );
+        assert_eq!(next.outcome, RolloutOutcome::InProgress);
+    }
+
+    #[test]
+    fn promote_full_goes_to_the_last_step_which_still_holds() {
+        let next = promote(&progress(0, 900), &rollout(), true, 1).expect("in progress");
+        assert_eq!((next.step, next.held_ms), (2, 0));
+        assert_eq!(next.outcome, RolloutOutcome::InProgress);
+        // Promoting the last step is the operator vouching for it.
+        let done = promote(&next, &rollout(), false, 2).expect("in progress");
+        assert_eq!(done.outcome, RolloutOutcome::Completed);
+        assert_eq!(
+            promote(&done, &rollout(), false, 3),
+            Err(Stuck::Finished(RolloutOutcome::Completed))
+        );
+    }
+
+    #[test]
+    fn a_rollback_after_completion_counts_as_rolled_back() {
+        let done = complete(&progress(2, 2_000));
+        assert_eq!(on_rollback(&done).outcome, RolloutOutcome::RolledBack);
+        assert_eq!(
+            on_rollback(&progress(1, 0)).outcome,
+            RolloutOutcome::RolledBack
+        );
+        let mut abandoned = progress(1, 0);
+        abandoned.outcome = RolloutOutcome::Abandoned;
+        assert_eq!(on_rollback(&abandoned).outcome, RolloutOutcome::Abandoned);
+    }
+
+    #[test]
+    fn remaining_time_counts_every_hold_left_and_none_past_a_manual_step() {
+        assert_eq!(min_total(&rollout()), Some(Duration::from_secs(6)));
+        assert_eq!(
+            min_remaining(&progress(1, 500), &rollout()),
+            Some(Duration::from_millis(3_500))
+        );
+        let mut r = rollout();
+        r.steps[2].hold = Hold::Manual;
+        assert_eq!(min_total(&r), None);
+        assert_eq!(min_remaining(&progress(0, 0), &r), None);
+        assert_eq!(min_remaining(&complete(&progress(2, 0)), &rollout()), None);
+    }
+
+    #[test]
     fn paused_and_finished_rollouts_hold() {
-        let mut p = progress(10_000);
+        let mut p = progress(0, 10_000);
         p.paused = true;
         assert_eq!(decide(&p, &rollout(), 500, 50), Decision::Hold);
         for outcome in [
@@ -274,7 +495,7 @@ mod tests {
             RolloutOutcome::RolledBack,
             RolloutOutcome::Abandoned,
         ] {
-            let mut p = progress(10_000);
+            let mut p = progress(2, 10_000);
             p.outcome = outcome;
             assert_eq!(decide(&p, &rollout(), 500, 50), Decision::Hold);
         }

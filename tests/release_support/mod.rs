@@ -373,6 +373,15 @@ impl Watcher {
         self.step.load(Ordering::SeqCst)
     }
 
+    /// Whether `/status` has said the rollout is in `state`.
+    pub fn saw(&self, state: &str) -> bool {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .any(|o| o.state == state)
+    }
+
     /// Stops; what it saw, in order.
     pub async fn finish(self) -> Vec<Observed> {
         self.stop.store(true, Ordering::SeqCst);

@@ -1,0 +1,131 @@
+//! What `veer check` and `veer run` both look at beyond the YAML itself, so
+//! that a config `check` passes is one `run` starts with: every file the
+//! config names (TLS certificates and keys, CA bundles, the admin token),
+//! and whether what the guard and rollouts decide will survive a restart.
+//!
+//! `veer check --offline` is for a GitOps pipeline that holds the config but
+//! not the secrets: it checks everything else and lists the files it did not
+//! read.
+
+use std::path::Path;
+
+use crate::config::{Config, FileIssue};
+
+/// The problems with the files `config` names (read now), and the warning
+/// about persistence; with `offline`, the files are not read and their
+/// fields and paths come back in the second list instead.
+pub fn check(config: &Config, offline: bool) -> (Vec<FileIssue>, Vec<String>) {
+    let mut issues = persistence(config).into_iter().collect::<Vec<_>>();
+    if offline {
+        return (issues, named_files(config));
+    }
+    issues.extend(crate::tls::check::files_now(config));
+    if let Some(path) = &config.admin.token_file {
+        if let Err(reason) = token(path) {
+            issues.push(FileIssue {
+                path: "admin.token_file".into(),
+                reason,
+                warning: false,
+            });
+        }
+    }
+    if let Some(dir) = &config.state_dir {
+        if dir.exists() && !dir.is_dir() {
+            issues.push(FileIssue {
+                path: "state_dir".into(),
+                reason: format!(
+                    "{} exists and is not a directory: name a directory veer may create and write",
+                    dir.display()
+                ),
+                warning: false,
+            });
+        }
+    }
+    (issues, Vec::new())
+}
+
+/// The admin token as `veer run` reads it: a readable file, not empty.
+fn token(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token from {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!(
+            "the admin token file {} is empty; put a long random token in it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A guard or a rollout with nowhere to keep its decisions: a restart would
+/// forget a latch and send traffic back to a revision that tripped.
+fn persistence(config: &Config) -> Option<FileIssue> {
+    if config.state_dir.is_some() {
+        return None;
+    }
+    let (index, service) = config
+        .services
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.guard.is_some() || s.rollout.is_some())?;
+    let what = if service.rollout.is_some() {
+        "rollout"
+    } else {
+        "guard"
+    };
+    Some(FileIssue {
+        path: format!("services[{index}].{what}"),
+        reason: format!(
+            "no state_dir: service `{}` has a {what}, but guard latches, rollout progress and \
+             run-time weights are kept in memory only; a restart forgets them and can send \
+             traffic back to a version the guard tripped. Add `state_dir: state` (relative to \
+             this file) on a persistent volume",
+            service.name
+        ),
+        warning: true,
+    })
+}
+
+/// Every file and directory the config names, as `field (path)`.
+fn named_files(config: &Config) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut add = |field: String, path: &Path| files.push(format!("{field} ({})", path.display()));
+    if let Some(path) = &config.admin.token_file {
+        add("admin.token_file".into(), path);
+    }
+    // Where veer runs, not where the pipeline checks.
+    if let Some(dir) = &config.state_dir {
+        add("state_dir".into(), dir);
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let Some(tls) = &listener.tls else { continue };
+        let base = format!("listeners[{i}].tls");
+        let plain = usize::from(tls.certificates.first().is_some_and(|c| c.hosts.is_empty()));
+        for (j, pair) in tls.certificates.iter().enumerate() {
+            let at = if pair.hosts.is_empty() {
+                base.clone()
+            } else {
+                format!("{base}.certificates[{}]", j - plain)
+            };
+            add(format!("{at}.cert"), &pair.cert);
+            add(format!("{at}.key"), &pair.key);
+        }
+        if let Some(ca) = &tls.client_ca {
+            add(format!("{base}.client_ca"), ca);
+        }
+    }
+    for (i, service) in config.services.iter().enumerate() {
+        for (j, version) in service.versions.iter().enumerate() {
+            let Some(tls) = &version.tls else { continue };
+            let base = format!("services[{i}].versions[{j}].tls");
+            if let Some(ca) = &tls.ca {
+                add(format!("{base}.ca"), ca);
+            }
+            if let Some((cert, key)) = &tls.client_cert {
+                add(format!("{base}.client_cert"), cert);
+                add(format!("{base}.client_key"), key);
+            }
+        }
+    }
+    files
+}
