@@ -181,7 +181,15 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         .is_empty());
     assert_eq!(m.one("veer_version_unavailable_total", &canary_labels), 0.0);
     let endpoint = canary.addr().to_string();
-    for reason in ["connect", "timeout", "reset", "protocol", "tls", "5xx"] {
+    for reason in [
+        "connect",
+        "timeout",
+        "reset",
+        "protocol",
+        "tls",
+        "midstream",
+        "5xx",
+    ] {
         let mut labels = canary_labels.to_vec();
         labels.extend([("endpoint", endpoint.as_str()), ("reason", reason)]);
         assert_eq!(m.one("veer_endpoint_ejections_total", &labels), 0.0);

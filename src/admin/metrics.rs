@@ -35,7 +35,15 @@ const TRIP_REASONS: [Reason; 5] = [
 
 /// Every reason an endpoint is ejected for: a failed attempt's, or `5xx`
 /// with `outlier_detection.count_5xx`.
-const EJECTION_REASONS: [&str; 6] = ["connect", "timeout", "reset", "protocol", "tls", "5xx"];
+const EJECTION_REASONS: [&str; 7] = [
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "tls",
+    "midstream",
+    "5xx",
+];
 
 const VERDICTS: [&str; 4] = ["healthy", "insufficient", "bad", "none"];
 

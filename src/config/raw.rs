@@ -26,13 +26,14 @@ use serde_yaml_ng::Value;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir and limits"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, limits and access_log"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Value>,
     pub admin: Option<Value>,
     pub state_dir: Option<Value>,
     pub limits: Option<Value>,
+    pub access_log: Option<Value>,
     pub services: Option<Value>,
 }
 
@@ -52,7 +53,18 @@ pub(crate) struct RawConfig {
     pub admin: Option<Part<RawAdmin>>,
     pub state_dir: Option<Part<String>>,
     pub limits: Option<Part<RawLimits>>,
+    pub access_log: Option<Part<RawAccessLog>>,
     pub services: Option<Vec<Part<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with path and optionally sample"
+)]
+pub(crate) struct RawAccessLog {
+    pub path: Option<String>,
+    pub sample: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,14 +25,14 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    Admin, CertificateFiles, Config, Guard, HealthCheck, Hold, HostMatch, Limits, Listener,
-    ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky,
-    Timeouts, UpstreamTls, Version,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Guard, HealthCheck, Hold,
+    HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule,
+    RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
 };
 use super::raw::{
-    Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawOutlier,
-    RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts,
-    RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener,
+    RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky,
+    RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 
 /// The admin API's address when `admin.address` is omitted.
@@ -91,6 +91,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
             .map(Some),
     };
     let limits = v.limits(raw.limits);
+    let access_log = match raw.access_log {
+        None => Some(None),
+        Some(Err(_)) => None,
+        Some(Ok(log)) => v.access_log(log).map(Some),
+    };
     let services = v.services(raw.services);
 
     let clean = v.issues.is_empty() && issues.is_empty();
@@ -106,6 +111,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         admin: admin?,
         state_dir: state_dir?,
         limits: limits?,
+        access_log: access_log?,
         services,
     })
 }
@@ -487,6 +493,31 @@ impl Validator {
         Some(Admin {
             address,
             token_file,
+        })
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> Option<AccessLog> {
+        let target = match raw.path.as_deref() {
+            None => {
+                self.err(
+                    "access_log.path",
+                    "missing: name a file to append JSON lines to, or `stdout`",
+                );
+                None
+            }
+            Some("stdout" | "-") => Some(AccessLogTarget::Stdout),
+            Some(path) => self
+                .path_field(
+                    "access_log.path",
+                    path,
+                    "name a file to append JSON lines to, or `stdout`",
+                )
+                .map(AccessLogTarget::File),
+        };
+        let sample = self.fraction("access_log.sample", raw.sample.as_ref());
+        Some(AccessLog {
+            target: target?,
+            sample: sample.ok()?.unwrap_or(1.0),
         })
     }
 
