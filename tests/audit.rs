@@ -19,13 +19,9 @@ use support::within;
 const BIN: &str = env!("CARGO_BIN_EXE_veer");
 const LIMIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "secret";
+const JSON_LOGS: &[(&str, &str)] = &[("VEER_LOG_FORMAT", "json")];
 /// The first 8 hex digits of SHA-256("secret").
 const TOKEN_FINGERPRINT: &str = "2bb80d53";
-
-fn json_logs() {
-    // Every test here wants the same value; the child inherits it.
-    std::env::set_var("VEER_LOG_FORMAT", "json");
-}
 
 fn config(
     stable: SocketAddr,
@@ -110,14 +106,13 @@ fn is(line: &Value, actor: &str, action: &str, result: &str) -> bool {
 
 #[tokio::test]
 async fn every_admin_action_is_audited_with_who_what_and_result() {
-    json_logs();
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
     let yaml = config(stable.addr(), canary.addr(), (90, 10), &token_file, "");
-    let veer = VeerProcess::start(BIN, &yaml);
+    let veer = VeerProcess::start_with_env(BIN, &yaml, JSON_LOGS);
     let admin = admin_of(&veer);
     let client = http1_client();
 
@@ -257,7 +252,6 @@ async fn every_admin_action_is_audited_with_who_what_and_result() {
 
 #[tokio::test]
 async fn guard_trips_file_reloads_and_rollout_steps_are_audited() {
-    json_logs();
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -265,7 +259,7 @@ async fn guard_trips_file_reloads_and_rollout_steps_are_audited() {
     std::fs::write(&token_file, TOKEN).expect("write token");
     let rollout = "    rollout: { candidate: canary, steps: [50, 100], hold: 200ms }\n";
     let yaml = config(stable.addr(), canary.addr(), (50, 50), &token_file, rollout);
-    let veer = VeerProcess::start(BIN, &yaml);
+    let veer = VeerProcess::start_with_env(BIN, &yaml, JSON_LOGS);
     let proxy = veer.listener("public");
     let client = http1_client();
 
