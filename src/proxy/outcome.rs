@@ -37,19 +37,11 @@ pub enum End {
     ClientGone,
 }
 
-/// The verdict on a response whose head was `status`: the version's failure
-/// and the client's fault, if any. The one place a response is judged, so
-/// one that carries its verdict in its trailers (gRPC's `grpc-status`, in
-/// the head of a trailers-only answer or in the trailers frame) is judged
-/// here too.
-pub fn classify(
-    status: StatusCode,
-    trailers: Option<&HeaderMap>,
-    end: End,
-) -> (Option<FailureReason>, Option<ClientFault>) {
-    // A status alone says nothing more than `Outcome::is_error` reads from
-    // it; trailers are not judged yet.
-    let _ = (status, trailers);
+/// The verdict on how a stream ended: the version's failure and the
+/// client's fault, if any. A gRPC call's verdict in its `grpc-status` (in the
+/// head of a trailers-only answer or in the trailers frame) is taken beside
+/// it, in `Finish::end`, by `grpc::Call::end`.
+pub fn classify(end: End) -> (Option<FailureReason>, Option<ClientFault>) {
     match end {
         End::Complete => (None, None),
         End::Failed => (Some(FailureReason::Midstream), None),
@@ -160,7 +152,7 @@ impl Finish {
         let now = Instant::now();
         let (mut failure, mut client) = (self.failure, self.client);
         if failure.is_none() && client.is_none() {
-            (failure, client) = classify(self.status, trailers, end);
+            (failure, client) = classify(end);
             // The upstream's answer broke because the client's upload did
             // (hyper tears the exchange down): the client's fault.
             if let Some(fault) = self.body_watch.as_ref().and_then(ClientBodyWatch::fault) {
@@ -263,18 +255,14 @@ mod tests {
 
     #[test]
     fn a_stream_is_judged_by_how_it_ended() {
-        let trailers = HeaderMap::new();
+        assert_eq!(classify(End::Complete), (None, None));
         assert_eq!(
-            classify(StatusCode::OK, Some(&trailers), End::Complete),
-            (None, None)
-        );
-        assert_eq!(
-            classify(StatusCode::OK, None, End::Failed),
+            classify(End::Failed),
             (Some(FailureReason::Midstream), None),
             "a 200 whose body broke is the version's"
         );
         assert_eq!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, None, End::ClientGone),
+            classify(End::ClientGone),
             (None, Some(ClientFault::Disconnect)),
             "leaving is the client's, whatever the status"
         );
