@@ -20,7 +20,8 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use serde_yaml_ng::Value;
+
+use super::yaml::Node;
 
 /// The top level of the file, with its parts still untyped.
 #[derive(Debug, Deserialize)]
@@ -29,11 +30,11 @@ use serde_yaml_ng::Value;
     expecting = "a mapping with listeners, services and optionally admin, state_dir and limits"
 )]
 pub(crate) struct RawDocument {
-    pub listeners: Option<Value>,
-    pub admin: Option<Value>,
-    pub state_dir: Option<Value>,
-    pub limits: Option<Value>,
-    pub services: Option<Value>,
+    pub listeners: Option<Node>,
+    pub admin: Option<Node>,
+    pub state_dir: Option<Node>,
+    pub limits: Option<Node>,
+    pub services: Option<Node>,
 }
 
 /// A part of the file that did not deserialize; its error is already reported.
