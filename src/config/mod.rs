@@ -26,6 +26,7 @@ mod error;
 pub mod model;
 mod raw;
 mod source_map;
+mod units;
 mod validate;
 mod yaml;
 
@@ -36,7 +37,8 @@ use serde::de::DeserializeOwned;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS, MAX_WEIGHT};
+pub use units::{Fraction, Percent, Ratio, Weight, MAX_WEIGHT};
+pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS};
 
 use error::{Anchor, Issue};
 use raw::{Invalid, Part, RawConfig, RawDocument};
@@ -499,7 +501,7 @@ services:
         assert_eq!(guard.min_requests, 50);
         assert_eq!(guard.consecutive, 2);
         assert_eq!(guard.on_revert, OnRevert::Drain);
-        assert_eq!(guard.max_error_rate, Some(0.1));
+        assert_eq!(guard.max_error_rate, Fraction::new(0.1));
         assert_eq!(guard.max_p95_latency, None);
     }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
+use super::units::{Fraction, Percent, Ratio, Weight};
+
 /// A whole, valid veer configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -146,7 +148,7 @@ pub struct Version {
     pub revision: String,
     /// At least one, no duplicates.
     pub endpoints: Vec<SocketAddr>,
-    pub weight: u32,
+    pub weight: Weight,
     pub protocol: Protocol,
     /// `None`: cleartext.
     pub tls: Option<UpstreamTls>,
@@ -235,7 +237,7 @@ pub struct Outlier {
     /// Default 5m.
     pub max_ejection: Duration,
     /// Default 50.
-    pub max_ejected_percent: u32,
+    pub max_ejected_percent: Percent,
 }
 
 impl Default for Outlier {
@@ -245,7 +247,7 @@ impl Default for Outlier {
             count_5xx: false,
             base_ejection: Duration::from_secs(5),
             max_ejection: Duration::from_secs(300),
-            max_ejected_percent: 50,
+            max_ejected_percent: Percent::saturating(50),
         }
     }
 }
@@ -264,14 +266,13 @@ pub struct Guard {
     pub interval: Duration,
     pub window: Duration,
     pub min_requests: u64,
-    /// A fraction in [0, 1].
-    pub max_error_rate: Option<f64>,
+    pub max_error_rate: Option<Fraction>,
     pub max_p95_latency: Option<Duration>,
     pub max_p99_latency: Option<Duration>,
     /// Allowed excess of the version's error rate over the baseline's, in [0, 1].
-    pub max_error_rate_increase: Option<f64>,
+    pub max_error_rate_increase: Option<Fraction>,
     /// Allowed ratio of the version's p95 to the baseline's, at least 1.
-    pub max_latency_ratio: Option<f64>,
+    pub max_latency_ratio: Option<Ratio>,
     /// Bad verdicts in a row before a trip; at least 1.
     pub consecutive: u32,
     pub on_revert: OnRevert,

@@ -122,21 +122,6 @@ impl Validator {
         }
     }
 
-    /// A finite number; integers are taken as floats. `hint` says what to
-    /// write instead.
-    pub(super) fn number(&mut self, path: &str, raw: &Scalar, hint: &str) -> Option<f64> {
-        match raw {
-            // Precision beyond 2^53 does not matter for a threshold.
-            #[allow(clippy::cast_precision_loss)]
-            Scalar::Int(n) => Some(*n as f64),
-            Scalar::Float(n) if n.is_finite() => Some(*n),
-            other => {
-                self.err(path, format!("`{other}` is not a number: {hint}"));
-                None
-            }
-        }
-    }
-
     /// One of `choices`, by index.
     pub(super) fn word(
         &mut self,
@@ -206,21 +191,27 @@ impl Validator {
         }
     }
 
-    /// An optional fraction in [0, 1]: `Err` when present and invalid.
-    pub(super) fn fraction(&mut self, path: &str, raw: Option<&Scalar>) -> Result<Option<f64>, ()> {
-        let Some(raw) = raw else {
-            return Ok(None);
-        };
-        match self.number(path, raw, "write a fraction, such as 0.05 for 5%") {
-            None => Err(()),
-            Some(n) if (0.0..=1.0).contains(&n) => Ok(Some(n)),
-            Some(_) => {
-                self.err(
-                    path,
-                    format!("`{raw}` is outside 0..=1: write a fraction, such as 0.05 for 5%"),
-                );
-                Err(())
-            }
+    /// A value of a type that checks itself (`units`); its refusal is
+    /// reported at `path`.
+    pub(super) fn typed<T>(
+        &mut self,
+        path: impl Into<String>,
+        value: Result<T, String>,
+    ) -> Option<T> {
+        value.map_err(|reason| self.err(path, reason)).ok()
+    }
+
+    /// An optional value of a type that checks itself: `Err` when present
+    /// and invalid.
+    pub(super) fn optional_typed<T>(
+        &mut self,
+        path: String,
+        raw: Option<&Scalar>,
+        parse: impl FnOnce(&Scalar) -> Result<T, String>,
+    ) -> Result<Option<T>, ()> {
+        match raw {
+            None => Ok(None),
+            Some(raw) => self.typed(path, parse(raw)).map(Some).ok_or(()),
         }
     }
 

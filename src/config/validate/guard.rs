@@ -51,31 +51,21 @@ impl Validator {
                 "bad verdicts in a row before a trip",
             ),
         };
-        let max_error_rate = self.fraction(
-            &format!("{path}.max_error_rate"),
+        let max_error_rate = self.optional_typed(
+            format!("{path}.max_error_rate"),
             raw.max_error_rate.as_ref(),
+            Fraction::from_scalar,
         );
-        let max_error_rate_increase = self.fraction(
-            &format!("{path}.max_error_rate_increase"),
+        let max_error_rate_increase = self.optional_typed(
+            format!("{path}.max_error_rate_increase"),
             raw.max_error_rate_increase.as_ref(),
+            Fraction::from_scalar,
         );
-        let ratio_path = format!("{path}.max_latency_ratio");
-        let max_latency_ratio = match raw.max_latency_ratio.as_ref() {
-            None => Ok(None),
-            Some(raw) => match self.number(&ratio_path, raw, "write a ratio such as 1.5") {
-                None => Err(()),
-                Some(ratio) if ratio >= 1.0 => Ok(Some(ratio)),
-                Some(_) => {
-                    self.err(
-                        ratio_path,
-                        format!(
-                            "`{raw}` is below 1: max_latency_ratio is the version's p95 over the baseline's, such as 1.5 for 50% slower"
-                        ),
-                    );
-                    Err(())
-                }
-            },
-        };
+        let max_latency_ratio = self.optional_typed(
+            format!("{path}.max_latency_ratio"),
+            raw.max_latency_ratio.as_ref(),
+            Ratio::from_scalar,
+        );
         let max_p95_latency = self.optional_positive_duration(
             &format!("{path}.max_p95_latency"),
             raw.max_p95_latency.as_ref(),

@@ -120,12 +120,13 @@ impl Validator {
         );
         let max_ejected_percent = match raw.max_ejected_percent {
             None => Some(defaults.max_ejected_percent),
-            Some(n) => self.int_in(
-                &format!("{path}.max_ejected_percent"),
-                &n,
-                0,
-                100,
-                "percent of a version's endpoints that may be ejected at once",
+            Some(n) => self.typed(
+                format!("{path}.max_ejected_percent"),
+                Percent::from_scalar(
+                    &n,
+                    0,
+                    "percent of a version's endpoints that may be ejected at once",
+                ),
             ),
         };
         if let (Some(base), Some(max)) = (base_ejection, max_ejection) {

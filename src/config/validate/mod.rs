@@ -56,31 +56,19 @@ use super::raw::{
     RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts,
     RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
+use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
 
 /// The admin API's address when `admin.address` is omitted.
 pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
-/// A weight above this is surely a mistake, and keeps sums far from overflow.
-pub const MAX_WEIGHT: i128 = 1_000_000;
 
 /// The rule for a weight, in the file and at run time alike (`veer weights`,
 /// `POST /services/{name}/weights`), with one message for each refusal.
 /// `whole` is the value when it is a whole number (any value above the
 /// maximum for one too large to hold); `written` is how it was written.
 pub fn weight_rule(whole: Option<i128>, written: &str) -> Result<u32, String> {
-    match whole {
-        Some(w) if w < 0 => Err(format!(
-            "weight {written} is negative: weights are whole numbers from 0 to {MAX_WEIGHT}"
-        )),
-        Some(w) if w > MAX_WEIGHT => Err(format!(
-            "weight {written} is above the maximum {MAX_WEIGHT}: weights are relative, so scale them all down"
-        )),
-        Some(w) => u32::try_from(w).map_err(|_| format!("weight {w} is out of range")),
-        None => Err(format!(
-            "`{written}` is not a whole number: weights are whole numbers from 0 to {MAX_WEIGHT}"
-        )),
-    }
+    Weight::parse(whole, written).map(Weight::get)
 }
 /// hyper refuses a smaller HTTP/1 read buffer (it asserts 8192).
 pub const MIN_HEADER_BYTES: i128 = 8192;

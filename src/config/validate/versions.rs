@@ -56,22 +56,10 @@ impl Validator {
                     );
                     None
                 }
-                Some(raw) => {
-                    let whole = match &raw {
-                        Scalar::Int(w) => Some(*w),
-                        _ => None,
-                    };
-                    match weight_rule(whole, &raw.to_string()) {
-                        Ok(w) => Some(w),
-                        Err(reason) => {
-                            self.err(format!("{at}.weight"), reason);
-                            None
-                        }
-                    }
-                }
+                Some(raw) => self.typed(format!("{at}.weight"), Weight::from_scalar(&raw)),
             };
             match weight {
-                Some(w) => total += i128::from(w),
+                Some(w) => total += i128::from(w.get()),
                 None => all_weights_known = false,
             }
             let protocol = match raw.protocol {
