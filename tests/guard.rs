@@ -1358,7 +1358,7 @@ async fn a_request_the_canary_cannot_take_is_served_by_the_baseline_and_counted_
     assert_eq!(stable.total(), sent);
 
     let labels = |code| [("service", "web"), ("version", "canary"), ("code", code)];
-    let canary_5xx = metric(&f.client, f.admin, "veer_requests_total", &labels("5xx"))
+    let canary_5xx = metric(&f.client, f.admin, "veer_requests_total", &labels("503"))
         .await
         .unwrap_or(0.0);
     let connect = metric(
@@ -1385,7 +1385,7 @@ async fn a_request_the_canary_cannot_take_is_served_by_the_baseline_and_counted_
         &f.client,
         f.admin,
         "veer_requests_total",
-        &[("service", "web"), ("version", "stable"), ("code", "2xx")],
+        &[("service", "web"), ("version", "stable"), ("code", "200")],
     )
     .await
     .unwrap_or(0.0);

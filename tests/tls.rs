@@ -699,7 +699,7 @@ async fn origination_with_a_wrong_ca_or_name_is_a_counted_502() {
         proxy.metrics()
     );
     assert_eq!(
-        proxy.metric("veer_requests_total{service=\"app\",version=\"stable\",code=\"5xx\"}"),
+        proxy.metric("veer_requests_total{service=\"app\",version=\"stable\",code=\"502\"}"),
         1
     );
 

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, FileIssue};
+use crate::config::{AccessLog, AccessLogTarget, Config, FileIssue};
 
 /// The problems with the files `config` names (read now), and the warning
 /// about persistence; with `offline`, the files are not read and their
@@ -41,7 +41,33 @@ pub fn check(config: &Config, offline: bool) -> (Vec<FileIssue>, Vec<String>) {
             });
         }
     }
+    if let Some(path) = access_log_file(config) {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            issues.push(FileIssue {
+                path: "access_log.path".into(),
+                reason: format!(
+                    "the directory of {} does not exist: create it, or name a file in an existing directory",
+                    path.display()
+                ),
+                warning: false,
+            });
+        }
+    }
     (issues, Vec::new())
+}
+
+fn access_log_file(config: &Config) -> Option<&Path> {
+    match &config.access_log {
+        Some(AccessLog {
+            target: AccessLogTarget::File(path),
+            ..
+        }) => Some(path),
+        _ => None,
+    }
 }
 
 /// The admin token as `veer run` reads it: a readable file, not empty.
@@ -96,6 +122,9 @@ fn named_files(config: &Config) -> Vec<String> {
     // Where veer runs, not where the pipeline checks.
     if let Some(dir) = &config.state_dir {
         add("state_dir".into(), dir);
+    }
+    if let Some(path) = access_log_file(config) {
+        add("access_log.path".into(), path);
     }
     for (i, listener) in config.listeners.iter().enumerate() {
         let Some(tls) = &listener.tls else { continue };

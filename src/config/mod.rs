@@ -198,6 +198,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         limits: document
             .limits
             .and_then(|limits| deserialize_optional(limits, "limits", issues)),
+        access_log: document
+            .access_log
+            .and_then(|log| deserialize_optional(log, "access_log", issues)),
         services: document
             .services
             .and_then(|list| deserialize_list(list, "services", issues)),
@@ -371,6 +374,13 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     if let Some(dir) = config.state_dir.as_mut() {
         resolve(dir);
+    }
+    if let Some(AccessLog {
+        target: AccessLogTarget::File(path),
+        ..
+    }) = config.access_log.as_mut()
+    {
+        resolve(path);
     }
     if let Some(token_file) = config.admin.token_file.as_mut() {
         resolve(token_file);

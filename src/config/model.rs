@@ -22,7 +22,24 @@ pub struct Config {
     /// Where run-time state (weights, latches, rollout progress) persists.
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// Where each request's JSON line goes, if anywhere.
+    pub access_log: Option<AccessLog>,
     pub services: Vec<Service>,
+}
+
+/// The access log: one JSON line per request (or per sampled request),
+/// written when its response stream ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    pub target: AccessLogTarget,
+    /// The share of requests logged, in 0..=1.
+    pub sample: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -27,13 +27,14 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir and limits"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, limits and access_log"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
     pub admin: Option<Node>,
     pub state_dir: Option<Node>,
     pub limits: Option<Node>,
+    pub access_log: Option<Node>,
     pub services: Option<Node>,
 }
 
@@ -53,7 +54,18 @@ pub(crate) struct RawConfig {
     pub admin: Option<Part<RawAdmin>>,
     pub state_dir: Option<Part<String>>,
     pub limits: Option<Part<RawLimits>>,
+    pub access_log: Option<Part<RawAccessLog>>,
     pub services: Option<Vec<Part<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with path and optionally sample"
+)]
+pub(crate) struct RawAccessLog {
+    pub path: Option<String>,
+    pub sample: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,8 @@
 //! The body veer answers with: the upstream's, streamed frame by frame (with
 //! backpressure, never buffered whole), or a short one veer wrote itself.
-//! An enum rather than a boxed body, so answering allocates nothing.
+//! An enum rather than a boxed body, so answering allocates nothing. Either
+//! carries the request's pending outcome (`Finish`), recorded when the
+//! stream ends: its last frame or trailers, its failure, or its drop.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,11 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use std::sync::Arc;
-
-use tokio::time::Instant;
-
-use crate::telemetry::VersionStats;
+use super::outcome::{End, Finish};
 use crate::upstream::body::BoxError;
 use crate::upstream::{Lease, ResponseBody};
 
@@ -23,21 +21,27 @@ pub enum ProxyBody {
         /// Released as soon as the body ends, so the connection returns to
         /// the pool before the client has even read the last frame.
         lease: Option<Lease>,
-        /// Records the full duration when the body ends or is dropped.
         finish: Option<Finish>,
     },
-    Full(Option<Bytes>),
+    Full {
+        bytes: Option<Bytes>,
+        finish: Option<Finish>,
+    },
 }
 
 impl ProxyBody {
     pub fn upstream(mut body: ResponseBody, lease: Lease, finish: Option<Finish>) -> ProxyBody {
         // A response without a body (HEAD, 204, 304) may never be polled:
-        // its connection goes back to the pool now.
-        let lease = if body.is_end_stream() {
+        // its connection goes back to the pool, and its outcome is
+        // recorded, now.
+        let (lease, finish) = if body.is_end_stream() {
             body.release(lease);
-            None
+            if let Some(mut finish) = finish {
+                finish.end(None, End::Complete);
+            }
+            (None, None)
         } else {
-            Some(lease)
+            (Some(lease), finish)
         };
         ProxyBody::Upstream {
             body,
@@ -47,11 +51,46 @@ impl ProxyBody {
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody::Full(Some(bytes.into()))
+        ProxyBody::Full {
+            bytes: Some(bytes.into()),
+            finish: None,
+        }
     }
 
     pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
+        ProxyBody::Full {
+            bytes: None,
+            finish: None,
+        }
+    }
+
+    /// An answer veer made itself, with the outcome it ends: held in memory,
+    /// it is complete whether or not the client reads it.
+    pub fn with_finish(mut self, mut with: Finish) -> ProxyBody {
+        with.drop_means(End::Complete);
+        if let ProxyBody::Full { finish, .. } = &mut self {
+            *finish = Some(with);
+        }
+        self
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // HTTP/1.1 stops reading a body once its content-length is written,
+        // and an HTTP/2 upstream may send its end of stream only after the
+        // last byte: a body dropped with nothing left to send was delivered
+        // whole, not abandoned.
+        if let ProxyBody::Upstream {
+            body,
+            finish: Some(finish),
+            ..
+        } = self
+        {
+            if body.size_hint().exact() == Some(0) {
+                finish.end(None, End::Complete);
+            }
+        }
     }
 }
 
@@ -70,60 +109,61 @@ impl Body for ProxyBody {
                 finish,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                let ended = match &polled {
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Pending => false,
+                if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, finish.as_mut()) {
+                    if let Some(data) = frame.data_ref() {
+                        finish.sent(data.len());
+                    }
+                }
+                let end = match &polled {
+                    Poll::Ready(None) => Some(End::Complete),
+                    Poll::Ready(Some(Err(_))) => Some(End::Failed),
+                    // Trailers are always the last frame.
+                    Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || body.is_end_stream() => {
+                        Some(End::Complete)
+                    }
+                    Poll::Ready(Some(Ok(_))) | Poll::Pending => None,
                 };
-                if ended {
+                if let Some(end) = end {
                     if let Some(lease) = lease.take() {
                         body.release(lease);
                     }
-                    drop(finish.take());
+                    if let Some(mut finish) = finish.take() {
+                        let trailers = match &polled {
+                            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref(),
+                            _ => None,
+                        };
+                        finish.end(trailers, end);
+                    }
                 }
                 polled
             }
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Full { bytes, finish } => {
+                let frame = bytes.take().map(|b| {
+                    if let Some(finish) = finish.as_mut() {
+                        finish.sent(b.len());
+                    }
+                    Ok(Frame::data(b))
+                });
+                drop(finish.take());
+                Poll::Ready(frame)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
-            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Full { bytes, .. } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Full {
+                bytes: Some(bytes), ..
+            } => SizeHint::with_exact(bytes.len() as u64),
+            ProxyBody::Full { bytes: None, .. } => SizeHint::with_exact(0),
         }
-    }
-}
-
-/// Records a response's full duration (to the end of its body, or to the
-/// moment the client went away) when dropped.
-pub struct Finish {
-    stats: Arc<VersionStats>,
-    started: Instant,
-}
-
-impl Finish {
-    pub fn new(stats: Arc<VersionStats>, started: Instant) -> Finish {
-        Finish { stats, started }
-    }
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        self.stats.record_full_duration(self.started.elapsed());
-    }
-}
-
-impl std::fmt::Debug for Finish {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Finish").finish_non_exhaustive()
     }
 }

@@ -7,6 +7,8 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
+use crate::telemetry::ClientFault;
+use crate::upstream::body::ClientBodyFault;
 use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
@@ -42,6 +44,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost => Source::Client,
             ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => Source::Config,
+            ProxyError::Upstream { error, .. } if error.is_client() => Source::Client,
             ProxyError::Upstream { .. } => Source::Upstream,
         }
     }
@@ -73,7 +76,21 @@ impl ProxyError {
     /// The upstream failure this error counts as, if it is one.
     pub fn failure_reason(&self) -> Option<FailureReason> {
         match self {
-            ProxyError::Upstream { error, .. } => Some(error.reason()),
+            ProxyError::Upstream { error, .. } => error.reason(),
+            _ => None,
+        }
+    }
+
+    /// The client's fault this error counts as, if it is one.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { fault, .. },
+                ..
+            } => Some(match fault {
+                ClientBodyFault::Malformed => ClientFault::Malformed,
+                ClientBodyFault::Aborted | ClientBodyFault::Slow => ClientFault::Upload,
+            }),
             _ => None,
         }
     }
@@ -94,6 +111,15 @@ impl ProxyError {
                 UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
                 UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol"),
                 UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls"),
+                UpstreamError::ClientBody { fault, .. } => match fault {
+                    ClientBodyFault::Malformed => {
+                        (StatusCode::BAD_REQUEST, "malformed-request-body")
+                    }
+                    ClientBodyFault::Aborted => {
+                        (StatusCode::BAD_REQUEST, "incomplete-request-body")
+                    }
+                    ClientBodyFault::Slow => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),
+                },
             },
         }
     }
@@ -132,6 +158,14 @@ impl std::fmt::Display for ProxyError {
                 f,
                 "veer: version `{version}` of service `{service}` has no endpoint that can take the request"
             ),
+            ProxyError::Upstream {
+                error: UpstreamError::ClientBody { fault, .. },
+                ..
+            } => f.write_str(match fault {
+                ClientBodyFault::Malformed => "veer: the request body is malformed (invalid chunked framing); fix the client's encoding",
+                ClientBodyFault::Aborted => "veer: the request body ended before it was complete; send the whole body",
+                ClientBodyFault::Slow => "veer: the request body was still arriving when the service's timeouts.request ran out; send it faster or raise timeouts.request",
+            }),
             ProxyError::Upstream {
                 service,
                 version,

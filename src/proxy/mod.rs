@@ -16,12 +16,14 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod outcome;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
@@ -36,11 +38,13 @@ use crate::config::Protocol;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
-use crate::telemetry::{Outcome, Telemetry};
+use crate::telemetry::access::{AccessLog, Entry};
+use crate::telemetry::Telemetry;
+use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
-use body::Finish;
 pub use body::ProxyBody;
 pub use error::ProxyError;
+use outcome::{Answered, End, Finish, GoneBeforeAnswer};
 
 /// What the proxy knows about the client connection a request came on; built
 /// once per connection.
@@ -83,19 +87,36 @@ pub type RequestTimer = Pin<Box<tokio::time::Sleep>>;
 /// The request-path service; cheap to clone.
 #[derive(Clone)]
 pub struct ProxyService {
+    shared: Arc<Shared>,
+}
+
+/// What every request of every connection reads; each request's pending
+/// outcome holds it too.
+pub(crate) struct Shared {
     published: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     health: HealthSender,
+    /// The access log, when configured; it also turns request ids on.
+    access: Option<AccessLog>,
     /// `VEER_BENCH_NO_TELEMETRY=1` skips recording outcomes: only for
     /// measuring what telemetry costs (the guard is blind without it).
     record: bool,
 }
+
+/// The request id header: propagated when the client sent one, generated
+/// when not (with the access log on), and set on the upstream request and
+/// on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id from the client longer than this is replaced.
+const MAX_REQUEST_ID: usize = 200;
 
 impl ProxyService {
     pub fn new(
         published: Arc<ArcSwap<Snapshot>>,
         telemetry: Arc<Telemetry>,
         health: HealthSender,
+        access: Option<AccessLog>,
     ) -> ProxyService {
         let record = std::env::var_os("VEER_BENCH_NO_TELEMETRY").is_none_or(|v| v != "1");
         if !record {
@@ -104,10 +125,13 @@ impl ProxyService {
             );
         }
         ProxyService {
-            published,
-            telemetry,
-            health,
-            record,
+            shared: Arc::new(Shared {
+                published,
+                telemetry,
+                health,
+                access,
+                record,
+            }),
         }
     }
 
@@ -124,6 +148,61 @@ impl ProxyService {
                 log_failure(&error);
                 Ok(error.into_response())
             }
+        }
+    }
+
+    /// The pending outcome of a request answered by `version` (`None` when
+    /// outcomes are not recorded).
+    fn finish(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        (service, version): (usize, usize),
+        started: Instant,
+        answered: Answered,
+        body_watch: Option<&ClientBodyWatch>,
+        log: Option<Box<Entry>>,
+    ) -> Option<Finish> {
+        self.shared.record.then(|| {
+            Finish::new(
+                Arc::clone(&self.shared),
+                Arc::clone(snapshot),
+                service,
+                version,
+                started,
+                answered,
+                body_watch.cloned(),
+                log,
+            )
+        })
+    }
+
+    /// A failure veer answers itself for `version`, its outcome recorded
+    /// with it.
+    fn fail(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        at: (usize, usize),
+        started: Instant,
+        error: ProxyError,
+        log: Option<Box<Entry>>,
+        request_id: Option<HeaderValue>,
+    ) -> Response<ProxyBody> {
+        log_failure(&error);
+        let answered = Answered {
+            status: error.status(),
+            endpoint: None,
+            failure: error.failure_reason(),
+            client: error.client_fault(),
+            latency: started.elapsed(),
+        };
+        let finish = self.finish(snapshot, at, started, answered, None, log);
+        let mut response = error.into_response();
+        if let Some(id) = request_id {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
+        match finish {
+            Some(finish) => response.map(|body| body.with_finish(finish)),
+            None => response,
         }
     }
 
@@ -144,9 +223,9 @@ impl ProxyService {
         let Some(host) = host_value.as_ref().and_then(|h| h.to_str().ok()) else {
             return Err(ProxyError::MissingHost);
         };
-        let snapshot = self.published.load_full();
+        let snapshot = self.shared.published.load_full();
         let Some(service_index) = snapshot.routes.find(host, parts.uri.path()) else {
-            self.telemetry.count_unrouted();
+            self.shared.telemetry.count_unrouted();
             return Err(ProxyError::NoRoute {
                 host: host.to_string(),
                 path: parts.uri.path().to_string(),
@@ -175,7 +254,36 @@ impl ProxyService {
         if let Some((header, identity)) = &client.identity {
             headers::set_identity(&mut parts.headers, header, identity.as_ref());
         }
-        let mut outgoing = Request::from_parts(parts, RequestBody::Client(body));
+        // The request id and access log entry, when the log is on.
+        let (request_id, mut log) = match &self.shared.access {
+            None => (None, None),
+            Some(access) => {
+                let id = request_id(&mut parts.headers);
+                let entry = access.sampled().then(|| {
+                    Box::new(Entry {
+                        at: std::time::SystemTime::UNIX_EPOCH,
+                        request_id: id.clone(),
+                        client_ip: client.ip.clone(),
+                        method: parts.method.clone(),
+                        host: host_value.clone(),
+                        path: parts.uri.path_and_query().cloned(),
+                        service: Arc::clone(&service.name),
+                        version: Arc::clone(&service.versions[version_index].name),
+                        endpoint: None,
+                        status: 0,
+                        outcome: "ok",
+                        reason: None,
+                        bytes: 0,
+                        ttfb: Duration::ZERO,
+                        total: Duration::ZERO,
+                    })
+                });
+                (Some(id), entry)
+            }
+        };
+        let body = RequestBody::client(body);
+        let body_watch = body.watch().cloned();
+        let mut outgoing = Request::from_parts(parts, body);
 
         // 4. send; a request a non-baseline version could not even take is
         // given to the baseline once, and still counts against that version.
@@ -183,8 +291,13 @@ impl ProxyService {
         // The first attempt's clock starts with the request (routing took
         // microseconds), which saves a clock read on the hot path.
         let mut attempt_at = started;
-        let (sent, version) = loop {
+        // Counts the client leaving while the upstream is awaited.
+        let mut gone = GoneBeforeAnswer(None);
+        let sent = loop {
             let version = &service.versions[version_index];
+            if self.shared.record {
+                gone.0 = Some(&version.stats);
+            }
             fit_protocol(&mut outgoing, version, host_value.as_ref());
             match self
                 .send(
@@ -194,6 +307,7 @@ impl ProxyService {
                     upgrade,
                     timer,
                     attempt_at,
+                    body_watch.as_ref(),
                 )
                 .await
             {
@@ -202,52 +316,71 @@ impl ProxyService {
                     unsent: Some(unsent),
                 }) if baseline.is_some_and(|b| b != version_index) => {
                     let error = ProxyError::from_send(service, version, error);
-                    if self.record {
-                        version.stats.record(
-                            self.telemetry.elapsed(Instant::now()),
-                            &Outcome {
-                                status: error.status(),
-                                failure: error.failure_reason(),
-                                latency: started.elapsed(),
-                            },
-                        );
-                    }
                     tracing::debug!("{error}; falling back to the baseline");
+                    let answered = Answered {
+                        status: error.status(),
+                        endpoint: None,
+                        failure: error.failure_reason(),
+                        client: error.client_fault(),
+                        latency: started.elapsed(),
+                    };
+                    // The failed attempt is the version's outcome; its stream
+                    // ended here.
+                    if let Some(mut finish) = self.finish(
+                        &snapshot,
+                        (service_index, version_index),
+                        started,
+                        answered,
+                        None,
+                        None,
+                    ) {
+                        finish.end(None, End::Complete);
+                    }
                     outgoing = unsent;
                     version_index = baseline.unwrap_or(version_index);
                     attempt_at = Instant::now();
                 }
-                sent => break (sent, version),
+                sent => break sent,
             }
         };
+        gone.0 = None;
 
-        // 5. answer, and record the outcome once
+        // 5. answer; the outcome is recorded when the response stream ends
         let latency = started.elapsed();
-        let elapsed = self.telemetry.elapsed(started + latency);
+        let at = (service_index, version_index);
+        let version = &service.versions[version_index];
         let (mut response, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                let outcome = Outcome {
-                    status: error.status(),
-                    failure: error.failure_reason(),
-                    latency,
-                };
-                if self.record {
-                    version.stats.record(elapsed, &outcome);
-                }
-                return Err(error);
+                return Ok(self.fail(&snapshot, at, started, error, log, request_id));
             }
         };
-        let outcome = Outcome {
+        let answered = Answered {
             status: response.status(),
+            endpoint: self.shared.record.then(|| Arc::clone(lease.endpoint())),
             failure: None,
+            client: None,
             latency,
         };
-        if self.record {
-            version.stats.record(elapsed, &outcome);
+        let mut finish = self.finish(
+            &snapshot,
+            at,
+            started,
+            answered,
+            body_watch.as_ref(),
+            log.take(),
+        );
+        if let Some(id) = request_id {
+            if !response.headers().contains_key(REQUEST_ID) {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
         }
         if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // An upgrade's outcome is its `101`: what follows is a tunnel.
+            if let Some(mut finish) = finish.take() {
+                finish.end(None, End::Complete);
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
             if let Some(client_upgrade) = client_upgrade {
@@ -264,9 +397,6 @@ impl ProxyService {
         if let Some(cookie) = minted_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        let finish = self
-            .record
-            .then(|| Finish::new(Arc::clone(&version.stats), started));
         Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
     }
 }
@@ -332,6 +462,7 @@ impl ProxyService {
     /// was sent). `timeouts.request` bounds each attempt's wait for the
     /// response head. Each attempt's outcome feeds the endpoint's failure
     /// streak (passive ejection).
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         service: &ServiceSnapshot,
@@ -340,6 +471,7 @@ impl ProxyService {
         upgrade: bool,
         timer: &mut Option<RequestTimer>,
         mut attempt_at: Instant,
+        body_watch: Option<&ClientBodyWatch>,
     ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
         let Some(mut chosen) = balance::pick(endpoints, None) else {
@@ -360,16 +492,21 @@ impl ProxyService {
                 () = timer.as_mut() => Err(()),
             };
             match attempt {
-                Ok(Ok(sent)) => {
-                    if service.outlier.count_5xx && sent.0.status().is_server_error() {
-                        self.count_failure(service, endpoint, "5xx");
-                    } else {
-                        endpoint.health.record_success();
-                    }
-                    return Ok(sent);
-                }
-                Ok(Err(failed)) => {
-                    self.count_failure(service, endpoint, failed.error.reason().as_str());
+                // The endpoint's streak hears of this answer when its
+                // stream ends (`outcome`).
+                Ok(Ok(sent)) => return Ok(sent),
+                Ok(Err(mut failed)) => {
+                    failed.error = failed.error.or_client(body_watch);
+                    let Some(reason) = failed.error.reason() else {
+                        // The client's body broke: nobody else is to blame,
+                        // and there is nothing left to send elsewhere.
+                        return Err(SendFailure {
+                            error: Some(failed.error),
+                            unsent: None,
+                        });
+                    };
+                    self.shared
+                        .count_failure(service, endpoint, reason.as_str());
                     match failed.request {
                         // Nothing reached the upstream: safe to try another one.
                         Some(unsent) if !retried && endpoints.len() > 1 => {
@@ -387,8 +524,19 @@ impl ProxyService {
                         }
                     }
                 }
+                // The client had not finished sending its body: the wait
+                // was for the client, not the upstream.
+                Err(_elapsed) if body_watch.is_some_and(|w| !w.is_complete()) => {
+                    return Err(SendFailure {
+                        error: Some(UpstreamError::ClientBody {
+                            fault: ClientBodyFault::Slow,
+                            cause: format!("request body incomplete after {:?}", timeouts.request),
+                        }),
+                        unsent: None,
+                    });
+                }
                 Err(_elapsed) => {
-                    self.count_failure(service, endpoint, "timeout");
+                    self.shared.count_failure(service, endpoint, "timeout");
                     return Err(SendFailure {
                         error: Some(UpstreamError::Timeout {
                             addr: endpoint.addr(),
@@ -399,10 +547,12 @@ impl ProxyService {
             }
         }
     }
+}
 
+impl Shared {
     /// Adds to the endpoint's failure streak and, each time the streak
     /// reaches the outlier threshold, asks the health runner to eject it.
-    fn count_failure(
+    pub(crate) fn count_failure(
         &self,
         service: &ServiceSnapshot,
         endpoint: &Arc<Endpoint>,
@@ -418,6 +568,20 @@ impl ProxyService {
             });
         }
     }
+}
+
+/// The request's id: the client's `x-request-id` when it sent a usable one,
+/// else a new random one, set on the request for the upstream.
+fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        if !id.is_empty() && id.len() <= MAX_REQUEST_ID {
+            return id.clone();
+        }
+    }
+    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID, id.clone());
+    id
 }
 
 /// Gives the request the form its upstream protocol wants: origin-form URI

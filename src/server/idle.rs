@@ -3,7 +3,9 @@
 //! `limits.header_read_timeout` to deliver a complete head, or it is closed.
 //! That covers a client that connects and says nothing, one that trickles its
 //! head a byte at a time (slowloris), a stalled HTTP/2 preface, and idle
-//! keep-alive connections.
+//! connections, HTTP/1.1 keep-alive and HTTP/2 alike: an HTTP/2 connection
+//! with no stream open for that long is sent GOAWAY and closed, so an idle
+//! client does not hold a `max_connections` slot forever.
 //!
 //! hyper's own `header_read_timeout` does the same for HTTP/1.1 but arms a
 //! new boxed timer for every request and cancels it when the head arrives,
@@ -32,9 +34,8 @@ pub struct IdleClock {
     in_flight: AtomicUsize,
     /// Since `origin`, when `in_flight` last fell to 0.
     idle_since_micros: AtomicU64,
-    /// HTTP/2 connections are not closed for being idle: their streams are
-    /// bounded by the keep-alive pings, and the first request is proof the
-    /// client speaks.
+    /// The connection has carried an HTTP/2 request: it is closed with
+    /// GOAWAY rather than dropped.
     http2: AtomicBool,
 }
 
@@ -43,7 +44,6 @@ pub struct IdleClock {
 pub enum Verdict {
     Close,
     CheckAt(Instant),
-    Never,
 }
 
 impl IdleClock {
@@ -77,10 +77,17 @@ impl IdleClock {
         }
     }
 
+    /// How long a connection may wait for a request head.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Whether the connection speaks HTTP/2 (it has carried a request).
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
     pub fn verdict(&self, now: Instant) -> Verdict {
-        if self.http2.load(Ordering::Relaxed) {
-            return Verdict::Never;
-        }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Verdict::CheckAt(now + self.limit);
         }
@@ -94,7 +101,7 @@ impl IdleClock {
     }
 
     /// Completes when the connection has waited too long for a request
-    /// head; never for an HTTP/2 connection that has sent a request.
+    /// head with no request in flight.
     pub async fn expired(&self) {
         let sleep = tokio::time::sleep_until(self.origin + self.limit);
         tokio::pin!(sleep);
@@ -103,7 +110,6 @@ impl IdleClock {
             match self.verdict(Instant::now()) {
                 Verdict::Close => return,
                 Verdict::CheckAt(at) => sleep.as_mut().reset(at),
-                Verdict::Never => std::future::pending::<()>().await,
             }
         }
     }
@@ -213,13 +219,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn http2_connections_are_not_closed_for_idling() {
+    async fn http2_connections_idle_out_like_http1_ones() {
         let clock = IdleClock::new(Duration::from_secs(1));
         clock.request_started(Version::HTTP_2);
+        assert!(clock.is_http2());
+        let busy = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(
+            clock.verdict(busy),
+            Verdict::CheckAt(busy + Duration::from_secs(1)),
+            "an open stream stops the clock"
+        );
         clock.request_ended();
         assert_eq!(
-            clock.verdict(Instant::now() + Duration::from_secs(3600)),
-            Verdict::Never
+            clock.verdict(Instant::now() + Duration::from_secs(1)),
+            Verdict::Close
         );
     }
 

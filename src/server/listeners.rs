@@ -387,6 +387,7 @@ async fn serve<I>(
         request_timer: ArrayQueue::new(1),
     });
     let watched = Arc::clone(&context);
+    let watched_http2 = Arc::clone(&context);
     let requests = service_fn(move |request: Request<Incoming>| {
         let context = InFlight::start(Arc::clone(&context), request.version());
         let fut = async move {
@@ -411,6 +412,7 @@ async fn serve<I>(
     tokio::pin!(connection);
     // Polled only when they fire, not on every wake-up of the connection.
     let expired = PollWhenWoken::new(async move { watched.idle.expired().await });
+    let watched_http2 = &watched_http2.idle;
     let drained = PollWhenWoken::new(async move {
         drop(drain.wait_for(|&draining| draining).await);
     });
@@ -418,6 +420,14 @@ async fn serve<I>(
         result = connection.as_mut() => result,
         _ = expired => {
             tracing::debug!("closing a connection that sent no request head within limits.header_read_timeout");
+            if watched_http2.is_http2() {
+                // GOAWAY, so the client knows to open a new connection
+                // rather than see its next stream fail; bounded, as a client
+                // that never reads would hold it open.
+                connection.as_mut().graceful_shutdown();
+                let limit = watched_http2.limit();
+                let _ = tokio::time::timeout(limit, connection.as_mut()).await;
+            }
             Ok(())
         }
         _ = drained => {

@@ -32,6 +32,7 @@ use crate::proxy::ProxyService;
 use crate::reload::{Listeners, Reloader};
 use crate::rollout::RolloutRunner;
 use crate::state::StateStore;
+use crate::telemetry::access::AccessLog;
 use crate::telemetry::Telemetry;
 pub use listeners::ListenerSet;
 
@@ -57,6 +58,8 @@ pub enum StartError {
         cause: String,
     },
     State(String),
+    /// The access log's file could not be opened.
+    AccessLog(crate::telemetry::access::OpenError),
 }
 
 impl std::fmt::Display for StartError {
@@ -78,6 +81,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "listener `{listener}`: TLS: {cause}")
             }
             StartError::State(message) => write!(f, "state_dir: {message}"),
+            StartError::AccessLog(error) => write!(f, "access_log: {error}"),
             StartError::Token { path, cause } => write!(
                 f,
                 "cannot read the admin token from {} (admin.token_file): {cause}",
@@ -116,6 +120,7 @@ impl Proxy {
     ) -> Result<RunningProxy, StartError> {
         let limits = config.limits.clone();
         let listener_settings = config.listeners.clone();
+        let access_log = config.access_log.clone();
         let admin_listener = if options.admin {
             let settings = Listener {
                 name: "admin".into(),
@@ -149,7 +154,22 @@ impl Proxy {
             store,
         ));
         let (health, health_events) = HealthRunner::new(Arc::clone(&control));
-        let service = ProxyService::new(control.published(), Arc::clone(&telemetry), health_events);
+        // Opened once, at start: a reload that changes `access_log` takes
+        // effect at the next start.
+        let access = match &access_log {
+            Some(settings) => Some(
+                AccessLog::start(settings, telemetry.access_log_dropped_counter())
+                    .await
+                    .map_err(StartError::AccessLog)?,
+            ),
+            None => None,
+        };
+        let service = ProxyService::new(
+            control.published(),
+            Arc::clone(&telemetry),
+            health_events,
+            access,
+        );
         let listeners = Arc::new(ListenerSet::start(
             &listener_settings,
             &limits,

@@ -10,21 +10,25 @@
 //! installed globally) so that several proxies in one process — the tests —
 //! keep separate figures.
 //!
-//! What counts: every request routed to a version, by the status class of
-//! the answer the client got. An error is a 5xx answer or a failed upstream
-//! attempt (connect, timeout, reset, protocol); 4xx answers are the client's
-//! and are not errors. Latency (`veer_request_duration_seconds`, the window's
-//! percentiles, what the guard judges) runs from the request's arrival to the
-//! response head: what the version controls. The full duration, to the end of
-//! the response body, is `veer_response_duration_seconds`.
+//! What counts: every request routed to a version, once, when its response
+//! stream ends (see `proxy::outcome`), by the exact status the client got. An
+//! error is a 5xx answer, a failed upstream attempt (connect, timeout, reset,
+//! protocol) or a response that broke after its head (`midstream`); 4xx
+//! answers and clients that break or abandon their request
+//! (`veer_client_aborts_total`) are the client's and are not errors. Latency
+//! (`veer_request_duration_seconds`, the window's percentiles, what the guard
+//! judges) runs from the request's arrival to the response head: what the
+//! version controls. The full duration, to the end of the response stream, is
+//! `veer_response_duration_seconds`.
 
+pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod histogram;
 pub mod window;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -44,8 +48,14 @@ const REQUEST_DURATION: Family = Family {
 
 const RESPONSE_DURATION: Family = Family {
     name: "veer_response_duration_seconds",
-    help: "From a request's arrival to the end of the response body.",
+    help: "From a request's arrival to the end of the response stream (body and trailers, or its failure).",
 };
+
+/// Statuses whose `veer_requests_total` handle is resolved with the version's
+/// other handles; any other status is resolved the first time it is seen.
+const COMMON_STATUSES: [u16; 14] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
+];
 
 /// The longest window kept when no guard asks for more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
@@ -53,7 +63,7 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// The metrics of one proxy: the recorder, the latency histograms, the clock
 /// the windows count seconds on, and the proxy-wide counters.
 pub struct Telemetry {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     histograms: HistogramRegistry,
     origin: Instant,
@@ -62,26 +72,58 @@ pub struct Telemetry {
     unrouted: Counter,
 }
 
-/// The outcome of one request, classified once and recorded once.
+/// The outcome of one request, classified once, when its response stream
+/// ended, and recorded once.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     /// The status the client got (the upstream's or veer's own).
     pub status: StatusCode,
-    /// Set when the upstream attempt failed.
+    /// The version's fault: an upstream attempt failed, or the response
+    /// broke after its head (`Midstream`).
     pub failure: Option<FailureReason>,
-    /// From arrival to the response head.
+    /// The client's fault: it sent a malformed body, aborted its upload or
+    /// went away before the response ended. Never an error of the version.
+    pub client: Option<ClientFault>,
+    /// From arrival to the response head (time to first byte).
     pub latency: Duration,
+    /// From arrival to the end of the response stream.
+    pub total: Duration,
 }
 
 impl Outcome {
+    /// Whether the version is to blame: a failure of its own, or a 5xx it
+    /// (or veer, for want of an endpoint) answered.
     pub fn is_error(&self) -> bool {
         self.failure.is_some() || self.status.is_server_error()
     }
 }
 
+/// What a client did wrong, the reasons of `veer_client_aborts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The request body's framing was invalid (bad chunk size or
+    /// extension): answered 400.
+    Malformed = 0,
+    /// The request body ended before its announced length, or the client
+    /// reset the connection while sending it.
+    Upload = 1,
+    /// The client went away before the response stream ended.
+    Disconnect = 2,
+}
+
+impl ClientFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::Malformed => "malformed",
+            ClientFault::Upload => "upload",
+            ClientFault::Disconnect => "disconnect",
+        }
+    }
+}
+
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
         describe(&recorder);
         let reloads = |result: &'static str| {
@@ -197,6 +239,12 @@ impl Telemetry {
         counter(&self.recorder, "veer_tls_handshake_failures_total", labels)
     }
 
+    /// `veer_access_log_dropped_total`: lines the access log's writer could
+    /// not keep up with.
+    pub fn access_log_dropped_counter(&self) -> Counter {
+        counter(&self.recorder, "veer_access_log_dropped_total", vec![])
+    }
+
     pub fn count_unrouted(&self) {
         self.unrouted.increment(1);
     }
@@ -216,15 +264,39 @@ impl Telemetry {
             l
         };
         let r = &self.recorder;
+        let requests: Box<[OnceLock<Counter>]> =
+            (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
+        for code in COMMON_STATUSES {
+            let _ = requests[usize::from(code - 100)].set(counter(
+                r,
+                "veer_requests_total",
+                with("code", status_label(code)),
+            ));
+        }
         VersionStats {
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|class| counter(r, "veer_requests_total", with("code", class))),
+            recorder: Arc::clone(r),
+            service: service.to_string(),
+            version: version.to_string(),
+            requests,
+            client_aborts: [
+                ClientFault::Malformed,
+                ClientFault::Upload,
+                ClientFault::Disconnect,
+            ]
+            .map(|fault| {
+                counter(
+                    r,
+                    "veer_client_aborts_total",
+                    with("reason", fault.as_str()),
+                )
+            }),
             failures: [
                 FailureReason::Connect,
                 FailureReason::Timeout,
                 FailureReason::Reset,
                 FailureReason::Protocol,
                 FailureReason::Tls,
+                FailureReason::Midstream,
             ]
             .map(|reason| {
                 counter(
@@ -255,10 +327,41 @@ impl Default for Telemetry {
     }
 }
 
+/// `veer_requests_total` keeps one slot per status from 100 to 999.
+const STATUS_SLOTS: usize = 900;
+
+/// The `code` label of a common status, without formatting.
+fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "other",
+    }
+}
+
 /// The handles and window of one version of one service.
 pub struct VersionStats {
-    requests: [Counter; 5],
-    failures: [Counter; 5],
+    /// Resolves the handle of a status seen for the first time (cold).
+    recorder: Arc<PrometheusRecorder>,
+    service: String,
+    version: String,
+    /// `veer_requests_total` by exact status, indexed by `status - 100`;
+    /// the common ones resolved up front, the rest on first use.
+    requests: Box<[OnceLock<Counter>]>,
+    client_aborts: [Counter; 3],
+    failures: [Counter; 6],
     duration: Arc<LatencyBuckets>,
     full_duration: Arc<LatencyBuckets>,
     weight: Gauge,
@@ -282,22 +385,45 @@ impl VersionStats {
     }
 
     /// Records one request's outcome; `elapsed` is `Telemetry::elapsed(now)`.
+    /// A client that went away before any answer (`status` is `None`) is
+    /// counted as an abort and in nothing else.
     #[inline]
     pub fn record(&self, elapsed: Duration, outcome: &Outcome) {
-        let class = usize::from(outcome.status.as_u16() / 100).clamp(1, 5) - 1;
-        self.requests[class].increment(1);
+        self.requests_counter(outcome.status).increment(1);
         if let Some(reason) = outcome.failure {
             self.failures[reason as usize].increment(1);
         }
+        if let Some(fault) = outcome.client {
+            self.client_aborts[fault as usize].increment(1);
+        }
         self.duration.record(outcome.latency);
+        self.full_duration.record(outcome.total);
         self.window
             .record(elapsed, outcome.latency, outcome.is_error());
     }
 
-    /// Records how long the whole response took, to the end of its body.
+    /// Counts a client that went away before veer had an answer for it: no
+    /// status was sent, so nothing else is recorded.
+    pub fn record_client_gone(&self) {
+        self.client_aborts[ClientFault::Disconnect as usize].increment(1);
+    }
+
     #[inline]
-    pub fn record_full_duration(&self, duration: Duration) {
-        self.full_duration.record(duration);
+    fn requests_counter(&self, status: StatusCode) -> &Counter {
+        let code = status.as_u16();
+        let slot = usize::from(code.saturating_sub(100)).min(STATUS_SLOTS - 1);
+        self.requests[slot].get_or_init(|| self.resolve_status(status))
+    }
+
+    /// A status outside `COMMON_STATUSES`, the first time it is seen.
+    #[cold]
+    fn resolve_status(&self, status: StatusCode) -> Counter {
+        let labels = vec![
+            Label::new("service", self.service.clone()),
+            Label::new("version", self.version.clone()),
+            Label::new("code", status.as_str().to_string()),
+        ];
+        counter(&self.recorder, "veer_requests_total", labels)
     }
 
     pub fn set_weight(&self, weight: u32) {
@@ -386,7 +512,12 @@ fn describe(recorder: &PrometheusRecorder) {
     };
     d(
         "veer_requests_total",
-        "Requests served per version, by status class of the answer.",
+        "Requests served per version, by the exact status of the answer, counted when the response stream ends.",
+        0,
+    );
+    d(
+        "veer_client_aborts_total",
+        "Requests the client broke or abandoned (malformed body, aborted upload, disconnect before the response ended); never a version's error.",
         0,
     );
     d(
@@ -395,6 +526,11 @@ fn describe(recorder: &PrometheusRecorder) {
         0,
     );
     d("veer_config_reloads_total", "Config reloads, by result.", 0);
+    d(
+        "veer_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind.",
+        0,
+    );
     d(
         "veer_rollout_step",
         "The rollout's current step, 1-based (0: no rollout).",
@@ -445,7 +581,9 @@ mod tests {
         Outcome {
             status: StatusCode::OK,
             failure: None,
+            client: None,
             latency,
+            total: latency + Duration::from_millis(1),
         }
     }
 
@@ -462,9 +600,9 @@ mod tests {
         );
         let now = telemetry.elapsed(Instant::now());
         first.record(now, &ok(Duration::from_millis(1)));
-        second.record(now, &ok(Duration::from_millis(40)));
-        first.record_full_duration(Duration::from_millis(2));
-        second.record_full_duration(Duration::from_millis(45));
+        let mut slow = ok(Duration::from_millis(40));
+        slow.total = Duration::from_millis(45);
+        second.record(now, &slow);
 
         let text = telemetry.render();
         for name in [REQUEST_DURATION.name, RESPONSE_DURATION.name] {
@@ -523,7 +661,7 @@ mod tests {
         // The exporter's counters are still there, counted across revisions too.
         assert!(
             text.contains(
-                "veer_requests_total{service=\"web\",version=\"stable\",code=\"2xx\"} 2\n"
+                "veer_requests_total{service=\"web\",version=\"stable\",code=\"200\"} 2\n"
             ),
             "{text}"
         );

@@ -2,6 +2,8 @@
 //! requests veer makes itself, such as health probes).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,34 +12,164 @@ use hyper::body::Incoming;
 
 #[derive(Debug)]
 pub enum RequestBody {
-    Client(Incoming),
+    /// The client's body; `watch` (set when the body is not empty) hears of
+    /// it failing, so the failure is put on the client and not on the
+    /// upstream that was reading it.
+    Client {
+        body: Incoming,
+        watch: Option<ClientBodyWatch>,
+    },
     Empty,
+}
+
+impl RequestBody {
+    pub fn client(body: Incoming) -> RequestBody {
+        // A body-less request (the common GET) allocates no watch.
+        let watch = (!body.is_end_stream()).then(ClientBodyWatch::default);
+        RequestBody::Client { body, watch }
+    }
+
+    pub fn watch(&self) -> Option<&ClientBodyWatch> {
+        match self {
+            RequestBody::Client { watch, .. } => watch.as_ref(),
+            RequestBody::Empty => None,
+        }
+    }
+}
+
+/// How the client's request body failed, if it did; shared between the body
+/// (which the upstream connection reads) and the request's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBodyWatch(Arc<AtomicU8>);
+
+/// How a client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// Invalid framing: a bad chunk size, chunk extension or line ending.
+    Malformed,
+    /// The body ended early or the client reset the connection or stream.
+    Aborted,
+    /// The body was still arriving when `timeouts.request` ran out.
+    Slow,
+}
+
+const MALFORMED: u8 = 1;
+const ABORTED: u8 = 2;
+const COMPLETE: u8 = 3;
+
+impl ClientBodyWatch {
+    pub fn fault(&self) -> Option<ClientBodyFault> {
+        match self.0.load(Ordering::Relaxed) {
+            MALFORMED => Some(ClientBodyFault::Malformed),
+            ABORTED => Some(ClientBodyFault::Aborted),
+            _ => None,
+        }
+    }
+
+    /// Whether the whole body was read from the client.
+    pub fn is_complete(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == COMPLETE
+    }
+
+    fn set(&self, error: &hyper::Error) {
+        let fault = if is_malformed(error) {
+            MALFORMED
+        } else {
+            ABORTED
+        };
+        self.0.store(fault, Ordering::Relaxed);
+    }
+
+    fn complete(&self) {
+        self.0.store(COMPLETE, Ordering::Relaxed);
+    }
+}
+
+/// hyper reports a body that breaks HTTP/1.1's framing as an I/O error of
+/// kind `InvalidData` or `InvalidInput` under its body error; everything else
+/// (early end, reset, an HTTP/2 stream reset) is the client stopping.
+fn is_malformed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The client's body failed while it was being sent upstream; found in the
+/// upstream connection's error chain, it marks that error as the client's.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body failed: {}", self.0)
+    }
+}
+
+impl ClientBodyError {
+    pub fn is_malformed(&self) -> bool {
+        is_malformed(&self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Client { body, watch } => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Err(error))) => {
+                    if let Some(watch) = watch {
+                        watch.set(&error);
+                    }
+                    Poll::Ready(Some(Err(ClientBodyError(error))))
+                }
+                Poll::Ready(None) => {
+                    if let Some(watch) = watch {
+                        watch.complete();
+                    }
+                    Poll::Ready(None)
+                }
+                polled => {
+                    if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (watch.as_ref(), &polled) {
+                        if body.is_end_stream() {
+                            watch.complete();
+                        }
+                    }
+                    polled.map_err(ClientBodyError)
+                }
+            },
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -196,8 +196,12 @@ impl Endpoint {
                     );
                     let unsent = failed.take_message();
                     let resent = match (unsent, replay) {
+                        // The client's body broke: nothing to send again.
+                        _ if error.is_client() => None,
                         (Some(unsent), _) => Some(unsent),
-                        (None, Some(copy)) if error.reason() == FailureReason::Reset => Some(copy),
+                        (None, Some(copy)) if error.reason() == Some(FailureReason::Reset) => {
+                            Some(copy)
+                        }
                         (None, _) => None,
                     };
                     match resent {

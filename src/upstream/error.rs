@@ -5,6 +5,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use super::body::{ClientBodyError, ClientBodyFault, ClientBodyWatch};
+
 #[derive(Debug)]
 pub enum UpstreamError {
     /// No TCP connection could be made (refused, unreachable, connect timeout).
@@ -23,6 +25,12 @@ pub enum UpstreamError {
     /// common protocol, a client certificate refused, or the endpoint's TLS
     /// settings could not be loaded). Nothing was sent.
     Tls { addr: SocketAddr, cause: String },
+    /// The client's request body failed, or was still arriving when
+    /// `timeouts.request` ran out: the client's fault, never the upstream's.
+    ClientBody {
+        fault: ClientBodyFault,
+        cause: String,
+    },
 }
 
 /// The failure reasons of `veer_upstream_failures_total`.
@@ -33,6 +41,9 @@ pub enum FailureReason {
     Reset = 2,
     Protocol = 3,
     Tls = 4,
+    /// The response broke after its head: reset, closed early, or invalid
+    /// body framing.
+    Midstream = 5,
 }
 
 impl FailureReason {
@@ -43,24 +54,54 @@ impl FailureReason {
             FailureReason::Reset => "reset",
             FailureReason::Protocol => "protocol",
             FailureReason::Tls => "tls",
+            FailureReason::Midstream => "midstream",
         }
     }
 }
 
 impl UpstreamError {
-    pub fn reason(&self) -> FailureReason {
-        match self {
+    /// The upstream's failure reason; `None` when the client is at fault.
+    pub fn reason(&self) -> Option<FailureReason> {
+        Some(match self {
             UpstreamError::Connect { .. } => FailureReason::Connect,
             UpstreamError::Timeout { .. } => FailureReason::Timeout,
             UpstreamError::Reset { .. } => FailureReason::Reset,
             UpstreamError::Protocol { .. } => FailureReason::Protocol,
             UpstreamError::Tls { .. } => FailureReason::Tls,
+            UpstreamError::ClientBody { .. } => return None,
+        })
+    }
+
+    /// Whether the client, not the upstream, is at fault.
+    pub fn is_client(&self) -> bool {
+        matches!(self, UpstreamError::ClientBody { .. })
+    }
+
+    /// Puts an error on the client when its request body failed meanwhile
+    /// (`watch` saw it), whatever the upstream connection made of it.
+    pub(crate) fn or_client(self, watch: Option<&ClientBodyWatch>) -> UpstreamError {
+        match watch.and_then(ClientBodyWatch::fault) {
+            Some(fault) if !self.is_client() => UpstreamError::ClientBody {
+                fault,
+                cause: self.to_string(),
+            },
+            _ => self,
         }
     }
 
-    /// Classifies an error from hyper's client connection.
+    /// Classifies an error from hyper's client connection. hyper reports a
+    /// failure of the body it was sending as a "user" error; when that body
+    /// is the client's, the client is at fault.
     pub(crate) fn from_hyper(addr: SocketAddr, err: &hyper::Error) -> UpstreamError {
         let cause = error_chain(err);
+        if let Some(client) = find_cause::<ClientBodyError>(err) {
+            let fault = if client.is_malformed() {
+                ClientBodyFault::Malformed
+            } else {
+                ClientBodyFault::Aborted
+            };
+            return UpstreamError::ClientBody { fault, cause };
+        }
         if err.is_parse() || err.is_parse_status() || err.is_user() {
             UpstreamError::Protocol { addr, cause }
         } else if err.is_timeout() {
@@ -69,6 +110,19 @@ impl UpstreamError {
             UpstreamError::Reset { addr, cause }
         }
     }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = Some(err);
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// `outer: inner: innermost`, so a log line says what really happened.
@@ -100,6 +154,12 @@ impl fmt::Display for UpstreamError {
             }
             UpstreamError::Tls { addr, cause } => {
                 write!(f, "TLS handshake with upstream {addr} failed: {cause}")
+            }
+            UpstreamError::ClientBody { cause, .. } => {
+                write!(
+                    f,
+                    "the request body could not be read from the client: {cause}"
+                )
             }
         }
     }

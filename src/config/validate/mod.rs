@@ -16,11 +16,12 @@
 //!
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
-//! and upstream), `admin`, `limits`, `services` (and `match`), `versions`,
-//! `sticky`, `rules`, `timeouts`, `health` (health checks and outlier
-//! detection), `guard`, `rollout`; `fields` holds the checks every block
-//! shares, `parse` the pure text parsers.
+//! and upstream), `admin`, `limits`, `access_log`, `services` (and `match`),
+//! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
+//! outlier detection), `guard`, `rollout`; `fields` holds the checks every
+//! block shares, `parse` the pure text parsers.
 
+mod access_log;
 mod admin;
 mod fields;
 mod guard;
@@ -47,14 +48,14 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    Admin, CertificateFiles, Config, Guard, HealthCheck, Hold, HostMatch, Limits, Listener,
-    ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky,
-    Timeouts, UpstreamTls, Version,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Guard, HealthCheck, Hold,
+    HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule,
+    RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
 };
 use super::raw::{
-    Part, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener, RawOutlier,
-    RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts,
-    RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener,
+    RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky,
+    RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -102,6 +103,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
             .map(Some),
     };
     let limits = v.limits(raw.limits);
+    let access_log = match raw.access_log {
+        None => Some(None),
+        Some(Err(_)) => None,
+        Some(Ok(log)) => v.access_log(log).map(Some),
+    };
     let services = v.services(raw.services);
 
     let clean = v.issues.is_empty() && issues.is_empty();
@@ -117,6 +123,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         admin: admin?,
         state_dir: state_dir?,
         limits: limits?,
+        access_log: access_log?,
         services,
     })
 }
