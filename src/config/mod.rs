@@ -270,7 +270,18 @@ fn deserialize_at<T: DeserializeOwned>(
         let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
         let error = error.into_inner();
         let DeError::UnknownField { field, expected } = &error else {
-            issues.push(Issue::at(path, error.to_string()));
+            // A key that is not a name (a list, a mapping) has no name to
+            // show: serde_path_to_error writes `?`. The key is the mistake.
+            let anchor = if path.ends_with('?') {
+                Anchor::Key
+            } else {
+                Anchor::Value
+            };
+            issues.push(Issue {
+                path,
+                reason: error.to_string(),
+                anchor,
+            });
             return Err(Invalid);
         };
         // serde names the unknown key in the path; point at the key itself,
@@ -452,6 +463,22 @@ services:
         assert!(
             errors.0[0].reason.contains("not a whole number"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn keys_that_are_not_names_are_refused_in_the_file_s_terms() {
+        let text = format!("{MINIMAL}? [a, b]\n: 1\n");
+        let errors = parse_str(&text, "t.yaml").expect_err("a list as a key");
+        assert_eq!(
+            errors.0[0].to_string(),
+            "t.yaml:10:3: ?: invalid type: sequence, expected a field name"
+        );
+        let text = format!("{MINIMAL}    match: {{ hosts: [~] }}\n");
+        let errors = parse_str(&text, "t.yaml").expect_err("an empty host");
+        assert_eq!(
+            errors.0[0].to_string(),
+            "t.yaml:10:22: services[0].match.hosts[0]: invalid type: empty value, expected a string"
         );
     }
 
