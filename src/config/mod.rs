@@ -483,6 +483,38 @@ services:
     }
 
     #[test]
+    fn merge_keys_fill_in_what_a_mapping_does_not_set() {
+        let text = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+services:
+  - name: app
+    versions:
+      - &base { name: stable, endpoints: [127.0.0.1:18081], weight: 1 }
+      - <<: *base
+        name: canary
+      - <<: [{ name: late, weight: 7 }, *base]
+";
+        let config = parse_str(text, "t.yaml").expect("valid");
+        let versions = &config.services[0].versions;
+        assert_eq!(versions[1].name, "canary");
+        assert_eq!(versions[1].endpoints, versions[0].endpoints);
+        assert_eq!(
+            (versions[2].name.as_str(), versions[2].weight.get()),
+            ("late", 7)
+        );
+        let errors = parse_str(&text.replace("<<: *base", "<<: 5"), "t.yaml")
+            .expect_err("a merge of a number");
+        assert!(
+            errors.0[0].to_string().starts_with(
+                "t.yaml:8:9: services[0].versions[1].<<: unknown field `<<`, expected one of"
+            ),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn anchors_and_aliases_are_read() {
         let text = MINIMAL.replace(
             "endpoints: [127.0.0.1:18081]",

@@ -197,7 +197,7 @@ impl TreeBuilder {
         if let Some(Open { anchor, node }) = self.open.pop() {
             let node = match node {
                 OpenNode::Sequence(items) => yaml::Node::Sequence(items),
-                OpenNode::Mapping { entries, .. } => yaml::Node::Mapping(entries),
+                OpenNode::Mapping { entries, .. } => yaml::Node::Mapping(yaml::merge_keys(entries)),
             };
             self.complete(anchor, node);
         }

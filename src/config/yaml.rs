@@ -88,6 +88,42 @@ impl Node {
     }
 }
 
+/// Applies YAML merge keys (`<<: *defaults`, or `<<: [*a, *b]`): the
+/// merged mappings' entries are added where the mapping does not set the
+/// key itself; of several merged mappings, the earlier wins. A `<<` whose
+/// value is not a mapping (or a list of them) is left in place, to be
+/// reported as the unknown field it is.
+pub(crate) fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
+    let is_merge = |key: &Node| matches!(key, Node::Text(text) if text == "<<");
+    if !entries.iter().any(|(key, _)| is_merge(key)) {
+        return entries;
+    }
+    let mut own = Vec::with_capacity(entries.len());
+    let mut merged = Vec::new();
+    for (key, value) in entries {
+        if !is_merge(&key) {
+            own.push((key, value));
+            continue;
+        }
+        match value {
+            Node::Mapping(entries) => merged.push(entries),
+            Node::Sequence(items) if items.iter().all(|i| matches!(i, Node::Mapping(_))) => {
+                merged.extend(items.into_iter().filter_map(|item| match item {
+                    Node::Mapping(entries) => Some(entries),
+                    _ => None,
+                }));
+            }
+            other => own.push((key, other)),
+        }
+    }
+    for (key, value) in merged.into_iter().flatten() {
+        if !own.iter().any(|(existing, _)| *existing == key) {
+            own.push((key, value));
+        }
+    }
+    own
+}
+
 fn resolve_plain(text: String) -> Node {
     match text.as_str() {
         "" | "~" | "null" | "Null" | "NULL" => return Node::Null,
