@@ -10,11 +10,13 @@
 //!   position with every event, and with it duplicates are found where both
 //!   positions are known. Building the tree from those same events means the
 //!   values and their positions cannot disagree.
-//! - `marked-yaml` keeps spans on its nodes but stops at the first duplicate
-//!   key and keeps every scalar as text typed by its own rules; `serde-saphyr`
-//!   deserializes straight into the target types, leaving no tree to take a
-//!   misspelled key out of and check the rest again, and spans only where a
-//!   field is declared `Spanned<T>`.
+//! - `marked-yaml` keeps spans on its nodes, but stops loading at a
+//!   duplicate key (we report every one, each at both its places) and keeps
+//!   scalars as text that its deserializer types by its own rules.
+//! - `serde-saphyr` deserializes straight from the events into the target
+//!   types: there is no tree to take a misspelled key out of and check the
+//!   rest again, and positions come with its own errors (or `Spanned<T>`
+//!   fields), not for every path that validation later names.
 //! - Owning the deserializer gives the error type: an unknown field arrives as
 //!   the field and the list of expected ones ([`DeError::UnknownField`]), so
 //!   the "did you mean" hint never reads serde's message text.
@@ -23,7 +25,9 @@
 //! `~`/`null`/empty is null, `true`/`false` booleans, integers (decimal,
 //! `0x`, `0o`, `0b`), floats (`1.5`, `1e3`, `.inf`, `.nan`); anything quoted,
 //! or tagged `!!str`, is text. A decimal with a leading zero (`0123`) is
-//! text, not an octal surprise.
+//! text, not an octal surprise. Aliases are copies of their anchor's node;
+//! merge keys (`<<: *defaults`) are applied when their mapping ends
+//! ([`merge_keys`]).
 
 use std::fmt;
 
