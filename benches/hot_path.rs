@@ -422,6 +422,7 @@ fn outcome(i: u64) -> Outcome {
         client: None,
         latency: Duration::from_micros(LATENCIES_US[(i % 8) as usize]),
         total: Duration::from_micros(LATENCIES_US[(i % 8) as usize] + 40),
+        grpc: None,
     }
 }
 
@@ -470,7 +471,7 @@ fn timed_in_chunks(iters: u64, op: impl Fn(u64), upkeep: impl Fn()) -> Duration 
 
 fn record_outcome(c: &mut Criterion) {
     let telemetry = Telemetry::new();
-    let stats = telemetry.version_stats("checkout", "canary", Duration::from_secs(30));
+    let stats = telemetry.version_stats("checkout", "canary", Duration::from_secs(30), 0);
     let elapsed = Duration::from_millis(5_250);
     let naive = LockedSamples::default();
 

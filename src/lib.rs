@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod grpc;
 pub mod guard;
 pub mod health;
 pub mod proxy;

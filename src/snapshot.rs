@@ -31,6 +31,8 @@ pub struct ServiceSnapshot {
     pub split: Option<WeightedSplit>,
     pub versions: Vec<Arc<VersionSnapshot>>,
     pub timeouts: Timeouts,
+    /// The `grpc-status` codes that count as a version's errors.
+    pub grpc_errors: crate::grpc::ErrorCodes,
     /// The window the guard and `/status` read figures over.
     pub window: Duration,
     /// The guard's policy; its `baseline` indexes `versions`.
@@ -200,6 +202,7 @@ impl Snapshot {
                             &version.name,
                             &version.revision,
                             window,
+                            service.grpc.max_methods,
                         );
                         stats.set_weight(weight);
                         for endpoint in &all[v] {
@@ -235,6 +238,7 @@ impl Snapshot {
                     rollout: service.rollout.clone(),
                     health_check: service.health_check.clone(),
                     outlier: service.outlier.clone(),
+                    grpc_errors: service.grpc.error_codes,
                     rules: service
                         .rules
                         .iter()

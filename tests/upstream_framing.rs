@@ -16,7 +16,10 @@ use http::{Method, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::client::{empty, get, h2c_client, http1_client, send, try_send, HttpClient};
+use http_body_util::BodyExt;
+use support::client::{
+    empty, get, h2c_client, h2c_connect, http1_client, raw_exchange, send, try_send, HttpClient,
+};
 use support::config::{service, ConfigBuilder};
 use support::harness::TestProxy;
 use support::within;
@@ -182,6 +185,22 @@ fn script(method: &str, path: &str) -> (Vec<Vec<u8>>, Then) {
         "/short-body" => (
             one(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b"),
             Then::Close,
+        ),
+        "/head-then-close" => (
+            one(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+            Then::Close,
+        ),
+        "/chunked-cut" => (
+            one(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"),
+            Then::Close,
+        ),
+        "/te-and-cl-smuggled" => (
+            one(b"HTTP/1.1 200 OK\r\ncontent-length: 60\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"),
+            Then::KeepOpen,
+        ),
+        "/te-http10" => (
+            one(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            Then::KeepOpen,
         ),
         "/http10" => (
             one(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"),
@@ -412,4 +431,136 @@ async fn a_reused_connection_closed_unanswered_is_retried_when_safe() {
     answer.assert_proxy_error(502);
     assert_eq!(answer.header("x-veer-error"), Some("upstream-reset"));
     assert_eq!(up.requests(), 2, "the POST was not repeated");
+}
+
+/// A raw HTTP/1.1 request for `path`, read to the close.
+async fn raw_get(proxy: &TestProxy, path: &str) -> support::client::RawReply {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: web\r\n\r\n");
+    within(
+        LIMIT,
+        path,
+        raw_exchange(proxy.addr(), request.as_bytes(), LIMIT),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_short_body_reaches_an_http1_client_as_far_as_it_came_then_a_close() {
+    let up = Scripted::start().await;
+    let proxy = proxy_to(&up).await;
+    // Fewer bytes than Content-Length: the head and the ten bytes, then the
+    // connection closes (the client can tell: 10 of 100 bytes came).
+    let reply = raw_get(&proxy, "/short-body").await;
+    let text = reply.text();
+    assert!(
+        reply.closed,
+        "the connection must close, not stall: {text:?}"
+    );
+    assert_eq!(reply.status(), Some(200), "{text:?}");
+    assert!(text.contains("content-length: 100\r\n"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\nonly ten b"), "{text:?}");
+    // The head alone, then the close: still the head.
+    let reply = raw_get(&proxy, "/head-then-close").await;
+    let text = reply.text();
+    assert!(reply.closed, "{text:?}");
+    assert_eq!(reply.status(), Some(200), "{text:?}");
+    assert!(text.contains("content-length: 10\r\n"), "{text:?}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body byte was invented: {text:?}"
+    );
+    // A chunked body cut off: the chunk that came, and no last chunk, so
+    // the client sees the body unfinished.
+    let reply = raw_get(&proxy, "/chunked-cut").await;
+    let text = reply.text();
+    assert!(reply.closed, "{text:?}");
+    assert_eq!(reply.status(), Some(200), "{text:?}");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n"), "{text:?}");
+    // Three broken answers, and the proxy serves on.
+    let (status, text) = get_text(&http1_client(), &proxy, "/").await;
+    assert_eq!((status, text.as_str()), (200, "ok"));
+}
+
+#[tokio::test]
+async fn a_short_body_reaches_an_h2_client_then_a_reset_of_that_stream_only() {
+    let up = Scripted::start().await;
+    let proxy = proxy_to(&up).await;
+    let mut h2 = h2c_connect(proxy.addr()).await;
+    for (path, arrived) in [
+        ("/short-body", &b"only ten b"[..]),
+        ("/chunked-cut", b"hello"),
+        ("/head-then-close", b""),
+    ] {
+        let response = within(LIMIT, path, h2.send_request(get(&proxy.url(path), None)))
+            .await
+            .unwrap_or_else(|e| panic!("{path}: the head must arrive: {e}"));
+        assert_eq!(response.status(), 200, "{path}");
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        let error = loop {
+            match within(LIMIT, path, body.frame()).await {
+                Some(Ok(frame)) => data.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d)),
+                Some(Err(e)) => break e,
+                None => panic!("{path}: a short body must not end cleanly ({data:?})"),
+            }
+        };
+        assert_eq!(data, arrived, "{path}");
+        let mut cause = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            cause = format!("{cause}: {inner}");
+            source = inner.source();
+        }
+        assert!(
+            cause.contains("stream error received"),
+            "{path}: expected the stream reset: {cause}"
+        );
+    }
+    // The connection itself serves on.
+    let answer = h2
+        .send_request(get(&proxy.url("/"), None))
+        .await
+        .expect("the h2 connection survives a stream reset");
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn transfer_encoding_beside_content_length_frames_the_body_and_ends_the_connection() {
+    let up = Scripted::start().await;
+    let proxy = proxy_to(&up).await;
+    for client in [http1_client(), h2c_client()] {
+        let answer = send(&client, get(&proxy.url("/te-and-cl-smuggled"), None)).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "hello");
+        assert_eq!(
+            answer.header("content-length"),
+            None,
+            "the length the chunked coding overrode must not go on"
+        );
+        // What followed the last chunk answers nobody, and the connection
+        // that sent both framings is not used again.
+        let before = up.accepted();
+        let (status, text) = get_text(&client, &proxy, "/").await;
+        assert_eq!((status, text.as_str()), (200, "ok"));
+        assert_eq!(up.accepted(), before + 1, "a fresh upstream connection");
+    }
+}
+
+#[tokio::test]
+async fn transfer_encoding_on_an_http_10_answer_is_502() {
+    let up = Scripted::start().await;
+    let proxy = proxy_to(&up).await;
+    for client in [http1_client(), h2c_client()] {
+        let answer = send(&client, get(&proxy.url("/te-http10"), None)).await;
+        answer.assert_proxy_error(502);
+        assert_eq!(answer.header("x-veer-error"), Some("upstream-protocol"));
+        assert!(
+            answer
+                .text()
+                .contains("answered invalid HTTP: Transfer-Encoding in an HTTP/1.0 response"),
+            "{}",
+            answer.text()
+        );
+    }
 }

@@ -53,6 +53,7 @@ pub fn report(control: &Control) -> Value {
                             })
                         }).collect::<Vec<_>>(),
                         "window": window_json(&figures),
+                        "grpc_methods": methods_json(version, elapsed, service.window),
                         "guard_verdict": control.verdict(&service.name, &version.name),
                     })
                 })
@@ -135,6 +136,23 @@ pub fn service_rollout(control: &Control, service: &str) -> Value {
         "rollout": rollout_json(control, service, config.as_ref()),
         "weights": service_weights(control, service)["weights"],
     })
+}
+
+/// The window figures of each gRPC method a version served (`other`: the
+/// methods beyond the cap, and paths that are no method name).
+fn methods_json(
+    version: &crate::snapshot::VersionSnapshot,
+    elapsed: std::time::Duration,
+    window: std::time::Duration,
+) -> Value {
+    let mut methods = serde_json::Map::new();
+    version.stats.methods().each(|method| {
+        let figures = method.window().figures(elapsed, window);
+        if figures.requests > 0 || method.name() != crate::grpc::methods::OTHER {
+            methods.insert(method.name().to_string(), window_json(&figures));
+        }
+    });
+    Value::Object(methods)
 }
 
 fn window_json(figures: &Figures) -> Value {

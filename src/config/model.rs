@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 
 use super::units::{Fraction, Percent, Ratio, Weight};
+use crate::grpc::ErrorCodes;
 
 /// A whole, valid veer configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +140,8 @@ pub struct Service {
     pub slow_start: Option<Duration>,
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
+    /// How gRPC calls are judged (defaults when the block is omitted).
+    pub grpc: Grpc,
 }
 
 /// How a request's host (port stripped, lowercased) is matched.
@@ -298,6 +301,34 @@ pub struct Guard {
     /// bound of its 95 % Wilson interval is above `max_error_rate`, so few
     /// requests need a clearer signal. Default: the plain rate.
     pub wilson: bool,
+    /// `per_method: true`: each gRPC method is also judged on its own, so
+    /// one broken method trips the version even when the others drown it in
+    /// successes. Default false.
+    pub per_method: bool,
+}
+
+/// Methods with their own figures when `grpc.max_methods` is omitted.
+pub const DEFAULT_MAX_METHODS: usize = 16;
+
+/// How a service's gRPC calls are judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grpc {
+    /// The codes that count as the version's errors (a call that ends with
+    /// no `grpc-status` always does). Default: UNKNOWN, DEADLINE_EXCEEDED,
+    /// INTERNAL, UNAVAILABLE, DATA_LOSS.
+    pub error_codes: ErrorCodes,
+    /// Distinct methods with their own figures per version; the rest are
+    /// counted under `other`. Default 16.
+    pub max_methods: usize,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Grpc {
+            error_codes: ErrorCodes::default(),
+            max_methods: DEFAULT_MAX_METHODS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -142,7 +142,7 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a service: a mapping with name, versions and optionally match, sticky, rules, timeouts, health_check, guard and rollout"
+    expecting = "a service: a mapping with name, versions and optionally match, sticky, rules, timeouts, health_check, guard, rollout and grpc"
 )]
 pub(crate) struct RawService {
     pub name: Option<String>,
@@ -157,6 +157,7 @@ pub(crate) struct RawService {
     pub slow_start: Option<Scalar>,
     pub guard: Option<RawGuard>,
     pub rollout: Option<RawRollout>,
+    pub grpc: Option<RawGrpc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +279,17 @@ pub(crate) struct RawGuard {
     pub on_revert: Option<Scalar>,
     pub error_rate_test: Option<Scalar>,
     pub webhook: Option<String>,
+    pub per_method: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with optionally error_codes and max_methods"
+)]
+pub(crate) struct RawGrpc {
+    pub error_codes: Option<Vec<Scalar>>,
+    pub max_methods: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

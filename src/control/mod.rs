@@ -423,7 +423,7 @@ impl Control {
                     .iter()
                     .any(|(v, r)| **v == *version.name && **r == *version.revision)
                 {
-                    version.stats.window().reset();
+                    version.stats.reset();
                 }
             }
         }
@@ -624,7 +624,7 @@ impl Control {
             }
             let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
             for version in self.published.load().versions() {
-                version.stats.window().advance(elapsed);
+                version.stats.advance(elapsed);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! `guard.interval` has passed. A trip needs `consecutive` bad verdicts in a
 //! row; fewer than `min_requests` in the window is no verdict at all.
 
+pub mod methods;
 pub mod verdict;
 pub mod webhook;
 
@@ -85,8 +86,23 @@ impl GuardRunner {
                     self.streaks.remove(&key);
                     continue;
                 }
-                let figures = version.stats.window().figures(elapsed, policy.window);
-                let judged = verdict(&figures, Some(&base_figures), policy);
+                let mut figures = version.stats.window().figures(elapsed, policy.window);
+                let mut judged = verdict(&figures, Some(&base_figures), policy);
+                // Asked to, one bad method condemns the version its other
+                // methods make look healthy.
+                let mut method = None;
+                if policy.per_method && !matches!(judged, Verdict::Bad { .. }) {
+                    if let Some(bad) = methods::worst(
+                        version.stats.methods(),
+                        baseline.stats.methods(),
+                        elapsed,
+                        policy,
+                    ) {
+                        judged = bad.verdict;
+                        figures = bad.figures;
+                        method = Some(bad.method);
+                    }
+                }
                 let words = match &judged {
                     Verdict::Healthy => {
                         self.streaks.remove(&key);
@@ -104,10 +120,16 @@ impl GuardRunner {
                     } => {
                         let streak = self.streaks.entry(key.clone()).or_insert(0);
                         *streak += 1;
-                        let words = format!(
-                            "bad: {figure} {observed:.4} > {threshold:.4} ({}/{} in a row)",
-                            streak, policy.consecutive
-                        );
+                        let words = match &method {
+                            Some(method) => format!(
+                                "bad: method {method}: {figure} {observed:.4} > {threshold:.4} ({}/{} in a row)",
+                                streak, policy.consecutive
+                            ),
+                            None => format!(
+                                "bad: {figure} {observed:.4} > {threshold:.4} ({}/{} in a row)",
+                                streak, policy.consecutive
+                            ),
+                        };
                         if *streak >= policy.consecutive {
                             self.streaks.remove(&key);
                             let measured = Measured {
@@ -115,6 +137,14 @@ impl GuardRunner {
                                 threshold: Some(*threshold),
                                 window_requests: figures.requests,
                             };
+                            if let Some(method) = &method {
+                                tracing::warn!(
+                                    service = %service.name,
+                                    version = %version.name,
+                                    method = %method,
+                                    "guard: one method of the version is bad ({figure} {observed:.4} > {threshold:.4})"
+                                );
+                            }
                             if let Some(event) = self.control.trip(
                                 &service.name,
                                 &version.name,

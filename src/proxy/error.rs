@@ -1,11 +1,18 @@
 //! The one place where a failure becomes an HTTP answer. Every answer veer makes
 //! itself carries `x-veer-error: CODE` (so it is never mistaken for the
 //! upstream's) and a one-line body that says what happened and what to look at.
+//!
+//! A gRPC client gets the same answer in gRPC's terms instead, as Envoy gives
+//! it: HTTP `200`, trailers-only, with a `grpc-status` (`UNAVAILABLE`,
+//! `DEADLINE_EXCEEDED`, …) and the line as `grpc-message`. A gRPC library
+//! turns an HTTP `502` into an opaque error; a status it can act on (retry
+//! on `UNAVAILABLE`, give up on `DEADLINE_EXCEEDED`).
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::grpc::{self, Code};
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
 use crate::telemetry::ClientFault;
 use crate::upstream::body::ClientBodyFault;
@@ -122,6 +129,60 @@ impl ProxyError {
                 },
             },
         }
+    }
+
+    /// The gRPC status a gRPC client is answered with.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::NoRoute { .. } => Code::Unimplemented,
+            ProxyError::MissingHost => Code::InvalidArgument,
+            ProxyError::NoWeightedVersion { .. } | ProxyError::NoEndpoint { .. } => {
+                Code::Unavailable
+            }
+            ProxyError::Upstream { error, .. } => match error {
+                UpstreamError::Timeout { .. } => Code::DeadlineExceeded,
+                UpstreamError::Connect { .. }
+                | UpstreamError::Reset { .. }
+                | UpstreamError::Protocol { .. }
+                | UpstreamError::Tls { .. } => Code::Unavailable,
+                // What a gRPC server answers a client whose frames it cannot
+                // read, one that stopped sending, and one too slow to send.
+                UpstreamError::ClientBody { fault, .. } => match fault {
+                    ClientBodyFault::Malformed => Code::Internal,
+                    ClientBodyFault::Aborted => Code::Cancelled,
+                    ClientBodyFault::Slow => Code::DeadlineExceeded,
+                },
+            },
+        }
+    }
+
+    /// The answer for the client: in gRPC's terms when the request was a
+    /// gRPC call, else plain HTTP.
+    pub fn into_response_for(self, grpc: Option<grpc::Kind>) -> Response<ProxyBody> {
+        match grpc {
+            Some(kind) => self.into_grpc_response(kind),
+            None => self.into_response(),
+        }
+    }
+
+    /// A trailers-only gRPC answer: `200`, no body, the status in the head.
+    pub fn into_grpc_response(self, kind: grpc::Kind) -> Response<ProxyBody> {
+        let (_, code) = self.status_and_code();
+        let status = self.grpc_code();
+        let message = grpc::message(&self.to_string());
+        let mut response = Response::new(ProxyBody::empty());
+        let headers = response.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(match kind {
+                grpc::Kind::Grpc => "application/grpc",
+                grpc::Kind::Web => "application/grpc-web",
+            }),
+        );
+        headers.insert(grpc::STATUS, status.header_value());
+        headers.insert(grpc::MESSAGE, message);
+        response
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {

@@ -5,7 +5,7 @@
 //! request pays no allocation here unless it carries unusual headers.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -16,6 +16,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes the hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`, which a WebSocket handshake needs on the next hop too.
+/// `Content-Length` goes with `Transfer-Encoding`, and is made one value
+/// when it came as several equal ones.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the names finds which hop-by-hop headers are there (most
     // messages carry none, or only `Connection`), so only those are removed:
@@ -42,6 +44,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if present & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(TRANSFER_ENCODING);
+        // The transfer coding framed this message, not the length beside it
+        // (RFC 9112 §6.3: an intermediary removes it). Passed on, it would
+        // frame the next hop's message at a length that is not the body's.
+        if present & CONTENT_LENGTH_BIT != 0 {
+            headers.remove(CONTENT_LENGTH);
+        }
+    } else if present & CONTENT_LENGTH_BIT != 0 {
+        single_content_length(headers);
     }
     // `TE: trailers` is end-to-end in practice: gRPC servers require it.
     if present & TE_BIT != 0
@@ -58,12 +68,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Makes a `Content-Length` given as a list (`5, 5`) or on several lines
+/// (all equal: the upstream's framing check refused any other) one value,
+/// the only form an HTTP/2 client accepts and the one every HTTP/1.1 client
+/// reads alike. Allocates only for such a response.
+fn single_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else { return };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let single = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .and_then(|digits| HeaderValue::from_bytes(digits).ok());
+    if let Some(single) = single {
+        headers.insert(CONTENT_LENGTH, single);
+    }
+}
+
 const CONNECTION_BIT: u8 = 1;
 const KEEP_ALIVE_BIT: u8 = 2;
 const PROXY_CONNECTION_BIT: u8 = 4;
 const TRANSFER_ENCODING_BIT: u8 = 8;
 const TE_BIT: u8 = 16;
 const UPGRADE_BIT: u8 = 32;
+/// Not hop-by-hop, but framing this module keeps straight on the way.
+const CONTENT_LENGTH_BIT: u8 = 64;
 
 /// Which hop-by-hop header `name` is, as a bit (0 for an end-to-end one).
 /// Standard names compare as enum tags, the two custom ones by bytes.
@@ -81,6 +114,8 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
         KEEP_ALIVE_BIT
     } else if name == PROXY_CONNECTION {
         PROXY_CONNECTION_BIT
+    } else if name == CONTENT_LENGTH {
+        CONTENT_LENGTH_BIT
     } else {
         0
     }
@@ -185,6 +220,42 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("content-length").is_none(), "{h:?}");
+        assert_eq!(h.len(), 1, "{h:?}");
+        // Without a transfer coding the length is the framing: it stays.
+        let mut h = map(&[("content-length", "5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn a_repeated_content_length_goes_on_as_one_value() {
+        for pairs in [
+            &[("content-length", "5, 5")][..],
+            &[("content-length", "5"), ("content-length", " 5")][..],
+            &[("content-length", "5,5"), ("content-length", "5")][..],
+        ] {
+            let mut h = map(pairs);
+            single_content_length(&mut h);
+            let all: Vec<_> = h.get_all("content-length").iter().collect();
+            assert_eq!(all, ["5"], "{pairs:?}");
+        }
+        let mut h = map(&[("content-length", "12")]);
+        single_content_length(&mut h);
+        assert_eq!(h["content-length"], "12");
+        let mut h = map(&[]);
+        single_content_length(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

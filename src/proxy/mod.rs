@@ -35,6 +35,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::config::Protocol;
+use crate::grpc;
 use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
@@ -142,11 +143,13 @@ impl ProxyService {
         client: &ClientInfo,
         timer: &mut Option<RequestTimer>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        match self.forward(request, client, timer).await {
+        // A gRPC client is answered in gRPC's terms (see `error`).
+        let grpc = grpc::kind(request.headers());
+        match self.forward(request, client, timer, grpc).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 log_failure(&error);
-                Ok(error.into_response())
+                Ok(error.into_response_for(grpc))
             }
         }
     }
@@ -178,6 +181,7 @@ impl ProxyService {
 
     /// A failure veer answers itself for `version`, its outcome recorded
     /// with it.
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -186,6 +190,7 @@ impl ProxyService {
         error: ProxyError,
         log: Option<Box<Entry>>,
         request_id: Option<HeaderValue>,
+        grpc: Option<(grpc::Kind, usize)>,
     ) -> Response<ProxyBody> {
         log_failure(&error);
         let answered = Answered {
@@ -195,8 +200,16 @@ impl ProxyService {
             client: error.client_fault(),
             latency: started.elapsed(),
         };
-        let finish = self.finish(snapshot, at, started, answered, None, log);
-        let mut response = error.into_response();
+        let mut finish = self.finish(snapshot, at, started, answered, None, log);
+        if let (Some(finish), Some((kind, method))) = (finish.as_mut(), grpc) {
+            finish.grpc(grpc::Call {
+                kind,
+                head: Some(error.grpc_code()),
+                method,
+                errors: snapshot.services[at.0].grpc_errors,
+            });
+        }
+        let mut response = error.into_response_for(grpc.map(|(kind, _)| kind));
         if let Some(id) = request_id {
             response.headers_mut().insert(REQUEST_ID, id);
         }
@@ -211,6 +224,7 @@ impl ProxyService {
         request: Request<Incoming>,
         client: &ClientInfo,
         timer: &mut Option<RequestTimer>,
+        grpc: Option<grpc::Kind>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -254,6 +268,14 @@ impl ProxyService {
         if let Some((header, identity)) = &client.identity {
             headers::set_identity(&mut parts.headers, header, identity.as_ref());
         }
+        // A gRPC caller's deadline runs from its call's arrival, across
+        // every attempt.
+        let call_deadline = grpc
+            .and_then(|_| grpc::timeout(&parts.headers))
+            .map(|t| started + t);
+        // A gRPC call's method, for its per-method figures (a refcount, not
+        // a copy).
+        let method = grpc.and_then(|_| parts.uri.path_and_query().cloned());
         // The request id and access log entry, when the log is on.
         let (request_id, mut log) = match &self.shared.access {
             None => (None, None),
@@ -307,6 +329,7 @@ impl ProxyService {
                     upgrade,
                     timer,
                     attempt_at,
+                    call_deadline,
                     body_watch.as_ref(),
                 )
                 .await
@@ -349,11 +372,15 @@ impl ProxyService {
         let latency = started.elapsed();
         let at = (service_index, version_index);
         let version = &service.versions[version_index];
+        let call = grpc.map(|kind| {
+            let path = method.as_ref().map_or("", |m| m.path());
+            (kind, version.stats.methods().id(path))
+        });
         let (mut response, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
                 let error = ProxyError::from_send(service, version, failure.error);
-                return Ok(self.fail(&snapshot, at, started, error, log, request_id));
+                return Ok(self.fail(&snapshot, at, started, error, log, request_id, call));
             }
         };
         let answered = Answered {
@@ -371,6 +398,14 @@ impl ProxyService {
             body_watch.as_ref(),
             log.take(),
         );
+        if let (Some(finish), Some((kind, method))) = (finish.as_mut(), call) {
+            finish.grpc(grpc::Call {
+                kind,
+                head: grpc::status_from_head(response.status(), response.headers()),
+                method,
+                errors: service.grpc_errors,
+            });
+        }
         if let Some(id) = request_id {
             if !response.headers().contains_key(REQUEST_ID) {
                 response.headers_mut().insert(REQUEST_ID, id);
@@ -460,8 +495,9 @@ impl ProxyService {
     /// Sends to one endpoint of the version, and once more to another when
     /// the first attempt delivered nothing (refused, or reset before a byte
     /// was sent). `timeouts.request` bounds each attempt's wait for the
-    /// response head. Each attempt's outcome feeds the endpoint's failure
-    /// streak (passive ejection).
+    /// response head, and a gRPC caller's `call_deadline` all of them. Each
+    /// attempt's outcome feeds the endpoint's failure streak (passive
+    /// ejection).
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -471,6 +507,7 @@ impl ProxyService {
         upgrade: bool,
         timer: &mut Option<RequestTimer>,
         mut attempt_at: Instant,
+        call_deadline: Option<Instant>,
         body_watch: Option<&ClientBodyWatch>,
     ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
         let timeouts = &service.timeouts;
@@ -483,7 +520,10 @@ impl ProxyService {
         let mut retried = false;
         loop {
             let endpoint = &endpoints[chosen];
-            let deadline = attempt_at + timeouts.request;
+            let deadline = match call_deadline {
+                Some(call) => call.min(attempt_at + timeouts.request),
+                None => attempt_at + timeouts.request,
+            };
             let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             timer.as_mut().reset(deadline);
             let attempt = tokio::select! {

@@ -18,6 +18,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::grpc;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access::Entry;
 use crate::telemetry::{ClientFault, Outcome, VersionStats};
@@ -76,6 +77,8 @@ pub struct Finish {
     client: Option<ClientFault>,
     /// Hears of the client's body failing after the head was sent.
     body_watch: Option<ClientBodyWatch>,
+    /// Set for a gRPC call: judged by its `grpc-status` when it ends.
+    grpc: Option<grpc::Call>,
     /// Response body bytes handed to the client (for the access log).
     bytes: u64,
     /// This request's access log entry, when it is logged.
@@ -117,11 +120,18 @@ impl Finish {
             failure: answered.failure,
             client: answered.client,
             body_watch,
+            grpc: None,
             bytes: 0,
             log,
             on_drop: End::ClientGone,
             done: false,
         }
+    }
+
+    /// Makes this a gRPC call's outcome: judged by the `grpc-status` it
+    /// ends with (see `grpc::Call::end`), not by its HTTP `200`.
+    pub fn grpc(&mut self, call: grpc::Call) {
+        self.grpc = Some(call);
     }
 
     /// What dropping this unfinished means (by default the client went
@@ -160,12 +170,16 @@ impl Finish {
                 }
             }
         }
+        let grpc = self
+            .grpc
+            .map(|call| call.end(trailers, failure.is_some(), client.is_some()));
         let outcome = Outcome {
             status: self.status,
             failure,
             client,
             latency: self.latency,
             total: now.saturating_duration_since(self.started),
+            grpc,
         };
         let elapsed = self.shared.telemetry.elapsed(now);
         self.stats().record(elapsed, &outcome);
@@ -178,8 +192,9 @@ impl Finish {
                 // Attempt failures were counted on the endpoint when they
                 // happened; a client's fault is never the endpoint's.
                 (Some(_), _) | (None, Some(_)) => {}
-                (None, None) if service.outlier.count_5xx && self.status.is_server_error() => {
-                    self.shared.count_failure(service, endpoint, "5xx");
+                (None, None) if service.outlier.count_5xx && outcome.is_error() => {
+                    let reason = if grpc.is_some() { "grpc" } else { "5xx" };
+                    self.shared.count_failure(service, endpoint, reason);
                 }
                 (None, None) => endpoint.health.record_success(),
             }
@@ -194,7 +209,10 @@ impl Finish {
             (entry.outcome, entry.reason) = match (failure, client) {
                 (Some(reason), _) => ("error", Some(reason.as_str())),
                 (None, Some(fault)) => ("client", Some(fault.as_str())),
-                (None, None) if outcome.is_error() => ("error", None),
+                // A gRPC call's error is its status: `INTERNAL`, `NO_STATUS`.
+                (None, None) if outcome.is_error() => {
+                    ("error", grpc.map(|call| grpc::outcome_name(call.status)))
+                }
                 (None, None) => ("ok", None),
             };
             entry.bytes = self.bytes;

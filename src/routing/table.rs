@@ -147,6 +147,7 @@ mod tests {
             health_check: None,
             outlier: Default::default(),
             slow_start: None,
+            grpc: Default::default(),
             guard: None,
             rollout: None,
         }

@@ -36,6 +36,7 @@ use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
 
+use crate::grpc::{self, methods::MethodTable};
 use crate::upstream::error::FailureReason;
 use buckets::LatencyBuckets;
 use exposition::{Family, HistogramRegistry};
@@ -88,13 +89,19 @@ pub struct Outcome {
     pub latency: Duration,
     /// From arrival to the end of the response stream.
     pub total: Duration,
+    /// A gRPC call's ending: its `grpc-status` and whether that is the
+    /// version's error (which then decides, not the HTTP status).
+    pub grpc: Option<grpc::Ended>,
 }
 
 impl Outcome {
     /// Whether the version is to blame: a failure of its own, or a 5xx it
     /// (or veer, for want of an endpoint) answered.
     pub fn is_error(&self) -> bool {
-        self.failure.is_some() || self.status.is_server_error()
+        match self.grpc {
+            Some(call) => self.failure.is_some() || call.error,
+            None => self.failure.is_some() || self.status.is_server_error(),
+        }
     }
 }
 
@@ -251,7 +258,13 @@ impl Telemetry {
 
     /// Resolves every handle of one version. Its histograms are shared with
     /// any other revision of the same version, as its counters are.
-    pub fn version_stats(&self, service: &str, version: &str, window: Duration) -> VersionStats {
+    pub fn version_stats(
+        &self,
+        service: &str,
+        version: &str,
+        window: Duration,
+        max_methods: usize,
+    ) -> VersionStats {
         let labels = || {
             vec![
                 Label::new("service", service.to_string()),
@@ -316,6 +329,8 @@ impl Telemetry {
                 &metadata(),
             ),
             window: Window::new(window),
+            grpc_codes: (0..grpc::OUTCOMES).map(|_| OnceLock::new()).collect(),
+            methods: MethodTable::new(max_methods, window),
             evictions: tokio::sync::Notify::new(),
         }
     }
@@ -366,6 +381,11 @@ pub struct VersionStats {
     full_duration: Arc<LatencyBuckets>,
     weight: Gauge,
     window: Window,
+    /// `veer_grpc_responses_total` by `grpc_code` (`grpc::outcome_index`),
+    /// resolved on first use so a version that serves no gRPC shows none.
+    grpc_codes: Box<[OnceLock<Counter>]>,
+    /// Per-method windows of gRPC calls, bounded.
+    methods: MethodTable,
     /// Wakes the long-lived connections (upgraded tunnels) of this version
     /// when it is reverted with `on_revert: evict`. It lives here because
     /// this is the one per-(version, revision) object that outlasts
@@ -398,8 +418,46 @@ impl VersionStats {
         }
         self.duration.record(outcome.latency);
         self.full_duration.record(outcome.total);
-        self.window
-            .record(elapsed, outcome.latency, outcome.is_error());
+        let error = outcome.is_error();
+        self.window.record(elapsed, outcome.latency, error);
+        if let Some(call) = outcome.grpc {
+            let index = grpc::outcome_index(call.status);
+            self.grpc_codes[index]
+                .get_or_init(|| self.resolve_grpc_code(call.status))
+                .increment(1);
+            self.methods
+                .stats(call.method)
+                .window()
+                .record(elapsed, outcome.latency, error);
+        }
+    }
+
+    #[cold]
+    fn resolve_grpc_code(&self, status: grpc::Status) -> Counter {
+        let labels = vec![
+            Label::new("service", self.service.clone()),
+            Label::new("version", self.version.clone()),
+            Label::new("grpc_code", grpc::outcome_name(status)),
+        ];
+        counter(&self.recorder, "veer_grpc_responses_total", labels)
+    }
+
+    /// The per-method figures of this version's gRPC calls.
+    pub fn methods(&self) -> &MethodTable {
+        &self.methods
+    }
+
+    /// Empties the next second of every window ahead of time (the ticker's job).
+    pub fn advance(&self, elapsed: Duration) {
+        self.window.advance(elapsed);
+        self.methods.advance(elapsed);
+    }
+
+    /// Forgets every figure of the windows: a resumed version is judged on
+    /// fresh requests only, not on those that got it rolled back.
+    pub fn reset(&self) {
+        self.window.reset();
+        self.methods.reset();
     }
 
     /// Counts a client that went away before veer had an answer for it: no
@@ -457,6 +515,7 @@ impl StatsRegistry {
         version: &str,
         revision: &str,
         window: Duration,
+        max_methods: usize,
     ) -> Arc<VersionStats> {
         let key = (
             service.to_string(),
@@ -464,11 +523,11 @@ impl StatsRegistry {
             revision.to_string(),
         );
         if let Some(existing) = self.stats.get(&key) {
-            if existing.window.capacity() >= window {
+            if existing.window.capacity() >= window && existing.methods.cap() == max_methods {
                 return Arc::clone(existing);
             }
         }
-        let fresh = Arc::new(telemetry.version_stats(service, version, window));
+        let fresh = Arc::new(telemetry.version_stats(service, version, window, max_methods));
         self.stats.insert(key, Arc::clone(&fresh));
         fresh
     }
@@ -518,6 +577,11 @@ fn describe(recorder: &PrometheusRecorder) {
     d(
         "veer_client_aborts_total",
         "Requests the client broke or abandoned (malformed body, aborted upload, disconnect before the response ended); never a version's error.",
+        0,
+    );
+    d(
+        "veer_grpc_responses_total",
+        "gRPC calls per version, by the grpc-status they ended with (NO_STATUS: none).",
         0,
     );
     d(
@@ -584,6 +648,7 @@ mod tests {
             client: None,
             latency,
             total: latency + Duration::from_millis(1),
+            grpc: None,
         }
     }
 
@@ -592,8 +657,8 @@ mod tests {
         let telemetry = Telemetry::new();
         let mut registry = StatsRegistry::default();
         let window = Duration::from_secs(10);
-        let first = registry.stats(&telemetry, "web", "stable", "1", window);
-        let second = registry.stats(&telemetry, "web", "stable", "2", window);
+        let first = registry.stats(&telemetry, "web", "stable", "1", window, 0);
+        let second = registry.stats(&telemetry, "web", "stable", "2", window, 0);
         assert!(
             !Arc::ptr_eq(&first, &second),
             "one VersionStats per revision"

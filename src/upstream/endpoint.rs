@@ -134,7 +134,11 @@ impl Endpoint {
             Protocol::Http1
                 if !upgrade
                     && self.tls.is_none()
-                    && http_body::Body::is_end_stream(request.body()) =>
+                    && direct_enabled()
+                    && http_body::Body::is_end_stream(request.body())
+                    // A 2xx to CONNECT is a tunnel, which only hyper's client
+                    // knows how to hand over.
+                    && request.method() != http::Method::CONNECT =>
             {
                 self.send_direct(request, timeouts, lease).await
             }
@@ -184,7 +188,31 @@ impl Endpoint {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    if !upgrade {
+                    if !upgrade && response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        // What the fast path answers too: a protocol switch
+                        // nobody asked for cannot be passed on.
+                        return Err(Failed {
+                            error: UpstreamError::Protocol {
+                                addr: self.addr,
+                                cause:
+                                    "101 Switching Protocols to a request that asked for no upgrade"
+                                        .to_string(),
+                            },
+                            request: None,
+                        });
+                    }
+                    // Both framings on one head may be a response split in
+                    // two: whatever follows this body on the connection is
+                    // not to be trusted as the answer to another request
+                    // (RFC 9112 §6.1). hyper would keep it; dropping the
+                    // sender closes it once this body is read.
+                    let split = response
+                        .headers()
+                        .contains_key(http::header::TRANSFER_ENCODING)
+                        && response
+                            .headers()
+                            .contains_key(http::header::CONTENT_LENGTH);
+                    if !upgrade && !split {
                         lease.connection = Some(sender);
                     }
                     return Ok((response.map(ResponseBody::Hyper), lease));
@@ -536,6 +564,16 @@ impl Endpoint {
         });
         Ok(sender)
     }
+}
+
+/// Whether plain HTTP/1.1 requests without a body take veer's own client
+/// (`h1`). `VEER_H1_CLIENT=hyper` sends every request through hyper's client
+/// instead: a way to rule the fast path out when an upstream misbehaves, and
+/// what the differential framing tests run one of their two proxies with.
+/// Read once, at the first request.
+fn direct_enabled() -> bool {
+    static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DIRECT.get_or_init(|| std::env::var_os("VEER_H1_CLIENT").is_none_or(|v| v != "hyper"))
 }
 
 /// A copy of `request` to send again if the first try is reset before any

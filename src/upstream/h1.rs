@@ -12,13 +12,18 @@
 //!
 //! What is not this simple goes through hyper (`endpoint.rs` decides):
 //! requests with a body (the response may come before the body is sent),
-//! upgrades, TLS and HTTP/2.
+//! upgrades and CONNECT, TLS and HTTP/2.
 //!
-//! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304;
-//! `Transfer-Encoding` (chunked, else read to close) over `Content-Length`;
+//! Framing follows RFC 9112 §6.3, rule for rule as hyper's client applies
+//! it (a differential test holds the two to the same answers): no body for
+//! HEAD, 1xx, 204 and 304; `Transfer-Encoding` on an HTTP/1.0 response is
+//! refused; `Transfer-Encoding` (chunked, else read to close) over
+//! `Content-Length`, which must be one valid number however often repeated;
 //! neither means read to close. A connection is reused only when its body
-//! ended exactly where its framing said, and the upstream did not ask to
-//! close.
+//! ended exactly where its framing said, nothing followed it, the upstream
+//! did not ask to close, and the head did not carry both `Transfer-Encoding`
+//! and `Content-Length` (a sign of response splitting: RFC 9112 §6.1 says
+//! close after it).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -33,9 +38,10 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A response head larger than this is refused (hyper's client allows about
-/// as much by default, and no sane upstream comes near it).
-const MAX_HEAD: usize = 64 * 1024;
+/// A response head that has not ended within this many bytes is refused:
+/// the limit of hyper's client read buffer (8 KiB plus 4 KiB for each of
+/// 100 headers), so both paths accept the same heads.
+const MAX_HEAD: usize = 8 * 1024 + 4 * 1024 * MAX_HEADERS;
 /// Response headers (and chunked trailers) parsed at most; hyper's default.
 const MAX_HEADERS: usize = 100;
 /// The read buffer's first size, and what it is shrunk back to when a
@@ -43,8 +49,13 @@ const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 8 * 1024;
 /// Reads of a large body take up to this much at once.
 const MAX_READ: usize = 64 * 1024;
-/// A chunk-size line (with extensions) longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Chunk extensions (which veer ignores, as hyper does) may take this many
+/// bytes over a whole body, and trailers this many: hyper's limits.
+const MAX_EXTENSIONS: u64 = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// A chunk-size line still unfinished at this length is refused: the size
+/// (16 hex digits at most) and every extension byte a body may have.
+const MAX_CHUNK_LINE: usize = MAX_EXTENSIONS as usize + 64;
 
 /// One plain-TCP connection to an upstream, with the bytes read from it but
 /// not consumed yet.
@@ -111,7 +122,7 @@ impl Connection {
             .map_err(ExchangeError::Unwritten)?;
         let mut received_any = false;
         loop {
-            if let Some(head) = self.parse_head(request.method())? {
+            if let Some(head) = parse_head(&mut self.read, request.method())? {
                 return Ok(head);
             }
             if self.read.len() >= MAX_HEAD {
@@ -140,85 +151,88 @@ impl Connection {
         }
     }
 
-    /// Parses a complete final response head off the front of the buffer,
-    /// if there is one.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<ResponseHead>, ExchangeError> {
-        loop {
-            let mut storage =
-                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut []);
-            let status = httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut parsed, &self.read, &mut storage)
-                .map_err(|e| ExchangeError::Protocol(format!("invalid response head: {e}")))?;
-            let httparse::Status::Complete(head_len) = status else {
-                return Ok(None);
-            };
-            let code = parsed.code.unwrap_or(0);
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| ExchangeError::Protocol(format!("invalid status code {code}")))?;
-            if status.is_informational() {
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(ExchangeError::Protocol(
-                        "101 Switching Protocols to a request that asked for no upgrade"
-                            .to_string(),
-                    ));
-                }
-                // 100 Continue, 103 Early Hints: the final answer follows.
-                let _ = self.read.split_to(head_len);
-                continue;
-            }
-            let version = if parsed.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            // Header positions, so the values can be slices of the head once
-            // it is split off the buffer (the parse borrows the buffer).
-            let base = self.read.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let count = parsed.headers.len();
-            for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name = header.name.as_ptr() as usize - base;
-                let value = header.value.as_ptr() as usize - base;
-                // Offsets fit: the head is at most MAX_HEAD plus one read.
-                *span = (
-                    name as u32,
-                    (name + header.name.len()) as u32,
-                    value as u32,
-                    (value + header.value.len()) as u32,
-                );
-            }
-            let head = self.read.split_to(head_len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
-            for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-                let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-                    .map_err(|_| {
-                        ExchangeError::Protocol("invalid header name in the response".to_string())
-                    })?;
-                let value = HeaderValue::from_maybe_shared(
-                    head.slice(value_start as usize..value_end as usize),
-                )
-                .map_err(|_| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
-                headers.append(name, value);
-            }
-            let framing = framing(method, status, &headers)?;
-            let keep_alive = framing.reusable() && wants_keep_alive(version, &headers);
-            return Ok(Some(ResponseHead {
-                status,
-                version,
-                headers,
-                framing,
-                keep_alive,
-            }));
-        }
-    }
-
     /// Hands back the read buffer to its first size after a large body, so
     /// an idle connection holds little memory.
     fn shrink(&mut self) {
         if self.read.capacity() > 2 * READ_CHUNK {
             self.read = BytesMut::new();
         }
+    }
+}
+
+/// Parses a complete final response head off the front of `read` (1xx
+/// interim heads before it are consumed and skipped), if there is one;
+/// `Ok(None)` asks for more bytes. Never panics, whatever the bytes (a
+/// property test and a fuzz target hold it to that).
+pub fn parse_head(
+    read: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, ExchangeError> {
+    loop {
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, read, &mut storage)
+            .map_err(|e| ExchangeError::Protocol(format!("invalid response head: {e}")))?;
+        let httparse::Status::Complete(head_len) = status else {
+            return Ok(None);
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| ExchangeError::Protocol(format!("invalid status code {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::Protocol(
+                    "101 Switching Protocols to a request that asked for no upgrade".to_string(),
+                ));
+            }
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            let _ = read.split_to(head_len);
+            continue;
+        }
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Header positions, so the values can be slices of the head once
+        // it is split off the buffer (the parse borrows the buffer).
+        let base = read.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            // Offsets fit: the head is at most MAX_HEAD plus one read.
+            *span = (
+                name as u32,
+                (name + header.name.len()) as u32,
+                value as u32,
+                (value + header.value.len()) as u32,
+            );
+        }
+        let head = read.split_to(head_len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+                .map_err(|_| {
+                    ExchangeError::Protocol("invalid header name in the response".to_string())
+                })?;
+            let value = HeaderValue::from_maybe_shared(
+                head.slice(value_start as usize..value_end as usize),
+            )
+            .map_err(|_| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
+            headers.append(name, value);
+        }
+        let framing = framing(method, status, version, &headers)?;
+        let keep_alive = framing.reusable() && wants_keep_alive(version, &headers);
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
     }
 }
 
@@ -256,15 +270,10 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// The response, whose body reads the rest from `connection`.
     pub fn into_response(self, connection: Box<Connection>, addr: SocketAddr) -> Response<Body> {
-        let state = match self.framing {
-            Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut response = Response::new(Body {
             connection: Some(connection),
-            state,
+            state: self.framing.initial_state(),
+            extensions: 0,
             keep_alive: self.keep_alive,
             addr,
         });
@@ -279,18 +288,31 @@ impl ResponseHead {
 enum Framing {
     Length(u64),
     Chunked,
+    /// Chunked, though the head also gave a `Content-Length`: maybe a
+    /// response split in two, so the connection is not trusted after it.
+    ChunkedThenClose,
     UntilClose,
 }
 
 impl Framing {
     fn reusable(self) -> bool {
-        self != Framing::UntilClose
+        matches!(self, Framing::Length(_) | Framing::Chunked)
+    }
+
+    fn initial_state(self) -> State {
+        match self {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked | Framing::ChunkedThenClose => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        }
     }
 }
 
 fn framing(
     method: &Method,
     status: StatusCode,
+    version: Version,
     headers: &HeaderMap,
 ) -> Result<Framing, ExchangeError> {
     if method == Method::HEAD
@@ -300,22 +322,34 @@ fn framing(
         return Ok(Framing::Length(0));
     }
     if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        // HTTP/1.0 has no transfer codings: a peer that sends one has framed
+        // its message in a way the two ends cannot agree on (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Err(ExchangeError::Protocol(
+                "Transfer-Encoding in an HTTP/1.0 response".to_string(),
+            ));
+        }
         let chunked = last
             .to_str()
             .ok()
             .and_then(|codings| codings.rsplit(',').next())
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
+        return Ok(if !chunked {
             Framing::UntilClose
+        } else if headers.contains_key(CONTENT_LENGTH) {
+            Framing::ChunkedThenClose
+        } else {
+            Framing::Chunked
         });
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
             let n = parse_length(part).ok_or_else(|| {
-                ExchangeError::Protocol("invalid Content-Length in the response".to_string())
+                ExchangeError::Protocol(format!(
+                    "invalid Content-Length {:?} in the response",
+                    String::from_utf8_lossy(value.as_bytes())
+                ))
             })?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Protocol(
@@ -328,12 +362,22 @@ fn framing(
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
+/// Digits only (no sign, no hex), any number of them as long as the value
+/// fits; the two largest `u64`s are refused as hyper refuses them (it keeps
+/// them as markers for chunked and close-delimited bodies).
 fn parse_length(text: &[u8]) -> Option<u64> {
     let text = text.trim_ascii();
-    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+    if text.is_empty() {
         return None;
     }
-    Some(text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    let mut n = 0u64;
+    for &d in text {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    (n <= u64::MAX - 2).then_some(n)
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
@@ -357,6 +401,8 @@ pub struct Body {
     /// `None` once the body has failed.
     connection: Option<Box<Connection>>,
     state: State,
+    /// Chunk-extension bytes seen so far.
+    extensions: u64,
     keep_alive: bool,
     addr: SocketAddr,
 }
@@ -411,20 +457,100 @@ impl Body {
         connection.read.reserve(want);
         tokio_util::io::poll_read_buf(Pin::new(&mut connection.io), cx, &mut connection.read)
     }
+}
 
-    fn buffered(&self) -> usize {
-        self.connection.as_ref().map_or(0, |c| c.read.len())
-    }
+/// What the bytes buffered so far make of a body.
+#[derive(Debug)]
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body ended where its framing said.
+    End,
+    /// Not enough bytes for the next step.
+    More,
+    Invalid(String),
+}
 
-    fn take_buffered(&mut self, limit: u64) -> Bytes {
-        let connection = self
-            .connection
-            .as_mut()
-            .expect("connection is present while reading");
-        let n = usize::try_from(limit)
-            .unwrap_or(usize::MAX)
-            .min(connection.read.len());
-        connection.read.split_to(n).freeze()
+/// Takes the next frame of a body in `state` off the front of `read`. Pure:
+/// the socket is the caller's; this only looks at bytes.
+fn decode(state: &mut State, extensions: &mut u64, read: &mut BytesMut) -> Step {
+    loop {
+        match *state {
+            State::Done => return Step::End,
+            State::Length(remaining) | State::ChunkData(remaining) if !read.is_empty() => {
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(read.len());
+                let data = read.split_to(n).freeze();
+                let left = remaining - n as u64;
+                *state = match (*state, left) {
+                    (State::Length(_), 0) => State::Done,
+                    (State::Length(_), left) => State::Length(left),
+                    (_, 0) => State::ChunkEnd,
+                    (_, left) => State::ChunkData(left),
+                };
+                return Step::Data(data);
+            }
+            State::UntilClose if !read.is_empty() => {
+                return Step::Data(read.split().freeze());
+            }
+            State::ChunkSize => match httparse::parse_chunk_size(read) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    let line = &read[..used.saturating_sub(2)];
+                    if let Some(semicolon) = line.iter().position(|&b| b == b';') {
+                        *extensions += (line.len() - semicolon - 1) as u64;
+                        if *extensions >= MAX_EXTENSIONS {
+                            return Step::Invalid("chunk extensions over 16 KiB".to_string());
+                        }
+                    }
+                    let _ = read.split_to(used);
+                    *state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if read.len() < MAX_CHUNK_LINE => return Step::More,
+                Ok(httparse::Status::Partial) => {
+                    return Step::Invalid("chunk-size line too long".to_string())
+                }
+                Err(_) => return Step::Invalid("invalid chunk size".to_string()),
+            },
+            State::ChunkEnd => {
+                if read.len() < 2 {
+                    return Step::More;
+                }
+                if read[..2] != b"\r\n"[..] {
+                    return Step::Invalid("chunk not followed by CRLF".to_string());
+                }
+                let _ = read.split_to(2);
+                *state = State::ChunkSize;
+            }
+            State::Trailers => {
+                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                return match httparse::parse_headers(read, &mut storage) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_TRAILERS => {
+                        Step::Invalid("trailers over 16 KiB".to_string())
+                    }
+                    Ok(httparse::Status::Complete((used, fields))) => {
+                        let trailers = trailer_map(fields);
+                        let _ = read.split_to(used);
+                        *state = State::Done;
+                        match trailers {
+                            Some(map) if !map.is_empty() => Step::Trailers(map),
+                            Some(_) => Step::End,
+                            None => Step::Invalid("invalid trailer".to_string()),
+                        }
+                    }
+                    Ok(httparse::Status::Partial) if read.len() < MAX_TRAILERS => Step::More,
+                    Ok(httparse::Status::Partial) => {
+                        Step::Invalid("trailers too large".to_string())
+                    }
+                    Err(e) => Step::Invalid(format!("invalid trailers: {e}")),
+                };
+            }
+            State::Length(_) | State::ChunkData(_) | State::UntilClose => return Step::More,
+        }
     }
 }
 
@@ -438,79 +564,16 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(remaining) | State::ChunkData(remaining) if this.buffered() > 0 => {
-                    let data = this.take_buffered(remaining);
-                    let left = remaining - data.len() as u64;
-                    this.state = match (this.state, left) {
-                        (State::Length(_), 0) => State::Done,
-                        (State::Length(_), left) => State::Length(left),
-                        (_, 0) => State::ChunkEnd,
-                        (_, left) => State::ChunkData(left),
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::UntilClose if this.buffered() > 0 => {
-                    let data = this.take_buffered(u64::MAX);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::ChunkSize => {
-                    let line = {
-                        let read = &this.connection.as_ref().map(|c| &c.read[..]).unwrap_or(&[]);
-                        httparse::parse_chunk_size(read)
-                    };
-                    match line {
-                        Ok(httparse::Status::Complete((used, 0))) => {
-                            this.take_buffered(used as u64);
-                            this.state = State::Trailers;
-                            continue;
-                        }
-                        Ok(httparse::Status::Complete((used, size))) => {
-                            this.take_buffered(used as u64);
-                            this.state = State::ChunkData(size);
-                            continue;
-                        }
-                        Ok(httparse::Status::Partial) if this.buffered() < MAX_CHUNK_LINE => {}
-                        Ok(httparse::Status::Partial) => {
-                            return this.fail("chunk-size line too long".to_string())
-                        }
-                        Err(_) => return this.fail("invalid chunk size".to_string()),
-                    }
-                }
-                State::ChunkEnd => {
-                    if this.buffered() >= 2 {
-                        if this.take_buffered(2)[..] != b"\r\n"[..] {
-                            return this.fail("chunk not followed by CRLF".to_string());
-                        }
-                        this.state = State::ChunkSize;
-                        continue;
-                    }
-                }
-                State::Trailers => {
-                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let read = this.connection.as_ref().map(|c| &c.read[..]).unwrap_or(&[]);
-                    match httparse::parse_headers(read, &mut storage) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let trailers = trailer_map(fields);
-                            this.take_buffered(used as u64);
-                            this.state = State::Done;
-                            match trailers {
-                                Some(map) if !map.is_empty() => {
-                                    return Poll::Ready(Some(Ok(Frame::trailers(map))))
-                                }
-                                Some(_) => return Poll::Ready(None),
-                                None => return this.fail("invalid trailer".to_string()),
-                            }
-                        }
-                        Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {}
-                        Ok(httparse::Status::Partial) => {
-                            return this.fail("trailers too large".to_string())
-                        }
-                        Err(e) => return this.fail(format!("invalid trailers: {e}")),
-                    }
-                }
-                State::Length(_) | State::ChunkData(_) | State::UntilClose => {}
+            let Some(connection) = this.connection.as_mut() else {
+                // Failed before, or read to its close.
+                return Poll::Ready(None);
+            };
+            match decode(&mut this.state, &mut this.extensions, &mut connection.read) {
+                Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Step::Trailers(map) => return Poll::Ready(Some(Ok(Frame::trailers(map)))),
+                Step::End => return Poll::Ready(None),
+                Step::Invalid(what) => return this.fail(what),
+                Step::More => {}
             }
             // The buffer holds too little for the current state: read more.
             let want = match this.state {
@@ -543,6 +606,54 @@ impl http_body::Body for Body {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// Reads one whole response to `method` out of `bytes` the way the exchange
+/// does (interim heads skipped, the final head, its body to the end), with
+/// `bytes` standing for everything the upstream sent before closing. For
+/// property tests and fuzzing: whatever the bytes, an answer and never a
+/// panic.
+#[doc(hidden)]
+pub fn parse_whole(bytes: &[u8], method: &Method) -> Result<Parsed, String> {
+    let mut read = BytesMut::from(bytes);
+    let head = match parse_head(&mut read, method) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Err("incomplete head".to_string()),
+        Err(e) => return Err(format!("{e:?}")),
+    };
+    let mut state = head.framing.initial_state();
+    let mut extensions = 0;
+    let mut body = Vec::new();
+    let mut trailers = None;
+    loop {
+        match decode(&mut state, &mut extensions, &mut read) {
+            Step::Data(data) => body.extend_from_slice(&data),
+            Step::Trailers(map) => trailers = Some(map),
+            Step::End => break,
+            Step::More if state == State::UntilClose => break,
+            Step::More => return Err("body cut off".to_string()),
+            Step::Invalid(what) => return Err(what),
+        }
+    }
+    Ok(Parsed {
+        status: head.status,
+        headers: head.headers,
+        body,
+        trailers,
+        reusable: head.keep_alive && read.is_empty() && state != State::UntilClose,
+    })
+}
+
+/// A whole response as [`parse_whole`] read it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Parsed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+    /// Whether the connection could carry another exchange.
+    pub reusable: bool,
 }
 
 fn trailer_map(fields: &[httparse::Header<'_>]) -> Option<HeaderMap> {
@@ -591,7 +702,9 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let get = Method::GET;
         let ok = StatusCode::OK;
-        let frame = |m: &Method, s: StatusCode, h: &[(&str, &str)]| framing(m, s, &headers(h)).ok();
+        let frame = |m: &Method, s: StatusCode, h: &[(&str, &str)]| {
+            framing(m, s, Version::HTTP_11, &headers(h)).ok()
+        };
         assert_eq!(
             frame(&get, ok, &[("content-length", "12")]),
             Some(Framing::Length(12))
@@ -620,6 +733,10 @@ mod tests {
                     ("content-length", "3")
                 ]
             ),
+            Some(Framing::ChunkedThenClose)
+        );
+        assert_eq!(
+            frame(&get, ok, &[("transfer-encoding", "chunked")]),
             Some(Framing::Chunked)
         );
         assert_eq!(
@@ -639,9 +756,47 @@ mod tests {
             ),
             None
         );
-        for bad in ["", "-1", "+5", "0x10", "1 2", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "+5",
+            "0x10",
+            "1 2",
+            "5,",
+            "99999999999999999999",
+            "18446744073709551614",
+        ] {
             assert_eq!(frame(&get, ok, &[("content-length", bad)]), None, "{bad:?}");
         }
+        // Leading zeros are digits like any other.
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "000000000000000000007")]),
+            Some(Framing::Length(7))
+        );
+        assert_eq!(
+            frame(&get, ok, &[("content-length", "18446744073709551613")]),
+            Some(Framing::Length(u64::MAX - 2))
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_on_http_10_is_refused_unless_there_is_no_body() {
+        let te = headers(&[("transfer-encoding", "chunked")]);
+        let ok = StatusCode::OK;
+        let refused = framing(&Method::GET, ok, Version::HTTP_10, &te);
+        assert!(
+            matches!(&refused, Err(ExchangeError::Protocol(m)) if m == "Transfer-Encoding in an HTTP/1.0 response"),
+            "{refused:?}"
+        );
+        // A HEAD answer or a 204 has no body to misframe.
+        assert_eq!(
+            framing(&Method::HEAD, ok, Version::HTTP_10, &te).ok(),
+            Some(Framing::Length(0))
+        );
+        assert_eq!(
+            framing(&Method::GET, StatusCode::NO_CONTENT, Version::HTTP_10, &te).ok(),
+            Some(Framing::Length(0))
+        );
     }
 
     #[test]

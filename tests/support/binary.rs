@@ -32,6 +32,11 @@ impl VeerProcess {
     /// Starts `bin run -c FILE` with `yaml` as FILE. Panics (with the process's
     /// output) if it does not print `veer: ready` within [`READY_LIMIT`].
     pub fn start(bin: &str, yaml: &str) -> VeerProcess {
+        VeerProcess::start_with_env(bin, yaml, &[])
+    }
+
+    /// As [`VeerProcess::start`], with `env` added to the process's environment.
+    pub fn start_with_env(bin: &str, yaml: &str, env: &[(&str, &str)]) -> VeerProcess {
         let dir = tempfile::tempdir().expect("temp dir for veer config");
         let config_path = dir.path().join("veer.yaml");
         std::fs::write(&config_path, yaml).expect("write veer config");
@@ -42,6 +47,7 @@ impl VeerProcess {
             .arg("-c")
             .arg(&config_path)
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

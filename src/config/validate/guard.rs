@@ -140,6 +140,7 @@ impl Validator {
             on_revert: on_revert?,
             webhook: webhook.ok()?,
             wilson: wilson?,
+            per_method: raw.per_method.unwrap_or(false),
         })
     }
 }

@@ -18,12 +18,13 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `limits`, `access_log`, `services` (and `match`),
 //! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`; `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
 mod admin;
 mod fields;
+mod grpc;
 mod guard;
 mod health;
 mod limits;
@@ -48,14 +49,14 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Guard, HealthCheck, Hold,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Grpc, Guard, HealthCheck, Hold,
     HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule,
-    RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
+    RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version, DEFAULT_MAX_METHODS,
 };
 use super::raw::{
-    Part, RawAccessLog, RawAdmin, RawConfig, RawGuard, RawHealthCheck, RawLimits, RawListener,
-    RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap, RawSticky,
-    RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawGrpc, RawGuard, RawHealthCheck, RawLimits,
+    RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap,
+    RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;

@@ -117,6 +117,7 @@ impl Validator {
         let rollout = raw
             .rollout
             .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+        let grpc = self.grpc(&format!("{path}.grpc"), raw.grpc);
 
         Some(Service {
             name: raw.name?,
@@ -138,6 +139,7 @@ impl Validator {
             slow_start: slow_start.ok()?,
             guard: optional(guard)?,
             rollout: optional(rollout)?,
+            grpc: grpc?,
         })
     }
 
