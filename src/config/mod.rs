@@ -19,7 +19,7 @@
 //! 4. Each problem is placed in the file by its path; all are returned, in
 //!    file order.
 //!
-//! Depends on nothing else in veer.
+//! Depends only on `grpc` (the status codes a `grpc:` block names).
 
 mod duration;
 mod error;
