@@ -256,7 +256,7 @@ fn deserialize_at<T: DeserializeOwned>(
     // Bounds the retries on a pathological file; each pass removes one key.
     const MAX_UNKNOWN: usize = 100;
     for _ in 0..MAX_UNKNOWN {
-        let error = match serde_path_to_error::deserialize(value.clone()) {
+        let error = match serde_path_to_error::deserialize(&value) {
             Ok(parsed) => return Ok(parsed),
             Err(error) => error,
         };

@@ -284,33 +284,36 @@ impl de::Error for DeError {
     }
 }
 
-impl<'de> IntoDeserializer<'de, DeError> for Node {
-    type Deserializer = Node;
+/// Reading a node in place: a part of the file is deserialized from the
+/// tree without a copy, so it is still there to take a misspelled key out
+/// of and read again.
+impl<'de> IntoDeserializer<'de, DeError> for &'de Node {
+    type Deserializer = &'de Node;
 
-    fn into_deserializer(self) -> Node {
+    fn into_deserializer(self) -> &'de Node {
         self
     }
 }
 
-impl<'de> Deserializer<'de> for Node {
+impl<'de> Deserializer<'de> for &'de Node {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self {
             Node::Null => visitor.visit_unit(),
-            Node::Bool(b) => visitor.visit_bool(b),
-            Node::Unsigned(n) => visitor.visit_u64(n),
-            Node::Signed(n) => visitor.visit_i64(n),
-            Node::Float(n) => visitor.visit_f64(n),
-            Node::Text(text) => visitor.visit_string(text),
+            Node::Bool(b) => visitor.visit_bool(*b),
+            Node::Unsigned(n) => visitor.visit_u64(*n),
+            Node::Signed(n) => visitor.visit_i64(*n),
+            Node::Float(n) => visitor.visit_f64(*n),
+            Node::Text(text) => visitor.visit_borrowed_str(text),
             Node::Sequence(items) => {
-                let mut access = SeqDeserializer::new(items.into_iter());
+                let mut access = SeqDeserializer::new(items.iter());
                 let value = visitor.visit_seq(&mut access)?;
                 access.end()?;
                 Ok(value)
             }
             Node::Mapping(entries) => {
-                let mut access = MapDeserializer::new(entries.into_iter());
+                let mut access = MapDeserializer::new(entries.iter().map(|(k, v)| (k, v)));
                 let value = visitor.visit_map(&mut access)?;
                 access.end()?;
                 Ok(value)
@@ -340,10 +343,12 @@ impl<'de> Deserializer<'de> for Node {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match self {
-            Node::Text(text) => visitor.visit_enum(text.into_deserializer()),
-            Node::Mapping(entries) if entries.len() == 1 => visitor.visit_enum(
-                MapAccessDeserializer::new(MapDeserializer::new(entries.into_iter())),
-            ),
+            Node::Text(text) => visitor.visit_enum(text.as_str().into_deserializer()),
+            Node::Mapping(entries) if entries.len() == 1 => {
+                visitor.visit_enum(MapAccessDeserializer::new(MapDeserializer::new(
+                    entries.iter().map(|(k, v)| (k, v)),
+                )))
+            }
             other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
         }
     }
@@ -481,9 +486,9 @@ mod tests {
 
     #[test]
     fn type_errors_speak_of_empty_values() {
-        let error = u32::deserialize(Node::Null).expect_err("null is no number");
+        let error = u32::deserialize(&Node::Null).expect_err("null is no number");
         assert_eq!(error.to_string(), "invalid type: empty value, expected u32");
-        let error = String::deserialize(Node::Unsigned(5)).expect_err("a number is no string");
+        let error = String::deserialize(&Node::Unsigned(5)).expect_err("a number is no string");
         assert_eq!(
             error.to_string(),
             "invalid type: integer `5`, expected a string"
