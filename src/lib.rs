@@ -10,6 +10,7 @@
 //! Dependencies point one way, from the binary's `cli` down to `config`.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod grpc;
 pub mod guard;
 pub mod health;
+pub mod logging;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

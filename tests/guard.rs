@@ -738,11 +738,25 @@ async fn too_few_requests_give_no_verdict_however_bad() {
     );
     assert_eq!(status_weights(&status), (50, 50));
     assert!(status_latches(&status).is_empty());
-    assert_eq!(
-        metric(&f.client, f.admin, "veer_guard_trips_total", &[]).await,
-        None,
-        "no trip counted"
-    );
+    // The counters are exported at 0 from the start: every one is still 0.
+    for reason in [
+        "error_rate",
+        "latency",
+        "error_rate_increase",
+        "latency_ratio",
+        "manual",
+    ] {
+        let labels = [
+            ("service", "web"),
+            ("version", "canary"),
+            ("reason", reason),
+        ];
+        assert_eq!(
+            metric(&f.client, f.admin, "veer_guard_trips_total", &labels).await,
+            Some(0.0),
+            "no trip counted ({reason})"
+        );
+    }
     // And `veer status` says so to people.
     let out = veer_cli(&["status", "--admin", &format!("http://{}", f.admin)]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -3,10 +3,16 @@
 //! snapshot the proxy reads and changes things only through `control`.
 //!
 //! Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
+//! Every POST to an action — carried out or refused, the token checked or
+//! not — leaves one line in the audit trail (`crate::audit`), written here
+//! where the caller, the service's weights before and after, and the answer
+//! are all known.
 
+mod metrics;
 mod status;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -74,7 +80,7 @@ impl Admin {
                 accepted = listener.accept() => accepted,
                 _ = stop.changed() => return,
             };
-            let Ok((stream, _)) = accepted else {
+            let Ok((stream, peer)) = accepted else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
@@ -82,7 +88,7 @@ impl Admin {
             tokio::spawn(async move {
                 let handler = service_fn(move |request| {
                     let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                    async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), handler)
@@ -91,23 +97,28 @@ impl Admin {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
         let path = request.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
+        if method == Method::POST {
+            if let Some(action) = Action::of(&segments) {
+                return self.act(request, peer, action).await;
+            }
+        }
         // Reads are open, but a token that is presented and wrong is refused
         // on a read too: a pipeline's `veer wait` learns its token is bad
         // before it needs it to roll back.
         if method == Method::POST || request.headers().contains_key(AUTHORIZATION) {
-            if let Some(refused) = self.authorize(&request) {
-                return refused;
+            if let (Err(refused), _) = self.authorize(&request) {
+                return plain(refused.status, &refused.reason);
             }
         }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.control.telemetry().render(),
+                metrics::render(&self.control),
             ),
             (&Method::GET, ["health", "liveness"]) => plain(StatusCode::OK, "alive"),
             (&Method::GET, ["health", "readiness"]) => {
@@ -120,43 +131,6 @@ impl Admin {
                 }
             }
             (&Method::GET, ["status"]) => json(StatusCode::OK, &status::report(&self.control)),
-            (&Method::POST, ["services", service, "weights"]) => {
-                let service = (*service).to_string();
-                match read_json(request).await {
-                    Ok(body) => self.set_weights(&service, body),
-                    Err(response) => response,
-                }
-            }
-            (&Method::POST, ["reload"]) => self.reload().await,
-            (&Method::POST, ["services", service, "rollback"]) => self.rollback(service),
-            (&Method::POST, ["services", service, "promote"]) => {
-                let full = request
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.split('&').any(|kv| kv == "full" || kv == "full=true"));
-                match self.control.advance_rollout(service, full) {
-                    Ok(_) => json(StatusCode::OK, &status::service_rollout(&self.control, service)),
-                    Err(reason) if reason.starts_with("no service") => {
-                        plain(StatusCode::NOT_FOUND, &reason)
-                    }
-                    Err(reason) => plain(StatusCode::CONFLICT, &reason),
-                }
-            }
-            (&Method::POST, ["services", service, "pause"]) => match self.control.pause(service) {
-                Ok(()) => json(StatusCode::OK, &status::service_rollout(&self.control, service)),
-                Err(reason) if reason.starts_with("no service") => plain(StatusCode::NOT_FOUND, &reason),
-                Err(reason) => plain(StatusCode::CONFLICT, &reason),
-            },
-            (&Method::POST, ["services", service, "resume"]) => {
-                match self.control.resume(service) {
-                    Ok(cleared) => json(
-                        StatusCode::OK,
-                        &serde_json::json!({"service": service, "latches_cleared": cleared,
-                            "weights": status::service_weights(&self.control, service)["weights"]}),
-                    ),
-                    Err(reason) => plain(StatusCode::NOT_FOUND, &reason),
-                }
-            }
             (
                 _,
                 ["metrics"]
@@ -175,7 +149,93 @@ impl Admin {
         }
     }
 
-    fn rollback(&self, service: &str) -> AdminResponse {
+    /// Runs one control action and writes it to the audit trail: who asked,
+    /// the service's weights before and after, and the answer.
+    async fn act(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        action: Action<'_>,
+    ) -> AdminResponse {
+        let (authorized, fingerprint) = self.authorize(&request);
+        let service = action.service();
+        let before = crate::audit::weights(&self.control.snapshot(), service);
+        let answer = match authorized {
+            Err(refused) => Err(refused),
+            Ok(()) => self.dispatch(request, action).await,
+        };
+        let after = crate::audit::weights(&self.control.snapshot(), service);
+        let (status, detail) = match &answer {
+            Ok(_) => (StatusCode::OK, None),
+            Err(refusal) => (refusal.status, Some(refusal.reason.as_str())),
+        };
+        crate::audit::admin(
+            crate::audit::Caller {
+                peer,
+                token: fingerprint.as_deref(),
+            },
+            crate::audit::Action {
+                action: action.name(),
+                service,
+                before: &before,
+                after: &after,
+                result: if answer.is_ok() { "ok" } else { "refused" },
+                status: Some(status.as_u16()),
+                detail,
+            },
+        );
+        match answer {
+            Ok(value) => json(StatusCode::OK, &value),
+            Err(Refusal {
+                status,
+                body: Some(body),
+                ..
+            }) => json(status, &body),
+            Err(Refusal { status, reason, .. }) => plain(status, &reason),
+        }
+    }
+
+    async fn dispatch(&self, request: Request<Incoming>, action: Action<'_>) -> Refusable {
+        let not_found_or = |reason: String, otherwise: StatusCode| {
+            let status = if reason.starts_with("no service") {
+                StatusCode::NOT_FOUND
+            } else {
+                otherwise
+            };
+            refuse(status, reason)
+        };
+        match action {
+            Action::Reload => self.reload().await,
+            Action::Weights(service) => {
+                let body = read_json(request).await?;
+                self.set_weights(service, body)
+            }
+            Action::Rollback(service) => self.rollback(service),
+            Action::Promote(service) => {
+                let full = request
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "full" || kv == "full=true"));
+                match self.control.advance_rollout(service, full) {
+                    Ok(_) => Ok(status::service_rollout(&self.control, service)),
+                    Err(reason) => Err(not_found_or(reason, StatusCode::CONFLICT)),
+                }
+            }
+            Action::Pause(service) => match self.control.pause(service) {
+                Ok(()) => Ok(status::service_rollout(&self.control, service)),
+                Err(reason) => Err(not_found_or(reason, StatusCode::CONFLICT)),
+            },
+            Action::Resume(service) => match self.control.resume(service) {
+                Ok(cleared) => Ok(
+                    serde_json::json!({"service": service, "latches_cleared": cleared,
+                    "weights": status::service_weights(&self.control, service)["weights"]}),
+                ),
+                Err(reason) => Err(refuse(StatusCode::NOT_FOUND, reason)),
+            },
+        }
+    }
+
+    fn rollback(&self, service: &str) -> Refusable {
         match self.control.rollback(service) {
             Ok(events) => {
                 let webhook = self
@@ -188,67 +248,75 @@ impl Admin {
                 for event in &events {
                     crate::guard::announce(&self.control, &self.webhooks, event, webhook.as_ref());
                 }
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({"service": service, "rolled_back": events.len(),
+                Ok(
+                    serde_json::json!({"service": service, "rolled_back": events.len(),
                         "weights": status::service_weights(&self.control, service)["weights"]}),
                 )
             }
             Err(reason) if reason.starts_with("no service") => {
-                plain(StatusCode::NOT_FOUND, &reason)
+                Err(refuse(StatusCode::NOT_FOUND, reason))
             }
-            Err(reason) => plain(StatusCode::CONFLICT, &reason),
+            Err(reason) => Err(refuse(StatusCode::CONFLICT, reason)),
         }
     }
 
-    async fn reload(&self) -> AdminResponse {
+    async fn reload(&self) -> Refusable {
         let Some(reloader) = self.reloader.clone() else {
-            return plain(
+            return Err(refuse(
                 StatusCode::CONFLICT,
                 "this proxy was started without a config file; there is nothing to reload",
-            );
+            ));
         };
         let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
         match result {
-            Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({"result": "success"})),
-            Ok(Err(errors)) => json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"result": "failure", "errors": errors}),
-            ),
-            Err(err) => plain(
+            Ok(Ok(())) => Ok(serde_json::json!({"result": "success"})),
+            // The answer carries the errors as JSON; the audit line, as text.
+            Ok(Err(errors)) => Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                reason: errors.join("; "),
+                body: Some(serde_json::json!({"result": "failure", "errors": errors})),
+            }),
+            Err(err) => Err(refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("the reload task failed: {err}"),
-            ),
+                format!("the reload task failed: {err}"),
+            )),
         }
     }
 
-    fn authorize(&self, request: &Request<Incoming>) -> Option<AdminResponse> {
-        let expected = self.token.as_deref()?;
+    /// Checks the bearer token when one is configured. Also returns the
+    /// presented token's fingerprint for the audit trail.
+    fn authorize(&self, request: &Request<Incoming>) -> (Result<(), Refusal>, Option<String>) {
         let presented = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => None,
-            Some(_) => Some(plain(
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let fingerprint = presented.map(crate::audit::token_fingerprint);
+        let Some(expected) = self.token.as_deref() else {
+            return (Ok(()), fingerprint);
+        };
+        let result = match presented {
+            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "the admin token does not match; use the token in admin.token_file",
             )),
-            None => Some(plain(
+            None => Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "this admin API needs `Authorization: Bearer TOKEN` (the token in admin.token_file; \
                  the CLI takes --token-file or VEER_ADMIN_TOKEN)",
             )),
-        }
+        };
+        (result, fingerprint)
     }
 
-    fn set_weights(&self, service: &str, body: serde_json::Value) -> AdminResponse {
+    fn set_weights(&self, service: &str, body: serde_json::Value) -> Refusable {
         let Some(map) = body.as_object() else {
-            return plain(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "expected a JSON object of version weights, e.g. {\"stable\": 0, \"canary\": 100}",
-            );
+            ));
         };
         let mut weights = Vec::with_capacity(map.len());
         for (version, weight) in map {
@@ -269,39 +337,104 @@ impl Admin {
             let weight = match crate::config::weight_rule(whole, &weight.to_string()) {
                 Ok(w) => w,
                 Err(reason) => {
-                    return plain(StatusCode::BAD_REQUEST, &format!("`{version}`: {reason}"))
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("`{version}`: {reason}"),
+                    ))
                 }
             };
             weights.push((version.as_str(), weight));
         }
         if weights.is_empty() {
-            return plain(StatusCode::BAD_REQUEST, "no weights given");
+            return Err(refuse(StatusCode::BAD_REQUEST, "no weights given"));
         }
         match self.control.set_weights(service, &weights) {
-            Ok(()) => json(
-                StatusCode::OK,
-                &status::service_weights(&self.control, service),
-            ),
-            Err(refused) => plain(refused.status(), &refused.to_string()),
+            Ok(()) => Ok(status::service_weights(&self.control, service)),
+            Err(refused) => Err(refuse(refused.status(), refused.to_string())),
         }
     }
 }
 
-async fn read_json(request: Request<Incoming>) -> Result<serde_json::Value, AdminResponse> {
+/// A control action, named by its path.
+#[derive(Debug, Clone, Copy)]
+enum Action<'a> {
+    Reload,
+    Weights(&'a str),
+    Rollback(&'a str),
+    Promote(&'a str),
+    Pause(&'a str),
+    Resume(&'a str),
+}
+
+impl<'a> Action<'a> {
+    fn of(segments: &[&'a str]) -> Option<Action<'a>> {
+        Some(match *segments {
+            ["reload"] => Action::Reload,
+            ["services", service, "weights"] => Action::Weights(service),
+            ["services", service, "rollback"] => Action::Rollback(service),
+            ["services", service, "promote"] => Action::Promote(service),
+            ["services", service, "pause"] => Action::Pause(service),
+            ["services", service, "resume"] => Action::Resume(service),
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Action::Reload => "reload",
+            Action::Weights(_) => "weights",
+            Action::Rollback(_) => "rollback",
+            Action::Promote(_) => "promote",
+            Action::Pause(_) => "pause",
+            Action::Resume(_) => "resume",
+        }
+    }
+
+    fn service(self) -> Option<&'a str> {
+        match self {
+            Action::Reload => None,
+            Action::Weights(s)
+            | Action::Rollback(s)
+            | Action::Promote(s)
+            | Action::Pause(s)
+            | Action::Resume(s) => Some(s),
+        }
+    }
+}
+
+/// Why an action was not carried out: the status, the reason in words (for
+/// the answer and the audit trail), and a JSON body when the answer has one.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+    body: Option<serde_json::Value>,
+}
+
+type Refusable = Result<serde_json::Value, Refusal>;
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+        body: None,
+    }
+}
+
+async fn read_json(request: Request<Incoming>) -> Refusable {
     let body = Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|err| {
-            plain(
+            refuse(
                 StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {err}"),
+                format!("cannot read the body: {err}"),
             )
         })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|err| {
-        plain(
+        refuse(
             StatusCode::BAD_REQUEST,
-            &format!("the body is not valid JSON: {err}"),
+            format!("the body is not valid JSON: {err}"),
         )
     })
 }

@@ -151,6 +151,7 @@ impl GuardRunner {
                                 reason.as_str(),
                                 measured,
                             ) {
+                                audit_trip(service, &event, &words);
                                 self.announce(&event, policy.webhook.as_ref());
                             }
                         }
@@ -165,6 +166,44 @@ impl GuardRunner {
 
     fn announce(&self, event: &crate::control::Event, webhook: Option<&http::Uri>) {
         announce(&self.control, &self.webhooks, event, webhook);
+    }
+}
+
+/// The guard's own trip in the audit trail: the weights before (the
+/// snapshot it judged) and after (the event's).
+fn audit_trip(
+    before: &crate::snapshot::ServiceSnapshot,
+    event: &crate::control::Event,
+    verdict: &str,
+) {
+    let after = WeightsField(&event.weights).to_string();
+    let detail = format!("{} {}: {verdict}", event.version, event.revision);
+    crate::audit::system(
+        "guard",
+        crate::audit::Action {
+            action: "rollback",
+            service: Some(&event.service),
+            before: &crate::audit::service_weights(before),
+            after: &after,
+            result: "ok",
+            status: None,
+            detail: Some(&detail),
+        },
+    );
+}
+
+/// Weights as `stable=100 canary=0` in a log field.
+struct WeightsField<'a>(&'a std::collections::BTreeMap<String, u32>);
+
+impl std::fmt::Display for WeightsField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (version, weight)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{version}={weight}")?;
+        }
+        Ok(())
     }
 }
 
@@ -183,10 +222,10 @@ pub fn announce(
         version = %event.version,
         revision = %event.revision,
         reason = %event.reason,
-        observed = ?event.observed,
-        threshold = ?event.threshold,
+        observed = event.observed,
+        threshold = event.threshold,
         window_requests = event.window_requests,
-        weights = ?event.weights,
+        weights = %WeightsField(&event.weights),
         "guard: traffic moved back to the baseline"
     );
     if let Some(url) = webhook {

@@ -32,11 +32,22 @@ pub trait Listeners: Send + Sync {
 }
 
 /// What set off a reload, for the log.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     FileChanged,
     Signal,
     Admin,
+}
+
+impl Trigger {
+    /// How the log and the audit trail name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChanged => "file",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+        }
+    }
 }
 
 /// Checks the files a valid config names (`tls::check::files`).
@@ -71,26 +82,46 @@ impl Reloader {
     /// context. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let before = crate::audit::weights(&self.control.snapshot(), None);
         let result = config::load_file_checked(&self.path, self.check_files)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
             .and_then(|(config, warnings)| {
                 for warning in &warnings {
-                    tracing::warn!(?trigger, "{warning}");
+                    tracing::warn!(trigger = trigger.as_str(), "{warning}");
                 }
                 self.apply(config)
             });
         match &result {
-            Ok(()) => tracing::info!(?trigger, file = %self.path.display(), "config reloaded"),
+            Ok(()) => {
+                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), "config reloaded")
+            }
             Err(errors) => {
                 for error in errors {
                     tracing::error!(
-                        ?trigger,
+                        trigger = trigger.as_str(),
                         "reload refused, the previous config keeps serving: {error}"
                     );
                 }
             }
         }
         self.control.record_reload(&result);
+        // The admin API writes its own line, with who asked.
+        if trigger != Trigger::Admin {
+            let after = crate::audit::weights(&self.control.snapshot(), None);
+            let detail = result.as_ref().err().map(|errors| errors.join("; "));
+            crate::audit::system(
+                trigger.as_str(),
+                crate::audit::Action {
+                    action: "reload",
+                    service: None,
+                    before: &before,
+                    after: &after,
+                    result: if result.is_ok() { "ok" } else { "refused" },
+                    status: None,
+                    detail: detail.as_deref(),
+                },
+            );
+        }
         result
     }
 

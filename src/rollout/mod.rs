@@ -235,7 +235,10 @@ impl RolloutRunner {
                 }
                 Decision::Complete => {
                     self.pending_gates.remove(name);
-                    if let Err(reason) = self.control.complete_rollout(name) {
+                    let completed = self.control.complete_rollout(name);
+                    let after = self.control.snapshot();
+                    crate::audit::rollout("complete", name, &snapshot, &after, &completed);
+                    if let Err(reason) = completed {
                         tracing::warn!(service = name, reason, "rollout could not complete");
                     }
                 }
@@ -255,7 +258,16 @@ impl RolloutRunner {
 
     fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
-        if let Err(reason) = self.control.advance_rollout(service, false) {
+        let before = self.control.snapshot();
+        let advanced = self.control.advance_rollout(service, false);
+        crate::audit::rollout(
+            "promote",
+            service,
+            &before,
+            &self.control.snapshot(),
+            &advanced,
+        );
+        if let Err(reason) = advanced {
             tracing::warn!(service, reason, "rollout could not advance");
         }
     }

@@ -12,7 +12,8 @@
 //! which profiling showed at about 1,800 instructions per request (a timer
 //! wheel insert and removal, an allocation, clock reads). Here each connection
 //! has one timer for its whole life, checked when it fires: a request costs
-//! two relaxed atomic adds and one clock read when its response ends.
+//! two relaxed atomic adds and one clock read when its response ends (and
+//! two more on its listener's in-flight gauge).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +25,8 @@ use bytes::Bytes;
 use http::Version;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
+
+use crate::telemetry::operator::ListenerGauges;
 
 /// Shared by a connection's watchdog and its requests.
 #[derive(Debug)]
@@ -37,6 +40,8 @@ pub struct IdleClock {
     /// The connection has carried an HTTP/2 request: it is closed with
     /// GOAWAY rather than dropped.
     http2: AtomicBool,
+    /// The listener's in-flight gauge (`veer_listener_requests_in_flight`).
+    listener: Arc<ListenerGauges>,
 }
 
 /// What the watchdog should do when its timer fires.
@@ -47,8 +52,10 @@ pub enum Verdict {
 }
 
 impl IdleClock {
-    pub fn new(limit: Duration) -> IdleClock {
+    /// `listener` counts the requests in flight of the connection's listener.
+    pub fn new(limit: Duration, listener: Arc<ListenerGauges>) -> IdleClock {
         IdleClock {
+            listener,
             limit,
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -60,6 +67,7 @@ impl IdleClock {
     /// A request head arrived: the clock stops until its response ends.
     #[inline]
     pub fn request_started(&self, version: Version) {
+        self.listener.request_started();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if version == Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
@@ -70,6 +78,7 @@ impl IdleClock {
     /// the last one.
     #[inline]
     pub fn request_ended(&self) {
+        self.listener.request_ended();
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             let since = self.origin.elapsed().as_micros();
             self.idle_since_micros
@@ -187,7 +196,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clock_runs_only_while_no_request_is_in_flight() {
-        let clock = IdleClock::new(Duration::from_secs(10));
+        let clock = IdleClock::new(Duration::from_secs(10), Arc::default());
         let start = Instant::now();
         assert_eq!(
             clock.verdict(start),
@@ -220,7 +229,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn http2_connections_idle_out_like_http1_ones() {
-        let clock = IdleClock::new(Duration::from_secs(1));
+        let clock = IdleClock::new(Duration::from_secs(1), Arc::default());
         clock.request_started(Version::HTTP_2);
         assert!(clock.is_http2());
         let busy = Instant::now() + Duration::from_secs(3600);
@@ -238,7 +247,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_completes_after_the_idle_limit() {
-        let clock = Arc::new(IdleClock::new(Duration::from_secs(2)));
+        let clock = Arc::new(IdleClock::new(Duration::from_secs(2), Arc::default()));
         let watched = Arc::clone(&clock);
         let watchdog = tokio::spawn(async move { watched.expired().await });
         clock.request_started(Version::HTTP_11);

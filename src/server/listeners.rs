@@ -31,6 +31,7 @@ use super::woken::PollWhenWoken;
 use super::StartError;
 use crate::config::{Limits, Listener};
 use crate::proxy::{ClientInfo, ProxyService, RequestTimer};
+use crate::telemetry::operator::{ListenerGauges, OpenConnection};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
 
@@ -146,6 +147,7 @@ impl ListenerSet {
             let task = tokio::spawn(accept(
                 listener,
                 Arc::new(ConnectionSetup {
+                    gauges: self.telemetry.operator().listener(&settings.name),
                     service: self.service.clone(),
                     builder: Arc::clone(&self.builder),
                     tls: Arc::clone(&tls),
@@ -267,6 +269,8 @@ const CLIENT_KEEPALIVE_PROBES: u32 = 3;
 
 /// What a listener's accept loop hands every connection it accepts.
 struct ConnectionSetup {
+    /// This listener's open connections and requests in flight.
+    gauges: Arc<ListenerGauges>,
     service: ProxyService,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: SharedTls,
@@ -342,6 +346,7 @@ async fn connection(
     drain: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
+    let _open = OpenConnection::open(Arc::clone(&setup.gauges));
     let _ = stream.set_nodelay(true);
     // A client that vanished (host down, cable cut) without closing is found
     // by the kernel in about a minute, at no cost per request.
@@ -383,7 +388,7 @@ async fn serve<I>(
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
         client,
-        idle: IdleClock::new(setup.first_request_timeout),
+        idle: IdleClock::new(setup.first_request_timeout, Arc::clone(&setup.gauges)),
         request_timer: ArrayQueue::new(1),
     });
     let watched = Arc::clone(&context);

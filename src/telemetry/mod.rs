@@ -25,6 +25,7 @@ pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod histogram;
+pub mod operator;
 pub mod window;
 
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ pub struct Telemetry {
     reloads_success: Counter,
     reloads_failure: Counter,
     unrouted: Counter,
+    operator: operator::Operator,
 }
 
 /// The outcome of one request, classified once, when its response stream
@@ -148,7 +150,18 @@ impl Telemetry {
             recorder,
             histograms: HistogramRegistry::default(),
             origin: Instant::now(),
+            operator: operator::Operator::new(),
         }
+    }
+
+    /// The operator's gauges: process, listeners, certificates (see `operator`).
+    pub fn operator(&self) -> &operator::Operator {
+        &self.operator
+    }
+
+    /// The recorder, for series declared off the request path (`operator`).
+    pub(crate) fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
     }
 
     /// Time since this telemetry began: the windows' clock.
@@ -162,6 +175,7 @@ impl Telemetry {
     pub fn render(&self) -> String {
         let mut text = self.handle.render();
         self.histograms.render_into(&mut text);
+        self.operator.render_into(&mut text);
         text
     }
 

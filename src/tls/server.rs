@@ -143,7 +143,7 @@ impl Terminator {
     pub fn new(
         listener: &str,
         settings: &ListenerTls,
-        telemetry: &Telemetry,
+        telemetry: &Arc<Telemetry>,
     ) -> Result<Terminator, String> {
         let provider = super::provider();
         // Watch first, read second: a change after the read raises an event.
@@ -155,6 +155,7 @@ impl Terminator {
         for pair in &settings.certificates {
             let key = super::load_pair(&pair.cert, &pair.key)?;
             warn_if_expiring(listener, pair, &key);
+            record_expiry(telemetry, listener, pair, &key);
             keys.push(Arc::new(ArcSwap::from_pointee(key)));
         }
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -185,7 +186,13 @@ impl Terminator {
             .zip(settings.certificates.iter().zip(keys))
             .filter_map(|(changes, (pair, key))| {
                 let changes = changes?;
-                let task = tokio::spawn(follow(listener.into(), pair.clone(), key, changes));
+                let task = tokio::spawn(follow(
+                    listener.into(),
+                    pair.clone(),
+                    key,
+                    changes,
+                    Arc::clone(telemetry),
+                ));
                 Some(task.abort_handle())
             })
             .collect();
@@ -273,6 +280,19 @@ fn warn_if_expiring(listener: &str, pair: &CertificateFiles, key: &CertifiedKey)
     }
 }
 
+/// `veer_tls_certificate_expiry_seconds` of the pair's leaf certificate.
+fn record_expiry(
+    telemetry: &Telemetry,
+    listener: &str,
+    pair: &CertificateFiles,
+    key: &CertifiedKey,
+) {
+    let not_after = key.cert.first().and_then(super::not_after);
+    telemetry
+        .operator()
+        .certificate_loaded(listener, &pair.cert, not_after);
+}
+
 /// The change signals of a pair's two files; `None` (logged) when they
 /// cannot be watched: the pair then changes only with a config reload.
 type PairChanges = (
@@ -304,6 +324,7 @@ async fn follow(
     pair: CertificateFiles,
     current: Arc<ArcSwap<CertifiedKey>>,
     changes: PairChanges,
+    telemetry: Arc<Telemetry>,
 ) {
     let ((_cert_watch, mut cert_changes), (_key_watch, mut key_changes)) = changes;
     loop {
@@ -325,6 +346,7 @@ async fn follow(
         match loaded {
             Ok(Ok(key)) => {
                 warn_if_expiring(&listener, &pair, &key);
+                record_expiry(&telemetry, &listener, &pair, &key);
                 current.store(Arc::new(key));
                 tracing::info!(
                     listener = %listener,

@@ -176,6 +176,11 @@ impl VeerProcess {
         self.proc_status_kib("VmRSS")
     }
 
+    /// Everything the process wrote to stderr so far: its log.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
     /// What the process printed so far (stdout up to ready, then stderr).
     pub fn output(&self) -> String {
         let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();

@@ -1,0 +1,184 @@
+//! The audit trail: one log event per control action — who asked, what
+//! changed, and how it ended — all under the `veer::audit` target, as
+//! structured fields (with `VEER_LOG_FORMAT=json`, one JSON object a line).
+//!
+//! Who asked is the admin client's address and the fingerprint of the token
+//! it presented (never the token), or veer itself: `guard` for a trip,
+//! `rollout` for a step, `file` or `signal` for a reload. What changed is the
+//! weights of the service before and after, each as `version@revision=weight`.
+//!
+//! Cold path only. Depends on `snapshot` (the weights it writes down) and
+//! `state` (a rollout's step) and nothing else in veer; `admin`, `guard`, `rollout` and `reload` call it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use crate::snapshot::{ServiceSnapshot, Snapshot};
+
+/// The log target every audit event is written under.
+pub const TARGET: &str = "veer::audit";
+
+/// Who asked the admin API.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub peer: SocketAddr,
+    /// First 8 hex digits of the SHA-256 of the token presented; `None`
+    /// when the admin API takes no token.
+    pub token: Option<&'a str>,
+}
+
+/// One control action and its result.
+#[derive(Debug, Clone, Copy)]
+pub struct Action<'a> {
+    /// `weights`, `rollback`, `promote`, `pause`, `resume`, `reload`, …
+    pub action: &'a str,
+    /// The service acted on; `None` for a reload (all of them).
+    pub service: Option<&'a str>,
+    pub before: &'a str,
+    pub after: &'a str,
+    /// `ok` or `refused`.
+    pub result: &'a str,
+    /// The HTTP status the action was answered with (admin actions).
+    pub status: Option<u16>,
+    /// Why it was refused, or what it did, in words.
+    pub detail: Option<&'a str>,
+}
+
+/// An action asked through the admin API.
+pub fn admin(caller: Caller<'_>, action: Action<'_>) {
+    tracing::info!(
+        target: TARGET,
+        actor = "admin",
+        peer = %caller.peer,
+        token = caller.token.unwrap_or("none"),
+        action = action.action,
+        service = action.service,
+        before = action.before,
+        after = action.after,
+        result = action.result,
+        status = action.status,
+        detail = action.detail,
+        "audit: {} {}",
+        action.action,
+        action.result
+    );
+}
+
+/// An action veer took by itself: `actor` is `guard`, `rollout`, `file`
+/// or `signal`.
+pub fn system(actor: &str, action: Action<'_>) {
+    tracing::info!(
+        target: TARGET,
+        actor,
+        action = action.action,
+        service = action.service,
+        before = action.before,
+        after = action.after,
+        result = action.result,
+        detail = action.detail,
+        "audit: {} {}",
+        action.action,
+        action.result
+    );
+}
+
+/// What the rollout does by itself: `promote` (a step to its next weight)
+/// or `complete` (its last step held with no trip).
+pub fn rollout(
+    action: &str,
+    service: &str,
+    before: &Snapshot,
+    after: &Snapshot,
+    result: &Result<crate::state::RolloutProgress, String>,
+) {
+    let detail = match result {
+        Ok(progress) if action == "complete" => format!(
+            "the rollout of {} {} completed: its last step held",
+            progress.candidate, progress.revision
+        ),
+        Ok(progress) => format!(
+            "step {} of the rollout of {} {}",
+            progress.step + 1,
+            progress.candidate,
+            progress.revision
+        ),
+        Err(reason) => reason.clone(),
+    };
+    system(
+        "rollout",
+        Action {
+            action,
+            service: Some(service),
+            before: &weights(before, Some(service)),
+            after: &weights(after, Some(service)),
+            result: if result.is_ok() { "ok" } else { "refused" },
+            status: None,
+            detail: Some(&detail),
+        },
+    );
+}
+
+/// The weights of one service as `stable@1.1.0=90 canary@1.2.0=10`, with
+/// `(latched)` after a latched version.
+pub fn service_weights(service: &ServiceSnapshot) -> String {
+    let mut out = String::new();
+    for (i, version) in service.versions.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(
+            out,
+            "{}@{}={}",
+            version.name, version.revision, version.weight
+        );
+        if version.latched {
+            out.push_str("(latched)");
+        }
+    }
+    out
+}
+
+/// The weights of `service` in `snapshot`, or of every service as
+/// `name[...] name[...]` when `service` is `None`.
+pub fn weights(snapshot: &Snapshot, service: Option<&str>) -> String {
+    match service {
+        Some(name) => snapshot
+            .services
+            .iter()
+            .find(|s| &*s.name == name)
+            .map(service_weights)
+            .unwrap_or_default(),
+        None => {
+            let mut out = String::new();
+            for (i, service) in snapshot.services.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                let _ = write!(out, "{}[{}]", service.name, service_weights(service));
+            }
+            out
+        }
+    }
+}
+
+/// What the audit trail writes for a token: enough to tell two tokens
+/// apart, nothing that helps guess one.
+pub fn token_fingerprint(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = String::with_capacity(8);
+    for byte in &digest.as_ref()[..4] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_is_the_first_eight_hex_digits_of_sha256() {
+        // sha256("secret") = 2bb80d53...
+        assert_eq!(token_fingerprint("secret"), "2bb80d53");
+    }
+}
