@@ -334,7 +334,14 @@ fn published(config: &Config) -> Published {
         splits: config
             .services
             .iter()
-            .map(|s| WeightedSplit::new(&s.versions.iter().map(|v| v.weight).collect::<Vec<_>>()))
+            .map(|s| {
+                WeightedSplit::new(
+                    &s.versions
+                        .iter()
+                        .map(|v| v.weight.get())
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect(),
     }
 }

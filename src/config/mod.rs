@@ -6,41 +6,44 @@
 //! field path and the file position, as `FILE:LINE:COL: path: reason`.
 //!
 //! The steps of [`parse_str`]:
-//! 1. yaml-rust2 maps every field path to its position (`source_map`), and
-//!    reports syntax errors, duplicate keys and a second document.
-//! 2. serde_yaml_ng reads the text into a `Value`.
-//! 3. Each part (each listener, each service, `admin`, `limits`, ...) is
+//! 1. One parse (`source_map`, with yaml-rust2's marked events) builds the
+//!    value tree (`yaml`) and maps every field path to its position; it
+//!    reports syntax errors, duplicate keys and a second document. Values and
+//!    positions come from the same events, so they cannot disagree.
+//! 2. Each part (each listener, each service, `admin`, `limits`, ...) is
 //!    deserialized on its own through `serde_path_to_error`, so a typo in one
-//!    service does not hide the errors in the next, and messages come without
-//!    serde_yaml_ng's own position text.
-//! 4. `validate` checks everything and applies the defaults.
-//! 5. Each problem is placed in the file by its path; all are returned, in
+//!    service does not hide the errors in the next. An unknown key comes back
+//!    as data (the key and the expected fields), so it is reported with a
+//!    "did you mean", taken out, and the rest of the part checked again.
+//! 3. `validate` checks everything and applies the defaults.
+//! 4. Each problem is placed in the file by its path; all are returned, in
 //!    file order.
 //!
-//! Depends on nothing else in veer.
+//! Depends only on `grpc` (the status codes a `grpc:` block names).
 
 mod duration;
 mod error;
-mod grpc;
 pub mod model;
 mod raw;
 mod source_map;
+mod units;
 mod validate;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde_yaml_ng::Value;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
-pub use grpc::{Grpc, DEFAULT_MAX_METHODS};
 pub use model::*;
-pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS, MAX_WEIGHT};
+pub use units::{Fraction, Percent, Ratio, Weight, MAX_WEIGHT};
+pub use validate::{weight_rule, DEFAULT_ADMIN_ADDRESS};
 
 use error::{Anchor, Issue};
 use raw::{Invalid, Part, RawConfig, RawDocument};
 use source_map::{Position, SourceMap};
+use yaml::{DeError, Node};
 
 /// The path shown for an error about the file as a whole.
 const FILE_PATH: &str = "(file)";
@@ -109,7 +112,7 @@ fn parse_with_source(text: &str, file: &str) -> Result<(Config, SourceMap), Conf
         path: path.to_string(),
         reason,
     };
-    let source = SourceMap::build(text).map_err(|syntax| {
+    let (source, value) = SourceMap::parse(text).map_err(|syntax| {
         ConfigErrors(vec![error_at(
             syntax.position,
             FILE_PATH,
@@ -142,15 +145,6 @@ fn parse_with_source(text: &str, file: &str) -> Result<(Config, SourceMap), Conf
         )
         .into());
     }
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|error| {
-        let position = error.location().map_or(Position::START, |at| Position {
-            line: at.line(),
-            column: at.column(),
-        });
-        let message = clean_message(&error.to_string());
-        let (path, reason) = split_path(&message);
-        error_at(position, path.unwrap_or(FILE_PATH), reason.to_string())
-    })?;
     if value.is_null() {
         return Err(whole_file_error(
             file,
@@ -189,7 +183,7 @@ fn whole_file_error(file: &str, reason: String) -> ConfigErrors {
 /// Deserializes the top level, then each part on its own so that errors in
 /// different parts, listeners and services are all reported. `None` only when
 /// the top level itself is wrong (not a mapping, or an unknown key).
-fn deserialize_parts(value: Value, issues: &mut Vec<Issue>) -> Option<RawConfig> {
+fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> {
     let document: RawDocument = deserialize_at(value, "", issues).ok()?;
     Some(RawConfig {
         listeners: document
@@ -215,7 +209,7 @@ fn deserialize_parts(value: Value, issues: &mut Vec<Issue>) -> Option<RawConfig>
 
 /// A part that may be written empty (`admin:` alone): `None` then.
 fn deserialize_optional<T: DeserializeOwned>(
-    value: Value,
+    value: Node,
     base: &str,
     issues: &mut Vec<Issue>,
 ) -> Option<Part<T>> {
@@ -228,14 +222,14 @@ fn deserialize_optional<T: DeserializeOwned>(
 /// A list whose items are deserialized one by one. Not a list at all: one
 /// invalid item, reported, so the list is neither checked nor taken as empty.
 fn deserialize_list<T: DeserializeOwned>(
-    value: Value,
+    value: Node,
     base: &str,
     issues: &mut Vec<Issue>,
 ) -> Option<Vec<Part<T>>> {
     if value.is_null() {
         return None;
     }
-    match deserialize_at::<Vec<Value>>(value, base, issues) {
+    match deserialize_at::<Vec<Node>>(value, base, issues) {
         Ok(items) => Some(
             items
                 .into_iter()
@@ -255,14 +249,14 @@ fn deserialize_list<T: DeserializeOwned>(
 /// reported in one run (a top-level one beside a nested one too), and the
 /// rest of the part is still checked.
 fn deserialize_at<T: DeserializeOwned>(
-    mut value: Value,
+    mut value: Node,
     base: &str,
     issues: &mut Vec<Issue>,
 ) -> Part<T> {
     // Bounds the retries on a pathological file; each pass removes one key.
     const MAX_UNKNOWN: usize = 100;
     for _ in 0..MAX_UNKNOWN {
-        let error = match serde_path_to_error::deserialize(value.clone()) {
+        let error = match serde_path_to_error::deserialize(&value) {
             Ok(parsed) => return Ok(parsed),
             Err(error) => error,
         };
@@ -274,20 +268,35 @@ fn deserialize_at<T: DeserializeOwned>(
             _ => format!("{base}.{inner}"),
         };
         let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
-        let reason = clean_message(&error.into_inner().to_string());
-        if !reason.starts_with("unknown field") {
-            issues.push(Issue::at(path, reason));
+        let error = error.into_inner();
+        let DeError::UnknownField { field, expected } = &error else {
+            // A key that is not a name (a list, a mapping) has no name to
+            // show: serde_path_to_error writes `?`. The key is the mistake.
+            let anchor = if path.ends_with('?') {
+                Anchor::Key
+            } else {
+                Anchor::Value
+            };
+            issues.push(Issue {
+                path,
+                reason: error.to_string(),
+                anchor,
+            });
             return Err(Invalid);
-        }
+        };
         // serde names the unknown key in the path; point at the key itself,
         // since the key is the typo.
-        let (reason, meant) = with_suggestion(reason);
+        let meant = suggestion(field, expected);
+        let reason = match meant {
+            Some(meant) => format!("{error}; did you mean `{meant}`?"),
+            None => error.to_string(),
+        };
         issues.push(Issue {
             path,
             reason,
             anchor: Anchor::Key,
         });
-        if !remove_at(&mut value, &segments, meant.as_deref()) {
+        if !remove_at(&mut value, &segments, meant) {
             return Err(Invalid);
         }
     }
@@ -298,20 +307,16 @@ fn deserialize_at<T: DeserializeOwned>(
 /// when there is none. With `meant` (the key it surely stands for, when that
 /// one is not written too) the value is kept under that key, so it is still
 /// checked and no "missing" error follows the typo.
-fn remove_at(
-    value: &mut Value,
-    path: &[serde_path_to_error::Segment],
-    meant: Option<&str>,
-) -> bool {
+fn remove_at(value: &mut Node, path: &[serde_path_to_error::Segment], meant: Option<&str>) -> bool {
     use serde_path_to_error::Segment;
     let Some((last, parents)) = path.split_last() else {
         return false;
     };
     let mut node = value;
     for segment in parents {
-        let next = match segment {
-            Segment::Seq { index } => node.as_sequence_mut().and_then(|s| s.get_mut(*index)),
-            Segment::Map { key } => node.as_mapping_mut().and_then(|m| m.get_mut(key.as_str())),
+        let next = match (segment, node) {
+            (Segment::Seq { index }, Node::Sequence(items)) => items.get_mut(*index),
+            (Segment::Map { key }, node) => node.entry_mut(key),
             _ => None,
         };
         match next {
@@ -319,103 +324,29 @@ fn remove_at(
             None => return false,
         }
     }
-    let (Segment::Map { key }, Some(mapping)) = (last, node.as_mapping_mut()) else {
+    let (Segment::Map { key }, Node::Mapping(entries)) = (last, node) else {
         return false;
     };
-    let Some(removed) = mapping.remove(key.as_str()) else {
+    let is_key = |k: &Node, name: &str| matches!(k, Node::Text(text) if text == name);
+    let Some(index) = entries.iter().position(|(k, _)| is_key(k, key)) else {
         return false;
     };
-    if let Some(meant) = meant.filter(|m| !mapping.contains_key(*m)) {
-        mapping.insert(Value::String(meant.to_string()), removed);
+    let (_, removed) = entries.remove(index);
+    if let Some(meant) = meant.filter(|m| !entries.iter().any(|(k, _)| is_key(k, m))) {
+        entries.push((Node::Text(meant.to_string()), removed));
     }
     true
 }
 
-/// Adds "did you mean" to serde's "unknown field `wieght`, expected one of
-/// `name`, ..., `weight`" when one expected field is a small edit away, and
-/// returns that field.
-fn with_suggestion(reason: String) -> (String, Option<String>) {
-    let mut quoted = reason.split('`').skip(1).step_by(2);
-    let Some(unknown) = quoted.next() else {
-        return (reason, None);
-    };
-    let best = quoted
-        .map(|field| (edit_distance(unknown, field), field))
-        .min_by_key(|(distance, _)| *distance);
-    match best {
-        Some((distance, field)) if distance <= 2 && distance < unknown.len() => {
-            let field = field.to_string();
-            (format!("{reason}; did you mean `{field}`?"), Some(field))
-        }
-        _ => (reason, None),
-    }
-}
-
-/// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = previous[j] + usize::from(ca != *cb);
-            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
-
-/// serde_yaml_ng puts its own field path in front of some messages
-/// (`services[0]: duplicate entry ...`); splits it off.
-fn split_path(message: &str) -> (Option<&str>, &str) {
-    if let Some((path, reason)) = message.split_once(": ") {
-        let path_like = !path.is_empty()
-            && path
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
-        if path_like {
-            return (Some(path), reason);
-        }
-    }
-    (None, message)
-}
-
-/// Removes serde_yaml_ng's own position text (" at line N column M") —
-/// positions are given once, in front — and rewords serde's "unit value",
-/// which is what an empty YAML value is.
-fn clean_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find(" at line ") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + " at line ".len()..];
-        match strip_line_column(after) {
-            Some(remaining) => rest = remaining,
-            None => {
-                out.push_str(" at line ");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out.replace("unit value", "empty value")
-        .replace("expected field identifier", "expected a field name")
-}
-
-/// Given text after " at line ", strips `N column M` and returns the rest.
-fn strip_line_column(text: &str) -> Option<&str> {
-    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let line_len = digits(text);
-    if line_len == 0 {
-        return None;
-    }
-    let after = text[line_len..].strip_prefix(" column ")?;
-    let column_len = digits(after);
-    if column_len == 0 {
-        return None;
-    }
-    Some(&after[column_len..])
+/// The expected field that an unknown one surely stands for: the nearest by
+/// edit distance, when that is small (at most 2, and less than the unknown
+/// name's length, so `x` does not "mean" `tls`).
+fn suggestion(unknown: &str, expected: &[&'static str]) -> Option<&'static str> {
+    let (distance, field) = expected
+        .iter()
+        .map(|field| (strsim::levenshtein(unknown, field), *field))
+        .min_by_key(|(distance, _)| *distance)?;
+    (distance <= 2 && distance < unknown.chars().count()).then_some(field)
 }
 
 /// Gives every issue its file position and sorts them into file order.
@@ -512,53 +443,87 @@ services:
 ";
 
     #[test]
-    fn messages_lose_their_positions() {
-        assert_eq!(
-            clean_message("invalid type: string \"x\", expected u32 at line 3 column 5"),
-            "invalid type: string \"x\", expected u32"
-        );
-        assert_eq!(
-            clean_message("problem at line 1 column 2, while parsing at line 3 column 4"),
-            "problem, while parsing"
-        );
-        assert_eq!(clean_message("at line of fire"), "at line of fire");
-        assert_eq!(
-            clean_message("invalid type: unit value, expected a string"),
-            "invalid type: empty value, expected a string"
-        );
-    }
-
-    #[test]
     fn unknown_fields_get_a_suggestion() {
-        assert_eq!(
-            with_suggestion("unknown field `wieght`, expected one of `name`, `weight`".into()),
-            (
-                "unknown field `wieght`, expected one of `name`, `weight`; did you mean `weight`?"
-                    .to_string(),
-                Some("weight".to_string())
-            )
-        );
-        assert_eq!(
-            with_suggestion("unknown field `colour`, expected `cert` or `key`".into()),
-            (
-                "unknown field `colour`, expected `cert` or `key`".to_string(),
-                None
-            )
-        );
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "ab"), 2);
-        assert_eq!(edit_distance("same", "same"), 0);
+        assert_eq!(suggestion("wieght", &["name", "weight"]), Some("weight"));
+        assert_eq!(suggestion("colour", &["cert", "key"]), None);
+        // A one-letter key is not taken for any field.
+        assert_eq!(suggestion("x", &["tls"]), None);
+        assert_eq!(suggestion("servics", &[]), None);
     }
 
     #[test]
-    fn serde_yaml_paths_are_split_off() {
-        assert_eq!(
-            split_path("services[0]: duplicate entry with key \"name\""),
-            (Some("services[0]"), "duplicate entry with key \"name\"")
+    fn scalars_are_typed_once() {
+        // Quoted numbers stay text; `revision: 1.10` is refused as a number,
+        // while an unquoted one that is no number is text.
+        let text = MINIMAL.replace("weight: 1", "weight: 1\n        revision: 1.2.0");
+        let config = parse_str(&text, "t.yaml").expect("valid");
+        assert_eq!(config.services[0].versions[0].revision, "1.2.0");
+        let text = MINIMAL.replace("weight: 1", "weight: \"1\"");
+        let errors = parse_str(&text, "t.yaml").expect_err("a quoted weight is text");
+        assert!(
+            errors.0[0].reason.contains("not a whole number"),
+            "{errors:?}"
         );
+    }
+
+    #[test]
+    fn keys_that_are_not_names_are_refused_in_the_file_s_terms() {
+        let text = format!("{MINIMAL}? [a, b]\n: 1\n");
+        let errors = parse_str(&text, "t.yaml").expect_err("a list as a key");
         assert_eq!(
-            split_path("did not find expected key: here"),
-            (None, "did not find expected key: here")
+            errors.0[0].to_string(),
+            "t.yaml:10:3: ?: invalid type: sequence, expected a field name"
+        );
+        let text = format!("{MINIMAL}    match: {{ hosts: [~] }}\n");
+        let errors = parse_str(&text, "t.yaml").expect_err("an empty host");
+        assert_eq!(
+            errors.0[0].to_string(),
+            "t.yaml:10:22: services[0].match.hosts[0]: invalid type: empty value, expected a string"
+        );
+    }
+
+    #[test]
+    fn merge_keys_fill_in_what_a_mapping_does_not_set() {
+        let text = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+services:
+  - name: app
+    versions:
+      - &base { name: stable, endpoints: [127.0.0.1:18081], weight: 1 }
+      - <<: *base
+        name: canary
+      - <<: [{ name: late, weight: 7 }, *base]
+";
+        let config = parse_str(text, "t.yaml").expect("valid");
+        let versions = &config.services[0].versions;
+        assert_eq!(versions[1].name, "canary");
+        assert_eq!(versions[1].endpoints, versions[0].endpoints);
+        assert_eq!(
+            (versions[2].name.as_str(), versions[2].weight.get()),
+            ("late", 7)
+        );
+        let errors = parse_str(&text.replace("<<: *base", "<<: 5"), "t.yaml")
+            .expect_err("a merge of a number");
+        assert!(
+            errors.0[0].to_string().starts_with(
+                "t.yaml:8:9: services[0].versions[1].<<: unknown field `<<`, expected one of"
+            ),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_read() {
+        let text = MINIMAL.replace(
+            "endpoints: [127.0.0.1:18081]",
+            "endpoints: &eps [127.0.0.1:18081]",
+        ) + "  - name: other\n    match: { hosts: [other] }\n    versions:\n      - name: stable\n        endpoints: *eps\n        weight: 1\n";
+        let config = parse_str(&text, "t.yaml").expect("valid");
+        assert_eq!(
+            config.services[1].versions[0].endpoints,
+            config.services[0].versions[0].endpoints
         );
     }
 
@@ -605,7 +570,7 @@ services:
         assert_eq!(guard.min_requests, 50);
         assert_eq!(guard.consecutive, 2);
         assert_eq!(guard.on_revert, OnRevert::Drain);
-        assert_eq!(guard.max_error_rate, Some(0.1));
+        assert_eq!(guard.max_error_rate, Fraction::new(0.1));
         assert_eq!(guard.max_p95_latency, None);
     }
 

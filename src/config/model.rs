@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
+use super::units::{Fraction, Percent, Ratio, Weight};
+use crate::grpc::ErrorCodes;
+
 /// A whole, valid veer configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -138,7 +141,7 @@ pub struct Service {
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
     /// How gRPC calls are judged (defaults when the block is omitted).
-    pub grpc: super::Grpc,
+    pub grpc: Grpc,
 }
 
 /// How a request's host (port stripped, lowercased) is matched.
@@ -165,7 +168,7 @@ pub struct Version {
     pub revision: String,
     /// At least one, no duplicates.
     pub endpoints: Vec<SocketAddr>,
-    pub weight: u32,
+    pub weight: Weight,
     pub protocol: Protocol,
     /// `None`: cleartext.
     pub tls: Option<UpstreamTls>,
@@ -254,7 +257,7 @@ pub struct Outlier {
     /// Default 5m.
     pub max_ejection: Duration,
     /// Default 50.
-    pub max_ejected_percent: u32,
+    pub max_ejected_percent: Percent,
 }
 
 impl Default for Outlier {
@@ -264,7 +267,7 @@ impl Default for Outlier {
             count_5xx: false,
             base_ejection: Duration::from_secs(5),
             max_ejection: Duration::from_secs(300),
-            max_ejected_percent: 50,
+            max_ejected_percent: Percent::saturating(50),
         }
     }
 }
@@ -283,14 +286,13 @@ pub struct Guard {
     pub interval: Duration,
     pub window: Duration,
     pub min_requests: u64,
-    /// A fraction in [0, 1].
-    pub max_error_rate: Option<f64>,
+    pub max_error_rate: Option<Fraction>,
     pub max_p95_latency: Option<Duration>,
     pub max_p99_latency: Option<Duration>,
     /// Allowed excess of the version's error rate over the baseline's, in [0, 1].
-    pub max_error_rate_increase: Option<f64>,
+    pub max_error_rate_increase: Option<Fraction>,
     /// Allowed ratio of the version's p95 to the baseline's, at least 1.
-    pub max_latency_ratio: Option<f64>,
+    pub max_latency_ratio: Option<Ratio>,
     /// Bad verdicts in a row before a trip; at least 1.
     pub consecutive: u32,
     pub on_revert: OnRevert,
@@ -303,6 +305,30 @@ pub struct Guard {
     /// one broken method trips the version even when the others drown it in
     /// successes. Default false.
     pub per_method: bool,
+}
+
+/// Methods with their own figures when `grpc.max_methods` is omitted.
+pub const DEFAULT_MAX_METHODS: usize = 16;
+
+/// How a service's gRPC calls are judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grpc {
+    /// The codes that count as the version's errors (a call that ends with
+    /// no `grpc-status` always does). Default: UNKNOWN, DEADLINE_EXCEEDED,
+    /// INTERNAL, UNAVAILABLE, DATA_LOSS.
+    pub error_codes: ErrorCodes,
+    /// Distinct methods with their own figures per version; the rest are
+    /// counted under `other`. Default 16.
+    pub max_methods: usize,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Grpc {
+            error_codes: ErrorCodes::default(),
+            max_methods: DEFAULT_MAX_METHODS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

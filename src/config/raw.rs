@@ -20,7 +20,8 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use serde_yaml_ng::Value;
+
+use super::yaml::Node;
 
 /// The top level of the file, with its parts still untyped.
 #[derive(Debug, Deserialize)]
@@ -29,12 +30,12 @@ use serde_yaml_ng::Value;
     expecting = "a mapping with listeners, services and optionally admin, state_dir, limits and access_log"
 )]
 pub(crate) struct RawDocument {
-    pub listeners: Option<Value>,
-    pub admin: Option<Value>,
-    pub state_dir: Option<Value>,
-    pub limits: Option<Value>,
-    pub access_log: Option<Value>,
-    pub services: Option<Value>,
+    pub listeners: Option<Node>,
+    pub admin: Option<Node>,
+    pub state_dir: Option<Node>,
+    pub limits: Option<Node>,
+    pub access_log: Option<Node>,
+    pub services: Option<Node>,
 }
 
 /// A part of the file that did not deserialize; its error is already reported.
@@ -156,7 +157,7 @@ pub(crate) struct RawService {
     pub slow_start: Option<Scalar>,
     pub guard: Option<RawGuard>,
     pub rollout: Option<RawRollout>,
-    pub grpc: Option<super::grpc::RawGrpc>,
+    pub grpc: Option<RawGrpc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +280,16 @@ pub(crate) struct RawGuard {
     pub error_rate_test: Option<Scalar>,
     pub webhook: Option<String>,
     pub per_method: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with optionally error_codes and max_methods"
+)]
+pub(crate) struct RawGrpc {
+    pub error_codes: Option<Vec<Scalar>>,
+    pub max_methods: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,16 +1,19 @@
-//! Where each field of a YAML document is: field path -> (line, column).
+//! The one parse of the config text: yaml-rust2's marked events build the
+//! value tree ([`yaml::Node`], what serde reads) and, from the same events,
+//! where each field is: field path -> (line, column).
 //!
-//! serde gives an error a field path but (once values are deserialized from a
-//! `serde_yaml_ng::Value`) no position, and validation works on types that
-//! have none. So the text is parsed a second time, with yaml-rust2's event
-//! parser, and every node's path is recorded with its position; any error with
-//! a path can then be placed in the file. Paths are spelled as
-//! `serde_path_to_error` spells them: `services[0].versions[1].weight`.
+//! serde gives an error a field path but no position, and validation works
+//! on types that have none; so every node's path is recorded with its
+//! position, and any error with a path can be placed in the file. Paths are
+//! spelled as `serde_path_to_error` spells them:
+//! `services[0].versions[1].weight`.
 
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use super::yaml;
 
 /// A 1-based line and column (columns count characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,18 +69,24 @@ pub(crate) struct SourceMap {
 }
 
 impl SourceMap {
-    /// Parses `text` (its first document) and records every node's position.
-    pub(crate) fn build(text: &str) -> Result<SourceMap, SyntaxError> {
+    /// Parses `text` (its first document): the value tree (null for an empty
+    /// document) and every node's position.
+    pub(crate) fn parse(text: &str) -> Result<(SourceMap, yaml::Node), SyntaxError> {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         // `multi` so that a second document is seen and can be reported.
         match parser.load(&mut builder, true) {
-            Ok(()) => Ok(builder.map),
+            Ok(()) => Ok((builder.map, builder.tree.root.unwrap_or(yaml::Node::Null))),
             Err(error) => Err(SyntaxError {
                 position: Position::from_marker(error.marker()),
                 message: error.info().to_string(),
             }),
         }
+    }
+
+    #[cfg(test)]
+    fn build(text: &str) -> Result<SourceMap, SyntaxError> {
+        Self::parse(text).map(|(map, _)| map)
     }
 
     /// Where the value at `path` is; for a path that is not in the file (an
@@ -151,6 +160,82 @@ struct Builder {
     map: SourceMap,
     stack: Vec<Frame>,
     documents: usize,
+    tree: TreeBuilder,
+}
+
+/// Builds the value tree from the events, beside the positions.
+#[derive(Debug, Default)]
+struct TreeBuilder {
+    open: Vec<Open>,
+    /// Anchored nodes, by yaml-rust2's anchor id, for aliases to copy.
+    anchors: HashMap<usize, yaml::Node>,
+    root: Option<yaml::Node>,
+}
+
+/// A sequence or mapping whose end has not been read yet.
+#[derive(Debug)]
+struct Open {
+    anchor: usize,
+    node: OpenNode,
+}
+
+#[derive(Debug)]
+enum OpenNode {
+    Sequence(Vec<yaml::Node>),
+    Mapping {
+        entries: Vec<(yaml::Node, yaml::Node)>,
+        key: Option<yaml::Node>,
+    },
+}
+
+impl TreeBuilder {
+    fn open(&mut self, anchor: usize, node: OpenNode) {
+        self.open.push(Open { anchor, node });
+    }
+
+    fn close(&mut self) {
+        if let Some(Open { anchor, node }) = self.open.pop() {
+            let node = match node {
+                OpenNode::Sequence(items) => yaml::Node::Sequence(items),
+                OpenNode::Mapping { entries, .. } => yaml::Node::Mapping(yaml::merge_keys(entries)),
+            };
+            self.complete(anchor, node);
+        }
+    }
+
+    fn alias(&mut self, anchor: usize) {
+        // The parser refuses an alias to an unknown anchor, so null is never
+        // actually taken here.
+        let node = self
+            .anchors
+            .get(&anchor)
+            .cloned()
+            .unwrap_or(yaml::Node::Null);
+        self.complete(0, node);
+    }
+
+    /// Puts a finished node in its parent (or at the root).
+    fn complete(&mut self, anchor: usize, node: yaml::Node) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.open.last_mut() {
+            None => {
+                self.root.get_or_insert(node);
+            }
+            Some(Open {
+                node: OpenNode::Sequence(items),
+                ..
+            }) => items.push(node),
+            Some(Open {
+                node: OpenNode::Mapping { entries, key },
+                ..
+            }) => match key.take() {
+                None => *key = Some(node),
+                Some(key) => entries.push((key, node)),
+            },
+        }
+    }
 }
 
 /// The key placeholder for a key that is not a scalar, as
@@ -296,11 +381,33 @@ impl MarkedEventReceiver for Builder {
                     self.map.second_document = Some(position);
                 }
             }
-            Event::Scalar(text, style, _, _) => self.node(position, Node::Scalar(&text, style)),
-            Event::Alias(_) => self.node(position, Node::Alias),
-            Event::SequenceStart(_, _) => self.node(position, Node::Sequence),
-            Event::MappingStart(_, _) => self.node(position, Node::Mapping),
-            Event::SequenceEnd | Event::MappingEnd => self.close(),
+            Event::Scalar(text, style, anchor, tag) => {
+                self.node(position, Node::Scalar(&text, style));
+                let node = yaml::Node::scalar(text, style, tag.as_ref());
+                self.tree.complete(anchor, node);
+            }
+            Event::Alias(anchor) => {
+                self.node(position, Node::Alias);
+                self.tree.alias(anchor);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.node(position, Node::Sequence);
+                self.tree.open(anchor, OpenNode::Sequence(Vec::new()));
+            }
+            Event::MappingStart(anchor, _) => {
+                self.node(position, Node::Mapping);
+                self.tree.open(
+                    anchor,
+                    OpenNode::Mapping {
+                        entries: Vec::new(),
+                        key: None,
+                    },
+                );
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                self.close();
+                self.tree.close();
+            }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }

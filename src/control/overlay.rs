@@ -18,7 +18,7 @@ pub fn file_weights(service: &Service) -> BTreeMap<String, u32> {
     service
         .versions
         .iter()
-        .map(|v| (v.name.clone(), v.weight))
+        .map(|v| (v.name.clone(), v.weight.get()))
         .collect()
 }
 
@@ -75,7 +75,7 @@ pub fn effective_weights(service: &Service, layer: Option<&ServiceState>) -> Vec
                 layer
                     .and_then(|l| l.weights.as_ref())
                     .and_then(|w| w.get(&v.name).copied())
-                    .unwrap_or(v.weight)
+                    .unwrap_or(v.weight.get())
             })
             .collect(),
     };

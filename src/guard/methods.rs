@@ -66,7 +66,7 @@ mod tests {
             interval: Duration::from_secs(1),
             window: WINDOW,
             min_requests: 10,
-            max_error_rate: Some(0.05),
+            max_error_rate: crate::config::Fraction::new(0.05),
             max_p95_latency: None,
             max_p99_latency: None,
             max_error_rate_increase: None,
@@ -123,7 +123,7 @@ mod tests {
     fn relative_thresholds_compare_the_same_method_of_the_baseline() {
         let mut policy = policy();
         policy.max_error_rate = None;
-        policy.max_error_rate_increase = Some(0.1);
+        policy.max_error_rate_increase = crate::config::Fraction::new(0.1);
         let version = MethodTable::new(8, WINDOW);
         let baseline = MethodTable::new(8, WINDOW);
         // Find fails 50 % on both: not the release's doing.

@@ -2,7 +2,7 @@
 //! figures, the baseline's figures over the same window, and the policy. No
 //! clock, no I/O: everything here is tested without sockets.
 
-use crate::config::Guard;
+use crate::config::{Fraction, Guard, Ratio};
 use crate::telemetry::Figures;
 
 /// Why a version was judged bad (or rolled back).
@@ -64,7 +64,7 @@ pub fn verdict(candidate: &Figures, baseline: Option<&Figures>, policy: &Guard) 
         };
     }
     let rate = candidate.error_rate();
-    if let Some(max) = policy.max_error_rate {
+    if let Some(max) = policy.max_error_rate.map(Fraction::get) {
         // With the statistical test, the error rate must be above the limit
         // with 95 % confidence: 3 errors in 40 requests is not 300 in 4,000.
         let judged = if policy.wilson {
@@ -90,7 +90,7 @@ pub fn verdict(candidate: &Figures, baseline: Option<&Figures>, policy: &Guard) 
     let Some(base) = baseline.filter(|b| b.requests >= policy.min_requests.max(1)) else {
         return Verdict::Healthy;
     };
-    if let Some(max_increase) = policy.max_error_rate_increase {
+    if let Some(max_increase) = policy.max_error_rate_increase.map(Fraction::get) {
         let increase = rate - base.error_rate();
         if increase > max_increase {
             return bad(
@@ -101,9 +101,11 @@ pub fn verdict(candidate: &Figures, baseline: Option<&Figures>, policy: &Guard) 
             );
         }
     }
-    if let (Some(max_ratio), Some(p95), Some(base_p95)) =
-        (policy.max_latency_ratio, candidate.p95_us, base.p95_us)
-    {
+    if let (Some(max_ratio), Some(p95), Some(base_p95)) = (
+        policy.max_latency_ratio.map(Ratio::get),
+        candidate.p95_us,
+        base.p95_us,
+    ) {
         let ratio = p95 / base_p95.max(1.0);
         if ratio > max_ratio {
             return bad(Reason::LatencyRatio, "p95_ratio", ratio, max_ratio);
@@ -146,7 +148,7 @@ mod tests {
             interval: Duration::from_secs(1),
             window: Duration::from_secs(30),
             min_requests: 50,
-            max_error_rate: Some(0.05),
+            max_error_rate: Fraction::new(0.05),
             max_p95_latency: Some(Duration::from_millis(500)),
             max_p99_latency: None,
             max_error_rate_increase: None,
@@ -209,8 +211,8 @@ mod tests {
         let mut p = policy();
         p.max_p95_latency = None;
         p.max_error_rate = None;
-        p.max_latency_ratio = Some(1.5);
-        p.max_error_rate_increase = Some(0.02);
+        p.max_latency_ratio = Ratio::new(1.5);
+        p.max_error_rate_increase = Fraction::new(0.02);
         let slow = figures(200, 0, 800.0);
         // Both slow: the load, not the canary.
         assert_eq!(

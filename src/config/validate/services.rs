@@ -1,0 +1,189 @@
+//! `services`: each service's name, `match`, and the blocks it is made of.
+
+use super::*;
+
+impl Validator {
+    pub(super) fn services(&mut self, raw: Option<Vec<Part<RawService>>>) -> Vec<Service> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.err(
+                "services",
+                "no services: add at least one, with a name and versions to route to",
+            );
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // (host or None for any host, path_prefix) -> (service index, name).
+        let mut routes: HashMap<(Option<HostMatch>, String), (usize, String)> = HashMap::new();
+        let mut services = Vec::new();
+        for (i, service) in raw.into_iter().enumerate() {
+            let Ok(service) = service else { continue };
+            let path = format!("services[{i}]");
+            let name_path = format!("{path}.name");
+            let name = self.required(
+                &name_path,
+                service.name.clone(),
+                "missing name: give the service a name, such as agent-match",
+            );
+            if let Some(name) = &name {
+                if self.name(&name_path, name, "service") {
+                    if let Some(first) = names.get(name) {
+                        self.err(
+                            &name_path,
+                            format!(
+                                "duplicate service name `{name}` (also services[{first}]): give each service its own name"
+                            ),
+                        );
+                    } else {
+                        names.insert(name.clone(), i);
+                    }
+                }
+            }
+            let Some(service) = self.service(&path, service) else {
+                continue;
+            };
+            // Routes are claimed only by services that are otherwise valid,
+            // so one broken service does not cause a second, misleading error.
+            let any_host = [None];
+            let hosts: Vec<Option<HostMatch>> = service.hosts.iter().cloned().map(Some).collect();
+            let claimed = if hosts.is_empty() {
+                &any_host[..]
+            } else {
+                &hosts[..]
+            };
+            for (k, host) in claimed.iter().enumerate() {
+                let key = (host.clone(), service.path_prefix.clone());
+                match routes.get(&key) {
+                    Some((first, first_name)) => {
+                        let (at, what) = match host {
+                            Some(h) => (
+                                format!("{path}.match.hosts[{k}]"),
+                                format!("host `{}`", host_text(h)),
+                            ),
+                            None => (format!("{path}.match"), "any host".to_string()),
+                        };
+                        self.err(
+                            at,
+                            format!(
+                                "{what} with path_prefix `{}` is already routed to service `{first_name}` (services[{first}]): routing would be ambiguous; change the host or the path_prefix",
+                                service.path_prefix
+                            ),
+                        );
+                    }
+                    None => {
+                        routes.insert(key, (i, service.name.clone()));
+                    }
+                }
+            }
+            services.push(service);
+        }
+        services
+    }
+
+    pub(super) fn service(&mut self, path: &str, raw: RawService) -> Option<Service> {
+        let (hosts, path_prefix) = self.service_match(path, raw.matcher);
+        let (versions, versions_ok) = self.versions(path, raw.versions);
+        // References resolve against every version named in the file, valid
+        // or not: a rule naming a version with a bad endpoint should report
+        // the endpoint, not an "unknown version".
+        let known: Vec<String> = versions.iter().map(|(name, _)| name.clone()).collect();
+        let sticky = raw
+            .sticky
+            .map(|sticky| self.sticky(&format!("{path}.sticky"), sticky));
+        let rules: Vec<Option<Rule>> = raw
+            .rules
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(k, rule)| self.rule(&format!("{path}.rules[{k}]"), rule, &known))
+            .collect();
+        let timeouts = self.timeouts(&format!("{path}.timeouts"), raw.timeouts);
+        let health_check = raw
+            .health_check
+            .map(|check| self.health_check(&format!("{path}.health_check"), check));
+        let outlier = self.outlier(&format!("{path}.outlier_detection"), raw.outlier_detection);
+        let slow_start =
+            self.optional_positive_duration(&format!("{path}.slow_start"), raw.slow_start.as_ref());
+        // The rollout checks its candidate against the baseline as written,
+        // even if the guard has other errors.
+        let baseline = raw.guard.as_ref().map(|guard| {
+            guard
+                .baseline
+                .as_ref()
+                .and_then(|name| known.iter().position(|k| k == name))
+        });
+        let guard = raw
+            .guard
+            .map(|guard| self.guard(&format!("{path}.guard"), guard, &known));
+        let rollout = raw
+            .rollout
+            .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+        let grpc = self.grpc(&format!("{path}.grpc"), raw.grpc);
+
+        Some(Service {
+            name: raw.name?,
+            hosts: hosts?,
+            path_prefix: path_prefix?,
+            versions: if versions_ok {
+                versions
+                    .into_iter()
+                    .map(|(_, version)| version)
+                    .collect::<Option<Vec<_>>>()?
+            } else {
+                return None;
+            },
+            sticky: optional(sticky)?,
+            rules: rules.into_iter().collect::<Option<Vec<_>>>()?,
+            timeouts: timeouts?,
+            health_check: optional(health_check)?,
+            outlier: outlier?,
+            slow_start: slow_start.ok()?,
+            guard: optional(guard)?,
+            rollout: optional(rollout)?,
+            grpc: grpc?,
+        })
+    }
+
+    pub(super) fn service_match(
+        &mut self,
+        path: &str,
+        raw: Option<RawServiceMatch>,
+    ) -> (Option<Vec<HostMatch>>, Option<String>) {
+        let Some(raw) = raw else {
+            return (Some(Vec::new()), Some("/".to_string()));
+        };
+        let mut ok = true;
+        let mut hosts: Vec<(usize, HostMatch)> = Vec::new();
+        for (k, text) in raw.hosts.unwrap_or_default().iter().enumerate() {
+            let at = format!("{path}.match.hosts[{k}]");
+            match parse_host(text) {
+                Ok(host) => {
+                    if let Some((first, _)) = hosts.iter().find(|(_, h)| *h == host) {
+                        self.err(
+                            at,
+                            format!("duplicate host `{text}` (also hosts[{first}]): remove one"),
+                        );
+                        ok = false;
+                    } else {
+                        hosts.push((k, host));
+                    }
+                }
+                Err(reason) => {
+                    self.err(at, reason);
+                    ok = false;
+                }
+            }
+        }
+        let prefix = match raw.path_prefix {
+            None => Some("/".to_string()),
+            Some(prefix) => match check_path_prefix(&prefix) {
+                Ok(()) => Some(prefix),
+                Err(reason) => {
+                    self.err(format!("{path}.match.path_prefix"), reason);
+                    None
+                }
+            },
+        };
+        let hosts = ok.then(|| hosts.into_iter().map(|(_, host)| host).collect());
+        (hosts, prefix)
+    }
+}
