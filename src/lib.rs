@@ -4,10 +4,18 @@
 //! `config` (file → validated types) → `snapshot` (everything the request path
 //! reads, published through one `ArcSwap` by `control`) → `server` (listeners,
 //! connection limits, drain) → `proxy` (one request: route, split, forward,
-//! answer errors) → `upstream` (endpoints, pooled connections, balancing).
-//! `routing` holds the pure decisions (which service, which version).
+//! record its one outcome when the response stream ends, answer errors) →
+//! `upstream` (endpoints, pooled connections, balancing).
+//! `routing` holds the pure decisions (which service, which version), `grpc`
+//! the pure reading of gRPC statuses and deadlines, `guard` and `rollout`
+//! the verdicts and steps, `telemetry` the counters, histograms and windows.
 //! `tls` reads certificates and sets up rustls for listeners and upstreams.
-//! Dependencies point one way, from the binary's `cli` down to `config`.
+//! `audit` and `logging` are the structured logs.
+//!
+//! Meant to point one way, from the binary's `cli` down to `config`; today
+//! some edges still point back (`tls` → `reload` and `telemetry`,
+//! `telemetry` → `upstream::error`, `upstream` → `tls`, `config` → `grpc`,
+//! `cli` ↔ `demo`), and nothing checks the order yet.
 
 pub mod admin;
 pub mod audit;

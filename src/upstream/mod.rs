@@ -3,7 +3,8 @@
 //!
 //! An `Endpoint` outlives snapshots: `Registry` hands the same `Arc<Endpoint>` to
 //! every snapshot that names its address, so a reload keeps its warm connections
-//! and its outstanding-request count. May depend on `config` only.
+//! and its outstanding-request count. Depends on `config`, and on `tls` for
+//! connections to TLS endpoints.
 
 pub mod balance;
 pub mod body;
