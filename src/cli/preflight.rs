@@ -126,34 +126,13 @@ fn named_files(config: &Config) -> Vec<String> {
     if let Some(path) = access_log_file(config) {
         add("access_log.path".into(), path);
     }
-    for (i, listener) in config.listeners.iter().enumerate() {
-        let Some(tls) = &listener.tls else { continue };
-        let base = format!("listeners[{i}].tls");
-        let plain = usize::from(tls.certificates.first().is_some_and(|c| c.hosts.is_empty()));
-        for (j, pair) in tls.certificates.iter().enumerate() {
-            let at = if pair.hosts.is_empty() {
-                base.clone()
-            } else {
-                format!("{base}.certificates[{}]", j - plain)
-            };
-            add(format!("{at}.cert"), &pair.cert);
-            add(format!("{at}.key"), &pair.key);
-        }
-        if let Some(ca) = &tls.client_ca {
-            add(format!("{base}.client_ca"), ca);
-        }
-    }
-    for (i, service) in config.services.iter().enumerate() {
-        for (j, version) in service.versions.iter().enumerate() {
-            let Some(tls) = &version.tls else { continue };
-            let base = format!("services[{i}].versions[{j}].tls");
-            if let Some(ca) = &tls.ca {
-                add(format!("{base}.ca"), ca);
+    for file in crate::tls::check::named(config) {
+        match file {
+            crate::tls::check::TlsFile::Pair { cert, key } => {
+                add(cert.0, cert.1);
+                add(key.0, key.1);
             }
-            if let Some((cert, key)) = &tls.client_cert {
-                add(format!("{base}.client_cert"), cert);
-                add(format!("{base}.client_key"), key);
-            }
+            crate::tls::check::TlsFile::Roots(field, path) => add(field, path),
         }
     }
     files

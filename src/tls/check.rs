@@ -13,9 +13,22 @@ pub fn files_now(config: &Config) -> Vec<FileIssue> {
     files(config, SystemTime::now())
 }
 
-/// Every problem with the TLS files of `config`, by field path.
-pub fn files(config: &Config, now: SystemTime) -> Vec<FileIssue> {
-    let mut issues = Vec::new();
+/// A TLS file (or key pair) a config names, with the field path it is
+/// named at.
+pub enum TlsFile<'a> {
+    /// A certificate chain and its private key.
+    Pair {
+        cert: (String, &'a Path),
+        key: (String, &'a Path),
+    },
+    /// Trusted roots: a listener's `client_ca` or a version's `ca`.
+    Roots(String, &'a Path),
+}
+
+/// Every TLS file `config` names, in config order: what `veer check` checks
+/// and what `--offline` says it did not read.
+pub fn named(config: &Config) -> Vec<TlsFile<'_>> {
+    let mut named = Vec::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         let Some(tls) = &listener.tls else { continue };
         let base = format!("listeners[{i}].tls");
@@ -28,15 +41,13 @@ pub fn files(config: &Config, now: SystemTime) -> Vec<FileIssue> {
             } else {
                 format!("{base}.certificates[{}]", j - plain)
             };
-            check_pair(
-                &mut issues,
-                (&format!("{at}.cert"), &pair.cert),
-                (&format!("{at}.key"), &pair.key),
-                now,
-            );
+            named.push(TlsFile::Pair {
+                cert: (format!("{at}.cert"), &pair.cert),
+                key: (format!("{at}.key"), &pair.key),
+            });
         }
         if let Some(ca) = &tls.client_ca {
-            check_roots(&mut issues, &format!("{base}.client_ca"), ca);
+            named.push(TlsFile::Roots(format!("{base}.client_ca"), ca));
         }
     }
     for (i, service) in config.services.iter().enumerate() {
@@ -44,16 +55,28 @@ pub fn files(config: &Config, now: SystemTime) -> Vec<FileIssue> {
             let Some(tls) = &version.tls else { continue };
             let base = format!("services[{i}].versions[{j}].tls");
             if let Some(ca) = &tls.ca {
-                check_roots(&mut issues, &format!("{base}.ca"), ca);
+                named.push(TlsFile::Roots(format!("{base}.ca"), ca));
             }
             if let Some((cert, key)) = &tls.client_cert {
-                check_pair(
-                    &mut issues,
-                    (&format!("{base}.client_cert"), cert),
-                    (&format!("{base}.client_key"), key),
-                    now,
-                );
+                named.push(TlsFile::Pair {
+                    cert: (format!("{base}.client_cert"), cert),
+                    key: (format!("{base}.client_key"), key),
+                });
             }
+        }
+    }
+    named
+}
+
+/// Every problem with the TLS files of `config`, by field path.
+pub fn files(config: &Config, now: SystemTime) -> Vec<FileIssue> {
+    let mut issues = Vec::new();
+    for file in named(config) {
+        match file {
+            TlsFile::Pair { cert, key } => {
+                check_pair(&mut issues, (&cert.0, cert.1), (&key.0, key.1), now);
+            }
+            TlsFile::Roots(field, path) => check_roots(&mut issues, &field, path),
         }
     }
     issues
