@@ -11,9 +11,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prometheus_parse::{Scrape, Value};
 use support::client::{get, http1_client, raw_exchange, read_until_close, send, HttpClient};
 use support::harness::start_with_admin;
+use support::metrics;
 use support::upstream::Upstream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -64,22 +64,11 @@ impl Fixture {
     }
 
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let answer = send(
-            &self.client,
-            get(&format!("http://{}/metrics", self.admin), None),
+        metrics::sum(
+            &metrics::scrape(&self.client, self.admin).await,
+            name,
+            labels,
         )
-        .await;
-        let scrape = Scrape::parse(answer.text().lines().map(|l| Ok(l.to_string())))
-            .expect("Prometheus text");
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
     }
 
     async fn errors_in_window(&self) -> u64 {

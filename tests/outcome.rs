@@ -20,9 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::BodyExt;
-use prometheus_parse::{Scrape, Value};
+use prometheus_parse::Scrape;
 use support::client::{empty, full, get, h2c_client, http1_client, send, HttpClient};
 use support::harness::start_with_admin;
+use support::metrics;
 use support::upstream::Upstream;
 use support::{bind_loopback, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,24 +73,12 @@ impl Fixture {
     }
 
     async fn scrape(&self) -> Scrape {
-        let request = get(&format!("http://{}/metrics", self.admin), None);
-        let answer = send(&self.client, request).await;
-        assert_eq!(answer.status, 200);
-        Scrape::parse(answer.text().lines().map(|l| Ok(l.to_string()))).expect("Prometheus text")
+        metrics::scrape(&self.client, self.admin).await
     }
 
     /// The sum of `name`'s samples whose labels include `labels`.
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.scrape()
-            .await
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+        metrics::sum(&self.scrape().await, name, labels)
     }
 
     async fn window(&self, version: &str) -> serde_json::Value {

@@ -10,6 +10,7 @@
 //! - [`binary`]: runs the real `veer` binary on a temp config and reads its
 //!   `veer: listener ...` lines.
 //! - [`harness`]: starts the proxy in-process.
+//! - [`metrics`]: `/metrics` parsed as Prometheus text.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
@@ -18,6 +19,7 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod harness;
+pub mod metrics;
 pub mod raw;
 pub mod upstream;
 
