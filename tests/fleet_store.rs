@@ -256,11 +256,13 @@ async fn a_value_veer_cannot_read_is_ignored_and_keys_outside_the_prefix_untouch
     let prefix = "/veer/test-f";
     let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
         .await
-        .unwrap();
+        .expect("etcd answers");
     raw.put(format!("{prefix}/state/broken"), "{not json", None)
         .await
-        .unwrap();
-    raw.put("/other/app/key", "theirs", None).await.unwrap();
+        .expect("etcd answers");
+    raw.put("/other/app/key", "theirs", None)
+        .await
+        .expect("etcd answers");
     let (mut a, warning) = Replica::open(
         settings(vec![etcd.endpoint()], prefix),
         PersistedState::default(),
@@ -275,18 +277,18 @@ async fn a_value_veer_cannot_read_is_ignored_and_keys_outside_the_prefix_untouch
     .await;
     raw.put(format!("{prefix}/state/shop"), "[1,2", None)
         .await
-        .unwrap();
+        .expect("etcd answers");
     a.change("cart", |s| s.latches.push(latch("canary", "v2")));
     b.until("a good write after a bad one", |l| {
         latched(l, "cart", "canary")
     })
     .await;
-    let other = raw.get("/other/app/key", None).await.unwrap();
+    let other = raw.get("/other/app/key", None).await.expect("etcd answers");
     assert_eq!(other.kvs()[0].value(), b"theirs");
     let broken = raw
         .get(format!("{prefix}/state/broken"), None)
         .await
-        .unwrap();
+        .expect("etcd answers");
     assert_eq!(
         broken.kvs()[0].value(),
         b"{not json",
