@@ -246,22 +246,28 @@ mod tests {
         assert!(check_etcd_endpoint("http://127.0.0.1:2379").is_ok());
         assert!(check_etcd_endpoint("https://etcd-0.etcd:2379").is_ok());
         assert!(check_etcd_endpoint("127.0.0.1:2379")
-            .unwrap_err()
+            .expect_err("refused")
             .contains("no http://"));
         assert!(check_etcd_endpoint("http://etcd")
-            .unwrap_err()
+            .expect_err("refused")
             .contains("needs a host and a port"));
         assert!(check_etcd_endpoint("http://etcd:2379/v3")
-            .unwrap_err()
+            .expect_err("refused")
             .contains("has a path"));
     }
 
     #[test]
     fn prefixes() {
         assert!(check_prefix("/veer/prod").is_ok());
-        assert!(check_prefix("veer").unwrap_err().contains("start with"));
-        assert!(check_prefix("/veer/").unwrap_err().contains("ends with"));
-        assert!(check_prefix("/").unwrap_err().contains("its own"));
-        assert!(check_prefix("/a b").unwrap_err().contains("spaces"));
+        assert!(check_prefix("veer")
+            .expect_err("refused")
+            .contains("start with"));
+        assert!(check_prefix("/veer/")
+            .expect_err("refused")
+            .contains("ends with"));
+        assert!(check_prefix("/").expect_err("refused").contains("its own"));
+        assert!(check_prefix("/a b")
+            .expect_err("refused")
+            .contains("spaces"));
     }
 }
