@@ -149,6 +149,7 @@ impl Control {
         };
         state.persist();
         let first = state.build();
+        telemetry.retain(first.present());
         Control {
             published: Arc::new(ArcSwap::from_pointee(first)),
             telemetry,
@@ -638,6 +639,7 @@ impl Control {
     fn publish(&self, state: &mut State) {
         let snapshot = Arc::new(state.build());
         let previous = self.published.swap(Arc::clone(&snapshot));
+        self.telemetry.retain(snapshot.present());
         // A version that just lost its last endpoint in service, and had
         // traffic, had its share moved to the baseline: count it.
         for (service, before) in snapshot.services.iter().zip(&previous.services) {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::Method;
-use metrics::Counter;
+use super::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
