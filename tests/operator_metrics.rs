@@ -430,7 +430,11 @@ async fn a_reload_drops_every_series_of_a_removed_version_and_endpoint() {
         .iter()
         .map(|s| &s.metric)
         .collect();
-    assert!(left.is_empty(), "canary series left: {left:?}\n{}", after.text);
+    assert!(
+        left.is_empty(),
+        "canary series left: {left:?}\n{}",
+        after.text
+    );
     let left: Vec<_> = labelled(&after, "endpoint", &spare_endpoint)
         .iter()
         .map(|s| &s.metric)

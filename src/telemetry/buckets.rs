@@ -97,7 +97,7 @@ const INTERVALS: [(u64, u64); EDGES] = {
             BEYOND[i - BOUNDS.len()].as_nanos() as u64
         };
         assert!(high > low);
-        assert!((high - low) % SUB as u64 == 0);
+        assert!((high - low).is_multiple_of(SUB as u64));
         out[i] = (low, (high - low) / SUB as u64);
         low = high;
         i += 1;

@@ -277,8 +277,7 @@ impl VersionStats {
         }
         // One bucket search serves the histogram and the window.
         let bucket = Bucket::of(outcome.latency);
-        series.duration.record_in(bucket, outcome.latency);
-        series.full_duration.record(outcome.total);
+        series.record_durations(bucket, outcome.latency, outcome.total);
         let error = outcome.is_error();
         self.window.record_in(elapsed, bucket, error);
         if let Some(call) = outcome.grpc {

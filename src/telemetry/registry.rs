@@ -20,10 +20,11 @@ use std::fmt::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use http::StatusCode;
 
-use super::buckets::LatencyBuckets;
+use super::buckets::{Bucket, LatencyBuckets};
 use super::exposition::{Family, FamilyWriter, Kind};
 use super::ClientFault;
 use crate::grpc;
@@ -141,9 +142,9 @@ pub struct VersionSeries {
     client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
     failures: [AtomicU64; FAILURE_REASONS.len()],
     /// `veer_request_duration_seconds`.
-    pub(super) duration: LatencyBuckets,
+    duration: LatencyBuckets,
     /// `veer_response_duration_seconds`.
-    pub(super) full_duration: LatencyBuckets,
+    full_duration: LatencyBuckets,
     /// `veer_grpc_responses_total` by `grpc::outcome_index`, allocated on
     /// first use so a version that serves no gRPC exports none.
     grpc_codes: OnceLock<Box<[AtomicU64]>>,
@@ -207,6 +208,14 @@ impl VersionSeries {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records both durations of one request: to the head (already mapped
+    /// to its bucket, which the window takes too) and to the end.
+    #[inline]
+    pub fn record_durations(&self, head: Bucket, latency: Duration, total: Duration) {
+        self.duration.record_in(head, latency);
+        self.full_duration.record(total);
+    }
+
     #[inline]
     pub fn count_failure(&self, reason: FailureReason) {
         self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
@@ -236,7 +245,11 @@ impl VersionSeries {
             Some(i) => {
                 self.trips[i].fetch_add(1, Ordering::Relaxed);
             }
-            None => *lock(&self.other_trips).entry(reason.to_string()).or_default() += 1,
+            None => {
+                *lock(&self.other_trips)
+                    .entry(reason.to_string())
+                    .or_default() += 1
+            }
         }
     }
 
@@ -374,7 +387,9 @@ impl Registry {
     }
 
     pub fn access_log_dropped(&self) -> Counter {
-        self.access_log_dropped.get_or_init(Counter::default).clone()
+        self.access_log_dropped
+            .get_or_init(Counter::default)
+            .clone()
     }
 
     /// Keeps the series of the versions, endpoints and services in
@@ -388,6 +403,13 @@ impl Registry {
             .map(|p| ((p.service, p.version), p))
             .collect();
         let mut inner = lock(&self.inner);
+        // Normally the snapshot's build created them already.
+        for (service, version) in present.keys() {
+            inner
+                .versions
+                .entry((service.to_string(), version.to_string()))
+                .or_default();
+        }
         inner.versions.retain(|(service, version), series| {
             let Some(p) = present.get(&(service.as_str(), version.as_str())) else {
                 series.retired.store(true, Ordering::Relaxed);
@@ -402,25 +424,6 @@ impl Registry {
             }
             true
         });
-        for ((service, version), p) in &present {
-            if !inner
-                .versions
-                .contains_key(&(service.to_string(), version.to_string()))
-            {
-                let series = VersionSeries::default();
-                series.judged.store(p.judged, Ordering::Relaxed);
-                series.ejects.store(p.ejects, Ordering::Relaxed);
-                *lock(&series.endpoints) = p
-                    .endpoints
-                    .iter()
-                    .map(|addr| (*addr, Arc::default()))
-                    .collect();
-                inner.versions.insert(
-                    (service.to_string(), version.to_string()),
-                    Arc::new(series),
-                );
-            }
-        }
         // Every service exports its step: 0 without a rollout (also once the
         // rollout block is removed); the snapshot's writer sets the others.
         inner
@@ -636,7 +639,10 @@ impl Registry {
 
         let mut f = FamilyWriter::new(out, TLS_HANDSHAKE_FAILURES);
         for ((listener, reason), count) in &tls_failures {
-            f.counter(&[("listener", listener.as_str()), ("reason", reason)], count.get())?;
+            f.counter(
+                &[("listener", listener.as_str()), ("reason", reason)],
+                count.get(),
+            )?;
         }
         f.finish()?;
 
