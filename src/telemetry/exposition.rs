@@ -28,22 +28,22 @@ impl Kind {
 
 /// A metric family: its name, type and `# HELP` text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Family {
-    pub name: &'static str,
+pub struct Family<'a> {
+    pub name: &'a str,
     pub kind: Kind,
-    pub help: &'static str,
+    pub help: &'a str,
 }
 
 /// Writes one family's samples, its `# HELP` and `# TYPE` first, and only if
 /// it has a sample at all (as Prometheus exporters do: no empty families).
 pub struct FamilyWriter<'a, W: Write> {
     out: &'a mut W,
-    family: Family,
+    family: Family<'a>,
     started: bool,
 }
 
 impl<'a, W: Write> FamilyWriter<'a, W> {
-    pub fn new(out: &'a mut W, family: Family) -> Self {
+    pub fn new(out: &'a mut W, family: Family<'a>) -> Self {
         FamilyWriter {
             out,
             family,
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::telemetry::buckets::LatencyBuckets;
 
-    const LATENCY: Family = Family {
+    const LATENCY: Family<'static> = Family {
         name: "test_latency_seconds",
         kind: Kind::Histogram,
         help: "A test family.",

@@ -29,6 +29,7 @@ pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod operator;
+mod process;
 pub mod registry;
 pub mod window;
 

@@ -676,7 +676,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const fn counter(name: &'static str, help: &'static str) -> Family {
+const fn counter(name: &'static str, help: &'static str) -> Family<'static> {
     Family {
         name,
         kind: Kind::Counter,
@@ -684,7 +684,7 @@ const fn counter(name: &'static str, help: &'static str) -> Family {
     }
 }
 
-const fn gauge(name: &'static str, help: &'static str) -> Family {
+const fn gauge(name: &'static str, help: &'static str) -> Family<'static> {
     Family {
         name,
         kind: Kind::Gauge,
@@ -692,65 +692,65 @@ const fn gauge(name: &'static str, help: &'static str) -> Family {
     }
 }
 
-const RELOADS: Family = counter("veer_config_reloads_total", "Config reloads, by result.");
-const UNROUTED: Family = counter(
+const RELOADS: Family<'static> = counter("veer_config_reloads_total", "Config reloads, by result.");
+const UNROUTED: Family<'static> = counter(
     "veer_unrouted_requests_total",
     "Requests that matched no service (answered 404).",
 );
-const ACCESS_LOG_DROPPED: Family = counter(
+const ACCESS_LOG_DROPPED: Family<'static> = counter(
     "veer_access_log_dropped_total",
     "Access log lines dropped because the writer fell behind.",
 );
-const REQUESTS: Family = counter(
+const REQUESTS: Family<'static> = counter(
     "veer_requests_total",
     "Requests served per version, by the exact status of the answer, counted when the response stream ends.",
 );
-const CLIENT_ABORTS: Family = counter(
+const CLIENT_ABORTS: Family<'static> = counter(
     "veer_client_aborts_total",
     "Requests the client broke or abandoned (malformed body, aborted upload, disconnect before the response ended); never a version's error.",
 );
-const UPSTREAM_FAILURES: Family = counter(
+const UPSTREAM_FAILURES: Family<'static> = counter(
     "veer_upstream_failures_total",
     "Failed upstream attempts per version, by reason.",
 );
-const GRPC_RESPONSES: Family = counter(
+const GRPC_RESPONSES: Family<'static> = counter(
     "veer_grpc_responses_total",
     "gRPC calls per version, by the grpc-status they ended with (NO_STATUS: none).",
 );
-const VERSION_WEIGHT: Family = gauge(
+const VERSION_WEIGHT: Family<'static> = gauge(
     "veer_version_weight",
     "The weight in force for each version.",
 );
-const VERSION_UNAVAILABLE: Family = counter(
+const VERSION_UNAVAILABLE: Family<'static> = counter(
     "veer_version_unavailable_total",
     "Times a version was left with no endpoint in service (its share went to the baseline).",
 );
-const GUARD_TRIPS: Family = counter(
+const GUARD_TRIPS: Family<'static> = counter(
     "veer_guard_trips_total",
     "Versions the guard (or an operator) rolled back, by reason.",
 );
-const ENDPOINT_HEALTHY: Family = gauge(
+const ENDPOINT_HEALTHY: Family<'static> = gauge(
     "veer_endpoint_healthy",
     "1 when the endpoint may take requests (probes pass, not ejected).",
 );
-const ENDPOINT_EJECTIONS: Family = counter(
+const ENDPOINT_EJECTIONS: Family<'static> = counter(
     "veer_endpoint_ejections_total",
     "Passive ejections of endpoints that failed on real traffic.",
 );
-const ROLLOUT_STEP: Family = gauge(
+const ROLLOUT_STEP: Family<'static> = gauge(
     "veer_rollout_step",
     "The rollout's current step, 1-based (0: no rollout).",
 );
-const TLS_HANDSHAKE_FAILURES: Family = counter(
+const TLS_HANDSHAKE_FAILURES: Family<'static> = counter(
     "veer_tls_handshake_failures_total",
     "Client TLS handshakes that failed, per listener and reason.",
 );
-pub(super) const REQUEST_DURATION: Family = Family {
+pub(super) const REQUEST_DURATION: Family<'static> = Family {
     name: "veer_request_duration_seconds",
     kind: Kind::Histogram,
     help: "From a request's arrival to the upstream's response head.",
 };
-pub(super) const RESPONSE_DURATION: Family = Family {
+pub(super) const RESPONSE_DURATION: Family<'static> = Family {
     name: "veer_response_duration_seconds",
     kind: Kind::Histogram,
     help: "From a request's arrival to the end of the response stream (body and trailers, or its failure).",
