@@ -169,6 +169,13 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         ),
         NOT_AFTER as f64
     );
+    assert_eq!(
+        m.one(
+            "veer_tls_handshake_failures_total",
+            &[("listener", "secure"), ("reason", "timeout")]
+        ),
+        0.0
+    );
     // Rare counters, at 0 before anything happened; none for the baseline.
     let canary_labels = [("service", "web"), ("version", "canary")];
     for reason in ["error_rate", "latency", "manual"] {
@@ -331,6 +338,11 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         1.0
     );
     assert!(m.all("veer_tls_certificate_expiry_seconds", &[]).is_empty());
+    assert!(
+        m.all("veer_tls_handshake_failures_total", &[]).is_empty(),
+        "{}",
+        m.text
+    );
     assert_eq!(
         m.one(
             "veer_version_weight_percent",

@@ -32,7 +32,7 @@ pub fn render(control: &Control) -> String {
         .map(|l| l.name.clone())
         .collect();
     let listeners: Vec<&str> = listeners.iter().map(String::as_str).collect();
-    telemetry.operator().retain_listeners(&listeners);
+    telemetry.retain_listeners(&listeners);
 
     let mut text = telemetry.render();
 

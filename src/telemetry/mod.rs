@@ -149,6 +149,13 @@ impl Telemetry {
         self.registry.retain(present);
     }
 
+    /// Drops the series of listeners (and their certificates) that are no
+    /// longer configured.
+    pub fn retain_listeners(&self, configured: &[&str]) {
+        self.registry.retain_listeners(configured);
+        self.operator.retain_listeners(configured);
+    }
+
     pub fn count_reload(&self, success: bool) {
         self.registry.reloads(success).increment(1);
     }

@@ -438,6 +438,13 @@ impl Registry {
         }
     }
 
+    /// Drops the TLS handshake counters of listeners no longer configured.
+    pub fn retain_listeners(&self, configured: &[&str]) {
+        lock(&self.inner)
+            .tls_failures
+            .retain(|(listener, _), _| configured.contains(&listener.as_str()));
+    }
+
     /// Writes every series as Prometheus text.
     pub fn render_into<W: Write>(&self, out: &mut W) -> fmt::Result {
         let (versions, rollout_steps, tls_failures) = {
