@@ -762,3 +762,181 @@ pub(super) const RESPONSE_DURATION: Family<'static> = Family {
     kind: Kind::Histogram,
     help: "From a request's arrival to the end of the response stream (body and trailers, or its failure).",
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn present<'a>(service: &'a str, version: &'a str, endpoints: &[u16]) -> Present<'a> {
+        Present {
+            service,
+            version,
+            judged: true,
+            ejects: true,
+            rollout: false,
+            endpoints: endpoints.iter().map(|&p| addr(p)).collect(),
+        }
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        registry.render_into(&mut text).expect("render");
+        // Every rendering must parse, whatever it holds.
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("does not parse ({e}):\n{text}"));
+        text
+    }
+
+    #[test]
+    fn rare_statuses_appear_once_seen_in_code_order() {
+        let registry = Registry::default();
+        let series = registry.version("web", "stable");
+        for code in [200, 299, 200, 599] {
+            series.count_status(StatusCode::from_u16(code).expect("status"));
+        }
+        let text = render(&registry);
+        let codes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("veer_requests_total{"))
+            .map(|l| {
+                l.split("code=\"")
+                    .nth(1)
+                    .unwrap_or("")
+                    .get(..3)
+                    .unwrap_or("")
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "200", "201", "204", "299", "301", "302", "304", "400", "401", "403", "404", "500",
+                "502", "503", "504", "599"
+            ]
+        );
+        assert!(text
+            .contains("veer_requests_total{service=\"web\",version=\"stable\",code=\"200\"} 2\n"));
+        assert!(text
+            .contains("veer_requests_total{service=\"web\",version=\"stable\",code=\"599\"} 1\n"));
+        assert!(!text.contains("code=\"100\""), "{text}");
+    }
+
+    #[test]
+    fn grpc_codes_appear_only_once_seen() {
+        let registry = Registry::default();
+        let series = registry.version("rpc", "v1");
+        assert!(!render(&registry).contains("veer_grpc_responses_total"));
+        series.count_grpc(Some(grpc::Code::Unavailable));
+        series.count_grpc(None);
+        let text = render(&registry);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("veer_grpc_responses_total{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(text.contains("grpc_code=\"UNAVAILABLE\"} 1\n"), "{text}");
+        assert!(text.contains("grpc_code=\"NO_STATUS\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn retain_drops_removed_versions_and_endpoints_and_a_return_starts_at_zero() {
+        let registry = Registry::default();
+        let stable = registry.version("web", "stable");
+        let canary = registry.version("web", "canary");
+        registry.retain([
+            present("web", "stable", &[1, 2]),
+            present("web", "canary", &[3]),
+        ]);
+        canary.count_status(StatusCode::OK);
+        stable.count_status(StatusCode::OK);
+        stable.count_ejection(addr(2), "connect");
+        let text = render(&registry);
+        assert!(text.contains("endpoint=\"127.0.0.1:2\",reason=\"connect\"} 1\n"));
+        assert!(text.contains("version=\"canary\""));
+
+        registry.retain([present("web", "stable", &[1])]);
+        assert!(canary.is_retired() && !stable.is_retired());
+        // A request in flight on the removed version counts where no one looks.
+        canary.count_status(StatusCode::OK);
+        let text = render(&registry);
+        assert!(!text.contains("canary"), "{text}");
+        assert!(!text.contains("127.0.0.1:2"), "{text}");
+        assert!(text.contains("endpoint=\"127.0.0.1:1\""), "{text}");
+        assert!(text
+            .contains("veer_requests_total{service=\"web\",version=\"stable\",code=\"200\"} 1\n"));
+
+        registry.retain([
+            present("web", "stable", &[1]),
+            present("web", "canary", &[3]),
+        ]);
+        let back = registry.version("web", "canary");
+        assert!(!Arc::ptr_eq(&back, &canary));
+        let text = render(&registry);
+        assert!(
+            text.contains(
+                "veer_requests_total{service=\"web\",version=\"canary\",code=\"200\"} 0\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rare_counters_are_declared_only_where_they_can_count() {
+        let registry = Registry::default();
+        let mut baseline = present("web", "stable", &[1]);
+        baseline.judged = false;
+        baseline.ejects = false;
+        registry.retain([baseline.clone(), present("web", "canary", &[3])]);
+        let text = render(&registry);
+        let trips = |version: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("veer_guard_trips_total{")
+                        && l.contains(&format!("version=\"{version}\""))
+                })
+                .count()
+        };
+        assert_eq!(trips("canary"), TRIP_REASONS.len(), "{text}");
+        assert_eq!(trips("stable"), 0, "{text}");
+        let ejections = |endpoint: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("veer_endpoint_ejections_total{")
+                        && l.contains(&format!("endpoint=\"{endpoint}\""))
+                })
+                .count()
+        };
+        assert_eq!(ejections("127.0.0.1:3"), EJECTION_REASONS.len());
+        assert_eq!(ejections("127.0.0.1:1"), 0);
+        // A count under a reason veer does not know yet is still exported.
+        let stable = registry.version("web", "stable");
+        stable.count_trip("something_new");
+        stable.count_ejection(addr(1), "something_new");
+        let text = render(&registry);
+        assert!(text.contains("version=\"stable\",reason=\"something_new\"} 1\n"));
+        assert!(text.contains("endpoint=\"127.0.0.1:1\",reason=\"something_new\"} 1\n"));
+        // Every service has a rollout step; 0 without a rollout.
+        assert!(
+            text.contains("veer_rollout_step{service=\"web\"} 0\n"),
+            "{text}"
+        );
+        registry.retain_listeners(&[]);
+    }
+
+    #[test]
+    fn tls_counters_of_a_removed_listener_go() {
+        let registry = Registry::default();
+        registry
+            .tls_handshake_failures("secure", "timeout")
+            .increment(2);
+        registry.tls_handshake_failures("other", "timeout");
+        assert!(render(&registry).contains("listener=\"secure\",reason=\"timeout\"} 2\n"));
+        registry.retain_listeners(&["other"]);
+        let text = render(&registry);
+        assert!(!text.contains("secure"), "{text}");
+        assert!(text.contains("listener=\"other\""), "{text}");
+    }
+}
