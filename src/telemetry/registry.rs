@@ -923,7 +923,6 @@ mod tests {
             text.contains("veer_rollout_step{service=\"web\"} 0\n"),
             "{text}"
         );
-        registry.retain_listeners(&[]);
     }
 
     #[test]
