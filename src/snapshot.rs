@@ -206,13 +206,13 @@ impl Snapshot {
                         );
                         stats.set_weight(weight);
                         for endpoint in &all[v] {
-                            telemetry
-                                .endpoint_gauge(&service.name, &version.name, endpoint.addr())
-                                .set(if endpoint.health.available(now_ms) {
+                            stats.endpoint_healthy(endpoint.addr()).set(
+                                if endpoint.health.available(now_ms) {
                                     1.0
                                 } else {
                                     0.0
-                                });
+                                },
+                            );
                         }
                         Arc::new(VersionSnapshot {
                             stats,

@@ -168,18 +168,6 @@ impl Telemetry {
         }
     }
 
-    /// `veer_endpoint_healthy` for one endpoint (cold path: resolved here).
-    pub fn endpoint_gauge(
-        &self,
-        service: &str,
-        version: &str,
-        endpoint: std::net::SocketAddr,
-    ) -> Gauge {
-        self.registry
-            .version(service, version)
-            .endpoint_healthy(endpoint)
-    }
-
     /// `veer_version_unavailable_total`: a version lost its last endpoint in
     /// service (its share went to the baseline, if there is one). Cold path.
     pub fn count_share_moved(&self, service: &str, version: &str) {
@@ -323,6 +311,12 @@ impl VersionStats {
 
     pub fn set_weight(&self, weight: u32) {
         self.series.set_weight(weight);
+    }
+
+    /// `veer_endpoint_healthy` of one of this version's endpoints (cold:
+    /// set when a snapshot is built).
+    pub fn endpoint_healthy(&self, endpoint: std::net::SocketAddr) -> Gauge {
+        self.series.endpoint_healthy(endpoint)
     }
 
     pub fn window(&self) -> &Window {
