@@ -8,15 +8,14 @@
 //! regex), cookie and path prefix, first match wins, before sticky users and
 //! weights; a rule to a latched version serves the baseline instead.
 
-mod release_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
-use release_support::{request_with, v, web_yaml, weight, Fixture, SERVICE};
 use serde_json::json;
 use support::client::send;
+use support::release::{request_with, v, web_yaml, weight, Fixture, SERVICE};
 use support::upstream::Upstream;
 
 // ---------------------------------------------------------------- sticky users

@@ -11,6 +11,12 @@
 //!   `veer: listener ...` lines.
 //! - [`harness`]: starts the proxy in-process.
 //! - [`metrics`]: `/metrics` parsed as Prometheus text.
+//! - [`load`]: the load generator: paced or closed-loop GETs, bounded, each
+//!   answer recorded as the caller chooses.
+//! - [`release`]: the release process (rollouts, A/B rules, sticky users,
+//!   `veer wait`): a config for one service `web`, veer in-process with its
+//!   admin API, `/status` reads, the `veer` binary as a CLI.
+//! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
@@ -19,8 +25,11 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod harness;
+pub mod load;
 pub mod metrics;
 pub mod raw;
+pub mod release;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -66,4 +75,3 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
-pub mod tls;
