@@ -232,10 +232,8 @@ async fn usage_errors_exit_64_and_an_unreachable_or_refusing_admin_api_exits_3()
     let (code, out) = wait_code(&["wait", "web", "--admin", "not a url"]).await;
     assert_eq!(code, Some(64), "{out}");
 
-    // Nothing listens on a port just released.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    // Nothing listens there.
+    let closed = support::raw::closed_port();
     let url = format!("http://{closed}");
     let (code, out) = wait_code(&["wait", "web", "--admin", &url, "--timeout", "1m"]).await;
     assert_eq!(code, Some(3), "{out}");

@@ -75,3 +75,16 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A loopback address of this test process's own (`127.A.B.n`, `A.B` from the
+/// process id, never `127.0.0.x`), for a test that must release a port and
+/// count on it staying free: every other test binds `127.0.0.1`, and another
+/// test process (a parallel run of the suite) has another `A.B`, so nothing
+/// else can take a port released here. Each test that needs one uses its own
+/// `n`.
+pub fn own_loopback(n: u8) -> std::net::IpAddr {
+    let pid = std::process::id();
+    let a = 1 + ((pid >> 8) % 254) as u8;
+    let b = (pid & 0xff) as u8;
+    std::net::Ipv4Addr::new(127, a, b, n).into()
+}
