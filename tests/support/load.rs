@@ -165,8 +165,9 @@ impl LoadPlan {
         self
     }
 
-    /// The paced load's requests go through `client` (default: a pooled
-    /// HTTP/1.1 client of its own).
+    /// The requests go through `client` (the paced load's all, the
+    /// keep-alive workers' too); by default a pooled HTTP/1.1 client of the
+    /// load's own (one per worker).
     pub fn client(mut self, client: HttpClient) -> LoadPlan {
         self.client = Some(client);
         self
@@ -215,11 +216,13 @@ impl LoadPlan {
             Shape::Workers { via, pause } => {
                 for (worker, via) in via.iter().copied().enumerate() {
                     let (shared, url, numbered) = (shared.clone(), self.url.clone(), self.numbered);
+                    let shared_client = self.client.clone();
                     let (pause, max_run) = (*pause, self.max_run);
                     tasks.push(tokio::spawn(async move {
-                        let client = match via {
-                            Via::H2c => h2c_client(),
-                            _ => http1_client(),
+                        let client = match (via, &shared_client) {
+                            (Via::H2c, _) => h2c_client(),
+                            (_, Some(client)) => client.clone(),
+                            (_, None) => http1_client(),
                         };
                         while let Some(i) = shared.next(started, max_run) {
                             let url = numbered_url(&url, numbered, worker, i);
