@@ -31,6 +31,7 @@ use support::config::LISTENER;
 use support::harness::start_with_admin;
 use support::load::{status_and_upstream, tally, Load, LoadPlan};
 use support::raw::closed_port;
+use support::release::{admin_of, veer as veer_cli};
 use support::upstream::Upstream;
 use support::{wait_until, within};
 use tokio::sync::watch;
@@ -282,27 +283,6 @@ async fn metric(
 }
 
 // ---------------------------------------------------------------- the binary
-
-/// `veer: admin on ADDR` from the binary's output.
-fn admin_of(veer: &VeerProcess) -> SocketAddr {
-    veer.output()
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("veer: admin on ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no `veer: admin on` line\n{}", veer.output()))
-}
-
-/// Runs `veer ARGS` (bounded), with no admin URL or token from the environment.
-async fn veer_cli(args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .env_remove("VEER_ADMIN")
-        .env_remove("VEER_ADMIN_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    within(LIMIT, &format!("veer {args:?}"), cmd.output())
-        .await
-        .expect("run the veer binary")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -226,14 +226,7 @@ async fn a_candidate_failing_at_step_2_is_rolled_back_veer_wait_exits_1_and_no_s
         + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let waiter = spawn_wait(&f.admin_url(), "90s");
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        RATE,
-        8_000,
-        Duration::from_secs(45),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(RATE, 8_000, Duration::from_secs(45));
 
     let step2 = f
         .wait_web(LIMIT, "the rollout reaches step 2", |w| {
@@ -472,14 +465,7 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_c
     assert_eq!(paused["step"], 1, "{paused:#}");
     let held_at_pause = paused["held_ms"].as_u64().expect("held_ms");
 
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        8_000,
-        Duration::from_secs(45),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(100, 8_000, Duration::from_secs(45));
     // Enough candidate traffic to advance, then a whole hold (and a tick) of
     // the runner's judging: still step 1.
     f.wait_web(LIMIT, "enough candidate requests in the window", |w| {
@@ -575,14 +561,7 @@ async fn manual_weights_end_the_rollout_where_it_stands() {
         guard(NEVER_TRIPS) + &rollout("[10, 50, 100]", "1s", None) + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(40),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(100, 6_000, Duration::from_secs(40));
 
     veer_ok(
         &[
@@ -767,14 +746,7 @@ async fn a_gate_answering_503_holds_the_step_and_200_lets_it_advance() {
         + &rollout("[10, 50, 100]", "500ms", Some(&url))
         + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        8_000,
-        Duration::from_secs(45),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(100, 8_000, Duration::from_secs(45));
 
     let refused = f
         .wait_web(LIMIT, "/status shows the gate's refusal", |w| {

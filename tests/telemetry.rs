@@ -22,6 +22,7 @@ use support::client::{get, http1_client, send, Answer, HttpClient};
 use support::config::LISTENER;
 use support::harness::start_with_admin;
 use support::raw::closed_port;
+use support::release::veer as veer_cli;
 use support::upstream::Upstream;
 use support::within;
 use veer::server::RunningProxy;
@@ -814,19 +815,6 @@ fn admin_of(veer: &VeerProcess) -> SocketAddr {
         .lines()
         .find_map(|line| line.trim().strip_prefix("veer: admin on ")?.parse().ok())
         .unwrap_or_else(|| panic!("no `veer: admin on` line\n{}", veer.output()))
-}
-
-/// Runs `veer ARGS` (bounded), with no admin URL or token from the environment.
-async fn veer_cli(args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_veer"));
-    cmd.args(args)
-        .env_remove("VEER_ADMIN")
-        .env_remove("VEER_ADMIN_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    within(LIMIT, &format!("veer {args:?}"), cmd.output())
-        .await
-        .expect("run the veer binary")
 }
 
 fn text(bytes: &[u8]) -> String {

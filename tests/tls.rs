@@ -475,28 +475,30 @@ fn start_binary(tls: &str, upstream: SocketAddr) -> (VeerProcess, SocketAddr) {
     (veer, addr)
 }
 
-/// Rename-over (certbot, editors): each file replaced by a rename.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_by_rename_under_load_drops_nothing() {
+/// A rotation under load: veer starts on `first` at `cert` and `key`; under
+/// load `renew` puts a second certificate in place, which the watcher must
+/// pick up (new handshakes get it, the log says so); then `break_pair` puts a
+/// key that does not belong to the certificate in place, which is refused
+/// (the log names both files) while the second keeps serving. No request of
+/// the load fails throughout.
+async fn rotation_under_load(
+    ca: &Ca,
+    first: &Leaf,
+    (cert, key): (&Path, &Path),
+    renew: impl FnOnce(&Leaf),
+    break_pair: impl FnOnce(),
+) {
     let upstream = Upstream::start("stable").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new("veer test root");
-    let first = ca.leaf(&["app.test"]);
-    let (cert, key) = first.write(dir.path(), "server");
-    let tls = format!("{{ cert: {}, key: {} }}", p(&cert), p(&key));
+    let tls = format!("{{ cert: {}, key: {} }}", p(cert), p(key));
     let (veer, addr) = start_binary(&tls, upstream.addr());
-    let config = client_config(&[&ca], &["h2", "http/1.1"], None);
+    let config = client_config(&[ca], &["h2", "http/1.1"], None);
     assert_eq!(served(addr, &config).await, first.der);
 
     let load = RotationLoad::start(addr, &config);
     load.progress(20).await;
 
     let second = ca.leaf(&["app.test"]);
-    let staging = dir.path().join("staging");
-    std::fs::create_dir(&staging).expect("staging dir");
-    let (new_cert, new_key) = second.write(&staging, "server");
-    std::fs::rename(&new_cert, &cert).expect("rename cert over");
-    std::fs::rename(&new_key, &key).expect("rename key over");
+    renew(&second);
     wait_for_cert(addr, &config, &second).await;
     logged(
         &veer,
@@ -504,10 +506,7 @@ async fn rotation_by_rename_under_load_drops_nothing() {
     )
     .await;
 
-    // A broken pair (a key of another certificate) is refused, as the log
-    // says: the second certificate keeps serving.
-    let stray = ca.leaf(&["app.test"]);
-    std::fs::write(&key, &stray.key_pem).expect("write stray key");
+    break_pair();
     let refused = logged(&veer, &["certificate reload refused"]).await;
     assert!(
         refused.contains(&format!(
@@ -523,12 +522,33 @@ async fn rotation_by_rename_under_load_drops_nothing() {
     load.finish().await;
 }
 
+/// Rename-over (certbot, editors): each file replaced by a rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_rename_under_load_drops_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("veer test root");
+    let first = ca.leaf(&["app.test"]);
+    let (cert, key) = first.write(dir.path(), "server");
+    let renew = |second: &Leaf| {
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).expect("staging dir");
+        let (new_cert, new_key) = second.write(&staging, "server");
+        std::fs::rename(&new_cert, &cert).expect("rename cert over");
+        std::fs::rename(&new_key, &key).expect("rename key over");
+    };
+    // A key of another certificate.
+    let break_pair = || {
+        let stray = ca.leaf(&["app.test"]);
+        std::fs::write(&key, &stray.key_pem).expect("write stray key");
+    };
+    rotation_under_load(&ca, &first, (&cert, &key), renew, break_pair).await;
+}
+
 /// Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data ->
 /// ..TIMESTAMP`, and an update renames a new `..data_tmp` over `..data`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_by_secret_symlink_swap_under_load_drops_nothing() {
     use std::os::unix::fs::symlink;
-    let upstream = Upstream::start("stable").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     std::fs::create_dir(&secret).expect("secret dir");
@@ -545,41 +565,21 @@ async fn rotation_by_secret_symlink_swap_under_load_drops_nothing() {
     publish("..2026_01", &first);
     symlink("..data/tls.crt", secret.join("tls.crt")).expect("tls.crt link");
     symlink("..data/tls.key", secret.join("tls.key")).expect("tls.key link");
-    let tls = format!(
-        "{{ cert: {}, key: {} }}",
-        p(&secret.join("tls.crt")),
-        p(&secret.join("tls.key"))
-    );
-    let (veer, addr) = start_binary(&tls, upstream.addr());
-    let config = client_config(&[&ca], &["h2", "http/1.1"], None);
-    assert_eq!(served(addr, &config).await, first.der);
-
-    let load = RotationLoad::start(addr, &config);
-    load.progress(20).await;
-
-    let second = ca.leaf(&["app.test"]);
-    publish("..2026_02", &second);
-    std::fs::remove_dir_all(secret.join("..2026_01")).expect("remove old version");
-    wait_for_cert(addr, &config, &second).await;
-    let tls_crt = secret.join("tls.crt").display().to_string();
-    logged(&veer, &["certificate reloaded", &tls_crt]).await;
-
-    // And a broken update: certificate and key that do not match.
-    let (third, fourth) = (ca.leaf(&["app.test"]), ca.leaf(&["app.test"]));
-    let broken = Leaf {
-        key_pem: fourth.key_pem.clone(),
-        ..third.clone()
+    let renew = |second: &Leaf| {
+        publish("..2026_02", second);
+        std::fs::remove_dir_all(secret.join("..2026_01")).expect("remove old version");
     };
-    publish("..2026_03", &broken);
-    let refused = logged(&veer, &["certificate reload refused"]).await;
-    assert!(
-        refused.contains("does not belong to the certificate in") && refused.contains(&tls_crt),
-        "{refused}"
-    );
-    assert_eq!(served(addr, &config).await, second.der);
-
-    load.progress(20).await;
-    load.finish().await;
+    // A broken update: certificate and key that do not match.
+    let break_pair = || {
+        let (third, fourth) = (ca.leaf(&["app.test"]), ca.leaf(&["app.test"]));
+        let broken = Leaf {
+            key_pem: fourth.key_pem.clone(),
+            ..third.clone()
+        };
+        publish("..2026_03", &broken);
+    };
+    let (cert, key) = (secret.join("tls.crt"), secret.join("tls.key"));
+    rotation_under_load(&ca, &first, (&cert, &key), renew, break_pair).await;
 }
 
 /// A config reload that names other certificate files applies them to new

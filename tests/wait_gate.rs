@@ -15,10 +15,9 @@ mod support;
 use std::time::Duration;
 
 use support::binary::VeerProcess;
-use support::load::status_and_upstream;
 use support::release;
 use support::release::{
-    admin_of, at, output_text, paced_load, v, veer, veer_ok, web_yaml, weight, Fixture, BIN, LIMIT,
+    admin_of, at, output_text, v, veer, veer_ok, web_yaml, weight, Fixture, BIN, LIMIT,
 };
 use support::upstream::Upstream;
 
@@ -48,14 +47,7 @@ async fn a_trip_after_completion_rolls_the_release_back_and_veer_wait_exits_1() 
         GUARD.to_string() + "    rollout: { candidate: canary, steps: [50, 100], hold: 300ms }\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(50),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(100, 6_000, Duration::from_secs(50));
 
     // At 100 % the last step still holds: in progress before completed.
     let last = f
@@ -134,14 +126,7 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
     let first = f.rollout().await;
     assert_eq!(first["hold_ms"], 200, "{first:#}");
     assert_eq!(first["min_total_ms"], serde_json::Value::Null, "{first:#}");
-    let load = paced_load(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(50),
-    )
-    .start(status_and_upstream);
+    let load = f.paced_load(100, 6_000, Duration::from_secs(50));
     let manual = f
         .wait_web(LIMIT, "the manual step", |w| at(w, 2, "in_progress"))
         .await;

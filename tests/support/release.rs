@@ -19,7 +19,7 @@ use super::binary::VeerProcess;
 use super::client::{empty, full, get, http1_client, send, Answer, HttpClient};
 use super::config::LISTENER;
 use super::harness::start_with_admin;
-use super::load::LoadPlan;
+use super::load::{status_and_upstream, Load, LoadPlan};
 use super::within;
 
 /// Bound on any single wait of these tests (a CLI run, a shutdown, a poll).
@@ -136,6 +136,19 @@ impl Fixture {
 
     pub fn control(&self) -> &veer::control::Control {
         self.running.control()
+    }
+
+    /// [`paced_load`] of `GET /` through the proxy, each answer recorded as
+    /// `"STATUS UPSTREAM"`.
+    pub fn paced_load(&self, rate: u32, max_requests: u64, max_run: Duration) -> Load<String> {
+        paced_load(
+            self.client.clone(),
+            self.url("/"),
+            rate,
+            max_requests,
+            max_run,
+        )
+        .start(status_and_upstream)
     }
 
     /// `GET path` through the proxy with extra headers.
