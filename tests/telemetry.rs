@@ -13,7 +13,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_parse::{LineInfo, Scrape, Value};
@@ -21,6 +20,7 @@ use support::binary::VeerProcess;
 use support::client::{get, http1_client, send, Answer, HttpClient};
 use support::config::LISTENER;
 use support::harness::start_with_admin;
+use support::load::{LoadPlan, Via};
 use support::raw::closed_port;
 use support::release::veer as veer_cli;
 use support::upstream::Upstream;
@@ -245,27 +245,20 @@ async fn fire(
     paths: Vec<String>,
     concurrency: usize,
 ) -> BTreeMap<u16, u64> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = Vec::with_capacity(paths.len());
-    for path in paths {
-        let permit = Arc::clone(&permits)
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let client = fixture.client.clone();
-        let url = format!("http://{}{path}", fixture.proxy);
-        let host = host.to_string();
-        tasks.push(tokio::spawn(async move {
-            let answer = send(&client, get(&url, Some(&host))).await;
-            drop(permit);
-            answer.status.as_u16()
-        }));
-    }
+    let (proxy, host, total) = (fixture.proxy, host.to_string(), paths.len() as u64);
+    let samples = LoadPlan::workers(String::new(), &vec![Via::KeepAlive; concurrency])
+        .client(fixture.client.clone())
+        .max_requests(total)
+        .answer_limit(LIMIT)
+        .request(move |n| get(&format!("http://{proxy}{}", paths[n as usize]), Some(&host)))
+        .start(|reply| reply.map(|answer| answer.status.as_u16()))
+        .join()
+        .await;
     let mut statuses = BTreeMap::new();
-    for task in tasks {
-        let status = within(LIMIT, "scripted request", task)
-            .await
-            .expect("request task");
+    for sample in samples {
+        let status = sample
+            .record
+            .unwrap_or_else(|e| panic!("scripted request {}: {e}", sample.n));
         *statuses.entry(status).or_insert(0) += 1;
     }
     statuses

@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::Request;
 use hyper_util::rt::TokioIo;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::client::{get, h2c_client, http1_client, read_answer, try_send, Answer, HttpClient};
-use super::{wait_until, within, BoxError};
+use super::{wait_until, within, Body, BoxError};
 
 /// How long [`Load::finish`] may take to collect the requests still out.
 const FINISH_LIMIT: Duration = Duration::from_secs(60);
@@ -67,6 +68,8 @@ pub type Reply = Result<Answer, Failure>;
 /// One request of the load, as the caller chose to record it.
 #[derive(Debug, Clone)]
 pub struct Sample<R> {
+    /// The request's number, from 0 in the order they left.
+    pub n: u64,
     /// When the request left.
     pub at: Instant,
     /// The tag when the request left ...
@@ -81,10 +84,14 @@ enum Shape {
     Workers { via: Vec<Via>, pause: Duration },
 }
 
+/// Request number `n` of worker `w`.
+type MakeRequest = Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync>;
+
 /// What to send, how, and for how long; [`LoadPlan::start`] runs it.
 pub struct LoadPlan {
     url: String,
     numbered: bool,
+    make: Option<MakeRequest>,
     shape: Shape,
     client: Option<HttpClient>,
     max_requests: u64,
@@ -115,6 +122,7 @@ impl LoadPlan {
         LoadPlan {
             url,
             numbered: false,
+            make: None,
             shape,
             client: None,
             max_requests: 10_000,
@@ -165,6 +173,16 @@ impl LoadPlan {
         self
     }
 
+    /// Request number `n` is `make(n)` instead of a GET of the plan's URL
+    /// (its URI names the address a new connection goes to).
+    pub fn request(
+        mut self,
+        make: impl Fn(u64) -> Request<Body> + Send + Sync + 'static,
+    ) -> LoadPlan {
+        self.make = Some(Arc::new(move |_, n| make(n)));
+        self
+    }
+
     /// The requests go through `client` (the paced load's all, the
     /// keep-alive workers' too); by default a pooled HTTP/1.1 client of the
     /// load's own (one per worker).
@@ -192,10 +210,14 @@ impl LoadPlan {
         });
         let started = Instant::now();
         let mut tasks = Vec::new();
+        let make = self.make.clone().unwrap_or_else(|| {
+            let (url, numbered) = (self.url.clone(), self.numbered);
+            Arc::new(move |worker, n| get(&numbered_url(&url, numbered, worker, n), None))
+        });
         match &self.shape {
             Shape::Paced { rate } => {
                 let client = self.client.clone().unwrap_or_else(http1_client);
-                let (shared, url, numbered) = (shared.clone(), self.url.clone(), self.numbered);
+                let (shared, make) = (shared.clone(), make.clone());
                 let (rate, max_run) = (*rate, self.max_run);
                 tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -203,10 +225,10 @@ impl LoadPlan {
                     let mut requests = JoinSet::new();
                     while let Some(i) = shared.next(started, max_run) {
                         tick.tick().await;
-                        let url = numbered_url(&url, numbered, 0, i);
+                        let request = make(0, i);
                         let (client, shared) = (client.clone(), shared.clone());
                         requests.spawn(async move {
-                            shared.exchange(Via::KeepAlive, &client, &url).await;
+                            shared.exchange(Via::KeepAlive, &client, i, request).await;
                         });
                         while requests.try_join_next().is_some() {}
                     }
@@ -215,7 +237,7 @@ impl LoadPlan {
             }
             Shape::Workers { via, pause } => {
                 for (worker, via) in via.iter().copied().enumerate() {
-                    let (shared, url, numbered) = (shared.clone(), self.url.clone(), self.numbered);
+                    let (shared, make) = (shared.clone(), make.clone());
                     let shared_client = self.client.clone();
                     let (pause, max_run) = (*pause, self.max_run);
                     tasks.push(tokio::spawn(async move {
@@ -225,8 +247,7 @@ impl LoadPlan {
                             (_, None) => http1_client(),
                         };
                         while let Some(i) = shared.next(started, max_run) {
-                            let url = numbered_url(&url, numbered, worker, i);
-                            shared.exchange(via, &client, &url).await;
+                            shared.exchange(via, &client, i, make(worker, i)).await;
                             if !pause.is_zero() {
                                 tokio::time::sleep(pause).await;
                             }
@@ -273,26 +294,28 @@ impl<R, F: Fn(Reply) -> R> Shared<R, F> {
         Some(i)
     }
 
-    async fn exchange(&self, via: Via, client: &HttpClient, url: &str) {
+    async fn exchange(&self, via: Via, client: &HttpClient, n: u64, request: Request<Body>) {
         // Counted in flight before it leaves, so a request that reaches an
         // upstream later was in flight when the count was read.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let at = Instant::now();
         let before = self.tag.load(Ordering::SeqCst);
+        let uri = request.uri().clone();
         let exchange = async {
             match via {
-                Via::NewConnection => one_connection_get(url).await,
-                _ => try_send(client, get(url, None)).await,
+                Via::NewConnection => one_connection(request).await,
+                _ => try_send(client, request).await,
             }
         };
         let reply = match tokio::time::timeout(self.answer_limit, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(Failure::Error(format!("{via:?} {url}: {e}"))),
+            Ok(Err(e)) => Err(Failure::Error(format!("{via:?} {uri}: {e}"))),
             Err(_) => Err(Failure::NoAnswer),
         };
         let after = self.tag.load(Ordering::SeqCst);
         let record = (self.record)(reply);
         self.samples.lock().expect("samples").push(Sample {
+            n,
             at,
             before,
             after,
@@ -426,10 +449,13 @@ pub fn tally<R: Ord + Clone>(samples: &[Sample<R>]) -> std::collections::BTreeMa
     out
 }
 
-/// One GET on a connection of its own, closed afterwards.
-async fn one_connection_get(url: &str) -> Result<Answer, BoxError> {
-    let uri: http::Uri = url.parse()?;
-    let authority = uri.authority().ok_or("the load's URL has no authority")?;
+/// One request on a connection of its own, closed afterwards.
+async fn one_connection(request: Request<Body>) -> Result<Answer, BoxError> {
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or("the load's URL has no authority")?
+        .clone();
     let addr: SocketAddr = authority.as_str().parse()?;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
@@ -437,7 +463,7 @@ async fn one_connection_get(url: &str) -> Result<Answer, BoxError> {
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let response = sender.send_request(get(url, None)).await?;
+    let response = sender.send_request(request).await?;
     let answer = read_answer(response).await;
     drop(sender);
     let _ = driver.await;
