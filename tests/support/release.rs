@@ -1,7 +1,9 @@
 //! The release process (rollouts, A/B rules, sticky users, `veer wait`): a
 //! config for one service `web`, veer in-process with its admin API, `/status`
 //! reads, the `veer` binary as a CLI, a `/status` watcher whose step can tag
-//! the paced load's answers with what `/status` said while they ran.
+//! the paced load's answers with what `/status` said while they ran, and a
+//! witness rollout whose hold counts the rollout runner's running time, for
+//! tests that must show a rollout did not move when it had the chance.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
