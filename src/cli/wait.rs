@@ -186,7 +186,7 @@ fn timed_out(
     deadline: Option<Instant>,
     started: Instant,
 ) -> Option<Exit> {
-    if !deadline.is_some_and(|d| Instant::now() >= d) {
+    if deadline.is_none_or(|d| Instant::now() < d) {
         return None;
     }
     let waited = human_duration(Instant::now().duration_since(started));

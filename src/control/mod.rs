@@ -24,6 +24,8 @@
 mod actor;
 mod error;
 pub mod overlay;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
