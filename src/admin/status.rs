@@ -125,10 +125,7 @@ pub fn rollout(
         min_remaining_ms: crate::rollout::min_remaining(progress, config).map(millis),
         min_total_ms: crate::rollout::min_total(config).map(millis),
         paused: progress.paused,
-        percent: match progress.outcome {
-            crate::state::RolloutOutcome::Completed => 100,
-            _ => config.percent(progress.step),
-        },
+        percent: crate::rollout::percent(config, progress),
         revision: progress.revision.clone(),
         state: progress.outcome,
         step: progress.step + 1,

@@ -82,6 +82,40 @@ pub fn decide(
     }
 }
 
+/// The progress that applies to `service` as configured now: the one for
+/// its candidate at the candidate's current revision. Progress for another
+/// candidate or revision is history, not in force.
+pub fn current<'a>(
+    service: &crate::config::Service,
+    progress: Option<&'a RolloutProgress>,
+) -> Option<&'a RolloutProgress> {
+    let rollout = service.rollout.as_ref()?;
+    let candidate = service.versions.get(rollout.candidate)?;
+    progress.filter(|p| p.candidate == candidate.name && p.revision == candidate.revision)
+}
+
+/// A new rollout of `candidate` at its revision, at the first step from `now_ms`.
+pub fn start(candidate: &crate::config::Version, now_ms: u64) -> RolloutProgress {
+    RolloutProgress {
+        candidate: candidate.name.clone(),
+        revision: candidate.revision.clone(),
+        step: 0,
+        step_entered_unix_ms: now_ms,
+        held_ms: 0,
+        paused: false,
+        outcome: RolloutOutcome::InProgress,
+    }
+}
+
+/// The candidate's percentage at the rollout's current step (all of it once
+/// completed).
+pub fn percent(rollout: &Rollout, progress: &RolloutProgress) -> u32 {
+    match progress.outcome {
+        RolloutOutcome::Completed => 100,
+        _ => rollout.percent(progress.step),
+    }
+}
+
 /// Why a rollout cannot move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stuck {
