@@ -12,7 +12,7 @@
 //! The state is kept in `Arc`s shared with the published view: a command
 //! copies only the part it changes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,6 +133,8 @@ fn ack<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Ack {
 
 struct Actor {
     config: Arc<Config>,
+    /// Services by name: commands and ticks name services, thousands of them.
+    names: Arc<HashMap<String, usize>>,
     layer: Arc<PersistedState>,
     events: Arc<BTreeMap<String, VecDeque<Event>>>,
     verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
@@ -188,8 +190,10 @@ pub(super) fn spawn(
         },
     );
     let (config, layer) = (Arc::new(config), Arc::new(layer));
+    let names = index(&config);
     let view = ControlView {
         config: Arc::clone(&config),
+        names: Arc::clone(&names),
         layer: Arc::clone(&layer),
         events: Arc::default(),
         verdicts: Arc::default(),
@@ -198,6 +202,7 @@ pub(super) fn spawn(
     };
     let actor = Actor {
         config,
+        names,
         layer,
         events: Arc::default(),
         verdicts: Arc::default(),
@@ -262,6 +267,7 @@ impl Actor {
                 for note in overlay::reconcile(layer, &config, unix_ms()) {
                     tracing::info!("reload: {note}");
                 }
+                self.names = index(&config);
                 self.config = Arc::new(*config);
                 Effect::durable(true, ack(reply, ()))
             }
@@ -344,10 +350,9 @@ impl Actor {
     }
 
     fn service(&self, name: &str) -> Result<&Service, ControlError> {
-        self.config
-            .services
-            .iter()
-            .find(|s| s.name == name)
+        self.names
+            .get(name)
+            .and_then(|&i| self.config.services.get(i))
             .ok_or_else(|| ControlError::NoService(name.to_string()))
     }
 
@@ -476,7 +481,7 @@ impl Actor {
                 );
             }
         }
-        let declared = config.services.iter().find(|s| s.name == service)?;
+        let declared = config.services.get(*self.names.get(service)?)?;
         let weights = overlay::effective_weights(declared, Some(layer));
         Some(Event {
             service: service.to_string(),
@@ -708,6 +713,7 @@ impl Actor {
     fn publish_view(&self) {
         self.view.store(Arc::new(ControlView {
             config: Arc::clone(&self.config),
+            names: Arc::clone(&self.names),
             layer: Arc::clone(&self.layer),
             events: Arc::clone(&self.events),
             verdicts: Arc::clone(&self.verdicts),
@@ -782,6 +788,18 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
                 .collect(),
         }
     })
+}
+
+/// The config's services by name.
+fn index(config: &Config) -> Arc<HashMap<String, usize>> {
+    Arc::new(
+        config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect(),
+    )
 }
 
 async fn next_change(changes: &mut Option<crate::state::Changes>) -> Option<PersistedState> {

@@ -27,7 +27,7 @@ pub mod overlay;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +66,8 @@ pub struct Control {
 #[derive(Debug, Clone)]
 pub struct ControlView {
     config: Arc<Config>,
+    /// The config's services by name.
+    names: Arc<HashMap<String, usize>>,
     layer: Arc<PersistedState>,
     events: Arc<BTreeMap<String, VecDeque<Event>>>,
     /// By service, then version.
@@ -87,7 +89,7 @@ impl ControlView {
 
     /// The rollout progress that applies to `service` now, if any.
     pub fn rollout(&self, service: &str) -> Option<&RolloutProgress> {
-        let declared = self.config.services.iter().find(|s| s.name == service)?;
+        let declared = self.config.services.get(*self.names.get(service)?)?;
         overlay::current_rollout(declared, self.layer.services.get(service))
     }
 
