@@ -2,12 +2,18 @@
 //! to the store.
 //!
 //! The actor takes one command at a time: it changes its state, publishes at
-//! most one snapshot and one view, and hands at most one write to the writer.
-//! A command that must be durable before anyone is told gives the writer its
-//! reply to send once the write finished; the actor goes on with the next
-//! command meanwhile. The writer saves in order and, when writes queue up
-//! behind a slow disk, saves only the newest layer for all of them (each
-//! layer is whole, so the newest contains every earlier change).
+//! most one snapshot, hands at most one write to the writer, and publishes
+//! one view. The snapshot goes out first: traffic leaves a tripped version
+//! at once. A command that must be durable before anyone is told waits for
+//! its write before the view shows it and the caller hears of it, so no
+//! reader (`/status`, a pipeline) learns of a latch a crash could still lose;
+//! commands behind it queue meanwhile, as they queued behind the old lock,
+//! but readers never do. Hold time is the exception: it shows at once and
+//! is written every few seconds without waiting.
+//!
+//! The writer saves in order and, when writes queue up behind a slow disk,
+//! saves only the newest layer for all of them (each layer is whole, so the
+//! newest contains every earlier change).
 //!
 //! The state is kept in `Arc`s shared with the published view: a command
 //! copies only the part it changes.
@@ -95,8 +101,11 @@ pub(super) enum Command {
 struct Effect {
     /// The weights or the config changed: build and publish a snapshot.
     publish: bool,
-    /// The layer changed: write it (the ack, if any, once written).
+    /// The layer changed: write it.
     write: bool,
+    /// Show the change and answer only once the write finished.
+    wait: bool,
+    /// The answer, sent once the view shows the change.
     ack: Option<Ack>,
 }
 
@@ -110,6 +119,7 @@ impl Effect {
         Effect {
             publish,
             write: true,
+            wait: true,
             ack: Some(ack),
         }
     }
@@ -243,10 +253,15 @@ impl Actor {
             if effect.publish {
                 self.publish();
             }
-            self.publish_view();
             if effect.write {
-                self.write(effect.ack);
-            } else if let Some(ack) = effect.ack {
+                let written = self.write();
+                if let (true, Some(written)) = (effect.wait, written) {
+                    // An error is logged by the writer; the change stands.
+                    let _ = written.await;
+                }
+            }
+            self.publish_view();
+            if let Some(ack) = effect.ack {
                 ack();
             }
         }
@@ -285,6 +300,7 @@ impl Actor {
                 Effect {
                     publish: tripped,
                     write: tripped,
+                    wait: tripped,
                     ack: Some(ack(reply, events)),
                 }
             }
@@ -296,6 +312,7 @@ impl Actor {
                     Effect {
                         publish: any,
                         write: any,
+                        wait: any,
                         ack: Some(ack(reply, Ok(events))),
                     }
                 }
@@ -325,9 +342,9 @@ impl Actor {
             Command::AddHolds { holds, reply } => {
                 let held = self.add_holds(&holds);
                 Effect {
-                    publish: false,
                     write: held && self.last_write.elapsed() >= SAVE_HOLDS_EVERY,
                     ack: Some(ack(reply, ())),
+                    ..Effect::none()
                 }
             }
             Command::SetVerdicts(verdicts) => {
@@ -686,28 +703,25 @@ impl Actor {
         self.publish_view();
     }
 
-    fn write(&mut self, ack: Option<Ack>) {
+    /// Hands the layer to the writer; the receiver answers once it is
+    /// stored (`None` without a store: nothing to wait for).
+    fn write(&mut self) -> Option<oneshot::Receiver<()>> {
         self.last_write = Instant::now();
-        let Some(writer) = &self.writer else {
-            if let Some(ack) = ack {
-                ack();
-            }
-            return;
-        };
+        let writer = self.writer.as_ref()?;
+        let (done, written) = oneshot::channel();
         let write = Write {
             layer: Arc::clone(&self.layer),
-            ack,
+            done,
         };
-        if let Err(mpsc::error::SendError(write)) = writer.send(write) {
-            // The writer ended (it never does before the actor): tell the
-            // caller rather than leave it waiting.
+        if writer.send(write).is_err() {
+            // The writer ended (it never does before the actor): nobody
+            // would answer.
             tracing::error!(
                 "the state writer is gone; the change is in force but will not survive a restart"
             );
-            if let Some(ack) = write.ack {
-                ack();
-            }
+            return None;
         }
+        Some(written)
     }
 
     fn publish_view(&self) {
@@ -812,24 +826,24 @@ async fn next_change(changes: &mut Option<crate::state::Changes>) -> Option<Pers
 /// One layer for the writer, and who to tell once it is stored.
 struct Write {
     layer: Arc<PersistedState>,
-    ack: Option<Ack>,
+    done: oneshot::Sender<()>,
 }
 
 /// Saves layers in the order they come; when several wait, only the newest
-/// is saved, and all their callers are told after it.
+/// is saved, and all their senders are told after it.
 async fn write_in_order(store: Arc<dyn Store>, mut writes: mpsc::UnboundedReceiver<Write>) {
     while let Some(first) = writes.recv().await {
         let mut layer = first.layer;
-        let mut acks: Vec<Ack> = first.ack.into_iter().collect();
+        let mut waiting = vec![first.done];
         while let Ok(next) = writes.try_recv() {
             layer = next.layer;
-            acks.extend(next.ack);
+            waiting.push(next.done);
         }
         if let Err(err) = store.save(layer).await {
             tracing::error!("{err}; the change is in force but will not survive a restart");
         }
-        for ack in acks {
-            ack();
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 }
