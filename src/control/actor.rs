@@ -249,7 +249,24 @@ impl Actor {
             };
             // Every handle is gone: the process is ending.
             let Some(command) = command else { return };
-            let effect = self.apply(command);
+            // A bug in one command must not end the control plane (no more
+            // trips, no reloads) while the request path goes on: the caller
+            // hears nothing (its reply is dropped) and the next command runs.
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(command)));
+            let effect = match applied {
+                Ok(effect) => effect,
+                Err(_) => {
+                    tracing::error!(
+                        "a control command failed (a bug in veer, the panic is logged above); \
+                         the change it was making may be in force in part"
+                    );
+                    Effect {
+                        publish: true,
+                        ..Effect::none()
+                    }
+                }
+            };
             if effect.publish {
                 self.publish();
             }

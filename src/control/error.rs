@@ -63,9 +63,12 @@ pub enum ControlError {
         service: String,
         outcome: RolloutOutcome,
     },
-    /// The control task is gone (the process is shutting down): nothing was
-    /// changed (500).
-    #[error("veer's control task has stopped (veer is shutting down); nothing was changed")]
+    /// The control task gave no answer: the process is shutting down, or
+    /// the command failed on a bug (500).
+    #[error(
+        "veer's control task gave no answer (veer is shutting down, or the command failed: \
+         see veer's log); check `veer status` before trying again"
+    )]
     Stopped,
 }
 
@@ -135,7 +138,7 @@ mod tests {
             (
                 ControlError::Stopped,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "nothing was changed",
+                "check `veer status` before trying again",
             ),
         ];
         for (error, status, words) in cases {
