@@ -38,6 +38,19 @@ pub struct Loaded {
 }
 
 /// Where the run-time layer (weights, latches, rollout progress) lives.
+///
+/// What an implementation owes the control task:
+/// - `load` finishes before veer serves: a replica must not send traffic a
+///   fleet has rolled back. A store whose backend is away loads what it can
+///   (a local copy) and says so in a warning rather than failing.
+/// - `save` is called one at a time, in order, and the control task waits
+///   for it before it tells anyone of a trip or a rollback; so it must not
+///   hang on a backend that is away: keep the layer locally, return, and
+///   catch the backend up later.
+/// - A shared store merges a concurrent writer's layer with ours itself
+///   (a latch is never dropped by a merge), and hands what others wrote to
+///   `changes`; the control task reconciles it with its config and does not
+///   write it back.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads the layer. An error means veer must not start on this store (it
     /// could neither read nor set aside what it holds).
