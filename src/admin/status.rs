@@ -109,6 +109,7 @@ pub fn rollout(
     config: Option<&crate::config::Rollout>,
 ) -> Option<RolloutReport> {
     let (config, progress) = (config?, view.rollout(service)?);
+    let progress = &progress;
     let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     // `None` for a manual step: it waits for `veer promote`, not for time.
     let hold_ms = match config.steps.get(progress.step).map(|s| s.hold) {

@@ -85,7 +85,7 @@ pub(super) enum Command {
         reply: Reply<RolloutProgress>,
     },
     AddHolds {
-        holds: Vec<(String, Duration)>,
+        holds: Vec<(Arc<str>, Duration)>,
         reply: oneshot::Sender<()>,
     },
     SetVerdicts(Vec<(String, String, String)>),
@@ -143,6 +143,11 @@ fn ack<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Ack {
 
 struct Actor {
     config: Arc<Config>,
+    /// Hold time added since it was last folded into `layer`, per service.
+    /// A rollout tick touches every service ten times a second; a map of
+    /// counters is cheap to copy for the view, the whole layer is not. Folded
+    /// in before any other command reads or writes the layer.
+    holds: Arc<HashMap<Arc<str>, u64>>,
     /// Services by name: commands and ticks name services, thousands of them.
     names: Arc<HashMap<String, usize>>,
     layer: Arc<PersistedState>,
@@ -202,6 +207,7 @@ pub(super) fn spawn(
     let (config, layer) = (Arc::new(config), Arc::new(layer));
     let names = index(&config);
     let view = ControlView {
+        holds: Arc::default(),
         config: Arc::clone(&config),
         names: Arc::clone(&names),
         layer: Arc::clone(&layer),
@@ -211,6 +217,7 @@ pub(super) fn spawn(
         last_reload: None,
     };
     let actor = Actor {
+        holds: Arc::default(),
         config,
         names,
         layer,
@@ -285,6 +292,16 @@ impl Actor {
     }
 
     fn apply(&mut self, command: Command) -> Effect {
+        if !matches!(
+            command,
+            Command::AddHolds { .. }
+                | Command::SetVerdicts(_)
+                | Command::SetGates(_)
+                | Command::RecordReload { .. }
+                | Command::Republish
+        ) {
+            self.fold_holds();
+        }
         match command {
             Command::SetWeights {
                 service,
@@ -358,8 +375,12 @@ impl Actor {
             },
             Command::AddHolds { holds, reply } => {
                 let held = self.add_holds(&holds);
+                let write = held && self.last_write.elapsed() >= SAVE_HOLDS_EVERY;
+                if write {
+                    self.fold_holds();
+                }
                 Effect {
-                    write: held && self.last_write.elapsed() >= SAVE_HOLDS_EVERY,
+                    write,
                     ack: Some(ack(reply, ())),
                     ..Effect::none()
                 }
@@ -682,36 +703,53 @@ impl Actor {
     }
 
     /// Whether any rollout took the time.
-    fn add_holds(&mut self, holds: &[(String, Duration)]) -> bool {
-        let running: Vec<(&str, Duration)> = holds
-            .iter()
-            .filter(|(service, _)| {
-                self.service(service).is_ok_and(|declared| {
-                    overlay::current_rollout(declared, self.layer.services.get(service))
-                        .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
-                })
+    fn add_holds(&mut self, holds: &[(Arc<str>, Duration)]) -> bool {
+        let running = |service: &str| {
+            self.service(service).is_ok_and(|declared| {
+                overlay::current_rollout(declared, self.layer.services.get(service))
+                    .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
             })
-            .map(|(service, held)| (service.as_str(), *held))
+        };
+        let running: Vec<(&Arc<str>, u64)> = holds
+            .iter()
+            .filter(|(service, _)| running(service))
+            .map(|(service, held)| (service, u64::try_from(held.as_millis()).unwrap_or(u64::MAX)))
             .collect();
         if running.is_empty() {
             return false;
         }
-        let layer = Arc::make_mut(&mut self.layer);
+        let extra = Arc::make_mut(&mut self.holds);
         for (service, held) in running {
-            if let Some(progress) = layer
-                .services
-                .get_mut(service)
-                .and_then(|own| own.rollout.as_mut())
-            {
-                *progress = crate::rollout::hold(progress, held);
-            }
+            let total = extra.entry(Arc::clone(service)).or_default();
+            *total = total.saturating_add(held);
         }
         true
+    }
+
+    /// Moves the hold time kept aside into the layer's rollout progress.
+    fn fold_holds(&mut self) {
+        if self.holds.is_empty() {
+            return;
+        }
+        let holds = std::mem::take(&mut self.holds);
+        let layer = Arc::make_mut(&mut self.layer);
+        for (service, held) in holds.iter() {
+            if let Some(progress) = layer
+                .services
+                .get_mut(&**service)
+                .and_then(|own| own.rollout.as_mut())
+            {
+                *progress = crate::rollout::hold(progress, Duration::from_millis(*held));
+            }
+        }
     }
 
     /// A layer another writer put in the shared store: it replaces ours,
     /// reconciled with our config, and is not written back.
     fn adopt(&mut self, mut layer: PersistedState) {
+        // Theirs carries its own hold time; ours since the last fold is
+        // dropped rather than counted twice.
+        self.holds = Arc::default();
         for note in overlay::reconcile(&mut layer, &self.config, unix_ms()) {
             tracing::info!("store: {note}");
         }
@@ -743,6 +781,7 @@ impl Actor {
 
     fn publish_view(&self) {
         self.view.store(Arc::new(ControlView {
+            holds: Arc::clone(&self.holds),
             config: Arc::clone(&self.config),
             names: Arc::clone(&self.names),
             layer: Arc::clone(&self.layer),

@@ -65,6 +65,8 @@ pub struct Control {
 /// whole after every command, read without waiting.
 #[derive(Debug, Clone)]
 pub struct ControlView {
+    /// Hold time not yet folded into `layer` (see the actor).
+    holds: Arc<HashMap<Arc<str>, u64>>,
     config: Arc<Config>,
     /// The config's services by name.
     names: Arc<HashMap<String, usize>>,
@@ -82,15 +84,15 @@ impl ControlView {
         &self.config
     }
 
-    /// The run-time layer, as last handed to the store.
-    pub fn layer(&self) -> &PersistedState {
-        &self.layer
-    }
-
-    /// The rollout progress that applies to `service` now, if any.
-    pub fn rollout(&self, service: &str) -> Option<&RolloutProgress> {
+    /// The rollout progress that applies to `service` now, if any, with
+    /// every hold time added so far.
+    pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
         let declared = self.config.services.get(*self.names.get(service)?)?;
-        overlay::current_rollout(declared, self.layer.services.get(service))
+        let progress = overlay::current_rollout(declared, self.layer.services.get(service))?;
+        Some(match self.holds.get(service) {
+            Some(&held) => crate::rollout::hold(progress, Duration::from_millis(held)),
+            None => progress.clone(),
+        })
     }
 
     /// Latches in force for `service`.
@@ -198,7 +200,7 @@ impl Control {
 
     /// The rollout progress that applies to `service` now, if any.
     pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
-        self.view.load().rollout(service).cloned()
+        self.view.load().rollout(service)
     }
 
     /// Latches in force for `service`.
@@ -362,7 +364,7 @@ impl Control {
     /// named, as one change. Written to the store every few seconds rather
     /// than every tick: a restart loses at most that much hold time, and so
     /// never skips ahead. Answered once the view shows the new hold time.
-    pub async fn add_rollout_holds(&self, holds: Vec<(String, Duration)>) {
+    pub async fn add_rollout_holds(&self, holds: Vec<(Arc<str>, Duration)>) {
         if holds.is_empty() {
             return;
         }

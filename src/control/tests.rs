@@ -197,10 +197,10 @@ async fn a_rollout_tick_for_every_service_is_one_change() {
     const SERVICES: usize = 500;
     let store = TestStore::new(usize::MAX >> 4);
     let control = start(2, SERVICES, &store).await;
-    let all: Vec<String> = (0..SERVICES).map(|s| format!("svc{s}")).collect();
+    let all: Vec<Arc<str>> = (0..SERVICES).map(|s| format!("svc{s}").into()).collect();
     let tick = |ms| {
         all.iter()
-            .map(|s| (s.clone(), Duration::from_millis(ms)))
+            .map(|s| (Arc::clone(s), Duration::from_millis(ms)))
             .collect()
     };
 

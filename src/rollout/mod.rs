@@ -307,7 +307,7 @@ impl RolloutRunner {
             .services
             .iter()
             .filter(|s| s.rollout.is_some() && s.guard.is_some())
-            .map(|s| (s.name.to_string(), since_last))
+            .map(|s| (Arc::clone(&s.name), since_last))
             .collect();
         self.control.add_rollout_holds(holds).await;
         let view = self.control.view();
@@ -323,6 +323,7 @@ impl RolloutRunner {
             let candidate = &service.versions[rollout.candidate];
             let figures = candidate.stats.window().figures(elapsed, guard.window);
             let requests = figures.requests;
+            let progress = &progress;
             match decide(progress, rollout, requests, guard.min_requests) {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
