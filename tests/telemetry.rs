@@ -301,6 +301,7 @@ async fn scripted_mix_is_counted_exactly_and_percentiles_land_in_their_band() {
     f.running
         .control()
         .set_weights("web", &[("stable", 0), ("canary", 100)])
+        .await
         .expect("weights accepted");
     let mut mix: Vec<String> = vec!["/".to_string(); 50];
     mix.extend(vec!["/status/404".to_string(); 10]);
