@@ -8,8 +8,11 @@ mod support;
 
 use std::time::Duration;
 
+use std::sync::Arc;
 use support::etcd::Etcd;
-use veer::fleet::etcd::{Changes, EtcdSettings, EtcdStore};
+
+use veer::fleet::etcd::{EtcdSettings, EtcdStore};
+use veer::state::Changes;
 use veer::state::{Latch, PersistedState, ServiceState};
 
 fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
@@ -57,7 +60,7 @@ impl Replica {
 
     fn change(&mut self, service: &str, edit: impl FnOnce(&mut ServiceState)) {
         edit(self.layer.services.entry(service.to_string()).or_default());
-        self.store.save(&self.layer);
+        self.store.save(Arc::new(self.layer.clone()));
     }
 
     /// Takes in what siblings wrote until `cond` holds of the layer.
@@ -76,7 +79,8 @@ impl Replica {
                     self.layer.services.remove(&change.service);
                 }
             }
-            self.store.save(&self.layer);
+            self.layer.remote_applied += 1;
+            self.store.save(Arc::new(self.layer.clone()));
         }
     }
 }

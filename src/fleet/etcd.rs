@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use etcd_client::{
 use tokio::sync::{mpsc, watch};
 
 use super::merge::merge;
-use crate::state::{PersistedState, ServiceState};
+use crate::state::{Changes, PersistedState, RemoteChange, ServiceState};
 
 /// How to reach etcd and where veer's keys live.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,44 +49,45 @@ pub struct EtcdTls {
     pub key: Option<PathBuf>,
 }
 
-/// A service's layer as a sibling left it (merged with what this replica
-/// had not written yet); `None` when the service's key was deleted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RemoteChange {
-    pub service: String,
-    pub state: Option<ServiceState>,
-}
-
 /// The handle the control plane holds.
 pub struct EtcdStore {
-    desired: watch::Sender<Arc<Desired>>,
+    desired: watch::Sender<Arc<PersistedState>>,
     connected: Arc<AtomicBool>,
     changes: Option<Changes>,
-    taken: Arc<AtomicU64>,
 }
 
-/// The changes siblings make, in order. The control plane applies each to
-/// its layer as it takes it, before its next save: the store counts what was
-/// taken, so it knows which of its merges a save already holds.
-pub struct Changes {
-    rx: mpsc::UnboundedReceiver<RemoteChange>,
-    taken: Arc<AtomicU64>,
-}
-
-impl Changes {
-    pub async fn recv(&mut self) -> Option<RemoteChange> {
-        let change = self.rx.recv().await;
-        if change.is_some() {
-            self.taken.fetch_add(1, Ordering::Release);
-        }
-        change
+impl EtcdSettings {
+    /// From the config's `fleet.etcd`, with the password read from its file
+    /// (trailing newline dropped, as secrets mounted from files end in one).
+    pub fn from_config(etcd: &crate::config::Etcd) -> Result<EtcdSettings, String> {
+        let password = match &etcd.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!(
+                            "etcd.password_file: cannot read {} ({e}); check the path and \
+                             that veer may read it",
+                            path.display()
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(EtcdSettings {
+            endpoints: etcd.endpoints.clone(),
+            prefix: etcd.prefix.clone(),
+            username: etcd.username.clone(),
+            password,
+            tls: etcd.tls.as_ref().map(|tls| EtcdTls {
+                ca: tls.ca.clone(),
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+            }),
+            timeout: etcd.timeout,
+        })
     }
-}
-
-/// The layer the control plane saved, and how many changes it had taken in.
-struct Desired {
-    layer: PersistedState,
-    taken: u64,
 }
 
 /// What `open` found.
@@ -111,11 +112,7 @@ impl EtcdStore {
     /// the layer this replica had (its cache): it is what the task writes when
     /// etcd could not be read now.
     pub async fn open(settings: EtcdSettings, local: PersistedState) -> Opened {
-        let (desired_tx, desired_rx) = watch::channel(Arc::new(Desired {
-            layer: local,
-            taken: 0,
-        }));
-        let taken = Arc::new(AtomicU64::new(0));
+        let (desired_tx, desired_rx) = watch::channel(Arc::new(local));
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let mut task = Sync {
@@ -155,19 +152,12 @@ impl EtcdStore {
             };
         if let Some(fleet) = &fleet {
             // The fleet's layer is what this replica starts from.
-            desired_tx.send_replace(Arc::new(Desired {
-                layer: fleet.clone(),
-                taken: 0,
-            }));
+            desired_tx.send_replace(Arc::new(fleet.clone()));
         }
         let store = EtcdStore {
             desired: desired_tx,
             connected,
-            changes: Some(Changes {
-                rx: changes_rx,
-                taken: Arc::clone(&taken),
-            }),
-            taken,
+            changes: Some(changes_rx),
         };
         tokio::spawn(task.run());
         Opened {
@@ -177,12 +167,10 @@ impl EtcdStore {
         }
     }
 
-    /// Hands the latest layer to the task; returns at once.
-    pub fn save(&self, layer: &PersistedState) {
-        self.desired.send_replace(Arc::new(Desired {
-            layer: layer.clone(),
-            taken: self.taken.load(Ordering::Acquire),
-        }));
+    /// Hands the latest layer to the task; returns at once. The layer's
+    /// `remote_applied` says which of the changes handed out it holds.
+    pub fn save(&self, layer: Arc<PersistedState>) {
+        self.desired.send_replace(layer);
     }
 
     /// The changes siblings make, once; `None` after the first call.
@@ -218,7 +206,7 @@ struct Sync {
     announced: BTreeMap<String, (Option<ServiceState>, u64)>,
     /// Changes sent to the control plane so far.
     sent: u64,
-    desired: watch::Receiver<Arc<Desired>>,
+    desired: watch::Receiver<Arc<PersistedState>>,
     changes: mpsc::UnboundedSender<RemoteChange>,
     connected: Arc<AtomicBool>,
     watch: Option<WatchStream>,
@@ -419,10 +407,10 @@ impl Sync {
     /// What `service` should hold in the fleet, given what this replica holds
     /// (`local`) and what the fleet holds; hands the result to the control
     /// plane when it differs from `local`.
-    fn target(&mut self, service: &str, desired: &Desired) -> Option<ServiceState> {
-        let local = desired.layer.services.get(service);
+    fn target(&mut self, service: &str, desired: &PersistedState) -> Option<ServiceState> {
+        let local = desired.services.get(service);
         if let Some((remote, number)) = self.announced.get(service) {
-            if desired.taken >= *number {
+            if desired.remote_applied >= *number {
                 // The save holds the merge: the fleet value it took in is
                 // the base from now on.
                 self.seen_set(service, remote.clone());
@@ -476,7 +464,6 @@ impl Sync {
         for _ in 0..CAS_ATTEMPTS {
             let desired = Arc::clone(&self.desired.borrow_and_update());
             let names: std::collections::BTreeSet<String> = desired
-                .layer
                 .services
                 .keys()
                 .chain(self.known.keys())
@@ -487,7 +474,7 @@ impl Sync {
             let mut reads = Vec::new();
             let mut written: Vec<(String, Option<ServiceState>)> = Vec::new();
             for service in names {
-                let local = desired.layer.services.get(&service);
+                let local = desired.services.get(&service);
                 let target = self.target(&service, &desired);
                 let known = self.known.get(&service);
                 if known.map(|k| &k.value) == target.as_ref() {
@@ -527,7 +514,7 @@ impl Sync {
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 for (service, state) in written {
-                    let local = desired.layer.services.get(&service);
+                    let local = desired.services.get(&service);
                     if state.as_ref() == local {
                         self.seen_set(&service, state.clone());
                     }

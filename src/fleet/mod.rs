@@ -9,3 +9,5 @@
 #[cfg(feature = "fleet")]
 pub mod etcd;
 pub mod merge;
+#[cfg(feature = "fleet")]
+pub mod store;
