@@ -471,6 +471,7 @@ mod tests {
         PersistedState {
             format: STATE_FORMAT,
             services,
+            remote_applied: 0,
         }
     }
 
