@@ -12,10 +12,13 @@ pub mod endpoint;
 pub mod error;
 pub mod h1;
 pub mod health;
+pub mod pool;
 pub mod probe;
 pub mod registry;
+pub mod retry;
 
 pub use body::{RequestBody, ResponseBody};
 pub use endpoint::{Endpoint, Lease};
 pub use error::UpstreamError;
 pub use registry::Registry;
+pub use retry::Failed;
