@@ -121,3 +121,68 @@ impl Multiplexed {
         self.current.store(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A connection whose openness the test decides.
+    struct Fake {
+        id: usize,
+        open: Arc<AtomicBool>,
+    }
+
+    impl Poolable for Fake {
+        fn is_open(&self) -> bool {
+            self.open.load(Ordering::Relaxed)
+        }
+    }
+
+    fn fake(id: usize) -> (Fake, Arc<AtomicBool>) {
+        let open = Arc::new(AtomicBool::new(true));
+        (
+            Fake {
+                id,
+                open: Arc::clone(&open),
+            },
+            open,
+        )
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn oldest_first_and_closed_ones_are_passed_over() {
+        let pool = IdlePool::new();
+        let (a, a_open) = fake(1);
+        let (b, _) = fake(2);
+        pool.put(a);
+        pool.put(b);
+        a_open.store(false, Ordering::Relaxed);
+        assert_eq!(pool.take(LONG).map(|c| c.id), Some(2));
+        assert!(pool.take(LONG).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_past_the_limit_is_closed_when_it_comes_up() {
+        let pool = IdlePool::new();
+        pool.put(fake(1).0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        pool.put(fake(2).0);
+        let taken = pool.take(Duration::from_secs(1)).map(|c| c.id);
+        assert_eq!(taken, Some(2), "the stale one goes, the fresh one serves");
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_closes_the_surplus() {
+        let pool = IdlePool::new();
+        for id in 0..MAX_IDLE_PER_ENDPOINT + 3 {
+            pool.put(fake(id).0);
+        }
+        assert_eq!(pool.len(), MAX_IDLE_PER_ENDPOINT);
+        assert_eq!(pool.take(LONG).map(|c| c.id), Some(0));
+    }
+}
