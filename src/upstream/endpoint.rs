@@ -306,6 +306,27 @@ impl Endpoint {
         }
     }
 
+    /// Closes the idle connections the upstream has closed or that waited
+    /// past their idle limit (`pool`); run in the background.
+    pub fn sweep(&self) {
+        self.direct.sweep();
+        self.hyper_h1.sweep();
+        self.h2.sweep();
+    }
+
+    /// Half the shorter idle limit requests asked for, between 250 ms and
+    /// 5 s: a connection waits at most half its limit longer than it may.
+    /// Every second until a request has told the limit.
+    fn sweep_every(&self) -> Duration {
+        const MIN: Duration = Duration::from_millis(250);
+        const MAX: Duration = Duration::from_secs(5);
+        let shortest = match (self.direct.limit(), self.hyper_h1.limit()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(Duration::from_secs(2)),
+        };
+        (shortest / 2).clamp(MIN, MAX)
+    }
+
     /// A reset on a connection just made to a TLS endpoint may be the
     /// endpoint refusing the handshake late (TLS 1.3 client certificates).
     fn explain(&self, error: UpstreamError, fresh: bool) -> UpstreamError {
@@ -481,6 +502,29 @@ impl Endpoint {
 fn direct_enabled() -> bool {
     static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DIRECT.get_or_init(|| std::env::var_os("VEER_H1_CLIENT").is_none_or(|v| v != "hyper"))
+}
+
+/// Sweeps `endpoint`'s idle connections until the endpoint is dropped; the
+/// task holds only a weak reference, so it keeps nothing alive. Needs a
+/// tokio runtime: an endpoint built outside one (a benchmark) has no sweep,
+/// and its idle connections are still checked when taken.
+pub(crate) fn spawn_sweeper(endpoint: &Arc<Endpoint>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let endpoint = Arc::downgrade(endpoint);
+    runtime.spawn(async move {
+        loop {
+            let Some(every) = endpoint.upgrade().map(|e| e.sweep_every()) else {
+                return;
+            };
+            tokio::time::sleep(every).await;
+            match endpoint.upgrade() {
+                Some(endpoint) => endpoint.sweep(),
+                None => return,
+            }
+        }
+    });
 }
 
 /// A failure before anything was written: the request goes back whole.

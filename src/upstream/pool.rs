@@ -7,10 +7,14 @@
 //! Both kinds of HTTP/1.1 connection obey the same rules: at most
 //! `MAX_IDLE_PER_ENDPOINT` wait (a surplus connection is closed when
 //! returned), the oldest is taken first, and one idle longer than
-//! `timeouts.idle` or found closed is dropped when it comes up. No lock: the
-//! queue is crossbeam's bounded lock-free queue, and taking or returning a
-//! connection allocates nothing.
+//! `timeouts.idle` or found closed is dropped when it comes up. An endpoint
+//! that gets no requests (a version at weight 0 after a rollback) would keep
+//! its idle sockets forever, half-closed by the upstream, so a sweep
+//! (`Endpoint::sweep`, run by a task per endpoint) closes them in the
+//! background too. No lock: the queue is crossbeam's bounded lock-free
+//! queue, and taking or returning a connection allocates nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +52,10 @@ impl Poolable for http1::SendRequest<RequestBody> {
 /// Idle connections of one kind to one endpoint.
 pub(crate) struct IdlePool<C> {
     queue: ArrayQueue<Idle<C>>,
+    /// The idle limit the last request asked for, in milliseconds, for the
+    /// background sweep (the limit is a service's, and an endpoint does not
+    /// know its services).
+    limit_ms: AtomicU64,
 }
 
 struct Idle<C> {
@@ -59,12 +67,18 @@ impl<C: Poolable> IdlePool<C> {
     pub(crate) fn new() -> IdlePool<C> {
         IdlePool {
             queue: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+            limit_ms: AtomicU64::new(u64::MAX),
         }
     }
 
     /// The oldest idle connection that is open and was idle no longer than
     /// `max_idle`; the stale ones before it are closed.
     pub(crate) fn take(&self, max_idle: Duration) -> Option<C> {
+        // Written only when it changes: the line stays shared between cores.
+        let limit = u64::try_from(max_idle.as_millis()).unwrap_or(u64::MAX);
+        if self.limit_ms.load(Ordering::Relaxed) != limit {
+            self.limit_ms.store(limit, Ordering::Relaxed);
+        }
         while let Some(Idle { connection, since }) = self.queue.pop() {
             if since.elapsed() <= max_idle && connection.is_open() {
                 return Some(connection);
@@ -87,6 +101,30 @@ impl<C: Poolable> IdlePool<C> {
 
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Closes the connections waiting that the upstream has closed, or that
+    /// have waited longer than the last idle limit asked for; the others go
+    /// back in the order they were in. Off the request path: a request that
+    /// finds the queue empty meanwhile just connects.
+    pub(crate) fn sweep(&self) {
+        let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
+        for _ in 0..self.queue.len() {
+            let Some(idle) = self.queue.pop() else {
+                break;
+            };
+            if idle.since.elapsed() <= limit && idle.connection.is_open() {
+                let _ = self.queue.push(idle);
+            }
+        }
+    }
+
+    /// The idle limit the sweep applies, when a request has told one.
+    pub(crate) fn limit(&self) -> Option<Duration> {
+        match self.limit_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -120,11 +158,18 @@ impl Multiplexed {
     pub(crate) fn clear(&self) {
         self.current.store(None);
     }
+
+    /// Forgets the shared connection if it has ended.
+    pub(crate) fn sweep(&self) {
+        if self.current.load().as_ref().is_some_and(|s| s.is_closed()) {
+            self.current.store(None);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     use super::*;
 
@@ -174,6 +219,30 @@ mod tests {
         let taken = pool.take(Duration::from_secs(1)).map(|c| c.id);
         assert_eq!(taken, Some(2), "the stale one goes, the fresh one serves");
         assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_closes_stale_and_closed_connections_and_keeps_the_order() {
+        let pool = IdlePool::new();
+        pool.put(fake(1).0);
+        // No request has told a limit yet: only closed ones go.
+        assert_eq!(pool.limit(), None);
+        pool.sweep();
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.take(Duration::from_secs(10)).map(|c| c.id), Some(1));
+        assert_eq!(pool.limit(), Some(Duration::from_secs(10)));
+        pool.put(fake(2).0);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let (three, three_open) = fake(3);
+        pool.put(three);
+        pool.put(fake(4).0);
+        pool.put(fake(5).0);
+        three_open.store(false, Ordering::Relaxed);
+        pool.sweep();
+        // 2 waited too long, 3 was closed by the upstream.
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.take(LONG).map(|c| c.id), Some(4));
+        assert_eq!(pool.take(LONG).map(|c| c.id), Some(5));
     }
 
     #[tokio::test(start_paused = true)]
