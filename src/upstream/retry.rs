@@ -323,50 +323,34 @@ mod tests {
     #[test]
     fn another_endpoint_once_then_the_request_goes_back_to_the_caller() {
         let mut budget = Budget::new(3);
-        assert_eq!(
-            next(&mut budget, failed(Delivery::Unsent, post(), false)),
-            ("other", Some(FailureReason::Reset))
-        );
-        assert_eq!(
-            next(&mut budget, failed(Delivery::Unsent, post(), false)),
-            ("stop, given back", Some(FailureReason::Reset))
-        );
+        let reset = Some(FailureReason::Reset);
+        let unsent = || failed(Delivery::Unsent, post(), false);
+        assert_eq!(next(&mut budget, unsent()), ("other", reset));
+        assert_eq!(next(&mut budget, unsent()), ("stop, given back", reset));
         // A version with one endpoint has nowhere else to go.
         assert_eq!(
-            next(&mut Budget::new(1), failed(Delivery::Unsent, get(), false)),
-            ("stop, given back", Some(FailureReason::Reset))
+            next(&mut Budget::new(1), unsent()),
+            ("stop, given back", reset)
         );
     }
 
     #[test]
     fn a_written_request_goes_again_only_when_safe_to_repeat() {
-        // POST may have been acted on; GET may be repeated.
-        assert_eq!(
-            next(
-                &mut Budget::new(2),
-                failed(Delivery::Unanswered, post(), false)
-            ),
-            ("stop", Some(FailureReason::Reset))
-        );
-        assert_eq!(
-            next(
-                &mut Budget::new(2),
-                failed(Delivery::Unanswered, post(), true)
-            ),
-            ("stop", Some(FailureReason::Reset))
-        );
-        assert_eq!(
-            next(
-                &mut Budget::new(2),
-                failed(Delivery::Unanswered, get(), false)
-            ),
-            ("other", Some(FailureReason::Reset))
-        );
-        // Part of an answer came: never again, whatever the method.
-        assert_eq!(
-            next(&mut Budget::new(2), failed(Delivery::Partial, get(), true)),
-            ("stop", Some(FailureReason::Reset))
-        );
+        // (how far it got, the request, on a pooled connection, what next)
+        let cases = [
+            // POST may have been acted on; GET may be repeated.
+            (Delivery::Unanswered, post(), false, "stop"),
+            (Delivery::Unanswered, post(), true, "stop"),
+            (Delivery::Unanswered, get(), false, "other"),
+            // Part of an answer came: never again, whatever the method.
+            (Delivery::Partial, get(), true, "stop"),
+            (Delivery::Partial, get(), false, "stop"),
+        ];
+        for (delivery, request, reused, expected) in cases {
+            let what = format!("{delivery:?} {} reused={reused}", request.method());
+            let got = next(&mut Budget::new(2), failed(delivery, request, reused));
+            assert_eq!(got, (expected, Some(FailureReason::Reset)), "{what}");
+        }
     }
 
     #[test]
