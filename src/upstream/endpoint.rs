@@ -308,7 +308,7 @@ impl Endpoint {
 
     /// Closes the idle connections the upstream has closed or that waited
     /// past their idle limit (`pool`); run in the background.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.direct.sweep();
         self.hyper_h1.sweep();
         self.h2.sweep();
