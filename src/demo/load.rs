@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::config::{Protocol, Timeouts};
+use crate::upstream::retry::Attempts;
 use crate::upstream::{Endpoint, RequestBody};
 
 const CLIENTS: usize = 8;
@@ -25,17 +26,32 @@ pub async fn drive(proxy: SocketAddr, deadline: Instant, failures: Arc<AtomicU64
         let (endpoint, failures) = (Arc::clone(&endpoint), Arc::clone(&failures));
         clients.push(tokio::spawn(async move {
             let timeouts = Timeouts::default();
+            let endpoints = [endpoint];
+            let attempts = Attempts {
+                endpoints: &endpoints,
+                timeouts: &timeouts,
+                upgrade: false,
+                call_deadline: None,
+                body_watch: None,
+            };
+            let mut timer = None;
             while Instant::now() < deadline {
                 let mut request = Request::new(RequestBody::Empty);
                 request
                     .headers_mut()
                     .insert(http::header::HOST, http::HeaderValue::from_static("demo"));
-                let ok = match endpoint.send(request, &timeouts, false).await {
+                let sent = attempts
+                    .send(request, &mut timer, Instant::now(), |_, _| {})
+                    .await;
+                let ok = match sent {
                     Ok((response, lease)) => {
                         let ok = response.status().is_success();
-                        let _ = response.into_body().collect().await;
-                        drop(lease);
-                        ok
+                        let mut body = response.into_body();
+                        let read = (&mut body).collect().await.is_ok();
+                        // The connection goes back to the pool for the next
+                        // request.
+                        body.release(lease);
+                        ok && read
                     }
                     Err(_) => false,
                 };

@@ -6,10 +6,12 @@
 //! 2. **split**: the service's weighted table picks the version.
 //! 3. **rewrite**: hop-by-hop headers go, `X-Forwarded-*` come, the URI takes
 //!    the form the upstream protocol wants.
-//! 4. **send**: power-of-two-choices picks an endpoint; a request that could not
-//!    be delivered at all (refused, reset before a byte was sent) is tried once
-//!    on another endpoint of the same version; `timeouts.request` bounds the
-//!    wait for the response head.
+//! 4. **send**: the one retry loop (`upstream::retry`): power-of-two-choices
+//!    picks an endpoint; a request the upstream cannot have acted on (refused,
+//!    or reset before a byte came back and safe to repeat) is tried once on
+//!    another endpoint of the same version; `timeouts.request` bounds each
+//!    attempt's wait for the response head. A request no endpoint of a
+//!    version could take goes to the baseline once.
 //! 5. **answer**: the upstream's response streams back; an upgrade becomes a
 //!    two-way tunnel; a failure becomes a one-line answer (`error`).
 
@@ -20,7 +22,6 @@ pub mod outcome;
 mod upgrade;
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,10 @@ use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
-use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
-use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
+use crate::upstream::body::ClientBodyWatch;
+use crate::upstream::error::FailureReason;
+use crate::upstream::retry::{Attempts, SendFailure};
+use crate::upstream::{Endpoint, RequestBody};
 pub use body::ProxyBody;
 pub use error::ProxyError;
 use outcome::{Answered, End, Finish, GoneBeforeAnswer};
@@ -78,12 +81,8 @@ impl ClientInfo {
     }
 }
 
-/// A connection's timer for `timeouts.request`, lent to one request at a
-/// time. Reset for each request rather than made anew: a tokio timer whose
-/// deadline only moves later is updated in place, while making and dropping
-/// one per request costs a timer-wheel insert and removal (about 1,900
-/// instructions per request in callgrind).
-pub type RequestTimer = Pin<Box<tokio::time::Sleep>>;
+/// A connection's timer for `timeouts.request` (see `upstream::retry`).
+pub use crate::upstream::retry::RequestTimer;
 
 /// The request-path service; cheap to clone.
 #[derive(Clone)]
@@ -321,19 +320,18 @@ impl ProxyService {
                 gone.0 = Some(&version.stats);
             }
             fit_protocol(&mut outgoing, version, host_value.as_ref());
-            match self
-                .send(
-                    service,
-                    &version.endpoints,
-                    outgoing,
-                    upgrade,
-                    timer,
-                    attempt_at,
-                    call_deadline,
-                    body_watch.as_ref(),
-                )
-                .await
-            {
+            let attempts = Attempts {
+                endpoints: &version.endpoints,
+                timeouts: &service.timeouts,
+                upgrade,
+                call_deadline,
+                body_watch: body_watch.as_ref(),
+            };
+            let blame = |endpoint: &Arc<Endpoint>, reason: FailureReason| {
+                self.shared
+                    .count_failure(service, endpoint, reason.as_str());
+            };
+            match attempts.send(outgoing, timer, attempt_at, blame).await {
                 Err(SendFailure {
                     error,
                     unsent: Some(unsent),
@@ -482,111 +480,6 @@ fn choose_version(
         .as_ref()
         .map(|s| s.next())
         .ok_or_else(no_weight)
-}
-
-/// A send that got no response. `error` is `None` when the version had no
-/// endpoint; `unsent` gives the request back when nothing of it was sent.
-struct SendFailure {
-    error: Option<UpstreamError>,
-    unsent: Option<Request<RequestBody>>,
-}
-
-impl ProxyService {
-    /// Sends to one endpoint of the version, and once more to another when
-    /// the first attempt delivered nothing (refused, or reset before a byte
-    /// was sent). `timeouts.request` bounds each attempt's wait for the
-    /// response head, and a gRPC caller's `call_deadline` all of them. Each
-    /// attempt's outcome feeds the endpoint's failure streak (passive
-    /// ejection).
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        service: &ServiceSnapshot,
-        endpoints: &[Arc<Endpoint>],
-        mut outgoing: Request<RequestBody>,
-        upgrade: bool,
-        timer: &mut Option<RequestTimer>,
-        mut attempt_at: Instant,
-        call_deadline: Option<Instant>,
-        body_watch: Option<&ClientBodyWatch>,
-    ) -> Result<(Response<ResponseBody>, Lease), SendFailure> {
-        let timeouts = &service.timeouts;
-        let Some(mut chosen) = balance::pick(endpoints, None) else {
-            return Err(SendFailure {
-                error: None,
-                unsent: Some(outgoing),
-            });
-        };
-        let mut retried = false;
-        loop {
-            let endpoint = &endpoints[chosen];
-            let deadline = match call_deadline {
-                Some(call) => call.min(attempt_at + timeouts.request),
-                None => attempt_at + timeouts.request,
-            };
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            timer.as_mut().reset(deadline);
-            let attempt = tokio::select! {
-                biased;
-                sent = endpoint.send(outgoing, timeouts, upgrade) => Ok(sent),
-                () = timer.as_mut() => Err(()),
-            };
-            match attempt {
-                // The endpoint's streak hears of this answer when its
-                // stream ends (`outcome`).
-                Ok(Ok(sent)) => return Ok(sent),
-                Ok(Err(mut failed)) => {
-                    failed.error = failed.error.or_client(body_watch);
-                    let Some(reason) = failed.error.reason() else {
-                        // The client's body broke: nobody else is to blame,
-                        // and there is nothing left to send elsewhere.
-                        return Err(SendFailure {
-                            error: Some(failed.error),
-                            unsent: None,
-                        });
-                    };
-                    self.shared
-                        .count_failure(service, endpoint, reason.as_str());
-                    match failed.request {
-                        // Nothing reached the upstream: safe to try another one.
-                        Some(unsent) if !retried && endpoints.len() > 1 => {
-                            tracing::debug!(error = %failed.error, "retrying on another endpoint");
-                            outgoing = unsent;
-                            retried = true;
-                            attempt_at = Instant::now();
-                            chosen = balance::pick(endpoints, Some(chosen)).unwrap_or(chosen);
-                        }
-                        unsent => {
-                            return Err(SendFailure {
-                                error: Some(failed.error),
-                                unsent,
-                            })
-                        }
-                    }
-                }
-                // The client had not finished sending its body: the wait
-                // was for the client, not the upstream.
-                Err(_elapsed) if body_watch.is_some_and(|w| !w.is_complete()) => {
-                    return Err(SendFailure {
-                        error: Some(UpstreamError::ClientBody {
-                            fault: ClientBodyFault::Slow,
-                            cause: format!("request body incomplete after {:?}", timeouts.request),
-                        }),
-                        unsent: None,
-                    });
-                }
-                Err(_elapsed) => {
-                    self.shared.count_failure(service, endpoint, "timeout");
-                    return Err(SendFailure {
-                        error: Some(UpstreamError::Timeout {
-                            addr: endpoint.addr(),
-                        }),
-                        unsent: None,
-                    });
-                }
-            }
-        }
-    }
 }
 
 impl Shared {

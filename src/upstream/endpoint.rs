@@ -1,42 +1,35 @@
-//! One upstream address: its outstanding-request count (read by the balancer)
-//! and its pooled connections.
+//! One upstream address: its outstanding-request count (read by the
+//! balancer), its pooled connections (`pool`), and one attempt at sending a
+//! request over them.
 //!
-//! HTTP/1.1 connections wait in a lock-free queue while idle; a request takes
-//! one, and its `Lease` puts it back when the response body has been read to
-//! the end. An HTTP/2 endpoint keeps one shared connection that every request
-//! multiplexes over. Nothing here takes a lock. A TLS endpoint wraps each new
-//! connection in a handshake (`tls::client`) before HTTP starts; pooled
-//! connections are already past it.
+//! A plain HTTP/1.1 request without a body takes veer's own client (`h1`);
+//! anything else takes hyper's (a body, an upgrade or CONNECT, TLS, HTTP/2).
+//! Either way an attempt ends in a response head and a `Lease`, or a
+//! `retry::Failed` classified by `error` in the same terms: what to do next
+//! is the retry loop's call (`retry`), never the client's. A TLS endpoint
+//! wraps each new connection in a handshake (`tls::client`) before HTTP
+//! starts; pooled connections are already past it. Nothing here takes a lock.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use super::error::FailureReason;
+use super::error::Delivery;
 use super::h1;
 use super::health::EndpointHealth;
+use super::pool::{IdlePool, Multiplexed};
+use super::retry::{self, Failed};
 use super::{RequestBody, ResponseBody, UpstreamError};
 use crate::config::{Protocol, Timeouts};
 use crate::tls::client::Originator;
-
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
-/// A pooled connection idle longer than this may have been closed by the
-/// upstream's own keep-alive timeout in the meantime.
-const RISKY_IDLE: Duration = Duration::from_secs(1);
-/// Stale pooled connections tried in a row before a fresh one is the answer.
-const MAX_STALE_RETRIES: u32 = 3;
 
 pub struct Endpoint {
     addr: SocketAddr,
@@ -46,21 +39,12 @@ pub struct Endpoint {
     tls: Option<Result<Originator, String>>,
     outstanding: AtomicUsize,
     pub health: EndpointHealth,
-    idle: ArrayQueue<IdleConnection>,
-    /// Plain connections for the fast path (`h1`); they never mix with
-    /// hyper's, whose connection task owns its socket.
-    idle_direct: ArrayQueue<IdleDirect>,
-    shared_h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
-}
-
-struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
-    since: Instant,
-}
-
-struct IdleDirect {
-    connection: Box<h1::Connection>,
-    since: Instant,
+    /// Plain connections of the fast path (`h1`).
+    direct: IdlePool<Box<h1::Connection>>,
+    /// hyper's HTTP/1.1 connections; they never mix with the fast path's,
+    /// as hyper's connection task owns its socket.
+    hyper_h1: IdlePool<http1::SendRequest<RequestBody>>,
+    h2: Multiplexed,
 }
 
 /// A request's hold on an endpoint, from sending until the response body ends:
@@ -68,15 +52,13 @@ struct IdleDirect {
 /// connection, which goes back to the pool when the lease is dropped.
 pub struct Lease {
     endpoint: Arc<Endpoint>,
-    connection: Option<http1::SendRequest<RequestBody>>,
-    direct: Option<Box<h1::Connection>>,
+    connection: Option<Pooled>,
 }
 
-/// A failed attempt; `request` is given back when nothing of it was sent, so
-/// the caller may try it on another endpoint.
-pub struct Failed {
-    pub error: UpstreamError,
-    pub request: Option<Request<RequestBody>>,
+/// An HTTP/1.1 connection on its way back to the pool.
+enum Pooled {
+    Direct(Box<h1::Connection>),
+    Hyper(http1::SendRequest<RequestBody>),
 }
 
 impl Endpoint {
@@ -96,9 +78,9 @@ impl Endpoint {
             tls,
             outstanding: AtomicUsize::new(0),
             health: EndpointHealth::default(),
-            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-            idle_direct: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-            shared_h2: ArcSwapOption::empty(),
+            direct: IdlePool::new(),
+            hyper_h1: IdlePool::new(),
+            h2: Multiplexed::new(),
         }
     }
 
@@ -116,8 +98,9 @@ impl Endpoint {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Sends `request` and waits for the response head. An upgrade request
-    /// (WebSocket) gets a connection of its own that never returns to the pool.
+    /// One attempt: sends `request` on a pooled connection, or a new one,
+    /// and waits for the response head. An upgrade request (WebSocket) gets
+    /// a connection of its own that never returns to the pool.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
@@ -127,7 +110,6 @@ impl Endpoint {
         let lease = Lease {
             endpoint: Arc::clone(self),
             connection: None,
-            direct: None,
         };
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         match self.protocol {
@@ -147,238 +129,202 @@ impl Endpoint {
         }
     }
 
-    async fn send_h1(
-        &self,
-        mut request: Request<RequestBody>,
-        timeouts: &Timeouts,
-        upgrade: bool,
-        mut lease: Lease,
-    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
-        let mut stale_pool_retries = 0;
-        loop {
-            let pooled = if upgrade {
-                None
-            } else {
-                self.take_idle(timeouts.idle).await
-            };
-            let reused = pooled.is_some();
-            // A connection that is new, or was idle a while, may be reset by
-            // the upstream before it answers (it refuses work, or closed the
-            // idle connection just as we wrote). A request that is safe to
-            // repeat keeps a copy for that case. A connection busy a moment
-            // ago is not at risk, so the hot path copies nothing.
-            let replay = match &pooled {
-                Some((_, idle_for)) if *idle_for < RISKY_IDLE => None,
-                _ if upgrade => None,
-                _ => replayable(&request),
-            };
-            let mut sender = match pooled {
-                Some((sender, _)) => sender,
-                // Boxed: a handshake's future is kilobytes, and an inline
-                // one would be moved with every request's future.
-                None => match Box::pin(self.connect_h1(timeouts.connect)).await {
-                    Ok(sender) => sender,
-                    Err(error) => {
-                        return Err(Failed {
-                            error,
-                            request: Some(request),
-                        })
-                    }
-                },
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    if !upgrade && response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // What the fast path answers too: a protocol switch
-                        // nobody asked for cannot be passed on.
-                        return Err(Failed {
-                            error: UpstreamError::Protocol {
-                                addr: self.addr,
-                                cause:
-                                    "101 Switching Protocols to a request that asked for no upgrade"
-                                        .to_string(),
-                            },
-                            request: None,
-                        });
-                    }
-                    // Both framings on one head may be a response split in
-                    // two: whatever follows this body on the connection is
-                    // not to be trusted as the answer to another request
-                    // (RFC 9112 §6.1). hyper would keep it; dropping the
-                    // sender closes it once this body is read.
-                    let split = response
-                        .headers()
-                        .contains_key(http::header::TRANSFER_ENCODING)
-                        && response
-                            .headers()
-                            .contains_key(http::header::CONTENT_LENGTH);
-                    if !upgrade && !split {
-                        lease.connection = Some(sender);
-                    }
-                    return Ok((response.map(ResponseBody::Hyper), lease));
-                }
-                Err(mut failed) => {
-                    let error = self.explain(
-                        UpstreamError::from_hyper(self.addr, failed.error()),
-                        !reused,
-                    );
-                    let unsent = failed.take_message();
-                    let resent = match (unsent, replay) {
-                        // The client's body broke: nothing to send again.
-                        _ if error.is_client() => None,
-                        (Some(unsent), _) => Some(unsent),
-                        (None, Some(copy)) if error.reason() == Some(FailureReason::Reset) => {
-                            Some(copy)
-                        }
-                        (None, _) => None,
-                    };
-                    match resent {
-                        // The pooled connection had died while idle: not the
-                        // upstream's fault, try a fresh one (a few times at
-                        // most, in case the whole pool went stale).
-                        Some(again) if reused && stale_pool_retries < MAX_STALE_RETRIES => {
-                            stale_pool_retries += 1;
-                            request = again;
-                        }
-                        resent => {
-                            return Err(Failed {
-                                error,
-                                request: resent,
-                            })
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The fast path for a request without a body to a plain HTTP/1.1
-    /// endpoint (`h1`). Nothing was taken by the upstream when the head could
-    /// not be written; when it was written and the connection closed without
-    /// a byte of answer, the request is given back only if its method is safe
-    /// to repeat. Either way a pooled connection that died while idle is not
-    /// the upstream's fault: a fresh one is tried.
+    /// The fast path (`h1`): a request without a body to a plain HTTP/1.1
+    /// endpoint. The request stays here while its head is written, so a
+    /// failure always gives it back; whether it may go again is `retry`'s
+    /// call.
     async fn send_direct(
         &self,
         request: Request<RequestBody>,
         timeouts: &Timeouts,
         lease: Lease,
     ) -> Result<(Response<ResponseBody>, Lease), Failed> {
-        let mut stale_pool_retries = 0;
-        loop {
-            let pooled = self.take_idle_direct(timeouts.idle);
-            let reused = pooled.is_some();
-            let mut connection = match pooled {
-                Some(connection) => connection,
-                None => match self.connect_tcp(timeouts.connect).await {
-                    Ok(stream) => h1::Connection::new(stream),
-                    Err(error) => {
-                        return Err(Failed {
-                            error,
-                            request: Some(request),
-                        })
-                    }
-                },
-            };
-            let (error, resendable) = match connection.exchange(&request).await {
-                Ok(head) => {
-                    let response = head.into_response(connection, self.addr);
-                    return Ok((response.map(ResponseBody::Direct), lease));
-                }
-                Err(h1::ExchangeError::Unwritten(cause)) => (
-                    UpstreamError::Reset {
-                        addr: self.addr,
-                        cause: format!("could not send the request: {cause}"),
-                    },
-                    true,
-                ),
-                Err(h1::ExchangeError::NothingBack(cause)) => (
-                    UpstreamError::Reset {
-                        addr: self.addr,
-                        cause,
-                    },
-                    request.method().is_idempotent(),
-                ),
-                Err(h1::ExchangeError::Broken(cause)) => (
-                    UpstreamError::Reset {
-                        addr: self.addr,
-                        cause,
-                    },
-                    false,
-                ),
-                Err(h1::ExchangeError::Protocol(cause)) => (
-                    UpstreamError::Protocol {
-                        addr: self.addr,
-                        cause,
-                    },
-                    false,
-                ),
-            };
-            if !resendable {
-                return Err(Failed {
-                    error,
-                    request: None,
-                });
+        let pooled = self.direct.take(timeouts.idle);
+        let reused = pooled.is_some();
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => match self.connect_tcp(timeouts.connect).await {
+                Ok(stream) => h1::Connection::new(stream),
+                Err(error) => return Err(unsent(error, request)),
+            },
+        };
+        match connection.exchange(&request).await {
+            Ok(head) => {
+                let response = head.into_response(connection, self.addr);
+                Ok((response.map(ResponseBody::Direct), lease))
             }
-            if !(reused && stale_pool_retries < MAX_STALE_RETRIES) {
-                return Err(Failed {
+            Err(failure) => {
+                let (error, delivery) = UpstreamError::from_exchange(self.addr, failure);
+                Err(Failed {
                     error,
+                    delivery,
                     request: Some(request),
-                });
+                    reused,
+                })
             }
-            stale_pool_retries += 1;
         }
     }
 
-    /// An idle plain connection that is still open, if the pool has one.
-    fn take_idle_direct(&self, max_idle: Duration) -> Option<Box<h1::Connection>> {
-        while let Some(IdleDirect { connection, since }) = self.idle_direct.pop() {
-            if since.elapsed() <= max_idle && connection.is_idle_and_open() {
-                return Some(connection);
+    /// hyper's HTTP/1.1 client. hyper gives a request back only when it
+    /// wrote none of it, so a request safe to send again is copied first
+    /// (the copy is what `retry` may resend after a reset with nothing
+    /// back, as the fast path would resend its own).
+    async fn send_h1(
+        &self,
+        request: Request<RequestBody>,
+        timeouts: &Timeouts,
+        upgrade: bool,
+        mut lease: Lease,
+    ) -> Result<(Response<ResponseBody>, Lease), Failed> {
+        let pooled = if upgrade {
+            None
+        } else {
+            self.take_ready_h1(timeouts.idle).await
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            // Boxed: a handshake's future is kilobytes, and an inline one
+            // would be moved with every request's future.
+            None => match Box::pin(self.connect_h1(timeouts.connect)).await {
+                Ok(sender) => sender,
+                Err(error) => return Err(unsent(error, request)),
+            },
+        };
+        let replay = if upgrade {
+            None
+        } else {
+            retry::replay_copy(&request)
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                if !upgrade && response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // What the fast path answers too: a protocol switch
+                    // nobody asked for cannot be passed on.
+                    return Err(Failed {
+                        error: UpstreamError::Protocol {
+                            addr: self.addr,
+                            cause: "101 Switching Protocols to a request that asked for no upgrade"
+                                .to_string(),
+                        },
+                        delivery: Delivery::Partial,
+                        request: None,
+                        reused,
+                    });
+                }
+                // Both framings on one head may be a response split in two:
+                // whatever follows this body on the connection is not to be
+                // trusted as the answer to another request (RFC 9112 §6.1).
+                // hyper would keep it; dropping the sender closes it once
+                // this body is read.
+                let split = response
+                    .headers()
+                    .contains_key(http::header::TRANSFER_ENCODING)
+                    && response
+                        .headers()
+                        .contains_key(http::header::CONTENT_LENGTH);
+                if !upgrade && !split {
+                    lease.connection = Some(Pooled::Hyper(sender));
+                }
+                Ok((response.map(ResponseBody::Hyper), lease))
+            }
+            Err(mut failed) => {
+                let given_back = failed.take_message();
+                let unsent = given_back.is_some();
+                Err(self.hyper_failed(failed.error(), given_back.or(replay), unsent, reused))
+            }
+        }
+    }
+
+    /// An idle hyper connection that is open and ready, if the pool has one.
+    async fn take_ready_h1(&self, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+        while let Some(mut sender) = self.hyper_h1.take(max_idle) {
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
             }
         }
         None
     }
 
+    /// hyper's HTTP/2 client, over the one connection the endpoint's
+    /// requests share. A shared connection found dead counts as a pooled
+    /// connection that died while idle.
     async fn send_h2(
         &self,
         request: Request<RequestBody>,
         timeouts: &Timeouts,
         lease: Lease,
     ) -> Result<(Response<ResponseBody>, Lease), Failed> {
-        let current = self.shared_h2.load_full();
-        let mut fresh = false;
-        let mut sender = match current {
-            Some(sender) if !sender.is_closed() => (*sender).clone(),
+        let (mut sender, reused) = match self.h2.get() {
+            Some(sender) => (sender, true),
             // Boxed, as in `send_h1`: the h2 handshake's future is 6 KiB.
-            _ => match Box::pin(self.connect_h2(timeouts.connect)).await {
+            None => match Box::pin(self.connect_h2(timeouts.connect)).await {
                 Ok(sender) => {
-                    self.shared_h2.store(Some(Arc::new(sender.clone())));
-                    fresh = true;
-                    sender
+                    self.h2.set(&sender);
+                    (sender, false)
                 }
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        request: Some(request),
-                    })
-                }
+                Err(error) => return Err(unsent(error, request)),
             },
         };
         if let Err(err) = sender.ready().await {
-            self.shared_h2.store(None);
-            return Err(Failed {
-                error: self.explain(UpstreamError::from_hyper(self.addr, &err), fresh),
-                request: Some(request),
-            });
+            self.h2.clear();
+            return Err(self.hyper_failed(&err, Some(request), true, reused));
         }
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response.map(ResponseBody::Hyper), lease)),
-            Err(mut failed) => Err(Failed {
-                error: self.explain(UpstreamError::from_hyper(self.addr, failed.error()), fresh),
-                request: failed.take_message(),
-            }),
+            Err(mut failed) => {
+                let given_back = failed.take_message();
+                let unsent = given_back.is_some();
+                Err(self.hyper_failed(failed.error(), given_back, unsent, reused))
+            }
         }
+    }
+
+    /// A failed exchange on one of hyper's connections, classified.
+    fn hyper_failed(
+        &self,
+        err: &hyper::Error,
+        request: Option<Request<RequestBody>>,
+        unsent: bool,
+        reused: bool,
+    ) -> Failed {
+        let (error, delivery) = UpstreamError::from_hyper_send(self.addr, err, unsent);
+        match self.explain(error, !reused) {
+            // The endpoint refused the TLS session: it read none of it.
+            error @ UpstreamError::Tls { .. } => Failed {
+                error,
+                delivery: Delivery::Unsent,
+                request,
+                reused,
+            },
+            error => Failed {
+                error,
+                delivery,
+                request,
+                reused,
+            },
+        }
+    }
+
+    /// Closes the idle connections the upstream has closed or that waited
+    /// past their idle limit (`pool`); run in the background.
+    pub(crate) fn sweep(&self) {
+        self.direct.sweep();
+        self.hyper_h1.sweep();
+        self.h2.sweep();
+    }
+
+    /// Half the shorter idle limit requests asked for, between 250 ms and
+    /// 5 s: a connection waits at most half its limit longer than it may.
+    /// Every second until a request has told the limit.
+    fn sweep_every(&self) -> Duration {
+        const MIN: Duration = Duration::from_millis(250);
+        const MAX: Duration = Duration::from_secs(5);
+        let shortest = match (self.direct.limit(), self.hyper_h1.limit()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(Duration::from_secs(2)),
+        };
+        (shortest / 2).clamp(MIN, MAX)
     }
 
     /// A reset on a connection just made to a TLS endpoint may be the
@@ -396,24 +342,6 @@ impl Endpoint {
             }
             _ => error,
         }
-    }
-
-    /// An idle connection that is still open and ready, and how long it was
-    /// idle, if the pool has one.
-    async fn take_idle(
-        &self,
-        max_idle: Duration,
-    ) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
-        while let Some(IdleConnection { mut sender, since }) = self.idle.pop() {
-            let idle_for = since.elapsed();
-            if sender.is_closed() || idle_for > max_idle {
-                continue;
-            }
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some((sender, idle_for));
-            }
-        }
-        None
     }
 
     async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, UpstreamError> {
@@ -576,19 +504,37 @@ fn direct_enabled() -> bool {
     *DIRECT.get_or_init(|| std::env::var_os("VEER_H1_CLIENT").is_none_or(|v| v != "hyper"))
 }
 
-/// A copy of `request` to send again if the first try is reset before any
-/// answer: only for methods that are safe to repeat (RFC 9110 §9.2.2) and a
-/// request without a body.
-fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    if !request.method().is_idempotent() || !http_body::Body::is_end_stream(request.body()) {
-        return None;
+/// Sweeps `endpoint`'s idle connections until the endpoint is dropped; the
+/// task holds only a weak reference, so it keeps nothing alive. Needs a
+/// tokio runtime: an endpoint built outside one (a benchmark) has no sweep,
+/// and its idle connections are still checked when taken.
+pub(crate) fn spawn_sweeper(endpoint: &Arc<Endpoint>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let endpoint = Arc::downgrade(endpoint);
+    runtime.spawn(async move {
+        loop {
+            let Some(every) = endpoint.upgrade().map(|e| e.sweep_every()) else {
+                return;
+            };
+            tokio::time::sleep(every).await;
+            match endpoint.upgrade() {
+                Some(endpoint) => endpoint.sweep(),
+                None => return,
+            }
+        }
+    });
+}
+
+/// A failure before anything was written: the request goes back whole.
+fn unsent(error: UpstreamError, request: Request<RequestBody>) -> Failed {
+    Failed {
+        error,
+        delivery: Delivery::Unsent,
+        request: Some(request),
+        reused: false,
     }
-    let mut copy = Request::new(RequestBody::Empty);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
 }
 
 impl Lease {
@@ -599,27 +545,23 @@ impl Lease {
     /// Called when a fast-path response body ended: its connection, if it
     /// can serve another request, goes back to the pool with the lease.
     pub fn release_direct(&mut self, connection: Option<Box<h1::Connection>>) {
-        self.direct = connection;
+        if let Some(connection) = connection {
+            self.connection = Some(Pooled::Direct(connection));
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
-        if let Some(connection) = self.direct.take() {
-            let _ = self.endpoint.idle_direct.push(IdleDirect {
-                connection,
-                since: Instant::now(),
-            });
-        }
-        if let Some(sender) = self.connection.take() {
-            if !sender.is_closed() {
-                // A full pool just closes the surplus connection.
-                let _ = self.endpoint.idle.push(IdleConnection {
-                    sender,
-                    since: Instant::now(),
-                });
+        match self.connection.take() {
+            Some(Pooled::Direct(connection)) => self.endpoint.direct.put(connection),
+            // hyper's connection task knows at once when the upstream
+            // closed; the fast path's socket is asked when next taken.
+            Some(Pooled::Hyper(sender)) if !sender.is_closed() => {
+                self.endpoint.hyper_h1.put(sender)
             }
+            _ => {}
         }
     }
 }
@@ -639,7 +581,7 @@ impl std::fmt::Debug for Endpoint {
             .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
             .field("outstanding", &self.outstanding())
-            .field("idle", &self.idle.len())
+            .field("idle", &(self.direct.len() + self.hyper_h1.len()))
             .finish()
     }
 }

@@ -1,11 +1,15 @@
 //! What can go wrong talking to an endpoint, classified once, in the terms the
 //! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`, and
-//! `tls` for a failed handshake with a TLS endpoint).
+//! `tls` for a failed handshake with a TLS endpoint), and how far the request
+//! got ([`Delivery`]). The one mapping for every client: veer's own HTTP/1.1
+//! client (`from_exchange`) and hyper's (`from_hyper`) give the same failure
+//! the same error, and the retry loop (`retry`) decides on nothing else.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use super::body::{ClientBodyError, ClientBodyFault, ClientBodyWatch};
+use super::h1::ExchangeError;
 
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -31,6 +35,23 @@ pub enum UpstreamError {
         fault: ClientBodyFault,
         cause: String,
     },
+}
+
+/// How far a failed attempt's request got, which decides whether it may be
+/// sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Nothing reached the upstream: the connection could not be made, or
+    /// was found closed before the request was written.
+    Unsent,
+    /// The request was written and the connection ended before a byte of
+    /// answer: the upstream may or may not have acted on it. (hyper's client
+    /// cannot tell a connection closed mid-head from one closed before it,
+    /// so its resets all land here.)
+    Unanswered,
+    /// Part of an answer came back, part of the request's body went out, or
+    /// the attempt ran out of time: never sent again.
+    Partial,
 }
 
 /// The failure reasons of `veer_upstream_failures_total`.
@@ -87,6 +108,47 @@ impl UpstreamError {
             },
             _ => self,
         }
+    }
+
+    /// Classifies a failed exchange on veer's own HTTP/1.1 client (`h1`).
+    pub(crate) fn from_exchange(
+        addr: SocketAddr,
+        error: ExchangeError,
+    ) -> (UpstreamError, Delivery) {
+        match error {
+            ExchangeError::Unwritten(cause) => (
+                UpstreamError::Reset {
+                    addr,
+                    cause: format!("could not send the request: {cause}"),
+                },
+                Delivery::Unsent,
+            ),
+            ExchangeError::NothingBack(cause) => {
+                (UpstreamError::Reset { addr, cause }, Delivery::Unanswered)
+            }
+            ExchangeError::Broken(cause) => {
+                (UpstreamError::Reset { addr, cause }, Delivery::Partial)
+            }
+            ExchangeError::Protocol(cause) => {
+                (UpstreamError::Protocol { addr, cause }, Delivery::Partial)
+            }
+        }
+    }
+
+    /// Classifies a request hyper's client connection failed to exchange;
+    /// `unsent` when hyper gave the request back (it never wrote it).
+    pub(crate) fn from_hyper_send(
+        addr: SocketAddr,
+        err: &hyper::Error,
+        unsent: bool,
+    ) -> (UpstreamError, Delivery) {
+        let error = UpstreamError::from_hyper(addr, err);
+        let delivery = match &error {
+            _ if unsent => Delivery::Unsent,
+            UpstreamError::Reset { .. } => Delivery::Unanswered,
+            _ => Delivery::Partial,
+        };
+        (error, delivery)
     }
 
     /// Classifies an error from hyper's client connection. hyper reports a

@@ -1,5 +1,8 @@
-//! The upstream side: endpoints, their pooled connections, and the choice of an
-//! endpoint within a version.
+//! The upstream side: endpoints, their pooled connections (`pool`), the choice
+//! of an endpoint within a version (`balance`), the one retry loop over a
+//! version's endpoints (`retry`), and the one classification of what went
+//! wrong (`error`), whichever client spoke: veer's own HTTP/1.1 exchange
+//! (`h1`) or hyper's.
 //!
 //! An `Endpoint` outlives snapshots: `Registry` hands the same `Arc<Endpoint>` to
 //! every snapshot that names its address, so a reload keeps its warm connections
@@ -12,10 +15,13 @@ pub mod endpoint;
 pub mod error;
 pub mod h1;
 pub mod health;
+pub mod pool;
 pub mod probe;
 pub mod registry;
+pub mod retry;
 
 pub use body::{RequestBody, ResponseBody};
 pub use endpoint::{Endpoint, Lease};
 pub use error::UpstreamError;
 pub use registry::Registry;
+pub use retry::Failed;

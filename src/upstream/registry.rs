@@ -49,7 +49,9 @@ impl Registry {
             endpoint
                 .health
                 .set_probe_ok(initially_healthy, crate::clock::now_ms());
-            Arc::new(endpoint)
+            let endpoint = Arc::new(endpoint);
+            super::endpoint::spawn_sweeper(&endpoint);
+            endpoint
         });
         (Arc::clone(endpoint), created)
     }
