@@ -38,3 +38,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

@@ -9,8 +9,6 @@
 //! files a config names (certificates, keys) are checked by the function the
 //! server gives, before anything is applied.
 
-pub mod watch;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, Config, Listener};
 use crate::control::Control;
+use crate::watch;
 
 /// How long a burst of file events must be quiet before it counts as one
 /// change (an editor's save is several events within a millisecond or two).
@@ -173,7 +172,7 @@ impl Reloader {
 /// The file watch and the SIGHUP handler of a reloader, set up by `listen`.
 pub struct Listening {
     reloader: Arc<Reloader>,
-    _watcher: Option<watch::ConfigWatcher>,
+    _watcher: Option<watch::FileWatcher>,
     changes: Option<tokio::sync::mpsc::Receiver<()>>,
     hangup: Option<tokio::signal::unix::Signal>,
 }

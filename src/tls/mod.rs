@@ -4,7 +4,7 @@
 //!
 //! Everything here runs when a listener or endpoint is set up, or once per
 //! handshake; nothing runs per request. May depend on `config`,
-//! `telemetry` and `reload::watch`.
+//! `telemetry` (handshake failures, certificate expiry) and `watch`.
 
 pub mod check;
 pub mod client;

@@ -26,8 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertificateFiles, HostMatch, ListenerTls};
-use crate::reload::watch;
 use crate::telemetry::Telemetry;
+use crate::watch;
 
 /// TLS 1.2 sessions kept for resumption by ID (TLS 1.3 and 1.2 tickets are
 /// stateless and need no room here).
@@ -296,8 +296,8 @@ fn record_expiry(
 /// The change signals of a pair's two files; `None` (logged) when they
 /// cannot be watched: the pair then changes only with a config reload.
 type PairChanges = (
-    (watch::ConfigWatcher, tokio::sync::mpsc::Receiver<()>),
-    (watch::ConfigWatcher, tokio::sync::mpsc::Receiver<()>),
+    (watch::FileWatcher, tokio::sync::mpsc::Receiver<()>),
+    (watch::FileWatcher, tokio::sync::mpsc::Receiver<()>),
 );
 
 fn watch_pair(listener: &str, pair: &CertificateFiles) -> Option<PairChanges> {
