@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod guard;
 pub mod health;
 pub mod logging;
+pub mod outcome;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

@@ -38,7 +38,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use tokio::time::Instant;
 
 use crate::grpc::{self, methods::MethodTable};
-use crate::upstream::error::FailureReason;
+use crate::outcome::FailureReason;
 use buckets::LatencyBuckets;
 use exposition::{Family, HistogramRegistry};
 pub use window::{Figures, Window};

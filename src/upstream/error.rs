@@ -1,11 +1,14 @@
-//! What can go wrong talking to an endpoint, classified once, in the terms the
-//! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`, and
-//! `tls` for a failed handshake with a TLS endpoint).
+//! What can go wrong talking to an endpoint, classified once into the
+//! `outcome::FailureReason` the metrics and the guard use (`connect`,
+//! `timeout`, `reset`, `protocol`, and `tls` for a failed handshake with a TLS
+//! endpoint).
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use super::body::{ClientBodyError, ClientBodyFault, ClientBodyWatch};
+// Re-exported: the reason is classified here, but owned by `outcome`.
+pub use crate::outcome::FailureReason;
 
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -31,32 +34,6 @@ pub enum UpstreamError {
         fault: ClientBodyFault,
         cause: String,
     },
-}
-
-/// The failure reasons of `veer_upstream_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Protocol = 3,
-    Tls = 4,
-    /// The response broke after its head: reset, closed early, or invalid
-    /// body framing.
-    Midstream = 5,
-}
-
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Connect => "connect",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Reset => "reset",
-            FailureReason::Protocol => "protocol",
-            FailureReason::Tls => "tls",
-            FailureReason::Midstream => "midstream",
-        }
-    }
 }
 
 impl UpstreamError {
