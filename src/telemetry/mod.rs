@@ -25,6 +25,7 @@ pub mod access;
 pub mod buckets;
 mod exposition;
 pub mod histogram;
+pub mod methods;
 pub mod operator;
 pub mod window;
 
@@ -37,10 +38,11 @@ use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
 
-use crate::grpc::{self, methods::MethodTable};
+use crate::grpc;
 use crate::outcome::FailureReason;
 use buckets::LatencyBuckets;
 use exposition::{Family, HistogramRegistry};
+use methods::MethodTable;
 pub use window::{Figures, Window};
 
 const REQUEST_DURATION: Family = Family {
