@@ -36,12 +36,12 @@ use tokio::time::Instant;
 
 use crate::config::Protocol;
 use crate::grpc;
-use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
 use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
+use crate::upstream::health::{HealthEvent, HealthSender};
 use crate::upstream::{balance, Endpoint, Lease, RequestBody, ResponseBody, UpstreamError};
 pub use body::ProxyBody;
 pub use error::ProxyError;

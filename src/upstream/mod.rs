@@ -12,7 +12,6 @@ pub mod endpoint;
 pub mod error;
 pub mod h1;
 pub mod health;
-pub mod probe;
 pub mod registry;
 
 pub use body::{RequestBody, ResponseBody};
