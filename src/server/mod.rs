@@ -12,6 +12,7 @@
 
 mod idle;
 mod listeners;
+pub mod runtime;
 pub mod signal;
 mod woken;
 
