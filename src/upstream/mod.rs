@@ -1,9 +1,12 @@
-//! The upstream side: endpoints, their pooled connections, and the choice of an
-//! endpoint within a version.
+//! The upstream side: endpoints, their pooled connections, the choice of an
+//! endpoint within a version, and each endpoint's in-service flags (`health`:
+//! read and reported by the request path; the probes and ejections that set
+//! them are `crate::health`).
 //!
 //! An `Endpoint` outlives snapshots: `Registry` hands the same `Arc<Endpoint>` to
-//! every snapshot that names its address, so a reload keeps its warm connections
-//! and its outstanding-request count. Depends on `config`, and on `tls` for
+//! every snapshot that names its address, so a reload keeps its warm connections,
+//! its outstanding-request count and its health. Depends on `config`, `clock`,
+//! `outcome` (the failure reasons it classifies into), and on `tls` for
 //! connections to TLS endpoints.
 
 pub mod balance;
