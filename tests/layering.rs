@@ -63,7 +63,10 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
 ];
 
 fn order() -> Vec<&'static str> {
-    LAYERS.iter().flat_map(|(_, modules)| modules.iter().copied()).collect()
+    LAYERS
+        .iter()
+        .flat_map(|(_, modules)| modules.iter().copied())
+        .collect()
 }
 
 /// One `crate::` path found in a file: the module it names and where.
@@ -188,11 +191,20 @@ const TINY_ORDER: &[&str] = &["server", "tls", "watch", "clock"];
 #[test]
 fn the_check_passes_a_crate_that_keeps_the_order() {
     let dir = tiny_crate(&[
-        ("src/lib.rs", "pub mod server; pub mod tls; pub mod watch; pub mod clock;"),
-        ("src/server/mod.rs", "use crate::tls::Terminator;\nuse crate::clock;"),
+        (
+            "src/lib.rs",
+            "pub mod server; pub mod tls; pub mod watch; pub mod clock;",
+        ),
+        (
+            "src/server/mod.rs",
+            "use crate::tls::Terminator;\nuse crate::clock;",
+        ),
         ("src/tls/mod.rs", "mod server;\nuse crate::watch;"),
         ("src/tls/server.rs", "use super::super::clock::now;"),
-        ("src/watch.rs", "use crate::watch::inner; // use crate::server;"),
+        (
+            "src/watch.rs",
+            "use crate::watch::inner; // use crate::server;",
+        ),
         ("src/clock.rs", ""),
     ]);
     assert_eq!(check(dir.path(), TINY_ORDER, &[]), "");
@@ -245,8 +257,9 @@ fn the_check_wants_every_module_placed_and_every_exception_used() {
 fn the_documented_order_is_the_checked_one() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md");
     let text = std::fs::read_to_string(&path).expect("read docs/architecture.md");
-    let documented = documented_order(&text)
-        .expect("docs/architecture.md holds the layer order between <!-- layers --> and <!-- /layers -->");
+    let documented = documented_order(&text).expect(
+        "docs/architecture.md holds the layer order between <!-- layers --> and <!-- /layers -->",
+    );
     assert_eq!(
         documented,
         order(),
@@ -637,8 +650,14 @@ fn super_counts_only_when_it_reaches_the_crate_root() {
 
 #[test]
 fn files_map_to_their_top_module_and_depth() {
-    assert_eq!(top_module(Path::new("src/tls/server.rs")).as_deref(), Some("tls"));
-    assert_eq!(top_module(Path::new("src/watch.rs")).as_deref(), Some("watch"));
+    assert_eq!(
+        top_module(Path::new("src/tls/server.rs")).as_deref(),
+        Some("tls")
+    );
+    assert_eq!(
+        top_module(Path::new("src/watch.rs")).as_deref(),
+        Some("watch")
+    );
     assert_eq!(top_module(Path::new("src/lib.rs")), None);
     assert_eq!(module_depth(Path::new("src/watch.rs")), 1);
     assert_eq!(module_depth(Path::new("src/tls/mod.rs")), 1);
