@@ -426,13 +426,11 @@ fn read_root_path(
                 j += 1;
                 continue;
             }
-            name if depth == 1 && at_item_start && is_ident(name) => {
-                if name != "self" {
-                    found.push(Use {
-                        target: name.to_string(),
-                        line: token_line,
-                    });
-                }
+            name if depth == 1 && at_item_start && is_ident(name) && name != "self" => {
+                found.push(Use {
+                    target: name.to_string(),
+                    line: token_line,
+                });
             }
             _ => {}
         }
