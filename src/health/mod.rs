@@ -4,6 +4,11 @@
 //! endpoints may be out at once. Every change of an endpoint's availability
 //! republishes the snapshot, whose version lists name available endpoints
 //! only: the request path never checks health itself.
+//!
+//! Every health decision is made here (the probes in `probe`); the flags it
+//! sets, and the channel the request path reports failing endpoints on, live
+//! on the endpoint (`upstream::health`), below the request path, which this
+//! module sits above.
 
 mod probe;
 
