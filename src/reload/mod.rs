@@ -4,10 +4,10 @@
 //! of that changes nothing: the old config keeps serving and the error is
 //! logged, counted and shown in `/status`.
 //!
-//! Depends on `config` and `control`; the listeners are reached through the
-//! `Listeners` trait so that this module does not depend on `server`, and the
-//! files a config names (certificates, keys) are checked by the function the
-//! server gives, before anything is applied.
+//! Depends on `config`, `control`, `audit` and `watch`; the listeners are
+//! reached through the `Listeners` trait so that this module does not depend
+//! on `server`, and the files a config names (certificates, keys) are checked
+//! by the function the server gives, before anything is applied.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
