@@ -175,7 +175,7 @@ fn check(root: &Path, order: &[&str], exceptions: &[(&str, &str, &str)]) -> Stri
     violations
 }
 
-/// A crate of four modules on disk, for the check's own tests.
+/// A small crate on disk (`files`: path and text), for the check's own tests.
 fn tiny_crate(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for (path, text) in files {
