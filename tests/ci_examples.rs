@@ -13,15 +13,18 @@
 //! and says so.
 #![cfg(feature = "ci-examples")]
 
-mod release_support;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use release_support::{Load, BIN};
 use support::binary::VeerProcess;
+
+use support::load::status_and_upstream;
+use support::release;
+
+use support::release::{paced_load, BIN};
 use support::upstream::Upstream;
 
 const GUARD: &str =
@@ -109,17 +112,17 @@ async fn the_release_script_acts_on_every_answer_of_a_local_veer() {
     };
     let mut veer = VeerProcess::start(BIN, &site.yaml("1.0.0", "1.0.0", None));
     let config = veer.config_path();
-    let admin = format!("http://{}", release_support::admin_of(&veer));
+    let admin = format!("http://{}", release::admin_of(&veer));
     let proxy = veer.listener("public");
     let client = support::client::http1_client();
-    let load = Load::start(
+    let load = paced_load(
         client,
         format!("http://{proxy}/"),
         100,
         20_000,
         Duration::from_secs(120),
-        None,
-    );
+    )
+    .start(status_and_upstream);
     let yq = mikefarah_yq();
     if !yq {
         eprintln!("note: mikefarah yq v4 is not installed: the test edits the config for `start` and `finish` itself");
@@ -226,5 +229,5 @@ async fn the_release_script_acts_on_every_answer_of_a_local_veer() {
 
     load.finish().await;
     veer.signal("TERM");
-    veer.wait_exit(release_support::LIMIT).await;
+    veer.wait_exit(release::LIMIT).await;
 }

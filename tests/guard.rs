@@ -16,7 +16,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,14 +26,15 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use prometheus_parse::{Scrape, Value};
 use support::binary::VeerProcess;
-use support::client::{empty, get, http1_client, send, try_send, Answer, HttpClient};
+use support::client::{empty, get, http1_client, send, Answer, HttpClient};
 use support::config::LISTENER;
 use support::harness::start_with_admin;
+use support::load::{status_and_upstream, tally, Load, LoadPlan};
 use support::raw::closed_port;
+use support::release::{admin_of, veer as veer_cli};
 use support::upstream::Upstream;
 use support::{wait_until, within};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
 use veer::server::RunningProxy;
 use veer::telemetry::Figures;
 
@@ -283,27 +284,6 @@ async fn metric(
 
 // ---------------------------------------------------------------- the binary
 
-/// `veer: admin on ADDR` from the binary's output.
-fn admin_of(veer: &VeerProcess) -> SocketAddr {
-    veer.output()
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("veer: admin on ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no `veer: admin on` line\n{}", veer.output()))
-}
-
-/// Runs `veer ARGS` (bounded), with no admin URL or token from the environment.
-async fn veer_cli(args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .env_remove("VEER_ADMIN")
-        .env_remove("VEER_ADMIN_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    within(LIMIT, &format!("veer {args:?}"), cmd.output())
-        .await
-        .expect("run the veer binary")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -315,89 +295,17 @@ fn start_binary(setup: &Setup) -> VeerProcess {
 
 // ---------------------------------------------------------------- paced load
 
-/// A paced client: `rate` requests a second, each in its own task so a slow
-/// answer does not slow the pace; stops when told, after `MAX_REQUESTS`, or
-/// after `MAX_RUN`, whichever is first.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    in_flight: Arc<AtomicU64>,
-    task: JoinHandle<BTreeMap<String, u64>>,
-}
-
-impl Load {
-    fn start(client: HttpClient, url: String, rate: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let in_flight = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (stop, sent, in_flight) = (stop.clone(), sent.clone(), in_flight.clone());
-            async move {
-                let outcomes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-                let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let started = tokio::time::Instant::now();
-                let mut tasks = JoinSet::new();
-                while !stop.load(Ordering::SeqCst)
-                    && sent.load(Ordering::SeqCst) < MAX_REQUESTS
-                    && started.elapsed() < MAX_RUN
-                {
-                    tick.tick().await;
-                    // Counted in flight before it leaves, so a request that
-                    // reaches an upstream later was in flight when read.
-                    in_flight.fetch_add(1, Ordering::SeqCst);
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    let (client, url) = (client.clone(), url.clone());
-                    let (outcomes, in_flight) = (outcomes.clone(), in_flight.clone());
-                    tasks.spawn(async move {
-                        let result =
-                            tokio::time::timeout(LIMIT, try_send(&client, get(&url, None))).await;
-                        let outcome = match result {
-                            Ok(Ok(answer)) => format!(
-                                "{} {}",
-                                answer.status.as_u16(),
-                                answer.upstream().unwrap_or("veer")
-                            ),
-                            Ok(Err(e)) => format!("error {e}"),
-                            Err(_) => "no answer".to_string(),
-                        };
-                        *outcomes
-                            .lock()
-                            .expect("outcomes")
-                            .entry(outcome)
-                            .or_insert(0) += 1;
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    while tasks.try_join_next().is_some() {}
-                }
-                while tasks.join_next().await.is_some() {}
-                let outcomes = outcomes.lock().expect("outcomes").clone();
-                outcomes
-            }
-        });
-        Load {
-            stop,
-            sent,
-            in_flight,
-            task,
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Stops and waits for every request; what came back, by "STATUS UPSTREAM".
-    async fn finish(self) -> BTreeMap<String, u64> {
-        self.stop.store(true, Ordering::SeqCst);
-        within(Duration::from_secs(40), "load to finish", self.task)
-            .await
-            .expect("load task")
-    }
+/// The paced load: [`RATE`] requests a second, each in its own task so a slow
+/// answer does not slow the pace, each answer kept as `"STATUS UPSTREAM"`;
+/// stops when told, after `MAX_REQUESTS`, or after `MAX_RUN`, whichever is
+/// first.
+fn paced_load(f: &Fixture) -> Load<String> {
+    LoadPlan::paced(f.url("/"), RATE)
+        .client(f.client.clone())
+        .max_requests(MAX_REQUESTS)
+        .max_run(MAX_RUN)
+        .answer_limit(LIMIT)
+        .start(status_and_upstream)
 }
 
 /// How many requests a bad canary may serve from the fault's onset until a
@@ -433,7 +341,7 @@ async fn trip_under_load(
     canary: &Upstream,
     fault: impl FnOnce(&Figures) -> u64,
 ) -> (Trip, u64) {
-    let load = Load::start(f.client.clone(), f.url("/"), RATE);
+    let load = paced_load(f);
     wait_until(
         LIMIT,
         "the guard judges the canary healthy on enough data",
@@ -468,7 +376,7 @@ async fn trip_under_load(
         load.sent() >= sent_at_trip + 200
     })
     .await;
-    let outcomes = load.finish().await;
+    let outcomes = tally(&load.finish().await);
     assert!(
         stable.total() >= stable_at_trip + 200,
         "the baseline took the traffic: {outcomes:?}"
@@ -651,7 +559,7 @@ async fn latency_ratio_ignores_a_common_slowdown_and_trips_a_slow_canary() {
     // Both versions equally slow: the load, not the canary.
     stable.set_delay(DELAY);
     canary.set_delay(DELAY);
-    let load = Load::start(f.client.clone(), f.url("/"), RATE);
+    let load = paced_load(&f);
     wait_until(LIMIT, "both windows hold enough data", || {
         f.figures("stable").requests >= 3 * MIN_REQUESTS
             && f.figures("canary").requests >= 3 * MIN_REQUESTS
@@ -686,7 +594,7 @@ async fn latency_ratio_ignores_a_common_slowdown_and_trips_a_slow_canary() {
         load.sent() >= sent_at_trip + 100
     })
     .await;
-    let outcomes = load.finish().await;
+    let outcomes = tally(&load.finish().await);
     assert!(
         canary.total() - at_trip <= in_flight + GRACE,
         "the canary got {} requests after the trip, {in_flight} in flight then: {outcomes:?}",

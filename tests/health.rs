@@ -31,11 +31,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_parse::{Scrape, Value as Metric};
 use serde_json::Value;
-use support::client::{get, http1_client, send, try_send, HttpClient};
+use support::client::{get, http1_client, send, HttpClient};
+use support::load::{upstream_of_200, LoadPlan, Via};
 use support::upstream::Upstream;
 use support::{wait_until, within};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use veer::server::{Proxy, RunningProxy, StartOptions};
 
@@ -434,97 +434,25 @@ fn healthy_gauge(scrape: &Scrape, version: &str, addr: SocketAddr) -> f64 {
 
 /// One request of the load: when it started and either the upstream that
 /// answered 200 or what went wrong.
-#[derive(Debug)]
-struct Sample {
-    at: Instant,
-    result: Result<String, String>,
-}
+type Sample = support::load::Sample<Result<String, String>>;
+type Load = support::load::Load<Result<String, String>>;
 
 /// Paced clients sending `GET /` through the proxy until stopped, each on its
-/// own keep-alive connection pool.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    workers: Vec<JoinHandle<Vec<Sample>>>,
-}
-
-impl Load {
-    fn start(proxy: SocketAddr, workers: usize, pace: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let workers = (0..workers)
-            .map(|_| {
-                let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-                tokio::spawn(async move {
-                    let client = http1_client();
-                    let url = format!("http://{proxy}/");
-                    let mut samples = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        let at = Instant::now();
-                        let result = match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            try_send(&client, get(&url, None)),
-                        )
-                        .await
-                        {
-                            Ok(Ok(answer)) if answer.status == 200 => {
-                                Ok(answer.upstream().unwrap_or("?").to_string())
-                            }
-                            Ok(Ok(answer)) => Err(format!(
-                                "{} x-veer-error={:?} {}",
-                                answer.status,
-                                answer.header("x-veer-error"),
-                                answer.text().trim()
-                            )),
-                            Ok(Err(e)) => Err(format!("transport: {e:?}")),
-                            Err(_) => Err("no answer within 10s".to_string()),
-                        };
-                        samples.push(Sample { at, result });
-                        sent.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(pace).await;
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            workers,
-        }
-    }
-
-    /// Requests answered (or failed) so far.
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` more requests have been answered.
-    async fn progress(&self, n: u64) {
-        let target = self.sent() + n;
-        wait_until(LIMIT, "the load goes on", || self.sent() >= target).await;
-    }
-
-    async fn stop(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = Vec::new();
-        for worker in self.workers {
-            all.extend(
-                within(LIMIT, "load worker stops", worker)
-                    .await
-                    .expect("load worker"),
-            );
-        }
-        all.sort_by_key(|s| s.at);
-        all
-    }
+/// own keep-alive connection pool, pausing `pace` between answer and request.
+fn start_load(proxy: SocketAddr, workers: usize, pace: Duration) -> Load {
+    LoadPlan::workers(format!("http://{proxy}/"), &vec![Via::KeepAlive; workers])
+        .pause(pace)
+        .answer_limit(Duration::from_secs(10))
+        .max_requests(1_000_000)
+        .max_run(Duration::from_secs(180))
+        .start(upstream_of_200)
 }
 
 /// Asserts that no request of the load failed.
 fn assert_no_failure(samples: &[Sample]) {
     let failed: Vec<&String> = samples
         .iter()
-        .filter_map(|s| s.result.as_ref().err())
+        .filter_map(|s| s.record.as_ref().err())
         .collect();
     assert!(
         failed.is_empty(),
@@ -570,7 +498,7 @@ async fn a_rolling_update_by_reloads_fails_nothing_and_waits_for_each_first_chec
         let mut endpoints: Vec<SocketAddr> = old.iter().map(Instance::addr).collect();
         let yaml = |eps: &[SocketAddr]| config(&[("app", eps, 100)], CHECK);
         let veer = Veer::start_watched(&yaml(&endpoints)).await;
-        let load = Load::start(veer.proxy, 4, Duration::from_millis(3));
+        let load = start_load(veer.proxy, 4, Duration::from_millis(3));
         load.progress(50).await;
 
         for (i, joining) in new.iter().enumerate() {
@@ -606,7 +534,7 @@ async fn a_rolling_update_by_reloads_fails_nothing_and_waits_for_each_first_chec
             })
             .await;
         }
-        let samples = load.stop().await;
+        let samples = load.finish().await;
 
         assert_no_failure(&samples);
         for joining in &new {
@@ -633,7 +561,7 @@ async fn a_rolling_update_by_reloads_fails_nothing_and_waits_for_each_first_chec
             assert!(
                 samples
                     .iter()
-                    .any(|s| s.result.as_deref() == Ok(left.name())),
+                    .any(|s| s.record.as_deref() == Ok(left.name())),
                 "{} never served (the table starts with all of v1 in service)",
                 left.name()
             );
@@ -660,7 +588,7 @@ async fn an_endpoint_failing_its_probe_leaves_and_comes_back_after_passing() {
         let a = Instance::start("a", true).await;
         let b = Instance::start("b", true).await;
         let veer = Veer::start(&config(&[("stable", &[a.addr(), b.addr()], 100)], CHECK)).await;
-        let load = Load::start(veer.proxy, 2, Duration::from_millis(3));
+        let load = start_load(veer.proxy, 2, Duration::from_millis(3));
         wait_until(LIMIT, "both take requests", || a.user() > 0 && b.user() > 0).await;
 
         b.set_ready(false);
@@ -697,7 +625,7 @@ async fn an_endpoint_failing_its_probe_leaves_and_comes_back_after_passing() {
             1.0
         );
 
-        assert_no_failure(&load.stop().await);
+        assert_no_failure(&load.finish().await);
         veer.shutdown().await;
     })
     .await;
@@ -718,7 +646,7 @@ async fn an_endpoint_that_resets_is_ejected_after_n_failures() {
         bad.set_reset_ratio(1.0);
         let eps = [good1.addr(), good2.addr(), bad.addr()];
         let veer = Veer::start(&config(&[("stable", &eps, 100)], &outlier(5, "1m"))).await;
-        let load = Load::start(veer.proxy, 1, Duration::from_millis(2));
+        let load = start_load(veer.proxy, 1, Duration::from_millis(2));
 
         wait_until(LIMIT, "the resetting endpoint is ejected", || {
             !veer.available("stable").contains(&bad.addr())
@@ -731,9 +659,9 @@ async fn an_endpoint_that_resets_is_ejected_after_n_failures() {
         );
         until_no_more(&load, "the ejected endpoint", || bad.total(), 60).await;
         let reached = bad.total();
-        let after = load.sent();
+        let after = load.answered();
         load.progress(60).await;
-        let samples = load.stop().await;
+        let samples = load.finish().await;
         assert_eq!(bad.total(), reached, "the ejected endpoint got requests");
         // Once it is out, every request succeeds on the others.
         assert_no_failure(&samples[usize::try_from(after).expect("count")..]);
@@ -794,7 +722,7 @@ async fn the_ejection_back_off_grows_on_repeated_ejection() {
         bad.set_reset_ratio(1.0);
         let eps = [good1.addr(), good2.addr(), bad.addr()];
         let veer = Veer::start(&config(&[("stable", &eps, 100)], &outlier(3, "500ms"))).await;
-        let load = Load::start(veer.proxy, 1, Duration::from_millis(2));
+        let load = start_load(veer.proxy, 1, Duration::from_millis(2));
 
         // The longest time left seen during each ejection, by its number,
         // until the second one is over.
@@ -819,7 +747,7 @@ async fn the_ejection_back_off_grows_on_repeated_ejection() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        load.stop().await;
+        load.finish().await;
         assert!(
             longest[1] > 0 && longest[1] <= 500,
             "the first ejection lasts base_ejection (500ms); longest seen {}ms",
@@ -863,7 +791,7 @@ async fn the_ejection_cap_holds() {
         bad2.set_reset_ratio(1.0);
         let eps = [bad1.addr(), bad2.addr(), good.addr()];
         let veer = Veer::start(&config(&[("stable", &eps, 100)], &outlier(3, "1m"))).await;
-        let load = Load::start(veer.proxy, 1, Duration::from_millis(2));
+        let load = start_load(veer.proxy, 1, Duration::from_millis(2));
 
         let ejected = |status: &Value| -> Vec<SocketAddr> {
             eps.iter()
@@ -899,7 +827,7 @@ async fn the_ejection_cap_holds() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        load.stop().await;
+        load.finish().await;
         let status = veer.status().await;
         assert_eq!(ejected(&status), vec![out]);
         assert_eq!(
@@ -947,7 +875,7 @@ fn assert_ramps(samples: &[Sample], joined: Instant, name: &str) {
             .collect();
         let to_it = window
             .iter()
-            .filter(|s| s.result.as_deref() == Ok(name))
+            .filter(|s| s.record.as_deref() == Ok(name))
             .count();
         (to_it as f64 / window.len().max(1) as f64, window.len())
     };
@@ -975,7 +903,7 @@ async fn join_by_reload(extra: &str) -> (Vec<Sample>, Instant, Value) {
     let a = Instance::start("a", true).await;
     let b = Instance::start("b", true).await;
     let veer = Veer::start_watched(&config(&[("stable", &[a.addr()], 100)], extra)).await;
-    let load = Load::start(veer.proxy, 4, Duration::from_millis(2));
+    let load = start_load(veer.proxy, 4, Duration::from_millis(2));
     load.progress(50).await;
 
     let both = [a.addr(), b.addr()];
@@ -988,7 +916,7 @@ async fn join_by_reload(extra: &str) -> (Vec<Sample>, Instant, Value) {
     let joined = Instant::now();
     let entry = endpoint_json(&veer.status().await, "stable", b.addr()).clone();
     tokio::time::sleep_until(joined + Duration::from_millis(3200)).await;
-    let samples = load.stop().await;
+    let samples = load.finish().await;
     assert_no_failure(&samples);
     // Past `slow_start`, the endpoint takes its full share and says so.
     let b_addr = b.addr();
@@ -1052,7 +980,7 @@ async fn an_endpoint_back_from_ejection_ramps_up() {
             &extra,
         ))
         .await;
-        let load = Load::start(veer.proxy, 4, Duration::from_millis(2));
+        let load = start_load(veer.proxy, 4, Duration::from_millis(2));
         wait_until(LIMIT, "flaky is ejected", || {
             !veer.available("stable").contains(&flaky.addr())
         })
@@ -1068,7 +996,7 @@ async fn an_endpoint_back_from_ejection_ramps_up() {
         assert_eq!(entry["ramping"], true, "{entry:#}");
         assert_eq!(entry["ejections"], 1, "{entry:#}");
         tokio::time::sleep_until(back + Duration::from_millis(3200)).await;
-        let samples = load.stop().await;
+        let samples = load.finish().await;
         let since: Vec<Sample> = samples.into_iter().filter(|s| s.at >= back).collect();
         assert_no_failure(&since);
         assert_ramps(&since, back, "flaky");
@@ -1099,7 +1027,7 @@ async fn a_canary_with_no_healthy_endpoint_gives_its_share_to_the_baseline() {
             &format!("{CHECK}{guard}"),
         ))
         .await;
-        let load = Load::start(veer.proxy, 2, Duration::from_millis(3));
+        let load = start_load(veer.proxy, 2, Duration::from_millis(3));
         let canary = || c1.user() + c2.user();
         wait_until(LIMIT, "both versions take requests", || {
             stable.user() > 0 && canary() > 0
@@ -1154,7 +1082,7 @@ async fn a_canary_with_no_healthy_endpoint_gives_its_share_to_the_baseline() {
         assert_eq!(version_json(&status, "canary")["unavailable"], false);
         assert_eq!(version_json(&status, "canary")["weight"], 50);
 
-        assert_no_failure(&load.stop().await);
+        assert_no_failure(&load.finish().await);
         veer.shutdown().await;
     })
     .await;

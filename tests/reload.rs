@@ -20,27 +20,27 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
-use hyper_util::rt::TokioIo;
 use support::binary::VeerProcess;
-use support::client::{empty, full, get, h2c_client, http1_client, read_answer, send, try_send};
+use support::client::{empty, full, get, h2c_client, http1_client, send, try_send};
 use support::client::{Answer, HttpClient};
+use support::load::{upstream_of_200, Load, LoadPlan};
 use support::upstream::Upstream;
-use support::{wait_until, within, BoxError};
-use tokio::task::JoinHandle;
+use support::{wait_until, within};
 use tokio::time::Instant;
 use veer::server::{Proxy, RunningProxy, StartOptions};
 
 /// How long any one reload may take to show before a test gives up. Far above
 /// what a reload needs (milliseconds): only a lost reload gets near it.
 const RELOAD_LIMIT: Duration = Duration::from_secs(30);
-/// How long to keep watching after a reload for a second one that must not
-/// come: several times the watcher's debounce and burst cap.
-const SETTLE: Duration = Duration::from_millis(750);
+/// Only when the watcher was slow to start (a probe of [`until_watching`] went
+/// unanswered and another was written): how long to let a late reload of an
+/// earlier probe land, several times the watcher's debounce and burst cap.
+const SLOW_START_SETTLE: Duration = Duration::from_millis(750);
 /// Bound on a whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 
@@ -422,6 +422,11 @@ async fn until_in_force(proxy: &RunningProxy, cfg: &Cfg, what: &str) -> u64 {
 /// (see `a_change_written_right_after_start_is_not_lost`). Tests that are
 /// about something else first make sure the watch is live: they rewrite the
 /// file with a harmless comment until one such rewrite is reloaded.
+///
+/// On return no reload is owed: the one probe written was reloaded (the
+/// watcher reports a burst only when the bytes changed, so its trailing
+/// events bring no second one), or, when the watcher was slow and several
+/// probes went out, the late ones have had [`SLOW_START_SETTLE`] to land.
 async fn until_watching(proxy: &RunningProxy, path: &Path, cfg: &Cfg) {
     let successes = reloads(proxy, "success");
     for attempt in 0..30 {
@@ -429,6 +434,9 @@ async fn until_watching(proxy: &RunningProxy, path: &Path, cfg: &Cfg) {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if reloads(proxy, "success") > successes {
+                if attempt > 0 {
+                    tokio::time::sleep(SLOW_START_SETTLE).await;
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -461,7 +469,6 @@ async fn one_reload_per_replacement(way: Way) {
     } else {
         until_watching(&proxy, &path, &blue).await;
     }
-    tokio::time::sleep(SETTLE).await;
 
     // Two replacements: 100/0 -> 0/100 -> 100/0. The second shows the watch
     // survives the first (a rename or a `..data` swap changes the inode).
@@ -475,17 +482,23 @@ async fn one_reload_per_replacement(way: Way) {
         way.replace(dir.path(), n, &cfg.yaml());
         let g1 = until_in_force(&proxy, cfg, &what).await;
         assert_eq!(g1, g0 + 1, "{what}: one reload moves the generation by one");
-        // No second reload comes after the first.
-        tokio::time::sleep(SETTLE).await;
-        assert_eq!(
-            generation(&proxy),
-            g0 + 1,
-            "{what}: a second reload followed"
-        );
+        // No second reload comes after the first: a later change (a new
+        // revision marker, written atomically) is reloaded, and it is the
+        // only other reload by then.
+        let marker = Cfg {
+            revision: format!("marker-{n}"),
+            ..cfg.clone()
+        };
+        match way {
+            Way::ConfigMap => way.replace(dir.path(), 2000 + n, &marker.yaml()),
+            _ => rename_over(&path, &marker.yaml()),
+        }
+        let g2 = until_in_force(&proxy, &marker, &format!("{what}: the marker")).await;
+        assert_eq!(g2, g0 + 2, "{what}: a second reload followed");
         assert_eq!(
             reloads(&proxy, "success"),
-            s0 + 1,
-            "{what}: successful reloads"
+            s0 + 2,
+            "{what}: successful reloads (the replacement's and the marker's)"
         );
         let failures = reloads(&proxy, "failure") - f0;
         match way {
@@ -521,6 +534,9 @@ async fn wait_for_watch_configmap(proxy: &RunningProxy, dir: &Path, cfg: &Cfg) {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if reloads(proxy, "success") > successes {
+                if attempt > 0 {
+                    tokio::time::sleep(SLOW_START_SETTLE).await;
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -599,108 +615,27 @@ async fn a_change_written_right_after_start_is_not_lost() {
 /// One request of the load: the epoch (see `reloads_under_load_...`) read
 /// before it was sent and after its answer was read, and who answered (or
 /// what went wrong).
-#[derive(Debug)]
-struct Sample {
-    before: u64,
-    after: u64,
-    outcome: Result<String, String>,
-}
+type Sample = support::load::Sample<Result<String, String>>;
 
 /// Clients sending requests without pause until stopped: pooled HTTP/1.1
 /// keep-alive, pooled h2c, and a new TCP connection per request.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<Sample>>>,
-}
-
-/// Bound on the requests of one load task (the load stops far earlier).
-const MAX_PER_TASK: usize = 200_000;
-
-impl Load {
-    fn start(addr: SocketAddr, epoch: Arc<AtomicU64>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        let kinds = [
-            "keep-alive",
-            "keep-alive",
-            "h2c",
-            "new-connection",
-            "new-connection",
-        ];
-        for (task, kind) in kinds.into_iter().enumerate() {
-            let (stop, epoch) = (Arc::clone(&stop), Arc::clone(&epoch));
-            tasks.push(tokio::spawn(async move {
-                let client = match kind {
-                    "h2c" => h2c_client(),
-                    _ => http1_client(),
-                };
-                let mut samples = Vec::new();
-                let mut i = 0usize;
-                while !stop.load(Ordering::SeqCst) && samples.len() < MAX_PER_TASK {
-                    let url = format!("http://{addr}/load/{task}/{i}");
-                    i += 1;
-                    let before = epoch.load(Ordering::SeqCst);
-                    let exchange = async {
-                        if kind == "new-connection" {
-                            one_connection_get(addr, &url).await
-                        } else {
-                            try_send(&client, get(&url, None)).await
-                        }
-                    };
-                    let outcome =
-                        match tokio::time::timeout(Duration::from_secs(30), exchange).await {
-                            Err(_) => Err(format!("{kind} {url}: no answer within 30s")),
-                            Ok(Err(e)) => Err(format!("{kind} {url}: {e}")),
-                            Ok(Ok(a)) if a.status != 200 => {
-                                Err(format!("{kind} {url}: {} {:?}", a.status, a.text()))
-                            }
-                            Ok(Ok(a)) => Ok(a.upstream().unwrap_or("(none)").to_string()),
-                        };
-                    let after = epoch.load(Ordering::SeqCst);
-                    samples.push(Sample {
-                        before,
-                        after,
-                        outcome,
-                    });
-                }
-                samples
-            }));
-        }
-        Load { stop, tasks }
-    }
-
-    async fn stop(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = Vec::new();
-        for task in self.tasks {
-            let samples = within(Duration::from_secs(60), "load task to stop", task)
-                .await
-                .expect("load task panicked");
-            all.extend(samples);
-        }
-        all
-    }
-}
-
-/// One GET on a connection of its own, closed afterwards.
-async fn one_connection_get(addr: SocketAddr, url: &str) -> Result<Answer, BoxError> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let response = sender.send_request(get(url, None)).await?;
-    let answer = read_answer(response).await;
-    drop(sender);
-    let _ = driver.await;
-    answer
+fn load(addr: SocketAddr, epoch: Arc<AtomicU64>) -> Load<Result<String, String>> {
+    use support::load::Via::{H2c, KeepAlive, NewConnection};
+    LoadPlan::workers(
+        format!("http://{addr}/load"),
+        &[KeepAlive, KeepAlive, H2c, NewConnection, NewConnection],
+    )
+    .numbered()
+    .tag(epoch)
+    .max_requests(1_000_000)
+    .max_run(TEST_LIMIT)
+    .start(upstream_of_200)
 }
 
 fn failures(samples: &[Sample]) -> Vec<&String> {
     samples
         .iter()
-        .filter_map(|s| s.outcome.as_ref().err())
+        .filter_map(|s| s.record.as_ref().err())
         .collect()
 }
 
@@ -760,7 +695,7 @@ async fn reloads_under_load_fail_nothing_and_route_only_where_allowed() {
         until_in_force(&proxy, &configs[0], "the first config").await;
 
         let epoch = Arc::new(AtomicU64::new(0));
-        let load = Load::start(public(&proxy), Arc::clone(&epoch));
+        let load = load(public(&proxy), Arc::clone(&epoch));
         let mut generations = vec![generation(&proxy)];
         for (k, cfg) in configs.iter().enumerate().skip(1) {
             let before = generation(&proxy);
@@ -784,8 +719,8 @@ async fn reloads_under_load_fail_nothing_and_route_only_where_allowed() {
             epoch.store(k as u64, Ordering::SeqCst);
         }
         // Some traffic on the last config too.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let samples = load.stop().await;
+        load.progress(100).await;
+        let samples = load.finish().await;
 
         let failed = failures(&samples);
         assert!(
@@ -798,7 +733,7 @@ async fn reloads_under_load_fail_nothing_and_route_only_where_allowed() {
         let allowed: Vec<BTreeSet<String>> = configs.iter().map(|c| c.allowed(&names)).collect();
         let mut wrong = Vec::new();
         for s in &samples {
-            let Ok(upstream) = &s.outcome else { continue };
+            let Ok(upstream) = &s.record else { continue };
             let last = (s.after as usize + 1).min(RELOADS);
             let ok = (s.before as usize..=last).any(|k| allowed[k].contains(upstream));
             if !ok {
@@ -858,10 +793,9 @@ async fn a_bad_config_under_load_changes_nothing_until_fixed() {
         let admin = admin_addr(&proxy);
         let client = http1_client();
         until_watching(&proxy, &path, &blue).await;
-        tokio::time::sleep(SETTLE).await;
 
         let epoch = Arc::new(AtomicU64::new(0));
-        let load = Load::start(public(&proxy), Arc::clone(&epoch));
+        let load = load(public(&proxy), Arc::clone(&epoch));
         let g0 = generation(&proxy);
         let failures0 = metric(&client, admin, RELOADS_FAILURE).await;
 
@@ -900,12 +834,31 @@ async fn a_bad_config_under_load_changes_nothing_until_fixed() {
             "the old config keeps serving"
         );
         // Let the load run on the old config for a while.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        load.progress(200).await;
+        // A second bad write, told apart from the first by its typo: once its
+        // failure is counted, the watcher has handled everything since the
+        // first, and each bad write made one failed reload.
+        let bad_again = green.yaml().replacen("weight: 100", "weigth: 100", 1);
+        assert_ne!(bad_again, green.yaml());
+        rename_over(&path, &bad_again);
+        eventually(
+            RELOAD_LIMIT,
+            "the second failed reload to be counted",
+            || async { metric(&client, admin, RELOADS_FAILURE).await > failures0 + 1 },
+        )
+        .await;
         assert_eq!(
             metric(&client, admin, RELOADS_FAILURE).await,
-            failures0 + 1,
-            "one bad write, one failed reload"
+            failures0 + 2,
+            "two bad writes, two failed reloads"
         );
+        let report = status(&client, admin).await;
+        let errors = report["config"]["last_reload"]["errors"].to_string();
+        assert!(
+            errors.contains("weigth"),
+            "the second write's error: {errors}"
+        );
+        assert_eq!(generation(&proxy), g0, "a failed reload published");
 
         // Fixed.
         epoch.store(1, Ordering::SeqCst);
@@ -918,8 +871,8 @@ async fn a_bad_config_under_load_changes_nothing_until_fixed() {
             report["config"]["last_reload"]["result"], "success",
             "{report:#}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let samples = load.stop().await;
+        load.progress(100).await;
+        let samples = load.finish().await;
 
         let failed = failures(&samples);
         assert!(
@@ -936,13 +889,13 @@ async fn a_bad_config_under_load_changes_nothing_until_fixed() {
         );
         for s in before_fix {
             assert_eq!(
-                s.outcome.as_deref(),
+                s.record.as_deref(),
                 Ok("stable"),
                 "while the bad file was there"
             );
         }
         for s in after_fix {
-            assert_eq!(s.outcome.as_deref(), Ok("canary"), "after the fix");
+            assert_eq!(s.record.as_deref(), Ok("canary"), "after the fix");
         }
         all_reach(&client, public(&proxy), 20, "canary", "after the fix").await;
         within(Duration::from_secs(30), "shutdown", proxy.shutdown()).await;
@@ -966,7 +919,6 @@ async fn an_empty_or_deleted_file_is_a_failed_reload() {
         let client = http1_client();
         let addr = public(&proxy);
         until_watching(&proxy, &path, &blue).await;
-        tokio::time::sleep(SETTLE).await;
         let g0 = generation(&proxy);
 
         for (what, change) in [("empty file", 0), ("deleted file", 1)] {
@@ -1004,11 +956,20 @@ async fn an_empty_or_deleted_file_is_a_failed_reload() {
                     .is_some_and(|e| e.contains(expected)),
                 "{body}"
             );
-            tokio::time::sleep(SETTLE).await;
+            // A later write, still no config (a comment alone): once its
+            // failure is counted, the watcher has handled all before it.
+            rename_over(&path, &format!("# still no config after the {what}\n"));
+            eventually(
+                RELOAD_LIMIT,
+                &format!("{what}: the later write's failed reload counted"),
+                || async { metric(&client, admin, RELOADS_FAILURE).await > failures0 + 2 },
+            )
+            .await;
             assert_eq!(
                 metric(&client, admin, RELOADS_FAILURE).await,
-                failures0 + 2,
-                "{what}: one failed reload by the watcher, one by POST /reload"
+                failures0 + 3,
+                "{what}: one failed reload by the watcher, one by POST /reload, \
+                 one for the later write"
             );
             assert_eq!(generation(&proxy), g0, "{what}: nothing published");
             assert_eq!(in_force(&proxy).1, blue.view(), "{what}: old config serves");
@@ -1102,14 +1063,6 @@ async fn requests_in_flight_to_a_removed_endpoint_complete() {
 // ---------------------------------------------------------------------------
 // Listeners
 
-/// A port that was free a moment ago (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 async fn refuses(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
 }
@@ -1122,12 +1075,12 @@ async fn a_reload_adds_and_removes_listeners() {
         let stable = Upstream::start("stable").await;
         let dir = tempfile::tempdir().expect("tempdir");
         let one = Cfg::new(&[stable.addr()], 1, &[stable.addr()], 0);
-        let port = free_port();
-        let second: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Port 0: veer picks the port and keeps the socket for as long as
+        // the listener keeps its name and address.
         let mut two = one.clone();
-        two.listeners.push(("second".into(), second.to_string()));
+        two.listeners.push(("second".into(), "127.0.0.1:0".into()));
         let only_second = Cfg {
-            listeners: vec![("second".into(), second.to_string())],
+            listeners: vec![("second".into(), "127.0.0.1:0".into())],
             ..one.clone()
         };
         let path = Way::RenameOver.setup(dir.path(), &one.yaml());
@@ -1140,12 +1093,10 @@ async fn a_reload_adds_and_removes_listeners() {
         rename_over(&path, &two.yaml());
         let answer = admin_call(&client, admin, "POST", "/reload", None).await;
         assert_eq!(answer.status, 200, "POST /reload: {}", answer.text());
-        assert_eq!(
-            proxy.listener_addr("second"),
-            Some(second),
-            "{:?}",
-            proxy.listeners()
-        );
+        let second = proxy
+            .listener_addr("second")
+            .unwrap_or_else(|| panic!("no listener second: {:?}", proxy.listeners()));
+        assert_ne!(second.port(), 0, "{:?}", proxy.listeners());
         all_reach(&client, second, 5, "stable", "the added listener").await;
         all_reach(&client, first, 5, "stable", "the kept listener").await;
 
@@ -1184,7 +1135,9 @@ async fn a_listener_that_cannot_bind_refuses_the_whole_reload() {
         let canary = Upstream::start("canary").await;
         let dir = tempfile::tempdir().expect("tempdir");
         let blue = Cfg::new(&[stable.addr()], 100, &[canary.addr()], 0);
-        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+        // On an address of this process's own: once released below, no
+        // other test can take the port before veer binds it.
+        let held = std::net::TcpListener::bind((support::own_loopback(1), 0)).expect("hold a port");
         let taken = held.local_addr().expect("held addr");
         let mut green = blue.weights(0, 100);
         green.listeners.push(("extra".into(), taken.to_string()));
@@ -1194,7 +1147,6 @@ async fn a_listener_that_cannot_bind_refuses_the_whole_reload() {
         let addr = public(&proxy);
         let client = http1_client();
         until_watching(&proxy, &path, &blue).await;
-        tokio::time::sleep(SETTLE).await;
         let g0 = generation(&proxy);
         let failures0 = metric(&client, admin, RELOADS_FAILURE).await;
 
@@ -1217,7 +1169,18 @@ async fn a_listener_that_cannot_bind_refuses_the_whole_reload() {
             metric(&client, admin, RELOADS_FAILURE).await >= failures0 + 2
         })
         .await;
-        tokio::time::sleep(SETTLE).await;
+        // A later write of the same file (a comment added) fails the same
+        // way: once it is counted, the watcher has handled all before it.
+        rename_over(&path, &format!("{}# again\n", green.yaml()));
+        eventually(RELOAD_LIMIT, "the later write's failed reload", || async {
+            metric(&client, admin, RELOADS_FAILURE).await >= failures0 + 3
+        })
+        .await;
+        assert_eq!(
+            metric(&client, admin, RELOADS_FAILURE).await,
+            failures0 + 3,
+            "one failed reload per write and per POST /reload"
+        );
         assert_eq!(
             generation(&proxy),
             g0,
@@ -1479,11 +1442,28 @@ async fn sighup_reloads() {
             );
             assert_eq!(generation_of(&report), g0 + n, "{report:#}");
         }
-        tokio::time::sleep(SETTLE).await;
+        // A later reload of another kind, the watcher's of a new revision:
+        // once it shows, every reload owed to the signals has happened.
+        let marked = Cfg {
+            revision: "after-the-signals".into(),
+            ..blue.clone()
+        };
+        rename_over(&veer.config_path(), &marked.yaml());
+        eventually(
+            RELOAD_LIMIT,
+            "the file change after the signals",
+            || async {
+                let report = status(&client, admin).await;
+                report["services"][0]["versions"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|v| v["revision"] == "after-the-signals"))
+            },
+        )
+        .await;
         assert_eq!(
             metric(&client, admin, RELOADS_SUCCESS).await,
-            3,
-            "one reload per SIGHUP"
+            4,
+            "one reload per SIGHUP, and one for the file change"
         );
         all_reach(
             &client,

@@ -10,7 +10,6 @@
 //! Nothing here asserts a time: holds are short, every wait is a poll with a
 //! generous deadline, and shares are measured over request counts.
 
-mod release_support;
 mod support;
 
 use std::convert::Infallible;
@@ -23,13 +22,15 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use release_support::{
-    admin_of, at, finish_wait, spawn_wait, status_at, tally, v, veer_ok, wait_web_at, web,
-    web_yaml, weight, Fixture, Load, Observed, Sample, Watcher, BIN, LIMIT,
-};
 use serde_json::Value;
 use support::binary::VeerProcess;
 use support::client::{get, http1_client, send};
+use support::load::status_and_upstream;
+use support::release;
+use support::release::{
+    admin_of, answered_by, at, finish_wait, paced_load, spawn_wait, status_at, tally, v, veer_ok,
+    wait_web_at, web, web_yaml, weight, witness, Fixture, Observed, Sample, Watcher, BIN, LIMIT,
+};
 use support::upstream::Upstream;
 use support::wait_until;
 
@@ -42,6 +43,10 @@ fn guard(threshold: &str) -> String {
          consecutive: 2, {threshold} }}\n"
     )
 }
+
+/// The rollout runner judges every rollout this often: a rollout whose hold
+/// is over moves on within one tick.
+const RUNNER_TICK: Duration = Duration::from_millis(100);
 
 /// A threshold nothing here reaches: the guard never trips on healthy upstreams.
 const NEVER_TRIPS: &str = "max_error_rate: 0.5";
@@ -61,7 +66,7 @@ fn rollout(steps: &str, hold: &str, gate: Option<&str>) -> String {
 
 /// The file's weights before a rollout: everything on stable, as a pipeline
 /// leaves it before deploying a new canary revision.
-fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release_support::V> {
+fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release::V> {
     vec![
         v("stable", stable.addr(), 100),
         v("canary", canary.addr(), 0),
@@ -71,7 +76,7 @@ fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release_support::V> {
 fn share(samples: &[&Sample], upstream: &str) -> f64 {
     let n = samples
         .iter()
-        .filter(|s| s.upstream() == Some(upstream))
+        .filter(|s| answered_by(s) == Some(upstream))
         .count();
     100.0 * n as f64 / samples.len().max(1) as f64
 }
@@ -117,18 +122,19 @@ async fn a_rollout_through_10_50_100_completes_each_step_carries_its_share_and_v
     let waiter = spawn_wait(&f.admin_url(), "90s");
     let watcher = Watcher::start(f.client.clone(), f.admin);
     wait_until(LIMIT, "the watcher reads /status", || watcher.step() == 1).await;
-    let load = Load::start(
+    let load = paced_load(
         f.client.clone(),
         f.url("/"),
         RATE,
         12_000,
         Duration::from_secs(45),
-        Some(watcher.step.clone()),
-    );
+    )
+    .tag(watcher.step.clone())
+    .start(status_and_upstream);
     wait_until(
         Duration::from_secs(45),
         "200 answers come at the last step and, its hold over, the rollout completes",
-        || load.count_at(3) >= PER_STEP && watcher.saw("completed"),
+        || load.count(|s| s.before == 3 && s.after == 3) >= PER_STEP && watcher.saw("completed"),
     )
     .await;
     let samples = load.finish().await;
@@ -187,7 +193,7 @@ async fn a_rollout_through_10_50_100_completes_each_step_carries_its_share_and_v
     // Once /status says completed, the baseline gets nothing more.
     let late_stable = samples
         .iter()
-        .filter(|s| s.before == 3 && s.upstream() == Some("stable"))
+        .filter(|s| s.before == 3 && answered_by(s) == Some("stable"))
         .count();
     assert_eq!(late_stable, 0, "stable answered after completion: {all:?}");
 
@@ -215,17 +221,12 @@ async fn a_candidate_failing_at_step_2_is_rolled_back_veer_wait_exits_1_and_no_s
     let canary = Upstream::start("canary").await;
     // A 3 s hold leaves the guard (2 bad verdicts 200 ms apart) ample time
     // to trip before step 2 could end.
-    let blocks = guard("max_error_rate: 0.1") + &rollout("[10, 50, 100]", "3s", None);
+    let blocks = guard("max_error_rate: 0.1")
+        + &rollout("[10, 50, 100]", "3s", None)
+        + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let waiter = spawn_wait(&f.admin_url(), "90s");
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        RATE,
-        8_000,
-        Duration::from_secs(45),
-        None,
-    );
+    let load = f.paced_load(RATE, 8_000, Duration::from_secs(45));
 
     let step2 = f
         .wait_web(LIMIT, "the rollout reaches step 2", |w| {
@@ -245,6 +246,7 @@ async fn a_candidate_failing_at_step_2_is_rolled_back_veer_wait_exits_1_and_no_s
         .await;
     let canary_at_trip = canary.total();
     let in_flight_at_trip = load.in_flight();
+    let runner_at_trip = f.witness_held_ms().await;
     assert!(
         at(&tripped, 2, "rolled_back"),
         "rolled back at step 2: {tripped:#}"
@@ -268,8 +270,10 @@ async fn a_candidate_failing_at_step_2_is_rolled_back_veer_wait_exits_1_and_no_s
     assert_eq!(code, Some(1), "veer wait after a rollback\n{out}");
     assert!(out.contains("rolled back"), "{out}");
 
-    // Well past the hold, with traffic: no further step, nothing to the candidate.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A whole hold (and a tick) of the runner's judging since the trip, with
+    // traffic: no further step, nothing to the candidate.
+    f.runner_ran_since(runner_at_trip, Duration::from_secs(3) + RUNNER_TICK)
+        .await;
     let later = f.web().await;
     assert!(
         at(&later, 2, "rolled_back"),
@@ -402,14 +406,14 @@ async fn a_restart_in_the_middle_of_a_hold_resumes_the_same_step_with_the_hold_a
 
     // With traffic it goes on from there, to step 2, entered afresh.
     let proxy: SocketAddr = second.listener(support::config::LISTENER);
-    let load = Load::start(
+    let load = paced_load(
         client.clone(),
         format!("http://{proxy}/"),
         100,
         6_000,
         Duration::from_secs(40),
-        None,
-    );
+    )
+    .start(status_and_upstream);
     let step2 = wait_web_at(&client, admin, LIMIT, "step 2 after the restart", |w| {
         at(w, 2, "in_progress")
     })
@@ -439,7 +443,7 @@ fn printed_json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "the command printed no JSON ({e}):\n{}",
-            release_support::output_text(out)
+            release::output_text(out)
         )
     })
 }
@@ -449,7 +453,8 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_c
 ) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    let blocks = guard(NEVER_TRIPS) + &rollout("[10, 25, 50, 100]", "1s", None);
+    let blocks =
+        guard(NEVER_TRIPS) + &rollout("[10, 25, 50, 100]", "1s", None) + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
     let cmd = |verb: &'static str| vec![verb, "web", "--admin", admin.as_str()];
@@ -460,20 +465,15 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_c
     assert_eq!(paused["step"], 1, "{paused:#}");
     let held_at_pause = paused["held_ms"].as_u64().expect("held_ms");
 
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        8_000,
-        Duration::from_secs(45),
-        None,
-    );
-    // Enough candidate traffic to advance, then twice the hold: still step 1.
+    let load = f.paced_load(100, 8_000, Duration::from_secs(45));
+    // Enough candidate traffic to advance, then a whole hold (and a tick) of
+    // the runner's judging: still step 1.
     f.wait_web(LIMIT, "enough candidate requests in the window", |w| {
-        release_support::version(w, "canary")["window"]["requests"].as_u64() >= Some(MIN_REQUESTS)
+        release::version(w, "canary")["window"]["requests"].as_u64() >= Some(MIN_REQUESTS)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.runner_runs_for(Duration::from_secs(1) + RUNNER_TICK)
+        .await;
     let still = f.web().await;
     assert!(
         at(&still, 1, "in_progress"),
@@ -542,7 +542,7 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_c
 
     let samples = load.finish().await;
     assert!(
-        samples.iter().all(|s| s.outcome.starts_with("200 ")),
+        samples.iter().all(|s| s.record.starts_with("200 ")),
         "{:?}",
         tally(&samples)
     );
@@ -557,17 +557,11 @@ async fn pause_holds_past_the_hold_resume_goes_on_and_promote_skips_ahead_then_c
 async fn manual_weights_end_the_rollout_where_it_stands() {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    let blocks = guard(NEVER_TRIPS) + &rollout("[10, 50, 100]", "1s", None);
+    let blocks =
+        guard(NEVER_TRIPS) + &rollout("[10, 50, 100]", "1s", None) + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(40),
-        None,
-    );
+    let load = f.paced_load(100, 6_000, Duration::from_secs(40));
 
     veer_ok(
         &[
@@ -589,12 +583,14 @@ async fn manual_weights_end_the_rollout_where_it_stands() {
         (70, 30)
     );
 
-    // With traffic, well past the hold: the rollout stays where it ended.
+    // With traffic, and a whole hold (and a tick) of the runner's judging:
+    // the rollout stays where it ended.
     f.wait_web(LIMIT, "enough candidate requests in the window", |w| {
-        release_support::version(w, "canary")["window"]["requests"].as_u64() >= Some(MIN_REQUESTS)
+        release::version(w, "canary")["window"]["requests"].as_u64() >= Some(MIN_REQUESTS)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.runner_runs_for(Duration::from_secs(1) + RUNNER_TICK)
+        .await;
     let later = f.web().await;
     assert_eq!(later["rollout"]["state"], "abandoned", "{later:#}");
     assert_eq!(later["rollout"]["step"], step, "{later:#}");
@@ -608,7 +604,7 @@ async fn manual_weights_end_the_rollout_where_it_stands() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("manual weights"),
         "{}",
-        release_support::output_text(&out)
+        release::output_text(&out)
     );
     veer_ok(&["promote", "web", "--admin", &admin], 1).await;
 
@@ -663,7 +659,7 @@ async fn manual_weights_after_a_completed_rollout_take_effect() {
         (100, 0),
         "`veer weights` exited 0 after a completed rollout, but the weights in force did not \
          change; it printed:\n{}\n/status: {web:#}",
-        release_support::output_text(&out)
+        release::output_text(&out)
     );
     for _ in 0..10 {
         let answer = send(&f.client, get(&f.url("/"), None)).await;
@@ -746,16 +742,11 @@ async fn a_gate_answering_503_holds_the_step_and_200_lets_it_advance() {
     let canary = Upstream::start("canary").await;
     let gate = Gate::start(503).await;
     let url = format!("http://{}/approve", gate.addr);
-    let blocks = guard(NEVER_TRIPS) + &rollout("[10, 50, 100]", "500ms", Some(&url));
+    let blocks = guard(NEVER_TRIPS)
+        + &rollout("[10, 50, 100]", "500ms", Some(&url))
+        + &witness(stable.addr());
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        8_000,
-        Duration::from_secs(45),
-        None,
-    );
+    let load = f.paced_load(100, 8_000, Duration::from_secs(45));
 
     let refused = f
         .wait_web(LIMIT, "/status shows the gate's refusal", |w| {
@@ -789,8 +780,10 @@ async fn a_gate_answering_503_holds_the_step_and_200_lets_it_advance() {
         "{first:#}"
     );
 
-    // Held past the hold while the gate says no.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Held past the hold while the gate says no, for another hold (and a
+    // tick) of the runner's judging.
+    f.runner_runs_for(Duration::from_millis(500) + RUNNER_TICK)
+        .await;
     let held = f.web().await;
     assert!(
         at(&held, 1, "in_progress"),
@@ -815,7 +808,7 @@ async fn a_gate_answering_503_holds_the_step_and_200_lets_it_advance() {
     }
     let samples = load.finish().await;
     assert!(
-        samples.iter().all(|s| s.outcome.starts_with("200 ")),
+        samples.iter().all(|s| s.record.starts_with("200 ")),
         "{:?}",
         tally(&samples)
     );

@@ -8,15 +8,13 @@
 //! regex), cookie and path prefix, first match wins, before sticky users and
 //! weights; a rule to a latched version serves the baseline instead.
 
-mod release_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures_util::StreamExt;
-use release_support::{request_with, v, web_yaml, weight, Fixture, SERVICE};
 use serde_json::json;
-use support::client::send;
+use support::load::{LoadPlan, Via};
+use support::release::{request_with, v, web_yaml, weight, Fixture, SERVICE};
 use support::upstream::Upstream;
 
 // ---------------------------------------------------------------- sticky users
@@ -56,23 +54,31 @@ fn by_table(f: &Fixture) -> Vec<usize> {
 /// The sampled keys' versions, end to end (`x-upstream` of the answer).
 async fn by_proxy(f: &Fixture) -> BTreeMap<usize, usize> {
     let url = f.url("/");
-    futures_util::stream::iter((0..KEYS).step_by(SAMPLE_EVERY))
-        .map(|i| {
-            let (client, url) = (f.client.clone(), url.clone());
-            async move {
-                let user = key(i);
-                let answer = send(&client, request_with(&url, &[("x-user-id", &user)])).await;
-                assert_eq!(answer.status, 200, "{user}: {}", answer.text());
-                let version = NAMES
-                    .iter()
-                    .position(|n| answer.upstream() == Some(*n))
-                    .unwrap_or_else(|| panic!("{user}: answered by {:?}", answer.upstream()));
-                (i, version)
-            }
+    let sampled: Vec<usize> = (0..KEYS).step_by(SAMPLE_EVERY).collect();
+    let samples = LoadPlan::workers(url.clone(), &[Via::KeepAlive; CONCURRENCY])
+        .client(f.client.clone())
+        .max_requests(sampled.len() as u64)
+        .request({
+            let sampled = sampled.clone();
+            move |n| request_with(&url, &[("x-user-id", &key(sampled[n as usize]))])
         })
-        .buffer_unordered(CONCURRENCY)
+        .start(|reply| reply.map_err(|e| e.to_string()))
+        .join()
+        .await;
+    samples
+        .into_iter()
+        .map(|sample| {
+            let i = sampled[sample.n as usize];
+            let user = key(i);
+            let answer = sample.record.unwrap_or_else(|e| panic!("{user}: {e}"));
+            assert_eq!(answer.status, 200, "{user}: {}", answer.text());
+            let version = NAMES
+                .iter()
+                .position(|n| answer.upstream() == Some(*n))
+                .unwrap_or_else(|| panic!("{user}: answered by {:?}", answer.upstream()));
+            (i, version)
+        })
         .collect()
-        .await
 }
 
 fn canary_share(versions: impl IntoIterator<Item = usize>) -> f64 {

@@ -199,8 +199,11 @@ async fn a_reload_during_the_drain_opens_no_listener() {
     .await;
     veer.signal("TERM");
 
-    // The same config plus a listener on a port known to be free.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("probe a free port");
+    // The same config plus a listener on a port known to be free: on an
+    // address of this process's own, so no other test can take it meanwhile
+    // and answer the connect below.
+    let free =
+        std::net::TcpListener::bind((support::own_loopback(1), 0)).expect("probe a free port");
     let extra = free.local_addr().expect("free port");
     drop(free);
     let path = veer.config_path();

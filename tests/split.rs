@@ -5,14 +5,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::client::conn::http2::SendRequest;
 use support::client::{get, h2c_connect, http1_client, read_answer, send, HttpClient};
 use support::config::{service, ConfigBuilder};
 use support::harness::TestProxy;
+use support::load::{upstream_of_200, LoadPlan, Via};
 use support::upstream::Upstream;
 use support::{within, Body};
 
@@ -54,26 +53,19 @@ async fn fire(
     total: usize,
     concurrency: usize,
 ) -> HashMap<String, u64> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, next) = (client.clone(), url.to_string(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut seen: HashMap<String, u64> = HashMap::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let answer = send(&client, get(&url, None)).await;
-                assert_eq!(answer.status, 200, "body {:?}", answer.text());
-                let who = answer.upstream().unwrap_or("(none)").to_string();
-                *seen.entry(who).or_insert(0) += 1;
-            }
-            seen
-        }));
-    }
+    let samples = LoadPlan::workers(url.to_string(), &vec![Via::KeepAlive; concurrency])
+        .client(client.clone())
+        .max_requests(total as u64)
+        .max_run(Duration::from_secs(120))
+        .start(upstream_of_200)
+        .join()
+        .await;
     let mut all = HashMap::new();
-    for task in tasks {
-        for (who, n) in task.await.expect("load task panicked") {
-            *all.entry(who).or_insert(0) += n;
-        }
+    for sample in samples {
+        let who = sample
+            .record
+            .unwrap_or_else(|e| panic!("every answer must be a 200: {e}"));
+        *all.entry(who).or_insert(0) += 1;
     }
     all
 }

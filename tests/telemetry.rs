@@ -13,7 +13,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_parse::{LineInfo, Scrape, Value};
@@ -21,7 +20,9 @@ use support::binary::VeerProcess;
 use support::client::{get, http1_client, send, Answer, HttpClient};
 use support::config::LISTENER;
 use support::harness::start_with_admin;
+use support::load::{LoadPlan, Via};
 use support::raw::closed_port;
+use support::release::veer as veer_cli;
 use support::upstream::Upstream;
 use support::within;
 use veer::server::RunningProxy;
@@ -244,27 +245,20 @@ async fn fire(
     paths: Vec<String>,
     concurrency: usize,
 ) -> BTreeMap<u16, u64> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = Vec::with_capacity(paths.len());
-    for path in paths {
-        let permit = Arc::clone(&permits)
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let client = fixture.client.clone();
-        let url = format!("http://{}{path}", fixture.proxy);
-        let host = host.to_string();
-        tasks.push(tokio::spawn(async move {
-            let answer = send(&client, get(&url, Some(&host))).await;
-            drop(permit);
-            answer.status.as_u16()
-        }));
-    }
+    let (proxy, host, total) = (fixture.proxy, host.to_string(), paths.len() as u64);
+    let samples = LoadPlan::workers(String::new(), &vec![Via::KeepAlive; concurrency])
+        .client(fixture.client.clone())
+        .max_requests(total)
+        .answer_limit(LIMIT)
+        .request(move |n| get(&format!("http://{proxy}{}", paths[n as usize]), Some(&host)))
+        .start(|reply| reply.map(|answer| answer.status.as_u16()))
+        .join()
+        .await;
     let mut statuses = BTreeMap::new();
-    for task in tasks {
-        let status = within(LIMIT, "scripted request", task)
-            .await
-            .expect("request task");
+    for sample in samples {
+        let status = sample
+            .record
+            .unwrap_or_else(|e| panic!("scripted request {}: {e}", sample.n));
         *statuses.entry(status).or_insert(0) += 1;
     }
     statuses
@@ -814,19 +808,6 @@ fn admin_of(veer: &VeerProcess) -> SocketAddr {
         .lines()
         .find_map(|line| line.trim().strip_prefix("veer: admin on ")?.parse().ok())
         .unwrap_or_else(|| panic!("no `veer: admin on` line\n{}", veer.output()))
-}
-
-/// Runs `veer ARGS` (bounded), with no admin URL or token from the environment.
-async fn veer_cli(args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_veer"));
-    cmd.args(args)
-        .env_remove("VEER_ADMIN")
-        .env_remove("VEER_ADMIN_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    within(LIMIT, &format!("veer {args:?}"), cmd.output())
-        .await
-        .expect("run the veer binary")
 }
 
 fn text(bytes: &[u8]) -> String {

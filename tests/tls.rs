@@ -7,11 +7,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Version;
+use support::binary::VeerProcess;
 use support::tls::{client_config, https_get, Ca, HttpsConnection, Leaf, TlsUpstream};
 use support::upstream::Upstream;
 use support::within;
@@ -329,11 +330,13 @@ fn insecure_client() -> Arc<rustls::ClientConfig> {
 // ----- rotation -----------------------------------------------------------
 
 /// Requests on kept-alive connections and on fresh ones, until `stop`; counts
-/// failures. Returns (requests, failures).
+/// failures, and every answer in `answered` as it comes. Returns (requests,
+/// failures).
 fn load(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
     tokio::spawn(async move {
         let mut done = 0;
@@ -354,12 +357,14 @@ fn load(
                     Ok(a) => failures.push(format!("kept: status {}", a.status)),
                     Err(e) => failures.push(format!("kept: {e}")),
                 }
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             match https_get(addr, "app.test", config.clone(), "/").await {
                 Ok((a, _)) if a.status == 200 => done += 1,
                 Ok((a, _)) => failures.push(format!("fresh: status {}", a.status)),
                 Err(e) => failures.push(format!("fresh: {e}")),
             }
+            answered.fetch_add(1, Ordering::Relaxed);
         }
         (done, failures)
     })
@@ -394,50 +399,149 @@ async fn wait_for_cert(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, wan
     }
 }
 
+/// Two loads of [`load`] on `addr`, and what they have answered so far.
+struct RotationLoad {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl RotationLoad {
+    fn start(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> RotationLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let tasks = (0..2)
+            .map(|_| load(addr, config.clone(), stop.clone(), answered.clone()))
+            .collect();
+        RotationLoad {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more requests have been answered.
+    async fn progress(&self, n: u64) {
+        let target = self.answered.load(Ordering::Relaxed) + n;
+        support::wait_until(LIMIT, "the TLS load goes on", || {
+            self.answered.load(Ordering::Relaxed) >= target
+        })
+        .await;
+    }
+
+    /// Stops; asserts no request failed and enough were made to mean anything.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for l in self.tasks {
+            let (done, failures) = within(LIMIT, "load", l).await.expect("load task");
+            assert!(failures.is_empty(), "failed requests: {failures:?}");
+            total += done;
+        }
+        assert!(total > 20, "too little load to mean anything: {total}");
+    }
+}
+
+/// Waits until veer's log has a line with every one of `parts`; the line.
+async fn logged(veer: &VeerProcess, parts: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let log = veer.stderr();
+        if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return line.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "veer never logged {parts:?}\n{}",
+            veer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The rotation tests run the binary: its log is where the certificate
+/// watcher says what it did, the event they wait on. The new certificate
+/// must come from the watcher: veer reads certificate files at start, on a
+/// config reload and when the watcher fires, never per handshake, and the
+/// config file here never changes.
+fn start_binary(tls: &str, upstream: SocketAddr) -> (VeerProcess, SocketAddr) {
+    // The admin API on port 0: its default port may be taken.
+    let config = format!(
+        "{}admin:\n  address: \"127.0.0.1:0\"\n",
+        yaml(tls, &endpoint_version(upstream))
+    );
+    let veer = VeerProcess::start(env!("CARGO_BIN_EXE_veer"), &config);
+    let addr = veer.listener("secure");
+    (veer, addr)
+}
+
+/// A rotation under load: veer starts on `first` at `cert` and `key`; under
+/// load `renew` puts a second certificate in place, which the watcher must
+/// pick up (new handshakes get it, the log says so); then `break_pair` puts a
+/// key that does not belong to the certificate in place, which is refused
+/// (the log names both files) while the second keeps serving. No request of
+/// the load fails throughout.
+async fn rotation_under_load(
+    ca: &Ca,
+    first: &Leaf,
+    (cert, key): (&Path, &Path),
+    renew: impl FnOnce(&Leaf),
+    break_pair: impl FnOnce(),
+) {
+    let upstream = Upstream::start("stable").await;
+    let tls = format!("{{ cert: {}, key: {} }}", p(cert), p(key));
+    let (veer, addr) = start_binary(&tls, upstream.addr());
+    let config = client_config(&[ca], &["h2", "http/1.1"], None);
+    assert_eq!(served(addr, &config).await, first.der);
+
+    let load = RotationLoad::start(addr, &config);
+    load.progress(20).await;
+
+    let second = ca.leaf(&["app.test"]);
+    renew(&second);
+    wait_for_cert(addr, &config, &second).await;
+    logged(
+        &veer,
+        &["certificate reloaded", &cert.display().to_string()],
+    )
+    .await;
+
+    break_pair();
+    let refused = logged(&veer, &["certificate reload refused"]).await;
+    assert!(
+        refused.contains(&format!(
+            "the private key in {} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        )),
+        "{refused}"
+    );
+    assert_eq!(served(addr, &config).await, second.der);
+
+    load.progress(20).await;
+    load.finish().await;
+}
+
 /// Rename-over (certbot, editors): each file replaced by a rename.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_by_rename_under_load_drops_nothing() {
-    let upstream = Upstream::start("stable").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("veer test root");
     let first = ca.leaf(&["app.test"]);
     let (cert, key) = first.write(dir.path(), "server");
-    let tls = format!("{{ cert: {}, key: {} }}", p(&cert), p(&key));
-    let proxy = Running::start(dir, &yaml(&tls, &endpoint_version(upstream.addr()))).await;
-    let addr = proxy.addr("secure");
-    let config = client_config(&[&ca], &["h2", "http/1.1"], None);
-    assert_eq!(served(addr, &config).await, first.der);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = (0..2)
-        .map(|_| load(addr, config.clone(), stop.clone()))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let second = ca.leaf(&["app.test"]);
-    let staging = proxy.path("staging");
-    std::fs::create_dir(&staging).expect("staging dir");
-    let (new_cert, new_key) = second.write(&staging, "server");
-    std::fs::rename(&new_cert, &cert).expect("rename cert over");
-    std::fs::rename(&new_key, &key).expect("rename key over");
-    wait_for_cert(addr, &config, &second).await;
-
-    // A broken pair (a key of another certificate) is refused: the second
-    // certificate keeps serving.
-    let stray = ca.leaf(&["app.test"]);
-    std::fs::write(&key, &stray.key_pem).expect("write stray key");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(served(addr, &config).await, second.der);
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for l in loads {
-        let (done, failures) = within(LIMIT, "load", l).await.expect("load task");
-        assert!(failures.is_empty(), "failed requests: {failures:?}");
-        total += done;
-    }
-    assert!(total > 20, "too little load to mean anything: {total}");
+    let renew = |second: &Leaf| {
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).expect("staging dir");
+        let (new_cert, new_key) = second.write(&staging, "server");
+        std::fs::rename(&new_cert, &cert).expect("rename cert over");
+        std::fs::rename(&new_key, &key).expect("rename key over");
+    };
+    // A key of another certificate.
+    let break_pair = || {
+        let stray = ca.leaf(&["app.test"]);
+        std::fs::write(&key, &stray.key_pem).expect("write stray key");
+    };
+    rotation_under_load(&ca, &first, (&cert, &key), renew, break_pair).await;
 }
 
 /// Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data ->
@@ -445,7 +549,6 @@ async fn rotation_by_rename_under_load_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_by_secret_symlink_swap_under_load_drops_nothing() {
     use std::os::unix::fs::symlink;
-    let upstream = Upstream::start("stable").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     std::fs::create_dir(&secret).expect("secret dir");
@@ -462,46 +565,21 @@ async fn rotation_by_secret_symlink_swap_under_load_drops_nothing() {
     publish("..2026_01", &first);
     symlink("..data/tls.crt", secret.join("tls.crt")).expect("tls.crt link");
     symlink("..data/tls.key", secret.join("tls.key")).expect("tls.key link");
-    let tls = format!(
-        "{{ cert: {}, key: {} }}",
-        p(&secret.join("tls.crt")),
-        p(&secret.join("tls.key"))
-    );
-    let proxy = Running::start(dir, &yaml(&tls, &endpoint_version(upstream.addr()))).await;
-    let addr = proxy.addr("secure");
-    let config = client_config(&[&ca], &["h2", "http/1.1"], None);
-    assert_eq!(served(addr, &config).await, first.der);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = (0..2)
-        .map(|_| load(addr, config.clone(), stop.clone()))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let second = ca.leaf(&["app.test"]);
-    publish("..2026_02", &second);
-    std::fs::remove_dir_all(secret.join("..2026_01")).expect("remove old version");
-    wait_for_cert(addr, &config, &second).await;
-
-    // And a broken update: certificate and key that do not match.
-    let (third, fourth) = (ca.leaf(&["app.test"]), ca.leaf(&["app.test"]));
-    let broken = Leaf {
-        key_pem: fourth.key_pem.clone(),
-        ..third.clone()
+    let renew = |second: &Leaf| {
+        publish("..2026_02", second);
+        std::fs::remove_dir_all(secret.join("..2026_01")).expect("remove old version");
     };
-    publish("..2026_03", &broken);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(served(addr, &config).await, second.der);
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for l in loads {
-        let (done, failures) = within(LIMIT, "load", l).await.expect("load task");
-        assert!(failures.is_empty(), "failed requests: {failures:?}");
-        total += done;
-    }
-    assert!(total > 20, "too little load to mean anything: {total}");
+    // A broken update: certificate and key that do not match.
+    let break_pair = || {
+        let (third, fourth) = (ca.leaf(&["app.test"]), ca.leaf(&["app.test"]));
+        let broken = Leaf {
+            key_pem: fourth.key_pem.clone(),
+            ..third.clone()
+        };
+        publish("..2026_03", &broken);
+    };
+    let (cert, key) = (secret.join("tls.crt"), secret.join("tls.key"));
+    rotation_under_load(&ca, &first, (&cert, &key), renew, break_pair).await;
 }
 
 /// A config reload that names other certificate files applies them to new
@@ -542,7 +620,16 @@ async fn config_reload_with_new_tls_paths_applies_them() {
         ),
     )
     .expect("rewrite config");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Written in place, the file may be read empty first: that is a failed
+    // reload of its own; the one to wait for names the certificate.
+    support::wait_until(LIMIT, "the reload of the broken files", || {
+        proxy
+            .proxy
+            .control()
+            .last_reload()
+            .is_some_and(|last| last.errors.iter().any(|e| e.contains("tls.cert")))
+    })
+    .await;
     assert_eq!(served(addr, &config).await, first.der);
     let last = proxy.proxy.control().last_reload().expect("a reload ran");
     assert_eq!(last.result, "failure");

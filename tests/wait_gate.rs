@@ -10,22 +10,22 @@
 //! Nothing here asserts a time: holds are in milliseconds, every wait is a
 //! poll with a generous deadline.
 
-mod release_support;
 mod support;
 
 use std::time::Duration;
 
-use release_support::{
-    admin_of, at, output_text, v, veer, veer_ok, web_yaml, weight, Fixture, Load, BIN, LIMIT,
-};
 use support::binary::VeerProcess;
+use support::release;
+use support::release::{
+    admin_of, at, output_text, v, veer, veer_ok, web_yaml, weight, Fixture, BIN, LIMIT,
+};
 use support::upstream::Upstream;
 
 const GUARD: &str =
     "    guard: { baseline: stable, interval: 100ms, window: 2s, min_requests: 10, \
                      consecutive: 2, max_error_rate: 0.2 }\n";
 
-fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release_support::V> {
+fn versions(stable: &Upstream, canary: &Upstream) -> Vec<release::V> {
     vec![
         v("stable", stable.addr(), 100),
         v("canary", canary.addr(), 0),
@@ -47,14 +47,7 @@ async fn a_trip_after_completion_rolls_the_release_back_and_veer_wait_exits_1() 
         GUARD.to_string() + "    rollout: { candidate: canary, steps: [50, 100], hold: 300ms }\n";
     let f = Fixture::start(&web_yaml(&versions(&stable, &canary), &blocks, None)).await;
     let admin = f.admin_url();
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(50),
-        None,
-    );
+    let load = f.paced_load(100, 6_000, Duration::from_secs(50));
 
     // At 100 % the last step still holds: in progress before completed.
     let last = f
@@ -133,14 +126,7 @@ async fn a_manual_step_waits_for_promote_and_per_step_holds_apply() {
     let first = f.rollout().await;
     assert_eq!(first["hold_ms"], 200, "{first:#}");
     assert_eq!(first["min_total_ms"], serde_json::Value::Null, "{first:#}");
-    let load = Load::start(
-        f.client.clone(),
-        f.url("/"),
-        100,
-        6_000,
-        Duration::from_secs(50),
-        None,
-    );
+    let load = f.paced_load(100, 6_000, Duration::from_secs(50));
     let manual = f
         .wait_web(LIMIT, "the manual step", |w| at(w, 2, "in_progress"))
         .await;
@@ -195,7 +181,7 @@ async fn off_a_terminal_veer_wait_prints_changes_only() {
     veer_ok(&["pause", "web", "--admin", &admin], 0).await;
     // The guard has judged once: its verdict will not change from here on.
     f.wait_web(LIMIT, "a first guard verdict", |w| {
-        release_support::version(w, "canary")["guard_verdict"].is_string()
+        release::version(w, "canary")["guard_verdict"].is_string()
     })
     .await;
     let out = veer(&["wait", "web", "--admin", &admin, "--timeout", "3s"]).await;
@@ -231,10 +217,8 @@ async fn usage_errors_exit_64_and_an_unreachable_or_refusing_admin_api_exits_3()
     let (code, out) = wait_code(&["wait", "web", "--admin", "not a url"]).await;
     assert_eq!(code, Some(64), "{out}");
 
-    // Nothing listens on a port just released.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    // Nothing listens there.
+    let closed = support::raw::closed_port();
     let url = format!("http://{closed}");
     let (code, out) = wait_code(&["wait", "web", "--admin", &url, "--timeout", "1m"]).await;
     assert_eq!(code, Some(3), "{out}");

@@ -11,6 +11,12 @@
 //!   `veer: listener ...` lines.
 //! - [`harness`]: starts the proxy in-process.
 //! - [`metrics`]: `/metrics` parsed as Prometheus text.
+//! - [`load`]: the load generator: paced or closed-loop GETs, bounded, each
+//!   answer recorded as the caller chooses.
+//! - [`release`]: the release process (rollouts, A/B rules, sticky users,
+//!   `veer wait`): a config for one service `web`, veer in-process with its
+//!   admin API, `/status` reads, the `veer` binary as a CLI.
+//! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
@@ -19,8 +25,11 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod harness;
+pub mod load;
 pub mod metrics;
 pub mod raw;
+pub mod release;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -66,4 +75,16 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
-pub mod tls;
+
+/// A loopback address of this test process's own (`127.A.B.n`, `A.B` from the
+/// process id, never `127.0.0.x`), for a test that must release a port and
+/// count on it staying free: every other test binds `127.0.0.1`, and another
+/// test process (a parallel run of the suite) has another `A.B`, so nothing
+/// else can take a port released here. Each test that needs one uses its own
+/// `n`.
+pub fn own_loopback(n: u8) -> std::net::IpAddr {
+    let pid = std::process::id();
+    let a = 1 + ((pid >> 8) % 254) as u8;
+    let b = (pid & 0xff) as u8;
+    std::net::Ipv4Addr::new(127, a, b, n).into()
+}

@@ -170,11 +170,12 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>>
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens: connecting is refused.
-/// (Bound, then released; the kernel does not hand the port out again at once.)
+/// An address where nothing listens: connecting is refused. On a loopback
+/// address of this process's own where nothing ever listens
+/// ([`super::own_loopback`]), so no other test can take the port and answer;
+/// each call gives another port, so two of them are two endpoints.
 pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind for closed_port");
-    let addr = listener.local_addr().expect("closed_port local_addr");
-    drop(listener);
-    addr
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let port = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SocketAddr::new(super::own_loopback(2), port)
 }

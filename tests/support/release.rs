@@ -1,11 +1,9 @@
-//! Helpers shared by `tests/rollout.rs` and `tests/rules_sticky.rs` (the
-//! release process: rollouts, A/B rules, sticky users), on top of
-//! `tests/support`: a config for one service `web`, veer in-process with its
-//! admin API, `/status` reads, the `veer` binary as a CLI, and a paced load
-//! whose answers can be tagged with what `/status` said while they ran.
-//!
-//! Each test file uses a subset, hence the blanket `dead_code` allowance.
-#![allow(dead_code)]
+//! The release process (rollouts, A/B rules, sticky users, `veer wait`): a
+//! config for one service `web`, veer in-process with its admin API, `/status`
+//! reads, the `veer` binary as a CLI, a `/status` watcher whose step can tag
+//! the paced load's answers with what `/status` said while they ran, and a
+//! witness rollout whose hold counts the rollout runner's running time, for
+//! tests that must show a rollout did not move when it had the chance.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,14 +14,15 @@ use std::time::Duration;
 
 use http::{Method, Request};
 use serde_json::Value;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use veer::server::RunningProxy;
 
-use crate::support::binary::VeerProcess;
-use crate::support::client::{empty, full, get, http1_client, send, try_send, Answer, HttpClient};
-use crate::support::config::LISTENER;
-use crate::support::harness::start_with_admin;
-use crate::support::within;
+use super::binary::VeerProcess;
+use super::client::{empty, full, get, http1_client, send, Answer, HttpClient};
+use super::config::LISTENER;
+use super::harness::start_with_admin;
+use super::load::{status_and_upstream, Load, LoadPlan};
+use super::within;
 
 /// Bound on any single wait of these tests (a CLI run, a shutdown, a poll).
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -88,6 +87,25 @@ pub fn web_yaml(versions: &[V], blocks: &str, state_dir: Option<&Path>) -> Strin
     y
 }
 
+/// The service of [`witness`].
+pub const WITNESS: &str = "witness";
+
+/// A second service, [`WITNESS`], to append to [`web_yaml`]'s `blocks` in a
+/// test that must show `web`'s rollout did NOT move: its rollout runs and
+/// never ends (a step of an hour) and it takes no traffic (its prefix is
+/// `/witness`), so its `held_ms` counts the running time the rollout runner
+/// has judged, tick by tick, every rollout in. See [`Fixture::runner_runs_for`].
+pub fn witness(endpoint: SocketAddr) -> String {
+    let endpoint = quote(&endpoint.to_string());
+    format!(
+        "  - name: {WITNESS}\n    match: {{ path_prefix: /witness }}\n    versions:\n\
+         \x20     - {{ name: stable, revision: \"1\", endpoints: [{endpoint}], weight: 100 }}\n\
+         \x20     - {{ name: canary, revision: \"2\", endpoints: [{endpoint}], weight: 0 }}\n\
+         \x20   guard: {{ baseline: stable, interval: 1s, window: 5s, min_requests: 20, max_error_rate: 0.5 }}\n\
+         \x20   rollout: {{ candidate: canary, steps: [10, 100], hold: 1h }}\n"
+    )
+}
+
 // ---------------------------------------------------------------- in-process veer
 
 /// veer in-process with its admin API on port 0.
@@ -120,6 +138,19 @@ impl Fixture {
 
     pub fn control(&self) -> &veer::control::Control {
         self.running.control()
+    }
+
+    /// [`paced_load`] of `GET /` through the proxy, each answer recorded as
+    /// `"STATUS UPSTREAM"`.
+    pub fn paced_load(&self, rate: u32, max_requests: u64, max_run: Duration) -> Load<String> {
+        paced_load(
+            self.client.clone(),
+            self.url("/"),
+            rate,
+            max_requests,
+            max_run,
+        )
+        .start(status_and_upstream)
     }
 
     /// `GET path` through the proxy with extra headers.
@@ -157,13 +188,52 @@ impl Fixture {
         wait_web_at(&self.client, self.admin, limit, what, cond).await
     }
 
+    /// The [`witness`]'s rollout `held_ms`: the rollout runner's running time.
+    pub async fn witness_held_ms(&self) -> u64 {
+        let status = self.status().await;
+        status["services"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == WITNESS))
+            .and_then(|s| s["rollout"]["held_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {WITNESS} rollout in /status: {status:#}"))
+    }
+
+    /// Waits until the rollout runner has judged every rollout for `running`
+    /// more time (the [`witness`]'s hold grew by that much): after it, a
+    /// rollout of `web` that had its hold left, with traffic, and did not
+    /// move, was held back, not left unjudged by a slow machine.
+    pub async fn runner_runs_for(&self, running: Duration) {
+        let from = self.witness_held_ms().await;
+        self.runner_ran_since(from, running).await;
+    }
+
+    /// As [`Fixture::runner_runs_for`], counted from an earlier reading of
+    /// [`Fixture::witness_held_ms`].
+    pub async fn runner_ran_since(&self, from: u64, running: Duration) {
+        let want = from + u64::try_from(running.as_millis()).expect("a short duration");
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let held = self.witness_held_ms().await;
+            if held >= want {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "the rollout runner ran {} ms of {running:?} within {LIMIT:?}",
+                    held - from
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn shutdown(self) {
         within(LIMIT, "proxy shutdown", self.running.shutdown()).await;
     }
 }
 
 /// `GET url` with extra headers.
-pub fn request_with(url: &str, headers: &[(&str, &str)]) -> Request<crate::support::Body> {
+pub fn request_with(url: &str, headers: &[(&str, &str)]) -> Request<super::Body> {
     let mut builder = Request::get(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
@@ -395,139 +465,33 @@ impl Watcher {
 
 // ---------------------------------------------------------------- paced load
 
-/// One answer of the paced load.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// The tag (the step `/status` said) when the request left ...
-    pub before: u64,
-    /// ... and when its answer was complete.
-    pub after: u64,
-    /// `"STATUS UPSTREAM"`, `"error ..."` or `"no answer"`.
-    pub outcome: String,
+/// One answer of the paced load, recorded as `"STATUS UPSTREAM"`, `"error ..."`
+/// or `"no answer"` ([`super::load::status_and_upstream`]).
+pub type Sample = super::load::Sample<String>;
+
+/// The paced load of these tests: `rate` GETs of `url` a second through
+/// `client`, each answer recorded as `"STATUS UPSTREAM"`; stops when told,
+/// after `max_requests`, or after `max_run`, whichever is first.
+pub fn paced_load(
+    client: HttpClient,
+    url: String,
+    rate: u32,
+    max_requests: u64,
+    max_run: Duration,
+) -> LoadPlan {
+    LoadPlan::paced(url, rate)
+        .client(client)
+        .max_requests(max_requests)
+        .max_run(max_run)
+        .answer_limit(LIMIT)
 }
 
-impl Sample {
-    pub fn upstream(&self) -> Option<&str> {
-        self.outcome.split_once(' ').map(|(_, u)| u)
-    }
-}
-
-/// A paced client: `rate` requests a second to one URL, each in a task of
-/// its own so a slow answer does not slow the pace; stops when told, after
-/// `max_requests`, or after `max_run`, whichever is first.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    in_flight: Arc<AtomicU64>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    task: JoinHandle<()>,
-}
-
-impl Load {
-    /// `tag`: read before and after every request (e.g. [`Watcher::step`]).
-    pub fn start(
-        client: HttpClient,
-        url: String,
-        rate: u32,
-        max_requests: u64,
-        max_run: Duration,
-        tag: Option<Arc<AtomicU64>>,
-    ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let in_flight = Arc::new(AtomicU64::new(0));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let (stop, sent, in_flight, samples) = (
-                stop.clone(),
-                sent.clone(),
-                in_flight.clone(),
-                samples.clone(),
-            );
-            async move {
-                let tag = tag.unwrap_or_default();
-                let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let started = tokio::time::Instant::now();
-                let mut tasks = JoinSet::new();
-                while !stop.load(Ordering::SeqCst)
-                    && sent.load(Ordering::SeqCst) < max_requests
-                    && started.elapsed() < max_run
-                {
-                    tick.tick().await;
-                    in_flight.fetch_add(1, Ordering::SeqCst);
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    let (client, url, tag) = (client.clone(), url.clone(), tag.clone());
-                    let (samples, in_flight) = (samples.clone(), in_flight.clone());
-                    tasks.spawn(async move {
-                        let before = tag.load(Ordering::SeqCst);
-                        let result =
-                            tokio::time::timeout(LIMIT, try_send(&client, get(&url, None))).await;
-                        let after = tag.load(Ordering::SeqCst);
-                        let outcome = match result {
-                            Ok(Ok(answer)) => format!(
-                                "{} {}",
-                                answer.status.as_u16(),
-                                answer.upstream().unwrap_or("veer")
-                            ),
-                            Ok(Err(e)) => format!("error {e}"),
-                            Err(_) => "no answer".to_string(),
-                        };
-                        samples.lock().expect("samples").push(Sample {
-                            before,
-                            after,
-                            outcome,
-                        });
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    while tasks.try_join_next().is_some() {}
-                }
-                while tasks.join_next().await.is_some() {}
-            }
-        });
-        Load {
-            stop,
-            sent,
-            in_flight,
-            samples,
-            task,
-        }
-    }
-
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Answers so far whose tag was `tag` before and after.
-    pub fn count_at(&self, tag: u64) -> usize {
-        self.samples
-            .lock()
-            .expect("samples")
-            .iter()
-            .filter(|s| s.before == tag && s.after == tag)
-            .count()
-    }
-
-    /// Stops and waits for every request; every answer.
-    pub async fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        within(Duration::from_secs(40), "load to finish", self.task)
-            .await
-            .expect("load task");
-        let samples = self.samples.lock().expect("samples").clone();
-        samples
-    }
+/// Which upstream answered a sample, if one did.
+pub fn answered_by(sample: &Sample) -> Option<&str> {
+    sample.record.split_once(' ').map(|(_, u)| u)
 }
 
 /// Answers by outcome (`"200 stable"`: count).
 pub fn tally(samples: &[Sample]) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for s in samples {
-        *out.entry(s.outcome.clone()).or_insert(0) += 1;
-    }
-    out
+    super::load::tally(samples)
 }
