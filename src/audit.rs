@@ -84,12 +84,12 @@ pub fn system(actor: &str, action: Action<'_>) {
 
 /// What the rollout does by itself: `promote` (a step to its next weight)
 /// or `complete` (its last step held with no trip).
-pub fn rollout(
+pub fn rollout<E: std::fmt::Display>(
     action: &str,
     service: &str,
     before: &Snapshot,
     after: &Snapshot,
-    result: &Result<crate::state::RolloutProgress, String>,
+    result: &Result<crate::state::RolloutProgress, E>,
 ) {
     let detail = match result {
         Ok(progress) if action == "complete" => format!(
@@ -102,7 +102,7 @@ pub fn rollout(
             progress.candidate,
             progress.revision
         ),
-        Err(reason) => reason.clone(),
+        Err(reason) => reason.to_string(),
     };
     system(
         "rollout",

@@ -38,6 +38,7 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -13,7 +13,7 @@ use crate::config::{
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
-use crate::telemetry::{StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
+use crate::telemetry::{Present, StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
 use crate::upstream::{Endpoint, Registry};
 
 #[derive(Debug)]
@@ -206,13 +206,13 @@ impl Snapshot {
                         );
                         stats.set_weight(weight);
                         for endpoint in &all[v] {
-                            telemetry
-                                .endpoint_gauge(&service.name, &version.name, endpoint.addr())
-                                .set(if endpoint.health.available(now_ms) {
+                            stats.endpoint_healthy(endpoint.addr()).set(
+                                if endpoint.health.available(now_ms) {
                                     1.0
                                 } else {
                                     0.0
-                                });
+                                },
+                            );
                         }
                         Arc::new(VersionSnapshot {
                             stats,
@@ -277,5 +277,24 @@ impl Snapshot {
     /// Every version of every service, for tickers and reports.
     pub fn versions(&self) -> impl Iterator<Item = &Arc<VersionSnapshot>> {
         self.services.iter().flat_map(|s| s.versions.iter())
+    }
+
+    /// Every version and endpoint this snapshot routes to, as telemetry
+    /// keeps their series (`Telemetry::retain`).
+    pub fn present(&self) -> impl Iterator<Item = Present<'_>> {
+        self.services.iter().flat_map(|service| {
+            service
+                .versions
+                .iter()
+                .enumerate()
+                .map(move |(index, version)| Present {
+                    service: &service.name,
+                    version: &version.name,
+                    judged: service.guard.as_ref().is_some_and(|g| g.baseline != index),
+                    ejects: service.outlier.consecutive_failures > 0,
+                    rollout: service.rollout.is_some(),
+                    endpoints: version.all_endpoints.iter().map(|e| e.addr()).collect(),
+                })
+        })
     }
 }

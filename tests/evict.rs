@@ -62,7 +62,7 @@ async fn evict_closes_the_reverted_versions_tunnels() {
     );
     let proxy = TestProxy::start(&yaml(&canary, &stable, "evict")).await;
     let mut ws = open(&proxy).await;
-    proxy.control().rollback("web").expect("rollback");
+    proxy.control().rollback("web").await.expect("rollback");
     // The tunnel ends: the next read sees the close (or an error), not an echo.
     let _ = ws.send(Message::text("after")).await;
     let next = within(LIMIT, "the tunnel to close", ws.next()).await;
@@ -80,7 +80,7 @@ async fn drain_leaves_the_reverted_versions_tunnels_open() {
     );
     let proxy = TestProxy::start(&yaml(&canary, &stable, "drain")).await;
     let mut ws = open(&proxy).await;
-    proxy.control().rollback("web").expect("rollback");
+    proxy.control().rollback("web").await.expect("rollback");
     ws.send(Message::text("after"))
         .await
         .expect("send after the revert");

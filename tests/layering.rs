@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "control plane",
         &[
-            "reload", "health", "control", "rollout", "guard", "audit", "state",
+            "reload", "health", "control", "rollout", "guard", "audit", "status", "state",
         ],
     ),
     // One request: routing, splitting, forwarding, the outcome.
@@ -46,6 +46,13 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// none: an entry that no longer matches an edge fails the test, so the list
 /// only shrinks.
 const EXCEPTIONS: &[(&str, &str, &str)] = &[
+    (
+        "admin",
+        "cli",
+        "test only: the drift test in admin/status.rs reads what the admin API sends \
+         with the CLI's own parser and table; it can move to tests/ once the CLI's \
+         reading is public",
+    ),
     (
         "guard",
         "control",

@@ -169,6 +169,13 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         ),
         NOT_AFTER as f64
     );
+    assert_eq!(
+        m.one(
+            "veer_tls_handshake_failures_total",
+            &[("listener", "secure"), ("reason", "timeout")]
+        ),
+        0.0
+    );
     // Rare counters, at 0 before anything happened; none for the baseline.
     let canary_labels = [("service", "web"), ("version", "canary")];
     for reason in ["error_rate", "latency", "manual"] {
@@ -331,6 +338,11 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         1.0
     );
     assert!(m.all("veer_tls_certificate_expiry_seconds", &[]).is_empty());
+    assert!(
+        m.all("veer_tls_handshake_failures_total", &[]).is_empty(),
+        "{}",
+        m.text
+    );
     assert_eq!(
         m.one(
             "veer_version_weight_percent",
@@ -338,4 +350,149 @@ async fn operator_metrics_follow_the_proxy_and_its_config() {
         ),
         100.0
     );
+}
+
+/// Every sample (histograms as one) whose labels include `label`=`value`.
+fn labelled<'a>(m: &'a Metrics, label: &str, value: &str) -> Vec<&'a Sample> {
+    m.scrape
+        .samples
+        .iter()
+        .filter(|s| s.labels.get(label) == Some(value))
+        .collect()
+}
+
+fn histogram_count(m: &Metrics, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = m.all(metric, labels);
+    assert_eq!(found.len(), 1, "{metric} {labels:?}:\n{}", m.text);
+    match &found[0].value {
+        Value::Histogram(buckets) => buckets
+            .iter()
+            .find(|b| b.less_than == f64::INFINITY)
+            .map_or(f64::NAN, |b| b.count),
+        other => panic!("{metric} is not a histogram: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_reload_drops_every_series_of_a_removed_version_and_endpoint() {
+    let stable = Upstream::start("stable").await;
+    let spare = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let config = |endpoints: &[SocketAddr], canary: Option<SocketAddr>| {
+        let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let mut y = format!(
+            "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+             admin:\n  address: \"127.0.0.1:0\"\nservices:\n  - name: web\n    versions:\n\
+             \x20     - name: stable\n        revision: \"1\"\n        endpoints: [{}]\n        weight: 1\n",
+            list.join(", ")
+        );
+        if let Some(canary) = canary {
+            y.push_str(&format!(
+                "      - name: canary\n        revision: \"2\"\n        endpoints: [\"{canary}\"]\n        weight: 1\n\
+                 \x20   guard: {{ baseline: stable, min_requests: 50, max_error_rate: 0.5 }}\n"
+            ));
+        }
+        y
+    };
+    let veer = VeerProcess::start(
+        BIN,
+        &config(&[stable.addr(), spare.addr()], Some(canary.addr())),
+    );
+    let admin = admin_of(&veer);
+    let proxy = veer.listener("public");
+    let client = http1_client();
+
+    // Traffic to both versions, so their counters and histograms hold counts.
+    for _ in 0..400 {
+        if canary.total() > 0 && stable.total() + spare.total() > 0 {
+            break;
+        }
+        let answer = send(&client, get(&format!("http://{proxy}/"), Some("web"))).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert!(canary.total() > 0, "no request reached the canary");
+    let stable_labels = [("service", "web"), ("version", "stable")];
+    let canary_labels = [("service", "web"), ("version", "canary")];
+    let before = Metrics::of(&client, admin).await;
+    let with_code = |labels: &[(&'static str, &'static str)]| {
+        let mut l = labels.to_vec();
+        l.push(("code", "200"));
+        l
+    };
+    let stable_served = before.one("veer_requests_total", &with_code(&stable_labels));
+    assert!(stable_served > 0.0, "{}", before.text);
+    assert!(before.one("veer_requests_total", &with_code(&canary_labels)) > 0.0);
+    let spare_endpoint = spare.addr().to_string();
+    assert_eq!(
+        before.one(
+            "veer_endpoint_healthy",
+            &[("endpoint", spare_endpoint.as_str())]
+        ),
+        1.0
+    );
+    assert!(!labelled(&before, "version", "canary").is_empty());
+
+    // The canary and one endpoint of the stable version leave the config.
+    std::fs::write(veer.config_path(), config(&[stable.addr()], None)).expect("rewrite config");
+    let after = scrape_until(&client, admin, "the canary's series gone", |m| {
+        m.all("veer_version_weight", &canary_labels).is_empty()
+    })
+    .await;
+    let left: Vec<_> = labelled(&after, "version", "canary")
+        .iter()
+        .map(|s| &s.metric)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "canary series left: {left:?}\n{}",
+        after.text
+    );
+    let left: Vec<_> = labelled(&after, "endpoint", &spare_endpoint)
+        .iter()
+        .map(|s| &s.metric)
+        .collect();
+    assert!(left.is_empty(), "removed endpoint's series left: {left:?}");
+    // What stays keeps its counts.
+    assert_eq!(
+        after.one("veer_requests_total", &with_code(&stable_labels)),
+        stable_served
+    );
+    assert_eq!(
+        histogram_count(&after, "veer_request_duration_seconds", &stable_labels),
+        stable_served
+    );
+    let kept = stable.addr().to_string();
+    assert_eq!(
+        after.one("veer_endpoint_healthy", &[("endpoint", kept.as_str())]),
+        1.0
+    );
+    assert_eq!(
+        after.one(
+            "veer_endpoint_ejections_total",
+            &[("endpoint", kept.as_str()), ("reason", "connect")]
+        ),
+        0.0
+    );
+
+    // The canary comes back: from zero, as a restarted counter would.
+    std::fs::write(
+        veer.config_path(),
+        config(&[stable.addr()], Some(canary.addr())),
+    )
+    .expect("rewrite config");
+    let back = scrape_until(&client, admin, "the canary back", |m| {
+        !m.all("veer_version_weight", &canary_labels).is_empty()
+    })
+    .await;
+    assert_eq!(
+        back.one("veer_requests_total", &with_code(&canary_labels)),
+        0.0
+    );
+    assert_eq!(
+        histogram_count(&back, "veer_request_duration_seconds", &canary_labels),
+        0.0
+    );
+    let mut trips = canary_labels.to_vec();
+    trips.push(("reason", "error_rate"));
+    assert_eq!(back.one("veer_guard_trips_total", &trips), 0.0);
 }

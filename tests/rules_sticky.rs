@@ -181,6 +181,7 @@ async fn raising_the_candidate_only_moves_baseline_users_and_rollback_moves_ever
     let at_25 = phase(&f, 25, Some(&at_10)).await;
     f.control()
         .set_weights(SERVICE, &[("stable", 50), ("canary", 50)])
+        .await
         .expect("weights 50/50");
     let at_50 = phase(&f, 50, Some(&at_25)).await;
     // Over the whole climb, the 10 % users are still on the canary.

@@ -178,7 +178,8 @@ async fn weight_change_applies_to_the_next_request() {
     );
 
     f.proxy
-        .set_weights("web", &[("stable", 0), ("canary", 100)]);
+        .set_weights("web", &[("stable", 0), ("canary", 100)])
+        .await;
     assert_eq!(
         who(&f).await,
         "canary",
@@ -193,7 +194,8 @@ async fn weight_change_applies_to_the_next_request() {
     }
 
     f.proxy
-        .set_weights("web", &[("stable", 100), ("canary", 0)]);
+        .set_weights("web", &[("stable", 100), ("canary", 0)])
+        .await;
     assert_eq!(
         who(&f).await,
         "stable",
@@ -204,7 +206,7 @@ async fn weight_change_applies_to_the_next_request() {
     }
 
     // Only naming one version leaves the other's weight as it was.
-    f.proxy.set_weights("web", &[("canary", 100)]);
+    f.proxy.set_weights("web", &[("canary", 100)]).await;
     let seen = fire(&f.client, &f.proxy.url("/"), 100, 1).await;
     assert_eq!(
         seen.get("stable"),
@@ -241,7 +243,9 @@ async fn weight_change_applies_on_an_open_h2_connection() {
     for _ in 0..5 {
         assert_eq!(h2_who(&mut conn, &url).await, "stable");
     }
-    f.proxy.set_weights("web", &[("stable", 0), ("canary", 1)]);
+    f.proxy
+        .set_weights("web", &[("stable", 0), ("canary", 1)])
+        .await;
     for i in 0..5 {
         assert_eq!(
             h2_who(&mut conn, &url).await,
@@ -260,16 +264,19 @@ async fn set_weights_refuses_unknown_names() {
         .proxy
         .control()
         .set_weights("no-such-service", &[("stable", 1)])
+        .await
         .is_err());
     assert!(f
         .proxy
         .control()
         .set_weights("web", &[("no-such-version", 1)])
+        .await
         .is_err());
     assert!(
         f.proxy
             .control()
             .set_weights("web", &[("canary", 100), ("no-such-version", 1)])
+            .await
             .is_err(),
         "a change naming one unknown version must be refused whole"
     );

@@ -29,8 +29,8 @@ use veer::server::RunningProxy;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The histogram's stated bound on a percentile's relative error.
-const HISTOGRAM_ERROR: f64 = 0.032;
+/// The window's stated bound on a percentile's relative error (docs/metrics.md).
+const HISTOGRAM_ERROR: f64 = 0.047;
 
 /// A YAML double-quoted scalar.
 fn quote(s: &str) -> String {
@@ -301,6 +301,7 @@ async fn scripted_mix_is_counted_exactly_and_percentiles_land_in_their_band() {
     f.running
         .control()
         .set_weights("web", &[("stable", 0), ("canary", 100)])
+        .await
         .expect("weights accepted");
     let mut mix: Vec<String> = vec!["/".to_string(); 50];
     mix.extend(vec!["/status/404".to_string(); 10]);

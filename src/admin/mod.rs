@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 use crate::guard::webhook::Webhooks;
 use crate::reload::{Reloader, Trigger};
 
@@ -130,7 +130,13 @@ impl Admin {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "starting")
                 }
             }
-            (&Method::GET, ["status"]) => json(StatusCode::OK, &status::report(&self.control)),
+            (&Method::GET, ["status"]) => match status::body(&self.control) {
+                Ok(body) => text(StatusCode::OK, "application/json", body),
+                Err(err) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode the status report: {err}"),
+                ),
+            },
             (
                 _,
                 ["metrics"]
@@ -196,68 +202,51 @@ impl Admin {
     }
 
     async fn dispatch(&self, request: Request<Incoming>, action: Action<'_>) -> Refusable {
-        let not_found_or = |reason: String, otherwise: StatusCode| {
-            let status = if reason.starts_with("no service") {
-                StatusCode::NOT_FOUND
-            } else {
-                otherwise
-            };
-            refuse(status, reason)
-        };
         match action {
             Action::Reload => self.reload().await,
             Action::Weights(service) => {
                 let body = read_json(request).await?;
-                self.set_weights(service, body)
+                self.set_weights(service, body).await
             }
-            Action::Rollback(service) => self.rollback(service),
+            Action::Rollback(service) => self.rollback(service).await,
             Action::Promote(service) => {
                 let full = request
                     .uri()
                     .query()
                     .is_some_and(|q| q.split('&').any(|kv| kv == "full" || kv == "full=true"));
-                match self.control.advance_rollout(service, full) {
-                    Ok(_) => Ok(status::service_rollout(&self.control, service)),
-                    Err(reason) => Err(not_found_or(reason, StatusCode::CONFLICT)),
-                }
+                self.control.advance_rollout(service, full).await?;
+                Ok(status::service_rollout(&self.control, service))
             }
-            Action::Pause(service) => match self.control.pause(service) {
-                Ok(()) => Ok(status::service_rollout(&self.control, service)),
-                Err(reason) => Err(not_found_or(reason, StatusCode::CONFLICT)),
-            },
-            Action::Resume(service) => match self.control.resume(service) {
-                Ok(cleared) => Ok(
+            Action::Pause(service) => {
+                self.control.pause(service).await?;
+                Ok(status::service_rollout(&self.control, service))
+            }
+            Action::Resume(service) => {
+                let cleared = self.control.resume(service).await?;
+                Ok(
                     serde_json::json!({"service": service, "latches_cleared": cleared,
                     "weights": status::service_weights(&self.control, service)["weights"]}),
-                ),
-                Err(reason) => Err(refuse(StatusCode::NOT_FOUND, reason)),
-            },
+                )
+            }
         }
     }
 
-    fn rollback(&self, service: &str) -> Refusable {
-        match self.control.rollback(service) {
-            Ok(events) => {
-                let webhook = self
-                    .control
-                    .snapshot()
-                    .services
-                    .iter()
-                    .find(|s| &*s.name == service)
-                    .and_then(|s| s.guard.as_ref().and_then(|g| g.webhook.clone()));
-                for event in &events {
-                    crate::guard::announce(&self.control, &self.webhooks, event, webhook.as_ref());
-                }
-                Ok(
-                    serde_json::json!({"service": service, "rolled_back": events.len(),
-                        "weights": status::service_weights(&self.control, service)["weights"]}),
-                )
-            }
-            Err(reason) if reason.starts_with("no service") => {
-                Err(refuse(StatusCode::NOT_FOUND, reason))
-            }
-            Err(reason) => Err(refuse(StatusCode::CONFLICT, reason)),
+    async fn rollback(&self, service: &str) -> Refusable {
+        let events = self.control.rollback(service).await?;
+        let webhook = self
+            .control
+            .snapshot()
+            .services
+            .iter()
+            .find(|s| &*s.name == service)
+            .and_then(|s| s.guard.as_ref().and_then(|g| g.webhook.clone()));
+        for event in &events {
+            crate::guard::announce(&self.control, &self.webhooks, event, webhook.as_ref());
         }
+        Ok(
+            serde_json::json!({"service": service, "rolled_back": events.len(),
+                "weights": status::service_weights(&self.control, service)["weights"]}),
+        )
     }
 
     async fn reload(&self) -> Refusable {
@@ -267,7 +256,9 @@ impl Admin {
                 "this proxy was started without a config file; there is nothing to reload",
             ));
         };
-        let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        // Its own task: a client that hangs up mid-reload does not cut the
+        // reload short.
+        let result = tokio::spawn(async move { reloader.reload(Trigger::Admin).await }).await;
         match result {
             Ok(Ok(())) => Ok(serde_json::json!({"result": "success"})),
             // The answer carries the errors as JSON; the audit line, as text.
@@ -311,7 +302,7 @@ impl Admin {
         (result, fingerprint)
     }
 
-    fn set_weights(&self, service: &str, body: serde_json::Value) -> Refusable {
+    async fn set_weights(&self, service: &str, body: serde_json::Value) -> Refusable {
         let Some(map) = body.as_object() else {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
@@ -348,10 +339,8 @@ impl Admin {
         if weights.is_empty() {
             return Err(refuse(StatusCode::BAD_REQUEST, "no weights given"));
         }
-        match self.control.set_weights(service, &weights) {
-            Ok(()) => Ok(status::service_weights(&self.control, service)),
-            Err(refused) => Err(refuse(refused.status(), refused.to_string())),
-        }
+        self.control.set_weights(service, &weights).await?;
+        Ok(status::service_weights(&self.control, service))
     }
 }
 
@@ -411,6 +400,14 @@ struct Refusal {
 }
 
 type Refusable = Result<serde_json::Value, Refusal>;
+
+/// A refused control command: its status comes from its kind, its words are
+/// the operator's answer.
+impl From<ControlError> for Refusal {
+    fn from(refused: ControlError) -> Refusal {
+        refuse(refused.status(), refused.to_string())
+    }
+}
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     Refusal {

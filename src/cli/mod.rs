@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod preflight;
-mod status;
+pub(crate) mod status;
 mod wait;
 
 use client::{AdminTarget, ClientError};
@@ -275,28 +275,19 @@ async fn show_status(
         eprintln!("veer: the admin API answered {status}: {}", body.trim());
         return Ok(ExitCode::from(2));
     }
-    let report: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
-        ClientError::Unreachable(format!(
-            "the admin API answered something that is not JSON: {e}"
-        ))
-    })?;
+    let report = status::parse(&body).map_err(ClientError::Unreachable)?;
     if json {
         let shown = match &service {
-            Some(name) => report["services"]
-                .as_array()
-                .and_then(|all| all.iter().find(|s| s["name"] == name.as_str()))
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-            None => report,
+            Some(name) => match report.service(name) {
+                Some(one) => serde_json::to_string_pretty(one),
+                None => {
+                    eprintln!("veer: no service named `{name}`");
+                    return Ok(ExitCode::from(1));
+                }
+            },
+            None => serde_json::to_string_pretty(&report),
         };
-        if shown.is_null() {
-            eprintln!("veer: no service named `{}`", service.unwrap_or_default());
-            return Ok(ExitCode::from(1));
-        }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&shown).unwrap_or_default()
-        );
+        println!("{}", shown.unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     match status::table(&report, service.as_deref()) {

@@ -1,41 +1,49 @@
 //! `veer status`: the admin API's `/status` as a table for people, or as the
-//! JSON itself for scripts.
+//! JSON itself for scripts. Reads the same [`StatusReport`] type the admin
+//! API writes.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use crate::state::RolloutOutcome;
+use crate::status::{EndpointHealth, RolloutReport, StatusReport};
+
+/// Reads `/status`'s body: the one report type the admin API writes.
+pub fn parse(body: &str) -> Result<StatusReport, String> {
+    serde_json::from_str(body).map_err(|e| {
+        format!(
+            "the admin API's /status is not a report this veer can read ({e}); \
+             is the CLI much older or newer than the proxy?"
+        )
+    })
+}
 
 /// Renders the report, only `service` when given. `None` when that service
 /// does not exist.
-pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
+pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
     let mut out = String::new();
-    let config = &report["config"];
-    if let Some(last) = config["last_reload"].as_object() {
-        out.push_str(&format!(
-            "config generation {}; last reload {} at {}\n",
-            config["generation"],
-            last.get("result").and_then(Value::as_str).unwrap_or("?"),
-            last.get("at").and_then(Value::as_str).unwrap_or("?"),
-        ));
-        if let Some(errors) = last.get("errors").and_then(Value::as_array) {
-            for e in errors {
-                out.push_str(&format!("  ! {}\n", e.as_str().unwrap_or("")));
+    let config = &report.config;
+    match &config.last_reload {
+        Some(last) => {
+            out.push_str(&format!(
+                "config generation {}; last reload {} at {}\n",
+                config.generation, last.result, last.at,
+            ));
+            for e in &last.errors {
+                out.push_str(&format!("  ! {e}\n"));
             }
         }
-    } else {
-        out.push_str(&format!("config generation {}\n", config["generation"]));
+        None => out.push_str(&format!("config generation {}\n", config.generation)),
     }
-    let services = report["services"].as_array()?;
     let mut shown = 0;
-    for s in services {
-        let name = s["name"].as_str().unwrap_or("?");
-        if service.is_some_and(|wanted| wanted != name) {
+    for s in &report.services {
+        if service.is_some_and(|wanted| wanted != s.name) {
             continue;
         }
         shown += 1;
         out.push_str(&format!(
-            "\n{name}  (window {}s)\n  {:<12} {:<10} {:>6} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9}\n",
-            s["window_seconds"],
+            "\n{}  (window {}s)\n  {:<12} {:<10} {:>6} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9}\n",
+            s.name,
+            s.window_seconds,
             "VERSION",
             "REVISION",
             "WEIGHT",
@@ -46,41 +54,39 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
             "P99ms",
             "REQUESTS"
         ));
-        for v in s["versions"].as_array().into_iter().flatten() {
-            let w = &v["window"];
-            let ms = |x: &Value| x.as_f64().map_or("-".to_string(), |m| format!("{m:.2}"));
+        for v in &s.versions {
+            let w = &v.window;
+            let ms = |x: Option<f64>| x.map_or("-".to_string(), |m| format!("{m:.2}"));
             out.push_str(&format!(
                 "  {:<12} {:<10} {:>6} {:>9.1} {:>7.2} {:>8} {:>8} {:>8} {:>9}\n",
-                v["name"].as_str().unwrap_or("?"),
-                v["revision"].as_str().unwrap_or(""),
-                v["weight"].as_u64().unwrap_or(0),
-                w["rps"].as_f64().unwrap_or(0.0),
-                w["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
-                ms(&w["p50_ms"]),
-                ms(&w["p95_ms"]),
-                ms(&w["p99_ms"]),
-                w["requests"].as_u64().unwrap_or(0),
+                v.name,
+                v.revision,
+                v.weight,
+                w.rps,
+                w.error_rate * 100.0,
+                ms(w.p50_ms),
+                ms(w.p95_ms),
+                ms(w.p99_ms),
+                w.requests,
             ));
         }
-        for v in s["versions"].as_array().into_iter().flatten() {
-            let troubled: Vec<String> = v["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["health"] != "healthy" && e["health"] != "unchecked")
-                .map(|e| {
-                    format!(
-                        "{} {}",
-                        e["address"].as_str().unwrap_or("?"),
-                        e["health"].as_str().unwrap_or("?")
+        for v in &s.versions {
+            let troubled: Vec<String> = v
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    !matches!(
+                        e.health,
+                        EndpointHealth::Healthy | EndpointHealth::Unchecked
                     )
                 })
+                .map(|e| format!("{} {}", e.address, e.health.as_str()))
                 .collect();
-            if !troubled.is_empty() || v["unavailable"] == true {
+            if !troubled.is_empty() || v.unavailable {
                 out.push_str(&format!(
                     "  {}: {}{}\n",
-                    v["name"].as_str().unwrap_or("?"),
-                    if v["unavailable"] == true {
+                    v.name,
+                    if v.unavailable {
                         "no endpoint can serve (share moved to the baseline); "
                     } else {
                         ""
@@ -89,33 +95,25 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
                 ));
             }
         }
-        let guard = &s["guard"];
-        if guard.is_null() {
-            out.push_str("  guard: none\n");
-        } else {
-            out.push_str(&format!(
-                "  guard: baseline {}\n",
-                guard["baseline"].as_str().unwrap_or("?")
-            ));
-            for v in s["versions"].as_array().into_iter().flatten() {
-                if let Some(verdict) = v["guard_verdict"].as_str() {
+        match &s.guard {
+            None => out.push_str("  guard: none\n"),
+            Some(guard) => {
+                out.push_str(&format!("  guard: baseline {}\n", guard.baseline));
+                for v in &s.versions {
+                    if let Some(verdict) = &v.guard_verdict {
+                        out.push_str(&format!("    {:<12} {verdict}\n", v.name));
+                    }
+                }
+                for latch in &guard.latches {
                     out.push_str(&format!(
-                        "    {:<12} {verdict}\n",
-                        v["name"].as_str().unwrap_or("?")
+                        "    latched: {} revision {} ({}); `veer resume` clears it\n",
+                        latch.version, latch.revision, latch.reason,
                     ));
                 }
             }
-            for latch in guard["latches"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "    latched: {} revision {} ({}); `veer resume` clears it\n",
-                    latch["version"].as_str().unwrap_or("?"),
-                    latch["revision"].as_str().unwrap_or("?"),
-                    latch["reason"].as_str().unwrap_or("?"),
-                ));
-            }
         }
-        if !s["rollout"].is_null() {
-            out.push_str(&format!("  rollout: {}\n", rollout_line(&s["rollout"])));
+        if let Some(rollout) = &s.rollout {
+            out.push_str(&format!("  rollout: {}\n", rollout_line(rollout)));
         }
     }
     if service.is_some() && shown == 0 {
@@ -126,18 +124,13 @@ pub fn table(report: &Value, service: Option<&str>) -> Option<String> {
 
 /// One line for a rollout: `canary 1.2.0: step 2/4 at 25%, 12s of hold left,
 /// in_progress; gate: ...`.
-pub fn rollout_line(r: &Value) -> String {
+pub fn rollout_line(r: &RolloutReport) -> String {
     let mut line = format!(
         "{} {}: step {}/{} at {}%",
-        r["candidate"].as_str().unwrap_or("?"),
-        r["revision"].as_str().unwrap_or("?"),
-        r["step"],
-        r["steps"],
-        r["percent"],
+        r.candidate, r.revision, r.step, r.steps, r.percent,
     );
-    let state = r["state"].as_str().unwrap_or("?");
-    if state == "in_progress" {
-        match r["hold_remaining_ms"].as_u64() {
+    if r.state == RolloutOutcome::InProgress {
+        match r.hold_remaining_ms {
             Some(left) => line.push_str(&format!(
                 ", {} of hold left",
                 human_duration(Duration::from_millis(left))
@@ -145,11 +138,11 @@ pub fn rollout_line(r: &Value) -> String {
             None => line.push_str(", waiting for `veer promote`"),
         }
     }
-    line.push_str(&format!(", {state}"));
-    if r["paused"].as_bool() == Some(true) {
+    line.push_str(&format!(", {}", crate::rollout::outcome_word(r.state)));
+    if r.paused {
         line.push_str(" (paused)");
     }
-    if let Some(gate) = r["gate"].as_str() {
+    if let Some(gate) = &r.gate {
         line.push_str(&format!("; {gate}"));
     }
     line

@@ -12,11 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::Method;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::{AdminTarget, ClientError};
 use super::status::{human_duration, rollout_line};
+use crate::state::RolloutOutcome;
+use crate::status::{RolloutReport, ServiceReport};
 
 const POLL: Duration = Duration::from_millis(500);
 /// Before veer has answered once, this many failed polls in a row mean it is
@@ -81,63 +82,70 @@ pub async fn wait(
             Ok(found) => {
                 reached = true;
                 failing_since = None;
-                let Some(service_json) = found else {
+                let Some(found) = found else {
                     finish(live, &format!("veer: no service named `{service}` in veer's config (see `veer status`)"));
                     return Exit::Usage;
                 };
-                let rollout = &service_json["rollout"];
-                let ours = !rollout.is_null()
-                    && revision.is_none_or(|r| rollout["revision"].as_str() == Some(r));
-                if !ours {
-                    // A pipeline that just pushed the config may be ahead of veer.
-                    let Some(revision) = revision else {
-                        finish(
+                let ours = found
+                    .rollout
+                    .as_ref()
+                    .filter(|r| revision.is_none_or(|wanted| r.revision == wanted));
+                match ours {
+                    None => {
+                        // A pipeline that just pushed the config may be ahead of veer.
+                        let Some(revision) = revision else {
+                            finish(
                             live,
                             &format!("veer: service `{service}` has no rollout to wait for (its config has no `rollout:` block)"),
                         );
-                        return Exit::Usage;
-                    };
-                    if deadline.is_none() {
-                        deadline = Some(started + DEFAULT_REVISION_WAIT);
-                        println!(
+                            return Exit::Usage;
+                        };
+                        if deadline.is_none() {
+                            deadline = Some(started + DEFAULT_REVISION_WAIT);
+                            println!(
                             "veer wait: {service}: no --timeout given; waiting at most {} for veer to load revision {revision}",
                             human_duration(DEFAULT_REVISION_WAIT)
                         );
-                    }
-                    let shows = rollout["revision"].as_str().unwrap_or("no rollout");
-                    printed.show(
-                        live,
-                        format!(
+                        }
+                        let shows = found
+                            .rollout
+                            .as_ref()
+                            .map_or("no rollout", |r| r.revision.as_str());
+                        printed.show(
+                            live,
+                            format!(
                             "waiting for the rollout of revision {revision} (veer shows {shows})"
                         ),
-                        String::new(),
-                    );
-                } else {
-                    if timeout.is_none() && !sized {
-                        sized = true;
-                        match default_timeout(rollout) {
-                            Some(t) => {
-                                deadline = Some(Instant::now() + t);
-                                println!(
+                            String::new(),
+                        );
+                    }
+                    Some(rollout) => {
+                        if timeout.is_none() && !sized {
+                            sized = true;
+                            match default_timeout(rollout) {
+                                Some(t) => {
+                                    deadline = Some(Instant::now() + t);
+                                    println!(
                                     "veer wait: {service}: no --timeout given; waiting at most {} (the rollout's least remaining time × {DEFAULT_FACTOR} + {})",
                                     human_duration(t),
                                     human_duration(DEFAULT_MARGIN)
                                 );
-                            }
-                            None if rollout["state"] == "in_progress" => {
-                                finish(
+                                }
+                                None if rollout.state == RolloutOutcome::InProgress => {
+                                    finish(
                                     live,
                                     &format!("veer: the rollout of `{service}` has a manual step ahead, which waits for `veer promote`: give --timeout (e.g. --timeout 2h)"),
                                 );
-                                return Exit::Usage;
+                                    return Exit::Usage;
+                                }
+                                None => {}
                             }
-                            None => {}
                         }
-                    }
-                    let (line, key) = progress(rollout, &service_json);
-                    printed.show(live, line, key);
-                    if let Some(exit) = verdict(live, service, rollout) {
-                        return exit;
+                        let (line, key) = progress(rollout, &found);
+                        printed.show(live, line, key);
+                        if let Some(exit) = verdict(live, service, rollout) {
+                            return exit;
+                        }
                     }
                 }
             }
@@ -164,31 +172,44 @@ pub async fn wait(
                 }
             }
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let waited = human_duration(Instant::now().duration_since(started));
-            finish(
-                live,
-                &format!("{service}: timed out after {waited} with the rollout still going; it goes on in veer (not rolled back)"),
-            );
-            return Exit::TimedOut;
+        if let Some(exit) = timed_out(live, service, deadline, started) {
+            return exit;
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
+/// `--timeout` (or the default bound) passed: the closing line and exit 2.
+fn timed_out(
+    live: bool,
+    service: &str,
+    deadline: Option<Instant>,
+    started: Instant,
+) -> Option<Exit> {
+    if deadline.is_none_or(|d| Instant::now() < d) {
+        return None;
+    }
+    let waited = human_duration(Instant::now().duration_since(started));
+    finish(
+        live,
+        &format!("{service}: timed out after {waited} with the rollout still going; it goes on in veer (not rolled back)"),
+    );
+    Some(Exit::TimedOut)
+}
+
 /// The exit for a finished rollout, with its closing line; `None` while it runs.
-fn verdict(live: bool, service: &str, rollout: &Value) -> Option<Exit> {
-    let (exit, message) = match rollout["state"].as_str() {
-        Some("completed") => (
+fn verdict(live: bool, service: &str, rollout: &RolloutReport) -> Option<Exit> {
+    let (exit, message) = match rollout.state {
+        RolloutOutcome::Completed => (
             Exit::Completed,
             format!("{service}: rollout completed: the last step held with no trip"),
         ),
-        Some("rolled_back") => (Exit::RolledBack, format!("{service}: rollout rolled back")),
-        Some("abandoned") => (
+        RolloutOutcome::RolledBack => (Exit::RolledBack, format!("{service}: rollout rolled back")),
+        RolloutOutcome::Abandoned => (
             Exit::RolledBack,
             format!("{service}: rollout ended by manual weights; not a completion"),
         ),
-        _ => return None,
+        RolloutOutcome::InProgress => return None,
     };
     finish(live, &message);
     Some(exit)
@@ -196,8 +217,8 @@ fn verdict(live: bool, service: &str, rollout: &Value) -> Option<Exit> {
 
 /// The rollout's least remaining time with a margin; `None` with a manual
 /// step ahead (no time bounds it) or a rollout already over.
-fn default_timeout(rollout: &Value) -> Option<Duration> {
-    let remaining = Duration::from_millis(rollout["min_remaining_ms"].as_u64()?);
+fn default_timeout(rollout: &RolloutReport) -> Option<Duration> {
+    let remaining = Duration::from_millis(rollout.min_remaining_ms?);
     Some(remaining.mul_f64(DEFAULT_FACTOR) + DEFAULT_MARGIN)
 }
 
@@ -225,7 +246,7 @@ impl Printed {
     }
 }
 
-async fn poll(target: &AdminTarget, service: &str) -> Result<Option<Value>, ClientError> {
+async fn poll(target: &AdminTarget, service: &str) -> Result<Option<ServiceReport>, ClientError> {
     let (status, body) = target.call(Method::GET, "/status", None).await?;
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
         return Err(ClientError::Refused(format!(
@@ -239,44 +260,38 @@ async fn poll(target: &AdminTarget, service: &str) -> Result<Option<Value>, Clie
             body.trim()
         )));
     }
-    let report: Value = serde_json::from_str(&body)
-        .map_err(|e| ClientError::Unreachable(format!("/status is not JSON: {e}")))?;
-    Ok(report["services"]
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["name"] == service))
-        .cloned())
+    let mut report = super::status::parse(&body).map_err(ClientError::Unreachable)?;
+    Ok(report
+        .services
+        .iter()
+        .position(|s| s.name == service)
+        .map(|at| report.services.swap_remove(at)))
 }
 
 /// The progress line, and the part of it that is news: step, state, pause,
 /// the gate's and the guard's words without their running counts.
-fn progress(rollout: &Value, service: &Value) -> (String, String) {
-    let candidate = rollout["candidate"].as_str().unwrap_or("");
-    let version = service["versions"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == candidate));
+fn progress(rollout: &RolloutReport, service: &ServiceReport) -> (String, String) {
+    let version = service.version(&rollout.candidate);
     let figures = version
         .map(|v| {
-            let w = &v["window"];
-            let p95 = w["p95_ms"]
-                .as_f64()
+            let p95 = v
+                .window
+                .p95_ms
                 .map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
-            format!(
-                "; errors {:.2}%, p95 {p95}",
-                w["error_rate"].as_f64().unwrap_or(0.0) * 100.0
-            )
+            format!("; errors {:.2}%, p95 {p95}", v.window.error_rate * 100.0)
         })
         .unwrap_or_default();
     let verdict = version
-        .and_then(|v| v["guard_verdict"].as_str())
+        .and_then(|v| v.guard_verdict.as_deref())
         .unwrap_or("");
     let kind = |text: &str| text.split(':').next().unwrap_or("").to_string();
     let key = format!(
         "{}|{}|{}|{}|{}|{}",
-        rollout["revision"],
-        rollout["step"],
-        rollout["state"],
-        rollout["paused"],
-        kind(rollout["gate"].as_str().unwrap_or("")),
+        rollout.revision,
+        rollout.step,
+        crate::rollout::outcome_word(rollout.state),
+        rollout.paused,
+        kind(rollout.gate.as_deref().unwrap_or("")),
         kind(verdict),
     );
     let verdict = if verdict.is_empty() {
@@ -297,42 +312,92 @@ fn finish(live: bool, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::{ProtocolName, VersionReport, WindowReport};
+
+    fn rollout(held: u64, gate: &str, min_remaining_ms: Option<u64>) -> RolloutReport {
+        RolloutReport {
+            candidate: "canary".into(),
+            gate: Some(gate.to_string()).filter(|g| !g.is_empty()),
+            hold_ms: Some(10_000),
+            hold_remaining_ms: Some(held),
+            held_ms: 10_000 - held,
+            manual: false,
+            min_remaining_ms,
+            min_total_ms: Some(30_000),
+            paused: false,
+            percent: 10,
+            revision: "2".into(),
+            state: RolloutOutcome::InProgress,
+            step: 1,
+            steps: 3,
+        }
+    }
+
+    fn service(rate: f64, verdict: &str) -> ServiceReport {
+        ServiceReport {
+            guard: None,
+            name: "web".into(),
+            rollout: None,
+            versions: vec![VersionReport {
+                endpoints: Vec::new(),
+                grpc_methods: Default::default(),
+                guard_verdict: Some(verdict.to_string()),
+                latched: false,
+                name: "canary".into(),
+                protocol: ProtocolName::Http1,
+                revision: "2".into(),
+                unavailable: false,
+                weight: 10,
+                window: WindowReport {
+                    error_rate: rate,
+                    errors: 0,
+                    p50_ms: None,
+                    p95_ms: Some(3.0),
+                    p99_ms: None,
+                    requests: 0,
+                    rps: 0.0,
+                },
+            }],
+            window_seconds: 30,
+        }
+    }
 
     #[test]
     fn the_default_timeout_has_a_margin_and_none_past_a_manual_step() {
-        let rollout = serde_json::json!({"min_remaining_ms": 1_800_000});
         assert_eq!(
-            default_timeout(&rollout),
+            default_timeout(&rollout(0, "", Some(1_800_000))),
             Some(Duration::from_secs(2_700 + 600))
         );
-        assert_eq!(
-            default_timeout(&serde_json::json!({"min_remaining_ms": null})),
-            None
-        );
+        assert_eq!(default_timeout(&rollout(0, "", None)), None);
     }
 
     #[test]
     fn figures_that_change_every_poll_are_not_news() {
-        let rollout = |held: u64, gate: &str| {
-            serde_json::json!({"candidate": "canary", "revision": "2", "step": 1, "steps": 3,
-                "percent": 10, "state": "in_progress", "paused": false, "hold_remaining_ms": held,
-                "gate": gate})
-        };
-        let service = |rate: f64, verdict: &str| {
-            serde_json::json!({"versions": [{"name": "canary", "guard_verdict": verdict,
-                "window": {"error_rate": rate, "p95_ms": 3.0}}]})
-        };
         let (a, key_a) = progress(
-            &rollout(5_000, "waiting for traffic: 3/20 requests"),
+            &rollout(5_000, "waiting for traffic: 3/20 requests", None),
             &service(0.0, "insufficient data: 3/20 requests"),
         );
         let (b, key_b) = progress(
-            &rollout(4_000, "waiting for traffic: 9/20 requests"),
+            &rollout(4_000, "waiting for traffic: 9/20 requests", None),
             &service(0.01, "insufficient data: 9/20 requests"),
         );
         assert_ne!(a, b);
         assert_eq!(key_a, key_b);
-        let (_, key_c) = progress(&rollout(4_000, ""), &service(0.01, "healthy"));
+        let (_, key_c) = progress(&rollout(4_000, "", None), &service(0.01, "healthy"));
         assert_ne!(key_a, key_c);
+    }
+
+    #[test]
+    fn a_finished_rollout_gives_its_exit_status() {
+        let mut r = rollout(0, "", None);
+        assert_eq!(verdict(false, "web", &r), None);
+        for (state, exit) in [
+            (RolloutOutcome::Completed, Exit::Completed),
+            (RolloutOutcome::RolledBack, Exit::RolledBack),
+            (RolloutOutcome::Abandoned, Exit::RolledBack),
+        ] {
+            r.state = state;
+            assert_eq!(verdict(false, "web", &r), Some(exit));
+        }
     }
 }

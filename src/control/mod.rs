@@ -1,112 +1,127 @@
-//! The single writer of the snapshot. Config reloads, run-time weights, guard
-//! trips and operator commands come here, change the desired state under a
-//! mutex, and leave as one new snapshot published with one `ArcSwap` store.
-//! The mutex is on the cold path only (an operator, a file change, a guard
-//! verdict); requests never touch it.
+//! The control plane's one writer. A single task (the actor, `actor.rs`) owns
+//! the run-time state: the config in force, the persisted layer (run-time
+//! weights, guard latches, rollout progress), the guard's events and
+//! verdicts, the rollout gates' answers, the last reload, and the registries
+//! the snapshot is built from. Everything that changes it — a reload, an
+//! operator, a guard trip, a rollout step, endpoint health — is a
+//! [`Command`](actor::Command) sent through [`Control`], a cheap handle with
+//! one method per command.
 //!
-//! The run-time layer (weights, latches) is persisted in `state_dir` after
-//! every change, before the change is announced.
+//! Each command (or batch: a guard pass's trips, a rollout tick's hold time
+//! for every service) publishes at most one snapshot and hands at most one
+//! write of the layer to the [store](crate::state::Store), which runs off the
+//! tokio workers. A command whose effect must survive a restart (weights, a
+//! trip, a rollback, resume, pause, promote, a reload) is answered only once
+//! the write finished: persisted before anyone is told.
+//!
+//! Readers never queue behind commands. The request path reads the snapshot
+//! through its `ArcSwap`; `/status`, `/metrics`, the guard and the rollout
+//! loop read a [`ControlView`] the actor replaces after every command.
+//!
+//! Depends on `config`, `snapshot`, `state`, `rollout` (its pure
+//! transitions), `telemetry` and `upstream` (the registries).
 
+mod actor;
+mod error;
 pub mod overlay;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::snapshot::{Effective, Parts, Snapshot};
-use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, StateStore};
-use crate::telemetry::{StatsRegistry, Telemetry};
-use crate::upstream::Registry;
+use crate::snapshot::Snapshot;
+use crate::state::{Latch, PersistedState, RolloutProgress, Store};
+use crate::telemetry::Telemetry;
 
-/// Guard events kept for `/status`, per service.
-const EVENTS_KEPT: usize = 20;
+/// How a rollout's outcome reads in messages, `/status` and `/metrics`.
+pub use crate::rollout::outcome_word;
+/// A rollback by the guard or an operator: `/status` lists them, the
+/// webhook receives each.
+pub use crate::status::GuardEvent as Event;
+pub use crate::status::ReloadRecord;
+use actor::Command;
+pub use error::ControlError;
 
+/// The handle to the control plane. Cheap to clone; every clone talks to the
+/// same actor and reads the same views.
+#[derive(Clone)]
 pub struct Control {
+    mailbox: mpsc::UnboundedSender<Command>,
     published: Arc<ArcSwap<Snapshot>>,
+    view: Arc<ArcSwap<ControlView>>,
     telemetry: Arc<Telemetry>,
     /// The file the config came from; `None` for a config given in code.
     source: Option<PathBuf>,
-    state: Mutex<State>,
 }
 
-struct State {
-    config: Config,
-    /// The run-time layer, exactly as persisted.
-    layer: PersistedState,
-    store: Option<StateStore>,
-    last_reload: Option<ReloadRecord>,
-    events: BTreeMap<String, VecDeque<Event>>,
-    verdicts: BTreeMap<(String, String), String>,
-    /// The rollout gate's last answer per service, for `/status`.
-    gates: BTreeMap<String, String>,
-    /// When the layer was last written (hold time is saved every few seconds).
-    last_persist: std::time::Instant,
-    registry: Registry,
-    stats: StatsRegistry,
-    telemetry: Arc<Telemetry>,
-    generation: u64,
+/// What the actor last published besides the snapshot: immutable, replaced
+/// whole after every command, read without waiting.
+#[derive(Debug, Clone)]
+pub struct ControlView {
+    /// Hold time not yet folded into `layer` (see the actor).
+    holds: Arc<HashMap<Arc<str>, u64>>,
+    config: Arc<Config>,
+    /// The config's services by name.
+    names: Arc<HashMap<String, usize>>,
+    layer: Arc<PersistedState>,
+    events: Arc<BTreeMap<String, VecDeque<Event>>>,
+    /// By service, then version.
+    verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    gates: Arc<BTreeMap<String, String>>,
+    last_reload: Option<Arc<ReloadRecord>>,
 }
 
-/// The result of the last reload, for `/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadRecord {
-    pub at: String,
-    pub result: &'static str,
-    pub errors: Vec<String>,
-}
+impl ControlView {
+    /// The configuration in force (the file's desired state).
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
 
-/// A rollback, by the guard or an operator: the contract's webhook event.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub service: String,
-    pub version: String,
-    pub revision: String,
-    pub action: &'static str,
-    pub reason: String,
-    pub observed: Option<f64>,
-    pub threshold: Option<f64>,
-    pub window_requests: u64,
-    pub weights: BTreeMap<String, u32>,
-    pub at: String,
-}
+    /// The rollout progress that applies to `service` now, if any, with
+    /// every hold time added so far.
+    pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
+        let declared = self.config.services.get(*self.names.get(service)?)?;
+        let progress = overlay::current_rollout(declared, self.layer.services.get(service))?;
+        Some(match self.holds.get(service) {
+            Some(&held) => crate::rollout::hold(progress, Duration::from_millis(held)),
+            None => progress.clone(),
+        })
+    }
 
-/// Why run-time weights were refused; each knows its HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WeightsRefused {
-    /// No such service (404).
-    NoService(String),
-    /// A version the guard latched was given traffic (409).
-    Latched(String),
-    /// An unknown version, or all weights zero (400).
-    Invalid(String),
-}
+    /// Latches in force for `service`.
+    pub fn latches(&self, service: &str) -> &[Latch] {
+        self.layer
+            .services
+            .get(service)
+            .map_or(&[], |s| s.latches.as_slice())
+    }
 
-impl WeightsRefused {
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            WeightsRefused::NoService(_) => http::StatusCode::NOT_FOUND,
-            WeightsRefused::Latched(_) => http::StatusCode::CONFLICT,
-            WeightsRefused::Invalid(_) => http::StatusCode::BAD_REQUEST,
-        }
+    /// The last guard events of `service`, oldest first.
+    pub fn events(&self, service: &str) -> impl Iterator<Item = &Event> {
+        self.events.get(service).into_iter().flatten()
+    }
+
+    /// The guard's last verdict on a version, in words.
+    pub fn verdict(&self, service: &str, version: &str) -> Option<&str> {
+        self.verdicts.get(service)?.get(version).map(String::as_str)
+    }
+
+    /// The gate's last answer for a service's rollout.
+    pub fn gate(&self, service: &str) -> Option<&str> {
+        self.gates.get(service).map(String::as_str)
+    }
+
+    pub fn last_reload(&self) -> Option<&ReloadRecord> {
+        self.last_reload.as_deref()
     }
 }
-
-impl std::fmt::Display for WeightsRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WeightsRefused::NoService(m)
-            | WeightsRefused::Latched(m)
-            | WeightsRefused::Invalid(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for WeightsRefused {}
 
 /// What the guard measured when it tripped.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,66 +131,42 @@ pub struct Measured {
     pub window_requests: u64,
 }
 
+/// One trip the guard asks for.
+#[derive(Debug, Clone)]
+pub struct Trip {
+    pub service: String,
+    pub version: String,
+    pub reason: String,
+    pub measured: Measured,
+}
+
 impl Control {
-    /// `store` is the opened state dir and what it held; the layer it held is
-    /// reconciled with `config` first (a revision that changed while veer was
-    /// down clears its latch).
-    pub fn new(
+    /// Starts the actor on the current runtime. `store` is where the layer
+    /// lives and what it held; that layer is reconciled with `config` first
+    /// (a revision that changed while veer was down clears its latch) and
+    /// written back before this returns.
+    pub async fn start(
         config: Config,
         telemetry: Arc<Telemetry>,
         source: Option<PathBuf>,
-        store: Option<(StateStore, PersistedState)>,
+        store: Option<(Arc<dyn Store>, PersistedState)>,
     ) -> Control {
-        let (store, mut layer) = match store {
-            Some((store, layer)) => (Some(store), layer),
-            None => (None, PersistedState::default()),
-        };
-        for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
-            tracing::info!("state: {note}");
-        }
-        let mut state = State {
-            config,
-            layer,
-            store,
-            last_reload: None,
-            events: BTreeMap::new(),
-            verdicts: BTreeMap::new(),
-            gates: BTreeMap::new(),
-            last_persist: std::time::Instant::now(),
-            registry: Registry::default(),
-            stats: StatsRegistry::default(),
-            telemetry: Arc::clone(&telemetry),
-            generation: 0,
-        };
-        state.persist();
-        let first = state.build();
-        Control {
-            published: Arc::new(ArcSwap::from_pointee(first)),
+        let (mailbox, inbox) = mpsc::unbounded_channel();
+        let (published, view) = actor::spawn(config, Arc::clone(&telemetry), store, inbox);
+        let control = Control {
+            mailbox,
+            published,
+            view,
             telemetry,
             source,
-            state: Mutex::new(state),
-        }
+        };
+        control.persist_now().await;
+        control
     }
 
     /// The config file, when there is one.
     pub fn source(&self) -> Option<&Path> {
         self.source.as_deref()
-    }
-
-    /// The last reload's result, if there was a reload.
-    pub fn last_reload(&self) -> Option<ReloadRecord> {
-        self.lock().last_reload.clone()
-    }
-
-    /// Notes a reload's result for `/status` and the metrics.
-    pub fn record_reload(&self, result: &Result<(), Vec<String>>) {
-        self.telemetry.count_reload(result.is_ok());
-        let record = ReloadRecord {
-            at: now_rfc3339(),
-            result: if result.is_ok() { "success" } else { "failure" },
-            errors: result.as_ref().err().cloned().unwrap_or_default(),
-        };
-        self.lock().last_reload = Some(record);
     }
 
     /// What the request path reads.
@@ -192,423 +183,225 @@ impl Control {
         self.published.load_full()
     }
 
+    /// The control view in force now.
+    pub fn view(&self) -> Arc<ControlView> {
+        self.view.load_full()
+    }
+
     /// The configuration in force (the file's desired state).
-    pub fn config(&self) -> Config {
-        self.lock().config.clone()
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.view.load().config)
+    }
+
+    /// The last reload's result, if there was a reload.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.view.load().last_reload().cloned()
+    }
+
+    /// The rollout progress that applies to `service` now, if any.
+    pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
+        self.view.load().rollout(service)
+    }
+
+    /// Latches in force for `service`.
+    pub fn latches(&self, service: &str) -> Vec<Latch> {
+        self.view.load().latches(service).to_vec()
+    }
+
+    /// The last guard events of `service`, oldest first.
+    pub fn events(&self, service: &str) -> Vec<Event> {
+        self.view.load().events(service).cloned().collect()
+    }
+
+    /// The guard's last verdict on a version, in words, for `/status`.
+    pub fn verdict(&self, service: &str, version: &str) -> Option<String> {
+        self.view
+            .load()
+            .verdict(service, version)
+            .map(str::to_string)
+    }
+
+    /// The gate's last answer for a service's rollout.
+    pub fn gate_status(&self, service: &str) -> Option<String> {
+        self.view.load().gate(service).map(str::to_string)
     }
 
     /// Sets run-time weights for some versions of `service` (others keep
-    /// theirs). Takes effect for the very next request, and persists.
+    /// theirs). Takes effect for the very next request; answered once
+    /// persisted.
     ///
     /// A weight above 0 for a version the guard latched is refused, not
     /// quietly turned into 0: the latch holds until the version's revision
     /// changes or an operator runs `veer resume`.
-    pub fn set_weights(
+    pub async fn set_weights(
         &self,
         service: &str,
         weights: &[(&str, u32)],
-    ) -> Result<(), WeightsRefused> {
-        let mut state = self.lock();
-        let declared = state
-            .service(service)
-            .map_err(WeightsRefused::NoService)?
-            .clone();
-        for &(name, weight) in weights {
-            let latch = state.layer.services.get(service).and_then(|layer| {
-                let version = declared.versions.iter().find(|v| v.name == name)?;
-                layer
-                    .latches
-                    .iter()
-                    .find(|l| l.version == name && l.revision == version.revision)
-            });
-            if let (Some(latch), true) = (latch, weight > 0) {
-                return Err(WeightsRefused::Latched(format!(
-                    "version `{name}` of `{service}` is latched at revision `{}` ({}): it gets no traffic \
-                     until its revision changes or an operator runs `veer resume {service}`; \
-                     give it weight 0 or resume first",
-                    latch.revision, latch.reason
-                )));
-            }
-        }
-        let layer = state.layer.services.entry(service.to_string()).or_default();
-        let mut next = overlay::file_weights(&declared);
-        if let Some(current) = &layer.weights {
-            next.extend(current.iter().map(|(k, v)| (k.clone(), *v)));
-        }
-        for &(name, weight) in weights {
-            if !declared.versions.iter().any(|v| v.name == name) {
-                let known: Vec<&str> = declared.versions.iter().map(|v| v.name.as_str()).collect();
-                return Err(WeightsRefused::Invalid(format!(
-                    "service `{service}` has no version `{name}` (versions: {})",
-                    known.join(", ")
-                )));
-            }
-            next.insert(name.to_string(), weight);
-        }
-        if next.values().all(|&w| w == 0) {
-            return Err(WeightsRefused::Invalid(format!(
-                "refusing weights that are all zero for `{service}`: every request would fail; \
-                 give at least one version a weight above 0"
-            )));
-        }
-        layer.weights = Some(next);
-        layer.file_weights = Some(overlay::file_weights(&declared));
-        // A person took over: the automatic rollout ends where it is (a
-        // completed one too, or its 100 % would keep overriding them).
-        if let Some(progress) = layer.rollout.as_mut().filter(|p| {
-            matches!(
-                p.outcome,
-                RolloutOutcome::InProgress | RolloutOutcome::Completed
-            )
-        }) {
-            progress.outcome = RolloutOutcome::Abandoned;
-            tracing::info!(service, "manual weights end the rollout");
-        }
-        self.publish(&mut state);
-        state.persist();
-        Ok(())
+    ) -> Result<(), ControlError> {
+        let weights = weights.iter().map(|&(v, w)| (v.to_string(), w)).collect();
+        self.ask(|reply| Command::SetWeights {
+            service: service.to_string(),
+            weights,
+            reply,
+        })
+        .await?
     }
 
     /// Replaces the configuration; the run-time layer keeps what the new
     /// file does not override (see `overlay::reconcile`).
-    pub fn apply_config(&self, config: Config) {
-        let mut state = self.lock();
-        for note in overlay::reconcile(&mut state.layer, &config, unix_ms()) {
-            tracing::info!("reload: {note}");
-        }
-        state.config = config;
-        self.publish(&mut state);
-        state.persist();
+    pub async fn apply_config(&self, config: Config) -> Result<(), ControlError> {
+        self.ask(|reply| Command::ApplyConfig {
+            config: Box::new(config),
+            reply,
+        })
+        .await
+    }
+
+    /// Notes a reload's result for `/status` and the metrics.
+    pub async fn record_reload(&self, result: &Result<(), Vec<String>>) {
+        self.telemetry.count_reload(result.is_ok());
+        let record = ReloadRecord {
+            at: actor::now_rfc3339(),
+            result: if result.is_ok() {
+                crate::status::ReloadResult::Success
+            } else {
+                crate::status::ReloadResult::Failure
+            },
+            errors: result.as_ref().err().cloned().unwrap_or_default(),
+        };
+        let _ = self
+            .ask(|reply| Command::RecordReload { record, reply })
+            .await;
     }
 
     /// Latches `version` of `service` at its current revision: its weight
     /// goes to the guard's baseline in the same publish. `None` when it was
     /// already latched, or has no baseline to fall back to.
-    pub fn trip(
+    pub async fn trip(
         &self,
         service: &str,
         version: &str,
         reason: &str,
         measured: Measured,
     ) -> Option<Event> {
-        let mut state = self.lock();
-        let declared = state.service(service).ok()?.clone();
-        let guard = declared.guard.as_ref()?;
-        let (index, target) = declared
-            .versions
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.name == version)?;
-        if index == guard.baseline {
-            return None;
-        }
-        let layer = state.layer.services.entry(service.to_string()).or_default();
-        if overlay::is_latched(layer, version, &target.revision) {
-            return None;
-        }
-        layer.latches.push(Latch {
-            version: version.to_string(),
-            revision: target.revision.clone(),
-            reason: reason.to_string(),
-            at_unix_ms: unix_ms(),
-        });
-        // After completion too: a pipeline must not take a revision that
-        // tripped at 100 % for a good one.
-        if let Some(progress) = layer
-            .rollout
-            .as_mut()
-            .filter(|p| p.candidate == version && p.revision == target.revision)
-        {
-            let before = progress.outcome;
-            *progress = crate::rollout::on_rollback(progress);
-            if before != progress.outcome {
-                tracing::warn!(
-                    service,
-                    version,
-                    revision = target.revision.as_str(),
-                    was = outcome_word(before),
-                    reason,
-                    "rollout rolled back"
-                );
-            }
-        }
-        let layer = layer.clone();
-        self.publish(&mut state);
-        // Persisted before anyone is told.
-        state.persist();
-        if guard.on_revert == crate::config::OnRevert::Evict {
-            if let Some(stats) = self
-                .published
-                .load()
-                .services
-                .iter()
-                .find(|s| &*s.name == service)
-                .and_then(|s| s.versions.get(index))
-            {
-                stats.stats.evict();
-            }
-        }
-        let weights = overlay::effective_weights(&declared, Some(&layer));
-        let event = Event {
+        let trip = Trip {
             service: service.to_string(),
             version: version.to_string(),
-            revision: target.revision.clone(),
-            action: "rollback",
             reason: reason.to_string(),
-            observed: measured.observed,
-            threshold: measured.threshold,
-            window_requests: measured.window_requests,
-            weights: declared
-                .versions
-                .iter()
-                .zip(weights)
-                .map(|(v, w)| (v.name.clone(), w))
-                .collect(),
-            at: now_rfc3339(),
+            measured,
         };
-        let events = state.events.entry(service.to_string()).or_default();
-        events.push_back(event.clone());
-        while events.len() > EVENTS_KEPT {
-            events.pop_front();
+        self.trips(vec![trip]).await.pop().flatten()
+    }
+
+    /// Several trips as one change: one publish, one write. The answer has
+    /// one entry per trip, in order.
+    pub async fn trips(&self, trips: Vec<Trip>) -> Vec<Option<Event>> {
+        if trips.is_empty() {
+            return Vec::new();
         }
-        Some(event)
+        self.ask(|reply| Command::Trip { trips, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// An operator's rollback: every version but the baseline is latched
-    /// (reason `manual`), so every request goes to the baseline now.
-    pub fn rollback(&self, service: &str) -> Result<Vec<Event>, String> {
-        let declared = self.lock().service(service)?.clone();
-        let Some(guard) = &declared.guard else {
-            return Err(format!(
-                "service `{service}` has no guard block, so no baseline to roll back to; \
-                 add `guard: {{baseline: VERSION}}` or set weights with `veer weights`"
-            ));
-        };
-        let events = declared
-            .versions
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != guard.baseline)
-            .filter_map(|(_, v)| self.trip(service, &v.name, "manual", Measured::default()))
-            .collect();
-        Ok(events)
+    /// (reason `manual`), so every request goes to the baseline now. One
+    /// publish and one write, one event per version it took traffic from.
+    pub async fn rollback(&self, service: &str) -> Result<Vec<Event>, ControlError> {
+        self.ask(|reply| Command::Rollback {
+            service: service.to_string(),
+            reply,
+        })
+        .await?
     }
 
     /// Clears every latch of `service` (its versions get their weights back)
     /// and lets its rollout go on: a paused one continues, a rolled-back one
-    /// starts again from its first step.
-    pub fn resume(&self, service: &str) -> Result<usize, String> {
-        let mut state = self.lock();
-        state.service(service)?;
-        let latched: Vec<(String, String)> = state
-            .layer
-            .services
-            .get(service)
-            .map(|l| {
-                l.latches
-                    .iter()
-                    .map(|latch| (latch.version.clone(), latch.revision.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(snapshot) = self
-            .published
-            .load()
-            .services
-            .iter()
-            .find(|s| &*s.name == service)
-        {
-            for version in &snapshot.versions {
-                if latched
-                    .iter()
-                    .any(|(v, r)| **v == *version.name && **r == *version.revision)
-                {
-                    version.stats.reset();
-                }
-            }
-        }
-        let cleared = match state.layer.services.get_mut(service) {
-            Some(layer) => {
-                if let Some(progress) = layer.rollout.as_mut() {
-                    progress.paused = false;
-                    if progress.outcome == RolloutOutcome::RolledBack {
-                        progress.outcome = RolloutOutcome::InProgress;
-                        progress.step = 0;
-                        progress.held_ms = 0;
-                        progress.step_entered_unix_ms = unix_ms();
-                    }
-                }
-                std::mem::take(&mut layer.latches).len()
-            }
-            None => 0,
-        };
-        self.publish(&mut state);
-        state.persist();
-        Ok(cleared)
+    /// starts again from its first step. Returns how many latches it cleared.
+    pub async fn resume(&self, service: &str) -> Result<usize, ControlError> {
+        self.ask(|reply| Command::Resume {
+            service: service.to_string(),
+            reply,
+        })
+        .await?
     }
 
-    /// The rollout progress that applies to `service` now, if any.
-    pub fn rollout(&self, service: &str) -> Option<RolloutProgress> {
-        let state = self.lock();
-        let declared = state.service(service).ok()?;
-        overlay::current_rollout(declared, state.layer.services.get(service)).cloned()
-    }
-
-    /// Adds time held at the current step of a running, unpaused rollout.
-    /// Written to disk every few seconds rather than every tick: a restart
-    /// loses at most that much hold time, and so never skips ahead.
-    pub fn add_rollout_hold(&self, service: &str, held: Duration) {
-        const SAVE_EVERY: Duration = Duration::from_secs(5);
-        let mut state = self.lock();
-        // Runs ten times a second per service: look, don't clone the config.
-        let running = state.service(service).is_ok_and(|declared| {
-            overlay::current_rollout(declared, state.layer.services.get(service))
-                .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
-        });
-        let progress = state
-            .layer
-            .services
-            .get_mut(service)
-            .and_then(|layer| layer.rollout.as_mut());
-        if let (true, Some(progress)) = (running, progress) {
-            progress.held_ms = progress
-                .held_ms
-                .saturating_add(u64::try_from(held.as_millis()).unwrap_or(u64::MAX));
-            if state.last_persist.elapsed() >= SAVE_EVERY {
-                state.persist();
-            }
-        }
+    /// Holds the rollout at its current step until `resume`.
+    pub async fn pause(&self, service: &str) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Pause {
+            service: service.to_string(),
+            reply,
+        })
+        .await?
     }
 
     /// Moves the rollout to its next step (`full`: to its last step, which
     /// still holds); at the last step, completes it. Returns the progress
     /// after the move.
-    pub fn advance_rollout(&self, service: &str, full: bool) -> Result<RolloutProgress, String> {
-        let mut state = self.lock();
-        let declared = state.service(service)?.clone();
-        let Some(config) = &declared.rollout else {
-            return Err(format!("service `{service}` has no rollout block"));
-        };
-        let layer = state.layer.services.entry(service.to_string()).or_default();
-        let is_current = overlay::current_rollout(&declared, Some(layer)).is_some();
-        let Some(progress) = layer.rollout.as_mut().filter(|_| is_current) else {
-            return Err(format!("service `{service}` has no rollout in progress"));
-        };
-        *progress = crate::rollout::promote(progress, config, full, unix_ms()).map_err(
-            |crate::rollout::Stuck::Finished(outcome)| {
-                format!(
-                    "the rollout of `{service}` is {}, not in progress; `veer resume {service}` restarts a rolled-back one",
-                    outcome_word(outcome)
-                )
-            },
-        )?;
-        let after = progress.clone();
-        state.gates.remove(service);
-        tracing::info!(
-            service,
-            step = after.step + 1,
-            percent = config.percent(after.step),
-            outcome = outcome_word(after.outcome),
-            "rollout advanced"
-        );
-        self.publish(&mut state);
-        state.persist();
-        Ok(after)
+    pub async fn advance_rollout(
+        &self,
+        service: &str,
+        full: bool,
+    ) -> Result<RolloutProgress, ControlError> {
+        self.ask(|reply| Command::Promote {
+            service: service.to_string(),
+            full,
+            reply,
+        })
+        .await?
     }
 
     /// The last step held with no trip: the rollout is completed.
-    pub fn complete_rollout(&self, service: &str) -> Result<RolloutProgress, String> {
-        let mut state = self.lock();
-        let declared = state.service(service)?.clone();
-        let layer = state.layer.services.entry(service.to_string()).or_default();
-        let is_current = overlay::current_rollout(&declared, Some(layer)).is_some();
-        let Some(progress) = layer
-            .rollout
-            .as_mut()
-            .filter(|p| is_current && p.outcome == RolloutOutcome::InProgress)
-        else {
-            return Err(format!("service `{service}` has no rollout in progress"));
-        };
-        *progress = crate::rollout::complete(progress);
-        let after = progress.clone();
-        state.gates.remove(service);
-        tracing::info!(
-            service,
-            candidate = after.candidate.as_str(),
-            revision = after.revision.as_str(),
-            "rollout completed: the last step held with no trip"
-        );
-        self.publish(&mut state);
-        state.persist();
-        Ok(after)
+    pub async fn complete_rollout(&self, service: &str) -> Result<RolloutProgress, ControlError> {
+        self.ask(|reply| Command::Complete {
+            service: service.to_string(),
+            reply,
+        })
+        .await?
     }
 
-    /// Writes the run-time layer now (on shutdown: keeps the hold time).
-    pub fn persist_now(&self) {
-        self.lock().persist();
-    }
-
-    /// Holds the rollout at its current step until `resume`.
-    pub fn pause(&self, service: &str) -> Result<(), String> {
-        let mut state = self.lock();
-        state.service(service)?;
-        let paused = state
-            .layer
-            .services
-            .get_mut(service)
-            .and_then(|l| l.rollout.as_mut())
-            .filter(|p| p.outcome == RolloutOutcome::InProgress)
-            .map(|p| p.paused = true)
-            .is_some();
-        if !paused {
-            return Err(format!(
-                "service `{service}` has no rollout in progress to pause"
-            ));
+    /// Adds time held at the current step of every running, unpaused rollout
+    /// named, as one change. Written to the store every few seconds rather
+    /// than every tick: a restart loses at most that much hold time, and so
+    /// never skips ahead. Answered once the view shows the new hold time.
+    pub async fn add_rollout_holds(&self, holds: Vec<(Arc<str>, Duration)>) {
+        if holds.is_empty() {
+            return;
         }
-        state.persist();
-        Ok(())
+        let _ = self.ask(|reply| Command::AddHolds { holds, reply }).await;
     }
 
-    /// The gate's last answer for a service's rollout.
+    /// The guard's last verdicts, `(service, version, words)`, for `/status`.
+    /// Not waited for: they are words, and the next pass brings new ones.
+    pub fn set_verdicts(&self, verdicts: Vec<(String, String, String)>) {
+        if !verdicts.is_empty() {
+            self.tell(Command::SetVerdicts(verdicts));
+        }
+    }
+
+    /// The gates' last answers, `(service, words)`. Not waited for; applied
+    /// in order with the commands sent after it.
+    pub fn set_gate_statuses(&self, gates: Vec<(String, String)>) {
+        if !gates.is_empty() {
+            self.tell(Command::SetGates(gates));
+        }
+    }
+
+    /// One gate's answer (see [`Control::set_gate_statuses`]).
     pub fn set_gate_status(&self, service: &str, status: String) {
-        self.lock().gates.insert(service.to_string(), status);
+        self.set_gate_statuses(vec![(service.to_string(), status)]);
     }
 
-    pub fn gate_status(&self, service: &str) -> Option<String> {
-        self.lock().gates.get(service).cloned()
+    /// Publishes the same desired state again: endpoint health changed. Not
+    /// waited for; health's callers are not async.
+    pub fn republish(&self) {
+        self.tell(Command::Republish);
     }
 
-    /// Latches in force for `service`.
-    pub fn latches(&self, service: &str) -> Vec<Latch> {
-        self.lock()
-            .layer
-            .services
-            .get(service)
-            .map(|s| s.latches.clone())
-            .unwrap_or_default()
-    }
-
-    /// The last guard events of `service`, oldest first.
-    pub fn events(&self, service: &str) -> Vec<Event> {
-        self.lock()
-            .events
-            .get(service)
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The guard's last verdict on a version, in words, for `/status`.
-    pub fn set_verdict(&self, service: &str, version: &str, verdict: String) {
-        self.lock()
-            .verdicts
-            .insert((service.to_string(), version.to_string()), verdict);
-    }
-
-    pub fn verdict(&self, service: &str, version: &str) -> Option<String> {
-        self.lock()
-            .verdicts
-            .get(&(service.to_string(), version.to_string()))
-            .cloned()
+    /// Writes the run-time layer now and waits for it (at start, and on
+    /// shutdown: keeps the hold time).
+    pub async fn persist_now(&self) {
+        let _ = self.ask(|reply| Command::Persist { reply }).await;
     }
 
     /// Keeps the sliding windows moving (each version's next slot emptied
@@ -629,113 +422,20 @@ impl Control {
         }
     }
 
-    /// Publishes the same desired state again: endpoint health changed.
-    pub fn republish(&self) {
-        let mut state = self.lock();
-        self.publish(&mut state);
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.mailbox
+            .send(command(reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
     }
 
-    fn publish(&self, state: &mut State) {
-        let snapshot = Arc::new(state.build());
-        let previous = self.published.swap(Arc::clone(&snapshot));
-        // A version that just lost its last endpoint in service, and had
-        // traffic, had its share moved to the baseline: count it.
-        for (service, before) in snapshot.services.iter().zip(&previous.services) {
-            if service.name != before.name {
-                continue;
-            }
-            for (version, was) in service.versions.iter().zip(&before.versions) {
-                if version.unavailable && !was.unavailable && version.name == was.name {
-                    self.telemetry
-                        .count_share_moved(&service.name, &version.name);
-                }
-            }
-        }
+    fn tell(&self, command: Command) {
+        // Only fails once the actor is gone, at the end of the process:
+        // there is nothing left to tell.
+        let _ = self.mailbox.send(command);
     }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every mutation under this lock leaves `State` whole, so a panic
-        // elsewhere while it was held does not make it unusable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl State {
-    fn service(&self, name: &str) -> Result<&crate::config::Service, String> {
-        self.config
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no service named `{name}` in the config"))
-    }
-
-    fn persist(&mut self) {
-        self.last_persist = std::time::Instant::now();
-        if let Some(store) = &self.store {
-            if let Err(err) = store.save(&self.layer) {
-                tracing::error!("{err}; the change is in force but will not survive a restart");
-            }
-        }
-    }
-
-    fn build(&mut self) -> Snapshot {
-        self.generation += 1;
-        for service in &self.config.services {
-            if service.rollout.is_some() {
-                let step =
-                    overlay::current_rollout(service, self.layer.services.get(&service.name))
-                        .map_or(0, |p| u32::try_from(p.step + 1).unwrap_or(u32::MAX));
-                self.telemetry.set_rollout_step(&service.name, step);
-            }
-        }
-        let State {
-            config,
-            layer,
-            registry,
-            stats,
-            telemetry,
-            generation,
-            ..
-        } = self;
-        let parts = Parts {
-            endpoints: registry,
-            stats,
-            telemetry,
-            starting: *generation == 1,
-        };
-        Snapshot::build(*generation, config, parts, |_, service| {
-            let own = layer.services.get(&service.name);
-            Effective {
-                weights: overlay::effective_weights(service, own),
-                latched: service
-                    .versions
-                    .iter()
-                    .map(|v| own.is_some_and(|l| overlay::is_latched(l, &v.name, &v.revision)))
-                    .collect(),
-            }
-        })
-    }
-}
-
-/// How a rollout's outcome reads in messages and `/status`.
-pub fn outcome_word(outcome: RolloutOutcome) -> &'static str {
-    match outcome {
-        RolloutOutcome::InProgress => "in_progress",
-        RolloutOutcome::Completed => "completed",
-        RolloutOutcome::RolledBack => "rolled_back",
-        RolloutOutcome::Abandoned => "abandoned",
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

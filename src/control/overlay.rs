@@ -22,29 +22,13 @@ pub fn file_weights(service: &Service) -> BTreeMap<String, u32> {
         .collect()
 }
 
-/// The rollout progress that applies to `service` as configured now: for its
-/// candidate at the candidate's current revision.
+/// The rollout progress that applies to `service` as configured now (see
+/// [`crate::rollout::current`]).
 pub fn current_rollout<'a>(
     service: &Service,
     layer: Option<&'a ServiceState>,
 ) -> Option<&'a RolloutProgress> {
-    let rollout = service.rollout.as_ref()?;
-    let candidate = service.versions.get(rollout.candidate)?;
-    layer?
-        .rollout
-        .as_ref()
-        .filter(|p| p.candidate == candidate.name && p.revision == candidate.revision)
-}
-
-/// The candidate's percentage at the rollout's current step.
-pub fn rollout_percent(service: &Service, progress: &RolloutProgress) -> u32 {
-    let Some(rollout) = &service.rollout else {
-        return 0;
-    };
-    match progress.outcome {
-        RolloutOutcome::Completed => 100,
-        _ => rollout.percent(progress.step),
-    }
+    crate::rollout::current(service, layer?.rollout.as_ref())
 }
 
 /// The weights in force, by version index.
@@ -55,7 +39,7 @@ pub fn effective_weights(service: &Service, layer: Option<&ServiceState>) -> Vec
         .zip(service.guard.as_ref());
     let mut weights: Vec<u32> = match rollout {
         Some(((progress, config), guard)) => {
-            let percent = rollout_percent(service, progress);
+            let percent = crate::rollout::percent(config, progress);
             (0..service.versions.len())
                 .map(|i| {
                     if i == config.candidate {
@@ -142,15 +126,7 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             if state.weights.is_none() {
                 state.file_weights = Some(file_weights(service));
             }
-            state.rollout = Some(RolloutProgress {
-                candidate: candidate.name.clone(),
-                revision: candidate.revision.clone(),
-                step: 0,
-                step_entered_unix_ms: now_ms,
-                held_ms: 0,
-                paused: false,
-                outcome: RolloutOutcome::InProgress,
-            });
+            state.rollout = Some(crate::rollout::start(candidate, now_ms));
         }
     }
     layer.services.retain(|name, state| {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::control::{Control, Measured};
+use crate::control::{Control, Measured, Trip};
 use verdict::{verdict, Verdict};
 use webhook::Webhooks;
 
@@ -50,13 +50,20 @@ impl GuardRunner {
                 _ = interval.tick() => {}
                 _ = stop.changed() => return,
             }
-            self.judge(Instant::now());
+            self.judge(Instant::now()).await;
         }
     }
 
-    /// One pass over every guarded service that is due.
-    pub fn judge(&mut self, now: Instant) {
+    /// One pass over every guarded service that is due. The pass's trips
+    /// go to `control` as one change (one publish, one write), then its
+    /// verdicts, so that a thousand services judged at once cost one of each.
+    pub async fn judge(&mut self, now: Instant) {
         let snapshot = self.control.snapshot();
+        let mut trips = Vec::new();
+        // Per trip: the service as judged (for the audit's "before"), the
+        // verdict in words, and where to announce it.
+        let mut tripped = Vec::new();
+        let mut verdicts = Vec::new();
         let elapsed = self.control.telemetry().elapsed(now);
         for service in &snapshot.services {
             let Some(policy) = &service.guard else {
@@ -145,23 +152,28 @@ impl GuardRunner {
                                     "guard: one method of the version is bad ({figure} {observed:.4} > {threshold:.4})"
                                 );
                             }
-                            if let Some(event) = self.control.trip(
-                                &service.name,
-                                &version.name,
-                                reason.as_str(),
+                            trips.push(Trip {
+                                service: service.name.to_string(),
+                                version: version.name.to_string(),
+                                reason: reason.as_str().to_string(),
                                 measured,
-                            ) {
-                                audit_trip(service, &event, &words);
-                                self.announce(&event, policy.webhook.as_ref());
-                            }
+                            });
+                            tripped.push((service, words.clone(), policy.webhook.as_ref()));
                         }
                         words
                     }
                 };
-                self.control
-                    .set_verdict(&service.name, &version.name, words);
+                verdicts.push((service.name.to_string(), version.name.to_string(), words));
             }
         }
+        let events = self.control.trips(trips).await;
+        for (event, (service, words, webhook)) in events.iter().zip(&tripped) {
+            if let Some(event) = event {
+                audit_trip(service, event, words);
+                self.announce(event, *webhook);
+            }
+        }
+        self.control.set_verdicts(verdicts);
     }
 
     fn announce(&self, event: &crate::control::Event, webhook: Option<&http::Uri>) {

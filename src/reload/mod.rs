@@ -10,7 +10,7 @@
 //! by the function the server gives, before anything is applied.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -58,7 +58,7 @@ pub struct Reloader {
     listeners: Arc<dyn Listeners>,
     check_files: FileCheck,
     /// Reloads run one at a time, whatever triggered them.
-    serial: Mutex<()>,
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
@@ -73,23 +73,31 @@ impl Reloader {
             control,
             listeners,
             check_files,
-            serial: Mutex::new(()),
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Reloads now. Blocking (reads the file): call it from a blocking
-    /// context. Returns every error, as `FILE:LINE:COL: path: reason`.
-    pub fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
-        let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+    /// Reloads now; the file is read and the listeners bound on a blocking
+    /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
+    pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
+        let _one_at_a_time = self.serial.lock().await;
         let before = crate::audit::weights(&self.control.snapshot(), None);
-        let result = config::load_file_checked(&self.path, self.check_files)
-            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
-            .and_then(|(config, warnings)| {
+        let (path, check_files) = (self.path.clone(), self.check_files);
+        let loaded = tokio::task::spawn_blocking(move || {
+            config::load_file_checked(&path, check_files)
+                .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap_or_else(|err| Err(vec![format!("the reload task failed: {err}")]));
+        let result = match loaded {
+            Ok((config, warnings)) => {
                 for warning in &warnings {
                     tracing::warn!(trigger = trigger.as_str(), "{warning}");
                 }
-                self.apply(config)
-            });
+                self.apply(config).await
+            }
+            Err(errors) => Err(errors),
+        };
         match &result {
             Ok(()) => {
                 tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), "config reloaded")
@@ -103,7 +111,7 @@ impl Reloader {
                 }
             }
         }
-        self.control.record_reload(&result);
+        self.control.record_reload(&result).await;
         // The admin API writes its own line, with who asked.
         if trigger != Trigger::Admin {
             let after = crate::audit::weights(&self.control.snapshot(), None);
@@ -124,7 +132,7 @@ impl Reloader {
         result
     }
 
-    fn apply(&self, config: Config) -> Result<(), Vec<String>> {
+    async fn apply(&self, config: Config) -> Result<(), Vec<String>> {
         let current = self.control.config();
         if config.limits != current.limits {
             tracing::warn!("`limits` changed: they take effect at the next restart");
@@ -132,18 +140,22 @@ impl Reloader {
         if config.admin != current.admin {
             tracing::warn!("`admin` changed: it takes effect at the next restart");
         }
-        self.listeners
-            .reconcile(&config.listeners)
+        let (listeners, wanted) = (Arc::clone(&self.listeners), config.listeners.clone());
+        tokio::task::spawn_blocking(move || listeners.reconcile(&wanted))
+            .await
+            .unwrap_or_else(|err| Err(format!("the listener task failed: {err}")))
             .map_err(|reason| vec![format!("{}: listeners: {reason}", self.path.display())])?;
-        self.control.apply_config(config);
-        Ok(())
+        self.control
+            .apply_config(config)
+            .await
+            .map_err(|err| vec![err.to_string()])
     }
 
     /// Starts watching the file and listening for SIGHUP, now: when this
     /// returns, no change and no signal can be missed (before it, SIGHUP's
     /// default action would end the process). A change made between the
-    /// first load and this call is caught here by comparing the file with
-    /// the config in force.
+    /// first load and this call is caught when [`Listening::run`] starts, by
+    /// comparing the file with the config in force.
     pub fn listen(self: &Arc<Self>) -> Listening {
         let (watcher, changes) = match watch::watch(&self.path, DEBOUNCE) {
             Ok((watcher, changes)) => (Some(watcher), Some(changes)),
@@ -157,9 +169,6 @@ impl Reloader {
         let hangup = signal(SignalKind::hangup())
             .map_err(|err| tracing::error!(error = %err, "cannot listen for SIGHUP"))
             .ok();
-        if config::load_file(&self.path).is_ok_and(|now| now != self.control.config()) {
-            let _ = self.reload(Trigger::FileChanged);
-        }
         Listening {
             reloader: Arc::clone(self),
             _watcher: watcher,
@@ -180,14 +189,21 @@ pub struct Listening {
 impl Listening {
     /// Reloads on every change of the file and on SIGHUP until `stop` changes.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let reloader = Arc::clone(&self.reloader);
+        let path = reloader.path.clone();
+        let changed = tokio::task::spawn_blocking(move || config::load_file(&path))
+            .await
+            .is_ok_and(|now| now.is_ok_and(|now| now != *reloader.control.config()));
+        if changed {
+            let _ = reloader.reload(Trigger::FileChanged).await;
+        }
         loop {
             let trigger = tokio::select! {
                 Some(()) = recv(&mut self.changes) => Trigger::FileChanged,
                 Some(()) = recv_signal(&mut self.hangup) => Trigger::Signal,
                 _ = stop.changed() => return,
             };
-            let reloader = Arc::clone(&self.reloader);
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await;
+            let _ = self.reloader.reload(trigger).await;
         }
     }
 }

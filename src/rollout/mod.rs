@@ -13,7 +13,8 @@
 //! same step with the hold time already spent.
 //!
 //! The transitions are the pure functions below ([`decide`], [`promote`],
-//! [`on_rollback`], [`min_remaining`]); `control` applies them under its lock.
+//! [`complete`], [`on_rollback`], [`abandon`], [`pause`], [`resume`],
+//! [`hold`], [`min_remaining`]); `control`'s actor only applies them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +82,40 @@ pub fn decide(
     }
 }
 
+/// The progress that applies to `service` as configured now: the one for
+/// its candidate at the candidate's current revision. Progress for another
+/// candidate or revision is history, not in force.
+pub fn current<'a>(
+    service: &crate::config::Service,
+    progress: Option<&'a RolloutProgress>,
+) -> Option<&'a RolloutProgress> {
+    let rollout = service.rollout.as_ref()?;
+    let candidate = service.versions.get(rollout.candidate)?;
+    progress.filter(|p| p.candidate == candidate.name && p.revision == candidate.revision)
+}
+
+/// A new rollout of `candidate` at its revision, at the first step from `now_ms`.
+pub fn start(candidate: &crate::config::Version, now_ms: u64) -> RolloutProgress {
+    RolloutProgress {
+        candidate: candidate.name.clone(),
+        revision: candidate.revision.clone(),
+        step: 0,
+        step_entered_unix_ms: now_ms,
+        held_ms: 0,
+        paused: false,
+        outcome: RolloutOutcome::InProgress,
+    }
+}
+
+/// The candidate's percentage at the rollout's current step (all of it once
+/// completed).
+pub fn percent(rollout: &Rollout, progress: &RolloutProgress) -> u32 {
+    match progress.outcome {
+        RolloutOutcome::Completed => 100,
+        _ => rollout.percent(progress.step),
+    }
+}
+
 /// Why a rollout cannot move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stuck {
@@ -133,6 +168,64 @@ pub fn on_rollback(progress: &RolloutProgress) -> RolloutProgress {
         next.outcome = RolloutOutcome::RolledBack;
     }
     next
+}
+
+/// An operator set weights by hand: a rollout in progress (or completed,
+/// whose 100 % would keep overriding them) ends where it is.
+pub fn abandon(progress: &RolloutProgress) -> RolloutProgress {
+    let mut next = progress.clone();
+    if matches!(
+        next.outcome,
+        RolloutOutcome::InProgress | RolloutOutcome::Completed
+    ) {
+        next.outcome = RolloutOutcome::Abandoned;
+    }
+    next
+}
+
+/// Holds the rollout at its step until `resume`; `None` when it is not in
+/// progress (nothing to pause).
+pub fn pause(progress: &RolloutProgress) -> Option<RolloutProgress> {
+    if progress.outcome != RolloutOutcome::InProgress {
+        return None;
+    }
+    let mut next = progress.clone();
+    next.paused = true;
+    Some(next)
+}
+
+/// An operator resumed at `now_ms`: a paused rollout goes on where it was; a
+/// rolled-back one starts again from its first step, with no hold time.
+pub fn resume(progress: &RolloutProgress, now_ms: u64) -> RolloutProgress {
+    let mut next = progress.clone();
+    next.paused = false;
+    if next.outcome == RolloutOutcome::RolledBack {
+        next.outcome = RolloutOutcome::InProgress;
+        next.step = 0;
+        next.held_ms = 0;
+        next.step_entered_unix_ms = now_ms;
+    }
+    next
+}
+
+/// `held` more running time at the current step of a running rollout (the
+/// caller checks it runs: paused time does not count).
+pub fn hold(progress: &RolloutProgress, held: Duration) -> RolloutProgress {
+    let mut next = progress.clone();
+    next.held_ms = next
+        .held_ms
+        .saturating_add(u64::try_from(held.as_millis()).unwrap_or(u64::MAX));
+    next
+}
+
+/// How a rollout's outcome reads in messages, `/status` and `/metrics`.
+pub fn outcome_word(outcome: RolloutOutcome) -> &'static str {
+    match outcome {
+        RolloutOutcome::InProgress => "in_progress",
+        RolloutOutcome::Completed => "completed",
+        RolloutOutcome::RolledBack => "rolled_back",
+        RolloutOutcome::Abandoned => "abandoned",
+    }
 }
 
 /// The least running time left before the rollout can complete: the rest of
@@ -199,67 +292,87 @@ impl RolloutRunner {
                 _ = stop.changed() => return,
             }
             let now = Instant::now();
-            self.step(now, now.duration_since(last));
+            self.step(now, now.duration_since(last)).await;
             last = now;
         }
     }
 
-    fn step(&mut self, now: Instant, since_last: Duration) {
+    /// One tick over every rollout: the hold time for all of them as one
+    /// change, then each one's decision. The gates' words go out in one
+    /// batch, sent ahead of any step so they land in the order they were said.
+    async fn step(&mut self, now: Instant, since_last: Duration) {
         let snapshot = self.control.snapshot();
         let elapsed = self.control.telemetry().elapsed(now);
+        let holds = snapshot
+            .services
+            .iter()
+            .filter(|s| s.rollout.is_some() && s.guard.is_some())
+            .map(|s| (Arc::clone(&s.name), since_last))
+            .collect();
+        self.control.add_rollout_holds(holds).await;
+        let view = self.control.view();
+        let mut gates = Vec::new();
         for service in &snapshot.services {
             let (Some(rollout), Some(guard)) = (&service.rollout, &service.guard) else {
                 continue;
             };
             let name = &*service.name;
-            self.control.add_rollout_hold(name, since_last);
-            let Some(progress) = self.control.rollout(name) else {
+            let Some(progress) = view.rollout(name) else {
                 continue;
             };
             let candidate = &service.versions[rollout.candidate];
             let figures = candidate.stats.window().figures(elapsed, guard.window);
             let requests = figures.requests;
-            match decide(&progress, rollout, requests, guard.min_requests) {
+            let progress = &progress;
+            match decide(progress, rollout, requests, guard.min_requests) {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
                 }
                 Decision::AwaitPromotion => {
                     self.pending_gates.remove(name);
-                    self.control.set_gate_status(
-                        name,
+                    gates.push((
+                        name.to_string(),
                         format!(
                             "waiting for `veer promote {name}`: step {} is manual",
                             progress.step + 1
                         ),
-                    );
+                    ));
                 }
                 Decision::Complete => {
                     self.pending_gates.remove(name);
-                    let completed = self.control.complete_rollout(name);
+                    self.control.set_gate_statuses(std::mem::take(&mut gates));
+                    let completed = self.control.complete_rollout(name).await;
                     let after = self.control.snapshot();
                     crate::audit::rollout("complete", name, &snapshot, &after, &completed);
                     if let Err(reason) = completed {
-                        tracing::warn!(service = name, reason, "rollout could not complete");
+                        tracing::warn!(service = name, %reason, "rollout could not complete");
                     }
                 }
                 Decision::AwaitTraffic { requests, needed } => {
-                    self.control.set_gate_status(
-                        name,
+                    gates.push((
+                        name.to_string(),
                         format!("waiting for traffic: {requests}/{needed} requests in the window"),
-                    );
+                    ));
                 }
                 Decision::Advance => match &rollout.gate {
-                    None => self.advance(name),
-                    Some(gate) => self.ask_gate(name, gate, &progress, rollout, &figures, now),
+                    None => {
+                        self.control.set_gate_statuses(std::mem::take(&mut gates));
+                        self.advance(name).await;
+                    }
+                    Some(gate) => {
+                        self.ask_gate(name, gate, progress, rollout, &figures, now, &mut gates)
+                            .await;
+                    }
                 },
             }
         }
+        self.control.set_gate_statuses(gates);
     }
 
-    fn advance(&mut self, service: &str) {
+    async fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
         let before = self.control.snapshot();
-        let advanced = self.control.advance_rollout(service, false);
+        let advanced = self.control.advance_rollout(service, false).await;
         crate::audit::rollout(
             "promote",
             service,
@@ -268,12 +381,14 @@ impl RolloutRunner {
             &advanced,
         );
         if let Err(reason) = advanced {
-            tracing::warn!(service, reason, "rollout could not advance");
+            tracing::warn!(service, %reason, "rollout could not advance");
         }
     }
 
     /// Asks the gate before a weight increase, without blocking the loop.
-    fn ask_gate(
+    /// What the gate says goes to `gates`.
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_gate(
         &mut self,
         service: &str,
         gate: &http::Uri,
@@ -281,6 +396,7 @@ impl RolloutRunner {
         rollout: &Rollout,
         figures: &crate::telemetry::Figures,
         now: Instant,
+        gates: &mut Vec<(String, String)>,
     ) {
         if let Some(call) = self.pending_gates.get_mut(service) {
             if call.step != progress.step {
@@ -290,18 +406,21 @@ impl RolloutRunner {
             match call.answer.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => {}
                 Ok(Ok(())) => {
-                    self.control
-                        .set_gate_status(service, format!("approved step {}", progress.step + 2));
-                    self.advance(service);
+                    gates.push((
+                        service.to_string(),
+                        format!("approved step {}", progress.step + 2),
+                    ));
+                    self.control.set_gate_statuses(std::mem::take(gates));
+                    self.advance(service).await;
                 }
                 Ok(Err(reason)) => {
                     self.pending_gates.remove(service);
                     self.gate_retry_at
                         .insert(service.to_string(), now + GATE_RETRY);
-                    self.control.set_gate_status(
-                        service,
+                    gates.push((
+                        service.to_string(),
                         format!("holding: the gate refused the next step: {reason}"),
-                    );
+                    ));
                 }
                 Err(oneshot::error::TryRecvError::Closed) => {
                     self.pending_gates.remove(service);
@@ -344,8 +463,10 @@ impl RolloutRunner {
             };
             let _ = reply.send(result);
         });
-        self.control
-            .set_gate_status(service, format!("asking the gate for step {}", next + 1));
+        gates.push((
+            service.to_string(),
+            format!("asking the gate for step {}", next + 1),
+        ));
         self.pending_gates.insert(
             service.to_string(),
             GateCall {
@@ -483,6 +604,43 @@ mod tests {
         assert_eq!(min_total(&r), None);
         assert_eq!(min_remaining(&progress(0, 0), &r), None);
         assert_eq!(min_remaining(&complete(&progress(2, 0)), &rollout()), None);
+    }
+
+    #[test]
+    fn resume_restarts_a_rolled_back_rollout_and_unpauses_a_running_one() {
+        let mut rolled = on_rollback(&progress(2, 1_500));
+        rolled.paused = true;
+        let again = resume(&rolled, 42);
+        assert_eq!(again.outcome, RolloutOutcome::InProgress);
+        assert_eq!(
+            (
+                again.step,
+                again.held_ms,
+                again.step_entered_unix_ms,
+                again.paused
+            ),
+            (0, 0, 42, false)
+        );
+        let paused = pause(&progress(1, 700)).expect("in progress");
+        assert!(paused.paused);
+        let going = resume(&paused, 42);
+        assert_eq!((going.step, going.held_ms, going.paused), (1, 700, false));
+        assert_eq!(pause(&complete(&progress(2, 0))), None);
+    }
+
+    #[test]
+    fn manual_weights_end_a_running_or_completed_rollout_only() {
+        assert_eq!(abandon(&progress(1, 0)).outcome, RolloutOutcome::Abandoned);
+        assert_eq!(
+            abandon(&complete(&progress(2, 0))).outcome,
+            RolloutOutcome::Abandoned
+        );
+        let rolled = on_rollback(&progress(1, 0));
+        assert_eq!(abandon(&rolled).outcome, RolloutOutcome::RolledBack);
+        assert_eq!(
+            hold(&progress(1, 100), Duration::from_millis(250)).held_ms,
+            350
+        );
     }
 
     #[test]

@@ -36,7 +36,6 @@ use crate::health::HealthRunner;
 use crate::proxy::ProxyService;
 use crate::reload::{Listeners, Reloader};
 use crate::rollout::RolloutRunner;
-use crate::state::StateStore;
 use crate::telemetry::access::AccessLog;
 use crate::telemetry::Telemetry;
 pub use listeners::ListenerSet;
@@ -142,22 +141,26 @@ impl Proxy {
         };
         let store = match &config.state_dir {
             Some(dir) => {
-                let (store, layer, warning) =
-                    StateStore::open(dir).map_err(|e| StartError::State(e.to_string()))?;
-                if let Some(warning) = warning {
+                let (store, loaded) = crate::state::open_file(dir)
+                    .await
+                    .map_err(|e| StartError::State(e.to_string()))?;
+                for warning in &loaded.warnings {
                     tracing::warn!("{warning}");
                 }
-                Some((store, layer))
+                Some((store, loaded.layer))
             }
             None => None,
         };
         let telemetry = Arc::new(Telemetry::new());
-        let control = Arc::new(Control::new(
-            config,
-            Arc::clone(&telemetry),
-            options.source.clone(),
-            store,
-        ));
+        let control = Arc::new(
+            Control::start(
+                config,
+                Arc::clone(&telemetry),
+                options.source.clone(),
+                store,
+            )
+            .await,
+        );
         let (health, health_events) = HealthRunner::new(Arc::clone(&control));
         // Opened once, at start: a reload that changes `access_log` takes
         // effect at the next start.
@@ -302,7 +305,7 @@ impl RunningProxy {
         }
         let drained = self.listeners.drain(self.drain_timeout).await;
         // Rollout hold time is saved every few seconds; save the rest.
-        self.control.persist_now();
+        self.control.persist_now().await;
         if drained {
             tracing::info!("drained");
         } else {

@@ -5,8 +5,12 @@
 //! The file is written whole and atomically (temp file, fsync, rename, fsync of the
 //! directory): a crash leaves the old state or the new, never part of one. A file
 //! that can't be read back is set aside and reported, never fatal: the config file
-//! alone is enough to serve. Depends on serde and std only; calls block, so async
-//! callers use `spawn_blocking` or one writer task.
+//! alone is enough to serve.
+//!
+//! Where the layer lives is behind the [`Store`] trait (`store.rs`: the seam a
+//! shared store plugs into); [`FileStore`] is this file through that trait, and
+//! [`StateStore`] its blocking core, whose calls run on tokio's blocking pool.
+//! Depends on serde, std and tokio (the blocking pool, the changes channel).
 //!
 //! Compatibility: fields this version doesn't know are ignored, and a file from a
 //! newer `format` is read as far as it is understood, with a warning. Rolling the
@@ -24,6 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+mod store;
+
+pub use store::{open_file, Changes, FileStore, Loaded, Store, StoreFuture};
 
 /// The state file's name inside `state_dir`.
 pub const STATE_FILE: &str = "veer-state.json";
@@ -74,11 +82,13 @@ pub struct ServiceState {
 /// A guard latch: `version` at `revision` gets no traffic until its revision
 /// changes or an operator resumes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Fields in alphabetical order: `/status` lists latches too, and has always
+// sent every object's keys sorted.
 pub struct Latch {
-    pub version: String,
-    pub revision: String,
-    pub reason: String,
     pub at_unix_ms: u64,
+    pub reason: String,
+    pub revision: String,
+    pub version: String,
 }
 
 /// Where a rollout stands: its candidate at `revision`, at `steps[step]` since
@@ -115,7 +125,7 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The state file in one `state_dir`. Two veer processes must not share a
 /// `state_dir`: the last save would win, and each clears the other's temp files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
     path: PathBuf,
@@ -130,6 +140,14 @@ impl StateStore {
     /// directory can't be created or written: better to refuse at start than to
     /// fail the first rollback's save.
     pub fn open(dir: &Path) -> Result<(StateStore, PersistedState, Option<String>), StateError> {
+        let store = StateStore::create(dir)?;
+        let (state, warning) = store.read()?;
+        Ok((store, state, warning))
+    }
+
+    /// The first half of [`StateStore::open`]: creates `dir`, clears temp
+    /// files a crash left, and checks that the directory can be written.
+    pub fn create(dir: &Path) -> Result<StateStore, StateError> {
         // Absolute, so that every message names the directory unambiguously.
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         fs::create_dir_all(&dir).map_err(|source| StateError::CreateDir {
@@ -142,10 +160,16 @@ impl StateStore {
         };
         store.remove_stale_temps();
         store.probe_writable()?;
+        Ok(store)
+    }
 
+    /// The second half of [`StateStore::open`]: reads the state file, or
+    /// sets it aside when it cannot be read.
+    pub fn read(&self) -> Result<(PersistedState, Option<String>), StateError> {
+        let store = self;
         let problem = match fs::read(&store.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok((store, PersistedState::default(), None));
+                return Ok((PersistedState::default(), None));
             }
             Err(e) => format!("could not be read ({e})"),
             Ok(bytes) => match serde_json::from_slice::<PersistedState>(&bytes) {
@@ -159,7 +183,7 @@ impl StateStore {
                             state.format
                         )
                     });
-                    return Ok((store, state, warning));
+                    return Ok((state, warning));
                 }
                 Err(e) => format!("is not valid veer state ({e})"),
             },
@@ -172,7 +196,7 @@ impl StateStore {
             store.path.display(),
             to.display()
         );
-        Ok((store, PersistedState::default(), Some(warning)))
+        Ok((PersistedState::default(), Some(warning)))
     }
 
     /// Replaces the state file atomically: writes a temp file in the same
@@ -330,6 +354,9 @@ pub enum StateError {
         step: &'static str,
         source: io::Error,
     },
+    /// The blocking task that read or wrote the file panicked or was
+    /// cancelled (the runtime is shutting down).
+    Task { path: PathBuf, reason: String },
 }
 
 impl StateError {
@@ -337,7 +364,9 @@ impl StateError {
     pub fn path(&self) -> &Path {
         match self {
             StateError::CreateDir { dir, .. } | StateError::NotWritable { dir, .. } => dir,
-            StateError::SetAside { path, .. } | StateError::Write { path, .. } => path,
+            StateError::SetAside { path, .. }
+            | StateError::Write { path, .. }
+            | StateError::Task { path, .. } => path,
         }
     }
 }
@@ -377,6 +406,12 @@ impl fmt::Display for StateError {
                 path.display(),
                 path.parent().unwrap_or(path).display()
             ),
+            StateError::Task { path, reason } => write!(
+                f,
+                "the task reading or writing {} did not finish ({reason}); the change is in \
+                 force but may not be persisted: if veer is not shutting down, report this",
+                path.display()
+            ),
         }
     }
 }
@@ -388,6 +423,7 @@ impl std::error::Error for StateError {
             | StateError::NotWritable { source, .. }
             | StateError::SetAside { source, .. }
             | StateError::Write { source, .. } => Some(source),
+            StateError::Task { .. } => None,
         }
     }
 }

@@ -1,8 +1,23 @@
-//! The Prometheus latency histograms' storage: one atomic counter per `le`
-//! bucket and an integer sum. Recording is a short search over integer
-//! bounds and two relaxed adds, with no clock read, no floating point and
-//! no buffer to fold later (the exporter's histograms kept every raw sample
-//! until an upkeep).
+//! The one latency bucket layout, and the one place that maps a latency to
+//! a bucket. Two resolutions of the same layout:
+//!
+//! - the Prometheus `le` buckets (`BOUNDS`), what `/metrics` exports;
+//! - the fine buckets: each `le` interval cut into `SUB` equal parts (and,
+//!   above the last bound, a few doubling intervals up to 160 s), what the
+//!   sliding windows count in so the guard and `/status` read percentiles
+//!   within 5 % (a sub-bucket is reported by its midpoint; the widest,
+//!   relative to its value, is the first of the intervals that span ×2.5).
+//!
+//! Every `le` bound is a fine bucket's upper edge, so a latency's fine
+//! bucket names its `le` bucket too (`Bucket::le`): `Bucket::of` runs once
+//! per request and both the histogram and the window add to its result.
+//! The window and `histogram_quantile` over the exported buckets therefore
+//! see the same edges; only the window's are finer.
+//!
+//! `LatencyBuckets` is the exported histogram's storage: one atomic counter
+//! per `le` bucket and an integer sum. Recording is a short search over
+//! integer bounds and two relaxed adds, with no clock read, no floating
+//! point and no buffer to fold later.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,6 +67,131 @@ const BOUNDS_NANOS: [u64; BOUNDS.len()] = {
     nanos
 };
 
+/// Above the last `le` bound, the windows still tell long latencies apart:
+/// doubling intervals up to 160 s, then one bucket for anything longer.
+const BEYOND: [Duration; 4] = [
+    Duration::from_secs(20),
+    Duration::from_secs(40),
+    Duration::from_secs(80),
+    Duration::from_secs(160),
+];
+
+/// Equal parts each interval is cut into for the windows.
+pub const SUB: usize = 16;
+
+/// The upper edges of the fine layout's intervals: the `le` bounds, then
+/// `BEYOND`.
+const EDGES: usize = BOUNDS.len() + BEYOND.len();
+
+/// Per interval: its lower edge and the width of one of its parts, in ns.
+/// Every interval's width divides by `SUB` exactly (checked here), so the
+/// parts' edges are whole nanoseconds and the last part ends on the bound.
+const INTERVALS: [(u64, u64); EDGES] = {
+    let mut out = [(0, 0); EDGES];
+    let mut i = 0;
+    let mut low = 0u64;
+    while i < EDGES {
+        let high = if i < BOUNDS.len() {
+            BOUNDS_NANOS[i]
+        } else {
+            BEYOND[i - BOUNDS.len()].as_nanos() as u64
+        };
+        assert!(high > low);
+        assert!((high - low).is_multiple_of(SUB as u64));
+        out[i] = (low, (high - low) / SUB as u64);
+        low = high;
+        i += 1;
+    }
+    out
+};
+
+/// The upper edges as the integers `Bucket::of` compares against.
+const EDGES_NANOS: [u64; EDGES] = {
+    let mut out = [0; EDGES];
+    let mut i = 0;
+    while i < EDGES {
+        out[i] = INTERVALS[i].0 + INTERVALS[i].1 * SUB as u64;
+        i += 1;
+    }
+    out
+};
+
+/// Fine buckets: `SUB` per interval, then one above the last edge.
+pub const FINE: usize = EDGES * SUB + 1;
+
+/// Where one latency falls, in both resolutions of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    fine: u16,
+    le: u8,
+}
+
+impl Bucket {
+    /// The one mapping from a latency to its bucket. `le` is inclusive: a
+    /// value equal to a bound belongs to that bound's bucket, in both
+    /// resolutions.
+    #[inline]
+    pub fn of(latency: Duration) -> Bucket {
+        let nanos = saturating_nanos(latency);
+        let interval = EDGES_NANOS.partition_point(|&edge| edge < nanos);
+        let le = interval.min(BOUNDS.len()) as u8;
+        let Some(&(low, part)) = INTERVALS.get(interval) else {
+            return Bucket {
+                fine: (FINE - 1) as u16,
+                le,
+            };
+        };
+        // nanos is in (low, low + SUB * part], or 0 in the first interval.
+        let sub = (nanos.saturating_sub(low).saturating_sub(1) / part) as usize;
+        Bucket {
+            fine: (interval * SUB + sub.min(SUB - 1)) as u16,
+            le,
+        }
+    }
+
+    /// The fine bucket's index, `0..FINE`.
+    #[inline]
+    pub fn fine(self) -> usize {
+        usize::from(self.fine)
+    }
+
+    /// The `le` bucket's index, `0..SLOTS` (`SLOTS - 1` is `+Inf`).
+    #[inline]
+    pub fn le(self) -> usize {
+        usize::from(self.le)
+    }
+}
+
+/// The latency a fine bucket stands for, in microseconds: its midpoint (the
+/// bucket above the last edge is reported by that edge).
+pub fn fine_midpoint_us(fine: usize) -> f64 {
+    let interval = fine / SUB;
+    let Some(&(low, part)) = INTERVALS.get(interval) else {
+        return EDGES_NANOS[EDGES - 1] as f64 / 1_000.0;
+    };
+    let sub = (fine % SUB) as u64;
+    (low as f64 + part as f64 * (sub as f64 + 0.5)) / 1_000.0
+}
+
+/// The `q` quantile (0..=1) of fine bucket counts, in microseconds; `None`
+/// when there is nothing counted. Nearest rank, reported by the midpoint of
+/// the bucket that holds it.
+pub fn quantile_us(counts: &[u64; FINE], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (fine, &count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(fine_midpoint_us(fine));
+        }
+    }
+    Some(fine_midpoint_us(FINE - 1))
+}
+
 /// A latency histogram with the bucket layout of `BOUNDS`.
 ///
 /// Aligned to a cache line so that it shares none with other hot data; the
@@ -82,6 +222,7 @@ impl Reading {
 }
 
 impl LatencyBuckets {
+    /// Records a latency whose bucket is not otherwise needed.
     #[inline]
     pub fn record(&self, latency: Duration) {
         let nanos = saturating_nanos(latency);
@@ -89,6 +230,15 @@ impl LatencyBuckets {
         let slot = BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Records a latency already mapped by `Bucket::of` (the window takes
+    /// the same bucket).
+    #[inline]
+    pub fn record_in(&self, bucket: Bucket, latency: Duration) {
+        self.counts[bucket.le()].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(saturating_nanos(latency), Ordering::Relaxed);
     }
 
     /// The count is derived from the buckets rather than kept apart, so
@@ -208,5 +358,64 @@ mod tests {
         assert_eq!(r.cumulative[index_of(Duration::from_micros(2_500))], 3);
         assert_eq!(r.cumulative[index_of(Duration::from_millis(500))], 4);
         assert_eq!(r.cumulative[index_of(Duration::from_secs(10))], 4);
+    }
+
+    #[test]
+    fn record_in_agrees_with_record() {
+        let samples = (0..200_000u64)
+            .step_by(7)
+            .map(|us| Duration::from_micros(us * 97))
+            .chain(BOUNDS.iter().flat_map(|&b| [b - NS, b, b + NS]))
+            .chain([Duration::ZERO, Duration::MAX]);
+        for s in samples {
+            let (a, b) = (LatencyBuckets::default(), LatencyBuckets::default());
+            a.record(s);
+            b.record_in(Bucket::of(s), s);
+            assert_eq!(a.read(), b.read(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn fine_buckets_nest_in_le_buckets_and_are_monotonic() {
+        let mut last = Bucket::of(Duration::ZERO);
+        assert_eq!((last.fine(), last.le()), (0, 0));
+        for us in (0..200_000_000u64).step_by(3_331) {
+            let b = Bucket::of(Duration::from_micros(us));
+            assert!(b.fine() >= last.fine() && b.le() >= last.le(), "{us}");
+            assert_eq!(b.le(), (b.fine() / SUB).min(BOUNDS.len()), "{us}");
+            last = b;
+        }
+        for (i, &bound) in BOUNDS.iter().enumerate() {
+            let on = Bucket::of(bound);
+            let above = Bucket::of(bound + NS);
+            assert_eq!(on.le(), i, "{bound:?}");
+            assert_eq!(on.fine(), (i + 1) * SUB - 1, "{bound:?}");
+            assert_eq!(above.le(), i + 1, "{bound:?}");
+            assert_eq!(above.fine(), (i + 1) * SUB, "{bound:?}");
+        }
+        assert_eq!(Bucket::of(Duration::MAX).fine(), FINE - 1);
+        assert_eq!(Bucket::of(Duration::MAX).le(), SLOTS - 1);
+    }
+
+    #[test]
+    fn midpoints_are_within_five_percent() {
+        // Above 16 µs: below it a bucket's width (6.25 µs) is what counts.
+        for us in (16..160_000_000u64).step_by(997) {
+            let mid = fine_midpoint_us(Bucket::of(Duration::from_micros(us)).fine());
+            let error = (mid - us as f64).abs() / us as f64;
+            assert!(error <= 0.047, "{us} µs -> {mid} ({error})");
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_known_mix() {
+        let mut counts = [0u64; FINE];
+        counts[Bucket::of(10 * MS).fine()] += 900;
+        counts[Bucket::of(800 * MS).fine()] += 100;
+        let p50 = quantile_us(&counts, 0.50).expect("p50");
+        let p95 = quantile_us(&counts, 0.95).expect("p95");
+        assert!((p50 - 10_000.0).abs() / 10_000.0 < 0.03, "{p50}");
+        assert!((p95 - 800_000.0).abs() / 800_000.0 < 0.03, "{p95}");
+        assert_eq!(quantile_us(&[0; FINE], 0.5), None);
     }
 }

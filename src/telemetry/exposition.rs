@@ -1,105 +1,164 @@
-//! veer's own histograms in the Prometheus text format: the registry that
-//! gives each (family, label set) one shared `LatencyBuckets`, and the text
-//! that follows the exporter's counters and gauges in `/metrics`.
+//! The Prometheus text format, written straight from veer's atomics: family
+//! headers, samples with escaped labels, counters, gauges and histograms.
+//! Everything here writes into any `fmt::Write`, so `/metrics` can be
+//! streamed in pieces as well as built whole.
 
-use std::collections::BTreeMap;
 use std::fmt::{self, Write};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::buckets::{LatencyBuckets, Reading, BOUNDS};
+use super::buckets::{Reading, BOUNDS};
 
-/// A histogram family: its metric name and `# HELP` text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Family {
-    pub name: &'static str,
-    pub help: &'static str,
+/// What a family is declared as in `# TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-/// One series' label names and values, in exposition order.
-pub type Labels = Vec<(&'static str, String)>;
-
-/// Every histogram series, keyed as Prometheus keys them: two holders of the
-/// same name and labels (two revisions of one version) count into one
-/// series. Only snapshot building and scrapes take the lock; requests hold
-/// the `Arc`.
-#[derive(Default)]
-pub struct HistogramRegistry {
-    series: Mutex<BTreeMap<(Family, Labels), Arc<LatencyBuckets>>>,
-}
-
-impl HistogramRegistry {
-    pub fn get_or_create(&self, family: Family, labels: Labels) -> Arc<LatencyBuckets> {
-        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(series.entry((family, labels)).or_default())
-    }
-
-    /// Appends every family (`# HELP`, `# TYPE`, then its series) to `out`.
-    pub fn render_into(&self, out: &mut String) {
-        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        // Writing into a String cannot fail.
-        let _ = write_families(out, &series);
-    }
-}
-
-fn write_families(
-    out: &mut String,
-    series: &BTreeMap<(Family, Labels), Arc<LatencyBuckets>>,
-) -> fmt::Result {
-    // The map is ordered by family first, so each family's series are
-    // contiguous and its HELP and TYPE are written once.
-    let mut current: Option<Family> = None;
-    for ((family, labels), histogram) in series {
-        if current != Some(*family) {
-            if current.is_some() {
-                out.push('\n');
-            }
-            writeln!(out, "# HELP {} {}", family.name, Escaped::help(family.help))?;
-            writeln!(out, "# TYPE {} histogram", family.name)?;
-            current = Some(*family);
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
-        write_series(out, family.name, labels, &histogram.read())?;
     }
-    if current.is_some() {
-        out.push('\n');
-    }
-    Ok(())
 }
 
-fn write_series(out: &mut String, name: &str, labels: &Labels, reading: &Reading) -> fmt::Result {
-    let mut pairs = String::new();
-    for (key, value) in labels {
-        write!(pairs, "{key}=\"{}\",", Escaped::label_value(value))?;
-    }
-    for (bound, count) in BOUNDS.iter().zip(&reading.cumulative) {
-        writeln!(
+/// A metric family: its name, type and `# HELP` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family<'a> {
+    pub name: &'a str,
+    pub kind: Kind,
+    pub help: &'a str,
+}
+
+/// Writes one family's samples, its `# HELP` and `# TYPE` first, and only if
+/// it has a sample at all (as Prometheus exporters do: no empty families).
+pub struct FamilyWriter<'a, W: Write> {
+    out: &'a mut W,
+    family: Family<'a>,
+    started: bool,
+}
+
+impl<'a, W: Write> FamilyWriter<'a, W> {
+    pub fn new(out: &'a mut W, family: Family<'a>) -> Self {
+        FamilyWriter {
             out,
-            "{name}_bucket{{{pairs}le=\"{}\"}} {count}",
-            Seconds(*bound)
-        )?;
+            family,
+            started: false,
+        }
     }
-    writeln!(
-        out,
-        "{name}_bucket{{{pairs}le=\"+Inf\"}} {}",
-        reading.count()
-    )?;
-    // The bucket lines end their labels with `le`; sum and count have none
-    // after the last pair, so its trailing comma goes.
-    let pairs = pairs.strip_suffix(',').unwrap_or(&pairs);
-    let braced = if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("{{{pairs}}}")
-    };
-    let sum = Seconds(Duration::from_nanos(reading.sum_nanos));
-    writeln!(out, "{name}_sum{braced} {sum}")?;
-    writeln!(out, "{name}_count{braced} {}", reading.count())
+
+    fn start(&mut self) -> fmt::Result {
+        if !self.started {
+            self.started = true;
+            let Family { name, kind, help } = self.family;
+            writeln!(self.out, "# HELP {name} {}", Escaped::help(help))?;
+            writeln!(self.out, "# TYPE {name} {}", kind.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// One counter sample.
+    pub fn counter(&mut self, labels: &[(&str, &str)], value: u64) -> fmt::Result {
+        self.start()?;
+        write_name(self.out, self.family.name, "", labels, None)?;
+        writeln!(self.out, " {value}")
+    }
+
+    /// One gauge sample.
+    pub fn gauge(&mut self, labels: &[(&str, &str)], value: f64) -> fmt::Result {
+        self.start()?;
+        write_name(self.out, self.family.name, "", labels, None)?;
+        writeln!(self.out, " {}", Float(value))
+    }
+
+    /// One histogram series: cumulative buckets, `+Inf`, sum and count.
+    pub fn histogram(&mut self, labels: &[(&str, &str)], reading: &Reading) -> fmt::Result {
+        self.start()?;
+        let name = self.family.name;
+        for (bound, count) in BOUNDS.iter().zip(&reading.cumulative) {
+            write_name(self.out, name, "_bucket", labels, Some(Le::Bound(*bound)))?;
+            writeln!(self.out, " {count}")?;
+        }
+        write_name(self.out, name, "_bucket", labels, Some(Le::Inf))?;
+        writeln!(self.out, " {}", reading.count())?;
+        write_name(self.out, name, "_sum", labels, None)?;
+        writeln!(
+            self.out,
+            " {}",
+            Seconds(Duration::from_nanos(reading.sum_nanos))
+        )?;
+        write_name(self.out, name, "_count", labels, None)?;
+        writeln!(self.out, " {}", reading.count())
+    }
+
+    /// Ends the family: a blank line after its samples, as the exporter
+    /// veer used before wrote them.
+    pub fn finish(self) -> fmt::Result {
+        if self.started {
+            self.out.write_char('\n')?;
+        }
+        Ok(())
+    }
+}
+
+enum Le {
+    Bound(Duration),
+    Inf,
+}
+
+fn write_name<W: Write>(
+    out: &mut W,
+    name: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    le: Option<Le>,
+) -> fmt::Result {
+    out.write_str(name)?;
+    out.write_str(suffix)?;
+    if labels.is_empty() && le.is_none() {
+        return Ok(());
+    }
+    out.write_char('{')?;
+    for (i, (key, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.write_char(',')?;
+        }
+        write!(out, "{key}=\"{}\"", Escaped::label_value(value))?;
+    }
+    if let Some(le) = le {
+        if !labels.is_empty() {
+            out.write_char(',')?;
+        }
+        match le {
+            Le::Bound(bound) => write!(out, "le=\"{}\"", Seconds(bound))?,
+            Le::Inf => out.write_str("le=\"+Inf\"")?,
+        }
+    }
+    out.write_char('}')
+}
+
+/// A gauge's value as the text format spells it (`+Inf`, `-Inf`, `NaN`).
+struct Float(f64);
+
+impl fmt::Display for Float {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            v if v.is_nan() => f.write_str("NaN"),
+            v if v == f64::INFINITY => f.write_str("+Inf"),
+            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
+        }
+    }
 }
 
 /// A duration as decimal seconds, exact and as short as it can be (`0.00025`,
 /// `1`, `2.5`): the `le` values read as the exporter wrote them, and sums
 /// keep every nanosecond.
-struct Seconds(Duration);
+pub struct Seconds(pub Duration);
 
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,6 +195,14 @@ impl<'a> Escaped<'a> {
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names in a config rarely need escaping: write them whole.
+        if !self
+            .text
+            .bytes()
+            .any(|b| b == b'\\' || b == b'\n' || (self.quote && b == b'"'))
+        {
+            return f.write_str(self.text);
+        }
         for c in self.text.chars() {
             match c {
                 '\\' => f.write_str("\\\\")?,
@@ -151,22 +218,19 @@ impl fmt::Display for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::buckets::LatencyBuckets;
 
-    const LATENCY: Family = Family {
+    const LATENCY: Family<'static> = Family {
         name: "test_latency_seconds",
+        kind: Kind::Histogram,
         help: "A test family.",
     };
 
-    fn labels(service: &str, version: &str) -> Labels {
-        vec![
-            ("service", service.to_string()),
-            ("version", version.to_string()),
-        ]
-    }
-
-    fn render(registry: &HistogramRegistry) -> String {
+    fn one_histogram(labels: &[(&str, &str)], h: &LatencyBuckets) -> String {
         let mut text = String::new();
-        registry.render_into(&mut text);
+        let mut family = FamilyWriter::new(&mut text, LATENCY);
+        family.histogram(labels, &h.read()).expect("write");
+        family.finish().expect("write");
         text
     }
 
@@ -194,23 +258,12 @@ mod tests {
     }
 
     #[test]
-    fn the_same_name_and_labels_share_one_histogram() {
-        let registry = HistogramRegistry::default();
-        let a = registry.get_or_create(LATENCY, labels("web", "stable"));
-        let b = registry.get_or_create(LATENCY, labels("web", "stable"));
-        let other = registry.get_or_create(LATENCY, labels("web", "canary"));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &other));
-    }
-
-    #[test]
     fn renders_one_series_as_cumulative_buckets_sum_and_count() {
-        let registry = HistogramRegistry::default();
-        let h = registry.get_or_create(LATENCY, labels("web", "stable"));
+        let h = LatencyBuckets::default();
         h.record(Duration::from_micros(250));
         h.record(Duration::from_millis(20));
         h.record(Duration::from_secs(11));
-        let text = render(&registry);
+        let text = one_histogram(&[("service", "web"), ("version", "stable")], &h);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "# HELP test_latency_seconds A test family.");
         assert_eq!(lines[1], "# TYPE test_latency_seconds histogram");
@@ -234,9 +287,7 @@ mod tests {
 
     #[test]
     fn series_without_labels_have_no_braces_on_sum_and_count() {
-        let registry = HistogramRegistry::default();
-        registry.get_or_create(LATENCY, Vec::new());
-        let text = render(&registry);
+        let text = one_histogram(&[], &LatencyBuckets::default());
         assert!(text.contains("test_latency_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("\ntest_latency_seconds_sum 0\n"));
         assert!(text.contains("\ntest_latency_seconds_count 0\n"));
@@ -245,68 +296,47 @@ mod tests {
     #[test]
     fn label_values_and_help_are_escaped() {
         let family = Family {
-            name: "test_escaped_seconds",
+            name: "test_escaped_total",
+            kind: Kind::Counter,
             help: "Back\\slash\nand \"quotes\".",
         };
-        let registry = HistogramRegistry::default();
-        registry.get_or_create(family, vec![("service", "a\"b\\c\nd".to_string())]);
-        let text = render(&registry);
+        let mut text = String::new();
+        let mut writer = FamilyWriter::new(&mut text, family);
+        writer
+            .counter(&[("service", "a\"b\\c\nd")], 0)
+            .expect("write");
+        writer.finish().expect("write");
         assert!(
-            text.starts_with("# HELP test_escaped_seconds Back\\\\slash\\nand \"quotes\".\n"),
+            text.starts_with("# HELP test_escaped_total Back\\\\slash\\nand \"quotes\".\n"),
             "{text}"
         );
         assert!(
-            text.contains("test_escaped_seconds_count{service=\"a\\\"b\\\\c\\nd\"} 0\n"),
+            text.contains("test_escaped_total{service=\"a\\\"b\\\\c\\nd\"} 0\n"),
             "{text}"
         );
     }
 
     #[test]
-    fn families_are_declared_once_and_parse_as_prometheus_text() {
-        let second = Family {
-            name: "test_other_seconds",
-            help: "Another.",
+    fn an_empty_family_writes_nothing_and_gauges_spell_infinities() {
+        let mut text = String::new();
+        FamilyWriter::new(&mut text, LATENCY)
+            .finish()
+            .expect("write");
+        assert_eq!(text, "");
+        let family = Family {
+            name: "test_gauge",
+            kind: Kind::Gauge,
+            help: "A gauge.",
         };
-        let registry = HistogramRegistry::default();
-        for version in ["stable", "canary"] {
-            registry
-                .get_or_create(LATENCY, labels("web", version))
-                .record(Duration::from_millis(3));
-            registry
-                .get_or_create(second, labels("web", version))
-                .record(Duration::from_millis(30));
+        let mut writer = FamilyWriter::new(&mut text, family);
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 2.5] {
+            writer.gauge(&[], v).expect("write");
         }
-        let text = render(&registry);
-        for name in [LATENCY.name, second.name] {
-            let declared = |prefix: &str| {
-                text.lines()
-                    .filter(|l| l.starts_with(&format!("{prefix} {name} ")))
-                    .count()
-            };
-            assert_eq!(declared("# HELP"), 1, "{text}");
-            assert_eq!(declared("# TYPE"), 1, "{text}");
-        }
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-            .expect("parses as Prometheus text");
-        let histograms: Vec<_> = scrape
-            .samples
-            .iter()
-            .filter_map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(buckets) => Some((s, buckets)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(histograms.len(), 4, "{text}");
-        for (sample, buckets) in histograms {
-            let at = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
-            let (below, above) = if sample.metric == LATENCY.name {
-                (0.0025, 0.005)
-            } else {
-                (0.025, 0.035)
-            };
-            assert_eq!(at(below), Some(0.0), "{sample:?}");
-            assert_eq!(at(above), Some(1.0), "{sample:?}");
-            assert_eq!(at(f64::INFINITY), Some(1.0), "{sample:?}");
-        }
+        writer.finish().expect("write");
+        assert_eq!(
+            text,
+            "# HELP test_gauge A gauge.\n# TYPE test_gauge gauge\n\
+             test_gauge +Inf\ntest_gauge -Inf\ntest_gauge NaN\ntest_gauge 2.5\n\n"
+        );
     }
 }

@@ -1,14 +1,18 @@
 //! Per-version measurement, in two forms: cumulative Prometheus metrics and
-//! a sliding window held in-process for the guard and `/status`. Counters and
-//! gauges go through the `metrics` facade and its Prometheus exporter; the
-//! latency histograms are veer's own bucket counters (`buckets`), because the
-//! exporter's buffered every sample and read a clock per request.
+//! a sliding window held in-process for the guard and `/status`. Both live
+//! in veer's own atomics: one registry (`registry`) holds every series and
+//! writes all of `/metrics`' per-version text, and one bucket layout
+//! (`buckets`) serves the exported histograms and the windows alike. (The
+//! `metrics` exporter veer used before cost a vtable call per counter and
+//! buffered every histogram sample with a clock read; see `benches/`.)
 //!
-//! Every metric handle is resolved when a snapshot is built, never per
-//! request: recording an outcome is a few relaxed atomic adds and no label
-//! formatting or map lookup. The recorder is owned by one `Telemetry` (not
-//! installed globally) so that several proxies in one process — the tests —
-//! keep separate figures.
+//! Every series is resolved when a snapshot is built, never per request:
+//! recording an outcome is one bucket search and a few relaxed atomic adds,
+//! with no label formatting or map lookup. The registry is owned by one
+//! `Telemetry` (nothing global) so that several proxies in one process —
+//! the tests — keep separate figures. Series of versions and endpoints that
+//! leave the config leave `/metrics` on the publish that removes them
+//! (`Telemetry::retain`).
 //!
 //! What counts: every request routed to a version, once, when its response
 //! stream ends (see `proxy::outcome`), by the exact status the client got. An
@@ -24,56 +28,34 @@
 pub mod access;
 pub mod buckets;
 mod exposition;
-pub mod histogram;
 pub mod methods;
 pub mod operator;
+mod process;
+pub mod registry;
 pub mod window;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
 
 use crate::grpc;
 use crate::outcome::FailureReason;
-use buckets::LatencyBuckets;
-use exposition::{Family, HistogramRegistry};
+use buckets::Bucket;
 use methods::MethodTable;
+pub use registry::{Counter, Gauge, Present, Registry, VersionSeries};
 pub use window::{Figures, Window};
-
-const REQUEST_DURATION: Family = Family {
-    name: "veer_request_duration_seconds",
-    help: "From a request's arrival to the upstream's response head.",
-};
-
-const RESPONSE_DURATION: Family = Family {
-    name: "veer_response_duration_seconds",
-    help: "From a request's arrival to the end of the response stream (body and trailers, or its failure).",
-};
-
-/// Statuses whose `veer_requests_total` handle is resolved with the version's
-/// other handles; any other status is resolved the first time it is seen.
-const COMMON_STATUSES: [u16; 14] = [
-    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
-];
 
 /// The longest window kept when no guard asks for more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 
-/// The metrics of one proxy: the recorder, the latency histograms, the clock
-/// the windows count seconds on, and the proxy-wide counters.
+/// The metrics of one proxy: the registry of every series, the clock the
+/// windows count seconds on, and the operator's figures.
 pub struct Telemetry {
-    recorder: Arc<PrometheusRecorder>,
-    handle: PrometheusHandle,
-    histograms: HistogramRegistry,
+    registry: Registry,
     origin: Instant,
-    reloads_success: Counter,
-    reloads_failure: Counter,
-    unrouted: Counter,
     operator: operator::Operator,
 }
 
@@ -134,23 +116,8 @@ impl ClientFault {
 
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
-        let handle = recorder.handle();
-        describe(&recorder);
-        let reloads = |result: &'static str| {
-            counter(
-                &recorder,
-                "veer_config_reloads_total",
-                vec![Label::new("result", result)],
-            )
-        };
         Telemetry {
-            reloads_success: reloads("success"),
-            reloads_failure: reloads("failure"),
-            unrouted: counter(&recorder, "veer_unrouted_requests_total", vec![]),
-            handle,
-            recorder,
-            histograms: HistogramRegistry::default(),
+            registry: Registry::default(),
             origin: Instant::now(),
             operator: operator::Operator::new(),
         }
@@ -161,78 +128,59 @@ impl Telemetry {
         &self.operator
     }
 
-    /// The recorder, for series declared off the request path (`operator`).
-    pub(crate) fn recorder(&self) -> &PrometheusRecorder {
-        &self.recorder
-    }
-
     /// Time since this telemetry began: the windows' clock.
     #[inline]
     pub fn elapsed(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.origin)
     }
 
-    /// Prometheus text exposition of everything: the exporter's counters and
-    /// gauges, then the histograms.
+    /// Prometheus text exposition of everything: the registry's series,
+    /// then the operator's figures.
     pub fn render(&self) -> String {
-        let mut text = self.handle.render();
-        self.histograms.render_into(&mut text);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.registry.render_into(&mut text);
         self.operator.render_into(&mut text);
         text
     }
 
+    /// Drops the series of every version, endpoint and service that is not
+    /// in `present` (what the snapshot just published holds), and declares
+    /// at 0 the rare counters of those that are. Call it after each publish.
+    pub fn retain<'a>(&self, present: impl IntoIterator<Item = Present<'a>>) {
+        self.registry.retain(present);
+    }
+
+    /// Drops the series of listeners (and their certificates) that are no
+    /// longer configured.
+    pub fn retain_listeners(&self, configured: &[&str]) {
+        self.registry.retain_listeners(configured);
+        self.operator.retain_listeners(configured);
+    }
+
     pub fn count_reload(&self, success: bool) {
-        if success {
-            self.reloads_success.increment(1);
-        } else {
-            self.reloads_failure.increment(1);
-        }
+        self.registry.reloads(success).increment(1);
     }
 
-    /// Counts a guard trip (cold path: the handle is resolved here).
+    /// Counts a guard trip (cold path). A version no longer configured is
+    /// not counted: its series are gone.
     pub fn count_trip(&self, service: &str, version: &str, reason: &str) {
-        let labels = vec![
-            Label::new("service", service.to_string()),
-            Label::new("version", version.to_string()),
-            Label::new("reason", reason.to_string()),
-        ];
-        counter(&self.recorder, "veer_guard_trips_total", labels).increment(1);
-    }
-
-    /// `veer_endpoint_healthy` for one endpoint (cold path: resolved here).
-    pub fn endpoint_gauge(
-        &self,
-        service: &str,
-        version: &str,
-        endpoint: std::net::SocketAddr,
-    ) -> Gauge {
-        let labels = vec![
-            Label::new("service", service.to_string()),
-            Label::new("version", version.to_string()),
-            Label::new("endpoint", endpoint.to_string()),
-        ];
-        self.recorder.register_gauge(
-            &Key::from_parts("veer_endpoint_healthy", labels),
-            &metadata(),
-        )
+        if let Some(series) = self.registry.existing(service, version) {
+            series.count_trip(reason);
+        }
     }
 
     /// `veer_version_unavailable_total`: a version lost its last endpoint in
     /// service (its share went to the baseline, if there is one). Cold path.
     pub fn count_share_moved(&self, service: &str, version: &str) {
-        let labels = vec![
-            Label::new("service", service.to_string()),
-            Label::new("version", version.to_string()),
-        ];
-        counter(&self.recorder, "veer_version_unavailable_total", labels).increment(1);
+        if let Some(series) = self.registry.existing(service, version) {
+            series.count_unavailable();
+        }
     }
 
     /// Sets `veer_rollout_step` (1-based; 0 without a rollout). Cold path.
     pub fn set_rollout_step(&self, service: &str, step: u32) {
-        let labels = vec![Label::new("service", service.to_string())];
-        self.recorder
-            .register_gauge(&Key::from_parts("veer_rollout_step", labels), &metadata())
-            .set(f64::from(step));
+        self.registry.rollout_step(service).set(f64::from(step));
     }
 
     /// `veer_endpoint_ejections_total` (cold path).
@@ -243,37 +191,29 @@ impl Telemetry {
         endpoint: std::net::SocketAddr,
         reason: &str,
     ) {
-        let labels = vec![
-            Label::new("service", service.to_string()),
-            Label::new("version", version.to_string()),
-            Label::new("endpoint", endpoint.to_string()),
-            Label::new("reason", reason.to_string()),
-        ];
-        counter(&self.recorder, "veer_endpoint_ejections_total", labels).increment(1);
+        if let Some(series) = self.registry.existing(service, version) {
+            series.count_ejection(endpoint, reason);
+        }
     }
 
     /// The counter of one reason of `veer_tls_handshake_failures_total` for
     /// one listener (cold path: resolved when the listener's TLS is set up).
     pub fn tls_handshake_failure_counter(&self, listener: &str, reason: &'static str) -> Counter {
-        let labels = vec![
-            Label::new("listener", listener.to_string()),
-            Label::new("reason", reason),
-        ];
-        counter(&self.recorder, "veer_tls_handshake_failures_total", labels)
+        self.registry.tls_handshake_failures(listener, reason)
     }
 
     /// `veer_access_log_dropped_total`: lines the access log's writer could
     /// not keep up with.
     pub fn access_log_dropped_counter(&self) -> Counter {
-        counter(&self.recorder, "veer_access_log_dropped_total", vec![])
+        self.registry.access_log_dropped()
     }
 
     pub fn count_unrouted(&self) {
-        self.unrouted.increment(1);
+        self.registry.unrouted().increment(1);
     }
 
-    /// Resolves every handle of one version. Its histograms are shared with
-    /// any other revision of the same version, as its counters are.
+    /// Resolves every series of one version. Its series are shared with
+    /// any other revision of the same version; its windows are its own.
     pub fn version_stats(
         &self,
         service: &str,
@@ -281,71 +221,9 @@ impl Telemetry {
         window: Duration,
         max_methods: usize,
     ) -> VersionStats {
-        let labels = || {
-            vec![
-                Label::new("service", service.to_string()),
-                Label::new("version", version.to_string()),
-            ]
-        };
-        let with = |name: &'static str, value: &'static str| {
-            let mut l = labels();
-            l.push(Label::new(name, value));
-            l
-        };
-        let r = &self.recorder;
-        let requests: Box<[OnceLock<Counter>]> =
-            (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
-        for code in COMMON_STATUSES {
-            let _ = requests[usize::from(code - 100)].set(counter(
-                r,
-                "veer_requests_total",
-                with("code", status_label(code)),
-            ));
-        }
         VersionStats {
-            recorder: Arc::clone(r),
-            service: service.to_string(),
-            version: version.to_string(),
-            requests,
-            client_aborts: [
-                ClientFault::Malformed,
-                ClientFault::Upload,
-                ClientFault::Disconnect,
-            ]
-            .map(|fault| {
-                counter(
-                    r,
-                    "veer_client_aborts_total",
-                    with("reason", fault.as_str()),
-                )
-            }),
-            failures: [
-                FailureReason::Connect,
-                FailureReason::Timeout,
-                FailureReason::Reset,
-                FailureReason::Protocol,
-                FailureReason::Tls,
-                FailureReason::Midstream,
-            ]
-            .map(|reason| {
-                counter(
-                    r,
-                    "veer_upstream_failures_total",
-                    with("reason", reason.as_str()),
-                )
-            }),
-            duration: self
-                .histograms
-                .get_or_create(REQUEST_DURATION, histogram_labels(service, version)),
-            full_duration: self
-                .histograms
-                .get_or_create(RESPONSE_DURATION, histogram_labels(service, version)),
-            weight: r.register_gauge(
-                &Key::from_parts("veer_version_weight", labels()),
-                &metadata(),
-            ),
+            series: self.registry.version(service, version),
             window: Window::new(window),
-            grpc_codes: (0..grpc::OUTCOMES).map(|_| OnceLock::new()).collect(),
             methods: MethodTable::new(max_methods, window),
             evictions: tokio::sync::Notify::new(),
         }
@@ -358,48 +236,10 @@ impl Default for Telemetry {
     }
 }
 
-/// `veer_requests_total` keeps one slot per status from 100 to 999.
-const STATUS_SLOTS: usize = 900;
-
-/// The `code` label of a common status, without formatting.
-fn status_label(code: u16) -> &'static str {
-    match code {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => "other",
-    }
-}
-
-/// The handles and window of one version of one service.
+/// The series and windows of one revision of one version of one service.
 pub struct VersionStats {
-    /// Resolves the handle of a status seen for the first time (cold).
-    recorder: Arc<PrometheusRecorder>,
-    service: String,
-    version: String,
-    /// `veer_requests_total` by exact status, indexed by `status - 100`;
-    /// the common ones resolved up front, the rest on first use.
-    requests: Box<[OnceLock<Counter>]>,
-    client_aborts: [Counter; 3],
-    failures: [Counter; 6],
-    duration: Arc<LatencyBuckets>,
-    full_duration: Arc<LatencyBuckets>,
-    weight: Gauge,
+    series: Arc<VersionSeries>,
     window: Window,
-    /// `veer_grpc_responses_total` by `grpc_code` (`grpc::outcome_index`),
-    /// resolved on first use so a version that serves no gRPC shows none.
-    grpc_codes: Box<[OnceLock<Counter>]>,
     /// Per-method windows of gRPC calls, bounded.
     methods: MethodTable,
     /// Wakes the long-lived connections (upgraded tunnels) of this version
@@ -425,37 +265,26 @@ impl VersionStats {
     /// counted as an abort and in nothing else.
     #[inline]
     pub fn record(&self, elapsed: Duration, outcome: &Outcome) {
-        self.requests_counter(outcome.status).increment(1);
+        let series = &*self.series;
+        series.count_status(outcome.status);
         if let Some(reason) = outcome.failure {
-            self.failures[reason as usize].increment(1);
+            series.count_failure(reason);
         }
         if let Some(fault) = outcome.client {
-            self.client_aborts[fault as usize].increment(1);
+            series.count_client_fault(fault);
         }
-        self.duration.record(outcome.latency);
-        self.full_duration.record(outcome.total);
+        // One bucket search serves the histogram and the window.
+        let bucket = Bucket::of(outcome.latency);
+        series.record_durations(bucket, outcome.latency, outcome.total);
         let error = outcome.is_error();
-        self.window.record(elapsed, outcome.latency, error);
+        self.window.record_in(elapsed, bucket, error);
         if let Some(call) = outcome.grpc {
-            let index = grpc::outcome_index(call.status);
-            self.grpc_codes[index]
-                .get_or_init(|| self.resolve_grpc_code(call.status))
-                .increment(1);
+            series.count_grpc(call.status);
             self.methods
                 .stats(call.method)
                 .window()
-                .record(elapsed, outcome.latency, error);
+                .record_in(elapsed, bucket, error);
         }
-    }
-
-    #[cold]
-    fn resolve_grpc_code(&self, status: grpc::Status) -> Counter {
-        let labels = vec![
-            Label::new("service", self.service.clone()),
-            Label::new("version", self.version.clone()),
-            Label::new("grpc_code", grpc::outcome_name(status)),
-        ];
-        counter(&self.recorder, "veer_grpc_responses_total", labels)
     }
 
     /// The per-method figures of this version's gRPC calls.
@@ -479,29 +308,17 @@ impl VersionStats {
     /// Counts a client that went away before veer had an answer for it: no
     /// status was sent, so nothing else is recorded.
     pub fn record_client_gone(&self) {
-        self.client_aborts[ClientFault::Disconnect as usize].increment(1);
-    }
-
-    #[inline]
-    fn requests_counter(&self, status: StatusCode) -> &Counter {
-        let code = status.as_u16();
-        let slot = usize::from(code.saturating_sub(100)).min(STATUS_SLOTS - 1);
-        self.requests[slot].get_or_init(|| self.resolve_status(status))
-    }
-
-    /// A status outside `COMMON_STATUSES`, the first time it is seen.
-    #[cold]
-    fn resolve_status(&self, status: StatusCode) -> Counter {
-        let labels = vec![
-            Label::new("service", self.service.clone()),
-            Label::new("version", self.version.clone()),
-            Label::new("code", status.as_str().to_string()),
-        ];
-        counter(&self.recorder, "veer_requests_total", labels)
+        self.series.count_client_fault(ClientFault::Disconnect);
     }
 
     pub fn set_weight(&self, weight: u32) {
-        self.weight.set(f64::from(weight));
+        self.series.set_weight(weight);
+    }
+
+    /// `veer_endpoint_healthy` of one of this version's endpoints (cold:
+    /// set when a snapshot is built).
+    pub fn endpoint_healthy(&self, endpoint: std::net::SocketAddr) -> Gauge {
+        self.series.endpoint_healthy(endpoint)
     }
 
     pub fn window(&self) -> &Window {
@@ -539,7 +356,12 @@ impl StatsRegistry {
             revision.to_string(),
         );
         if let Some(existing) = self.stats.get(&key) {
-            if existing.window.capacity() >= window && existing.methods.cap() == max_methods {
+            // A version that left the config and came back starts afresh:
+            // its old series are no longer exported.
+            if existing.window.capacity() >= window
+                && existing.methods.cap() == max_methods
+                && !existing.series.is_retired()
+            {
                 return Arc::clone(existing);
             }
         }
@@ -552,105 +374,6 @@ impl StatsRegistry {
     pub fn retain_used(&mut self) {
         self.stats.retain(|_, s| Arc::strong_count(s) > 1);
     }
-
-    /// Runs `f` over every live version's window (the ticker's job).
-    pub fn for_each(&self, mut f: impl FnMut(&VersionStats)) {
-        self.stats.values().for_each(|s| f(s));
-    }
-}
-
-fn histogram_labels(service: &str, version: &str) -> exposition::Labels {
-    vec![
-        ("service", service.to_string()),
-        ("version", version.to_string()),
-    ]
-}
-
-fn metadata() -> Metadata<'static> {
-    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
-}
-
-fn counter(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>) -> Counter {
-    recorder.register_counter(&Key::from_parts(name, labels), &metadata())
-}
-
-fn describe(recorder: &PrometheusRecorder) {
-    // Not the histograms: they are veer's own, with their help text in
-    // `REQUEST_DURATION` and `RESPONSE_DURATION`.
-    let d = |name: &'static str, text: &'static str, kind: u8| {
-        let name = metrics::KeyName::from_const_str(name);
-        let text = metrics::SharedString::const_str(text);
-        match kind {
-            0 => recorder.describe_counter(name, None, text),
-            _ => recorder.describe_gauge(name, None, text),
-        }
-    };
-    d(
-        "veer_requests_total",
-        "Requests served per version, by the exact status of the answer, counted when the response stream ends.",
-        0,
-    );
-    d(
-        "veer_client_aborts_total",
-        "Requests the client broke or abandoned (malformed body, aborted upload, disconnect before the response ended); never a version's error.",
-        0,
-    );
-    d(
-        "veer_grpc_responses_total",
-        "gRPC calls per version, by the grpc-status they ended with (NO_STATUS: none).",
-        0,
-    );
-    d(
-        "veer_upstream_failures_total",
-        "Failed upstream attempts per version, by reason.",
-        0,
-    );
-    d("veer_config_reloads_total", "Config reloads, by result.", 0);
-    d(
-        "veer_access_log_dropped_total",
-        "Access log lines dropped because the writer fell behind.",
-        0,
-    );
-    d(
-        "veer_rollout_step",
-        "The rollout's current step, 1-based (0: no rollout).",
-        1,
-    );
-    d(
-        "veer_endpoint_healthy",
-        "1 when the endpoint may take requests (probes pass, not ejected).",
-        1,
-    );
-    d(
-        "veer_version_unavailable_total",
-        "Times a version was left with no endpoint in service (its share went to the baseline).",
-        0,
-    );
-    d(
-        "veer_endpoint_ejections_total",
-        "Passive ejections of endpoints that failed on real traffic.",
-        0,
-    );
-    d(
-        "veer_guard_trips_total",
-        "Versions the guard (or an operator) rolled back, by reason.",
-        0,
-    );
-    d(
-        "veer_tls_handshake_failures_total",
-        "Client TLS handshakes that failed, per listener and reason.",
-        0,
-    );
-    d(
-        "veer_unrouted_requests_total",
-        "Requests that matched no service (answered 404).",
-        0,
-    );
-    d(
-        "veer_version_weight",
-        "The weight in force for each version.",
-        1,
-    );
 }
 
 #[cfg(test)]
@@ -686,7 +409,10 @@ mod tests {
         second.record(now, &slow);
 
         let text = telemetry.render();
-        for name in [REQUEST_DURATION.name, RESPONSE_DURATION.name] {
+        for name in [
+            registry::REQUEST_DURATION.name,
+            registry::RESPONSE_DURATION.name,
+        ] {
             let help = format!("# HELP {name} ");
             let kind = format!("# TYPE {name} histogram");
             assert_eq!(
@@ -701,7 +427,7 @@ mod tests {
         let series: Vec<_> = scrape
             .samples
             .iter()
-            .filter(|s| s.metric == REQUEST_DURATION.name)
+            .filter(|s| s.metric == registry::REQUEST_DURATION.name)
             .collect();
         assert_eq!(series.len(), 1, "one series for both revisions: {text}");
         let prometheus_parse::Value::Histogram(buckets) = &series[0].value else {
@@ -739,7 +465,7 @@ mod tests {
             Some(0.047),
             "{text}"
         );
-        // The exporter's counters are still there, counted across revisions too.
+        // The counters are shared across revisions too.
         assert!(
             text.contains(
                 "veer_requests_total{service=\"web\",version=\"stable\",code=\"200\"} 2\n"

@@ -7,8 +7,8 @@
 //! are read, like everything else here, only when `/metrics` is scraped, and
 //! written out as text by `render_into`. Series of a listener or certificate
 //! that is gone simply stop being written. The process figures come from the
-//! `metrics-process` collector, recorded into a recorder of their own at
-//! scrape time. May depend on nothing in veer but `telemetry`'s text helpers.
+//! `metrics-process` collector at scrape time (`process`). May depend on
+//! nothing in veer but `telemetry`'s text helpers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use super::process::ProcessFigures;
 
 /// The live figures of one listener, shared by its accept loop and every
 /// connection it accepted. Relaxed atomics: a scrape needs a recent value,
@@ -81,9 +81,7 @@ pub struct Operator {
     listeners: Mutex<Vec<(String, Weak<ListenerGauges>)>>,
     /// `not_after` in unix seconds, per (listener, certificate file).
     certificates: Mutex<BTreeMap<(String, PathBuf), i64>>,
-    process: metrics_process::Collector,
-    process_recorder: PrometheusRecorder,
-    process_handle: PrometheusHandle,
+    process: ProcessFigures,
 }
 
 impl Default for Operator {
@@ -94,16 +92,10 @@ impl Default for Operator {
 
 impl Operator {
     pub fn new() -> Operator {
-        let process_recorder = PrometheusBuilder::new().build_recorder();
-        let process_handle = process_recorder.handle();
-        let process = metrics_process::Collector::default();
-        metrics::with_local_recorder(&process_recorder, || process.describe());
         Operator {
             listeners: Mutex::new(Vec::new()),
             certificates: Mutex::new(BTreeMap::new()),
-            process,
-            process_recorder,
-            process_handle,
+            process: ProcessFigures::default(),
         }
     }
 
@@ -156,8 +148,8 @@ impl Operator {
             1.0,
         );
 
-        metrics::with_local_recorder(&self.process_recorder, || self.process.collect());
-        text.push_str(&self.process_handle.render());
+        // Writing into a String cannot fail.
+        let _ = self.process.render_into(text);
 
         let mut listeners: Vec<(String, Arc<ListenerGauges>)> = lock(&self.listeners)
             .iter()

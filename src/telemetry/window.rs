@@ -1,7 +1,9 @@
 //! A sliding window of per-version figures: a ring of one-second slots, each
-//! with request and error counts and a latency histogram, all atomics. The
-//! request path adds to the slot of the current second; readers (the guard,
-//! `/status`) sum the slots inside the window they ask for.
+//! with request and error counts and latency counts in the fine buckets of
+//! the one bucket layout (`buckets`), all atomics. The request path adds to
+//! the slot of the current second the bucket it already mapped for the
+//! exported histogram; readers (the guard, `/status`) sum the slots inside
+//! the window they ask for.
 //!
 //! A slot is reused every `len` seconds, so it must be emptied before its new
 //! second begins. `advance`, called by a ticker a few times a second, empties
@@ -11,10 +13,10 @@
 //! writers of that second wait the few nanoseconds it takes, and no count is
 //! lost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::histogram::{quantile, LatencyHistogram, BUCKETS};
+use super::buckets::{quantile_us, Bucket, FINE};
 
 const SLOT: Duration = Duration::from_secs(1);
 
@@ -22,14 +24,25 @@ pub struct Window {
     slots: Box<[Slot]>,
 }
 
-#[derive(Default)]
 struct Slot {
     /// The second (since the telemetry clock's origin) this slot holds, plus
     /// one; zero for never used.
     second: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
-    latency: LatencyHistogram,
+    /// Per fine bucket; 32 bits hold four billion requests in one second.
+    latency: Box<[AtomicU32]>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            second: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: (0..FINE).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
 }
 
 /// What a window holds, summed over its slots.
@@ -82,13 +95,19 @@ impl Window {
     /// Counts one request, `elapsed` since the clock's origin.
     #[inline]
     pub fn record(&self, elapsed: Duration, latency: Duration, error: bool) {
+        self.record_in(elapsed, Bucket::of(latency), error);
+    }
+
+    /// Counts one request whose latency is already mapped to its bucket.
+    #[inline]
+    pub fn record_in(&self, elapsed: Duration, latency: Bucket, error: bool) {
         let second = elapsed.as_secs();
         let slot = self.slot(second);
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        slot.latency.record(latency);
+        slot.latency[latency.fine()].fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -126,7 +145,7 @@ impl Window {
         let seconds = window.as_secs().clamp(1, self.capacity().as_secs());
         let oldest = now.saturating_sub(seconds - 1);
         let mut figures = Figures::default();
-        let mut latency = [0u64; BUCKETS];
+        let mut latency = [0u64; FINE];
         for second in oldest..=now {
             let slot = &self.slots[(second % self.slots.len() as u64) as usize];
             if slot.second.load(Ordering::Acquire) != second + 1 {
@@ -134,14 +153,16 @@ impl Window {
             }
             figures.requests += slot.requests.load(Ordering::Relaxed);
             figures.errors += slot.errors.load(Ordering::Relaxed);
-            slot.latency.add_to(&mut latency);
+            for (sum, count) in latency.iter_mut().zip(slot.latency.iter()) {
+                *sum += u64::from(count.load(Ordering::Relaxed));
+            }
         }
         // The second in progress counts in part: span is what has elapsed.
         let covered = elapsed.saturating_sub(Duration::from_secs(oldest));
         figures.span = covered.min(Duration::from_secs(seconds)).max(SLOT / 1000);
-        figures.p50_us = quantile(&latency, 0.50);
-        figures.p95_us = quantile(&latency, 0.95);
-        figures.p99_us = quantile(&latency, 0.99);
+        figures.p50_us = quantile_us(&latency, 0.50);
+        figures.p95_us = quantile_us(&latency, 0.95);
+        figures.p99_us = quantile_us(&latency, 0.99);
         figures
     }
 }
@@ -179,7 +200,9 @@ impl Slot {
     fn clear(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
-        self.latency.clear();
+        for count in self.latency.iter() {
+            count.store(0, Ordering::Relaxed);
+        }
     }
 }
 

@@ -42,8 +42,8 @@ impl TestProxy {
     }
 
     /// Sets run-time weights; panics if veer refuses them.
-    pub fn set_weights(&self, service: &str, weights: &[(&str, u32)]) {
-        if let Err(e) = self.control().set_weights(service, weights) {
+    pub async fn set_weights(&self, service: &str, weights: &[(&str, u32)]) {
+        if let Err(e) = self.control().set_weights(service, weights).await {
             panic!("set_weights({service}, {weights:?}) refused: {e}");
         }
     }

@@ -1,0 +1,921 @@
+//! The task that owns the run-time state, and the writer that hands the layer
+//! to the store.
+//!
+//! The actor takes one command at a time: it changes its state, publishes at
+//! most one snapshot, hands at most one write to the writer, and publishes
+//! one view. The snapshot goes out first: traffic leaves a tripped version
+//! at once. A command that must be durable before anyone is told waits for
+//! its write before the view shows it and the caller hears of it, so no
+//! reader (`/status`, a pipeline) learns of a latch a crash could still lose;
+//! commands behind it queue meanwhile, as they queued behind the old lock,
+//! but readers never do. Hold time is the exception: it shows at once and
+//! is written every few seconds without waiting.
+//!
+//! The writer saves in order and, when writes queue up behind a slow disk,
+//! saves only the newest layer for all of them (each layer is whole, so the
+//! newest contains every earlier change).
+//!
+//! The state is kept in `Arc`s shared with the published view: a command
+//! copies only the part it changes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{overlay, ControlError, ControlView, Event, ReloadRecord, Trip};
+use crate::config::{Config, OnRevert, Service};
+use crate::rollout::outcome_word;
+use crate::snapshot::{Effective, Parts, Snapshot};
+use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, Store};
+use crate::status::EventAction;
+use crate::telemetry::{StatsRegistry, Telemetry};
+use crate::upstream::Registry;
+
+/// Guard events kept for `/status`, per service.
+const EVENTS_KEPT: usize = 20;
+/// How often hold time alone is written (see `Control::add_rollout_holds`).
+const SAVE_HOLDS_EVERY: Duration = Duration::from_secs(5);
+
+type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+/// Sent once the write that carries a command's change finished.
+type Ack = Box<dyn FnOnce() + Send>;
+
+/// What the actor can be asked to do; [`super::Control`] has one method each.
+pub(super) enum Command {
+    SetWeights {
+        service: String,
+        weights: Vec<(String, u32)>,
+        reply: Reply<()>,
+    },
+    ApplyConfig {
+        config: Box<Config>,
+        reply: oneshot::Sender<()>,
+    },
+    RecordReload {
+        record: ReloadRecord,
+        reply: oneshot::Sender<()>,
+    },
+    Trip {
+        trips: Vec<Trip>,
+        reply: oneshot::Sender<Vec<Option<Event>>>,
+    },
+    Rollback {
+        service: String,
+        reply: Reply<Vec<Event>>,
+    },
+    Resume {
+        service: String,
+        reply: Reply<usize>,
+    },
+    Pause {
+        service: String,
+        reply: Reply<()>,
+    },
+    Promote {
+        service: String,
+        full: bool,
+        reply: Reply<RolloutProgress>,
+    },
+    Complete {
+        service: String,
+        reply: Reply<RolloutProgress>,
+    },
+    AddHolds {
+        holds: Vec<(Arc<str>, Duration)>,
+        reply: oneshot::Sender<()>,
+    },
+    SetVerdicts(Vec<(String, String, String)>),
+    SetGates(Vec<(String, String)>),
+    Republish,
+    Persist {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What one command did, besides its answer.
+#[derive(Default)]
+struct Effect {
+    /// The weights or the config changed: build and publish a snapshot.
+    publish: bool,
+    /// The layer changed: write it.
+    write: bool,
+    /// Show the change and answer only once the write finished.
+    wait: bool,
+    /// The answer, sent once the view shows the change.
+    ack: Option<Ack>,
+}
+
+impl Effect {
+    fn none() -> Effect {
+        Effect::default()
+    }
+
+    /// A change of the layer the caller hears about once it is durable.
+    fn durable(publish: bool, ack: Ack) -> Effect {
+        Effect {
+            publish,
+            write: true,
+            wait: true,
+            ack: Some(ack),
+        }
+    }
+
+    /// A refusal, or a change nothing needs to wait for: answered now.
+    fn answered(ack: Ack) -> Effect {
+        Effect {
+            ack: Some(ack),
+            ..Effect::default()
+        }
+    }
+}
+
+fn ack<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Ack {
+    Box::new(move || {
+        // The caller may have gone (a closed admin connection): the change
+        // stands all the same.
+        let _ = reply.send(value);
+    })
+}
+
+struct Actor {
+    config: Arc<Config>,
+    /// Hold time added since it was last folded into `layer`, per service.
+    /// A rollout tick touches every service ten times a second; a map of
+    /// counters is cheap to copy for the view, the whole layer is not. Folded
+    /// in before any other command reads or writes the layer.
+    holds: Arc<HashMap<Arc<str>, u64>>,
+    /// Services by name: commands and ticks name services, thousands of them.
+    names: Arc<HashMap<String, usize>>,
+    layer: Arc<PersistedState>,
+    events: Arc<BTreeMap<String, VecDeque<Event>>>,
+    verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    gates: Arc<BTreeMap<String, String>>,
+    last_reload: Option<Arc<ReloadRecord>>,
+    registry: Registry,
+    stats: StatsRegistry,
+    telemetry: Arc<Telemetry>,
+    generation: u64,
+    /// Versions tripped with `on_revert: evict`, by service and index:
+    /// their connections close once the snapshot without them is out.
+    evictions: Vec<(String, usize)>,
+    published: Arc<ArcSwap<Snapshot>>,
+    view: Arc<ArcSwap<ControlView>>,
+    /// `None` without a store: writes are acknowledged at once.
+    writer: Option<mpsc::UnboundedSender<Write>>,
+    /// When the layer was last handed to the writer.
+    last_write: Instant,
+}
+
+/// Builds the first snapshot and view, and starts the actor (and the writer,
+/// with a store) on the current runtime.
+pub(super) fn spawn(
+    config: Config,
+    telemetry: Arc<Telemetry>,
+    store: Option<(Arc<dyn Store>, PersistedState)>,
+    inbox: mpsc::UnboundedReceiver<Command>,
+) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
+    let (store, mut layer) = match store {
+        Some((store, layer)) => (Some(store), layer),
+        None => (None, PersistedState::default()),
+    };
+    for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
+        tracing::info!("state: {note}");
+    }
+    let changes = store.as_ref().and_then(|s| s.changes());
+    let writer = store.map(|store| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_in_order(store, rx));
+        tx
+    });
+    let mut registry = Registry::default();
+    let mut stats = StatsRegistry::default();
+    let first = build(
+        1,
+        &config,
+        &layer,
+        Parts {
+            endpoints: &mut registry,
+            stats: &mut stats,
+            telemetry: &telemetry,
+            starting: true,
+        },
+    );
+    // Series of what the first config does not name (none yet) are dropped,
+    // and the rare counters of what it does are declared at 0.
+    telemetry.retain(first.present());
+    let (config, layer) = (Arc::new(config), Arc::new(layer));
+    let names = index(&config);
+    let view = ControlView {
+        holds: Arc::default(),
+        config: Arc::clone(&config),
+        names: Arc::clone(&names),
+        layer: Arc::clone(&layer),
+        events: Arc::default(),
+        verdicts: Arc::default(),
+        gates: Arc::default(),
+        last_reload: None,
+    };
+    let actor = Actor {
+        holds: Arc::default(),
+        config,
+        names,
+        layer,
+        events: Arc::default(),
+        verdicts: Arc::default(),
+        gates: Arc::default(),
+        last_reload: None,
+        registry,
+        stats,
+        telemetry,
+        generation: 1,
+        evictions: Vec::new(),
+        published: Arc::new(ArcSwap::from_pointee(first)),
+        view: Arc::new(ArcSwap::from_pointee(view)),
+        writer,
+        last_write: Instant::now(),
+    };
+    let handles = (Arc::clone(&actor.published), Arc::clone(&actor.view));
+    tokio::spawn(actor.run(inbox, changes));
+    handles
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut changes: Option<crate::state::Changes>,
+    ) {
+        loop {
+            let command = tokio::select! {
+                command = inbox.recv() => command,
+                Some(layer) = next_change(&mut changes) => {
+                    self.adopt(layer);
+                    continue;
+                }
+            };
+            // Every handle is gone: the process is ending.
+            let Some(command) = command else { return };
+            // A bug in one command must not end the control plane (no more
+            // trips, no reloads) while the request path goes on: the caller
+            // hears nothing (its reply is dropped) and the next command runs.
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(command)));
+            let effect = match applied {
+                Ok(effect) => effect,
+                Err(_) => {
+                    tracing::error!(
+                        "a control command failed (a bug in veer, the panic is logged above); \
+                         the change it was making may be in force in part"
+                    );
+                    Effect {
+                        publish: true,
+                        ..Effect::none()
+                    }
+                }
+            };
+            if effect.publish {
+                self.publish();
+            }
+            if effect.write {
+                let written = self.write();
+                if let (true, Some(written)) = (effect.wait, written) {
+                    // An error is logged by the writer; the change stands.
+                    let _ = written.await;
+                }
+            }
+            self.publish_view();
+            if let Some(ack) = effect.ack {
+                ack();
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> Effect {
+        if !matches!(
+            command,
+            Command::AddHolds { .. }
+                | Command::SetVerdicts(_)
+                | Command::SetGates(_)
+                | Command::RecordReload { .. }
+                | Command::Republish
+        ) {
+            self.fold_holds();
+        }
+        match command {
+            Command::SetWeights {
+                service,
+                weights,
+                reply,
+            } => match self.set_weights(&service, &weights) {
+                Ok(()) => Effect::durable(true, ack(reply, Ok(()))),
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::ApplyConfig { config, reply } => {
+                let layer = Arc::make_mut(&mut self.layer);
+                for note in overlay::reconcile(layer, &config, unix_ms()) {
+                    tracing::info!("reload: {note}");
+                }
+                self.names = index(&config);
+                self.config = Arc::new(*config);
+                Effect::durable(true, ack(reply, ()))
+            }
+            Command::RecordReload { record, reply } => {
+                self.last_reload = Some(Arc::new(record));
+                Effect::answered(ack(reply, ()))
+            }
+            Command::Trip { trips, reply } => {
+                let events: Vec<Option<Event>> = trips
+                    .into_iter()
+                    .map(|t| self.trip(&t.service, &t.version, &t.reason, t.measured))
+                    .collect();
+                self.after_trips(&events);
+                let tripped = events.iter().any(Option::is_some);
+                Effect {
+                    publish: tripped,
+                    write: tripped,
+                    wait: tripped,
+                    ack: Some(ack(reply, events)),
+                }
+            }
+            Command::Rollback { service, reply } => match self.rollback(&service) {
+                Ok(events) => {
+                    self.after_trips(&events);
+                    let any = events.iter().any(Option::is_some);
+                    let events: Vec<Event> = events.into_iter().flatten().collect();
+                    Effect {
+                        publish: any,
+                        write: any,
+                        wait: any,
+                        ack: Some(ack(reply, Ok(events))),
+                    }
+                }
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::Resume { service, reply } => match self.resume(&service) {
+                Ok(cleared) => Effect::durable(true, ack(reply, Ok(cleared))),
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::Pause { service, reply } => match self.pause(&service) {
+                // Pausing changes no weight: nothing to publish.
+                Ok(()) => Effect::durable(false, ack(reply, Ok(()))),
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::Promote {
+                service,
+                full,
+                reply,
+            } => match self.promote(&service, full) {
+                Ok(after) => Effect::durable(true, ack(reply, Ok(after))),
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::Complete { service, reply } => match self.complete(&service) {
+                Ok(after) => Effect::durable(true, ack(reply, Ok(after))),
+                Err(refused) => Effect::answered(ack(reply, Err(refused))),
+            },
+            Command::AddHolds { holds, reply } => {
+                let held = self.add_holds(&holds);
+                let write = held && self.last_write.elapsed() >= SAVE_HOLDS_EVERY;
+                if write {
+                    self.fold_holds();
+                }
+                Effect {
+                    write,
+                    ack: Some(ack(reply, ())),
+                    ..Effect::none()
+                }
+            }
+            Command::SetVerdicts(verdicts) => {
+                let map = Arc::make_mut(&mut self.verdicts);
+                for (service, version, words) in verdicts {
+                    map.entry(service).or_default().insert(version, words);
+                }
+                Effect::none()
+            }
+            Command::SetGates(gates) => {
+                Arc::make_mut(&mut self.gates).extend(gates);
+                Effect::none()
+            }
+            Command::Republish => Effect {
+                publish: true,
+                ..Effect::none()
+            },
+            Command::Persist { reply } => Effect::durable(false, ack(reply, ())),
+        }
+    }
+
+    fn service(&self, name: &str) -> Result<&Service, ControlError> {
+        self.names
+            .get(name)
+            .and_then(|&i| self.config.services.get(i))
+            .ok_or_else(|| ControlError::NoService(name.to_string()))
+    }
+
+    fn set_weights(
+        &mut self,
+        service: &str,
+        weights: &[(String, u32)],
+    ) -> Result<(), ControlError> {
+        let declared = self.service(service)?;
+        // Everything is checked before anything changes: a refused change
+        // leaves no trace.
+        let own = self.layer.services.get(service);
+        for (name, weight) in weights {
+            let latch = own.and_then(|layer| {
+                let version = declared.versions.iter().find(|v| v.name == *name)?;
+                layer
+                    .latches
+                    .iter()
+                    .find(|l| l.version == *name && l.revision == version.revision)
+            });
+            if let (Some(latch), true) = (latch, *weight > 0) {
+                return Err(ControlError::Latched {
+                    service: service.to_string(),
+                    version: name.clone(),
+                    revision: latch.revision.clone(),
+                    reason: latch.reason.clone(),
+                });
+            }
+        }
+        let file = overlay::file_weights(declared);
+        let mut next = file.clone();
+        if let Some(current) = own.and_then(|l| l.weights.as_ref()) {
+            next.extend(current.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        for (name, weight) in weights {
+            if !declared.versions.iter().any(|v| v.name == *name) {
+                let known: Vec<&str> = declared.versions.iter().map(|v| v.name.as_str()).collect();
+                return Err(ControlError::UnknownVersion {
+                    service: service.to_string(),
+                    version: name.clone(),
+                    known: known.join(", "),
+                });
+            }
+            next.insert(name.clone(), *weight);
+        }
+        if next.values().all(|&w| w == 0) {
+            return Err(ControlError::AllZero(service.to_string()));
+        }
+        let layer = Arc::make_mut(&mut self.layer)
+            .services
+            .entry(service.to_string())
+            .or_default();
+        layer.weights = Some(next);
+        layer.file_weights = Some(file);
+        // A person took over: the automatic rollout ends where it is (a
+        // completed one too, or its 100 % would keep overriding them).
+        if let Some(progress) = layer.rollout.as_mut() {
+            let before = progress.outcome;
+            *progress = crate::rollout::abandon(progress);
+            if before != progress.outcome {
+                tracing::info!(service, "manual weights end the rollout");
+            }
+        }
+        Ok(())
+    }
+
+    /// Latches one version; the caller publishes and writes. `None` when it
+    /// was latched already, is the baseline, or there is no guard.
+    fn trip(
+        &mut self,
+        service: &str,
+        version: &str,
+        reason: &str,
+        measured: super::Measured,
+    ) -> Option<Event> {
+        let declared = self.service(service).ok()?;
+        let guard = declared.guard.as_ref()?;
+        let (index, target) = declared
+            .versions
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.name == version)?;
+        if index == guard.baseline {
+            return None;
+        }
+        if self
+            .layer
+            .services
+            .get(service)
+            .is_some_and(|l| overlay::is_latched(l, version, &target.revision))
+        {
+            return None;
+        }
+        let revision = target.revision.clone();
+        if guard.on_revert == OnRevert::Evict {
+            self.evictions.push((service.to_string(), index));
+        }
+        let config = Arc::clone(&self.config);
+        let layer = Arc::make_mut(&mut self.layer)
+            .services
+            .entry(service.to_string())
+            .or_default();
+        layer.latches.push(Latch {
+            version: version.to_string(),
+            revision: revision.clone(),
+            reason: reason.to_string(),
+            at_unix_ms: unix_ms(),
+        });
+        // After completion too: a pipeline must not take a revision that
+        // tripped at 100 % for a good one.
+        if let Some(progress) = layer
+            .rollout
+            .as_mut()
+            .filter(|p| p.candidate == version && p.revision == revision)
+        {
+            let before = progress.outcome;
+            *progress = crate::rollout::on_rollback(progress);
+            if before != progress.outcome {
+                tracing::warn!(
+                    service,
+                    version,
+                    revision = revision.as_str(),
+                    was = outcome_word(before),
+                    reason,
+                    "rollout rolled back"
+                );
+            }
+        }
+        let declared = config.services.get(*self.names.get(service)?)?;
+        let weights = overlay::effective_weights(declared, Some(layer));
+        Some(Event {
+            service: service.to_string(),
+            version: version.to_string(),
+            revision,
+            action: EventAction::Rollback,
+            reason: reason.to_string(),
+            observed: measured.observed,
+            threshold: measured.threshold,
+            window_requests: measured.window_requests,
+            weights: declared
+                .versions
+                .iter()
+                .zip(weights)
+                .map(|(v, w)| (v.name.clone(), w))
+                .collect(),
+            at: now_rfc3339(),
+        })
+    }
+
+    /// Keeps the events of the trips that happened. The weights an event
+    /// shows are those after its own trip; a later trip in the same command
+    /// may move more.
+    fn after_trips(&mut self, events: &[Option<Event>]) {
+        if events.iter().all(Option::is_none) {
+            return;
+        }
+        let kept = Arc::make_mut(&mut self.events);
+        for event in events.iter().flatten() {
+            let list = kept.entry(event.service.clone()).or_default();
+            list.push_back(event.clone());
+            while list.len() > EVENTS_KEPT {
+                list.pop_front();
+            }
+        }
+    }
+
+    fn rollback(&mut self, service: &str) -> Result<Vec<Option<Event>>, ControlError> {
+        let declared = self.service(service)?;
+        let Some(guard) = &declared.guard else {
+            return Err(ControlError::NoGuard(service.to_string()));
+        };
+        let others: Vec<String> = declared
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != guard.baseline)
+            .map(|(_, v)| v.name.clone())
+            .collect();
+        Ok(others
+            .iter()
+            .map(|version| self.trip(service, version, "manual", super::Measured::default()))
+            .collect())
+    }
+
+    fn resume(&mut self, service: &str) -> Result<usize, ControlError> {
+        self.service(service)?;
+        let Some(own) = self.layer.services.get(service) else {
+            return Ok(0);
+        };
+        // The latched versions' windows start afresh: the figures that
+        // tripped them would trip them again at once.
+        if let Some(snapshot) = self
+            .published
+            .load()
+            .services
+            .iter()
+            .find(|s| &*s.name == service)
+        {
+            for version in &snapshot.versions {
+                if own
+                    .latches
+                    .iter()
+                    .any(|l| *l.version == *version.name && *l.revision == *version.revision)
+                {
+                    version.stats.reset();
+                }
+            }
+        }
+        let layer = Arc::make_mut(&mut self.layer)
+            .services
+            .get_mut(service)
+            .map(|own| {
+                if let Some(progress) = own.rollout.as_mut() {
+                    *progress = crate::rollout::resume(progress, unix_ms());
+                }
+                std::mem::take(&mut own.latches).len()
+            });
+        Ok(layer.unwrap_or(0))
+    }
+
+    fn pause(&mut self, service: &str) -> Result<(), ControlError> {
+        self.service(service)?;
+        let paused = self
+            .layer
+            .services
+            .get(service)
+            .and_then(|l| l.rollout.as_ref())
+            .and_then(crate::rollout::pause)
+            .ok_or_else(|| ControlError::NothingToPause(service.to_string()))?;
+        if let Some(own) = Arc::make_mut(&mut self.layer).services.get_mut(service) {
+            own.rollout = Some(paused);
+        }
+        Ok(())
+    }
+
+    /// The rollout of `service` that applies now, for a command that moves it.
+    fn current_rollout(&self, service: &str) -> Result<RolloutProgress, ControlError> {
+        let declared = self.service(service)?;
+        overlay::current_rollout(declared, self.layer.services.get(service))
+            .cloned()
+            .ok_or_else(|| ControlError::NotInProgress(service.to_string()))
+    }
+
+    fn set_rollout(&mut self, service: &str, progress: RolloutProgress) {
+        Arc::make_mut(&mut self.layer)
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .rollout = Some(progress);
+        // The gate's answer was about the step just left.
+        if self.gates.contains_key(service) {
+            Arc::make_mut(&mut self.gates).remove(service);
+        }
+    }
+
+    fn promote(&mut self, service: &str, full: bool) -> Result<RolloutProgress, ControlError> {
+        let declared = self.service(service)?;
+        let Some(config) = declared.rollout.clone() else {
+            return Err(ControlError::NoRollout(service.to_string()));
+        };
+        let progress = self.current_rollout(service)?;
+        let after = crate::rollout::promote(&progress, &config, full, unix_ms()).map_err(
+            |crate::rollout::Stuck::Finished(outcome)| ControlError::Finished {
+                service: service.to_string(),
+                outcome,
+            },
+        )?;
+        tracing::info!(
+            service,
+            step = after.step + 1,
+            percent = config.percent(after.step),
+            outcome = outcome_word(after.outcome),
+            "rollout advanced"
+        );
+        self.set_rollout(service, after.clone());
+        Ok(after)
+    }
+
+    fn complete(&mut self, service: &str) -> Result<RolloutProgress, ControlError> {
+        let progress = self.current_rollout(service)?.clone();
+        if progress.outcome != RolloutOutcome::InProgress {
+            return Err(ControlError::NotInProgress(service.to_string()));
+        }
+        let after = crate::rollout::complete(&progress);
+        tracing::info!(
+            service,
+            candidate = after.candidate.as_str(),
+            revision = after.revision.as_str(),
+            "rollout completed: the last step held with no trip"
+        );
+        self.set_rollout(service, after.clone());
+        Ok(after)
+    }
+
+    /// Whether any rollout took the time.
+    fn add_holds(&mut self, holds: &[(Arc<str>, Duration)]) -> bool {
+        let running = |service: &str| {
+            self.service(service).is_ok_and(|declared| {
+                overlay::current_rollout(declared, self.layer.services.get(service))
+                    .is_some_and(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
+            })
+        };
+        let running: Vec<(&Arc<str>, u64)> = holds
+            .iter()
+            .filter(|(service, _)| running(service))
+            .map(|(service, held)| (service, u64::try_from(held.as_millis()).unwrap_or(u64::MAX)))
+            .collect();
+        if running.is_empty() {
+            return false;
+        }
+        let extra = Arc::make_mut(&mut self.holds);
+        for (service, held) in running {
+            let total = extra.entry(Arc::clone(service)).or_default();
+            *total = total.saturating_add(held);
+        }
+        true
+    }
+
+    /// Moves the hold time kept aside into the layer's rollout progress.
+    fn fold_holds(&mut self) {
+        if self.holds.is_empty() {
+            return;
+        }
+        let holds = std::mem::take(&mut self.holds);
+        let layer = Arc::make_mut(&mut self.layer);
+        for (service, held) in holds.iter() {
+            if let Some(progress) = layer
+                .services
+                .get_mut(&**service)
+                .and_then(|own| own.rollout.as_mut())
+            {
+                *progress = crate::rollout::hold(progress, Duration::from_millis(*held));
+            }
+        }
+    }
+
+    /// A layer another writer put in the shared store: it replaces ours,
+    /// reconciled with our config, and is not written back.
+    fn adopt(&mut self, mut layer: PersistedState) {
+        // Theirs carries its own hold time; ours since the last fold is
+        // dropped rather than counted twice.
+        self.holds = Arc::default();
+        for note in overlay::reconcile(&mut layer, &self.config, unix_ms()) {
+            tracing::info!("store: {note}");
+        }
+        self.layer = Arc::new(layer);
+        self.publish();
+        self.publish_view();
+    }
+
+    /// Hands the layer to the writer; the receiver answers once it is
+    /// stored (`None` without a store: nothing to wait for).
+    fn write(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.last_write = Instant::now();
+        let writer = self.writer.as_ref()?;
+        let (done, written) = oneshot::channel();
+        let write = Write {
+            layer: Arc::clone(&self.layer),
+            done,
+        };
+        if writer.send(write).is_err() {
+            // The writer ended (it never does before the actor): nobody
+            // would answer.
+            tracing::error!(
+                "the state writer is gone; the change is in force but will not survive a restart"
+            );
+            return None;
+        }
+        Some(written)
+    }
+
+    fn publish_view(&self) {
+        self.view.store(Arc::new(ControlView {
+            holds: Arc::clone(&self.holds),
+            config: Arc::clone(&self.config),
+            names: Arc::clone(&self.names),
+            layer: Arc::clone(&self.layer),
+            events: Arc::clone(&self.events),
+            verdicts: Arc::clone(&self.verdicts),
+            gates: Arc::clone(&self.gates),
+            last_reload: self.last_reload.clone(),
+        }));
+    }
+
+    fn publish(&mut self) {
+        let snapshot = Arc::new(self.build());
+        let previous = self.published.swap(Arc::clone(&snapshot));
+        // Series of versions and endpoints that left the config leave /metrics.
+        self.telemetry.retain(snapshot.present());
+        // A version that just lost its last endpoint in service, and had
+        // traffic, had its share moved to the baseline: count it.
+        for (service, before) in snapshot.services.iter().zip(&previous.services) {
+            if service.name != before.name {
+                continue;
+            }
+            for (version, was) in service.versions.iter().zip(&before.versions) {
+                if version.unavailable && !was.unavailable && version.name == was.name {
+                    self.telemetry
+                        .count_share_moved(&service.name, &version.name);
+                }
+            }
+        }
+        // A version reverted with `on_revert: evict` loses its open tunnels
+        // and streams now, not at their end.
+        for (service, index) in std::mem::take(&mut self.evictions) {
+            if let Some(version) = snapshot
+                .services
+                .iter()
+                .find(|s| *s.name == *service)
+                .and_then(|s| s.versions.get(index))
+            {
+                version.stats.evict();
+            }
+        }
+    }
+
+    fn build(&mut self) -> Snapshot {
+        self.generation += 1;
+        build(
+            self.generation,
+            &self.config,
+            &self.layer,
+            Parts {
+                endpoints: &mut self.registry,
+                stats: &mut self.stats,
+                telemetry: &self.telemetry,
+                starting: self.generation == 1,
+            },
+        )
+    }
+}
+
+/// The snapshot for `config` with the layer's weights and latches on top.
+fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<'_>) -> Snapshot {
+    for service in &config.services {
+        if service.rollout.is_some() {
+            let step = overlay::current_rollout(service, layer.services.get(&service.name))
+                .map_or(0, |p| u32::try_from(p.step + 1).unwrap_or(u32::MAX));
+            parts.telemetry.set_rollout_step(&service.name, step);
+        }
+    }
+    Snapshot::build(generation, config, parts, |_, service| {
+        let own = layer.services.get(&service.name);
+        Effective {
+            weights: overlay::effective_weights(service, own),
+            latched: service
+                .versions
+                .iter()
+                .map(|v| own.is_some_and(|l| overlay::is_latched(l, &v.name, &v.revision)))
+                .collect(),
+        }
+    })
+}
+
+/// The config's services by name.
+fn index(config: &Config) -> Arc<HashMap<String, usize>> {
+    Arc::new(
+        config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect(),
+    )
+}
+
+async fn next_change(changes: &mut Option<crate::state::Changes>) -> Option<PersistedState> {
+    match changes {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One layer for the writer, and who to tell once it is stored.
+struct Write {
+    layer: Arc<PersistedState>,
+    done: oneshot::Sender<()>,
+}
+
+/// Saves layers in the order they come; when several wait, only the newest
+/// is saved, and all their senders are told after it.
+async fn write_in_order(store: Arc<dyn Store>, mut writes: mpsc::UnboundedReceiver<Write>) {
+    while let Some(first) = writes.recv().await {
+        let mut layer = first.layer;
+        let mut waiting = vec![first.done];
+        while let Ok(next) = writes.try_recv() {
+            layer = next.layer;
+            waiting.push(next.done);
+        }
+        if let Err(err) = store.save(layer).await {
+            tracing::error!("{err}; the change is in force but will not survive a restart");
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(super) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}

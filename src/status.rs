@@ -1,0 +1,362 @@
+//! The `/status` report as one type: what the admin API sends and what
+//! `veer status` and `veer wait` read. Sender and reader share these structs,
+//! so a renamed or retyped field breaks the build, not a pipeline.
+//!
+//! Data only: depends on serde and on `state` (latches and rollout outcomes
+//! are reported as they are persisted). `admin::status` fills it in from the
+//! snapshot and the control view.
+//!
+//! Fields are declared in alphabetical order on purpose: `/status` was first
+//! written through a sorted JSON map, and scripts that diff its output keep
+//! seeing the same bytes. Readers ignore fields they do not know, so a newer
+//! veer can add some without breaking an older CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Latch, RolloutOutcome};
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub config: ConfigReport,
+    pub services: Vec<ServiceReport>,
+}
+
+impl StatusReport {
+    /// One service by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceReport> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// The config in force and the last reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    pub generation: u64,
+    pub last_reload: Option<ReloadRecord>,
+    /// The file the config came from; `null` for a config given in code.
+    pub source: Option<String>,
+}
+
+/// The result of the last reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    /// RFC 3339, to the second.
+    pub at: String,
+    /// Every error of a refused reload, as `FILE:LINE:COL: path: reason`.
+    pub errors: Vec<String>,
+    pub result: ReloadResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl ReloadResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+/// Lets a result be compared with the word `/status` shows for it.
+impl PartialEq<&str> for ReloadResult {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ReloadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// `null` when the service has no guard block.
+    pub guard: Option<GuardReport>,
+    pub name: String,
+    /// `null` when the service has no rollout, or none for its candidate's
+    /// current revision.
+    pub rollout: Option<RolloutReport>,
+    pub versions: Vec<VersionReport>,
+    pub window_seconds: u64,
+}
+
+impl ServiceReport {
+    pub fn version(&self, name: &str) -> Option<&VersionReport> {
+        self.versions.iter().find(|v| v.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionReport {
+    pub endpoints: Vec<EndpointReport>,
+    /// Per gRPC method the version served (`other`: beyond the cap).
+    pub grpc_methods: BTreeMap<String, WindowReport>,
+    /// The guard's last verdict, in words; `null` before the first.
+    pub guard_verdict: Option<String>,
+    /// The guard (or an operator's rollback) holds it at weight 0.
+    pub latched: bool,
+    pub name: String,
+    pub protocol: ProtocolName,
+    pub revision: String,
+    /// No endpoint can serve: its share went to the baseline.
+    pub unavailable: bool,
+    /// The weight in force.
+    pub weight: u32,
+    pub window: WindowReport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolName {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointReport {
+    pub address: String,
+    pub ejected_for_ms: u64,
+    pub ejections: u64,
+    pub health: EndpointHealth,
+    pub outstanding: u64,
+    pub ramping: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealth {
+    Healthy,
+    /// No health check configured: only passive ejection judges it.
+    Unchecked,
+    Unhealthy,
+    Ejected,
+}
+
+impl EndpointHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointHealth::Healthy => "healthy",
+            EndpointHealth::Unchecked => "unchecked",
+            EndpointHealth::Unhealthy => "unhealthy",
+            EndpointHealth::Ejected => "ejected",
+        }
+    }
+}
+
+/// A version's (or a method's) figures over the sliding window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowReport {
+    pub error_rate: f64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub requests: u64,
+    pub rps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardReport {
+    pub baseline: String,
+    /// The last rollbacks, oldest first (a bounded number).
+    pub events: Vec<GuardEvent>,
+    pub interval_ms: u64,
+    pub latches: Vec<Latch>,
+    pub min_requests: u64,
+}
+
+/// A rollback, by the guard or an operator: also the webhook's body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardEvent {
+    pub action: EventAction,
+    pub at: String,
+    pub observed: Option<f64>,
+    pub reason: String,
+    pub revision: String,
+    pub service: String,
+    pub threshold: Option<f64>,
+    pub version: String,
+    /// The weights in force after the rollback.
+    pub weights: BTreeMap<String, u32>,
+    pub window_requests: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    Rollback,
+}
+
+impl PartialEq<&str> for EventAction {
+    fn eq(&self, other: &&str) -> bool {
+        matches!((self, *other), (EventAction::Rollback, "rollback"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    pub candidate: String,
+    /// The gate's (or the step's) last word: why the rollout is waiting.
+    pub gate: Option<String>,
+    pub held_ms: u64,
+    /// `null` for a manual step: it waits for `veer promote`, not for time.
+    pub hold_ms: Option<u64>,
+    pub hold_remaining_ms: Option<u64>,
+    pub manual: bool,
+    /// The least running time left before completion; `null` while a manual
+    /// step lies ahead. What a pipeline sizes `veer wait --timeout` from.
+    pub min_remaining_ms: Option<u64>,
+    /// The least running time of the whole rollout; `null` with a manual step.
+    pub min_total_ms: Option<u64>,
+    pub paused: bool,
+    /// The candidate's share at this step (100 once completed).
+    pub percent: u32,
+    pub revision: String,
+    pub state: RolloutOutcome,
+    /// 1-based.
+    pub step: usize,
+    pub steps: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> StatusReport {
+        let window = WindowReport {
+            error_rate: 0.25,
+            errors: 1,
+            p50_ms: Some(1.5),
+            p95_ms: None,
+            p99_ms: Some(12.345),
+            requests: 4,
+            rps: 0.13,
+        };
+        StatusReport {
+            config: ConfigReport {
+                generation: 3,
+                last_reload: Some(ReloadRecord {
+                    at: "2026-12-07T01:00:00Z".into(),
+                    errors: vec!["veer.yaml:3:5: services: bad".into()],
+                    result: ReloadResult::Failure,
+                }),
+                source: Some("/etc/veer.yaml".into()),
+            },
+            services: vec![ServiceReport {
+                guard: Some(GuardReport {
+                    baseline: "stable".into(),
+                    events: vec![GuardEvent {
+                        action: EventAction::Rollback,
+                        at: "2026-12-07T01:00:01Z".into(),
+                        observed: Some(0.5),
+                        reason: "error_rate".into(),
+                        revision: "2".into(),
+                        service: "web".into(),
+                        threshold: Some(0.05),
+                        version: "canary".into(),
+                        weights: BTreeMap::from([("canary".into(), 0), ("stable".into(), 100)]),
+                        window_requests: 40,
+                    }],
+                    interval_ms: 1000,
+                    latches: vec![Latch {
+                        version: "canary".into(),
+                        revision: "2".into(),
+                        reason: "error_rate".into(),
+                        at_unix_ms: 5,
+                    }],
+                    min_requests: 20,
+                }),
+                name: "web".into(),
+                rollout: Some(RolloutReport {
+                    candidate: "canary".into(),
+                    gate: Some("waiting for traffic: 3/20 requests in the window".into()),
+                    hold_ms: Some(60_000),
+                    hold_remaining_ms: Some(59_000),
+                    held_ms: 1_000,
+                    manual: false,
+                    min_remaining_ms: Some(119_000),
+                    min_total_ms: Some(120_000),
+                    paused: false,
+                    percent: 10,
+                    revision: "2".into(),
+                    state: RolloutOutcome::RolledBack,
+                    step: 1,
+                    steps: 2,
+                }),
+                versions: vec![VersionReport {
+                    endpoints: vec![EndpointReport {
+                        address: "127.0.0.1:8081".into(),
+                        ejected_for_ms: 0,
+                        ejections: 2,
+                        health: EndpointHealth::Unchecked,
+                        outstanding: 1,
+                        ramping: true,
+                    }],
+                    grpc_methods: BTreeMap::from([("/a.B/C".into(), window.clone())]),
+                    guard_verdict: Some("healthy".into()),
+                    latched: true,
+                    name: "canary".into(),
+                    protocol: ProtocolName::Http2,
+                    revision: "2".into(),
+                    unavailable: false,
+                    weight: 0,
+                    window,
+                }],
+                window_seconds: 30,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_report_round_trips_through_json() {
+        let report = sample();
+        let text = serde_json::to_string(&report).expect("serialize");
+        let back: StatusReport = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, report);
+    }
+
+    /// Every object's keys come out sorted, as `/status` always sent them.
+    #[test]
+    fn keys_come_out_in_the_order_status_always_had() {
+        let text = serde_json::to_string(&sample()).expect("serialize");
+        let sorted: serde_json::Value = serde_json::from_str(&text).expect("json");
+        // serde_json's own map sorts keys: the same bytes mean the same order.
+        assert_eq!(sorted.to_string(), text);
+    }
+
+    /// The words scripts match on: enum values as the contract spells them.
+    #[test]
+    fn enum_values_read_as_the_contract_spells_them() {
+        let value = serde_json::to_value(sample()).expect("json");
+        let service = &value["services"][0];
+        assert_eq!(service["rollout"]["state"], "rolled_back");
+        assert_eq!(service["versions"][0]["protocol"], "http2");
+        assert_eq!(
+            service["versions"][0]["endpoints"][0]["health"],
+            "unchecked"
+        );
+        assert_eq!(service["guard"]["events"][0]["action"], "rollback");
+        assert_eq!(value["config"]["last_reload"]["result"], "failure");
+    }
+
+    /// A newer veer may add fields; an older CLI still reads the report.
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut value = serde_json::to_value(sample()).expect("json");
+        value["config"]["cluster"] = serde_json::json!("eu-1");
+        value["services"][0]["mirror"] = serde_json::json!({"to": "shadow"});
+        let back: StatusReport = serde_json::from_value(value).expect("still readable");
+        assert_eq!(back, sample());
+    }
+}
