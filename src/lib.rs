@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod fleet;
 pub mod grpc;
 pub mod guard;
 pub mod health;

@@ -195,6 +195,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         state_dir: document
             .state_dir
             .and_then(|dir| deserialize_optional(dir, "state_dir", issues)),
+        fleet: document
+            .fleet
+            .and_then(|fleet| deserialize_optional(fleet, "fleet", issues)),
         limits: document
             .limits
             .and_then(|limits| deserialize_optional(limits, "limits", issues)),
@@ -395,6 +398,19 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(token_file) = config.admin.token_file.as_mut() {
         resolve(token_file);
+    }
+    if let Some(etcd) = config.fleet.as_mut().map(|f| &mut f.etcd) {
+        if let Some(file) = etcd.password_file.as_mut() {
+            resolve(file);
+        }
+        if let Some(tls) = etcd.tls.as_mut() {
+            for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
+            }
+        }
     }
     for listener in &mut config.listeners {
         if let Some(tls) = listener.tls.as_mut() {

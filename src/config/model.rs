@@ -26,10 +26,46 @@ pub struct Config {
     pub admin: Admin,
     /// Where run-time state (weights, latches, rollout progress) persists.
     pub state_dir: Option<PathBuf>,
+    /// Run-time state shared with the other replicas through etcd; `None`:
+    /// this veer keeps its own (in `state_dir`).
+    pub fleet: Option<Fleet>,
     pub limits: Limits,
     /// Where each request's JSON line goes, if anywhere.
     pub access_log: Option<AccessLog>,
     pub services: Vec<Service>,
+}
+
+/// A fleet of replicas sharing their run-time layer through etcd v3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    pub etcd: Etcd,
+    /// This replica's name among the fleet's: letters, digits, `-`, `_`, `.`.
+    /// Default: the host name (a pod's name on Kubernetes).
+    pub replica: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Etcd {
+    /// `http://host:port` or `https://host:port`, at least one.
+    pub endpoints: Vec<String>,
+    /// Every key veer reads or writes is under it: starts with `/`, no
+    /// trailing `/`. Default `/veer`; one per fleet.
+    pub prefix: String,
+    pub username: Option<String>,
+    /// The file holding the password (for `username`).
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<EtcdTls>,
+    /// Per request to etcd, and for connecting. Default 2s.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificates.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key, when etcd asks for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// The access log: one JSON line per request (or per sampled request),

@@ -27,12 +27,13 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, limits and access_log"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits and access_log"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
     pub admin: Option<Node>,
     pub state_dir: Option<Node>,
+    pub fleet: Option<Node>,
     pub limits: Option<Node>,
     pub access_log: Option<Node>,
     pub services: Option<Node>,
@@ -53,9 +54,45 @@ pub(crate) struct RawConfig {
     pub listeners: Option<Vec<Part<RawListener>>>,
     pub admin: Option<Part<RawAdmin>>,
     pub state_dir: Option<Part<String>>,
+    pub fleet: Option<Part<RawFleet>>,
     pub limits: Option<Part<RawLimits>>,
     pub access_log: Option<Part<RawAccessLog>>,
     pub services: Option<Vec<Part<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with etcd and optionally replica"
+)]
+pub(crate) struct RawFleet {
+    pub etcd: Option<RawEtcd>,
+    pub replica: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with endpoints and optionally prefix, username, password_file, tls and timeout"
+)]
+pub(crate) struct RawEtcd {
+    pub endpoints: Option<Vec<Scalar>>,
+    pub prefix: Option<Scalar>,
+    pub username: Option<Scalar>,
+    pub password_file: Option<String>,
+    pub tls: Option<RawEtcdTls>,
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with ca, and cert and key for a client certificate"
+)]
+pub(crate) struct RawEtcdTls {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

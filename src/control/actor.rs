@@ -252,8 +252,8 @@ impl Actor {
         loop {
             let command = tokio::select! {
                 command = inbox.recv() => command,
-                Some(layer) = next_change(&mut changes) => {
-                    self.adopt(layer);
+                Some(change) = next_change(&mut changes) => {
+                    self.adopt(change);
                     continue;
                 }
             };
@@ -747,18 +747,30 @@ impl Actor {
         }
     }
 
-    /// A layer another writer put in the shared store: it replaces ours,
-    /// reconciled with our config, and is not written back.
-    fn adopt(&mut self, mut layer: PersistedState) {
+    /// A service's layer as the shared store holds it now (a sibling's
+    /// write, merged with ours by the store): it replaces ours, reconciled
+    /// with our config, and is saved so the local copy follows the fleet.
+    fn adopt(&mut self, change: crate::state::RemoteChange) {
         // Theirs carries its own hold time; ours since the last fold is
         // dropped rather than counted twice.
-        self.holds = Arc::default();
+        Arc::make_mut(&mut self.holds).remove(change.service.as_str());
+        let mut layer = (*self.layer).clone();
+        match change.state {
+            Some(state) => {
+                layer.services.insert(change.service, state);
+            }
+            None => {
+                layer.services.remove(&change.service);
+            }
+        }
+        layer.remote_applied += 1;
         for note in overlay::reconcile(&mut layer, &self.config, unix_ms()) {
             tracing::info!("store: {note}");
         }
         self.layer = Arc::new(layer);
         self.publish();
         self.publish_view();
+        let _ = self.write();
     }
 
     /// Hands the layer to the writer; the receiver answers once it is
@@ -877,7 +889,9 @@ fn index(config: &Config) -> Arc<HashMap<String, usize>> {
     )
 }
 
-async fn next_change(changes: &mut Option<crate::state::Changes>) -> Option<PersistedState> {
+async fn next_change(
+    changes: &mut Option<crate::state::Changes>,
+) -> Option<crate::state::RemoteChange> {
     match changes {
         Some(stream) => stream.recv().await,
         None => std::future::pending().await,

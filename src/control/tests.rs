@@ -274,26 +274,26 @@ async fn refusals_are_variants_with_their_status() {
 }
 
 #[tokio::test]
-async fn a_layer_written_by_another_veer_is_adopted_not_written_back() {
+async fn a_layer_written_by_another_veer_is_adopted_and_kept_locally() {
     let store = TestStore::new(usize::MAX >> 4);
-    let (sender, receiver) = mpsc::channel(1);
+    let (sender, receiver) = mpsc::unbounded_channel();
     *store.0.changes.lock().expect("lock") = Some(receiver);
     let control = start(2, 1, &store).await;
-    let mut theirs = PersistedState::default();
-    theirs
-        .services
-        .entry("svc0".into())
-        .or_default()
-        .latches
-        .push(Latch {
-            at_unix_ms: 1,
-            reason: "error_rate".into(),
-            revision: "2".into(),
-            version: "v1".into(),
-        });
-    sender.send(theirs).await.expect("the actor listens");
+    let mut theirs = crate::state::ServiceState::default();
+    theirs.latches.push(Latch {
+        at_unix_ms: 1,
+        reason: "error_rate".into(),
+        revision: "2".into(),
+        version: "v1".into(),
+    });
+    sender
+        .send(crate::state::RemoteChange {
+            service: "svc0".into(),
+            state: Some(theirs),
+        })
+        .expect("the actor listens");
     for _ in 0..1_000 {
-        if !control.latches("svc0").is_empty() {
+        if !control.latches("svc0").is_empty() && store.saves() == 2 {
             break;
         }
         tokio::task::yield_now().await;
@@ -302,7 +302,12 @@ async fn a_layer_written_by_another_veer_is_adopted_not_written_back() {
     assert_eq!(control.snapshot().services[0].versions[1].weight, 0);
     assert_eq!(
         store.saves(),
-        1,
-        "what another veer wrote is not written back"
+        2,
+        "what another veer wrote is saved once, so the local copy follows the fleet"
+    );
+    let saved = store.0.last.lock().expect("lock").clone().expect("a save");
+    assert_eq!(
+        saved.remote_applied, 1,
+        "the save says how many changes it holds"
     );
 }

@@ -62,6 +62,8 @@ pub enum StartError {
         cause: String,
     },
     State(String),
+    /// The fleet store could not be set up (its password file).
+    Fleet(String),
     /// The access log's file could not be opened.
     AccessLog(crate::telemetry::access::OpenError),
 }
@@ -85,6 +87,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "listener `{listener}`: TLS: {cause}")
             }
             StartError::State(message) => write!(f, "state_dir: {message}"),
+            StartError::Fleet(message) => write!(f, "fleet: {message}"),
             StartError::AccessLog(error) => write!(f, "access_log: {error}"),
             StartError::Token { path, cause } => write!(
                 f,
@@ -139,18 +142,7 @@ impl Proxy {
         } else {
             None
         };
-        let store = match &config.state_dir {
-            Some(dir) => {
-                let (store, loaded) = crate::state::open_file(dir)
-                    .await
-                    .map_err(|e| StartError::State(e.to_string()))?;
-                for warning in &loaded.warnings {
-                    tracing::warn!("{warning}");
-                }
-                Some((store, loaded.layer))
-            }
-            None => None,
-        };
+        let store = open_store(&config).await?;
         let telemetry = Arc::new(Telemetry::new());
         let control = Arc::new(
             Control::start(
@@ -343,4 +335,40 @@ fn read_token(path: &std::path::Path) -> Result<String, StartError> {
         ));
     }
     Ok(token.to_string())
+}
+
+/// The run-time layer's store: the fleet's (etcd, with `state_dir` as this
+/// replica's copy) when the config has a `fleet:` block, else `state_dir`'s
+/// file, else none (run-time changes last until exit).
+async fn open_store(
+    config: &Config,
+) -> Result<Option<(Arc<dyn crate::state::Store>, crate::state::PersistedState)>, StartError> {
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = &config.fleet {
+        let settings = crate::fleet::etcd::EtcdSettings::from_config(&fleet.etcd)
+            .map_err(StartError::Fleet)?;
+        tracing::info!(
+            replica = fleet.replica.as_deref().unwrap_or("(host name)"),
+            endpoints = %settings.endpoints.join(", "),
+            prefix = settings.prefix.as_str(),
+            "fleet: run-time state shared through etcd"
+        );
+        let (store, loaded) = crate::fleet::store::open(settings, config.state_dir.as_deref())
+            .await
+            .map_err(|e| StartError::State(e.to_string()))?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        return Ok(Some((store, loaded.layer)));
+    }
+    let Some(dir) = &config.state_dir else {
+        return Ok(None);
+    };
+    let (store, loaded) = crate::state::open_file(dir)
+        .await
+        .map_err(|e| StartError::State(e.to_string()))?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(Some((store, loaded.layer)))
 }

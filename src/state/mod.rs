@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 mod store;
 
-pub use store::{open_file, Changes, FileStore, Loaded, Store, StoreFuture};
+pub use store::{open_file, Changes, FileStore, Loaded, RemoteChange, Store, StoreFuture};
 
 /// The state file's name inside `state_dir`.
 pub const STATE_FILE: &str = "veer-state.json";
@@ -52,6 +52,10 @@ pub struct PersistedState {
     /// [`STATE_FORMAT`], whatever this says.
     pub format: u32,
     pub services: BTreeMap<String, ServiceState>,
+    /// How many of a shared store's changes this layer has taken in; never
+    /// written (each store counts from zero at start).
+    #[serde(skip)]
+    pub remote_applied: u64,
 }
 
 impl Default for PersistedState {
@@ -59,6 +63,7 @@ impl Default for PersistedState {
         PersistedState {
             format: STATE_FORMAT,
             services: BTreeMap::new(),
+            remote_applied: 0,
         }
     }
 }
@@ -466,6 +471,7 @@ mod tests {
         PersistedState {
             format: STATE_FORMAT,
             services,
+            remote_applied: 0,
         }
     }
 

@@ -25,8 +25,17 @@ use super::{PersistedState, StateError, StateStore};
 /// A store's answer, some time later.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Layers written by other veers sharing the store, newest last.
-pub type Changes = mpsc::Receiver<PersistedState>;
+/// What other veers sharing the store wrote, in order: one service's layer
+/// each (`None`: the service's layer is gone).
+pub type Changes = mpsc::UnboundedReceiver<RemoteChange>;
+
+/// One service's layer as the shared store now holds it (already merged with
+/// what this veer had not written yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteChange {
+    pub service: String,
+    pub state: Option<super::ServiceState>,
+}
 
 /// What a store held at start.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +58,10 @@ pub struct Loaded {
 ///   catch the backend up later.
 /// - A shared store merges a concurrent writer's layer with ours itself
 ///   (a latch is never dropped by a merge), and hands what others wrote to
-///   `changes`; the control task reconciles it with its config and does not
-///   write it back.
+///   `changes`; the control task applies each change to its layer as it
+///   takes it, counts it in `PersistedState::remote_applied`, reconciles
+///   with its config and saves (so a local copy follows the fleet; the
+///   count tells the store which of its merges a save holds).
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads the layer. An error means veer must not start on this store (it
     /// could neither read nor set aside what it holds).

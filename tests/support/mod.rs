@@ -24,6 +24,8 @@
 pub mod binary;
 pub mod client;
 pub mod config;
+#[cfg(feature = "fleet")]
+pub mod etcd;
 pub mod harness;
 pub mod load;
 pub mod metrics;

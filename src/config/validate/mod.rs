@@ -16,7 +16,7 @@
 //!
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
-//! and upstream), `admin`, `limits`, `access_log`, `services` (and `match`),
+//! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
 //! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
 //! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
@@ -24,6 +24,7 @@
 mod access_log;
 mod admin;
 mod fields;
+mod fleet;
 mod grpc;
 mod guard;
 mod health;
@@ -49,14 +50,15 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Grpc, Guard, HealthCheck, Hold,
-    HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol, Rollout, Rule,
-    RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version, DEFAULT_MAX_METHODS,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Etcd, EtcdTls, Fleet, Grpc, Guard,
+    HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol,
+    Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
+    DEFAULT_MAX_METHODS,
 };
 use super::raw::{
-    Part, RawAccessLog, RawAdmin, RawConfig, RawGrpc, RawGuard, RawHealthCheck, RawLimits,
-    RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep, RawStepMap,
-    RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawEtcd, RawFleet, RawGrpc, RawGuard, RawHealthCheck,
+    RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep,
+    RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -103,6 +105,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
             .path_field("state_dir", &dir, "remove state_dir or name a directory")
             .map(Some),
     };
+    let fleet = match raw.fleet {
+        None => Some(None),
+        Some(Err(_)) => None,
+        Some(Ok(fleet)) => v.fleet(fleet).map(Some),
+    };
     let limits = v.limits(raw.limits);
     let access_log = match raw.access_log {
         None => Some(None),
@@ -123,6 +130,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
             .collect(),
         admin: admin?,
         state_dir: state_dir?,
+        fleet: fleet?,
         limits: limits?,
         access_log: access_log?,
         services,

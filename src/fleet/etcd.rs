@@ -1,0 +1,597 @@
+//! The fleet's run-time layer in etcd v3: one key per service,
+//! `<prefix>/state/<service>`, holding that service's `ServiceState` as JSON.
+//!
+//! One task owns the connection, what this replica last knew each key to hold
+//! (value and `mod_revision`), and the latest layer it was asked to write. It
+//! writes only the services that differ, in one transaction guarded by each
+//! key's `mod_revision`; when a sibling wrote first the transaction fails, the
+//! task reads the keys back, merges (`fleet::merge`) and tries again. It
+//! watches the prefix and hands what siblings wrote, merged with what this
+//! replica has not written yet, to the control plane as [`RemoteChange`]s.
+//!
+//! Nothing here is on the request path, and nothing waits on etcd but this
+//! task: a save returns once the local cache is written; etcd gets the layer
+//! when it can. While etcd is away the task retries with a backoff and the
+//! replica serves from what it has.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::merge::merge;
+use crate::state::{Changes, PersistedState, RemoteChange, ServiceState};
+
+/// How to reach etcd and where veer's keys live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Every key veer reads or writes starts with this (no trailing `/`).
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<EtcdTls>,
+    /// Per request, and for connecting.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// The handle the control plane holds.
+pub struct EtcdStore {
+    desired: watch::Sender<Arc<PersistedState>>,
+    connected: Arc<AtomicBool>,
+    changes: Option<Changes>,
+}
+
+impl EtcdSettings {
+    /// From the config's `fleet.etcd`, with the password read from its file
+    /// (trailing newline dropped, as secrets mounted from files end in one).
+    pub fn from_config(etcd: &crate::config::Etcd) -> Result<EtcdSettings, String> {
+        let password = match &etcd.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!(
+                            "etcd.password_file: cannot read {} ({e}); check the path and \
+                             that veer may read it",
+                            path.display()
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(EtcdSettings {
+            endpoints: etcd.endpoints.clone(),
+            prefix: etcd.prefix.clone(),
+            username: etcd.username.clone(),
+            password,
+            tls: etcd.tls.as_ref().map(|tls| EtcdTls {
+                ca: tls.ca.clone(),
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+            }),
+            timeout: etcd.timeout,
+        })
+    }
+}
+
+/// What `open` found.
+pub struct Opened {
+    pub store: EtcdStore,
+    /// The fleet's layer, or `None` when etcd could not be read in time (the
+    /// caller serves from its local cache, and the task merges that cache in
+    /// when etcd answers).
+    pub fleet: Option<PersistedState>,
+    pub warning: Option<String>,
+}
+
+/// Back-off between attempts while etcd is away.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Attempts at one write before waiting for the next change or retry tick.
+const CAS_ATTEMPTS: usize = 8;
+
+impl EtcdStore {
+    /// Connects and reads the fleet's layer within `settings.timeout`, then
+    /// starts the task that keeps this replica and etcd in step. `local` is
+    /// the layer this replica had (its cache): it is what the task writes when
+    /// etcd could not be read now.
+    pub async fn open(settings: EtcdSettings, local: PersistedState) -> Opened {
+        let (desired_tx, desired_rx) = watch::channel(Arc::new(local));
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let mut task = Sync {
+            settings,
+            client: None,
+            known: BTreeMap::new(),
+            known_revision: 0,
+            seen: BTreeMap::new(),
+            synced: false,
+            announced: BTreeMap::new(),
+            sent: 0,
+            desired: desired_rx,
+            changes: changes_tx,
+            connected: Arc::clone(&connected),
+            watch: None,
+        };
+        let (fleet, warning) =
+            match tokio::time::timeout(task.settings.timeout, task.first_read()).await {
+                Ok(Ok(fleet)) => (Some(fleet), None),
+                Ok(Err(e)) => (
+                    None,
+                    Some(format!(
+                "etcd at {} could not be read ({e}); veer serves from its config and its local \
+                 copy of the fleet state, and joins the fleet when etcd answers",
+                task.settings.endpoints.join(", ")
+            )),
+                ),
+                Err(_) => (
+                    None,
+                    Some(format!(
+                "etcd at {} did not answer within {:?}; veer serves from its config and its local \
+                 copy of the fleet state, and joins the fleet when etcd answers",
+                task.settings.endpoints.join(", "),
+                task.settings.timeout
+            )),
+                ),
+            };
+        if let Some(fleet) = &fleet {
+            // The fleet's layer is what this replica starts from.
+            desired_tx.send_replace(Arc::new(fleet.clone()));
+        }
+        let store = EtcdStore {
+            desired: desired_tx,
+            connected,
+            changes: Some(changes_rx),
+        };
+        tokio::spawn(task.run());
+        Opened {
+            store,
+            fleet,
+            warning,
+        }
+    }
+
+    /// Hands the latest layer to the task; returns at once. The layer's
+    /// `remote_applied` says which of the changes handed out it holds.
+    pub fn save(&self, layer: Arc<PersistedState>) {
+        self.desired.send_replace(layer);
+    }
+
+    /// The changes siblings make, once; `None` after the first call.
+    pub fn changes(&mut self) -> Option<Changes> {
+        self.changes.take()
+    }
+
+    /// Whether the task holds a working connection to etcd now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+struct Known {
+    value: ServiceState,
+    mod_revision: i64,
+}
+
+struct Sync {
+    settings: EtcdSettings,
+    client: Option<Client>,
+    /// What etcd holds, as far as this replica knows.
+    known: BTreeMap<String, Known>,
+    /// The store revision `known` is complete up to; the watch starts after it.
+    known_revision: i64,
+    /// What the fleet held when this replica's layer last took it in: the
+    /// base of every merge. Empty until the first full read.
+    seen: BTreeMap<String, ServiceState>,
+    /// `seen` is meaningful (a full read happened); else merges have no base.
+    synced: bool,
+    /// Merges handed to the control plane and not yet in a save: the fleet
+    /// value each took in, and its number among the changes sent.
+    announced: BTreeMap<String, (Option<ServiceState>, u64)>,
+    /// Changes sent to the control plane so far.
+    sent: u64,
+    desired: watch::Receiver<Arc<PersistedState>>,
+    changes: mpsc::UnboundedSender<RemoteChange>,
+    connected: Arc<AtomicBool>,
+    watch: Option<WatchStream>,
+}
+
+impl Sync {
+    fn state_prefix(&self) -> String {
+        format!("{}/state/", self.settings.prefix)
+    }
+
+    fn key(&self, service: &str) -> String {
+        format!("{}{service}", self.state_prefix())
+    }
+
+    async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        let mut options = ConnectOptions::new()
+            .with_timeout(self.settings.timeout)
+            .with_connect_timeout(self.settings.timeout)
+            .with_keep_alive(Duration::from_secs(5), self.settings.timeout);
+        if let (Some(user), Some(password)) = (&self.settings.username, &self.settings.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.settings.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
+        Client::connect(&self.settings.endpoints, Some(options)).await
+    }
+
+    fn client(&mut self) -> Result<&mut Client, etcd_client::Error> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| etcd_client::Error::InvalidArgs("not connected to etcd".into()))
+    }
+
+    /// Reads every service key into `known`.
+    async fn read_all(&mut self) -> Result<(), etcd_client::Error> {
+        let prefix = self.state_prefix();
+        let response = self
+            .client()?
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        self.known_revision = response.header().map_or(0, |h| h.revision());
+        self.known.clear();
+        for kv in response.kvs() {
+            let Some(service) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if let Some(value) = parse(kv.key(), kv.value()) {
+                self.known.insert(
+                    service.to_string(),
+                    Known {
+                        value,
+                        mod_revision: kv.mod_revision(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects and reads the fleet's layer; it becomes this replica's.
+    async fn first_read(&mut self) -> Result<PersistedState, etcd_client::Error> {
+        self.client = Some(self.connect().await?);
+        self.read_all().await?;
+        self.seen = self
+            .known
+            .iter()
+            .map(|(name, known)| (name.clone(), known.value.clone()))
+            .collect();
+        self.synced = true;
+        self.connected.store(true, Ordering::Relaxed);
+        Ok(PersistedState {
+            services: self.seen.clone(),
+            ..PersistedState::default()
+        })
+    }
+
+    async fn run(mut self) {
+        let mut backoff = RETRY_MIN;
+        loop {
+            match self.step().await {
+                Ok(true) => backoff = RETRY_MIN,
+                // The store was dropped: nothing more to keep in step.
+                Ok(false) => return,
+                Err(e) => {
+                    if self.connected.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            "lost etcd: serving from the last fleet state; decisions made here \
+                             are kept and written when etcd answers"
+                        );
+                    }
+                    self.client = None;
+                    self.watch = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One turn: (re)connect if needed, write what differs, then wait for a
+    /// local change or a sibling's. `false` when the store is gone.
+    async fn step(&mut self) -> Result<bool, etcd_client::Error> {
+        if self.client.is_none() {
+            self.client = Some(self.connect().await?);
+        }
+        if self.watch.is_none() {
+            self.read_all().await?;
+            let from = self.known_revision + 1;
+            let prefix = self.state_prefix();
+            let stream = self
+                .client()?
+                .watch(
+                    prefix,
+                    Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+                )
+                .await?;
+            self.watch = Some(stream);
+            if !self.connected.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    endpoints = %self.settings.endpoints.join(", "),
+                    "connected to etcd: this replica follows the fleet's run-time state"
+                );
+            }
+        }
+        self.write_differences().await?;
+        let Some(watch) = self.watch.as_mut() else {
+            return Ok(true);
+        };
+        tokio::select! {
+            changed = self.desired.changed() => {
+                if changed.is_err() {
+                    return Ok(false);
+                }
+            }
+            message = watch.message() => {
+                match message? {
+                    Some(response) if response.canceled() || response.compact_revision() > 0 => {
+                        // History the watch needed was compacted: read it all again.
+                        self.watch = None;
+                    }
+                    Some(response) => {
+                        let prefix = self.state_prefix();
+                        let mut changed = Vec::new();
+                        for event in response.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let Some(service) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
+                                continue;
+                            };
+                            let remote = match event.event_type() {
+                                EventType::Delete => None,
+                                EventType::Put => match parse(kv.key(), kv.value()) {
+                                    Some(value) => Some(value),
+                                    None => continue,
+                                },
+                            };
+                            changed.push((service.to_string(), remote, kv.mod_revision()));
+                        }
+                        for (service, remote, mod_revision) in changed {
+                            self.remote_changed(service, remote, mod_revision);
+                        }
+                    }
+                    None => self.watch = None,
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A sibling wrote `service`.
+    fn remote_changed(&mut self, service: String, remote: Option<ServiceState>, mod_revision: i64) {
+        if self
+            .known
+            .get(&service)
+            .is_some_and(|k| k.mod_revision >= mod_revision)
+        {
+            return; // Our own write, already known.
+        }
+        match remote {
+            Some(value) => {
+                self.known.insert(
+                    service.clone(),
+                    Known {
+                        value,
+                        mod_revision,
+                    },
+                );
+            }
+            None => {
+                self.known.remove(&service);
+            }
+        }
+        let desired = Arc::clone(&self.desired.borrow());
+        self.target(&service, &desired);
+    }
+
+    /// What `service` should hold in the fleet, given what this replica holds
+    /// (`local`) and what the fleet holds; hands the result to the control
+    /// plane when it differs from `local`.
+    fn target(&mut self, service: &str, desired: &PersistedState) -> Option<ServiceState> {
+        let local = desired.services.get(service);
+        if let Some((remote, number)) = self.announced.get(service) {
+            if desired.remote_applied >= *number {
+                // The save holds the merge: the fleet value it took in is
+                // the base from now on.
+                self.seen_set(service, remote.clone());
+                self.announced.remove(service);
+            } else {
+                // The control plane has not taken the merge in yet; it will
+                // come back in a later save.
+                return self.known.get(service).map(|k| k.value.clone());
+            }
+        }
+        let empty = ServiceState::default();
+        let remote = self.known.get(service).map(|k| &k.value);
+        let seen = self.seen.get(service);
+        let base = self.synced.then_some(seen.unwrap_or(&empty));
+        let target = match (local, remote) {
+            (local, remote) if self.synced && remote == seen => local.cloned(),
+            (Some(local), Some(remote)) => Some(merge(base, local, remote)),
+            // New in the fleet, or changed there after this replica dropped
+            // it: the fleet's stands.
+            (None, Some(remote)) => Some(remote.clone()),
+            // Deleted in the fleet; kept only if changed here since.
+            (Some(local), None) => (!self.synced || seen != Some(local)).then(|| local.clone()),
+            (None, None) => None,
+        };
+        if target.as_ref() != local {
+            let _ = self.changes.send(RemoteChange {
+                service: service.to_string(),
+                state: target.clone(),
+            });
+            self.sent += 1;
+            self.announced
+                .insert(service.to_string(), (remote.cloned(), self.sent));
+        }
+        target
+    }
+
+    fn seen_set(&mut self, service: &str, value: Option<ServiceState>) {
+        match value {
+            Some(value) => {
+                self.seen.insert(service.to_string(), value);
+            }
+            None => {
+                self.seen.remove(service);
+            }
+        }
+    }
+
+    /// Writes every service whose target differs from what etcd holds, in one
+    /// transaction guarded by each key's `mod_revision`.
+    async fn write_differences(&mut self) -> Result<(), etcd_client::Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            let desired = Arc::clone(&self.desired.borrow_and_update());
+            let names: std::collections::BTreeSet<String> = desired
+                .services
+                .keys()
+                .chain(self.known.keys())
+                .cloned()
+                .collect();
+            let mut compares = Vec::new();
+            let mut writes = Vec::new();
+            let mut reads = Vec::new();
+            let mut written: Vec<(String, Option<ServiceState>)> = Vec::new();
+            for service in names {
+                let local = desired.services.get(&service);
+                let target = self.target(&service, &desired);
+                let known = self.known.get(&service);
+                if known.map(|k| &k.value) == target.as_ref() {
+                    if target.as_ref() == local {
+                        self.seen_set(&service, target);
+                    }
+                    continue;
+                }
+                let key = self.key(&service);
+                compares.push(Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    known.map_or(0, |k| k.mod_revision),
+                ));
+                match &target {
+                    Some(state) => {
+                        let json = serde_json::to_vec(state).map_err(|e| {
+                            etcd_client::Error::InvalidArgs(format!(
+                                "cannot encode the state of `{service}`: {e}"
+                            ))
+                        })?;
+                        writes.push(TxnOp::put(key.clone(), json, None));
+                    }
+                    None => writes.push(TxnOp::delete(key.clone(), None)),
+                }
+                reads.push(TxnOp::get(key, None));
+                written.push((service, target));
+            }
+            if writes.is_empty() {
+                self.synced = true;
+                return Ok(());
+            }
+            let response = self
+                .client()?
+                .txn(Txn::new().when(compares).and_then(writes).or_else(reads))
+                .await?;
+            if response.succeeded() {
+                let revision = response.header().map_or(0, |h| h.revision());
+                for (service, state) in written {
+                    let local = desired.services.get(&service);
+                    if state.as_ref() == local {
+                        self.seen_set(&service, state.clone());
+                    }
+                    match state {
+                        Some(value) => {
+                            self.known.insert(
+                                service,
+                                Known {
+                                    value,
+                                    mod_revision: revision,
+                                },
+                            );
+                        }
+                        None => {
+                            self.known.remove(&service);
+                        }
+                    }
+                }
+                self.synced = true;
+                return Ok(());
+            }
+            // A sibling wrote first: what it wrote becomes `known`, and the
+            // next attempt merges with it.
+            for (reply, (service, _)) in response.op_responses().into_iter().zip(&written) {
+                let TxnOpResponse::Get(get) = reply else {
+                    continue;
+                };
+                match get.kvs().first() {
+                    Some(kv) => {
+                        if let Some(value) = parse(kv.key(), kv.value()) {
+                            self.known.insert(
+                                service.clone(),
+                                Known {
+                                    value,
+                                    mod_revision: kv.mod_revision(),
+                                },
+                            );
+                        }
+                    }
+                    None => {
+                        self.known.remove(service);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service's layer as etcd holds it; a value veer cannot read is logged and
+/// skipped, never fatal.
+fn parse(key: &[u8], value: &[u8]) -> Option<ServiceState> {
+    match serde_json::from_slice::<ServiceState>(value) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                error = %e,
+                "etcd holds a value veer cannot read; ignored (fix or delete the key)"
+            );
+            None
+        }
+    }
+}
+
+fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, etcd_client::Error> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| {
+            etcd_client::Error::InvalidArgs(format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let mut options = etcd_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}

@@ -1,0 +1,272 @@
+//! Three-way merge of one service's run-time layer, for a fleet whose
+//! replicas change the same service at once.
+//!
+//! `base` is what this replica last knew the fleet to hold, `local` what it
+//! holds now, `remote` what the fleet holds now. What only one side changed
+//! since `base` is taken from that side; what both changed goes to the side
+//! whose change is the safer one. Latches are never lost to a merge: a latch
+//! either side added stays, and one goes only when a side removed exactly the
+//! latch `base` held (an operator's resume). Without a base (a replica that
+//! was cut off from the store since it started) nothing can be known to be
+//! removed, so latches are the union and the fleet's weights win.
+
+use crate::state::{Latch, RolloutOutcome, RolloutProgress, ServiceState};
+
+pub fn merge(
+    base: Option<&ServiceState>,
+    local: &ServiceState,
+    remote: &ServiceState,
+) -> ServiceState {
+    let empty = ServiceState::default();
+    let (weights, file_weights) = match base {
+        Some(base)
+            if (&local.weights, &local.file_weights) == (&base.weights, &base.file_weights) =>
+        {
+            (remote.weights.clone(), remote.file_weights.clone())
+        }
+        Some(base)
+            if (&remote.weights, &remote.file_weights) == (&base.weights, &base.file_weights) =>
+        {
+            (local.weights.clone(), local.file_weights.clone())
+        }
+        // Both changed, or nothing to tell: the fleet's write came first.
+        _ => (remote.weights.clone(), remote.file_weights.clone()),
+    };
+    ServiceState {
+        weights,
+        file_weights,
+        latches: merge_latches(
+            base.map(|b| &b.latches[..]),
+            &local.latches,
+            &remote.latches,
+        ),
+        rollout: merge_rollout(
+            base.map_or(&empty.rollout, |b| &b.rollout),
+            base.is_some(),
+            &local.rollout,
+            &remote.rollout,
+        ),
+    }
+}
+
+fn same_latch(a: &Latch, b: &Latch) -> bool {
+    a.version == b.version && a.revision == b.revision
+}
+
+fn merge_latches(base: Option<&[Latch]>, local: &[Latch], remote: &[Latch]) -> Vec<Latch> {
+    let base = base.unwrap_or(&[]);
+    // A side removed a latch when base held it and that side no longer does.
+    let removed_by = |side: &[Latch], latch: &Latch| {
+        base.iter().any(|b| b == latch) && !side.iter().any(|s| same_latch(s, latch))
+    };
+    let mut merged: Vec<Latch> = Vec::new();
+    for latch in remote.iter().chain(local) {
+        if merged.iter().any(|m| same_latch(m, latch)) {
+            continue;
+        }
+        if removed_by(local, latch) || removed_by(remote, latch) {
+            continue;
+        }
+        merged.push(latch.clone());
+    }
+    merged
+}
+
+fn merge_rollout(
+    base: &Option<RolloutProgress>,
+    has_base: bool,
+    local: &Option<RolloutProgress>,
+    remote: &Option<RolloutProgress>,
+) -> Option<RolloutProgress> {
+    if has_base && local == base {
+        return remote.clone();
+    }
+    if has_base && remote == base {
+        return local.clone();
+    }
+    match (local, remote) {
+        (Some(l), Some(r)) if l.candidate == r.candidate && l.revision == r.revision => {
+            // A rollback anywhere in the fleet is a rollback everywhere.
+            if l.outcome == RolloutOutcome::RolledBack && r.outcome != RolloutOutcome::RolledBack {
+                return Some(l.clone());
+            }
+            if r.outcome == RolloutOutcome::RolledBack {
+                return Some(r.clone());
+            }
+            // Otherwise the one further along, and never less hold time.
+            let (ahead, behind) = if (l.step, l.held_ms) > (r.step, r.held_ms) {
+                (l, r)
+            } else {
+                (r, l)
+            };
+            let mut merged = ahead.clone();
+            merged.paused = l.paused || r.paused;
+            if ahead.step == behind.step {
+                merged.held_ms = ahead.held_ms.max(behind.held_ms);
+            }
+            Some(merged)
+        }
+        (_, Some(r)) => Some(r.clone()),
+        (Some(l), None) => Some(l.clone()),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn latch(version: &str, revision: &str, at: u64) -> Latch {
+        Latch {
+            version: version.into(),
+            revision: revision.into(),
+            reason: "error_rate".into(),
+            at_unix_ms: at,
+        }
+    }
+
+    fn progress(step: usize, held_ms: u64, outcome: RolloutOutcome) -> RolloutProgress {
+        RolloutProgress {
+            candidate: "canary".into(),
+            revision: "v2".into(),
+            step,
+            step_entered_unix_ms: 1,
+            held_ms,
+            paused: false,
+            outcome,
+        }
+    }
+
+    fn weights(pairs: &[(&str, u32)]) -> Option<BTreeMap<String, u32>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+    }
+
+    #[test]
+    fn a_latch_added_on_either_side_survives() {
+        let base = ServiceState::default();
+        let local = ServiceState {
+            latches: vec![latch("canary", "v2", 10)],
+            ..Default::default()
+        };
+        let remote = ServiceState {
+            weights: weights(&[("stable", 50), ("canary", 50)]),
+            latches: vec![latch("beta", "b1", 11)],
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.latches.len(), 2);
+        assert_eq!(merged.weights, remote.weights);
+    }
+
+    #[test]
+    fn a_resume_removes_the_latch_it_saw_and_only_that_one() {
+        let old = latch("canary", "v2", 10);
+        let base = ServiceState {
+            latches: vec![old.clone()],
+            ..Default::default()
+        };
+        let resumed = ServiceState::default();
+        // The fleet still holds the latch the resume saw: it goes.
+        let merged = merge(Some(&base), &resumed, &base);
+        assert!(merged.latches.is_empty());
+        // Another replica tripped the same revision again since (a new
+        // latch, not the one the operator saw)... still the same version
+        // and revision, so the operator's resume of it wins only over the
+        // exact latch; the fresh trip stays.
+        let tripped_again = ServiceState {
+            latches: vec![latch("canary", "v2", 99)],
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &resumed, &tripped_again);
+        assert_eq!(merged.latches, tripped_again.latches);
+    }
+
+    #[test]
+    fn without_a_base_latches_are_the_union_and_the_fleet_weights_win() {
+        let local = ServiceState {
+            weights: weights(&[("stable", 0), ("canary", 100)]),
+            latches: vec![latch("canary", "v2", 10)],
+            ..Default::default()
+        };
+        let remote = ServiceState {
+            weights: weights(&[("stable", 90), ("canary", 10)]),
+            latches: vec![latch("beta", "b1", 11)],
+            ..Default::default()
+        };
+        let merged = merge(None, &local, &remote);
+        assert_eq!(merged.latches.len(), 2);
+        assert_eq!(merged.weights, remote.weights);
+    }
+
+    #[test]
+    fn weights_changed_only_here_are_kept() {
+        let base = ServiceState {
+            weights: weights(&[("stable", 90), ("canary", 10)]),
+            ..Default::default()
+        };
+        let local = ServiceState {
+            weights: weights(&[("stable", 50), ("canary", 50)]),
+            ..Default::default()
+        };
+        let remote = ServiceState {
+            latches: vec![latch("canary", "v1", 3)],
+            ..base.clone()
+        };
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.weights, local.weights);
+        assert_eq!(merged.latches, remote.latches);
+    }
+
+    #[test]
+    fn a_rollback_anywhere_wins_over_progress_elsewhere() {
+        let base = ServiceState {
+            rollout: Some(progress(1, 0, RolloutOutcome::InProgress)),
+            ..Default::default()
+        };
+        let local = ServiceState {
+            rollout: Some(progress(2, 500, RolloutOutcome::InProgress)),
+            ..Default::default()
+        };
+        let remote = ServiceState {
+            rollout: Some(progress(1, 300, RolloutOutcome::RolledBack)),
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(
+            merged.rollout.map(|p| p.outcome),
+            Some(RolloutOutcome::RolledBack)
+        );
+    }
+
+    #[test]
+    fn hold_time_is_never_lost_and_the_step_never_goes_back() {
+        let base = ServiceState {
+            rollout: Some(progress(1, 100, RolloutOutcome::InProgress)),
+            ..Default::default()
+        };
+        let local = ServiceState {
+            rollout: Some(progress(1, 900, RolloutOutcome::InProgress)),
+            ..Default::default()
+        };
+        let mut remote_progress = progress(1, 400, RolloutOutcome::InProgress);
+        remote_progress.paused = true;
+        let remote = ServiceState {
+            rollout: Some(remote_progress),
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &local, &remote)
+            .rollout
+            .expect("a rollout");
+        assert_eq!((merged.step, merged.held_ms, merged.paused), (1, 900, true));
+        let ahead = ServiceState {
+            rollout: Some(progress(3, 0, RolloutOutcome::InProgress)),
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &local, &ahead)
+            .rollout
+            .expect("a rollout");
+        assert_eq!(merged.step, 3);
+    }
+}

@@ -1,0 +1,13 @@
+//! A fleet of veers acting as one: the run-time layer (weights, latches,
+//! rollout progress) shared through etcd v3, so a trip, a rollback or a
+//! promote on any replica is in force on every replica.
+//!
+//! `merge` is the pure rule for two replicas changing one service at once;
+//! `etcd` (cargo feature `fleet`: its client's build needs `protoc`) keeps a
+//! replica's layer and the fleet's in step.
+
+#[cfg(feature = "fleet")]
+pub mod etcd;
+pub mod merge;
+#[cfg(feature = "fleet")]
+pub mod store;
