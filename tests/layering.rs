@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "control plane",
         &[
-            "reload", "health", "control", "rollout", "guard", "audit", "status", "state",
+            "reload", "health", "control", "rollout", "guard", "audit", "fleet", "status", "state",
         ],
     ),
     // One request: routing, splitting, forwarding, the outcome.
