@@ -5,17 +5,19 @@
 //! reads, published through one `ArcSwap` by `control`) → `server` (listeners,
 //! connection limits, drain) → `proxy` (one request: route, split, forward,
 //! record its one outcome when the response stream ends, answer errors) →
-//! `upstream` (endpoints, pooled connections, balancing).
-//! `routing` holds the pure decisions (which service, which version), `grpc`
-//! the pure reading of gRPC statuses and deadlines, `guard` and `rollout`
-//! the verdicts and steps, `telemetry` the counters, histograms and windows.
-//! `tls` reads certificates and sets up rustls for listeners and upstreams.
-//! `audit` and `logging` are the structured logs.
+//! `upstream` (endpoints, pooled connections, balancing, their in-service
+//! flags). `routing` holds the pure decisions (which service, which version),
+//! `grpc` the pure reading of gRPC statuses and deadlines, `outcome` the
+//! failure reasons everything records and judges by, `guard` and `rollout`
+//! the verdicts and steps, `health` the probes and ejections, `telemetry` the
+//! counters, histograms and windows, `tls` rustls for listeners and
+//! upstreams, `watch` the file watcher behind config reloads and certificate
+//! rotation. `audit` and `logging` are the structured logs.
 //!
-//! Meant to point one way, from the binary's `cli` down to `config`; today
-//! some edges still point back (`tls` → `reload` and `telemetry`,
-//! `telemetry` → `upstream::error`, `upstream` → `tls`, `config` → `grpc`,
-//! `cli` ↔ `demo`), and nothing checks the order yet.
+//! Dependencies point down one order, from the binary's `cli` to the leaves
+//! (`clock`, `logging`, `watch`, `grpc`, `outcome`); `tests/layering.rs`
+//! holds the order, fails on an edge that points up, and lists the few that
+//! still do with their reasons. docs/architecture.md draws it.
 
 pub mod admin;
 pub mod audit;
@@ -29,6 +31,7 @@ pub mod grpc;
 pub mod guard;
 pub mod health;
 pub mod logging;
+pub mod outcome;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;
@@ -40,3 +43,4 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

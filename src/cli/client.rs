@@ -19,24 +19,19 @@ pub struct AdminTarget {
     pub token: Option<String>,
 }
 
-#[derive(Debug)]
+/// Why an operator command got no answer; each carries the whole message
+/// the user sees, and its kind picks the exit status.
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The admin API could not be reached at all.
+    #[error("{0}")]
     Unreachable(String),
     /// The admin API refused the token (401/403): retrying will not help.
+    #[error("{0}")]
     Refused(String),
     /// The command line was wrong (bad URL, unreadable token file).
+    #[error("{0}")]
     Usage(String),
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Unreachable(m) | ClientError::Refused(m) | ClientError::Usage(m) => {
-                f.write_str(m)
-            }
-        }
-    }
 }
 
 impl AdminTarget {

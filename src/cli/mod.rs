@@ -1,6 +1,7 @@
-//! The command line (`veer run`, `veer check`, `veer demo`): parses arguments,
-//! sets up logging and the runtime, and hands over to the library. Exit codes
-//! follow the contract.
+//! The command line (`veer run`, `check`, `demo`, and the operator commands
+//! that talk to the admin API): parses arguments, sets up logging and the
+//! runtime, and hands over to the library. Exit codes follow the contract.
+//! The top of the layer order: nothing in the library depends on it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -425,16 +426,6 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
     }
 }
 
-/// Builds the multi-threaded runtime, one worker per core unless told.
-pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("veer-worker");
-    if let Some(n) = workers.filter(|&n| n > 0) {
-        builder.worker_threads(n);
-    }
-    builder.build()
-}
-
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
     let config = match load(path, false) {
         Ok(loaded) => {
@@ -456,7 +447,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
     if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %err, "could not raise the open-files limit");
     }
-    let runtime = match runtime(workers) {
+    let runtime = match crate::server::runtime::build(workers) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("veer: cannot start the async runtime: {err}");

@@ -7,7 +7,8 @@
 use std::fmt;
 
 /// One problem in a config file, with where it is and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {path}: {reason}")]
 pub struct ConfigError {
     /// The file as the user named it (or the name given to `parse_str`).
     pub file: String,
@@ -21,18 +22,6 @@ pub struct ConfigError {
     /// What is wrong and, where it is not obvious, what to do.
     pub reason: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file, self.line, self.column, self.path, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Every problem found in one config, in file order. Never empty when
 /// returned by `load_file` or `parse_str`.

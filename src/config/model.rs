@@ -1,6 +1,10 @@
-//! The validated configuration: types that cannot hold an invalid weight,
-//! duration, address or reference. Built only by `config::validate` from the raw
+//! The validated configuration, built by `config::validate` from the raw
 //! serde types; everything downstream (snapshot, server, guard) reads these.
+//! Weights, fractions, percents and ratios are `units` newtypes that cannot
+//! hold an invalid value; the rest (a rollout's ordered steps, indexes in
+//! range, the access log's sample in 0..=1) is what `validate` guarantees.
+//! The fields are public so that tests and the demo can write a config in
+//! code; such a config is trusted as written.
 //!
 //! References between parts of a service (a rule's version, the guard's
 //! baseline, the rollout's candidate) are resolved to indexes into

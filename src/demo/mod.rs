@@ -19,7 +19,7 @@ use crate::control::Control;
 use crate::server::Proxy;
 
 pub fn run(duration: Duration) -> ExitCode {
-    let runtime = match crate::cli::runtime(None) {
+    let runtime = match crate::server::runtime::build(None) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("veer demo: cannot start the async runtime: {err}");

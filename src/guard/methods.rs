@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::verdict::{verdict, Verdict};
 use crate::config::Guard;
-use crate::grpc::methods::MethodTable;
+use crate::telemetry::methods::MethodTable;
 use crate::telemetry::Figures;
 
 /// A method judged bad: its name, the verdict and its figures.

@@ -4,6 +4,13 @@
 //! endpoints may be out at once. Every change of an endpoint's availability
 //! republishes the snapshot, whose version lists name available endpoints
 //! only: the request path never checks health itself.
+//!
+//! Every health decision is made here (the probes in `probe`); the flags it
+//! sets, and the channel the request path reports failing endpoints on, live
+//! on the endpoint (`upstream::health`), below the request path, which this
+//! module sits above.
+
+mod probe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,25 +23,12 @@ use tokio::task::JoinHandle;
 use crate::clock::now_ms;
 use crate::config::{HealthCheck, Protocol};
 use crate::control::Control;
-use crate::upstream::probe::probe;
+// Defined beside the endpoint, where the request path reports from.
+pub use crate::upstream::health::{HealthEvent, HealthSender};
 use crate::upstream::Endpoint;
+use probe::probe;
 
 const TICK: Duration = Duration::from_millis(100);
-
-/// What the request path and the probers tell the runner.
-#[derive(Debug)]
-pub enum HealthEvent {
-    /// An endpoint reached its failure streak on real traffic.
-    Failing {
-        service: Arc<str>,
-        endpoint: Arc<Endpoint>,
-        reason: &'static str,
-    },
-    /// A probe changed an endpoint's verdict.
-    Changed,
-}
-
-pub type HealthSender = mpsc::UnboundedSender<HealthEvent>;
 
 pub struct HealthRunner {
     control: Arc<Control>,

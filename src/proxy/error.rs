@@ -13,10 +13,10 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::grpc::{self, Code};
+use crate::outcome::FailureReason;
 use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
 use crate::telemetry::ClientFault;
 use crate::upstream::body::ClientBodyFault;
-use crate::upstream::error::FailureReason;
 use crate::upstream::UpstreamError;
 
 pub const ERROR_HEADER: &str = "x-veer-error";

@@ -37,13 +37,13 @@ use tokio::time::Instant;
 
 use crate::config::Protocol;
 use crate::grpc;
-use crate::health::{HealthEvent, HealthSender};
 use crate::routing::rules;
 use crate::snapshot::{ServiceSnapshot, Snapshot, StickyKey, VersionSnapshot};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::Telemetry;
 use crate::upstream::body::ClientBodyWatch;
 use crate::upstream::error::FailureReason;
+use crate::upstream::health::{HealthEvent, HealthSender};
 use crate::upstream::retry::{Attempts, SendFailure};
 use crate::upstream::{Endpoint, RequestBody};
 pub use body::ProxyBody;

@@ -19,11 +19,11 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::grpc;
+use crate::outcome::FailureReason;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access::Entry;
 use crate::telemetry::{ClientFault, Outcome, VersionStats};
 use crate::upstream::body::{ClientBodyFault, ClientBodyWatch};
-use crate::upstream::error::FailureReason;
 use crate::upstream::Endpoint;
 
 /// How a response stream ended.

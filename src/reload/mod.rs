@@ -4,12 +4,10 @@
 //! of that changes nothing: the old config keeps serving and the error is
 //! logged, counted and shown in `/status`.
 //!
-//! Depends on `config` and `control`; the listeners are reached through the
-//! `Listeners` trait so that this module does not depend on `server`, and the
-//! files a config names (certificates, keys) are checked by the function the
-//! server gives, before anything is applied.
-
-pub mod watch;
+//! Depends on `config`, `control`, `audit` and `watch`; the listeners are
+//! reached through the `Listeners` trait so that this module does not depend
+//! on `server`, and the files a config names (certificates, keys) are checked
+//! by the function the server gives, before anything is applied.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, Config, Listener};
 use crate::control::Control;
+use crate::watch;
 
 /// How long a burst of file events must be quiet before it counts as one
 /// change (an editor's save is several events within a millisecond or two).
@@ -182,7 +181,7 @@ impl Reloader {
 /// The file watch and the SIGHUP handler of a reloader, set up by `listen`.
 pub struct Listening {
     reloader: Arc<Reloader>,
-    _watcher: Option<watch::ConfigWatcher>,
+    _watcher: Option<watch::FileWatcher>,
     changes: Option<tokio::sync::mpsc::Receiver<()>>,
     hangup: Option<tokio::signal::unix::Signal>,
 }

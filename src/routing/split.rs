@@ -4,8 +4,10 @@
 //! version indexes in smooth weighted round-robin order (the interleaving NGINX
 //! uses: 90/10 gives nine stables with the canary spread among them, never ten
 //! canaries in a row). A request takes the next slot with one relaxed
-//! `fetch_add`. Over every full cycle of the table each version's share is exact,
-//! and over any stretch of requests it is off by at most one slot per version.
+//! `fetch_add`. Over every full cycle of the table each version's share is exact
+//! (weights whose reduced sum exceeds `MAX_SLOTS` are scaled first, to within
+//! 0.01 %), and over any stretch of requests it is off by at most one slot per
+//! version.
 //! A per-thread RNG would be as cheap but only statistically fair: at 50/50 over
 //! 10,000 requests it misses by more than one point about one run in twenty.
 

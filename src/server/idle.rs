@@ -11,9 +11,10 @@
 //! new boxed timer for every request and cancels it when the head arrives,
 //! which profiling showed at about 1,800 instructions per request (a timer
 //! wheel insert and removal, an allocation, clock reads). Here each connection
-//! has one timer for its whole life, checked when it fires: a request costs
-//! two relaxed atomic adds and one clock read when its response ends (and
-//! two more on its listener's in-flight gauge).
+//! has one timer for its whole life, re-armed only when it fires (and polled
+//! only then: `woken`): a request costs two relaxed atomic adds, two more on
+//! its listener's in-flight gauge, and one clock read when its response ends
+//! as the connection's last one in flight.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

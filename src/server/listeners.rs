@@ -177,7 +177,7 @@ impl ListenerSet {
                 Terminator::new(&listener.name, tls, &self.telemetry).map_err(|cause| {
                     StartError::Tls {
                         listener: listener.name.clone(),
-                        cause,
+                        cause: cause.to_string(),
                     }
                 })
             })

@@ -1,4 +1,8 @@
-//! Listeners, connections and the drain.
+//! Listeners, connections and the drain; and, in `Proxy::start_with`, the
+//! place that builds every part (telemetry, control, the proxy service, the
+//! listeners, the admin API) and starts the background tasks (reload, guard,
+//! rollout, health, the window ticker), all stopped by one signal on
+//! shutdown.
 //!
 //! Each listener accepts in a task of its own and serves every connection with
 //! hyper-util's auto builder: HTTP/1.1 (keep-alive, pipelining, upgrades) and
@@ -12,6 +16,7 @@
 
 mod idle;
 mod listeners;
+pub mod runtime;
 pub mod signal;
 mod woken;
 

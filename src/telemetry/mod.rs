@@ -28,6 +28,7 @@
 pub mod access;
 pub mod buckets;
 mod exposition;
+pub mod methods;
 pub mod operator;
 mod process;
 pub mod registry;
@@ -40,9 +41,10 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::grpc::{self, methods::MethodTable};
-use crate::upstream::error::FailureReason;
+use crate::grpc;
+use crate::outcome::FailureReason;
 use buckets::Bucket;
+use methods::MethodTable;
 pub use registry::{Counter, Gauge, Present, Registry, VersionSeries};
 pub use window::{Figures, Window};
 

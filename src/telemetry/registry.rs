@@ -28,7 +28,7 @@ use super::buckets::{Bucket, LatencyBuckets};
 use super::exposition::{Family, FamilyWriter, Kind};
 use super::ClientFault;
 use crate::grpc;
-use crate::upstream::error::FailureReason;
+use crate::outcome::FailureReason;
 
 /// A counter handle: cloning it shares the series.
 #[derive(Debug, Clone, Default)]

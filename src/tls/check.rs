@@ -82,10 +82,10 @@ pub fn files(config: &Config, now: SystemTime) -> Vec<FileIssue> {
     issues
 }
 
-fn error(issues: &mut Vec<FileIssue>, path: &str, reason: String) {
+fn error(issues: &mut Vec<FileIssue>, path: &str, reason: impl ToString) {
     issues.push(FileIssue {
         path: path.to_string(),
-        reason,
+        reason: reason.to_string(),
         warning: false,
     });
 }

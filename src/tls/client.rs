@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::TlsError;
 use crate::config::{Protocol, UpstreamTls};
 
 /// How an endpoint's connections are wrapped in TLS.
@@ -45,16 +46,18 @@ impl Originator {
         settings: &UpstreamTls,
         addr: SocketAddr,
         protocol: Protocol,
-    ) -> Result<Originator, String> {
+    ) -> Result<Originator, TlsError> {
         let provider = super::provider();
         let server_name = match &settings.server_name {
-            Some(name) => ServerName::try_from(name.clone())
-                .map_err(|e| format!("tls.server_name `{name}`: {e}"))?,
+            Some(name) => ServerName::try_from(name.clone()).map_err(|e| TlsError::ServerName {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?,
             None => ServerName::IpAddress(addr.ip().into()),
         };
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(super::VERSIONS)
-            .map_err(|e| format!("TLS setup: {e}"))?;
+            .map_err(TlsError::Setup)?;
         let builder = if settings.insecure_skip_verify {
             builder
                 .dangerous()
@@ -75,7 +78,10 @@ impl Originator {
                 let key = super::read_private_key(key)?;
                 builder
                     .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("tls.client_cert {}: {e}", cert.display()))?
+                    .map_err(|source| TlsError::ClientCert {
+                        cert: cert.clone(),
+                        source,
+                    })?
             }
             None => {
                 let resolver = Arc::new(NoClientCert {

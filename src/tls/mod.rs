@@ -4,13 +4,13 @@
 //!
 //! Everything here runs when a listener or endpoint is set up, or once per
 //! handshake; nothing runs per request. May depend on `config`,
-//! `telemetry` and `reload::watch`.
+//! `telemetry` (handshake failures, certificate expiry) and `watch`.
 
 pub mod check;
 pub mod client;
 pub mod server;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,66 +33,135 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+/// Why TLS could not be set up from the files and settings a config names,
+/// worded for the operator: which file, what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not valid PEM: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error(
+        "{} holds no certificate (expected PEM blocks `-----BEGIN CERTIFICATE-----`)",
+        path.display()
+    )]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{} holds no private key (expected a PEM block `-----BEGIN PRIVATE KEY-----`, \
+         `-----BEGIN RSA PRIVATE KEY-----` or `-----BEGIN EC PRIVATE KEY-----`)",
+        path.display()
+    )]
+    NoPrivateKey { path: PathBuf },
+    #[error(
+        "the private key in {} does not belong to the certificate in {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "cannot use the key in {} with the certificate in {}: {source}",
+        key.display(),
+        cert.display()
+    )]
+    KeyUnusable {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{} holds a certificate that cannot be a CA root: {source}", path.display())]
+    NotARoot {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("tls.server_name `{name}`: {reason}")]
+    ServerName { name: String, reason: String },
+    #[error("tls.client_cert {}: {source}", cert.display())]
+    ClientCert {
+        cert: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("client_ca {}: cannot verify clients with it: {reason}", ca.display())]
+    ClientCa { ca: PathBuf, reason: String },
+    /// rustls refused settings veer chose itself (protocol versions, the
+    /// session ticketer): a bug in veer, not in the config.
+    #[error("TLS setup: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Every certificate in a PEM file, in order (a chain: leaf first).
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{} holds no certificate (expected PEM blocks `-----BEGIN CERTIFICATE-----`)",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
 /// The first private key in a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "{} holds no private key (expected a PEM block `-----BEGIN PRIVATE KEY-----`, \
-             `-----BEGIN RSA PRIVATE KEY-----` or `-----BEGIN EC PRIVATE KEY-----`)",
-            path.display()
-        ),
-        other => format!("{} is not valid PEM: {other}", path.display()),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_path_buf(),
+        },
+        source => TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 
 /// A certificate chain and the key that belongs to it, ready to serve.
 /// Refuses a key that does not match the chain's leaf.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = read_certificates(cert)?;
     let private = read_private_key(key)?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "the private key in {} does not belong to the certificate in {}",
-            key.display(),
-            cert.display()
-        ),
-        other => format!(
-            "cannot use the key in {} with the certificate in {}: {other}",
-            key.display(),
-            cert.display()
-        ),
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        source => TlsError::KeyUnusable {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
+        },
     })
 }
 
 /// The CA certificates in a PEM file, as trust roots.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certificates(path)? {
-        roots.add(cert).map_err(|e| {
-            format!(
-                "{} holds a certificate that cannot be a CA root: {e}",
-                path.display()
-            )
+        roots.add(cert).map_err(|source| TlsError::NotARoot {
+            path: path.to_path_buf(),
+            source,
         })?;
     }
     Ok(roots)
@@ -229,14 +298,35 @@ mod tests {
         std::fs::write(&own, key.serialize_pem()).expect("key");
         std::fs::write(&other, other_key.serialize_pem()).expect("other key");
         assert!(load_pair(&cert, &own).is_ok());
-        let mismatch = load_pair(&cert, &other).expect_err("mismatch");
-        assert!(
-            mismatch.contains("does not belong to the certificate"),
-            "{mismatch}"
+        let mismatch = load_pair(&cert, &other).expect_err("mismatch").to_string();
+        assert_eq!(
+            mismatch,
+            format!(
+                "the private key in {} does not belong to the certificate in {}",
+                other.display(),
+                cert.display()
+            )
         );
-        let not_a_key = read_private_key(&cert).expect_err("no key");
+        let not_a_key = read_private_key(&cert).expect_err("no key").to_string();
         assert!(not_a_key.contains("holds no private key"), "{not_a_key}");
-        let not_a_cert = read_certificates(&own).expect_err("no certificate");
+        let not_a_cert = read_certificates(&own)
+            .expect_err("no certificate")
+            .to_string();
         assert!(not_a_cert.contains("holds no certificate"), "{not_a_cert}");
+        let missing = dir.path().join("missing.pem");
+        let unreadable = load_roots(&missing).expect_err("no file").to_string();
+        assert!(
+            unreadable.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{unreadable}"
+        );
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\n!!!\n").expect("garbage");
+        let invalid = read_certificates(&garbage)
+            .expect_err("bad PEM")
+            .to_string();
+        assert!(
+            invalid.starts_with(&format!("{} is not valid PEM: ", garbage.display())),
+            "{invalid}"
+        );
     }
 }

@@ -25,9 +25,10 @@ use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::TlsError;
 use crate::config::{CertificateFiles, HostMatch, ListenerTls};
-use crate::reload::watch;
 use crate::telemetry::Telemetry;
+use crate::watch;
 
 /// TLS 1.2 sessions kept for resumption by ID (TLS 1.3 and 1.2 tickets are
 /// stateless and need no room here).
@@ -144,7 +145,7 @@ impl Terminator {
         listener: &str,
         settings: &ListenerTls,
         telemetry: &Arc<Telemetry>,
-    ) -> Result<Terminator, String> {
+    ) -> Result<Terminator, TlsError> {
         let provider = super::provider();
         // Watch first, read second: a change after the read raises an event.
         let mut watches = Vec::new();
@@ -160,17 +161,15 @@ impl Terminator {
         }
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(super::VERSIONS)
-            .map_err(|e| format!("TLS setup: {e}"))?;
+            .map_err(TlsError::Setup)?;
         let builder = match &settings.client_ca {
             Some(ca) => {
                 let roots = super::load_roots(ca)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build();
-                builder.with_client_cert_verifier(verifier.map_err(|e| {
-                    format!(
-                        "client_ca {}: cannot verify clients with it: {e}",
-                        ca.display()
-                    )
+                builder.with_client_cert_verifier(verifier.map_err(|e| TlsError::ClientCa {
+                    ca: ca.clone(),
+                    reason: e.to_string(),
                 })?)
             }
             None => builder.with_no_client_auth(),
@@ -179,8 +178,7 @@ impl Terminator {
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        config.ticketer =
-            rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: {e}"))?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Setup)?;
         let watching = watches
             .into_iter()
             .zip(settings.certificates.iter().zip(keys))
@@ -296,8 +294,8 @@ fn record_expiry(
 /// The change signals of a pair's two files; `None` (logged) when they
 /// cannot be watched: the pair then changes only with a config reload.
 type PairChanges = (
-    (watch::ConfigWatcher, tokio::sync::mpsc::Receiver<()>),
-    (watch::ConfigWatcher, tokio::sync::mpsc::Receiver<()>),
+    (watch::FileWatcher, tokio::sync::mpsc::Receiver<()>),
+    (watch::FileWatcher, tokio::sync::mpsc::Receiver<()>),
 );
 
 fn watch_pair(listener: &str, pair: &CertificateFiles) -> Option<PairChanges> {

@@ -1,15 +1,18 @@
-//! What can go wrong talking to an endpoint, classified once, in the terms the
-//! metrics and the guard use (`connect`, `timeout`, `reset`, `protocol`, and
-//! `tls` for a failed handshake with a TLS endpoint), and how far the request
-//! got ([`Delivery`]). The one mapping for every client: veer's own HTTP/1.1
-//! client (`from_exchange`) and hyper's (`from_hyper`) give the same failure
-//! the same error, and the retry loop (`retry`) decides on nothing else.
+//! What can go wrong talking to an endpoint, classified once into the
+//! `outcome::FailureReason` the metrics and the guard use (`connect`,
+//! `timeout`, `reset`, `protocol`, and `tls` for a failed handshake with a TLS
+//! endpoint), and how far the request got ([`Delivery`]). The one mapping for
+//! every client: veer's own HTTP/1.1 client (`from_exchange`) and hyper's
+//! (`from_hyper`) give the same failure the same error, and the retry loop
+//! (`retry`) decides on nothing else.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use super::body::{ClientBodyError, ClientBodyFault, ClientBodyWatch};
 use super::h1::ExchangeError;
+// Re-exported: the reason is classified here, but owned by `outcome`.
+pub use crate::outcome::FailureReason;
 
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -52,32 +55,6 @@ pub enum Delivery {
     /// Part of an answer came back, part of the request's body went out, or
     /// the attempt ran out of time: never sent again.
     Partial,
-}
-
-/// The failure reasons of `veer_upstream_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Protocol = 3,
-    Tls = 4,
-    /// The response broke after its head: reset, closed early, or invalid
-    /// body framing.
-    Midstream = 5,
-}
-
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Connect => "connect",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Reset => "reset",
-            FailureReason::Protocol => "protocol",
-            FailureReason::Tls => "tls",
-            FailureReason::Midstream => "midstream",
-        }
-    }
 }
 
 impl UpstreamError {

@@ -1,13 +1,38 @@
-//! An endpoint's fitness to take requests, in atomics: the active probe's
-//! verdict, a passive ejection deadline, the failure streak seen on real
-//! traffic, and the slow-start ramp after it (re)joins. The request path only
-//! reads these (and bumps the failure streak); the health runner changes
-//! them and republishes the snapshot, which lists available endpoints only.
+//! The request path's side of endpoint health: an endpoint's fitness to take
+//! requests, in atomics (the active probe's verdict, a passive ejection
+//! deadline, the failure streak seen on real traffic, the slow-start ramp
+//! after it (re)joins), and the channel on which the request path reports an
+//! endpoint whose streak reached the outlier threshold. The request path only
+//! reads these flags (and bumps the streak); every decision on them — probes,
+//! ejections, returns — is the health runner's (`crate::health`), which
+//! changes them and republishes the snapshot, whose versions list available
+//! endpoints only. They live here, on the `Endpoint`, because the request
+//! path holds endpoints and nothing above them.
 //!
 //! Times are milliseconds on veer's clock (`clock::now_ms`), zero meaning
 //! "not set".
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Endpoint;
+
+/// What the request path and the probers tell the runner.
+#[derive(Debug)]
+pub enum HealthEvent {
+    /// An endpoint reached its failure streak on real traffic.
+    Failing {
+        service: Arc<str>,
+        endpoint: Arc<Endpoint>,
+        reason: &'static str,
+    },
+    /// A probe changed an endpoint's verdict.
+    Changed,
+}
+
+pub type HealthSender = mpsc::UnboundedSender<HealthEvent>;
 
 #[derive(Debug)]
 pub struct EndpointHealth {

@@ -1,12 +1,15 @@
 //! The upstream side: endpoints, their pooled connections (`pool`), the choice
 //! of an endpoint within a version (`balance`), the one retry loop over a
-//! version's endpoints (`retry`), and the one classification of what went
-//! wrong (`error`), whichever client spoke: veer's own HTTP/1.1 exchange
-//! (`h1`) or hyper's.
+//! version's endpoints (`retry`), the one classification of what went wrong
+//! (`error`), whichever client spoke: veer's own HTTP/1.1 exchange (`h1`) or
+//! hyper's; and each endpoint's in-service flags (`health`: read and reported
+//! by the request path; the probes and ejections that set them are
+//! `crate::health`).
 //!
 //! An `Endpoint` outlives snapshots: `Registry` hands the same `Arc<Endpoint>` to
-//! every snapshot that names its address, so a reload keeps its warm connections
-//! and its outstanding-request count. Depends on `config`, and on `tls` for
+//! every snapshot that names its address, so a reload keeps its warm connections,
+//! its outstanding-request count and its health. Depends on `config`, `clock`,
+//! `outcome` (the failure reasons it classifies into), and on `tls` for
 //! connections to TLS endpoints.
 
 pub mod balance;
@@ -16,7 +19,6 @@ pub mod error;
 pub mod h1;
 pub mod health;
 pub mod pool;
-pub mod probe;
 pub mod registry;
 pub mod retry;
 

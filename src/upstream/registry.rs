@@ -41,9 +41,11 @@ impl Registry {
                          anyone on the path can read and change this traffic (use it for tests only)"
                     );
                 }
-                Originator::new(settings, addr, protocol).inspect_err(|reason| {
-                    tracing::error!(endpoint = %addr, "TLS to the endpoint cannot be set up: {reason}");
-                })
+                Originator::new(settings, addr, protocol)
+                    .map_err(|e| e.to_string())
+                    .inspect_err(|reason| {
+                        tracing::error!(endpoint = %addr, "TLS to the endpoint cannot be set up: {reason}");
+                    })
             });
             let endpoint = Endpoint::with_tls(addr, protocol, origin);
             endpoint

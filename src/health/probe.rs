@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use http_body_util::BodyExt;
 
-use super::Endpoint;
+use crate::upstream::Endpoint;
 
 /// Probes `endpoint`; `Ok` with the status when it is in `expected`, `Err`
 /// with the reason otherwise.

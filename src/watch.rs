@@ -1,12 +1,16 @@
-//! Sees every change to the config file and turns each burst of filesystem events
-//! into one "the file changed" signal for the reloader.
+//! Watches one file — the config, a listener's certificate or key — and turns
+//! each burst of filesystem events into one "the file changed" signal.
 //!
 //! The watch is on the file's directory, not the file: editors rename a new file
-//! over the old one and Kubernetes swaps a `..data` symlink, and a watch on the
-//! file's inode would go deaf after the first such save. A save is a burst of
-//! events (truncate, write, close, rename, …), so events are debounced, and a
-//! burst is reported only when the bytes the reloader would read differ from the
-//! last ones seen: one save, one signal. Depends on `notify`, tokio and std only.
+//! over the old one, Kubernetes swaps a `..data` symlink and cert-manager
+//! rewrites a Secret the same way, and a watch on the file's inode would go deaf
+//! after the first such save. A save is a burst of events (truncate, write,
+//! close, rename, …), so events are debounced, and a burst is reported only when
+//! the bytes a reader would read differ from the last ones seen: one save, one
+//! signal.
+//!
+//! A leaf: depends on `notify`, tokio and std only, so that `reload` (the
+//! config) and `tls` (certificates) can both use it.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -32,7 +36,7 @@ const KUBE_DATA_TMP: &str = "..data_tmp";
 /// poke still queued already guarantees the burst will be examined.
 const POKE_QUEUE: usize = 64;
 
-/// A burst that never goes quiet (a busy neighbour in a symlinked config's
+/// A burst that never goes quiet (a busy neighbour in a symlinked file's
 /// directory) is still examined after this many debounce periods, so a change
 /// can't be starved.
 const MAX_BURST_PERIODS: u32 = 10;
@@ -40,10 +44,10 @@ const MIN_MAX_BURST: Duration = Duration::from_millis(100);
 
 /// Keeps the OS watch alive; dropping it stops watching, and the receiver returned
 /// by [`watch`] then yields `None`.
-pub struct ConfigWatcher {
+pub struct FileWatcher {
     file: PathBuf,
     // The debounce task holds only a `Weak` to this, so dropping the
-    // `ConfigWatcher` drops notify's watcher: the OS watch goes and notify's
+    // `FileWatcher` drops notify's watcher: the OS watch goes and notify's
     // thread ends.
     _watcher: Arc<Mutex<RecommendedWatcher>>,
     task: JoinHandle<()>,
@@ -51,7 +55,7 @@ pub struct ConfigWatcher {
     refreshes: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Drop for ConfigWatcher {
+impl Drop for FileWatcher {
     fn drop(&mut self) {
         // Ends the debounce task now rather than when notify's thread gets round
         // to dropping its end of the poke channel.
@@ -59,9 +63,9 @@ impl Drop for ConfigWatcher {
     }
 }
 
-impl fmt::Debug for ConfigWatcher {
+impl fmt::Debug for FileWatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConfigWatcher")
+        f.debug_struct("FileWatcher")
             .field("file", &self.file)
             .finish_non_exhaustive()
     }
@@ -85,7 +89,7 @@ impl fmt::Debug for ConfigWatcher {
 pub fn watch(
     file: &Path,
     debounce: Duration,
-) -> Result<(ConfigWatcher, mpsc::Receiver<()>), WatchError> {
+) -> Result<(FileWatcher, mpsc::Receiver<()>), WatchError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
     let name = file
         .file_name()
@@ -123,7 +127,7 @@ pub fn watch(
             Ok(event) => relevance.concerns_file(&event),
             Err(e) => {
                 // An error may mean lost events; examining the file costs little.
-                tracing::warn!(error = %e, "config watcher: error from the OS watch");
+                tracing::warn!(error = %e, "file watcher: error from the OS watch");
                 true
             }
         };
@@ -156,7 +160,7 @@ pub fn watch(
 
     let (out_tx, out_rx) = mpsc::channel(1);
     let task = runtime.spawn(debounce_loop(poke_rx, out_tx, tracker, debounce));
-    let handle = ConfigWatcher {
+    let handle = FileWatcher {
         file,
         _watcher: watcher,
         task,
@@ -166,21 +170,52 @@ pub fn watch(
     Ok((handle, out_rx))
 }
 
-/// Why the config file could not be watched, worded for the operator.
-#[derive(Debug)]
+/// Why a file could not be watched, worded for the operator; the caller says
+/// which file it was and what happens without the watch.
+#[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// `watch` was called outside a tokio runtime: a bug in the caller.
+    #[error("the file watcher must be started inside a tokio runtime (a bug in veer)")]
     NoRuntime,
     /// The path has no file name (`/`, `..`).
+    #[error("{} does not name a file; give the path of a file", file.display())]
     NotAFile { file: PathBuf },
     /// The directory holding the file is missing, unreadable or not a directory.
-    Dir { dir: PathBuf, source: io::Error },
+    #[error(
+        "cannot watch the directory {}: {source}; it must exist and be readable when \
+         veer starts (check the path)",
+        dir.display()
+    )]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// The OS watcher could not be created (on Linux: inotify instance or fd limit).
-    Init { source: notify::Error },
+    #[error(
+        "cannot start watching files: {source}; on Linux this usually means the \
+         per-user inotify instance limit is reached: raise it \
+         (sysctl -w fs.inotify.max_user_instances=512) or stop idle watchers, or \
+         raise the open-file limit (ulimit -n)"
+    )]
+    Init {
+        #[source]
+        source: notify::Error,
+    },
     /// The per-user inotify watch limit is reached.
+    #[error(
+        "cannot watch the directory {}: the inotify watch limit is reached; raise it \
+         (sysctl -w fs.inotify.max_user_watches=524288) or stop idle watchers",
+        dir.display()
+    )]
     WatchLimit { dir: PathBuf },
     /// Any other failure to watch the directory.
-    Watch { dir: PathBuf, source: notify::Error },
+    #[error("cannot watch the directory {}: {source}", dir.display())]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
 }
 
 impl WatchError {
@@ -201,59 +236,7 @@ impl WatchError {
     }
 }
 
-impl fmt::Display for WatchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WatchError::NoRuntime => write!(
-                f,
-                "the config watcher must be started inside a tokio runtime (a bug in veer)"
-            ),
-            WatchError::NotAFile { file } => write!(
-                f,
-                "config path {} does not name a file; pass the config file's path with -c",
-                file.display()
-            ),
-            WatchError::Dir { dir, source } => write!(
-                f,
-                "cannot watch the config directory {}: {source}; it must exist and be \
-                 readable when veer starts (check the path given with -c)",
-                dir.display()
-            ),
-            WatchError::Init { source } => write!(
-                f,
-                "cannot start watching the config file: {source}; on Linux this usually \
-                 means the per-user inotify instance limit is reached: raise it \
-                 (sysctl -w fs.inotify.max_user_instances=512) or stop idle watchers, \
-                 or raise the open-file limit (ulimit -n)"
-            ),
-            WatchError::WatchLimit { dir } => write!(
-                f,
-                "cannot watch the config directory {}: the inotify watch limit is reached; \
-                 raise it (sysctl -w fs.inotify.max_user_watches=524288) or stop idle watchers",
-                dir.display()
-            ),
-            WatchError::Watch { dir, source } => write!(
-                f,
-                "cannot watch the config directory {}: {source}",
-                dir.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for WatchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            WatchError::Dir { source, .. } => Some(source),
-            WatchError::Init { source } | WatchError::Watch { source, .. } => Some(source),
-            WatchError::NoRuntime | WatchError::NotAFile { .. } | WatchError::WatchLimit { .. } => {
-                None
-            }
-        }
-    }
-}
-
-/// Which raw events may concern the config file. Errs towards yes: a false
+/// Which raw events may concern the watched file. Errs towards yes: a false
 /// positive costs one read of a small file, a false negative a missed reload.
 struct Relevance {
     name: OsString,
@@ -283,8 +266,9 @@ impl Relevance {
                 ) {
                     tracing::warn!(
                         dir = %self.dir.display(),
-                        "config directory was removed or moved: changes to the config file \
-                         will not be seen until veer restarts"
+                        file = %self.file.display(),
+                        "the watched file's directory was removed or moved: changes to the \
+                         file will not be seen until veer restarts"
                     );
                 }
                 return true;
@@ -354,13 +338,13 @@ impl Tracker {
         let now = Fingerprint::of(&self.file);
         let changed = now != self.last;
         if changed {
-            tracing::debug!(file = %self.file.display(), fingerprint = ?now, "config file changed");
+            tracing::debug!(file = %self.file.display(), fingerprint = ?now, "watched file changed");
         }
         self.last = now;
         changed
     }
 
-    /// A symlinked config may resolve outside the watched directory, where its
+    /// A symlinked file may resolve outside the watched directory, where its
     /// target can be edited in place with no event in our directory: watch the
     /// target's directory too, and follow it when the link moves.
     fn follow_symlink_target(&mut self) {
@@ -393,7 +377,7 @@ impl Tracker {
                 Err(e) => tracing::warn!(
                     dir = %new.display(),
                     error = %e,
-                    "config watcher: cannot watch the symlinked config's target directory"
+                    "file watcher: cannot watch the symlinked file's target directory"
                 ),
             }
         }
@@ -425,7 +409,7 @@ async fn debounce_loop(
                 () = tokio::time::sleep_until(quiet_at) => break,
             }
         }
-        // spawn_blocking: the config may live on a network or FUSE mount, and a
+        // spawn_blocking: the file may live on a network or FUSE mount, and a
         // stalled read must not stall a runtime worker that serves requests.
         let looked = tokio::task::spawn_blocking(move || {
             let changed = tracker.refresh();
@@ -436,7 +420,7 @@ async fn debounce_loop(
         (tracker, changed) = match looked {
             Ok(result) => result,
             Err(e) => {
-                tracing::error!(error = %e, "config watcher stopped: changes will not be seen");
+                tracing::error!(error = %e, "file watcher stopped: changes will not be seen");
                 return;
             }
         };
@@ -700,6 +684,20 @@ mod tests {
         let (_dir, file) = setup("weight: 1\n");
         let err = watch(&file, DEBOUNCE).expect_err("no runtime");
         assert!(matches!(err, WatchError::NoRuntime));
+        assert_eq!(
+            err.to_string(),
+            "the file watcher must be started inside a tokio runtime (a bug in veer)"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_path_without_a_file_name_is_a_clear_error() {
+        let err = watch(Path::new("/"), DEBOUNCE).expect_err("`/` is no file");
+        assert!(matches!(err, WatchError::NotAFile { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "/ does not name a file; give the path of a file"
+        );
     }
 
     #[test]
