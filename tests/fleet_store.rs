@@ -26,6 +26,16 @@ fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
     }
 }
 
+/// A replica with an empty cache joining the fleet on `etcd` under `prefix`.
+async fn join(etcd: &Etcd, prefix: &str) -> Replica {
+    let (replica, _) = Replica::open(
+        settings(vec![etcd.endpoint()], prefix),
+        PersistedState::default(),
+    )
+    .await;
+    replica
+}
+
 fn latch(version: &str, revision: &str) -> Latch {
     Latch {
         version: version.into(),
@@ -103,21 +113,13 @@ async fn a_latch_written_by_one_replica_reaches_the_other() {
     .await;
     assert_eq!(warning, None);
     assert!(a.store.connected());
-    let (mut b, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let mut b = join(&etcd, prefix).await;
     a.change("shop", |s| s.latches.push(latch("canary", "v2")));
     b.until("the latch from a", |l| latched(l, "shop", "canary"))
         .await;
 
     // A third replica with an empty cache starts from the fleet's layer.
-    let (c, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let c = join(&etcd, prefix).await;
     assert!(latched(&c.layer, "shop", "canary"), "{:?}", c.layer);
 }
 
@@ -125,16 +127,8 @@ async fn a_latch_written_by_one_replica_reaches_the_other() {
 async fn concurrent_trips_on_two_replicas_keep_both_latches() {
     let etcd = Etcd::start();
     let prefix = "/veer/test-b";
-    let (mut a, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
-    let (mut b, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let mut a = join(&etcd, prefix).await;
+    let mut b = join(&etcd, prefix).await;
     // Both change the same service before either hears of the other.
     a.change("shop", |s| s.latches.push(latch("canary", "v2")));
     b.change("shop", |s| s.latches.push(latch("beta", "b7")));
@@ -142,23 +136,13 @@ async fn concurrent_trips_on_two_replicas_keep_both_latches() {
     a.until("both latches on a", both).await;
     b.until("both latches on b", both).await;
     // And etcd holds both: a fresh replica reads them.
-    let fresh = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await
-    .0;
+    let fresh = join(&etcd, prefix).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut fresh = fresh;
     while !both(&fresh.layer) && tokio::time::Instant::now() < deadline {
         drop(fresh);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        fresh = Replica::open(
-            settings(vec![etcd.endpoint()], prefix),
-            PersistedState::default(),
-        )
-        .await
-        .0;
+        fresh = join(&etcd, prefix).await;
     }
     assert!(both(&fresh.layer), "{:?}", fresh.layer);
 }
@@ -167,16 +151,8 @@ async fn concurrent_trips_on_two_replicas_keep_both_latches() {
 async fn a_resume_on_one_replica_clears_the_latch_everywhere() {
     let etcd = Etcd::start();
     let prefix = "/veer/test-c";
-    let (mut a, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
-    let (mut b, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let mut a = join(&etcd, prefix).await;
+    let mut b = join(&etcd, prefix).await;
     a.change("shop", |s| s.latches.push(latch("canary", "v2")));
     b.until("the latch", |l| latched(l, "shop", "canary")).await;
     b.change("shop", |s| s.latches.clear());
@@ -234,16 +210,8 @@ async fn etcd_away_at_start_serves_the_cache_and_writes_it_when_etcd_comes() {
 async fn a_trip_while_etcd_is_down_is_written_when_it_returns() {
     let mut etcd = Etcd::start();
     let prefix = "/veer/test-e";
-    let (mut a, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
-    let (mut b, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let mut a = join(&etcd, prefix).await;
+    let mut b = join(&etcd, prefix).await;
     etcd.kill();
     a.change("shop", |s| s.latches.push(latch("canary", "v2")));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -274,11 +242,7 @@ async fn a_value_veer_cannot_read_is_ignored_and_keys_outside_the_prefix_untouch
     .await;
     assert_eq!(warning, None);
     assert!(!a.layer.services.contains_key("broken"));
-    let (mut b, _) = Replica::open(
-        settings(vec![etcd.endpoint()], prefix),
-        PersistedState::default(),
-    )
-    .await;
+    let mut b = join(&etcd, prefix).await;
     raw.put(format!("{prefix}/state/shop"), "[1,2", None)
         .await
         .expect("etcd answers");

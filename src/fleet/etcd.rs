@@ -27,6 +27,7 @@ use etcd_client::{
 use tokio::sync::{mpsc, watch};
 
 use super::merge::merge;
+use crate::config::EtcdTls;
 use crate::state::{Changes, PersistedState, RemoteChange, ServiceState};
 
 /// How to reach etcd and where veer's keys live.
@@ -40,13 +41,6 @@ pub struct EtcdSettings {
     pub tls: Option<EtcdTls>,
     /// Per request, and for connecting.
     pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtcdTls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
 }
 
 /// The handle the control plane holds.
@@ -80,11 +74,7 @@ impl EtcdSettings {
             prefix: etcd.prefix.clone(),
             username: etcd.username.clone(),
             password,
-            tls: etcd.tls.as_ref().map(|tls| EtcdTls {
-                ca: tls.ca.clone(),
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-            }),
+            tls: etcd.tls.clone(),
             timeout: etcd.timeout,
         })
     }
