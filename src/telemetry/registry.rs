@@ -81,14 +81,7 @@ const COMMON_SLOT: [u8; STATUS_SLOTS] = {
 };
 const NONE: u8 = u8::MAX;
 
-const FAILURE_REASONS: [FailureReason; 6] = [
-    FailureReason::Connect,
-    FailureReason::Timeout,
-    FailureReason::Reset,
-    FailureReason::Protocol,
-    FailureReason::Tls,
-    FailureReason::Midstream,
-];
+const FAILURE_REASONS: [FailureReason; 6] = FailureReason::ALL;
 
 const CLIENT_FAULTS: [ClientFault; 3] = [
     ClientFault::Malformed,
