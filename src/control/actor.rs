@@ -183,7 +183,13 @@ pub(super) fn spawn(
         None => (None, PersistedState::default()),
     };
     for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
-        tracing::info!("state: {note}");
+        tracing::info!(
+            service = note.service.as_str(),
+            version = note.version.as_deref(),
+            revision = note.revision.as_deref(),
+            reason = note.reason,
+            "state: {note}"
+        );
     }
     let changes = store.as_ref().and_then(|s| s.changes());
     let writer = store.map(|store| {
@@ -317,7 +323,13 @@ impl Actor {
             Command::ApplyConfig { config, reply } => {
                 let layer = Arc::make_mut(&mut self.layer);
                 for note in overlay::reconcile(layer, &config, unix_ms()) {
-                    tracing::info!("reload: {note}");
+                    tracing::info!(
+                        service = note.service.as_str(),
+                        version = note.version.as_deref(),
+                        revision = note.revision.as_deref(),
+                        reason = note.reason,
+                        "reload: {note}"
+                    );
                 }
                 self.names = index(&config);
                 self.config = Arc::new(*config);
