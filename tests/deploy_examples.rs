@@ -65,7 +65,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 fn strings(value: &Yaml) -> Vec<String> {
     value
         .as_vec()
-        .map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -91,7 +95,10 @@ fn kustomizations() -> Kustomizations {
             continue;
         }
         let dir = path.parent().expect("parent").to_path_buf();
-        let doc = load(&path).into_iter().next().expect("a kustomization document");
+        let doc = load(&path)
+            .into_iter()
+            .next()
+            .expect("a kustomization document");
         let at = |name: &str| -> PathBuf {
             let full = dir.join(name);
             assert!(
@@ -238,13 +245,12 @@ fn every_veer_config_in_the_manifests_passes_veer_check() {
 #[test]
 fn every_manifest_file_is_used_and_every_named_file_exists() {
     let k = kustomizations();
-    assert!(
-        k.roots.len() >= 10,
-        "kustomizations found: {:?}",
-        k.roots
-    );
+    assert!(k.roots.len() >= 10, "kustomizations found: {:?}", k.roots);
     for path in files(&examples()) {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name == "kustomization.yaml" {
             continue;
         }
@@ -280,7 +286,10 @@ fn sidecar_config(dir: &Path, upstreams: &BTreeMap<String, SocketAddr>) -> Strin
     {
         let root = doc.as_mut_hash().expect("a mapping");
         root.remove(&key("fleet"));
-        root.insert(key("state_dir"), key(&dir.join("state").display().to_string()));
+        root.insert(
+            key("state_dir"),
+            key(&dir.join("state").display().to_string()),
+        );
     }
     for listener in doc["listeners"].as_mut_vec().expect("listeners") {
         listener["address"] = key("127.0.0.1:0");
@@ -321,7 +330,10 @@ async fn the_sidecar_config_proxies_to_local_upstreams() {
     for _ in 0..200 {
         let answer = send(
             &client,
-            get(&format!("http://{outbound}/profiles/42"), Some("agent-profile:15001")),
+            get(
+                &format!("http://{outbound}/profiles/42"),
+                Some("agent-profile:15001"),
+            ),
         )
         .await;
         assert_eq!(answer.status, 200, "{}", answer.text());
@@ -336,7 +348,10 @@ async fn the_sidecar_config_proxies_to_local_upstreams() {
 
     let answer = send(
         &client,
-        get(&format!("http://{outbound}/ledger/7"), Some("agent-ledger:15001")),
+        get(
+            &format!("http://{outbound}/ledger/7"),
+            Some("agent-ledger:15001"),
+        ),
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
