@@ -29,7 +29,8 @@ COPY docker/rootfs.sh ./docker/rootfs.sh
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --features fleet \
-    && ./docker/rootfs.sh target/release/veer /rootfs
+    && ./docker/rootfs.sh target/release/veer /rootfs \
+    && mkdir /state
 
 FROM scratch
 ARG VERSION=0.1.0
@@ -39,6 +40,9 @@ LABEL org.opencontainers.image.title="veer" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.documentation="docs/deploy.md"
 COPY --from=build /rootfs/ /
+# COPY makes everything root's; state_dir alone, made by this COPY, belongs
+# to veer (a named volume mounted there takes its owner from the image).
+COPY --from=build --chown=65532:65532 /state/ /var/lib/veer/
 USER 65532:65532
 # Proxy listeners as the examples bind them (8080 HTTP, 8443 HTTPS) and the
 # admin API (9901: /metrics, /health/liveness, /health/readiness, /status).

@@ -2,8 +2,9 @@
 # Lays out the whole root filesystem of veer's image in OUT, from a built
 # binary: the binary, the shared libraries it links (glibc and libgcc_s, as
 # ldd lists them), the CA bundle, /etc/passwd and /etc/group with the
-# non-root user veer runs as (65532), and the directories a read-only root
-# needs mounted: /etc/veer (the config) and /var/lib/veer (state_dir).
+# non-root user veer runs as (65532), and /etc/veer, where the config is
+# mounted. /var/lib/veer (state_dir) is not here: the Dockerfile makes it,
+# owned by that user.
 # The Dockerfile runs it in its build stage; .ci/deploy runs it on this
 # machine to build the same image FROM scratch from a local binary.
 #
@@ -13,7 +14,7 @@ bin=${1:?usage: rootfs.sh BINARY OUT}
 out=${2:?usage: rootfs.sh BINARY OUT}
 uid=65532
 
-mkdir -p "$out/usr/local/bin" "$out/etc/ssl/certs" "$out/etc/veer" "$out/var/lib/veer" "$out/tmp"
+mkdir -p "$out/usr/local/bin" "$out/etc/ssl/certs" "$out/etc/veer" "$out/var/lib" "$out/tmp"
 cp "$bin" "$out/usr/local/bin/veer"
 chmod 0755 "$out/usr/local/bin/veer"
 
@@ -30,8 +31,3 @@ printf 'root:x:0:0:root:/root:/sbin/nologin\nveer:x:%s:%s:veer:/var/lib/veer:/sb
 printf 'root:x:0:\nveer:x:%s:\n' "$uid" > "$out/etc/group"
 printf 'hosts: files dns\n' > "$out/etc/nsswitch.conf"
 chmod 1777 "$out/tmp"
-# Owned by veer so that a plain `docker run` (an anonymous volume copies the
-# directory's owner) can write its state; Kubernetes sets it with fsGroup.
-if [ "$(id -u)" = 0 ]; then
-    chown "$uid:$uid" "$out/var/lib/veer"
-fi
