@@ -2,9 +2,10 @@
 //! nothing but Rust: every veer config the manifests carry passes `veer
 //! check`, the kustomizations name only files that exist and every manifest
 //! file is used by one, the dashboard ConfigMap's copy matches
-//! examples/grafana/, and the sidecar's config, with its addresses moved to
+//! examples/grafana/, the sidecar's config, with its addresses moved to
 //! loopback, proxies real requests to local upstreams through the real
-//! binary. `.ci/deploy` adds what needs outside tools: the rendered overlays
+//! binary, and a rolling upgrade of veer (two binaries behind a
+//! connection-level balancer) fails no request. `.ci/deploy` adds what needs outside tools: the rendered overlays
 //! against the Kubernetes schemas, each config checked verbatim by a `fleet`
 //! build, hadolint on the Dockerfile, and the image itself.
 
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
 use support::binary::VeerProcess;
 use support::client::{get, http1_client, send};
 use support::upstream::Upstream;
@@ -377,4 +379,164 @@ async fn the_sidecar_config_proxies_to_local_upstreams() {
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
     }
     drop(veer);
+}
+
+/// What one client of the upgrade test saw.
+#[derive(Default)]
+struct Seen {
+    answered: u64,
+    /// Sent on a kept-alive connection that closed before any answer: an
+    /// idempotent GET that HTTP clients send again on a new connection.
+    resent: u64,
+    /// Answered on a connection to a pod the balancer no longer sends new
+    /// connections to.
+    on_old_connections: u64,
+    failed: Vec<String>,
+}
+
+async fn connect(
+    addr: SocketAddr,
+) -> Option<hyper::client::conn::http1::SendRequest<support::Body>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(sender)
+}
+
+/// One client behind a connection-level load balancer, as kube-proxy is: a
+/// new connection goes to the pod `target` names now, an open one stays on
+/// the pod it was made to until that pod closes it.
+async fn client_loop(
+    target: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut conn = None;
+    let mut conn_addr = None;
+    let mut sent_on_it = 0u32;
+    // Bounded in count as well as by `stop`.
+    for _ in 0..5_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        if conn
+            .as_ref()
+            .is_none_or(|c: &hyper::client::conn::http1::SendRequest<support::Body>| c.is_closed())
+        {
+            let addr = *target.lock().expect("target lock");
+            conn = connect(addr).await;
+            conn_addr = Some(addr);
+            sent_on_it = 0;
+            if conn.is_none() {
+                seen.failed.push(format!("connect to {addr} refused"));
+                continue;
+            }
+        }
+        let Some(sender) = conn.as_mut() else {
+            continue;
+        };
+        if sender.ready().await.is_err() {
+            conn = None;
+            continue;
+        }
+        let request = http::Request::get("/")
+            .header("host", "web")
+            .body(support::client::empty())
+            .expect("request");
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                let moved = conn_addr != Some(*target.lock().expect("target lock"));
+                match support::client::read_answer(response).await {
+                    Ok(_) if status == 200 => {
+                        seen.answered += 1;
+                        seen.on_old_connections += u64::from(moved);
+                    }
+                    Ok(_) => seen.failed.push(format!("answered {status}")),
+                    Err(err) => seen.failed.push(format!("body cut: {err}")),
+                }
+                sent_on_it += 1;
+            }
+            Err(err) if sent_on_it > 0 && (err.is_canceled() || err.is_incomplete_message()) => {
+                seen.resent += 1;
+                conn = None;
+            }
+            Err(err) => {
+                seen.failed.push(format!("{err}"));
+                conn = None;
+            }
+        }
+    }
+    seen
+}
+
+/// Upgrading veer itself, as the edge Deployment's rolling update does it:
+/// a new veer starts and is ready, new connections go to it, the old one
+/// keeps answering the connections it has through the preStop pause, then
+/// gets SIGTERM, drains and exits 0, and no request fails.
+#[tokio::test]
+async fn a_rolling_upgrade_of_veer_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let upstream = Upstream::start("stable").await;
+    let yaml = support::config::ConfigBuilder::new()
+        .limit("drain_timeout", "10s")
+        .service(support::config::service("web").version("stable", &[upstream.addr()], 1))
+        .yaml();
+    let mut old = VeerProcess::start(BIN, &yaml);
+    let target = Arc::new(Mutex::new(old.listener(support::config::LISTENER)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(client_loop(Arc::clone(&target), Arc::clone(&stop))))
+        .collect();
+    let pause = Duration::from_millis(300);
+    tokio::time::sleep(pause).await;
+
+    // maxSurge 1: the new pod starts; once ready, the Service sends new
+    // connections to it (the old pod is terminating: out of the endpoints).
+    let new = VeerProcess::start(BIN, &yaml);
+    *target.lock().expect("target lock") = new.listener(support::config::LISTENER);
+    // The preStop pause: the old veer still answers what arrives.
+    tokio::time::sleep(pause).await;
+    old.signal("TERM");
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("the old veer did not exit\n{}", old.output()));
+    assert!(status.success(), "old veer: {status}\n{}", old.output());
+    tokio::time::sleep(pause).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = Seen::default();
+    for client in clients {
+        let seen = client.await.expect("client task");
+        total.answered += seen.answered;
+        total.resent += seen.resent;
+        total.on_old_connections += seen.on_old_connections;
+        total.failed.extend(seen.failed);
+    }
+    assert!(
+        total.failed.is_empty(),
+        "{} requests failed during the upgrade ({} answered): {:?}",
+        total.failed.len(),
+        total.answered,
+        &total.failed[..total.failed.len().min(10)]
+    );
+    assert!(total.answered > 0, "no request was answered");
+    assert!(
+        total.on_old_connections > 0,
+        "the old veer answered nothing on the connections it kept after the switch"
+    );
+    eprintln!(
+        "upgrade: {} answered ({} by the old veer on kept connections after the switch), \
+         {} sent again after a kept-alive connection closed, 0 failed",
+        total.answered, total.on_old_connections, total.resent
+    );
+    drop(new);
 }
