@@ -4,8 +4,8 @@ YAML stream per root, for kubernetes-validate), with .ci/kustomize-lite.py
 and, where `kubectl kustomize` is there, with kustomize itself (the two must
 give the same objects); writes the veer config of every ConfigMap that
 carries one to OUT/configs/ (for `veer check`); and checks the shape of the
-custom resources that no Kubernetes schema covers (the ServiceMonitor, the
-Argo CD Application, Flux's GitRepository and Kustomization), including
+custom resources that no Kubernetes schema covers (the ServiceMonitor and
+PodMonitor, the Argo CD Application, Flux's GitRepository and Kustomization), including
 that the GitOps tools point at a directory that renders.
 
 Usage: deploy-manifests.py REPO OUT
@@ -81,6 +81,11 @@ def check_custom(obj, where, repo):
             if "port" not in endpoint:
                 problem(f"{name}: an endpoint names no port")
         need(obj, name, "spec", "selector", "matchLabels")
+    elif kind == "PodMonitor":
+        for endpoint in need(obj, name, "spec", "podMetricsEndpoints") or []:
+            if "port" not in endpoint:
+                problem(f"{name}: an endpoint names no port")
+        need(obj, name, "spec", "selector")
     elif kind == "Application":
         path = need(obj, name, "spec", "source", "path")
         need(obj, name, "spec", "source", "repoURL")

@@ -1,6 +1,6 @@
 //! Where veer's log goes and in what form: stderr, filtered by `VEER_LOG`
 //! (`info`, `veer::audit=info,warn`, … as `tracing-subscriber`'s env filter
-//! reads it), as text for people or, with `--log-format json` or
+//! reads it; `RUST_LOG` when `VEER_LOG` is unset), as text for people or, with `--log-format json` or
 //! `VEER_LOG_FORMAT=json`, one JSON object a line for a log pipeline (Loki,
 //! Elasticsearch, Cloud Logging read it without a pattern). An event's own
 //! fields (`service`, `version`, `revision`, `reason`, …) sit under
@@ -49,14 +49,18 @@ impl Format {
     }
 }
 
-/// Installs the global subscriber; `default` is the filter when `VEER_LOG`
-/// is unset, and `format` (the command line's `--log-format`) wins over
+/// Installs the global subscriber; `default` is the filter when neither
+/// `VEER_LOG` nor `RUST_LOG` is set, and `format` (the command line's `--log-format`) wins over
 /// `VEER_LOG_FORMAT`. A second call does nothing (tests start several
 /// proxies).
 pub fn init(default: &str, format: Option<Format>) {
     let format = *CHOSEN.get_or_init(|| format.unwrap_or_else(Format::from_env));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VEER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // An empty variable counts as unset (`VEER_LOG=` in a manifest).
+    let filter = ["VEER_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     match format {
         Format::Json => {
             let _ = tracing_subscriber::fmt()

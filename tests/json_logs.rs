@@ -264,3 +264,29 @@ async fn an_unknown_log_format_flag_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_level_comes_from_veer_log_then_rust_log() {
+    // A guard and no state_dir: `veer run` warns at start.
+    let yaml = "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+                admin:\n  address: \"127.0.0.1:0\"\n\
+                services:\n  - name: web\n    versions:\n\
+                \x20     - { name: stable, revision: \"1\", endpoints: [\"127.0.0.1:9\"], weight: 1 }\n\
+                \x20   guard: { baseline: stable, max_error_rate: 0.5 }\n";
+    let warned = |env: &[(&str, &str)]| {
+        // The test process's own VEER_LOG / RUST_LOG must not leak in.
+        let mut all = vec![("VEER_LOG", ""), ("RUST_LOG", "")];
+        all.extend_from_slice(env);
+        let veer = VeerProcess::start_with_args(BIN, yaml, &["--log-format", "json"], &all);
+        log_lines(&veer).iter().any(|l| l["level"] == "WARN")
+    };
+    assert!(warned(&[]), "the default level for veer run is info");
+    assert!(
+        !warned(&[("RUST_LOG", "error")]),
+        "RUST_LOG=error hides warnings"
+    );
+    assert!(
+        warned(&[("RUST_LOG", "error"), ("VEER_LOG", "warn")]),
+        "VEER_LOG wins over RUST_LOG"
+    );
+}
