@@ -246,6 +246,31 @@ async fn a_config_that_cannot_start_is_logged_as_json() {
 }
 
 #[tokio::test]
+async fn a_refusal_to_start_is_written_even_when_the_filter_hides_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("veer.yaml");
+    std::fs::write(&path, "listeners: []\nservices: []\n").expect("write");
+    let out = within(
+        LIMIT,
+        "veer run",
+        tokio::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .env("VEER_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("run veer");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("veer: refusing to start with an invalid config; fix it and retry"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_log_format_flag_is_a_usage_error() {
     let out = within(
         LIMIT,

@@ -437,11 +437,15 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
 
 /// Why `veer run` stops before serving: a line on stderr as it always was,
 /// or, with JSON logs, an error event, so that a log pipeline reading a pod
-/// that cannot start gets JSON too.
+/// that cannot start gets JSON too (unless the filter hides errors: the
+/// reason is never lost).
 fn fatal(line: &str) {
-    match crate::logging::format() {
-        crate::logging::Format::Json => tracing::error!("{line}"),
-        crate::logging::Format::Text => eprintln!("{line}"),
+    if crate::logging::format() == crate::logging::Format::Json
+        && tracing::enabled!(tracing::Level::ERROR)
+    {
+        tracing::error!("{line}");
+    } else {
+        eprintln!("{line}");
     }
 }
 
