@@ -402,7 +402,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(token_file) = config.admin.token_file.as_mut() {
         resolve(token_file);
     }
-    resolve(&mut config.dns.resolv_conf);
+    if let Some(file) = config.dns.resolv_conf.as_mut() {
+        resolve(file);
+    }
     if let Some(etcd) = config.fleet.as_mut().map(|f| &mut f.etcd) {
         if let Some(file) = etcd.password_file.as_mut() {
             resolve(file);

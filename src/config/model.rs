@@ -426,12 +426,13 @@ impl std::fmt::Display for EndpointName {
 }
 
 /// How names are resolved (`dns`): the nameservers, search domains and
-/// `ndots` of `resolv_conf` unless written here, and the bounds the records'
+/// `ndots` of a resolv.conf unless written here, and the bounds the records'
 /// TTLs are held within.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dns {
-    /// Default `/etc/resolv.conf` (what Kubernetes writes into every pod).
-    pub resolv_conf: PathBuf,
+    /// The resolv.conf to read. `None`: `/etc/resolv.conf` (what Kubernetes
+    /// writes into every pod) when `nameservers` is empty, no file otherwise.
+    pub resolv_conf: Option<PathBuf>,
     /// Replace the file's nameservers when not empty; port 53 unless written.
     pub nameservers: Vec<SocketAddr>,
     /// Replace the file's search domains when set.
@@ -446,10 +447,21 @@ pub struct Dns {
     pub max_ttl: Duration,
 }
 
+impl Dns {
+    /// The resolv.conf read, if any (see `resolv_conf`).
+    pub fn resolv_conf_file(&self) -> Option<PathBuf> {
+        match &self.resolv_conf {
+            Some(file) => Some(file.clone()),
+            None if self.nameservers.is_empty() => Some(PathBuf::from("/etc/resolv.conf")),
+            None => None,
+        }
+    }
+}
+
 impl Default for Dns {
     fn default() -> Self {
         Dns {
-            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            resolv_conf: None,
             nameservers: Vec::new(),
             search: None,
             ndots: None,

@@ -272,21 +272,21 @@ impl Resolving {
 /// hickory's resolver for `dns`: resolv.conf's nameservers, search domains,
 /// `ndots` and attempts, each replaced by what the `dns` block writes.
 fn resolver(dns: &Dns) -> Result<TokioResolver, String> {
-    let file = match std::fs::read(&dns.resolv_conf) {
-        Ok(data) => Some(resolv_conf::Config::parse(&data).map_err(|e| {
-            format!(
-                "{} is not a valid resolv.conf ({e}): fix it, or set dns.resolv_conf",
-                dns.resolv_conf.display()
-            )
-        })?),
-        // Nameservers written in the config need nothing from the file.
-        Err(_) if !dns.nameservers.is_empty() => None,
-        Err(e) => {
-            return Err(format!(
+    let path = dns.resolv_conf_file();
+    let file = match &path {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(data) => Some(resolv_conf::Config::parse(&data).map_err(|e| {
+                format!(
+                    "{} is not a valid resolv.conf ({e}): fix it, or set dns.resolv_conf",
+                    path.display()
+                )
+            })?),
+            Err(e) => return Err(format!(
                 "cannot read {} ({e}): set dns.nameservers, or dns.resolv_conf to a readable file",
-                dns.resolv_conf.display()
-            ))
-        }
+                path.display()
+            )),
+        },
     };
     let servers: Vec<SocketAddr> = if dns.nameservers.is_empty() {
         file.iter()
@@ -299,7 +299,9 @@ fn resolver(dns: &Dns) -> Result<TokioResolver, String> {
     if servers.is_empty() {
         return Err(format!(
             "{} names no nameserver: add one there, or set dns.nameservers",
-            dns.resolv_conf.display()
+            path.as_deref()
+                .unwrap_or(std::path::Path::new("resolv.conf"))
+                .display()
         ));
     }
     let search: Vec<String> = match &dns.search {
@@ -471,12 +473,24 @@ async fn lookup(resolver: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Du
 }
 
 fn classify(host: &str, error: &ResolveError) -> Lookup {
-    if error.is_nx_domain() {
-        Lookup::Empty(format!("`{host}` does not exist (NXDOMAIN)"))
-    } else if error.is_no_records_found() {
-        Lookup::Empty(format!("`{host}` has no A or AAAA record"))
-    } else {
-        Lookup::Failure(format!("lookup of `{host}` failed: {error}"))
+    use hickory_resolver::proto::op::ResponseCode;
+    use hickory_resolver::proto::ProtoErrorKind;
+    // An answer that says "no such name" or "no such record" is empty; any
+    // other code (SERVFAIL, REFUSED) and no answer at all are failures.
+    match error.proto().map(|e| e.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain,
+            ..
+        }) => Lookup::Empty(format!("`{host}` does not exist (NXDOMAIN)")),
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NoError,
+            ..
+        }) => Lookup::Empty(format!("`{host}` has no A or AAAA record")),
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => Lookup::Failure(format!(
+            "lookup of `{host}` failed: the nameserver answered {}",
+            response_code.to_str()
+        )),
+        _ => Lookup::Failure(format!("lookup of `{host}` failed: {error}")),
     }
 }
 
@@ -531,7 +545,7 @@ mod tests {
     fn resolver_needs_a_nameserver() {
         let dir = tempfile::tempdir().expect("temp dir");
         let missing = Dns {
-            resolv_conf: dir.path().join("absent.conf"),
+            resolv_conf: Some(dir.path().join("absent.conf")),
             ..Dns::default()
         };
         let err = resolver(&missing).expect_err("no file, no nameservers");
@@ -543,7 +557,7 @@ mod tests {
         let empty = dir.path().join("empty.conf");
         std::fs::write(&empty, "search example.com\n").expect("write");
         let err = resolver(&Dns {
-            resolv_conf: empty.clone(),
+            resolv_conf: Some(empty.clone()),
             ..Dns::default()
         })
         .expect_err("no nameserver line");
@@ -563,7 +577,7 @@ mod tests {
         )
         .expect("write");
         let dns = Dns {
-            resolv_conf: file,
+            resolv_conf: Some(file),
             ..Dns::default()
         };
         let built = resolver(&dns).expect("resolver");

@@ -18,12 +18,14 @@ impl Validator {
         let defaults = Dns::default();
         let mut ok = true;
         let resolv_conf = match raw.resolv_conf.as_deref() {
-            None => Some(defaults.resolv_conf.clone()),
-            Some(file) => self.path_field(
-                "dns.resolv_conf",
-                file,
-                "name a resolv.conf file, or remove resolv_conf for /etc/resolv.conf",
-            ),
+            None => Some(None),
+            Some(file) => self
+                .path_field(
+                    "dns.resolv_conf",
+                    file,
+                    "name a resolv.conf file, or remove resolv_conf for /etc/resolv.conf",
+                )
+                .map(Some),
         };
         let mut nameservers = Vec::new();
         if let Some(list) = &raw.nameservers {

@@ -1,0 +1,465 @@
+//! Endpoints by DNS name, end to end: a real DNS server on loopback UDP
+//! (`support::dns`) whose records the tests change while veer runs, real
+//! upstreams on several loopback addresses at one port (Linux routes all of
+//! 127/8 to `lo`), veer in-process with its admin API.
+//!
+//! Every wait is a poll with a deadline; nothing asserts how long a lookup
+//! or a refresh takes. TTL bounds are checked by counting queries.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::dns::{DnsServer, Mode};
+use support::load::tally;
+use support::metrics::{scrape, sum};
+use support::release::{version, Fixture};
+use support::upstream::Upstream;
+use support::{own_loopback, wait_until};
+
+/// Bound on any one wait here.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Upstreams named `names`, each on its own loopback address of this
+/// process (`own_loopback(first + i)`), all at one port.
+async fn upstreams(first: u8, names: &[&'static str]) -> (u16, Vec<(IpAddr, Upstream)>) {
+    'port: for _ in 0..20 {
+        let probe = tokio::net::TcpListener::bind(SocketAddr::new(own_loopback(first), 0))
+            .await
+            .expect("bind a loopback port");
+        let port = probe.local_addr().expect("local addr").port();
+        drop(probe);
+        let mut started = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ip = own_loopback(first + u8::try_from(i).expect("few upstreams"));
+            match Upstream::start_at(name, SocketAddr::new(ip, port)).await {
+                Some(upstream) => started.push((ip, upstream)),
+                None => continue 'port,
+            }
+        }
+        return (port, started);
+    }
+    panic!("no port free on every address of {names:?}");
+}
+
+/// The config: the admin API, a `dns` block asking `dns`, and service `web`
+/// with `versions` as YAML flow mappings, then `extra` service lines.
+fn yaml(dns: &DnsServer, dns_extra: &str, versions: &[String], extra: &str) -> String {
+    let mut y = format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+         admin:\n  address: \"127.0.0.1:0\"\n\
+         dns:\n  nameservers: [\"{}\"]\n  timeout: 300ms\n{dns_extra}\
+         services:\n  - name: web\n    versions:\n",
+        dns.addr()
+    );
+    for v in versions {
+        y.push_str(&format!("      - {v}\n"));
+    }
+    y.push_str("    timeouts: { connect: 1s, request: 5s }\n");
+    y.push_str(extra);
+    y
+}
+
+/// The `dns` entry of `version` for `name` in `web`'s `/status` entry.
+fn dns_entry<'a>(web: &'a Value, version_name: &str, name: &str) -> &'a Value {
+    version(web, version_name)["dns"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("no dns entry {name} in {web:#}"))
+}
+
+fn addresses(entry: &Value) -> Vec<String> {
+    let mut list: Vec<String> = entry["addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    list.sort();
+    list
+}
+
+fn at(ips: &[IpAddr], port: u16) -> Vec<String> {
+    let mut list: Vec<String> = ips
+        .iter()
+        .map(|&ip| SocketAddr::new(ip, port).to_string())
+        .collect();
+    list.sort();
+    list
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_two_addresses_gets_traffic_on_both() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(1, &["a", "b"]).await;
+    let ips: Vec<IpAddr> = ups.iter().map(|(ip, _)| *ip).collect();
+    dns.set("web.test", &ips, 30);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "",
+        &[format!(
+            "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+        )],
+        "",
+    ))
+    .await;
+    // Resolved before the first snapshot: both from the first request on.
+    let load = f.paced_load(200, 200, LIMIT);
+    let counts = tally(&load.join().await);
+    assert_eq!(counts.values().sum::<u64>(), 200, "{counts:?}");
+    assert!(counts.get("200 a").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert!(counts.get("200 b").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert_eq!(
+        counts.get("200 a").copied().unwrap_or(0) + counts.get("200 b").copied().unwrap_or(0),
+        200,
+        "{counts:?}"
+    );
+
+    let web = f.web().await;
+    let entry = dns_entry(&web, "stable", &format!("web.test:{port}"));
+    assert_eq!(addresses(entry), at(&ips, port));
+    assert_eq!(entry["result"], "success");
+    assert_eq!(entry["error"], Value::Null);
+    assert_eq!(entry["failures"], 0);
+    assert!(entry["last_lookup_at"].is_string(), "{entry:#}");
+    let endpoints: Vec<&str> = version(&web, "stable")["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{web:#}");
+
+    let metrics = scrape(&f.client, f.admin).await;
+    let resolved = sum(
+        &metrics,
+        "veer_dns_resolutions_total",
+        &[("name", "web.test"), ("result", "success")],
+    );
+    assert!(resolved >= 1.0, "{resolved}");
+    // The other results are declared at 0.
+    assert!(metrics
+        .samples
+        .iter()
+        .any(|s| s.metric == "veer_dns_resolutions_total"
+            && s.labels.get("result") == Some("failure")));
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_changed_under_load_fail_no_request() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(11, &["a", "b", "c"]).await;
+    let ip = |i: usize| ups[i].0;
+    // `a` answers slowly: requests are in flight to it when it leaves.
+    ups[0].1.set_delay(Duration::from_millis(300));
+    dns.set("web.test", &[ip(0), ip(1)], 0);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 1s\n",
+        &[format!(
+            "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+        )],
+        "",
+    ))
+    .await;
+    let load = f.paced_load(100, 3_000, Duration::from_secs(25));
+    let name = format!("web.test:{port}");
+    wait_until(LIMIT, "traffic to a and b", || {
+        ups[0].1.total() > 5 && ups[1].1.total() > 5
+    })
+    .await;
+    let in_flight_to_a = || ups[0].1.total();
+    let before_change = in_flight_to_a();
+    assert!(before_change > 0);
+    dns.set("web.test", &[ip(1), ip(2)], 0);
+    f.wait_web(LIMIT, "the new address set in /status", |web| {
+        addresses(dns_entry(web, "stable", &name)) == at(&[ip(1), ip(2)], port)
+    })
+    .await;
+    wait_until(LIMIT, "traffic to the new address", || {
+        ups[2].1.total() > 20
+    })
+    .await;
+    // Every request that reached `a` before it left was answered (below);
+    // none reaches it once its answers are in and the new set is in force.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a_final = ups[0].1.total();
+    let c_then = ups[2].1.total();
+    wait_until(LIMIT, "more traffic to c", || {
+        ups[2].1.total() > c_then + 20
+    })
+    .await;
+    assert_eq!(
+        ups[0].1.total(),
+        a_final,
+        "a removed address still got requests"
+    );
+    let samples = load.finish().await;
+    let counts = tally(&samples);
+    let ok: u64 = counts
+        .iter()
+        .filter(|(k, _)| k.starts_with("200 "))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(ok, samples.len() as u64, "failed requests: {counts:?}");
+    // `a`'s slow answers, the ones in flight when it left included, came back.
+    assert_eq!(
+        counts.get("200 a").copied().unwrap_or(0),
+        a_final,
+        "{counts:?}"
+    );
+    assert!(counts.get("200 c").copied().unwrap_or(0) > 20, "{counts:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lookups_keep_the_last_good_addresses() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(21, &["a"]).await;
+    dns.set("web.test", &[ups[0].0], 0);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 200ms\n",
+        &[format!(
+            "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+        )],
+        "",
+    ))
+    .await;
+    let name = format!("web.test:{port}");
+    let good = at(&[ups[0].0], port);
+
+    dns.set_mode(Mode::ServFail);
+    let web = f
+        .wait_web(LIMIT, "a failed lookup in /status", |web| {
+            dns_entry(web, "stable", &name)["result"] == "failure"
+        })
+        .await;
+    let entry = dns_entry(&web, "stable", &name);
+    assert_eq!(addresses(entry), good, "the last good addresses stay");
+    let error = entry["error"].as_str().expect("an error");
+    assert!(
+        error.starts_with("lookup of `web.test` failed: "),
+        "{error}"
+    );
+    assert!(entry["failures"].as_u64().expect("failures") >= 1);
+    let answer = f.get_with("/", &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.upstream()),
+        (200, Some("a"))
+    );
+    let metrics = scrape(&f.client, f.admin).await;
+    assert!(
+        sum(
+            &metrics,
+            "veer_dns_resolutions_total",
+            &[("name", "web.test"), ("result", "failure")]
+        ) >= 1.0
+    );
+
+    // No answer at all: a failure too, and still the last good addresses.
+    dns.set_mode(Mode::Silent);
+    let web = f
+        .wait_web(LIMIT, "a timed-out lookup in /status", |web| {
+            let entry = dns_entry(web, "stable", &name);
+            entry["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out") || e.contains("timeout"))
+        })
+        .await;
+    assert_eq!(addresses(dns_entry(&web, "stable", &name)), good);
+    let load = f.paced_load(100, 50, LIMIT);
+    let counts = tally(&load.join().await);
+    assert_eq!(counts.get("200 a").copied(), Some(50), "{counts:?}");
+
+    // The name answers again: a success, the failure count back to 0.
+    dns.set_mode(Mode::Answer);
+    f.wait_web(LIMIT, "the name resolving again", |web| {
+        let entry = dns_entry(web, "stable", &name);
+        entry["result"] == "success" && entry["failures"] == 0
+    })
+    .await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_never_resolved_gives_its_share_to_the_baseline() {
+    let dns = DnsServer::start().await;
+    let stable = Upstream::start("stable").await;
+    let (port, ups) = upstreams(31, &["canary"]).await;
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 200ms\n",
+        &[
+            format!(
+                "{{ name: stable, endpoints: [\"{}\"], weight: 50 }}",
+                stable.addr()
+            ),
+            format!("{{ name: canary, endpoints: [\"canary.test:{port}\"], weight: 50 }}"),
+        ],
+        "    guard: { baseline: stable, max_error_rate: 0.5 }\n",
+    ))
+    .await;
+    let name = format!("canary.test:{port}");
+    let web = f.web().await;
+    let canary = version(&web, "canary");
+    assert_eq!(canary["unavailable"], true, "{web:#}");
+    assert_eq!(canary["endpoints"].as_array().map(Vec::len), Some(0));
+    let entry = dns_entry(&web, "canary", &name);
+    assert_eq!(entry["result"], "empty");
+    assert_eq!(entry["error"], "`canary.test` does not exist (NXDOMAIN)");
+    assert_eq!(addresses(entry), Vec::<String>::new());
+    let load = f.paced_load(200, 100, LIMIT);
+    let counts = tally(&load.join().await);
+    assert_eq!(counts.get("200 stable").copied(), Some(100), "{counts:?}");
+
+    // Once it resolves, the canary joins and takes its share.
+    dns.set("canary.test", &[ups[0].0], 0);
+    f.wait_web(LIMIT, "the canary available", |web| {
+        version(web, "canary")["unavailable"] == false
+    })
+    .await;
+    let load = f.paced_load(200, 200, LIMIT);
+    let counts = tally(&load.join().await);
+    assert!(
+        counts.get("200 canary").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    assert_eq!(counts.values().sum::<u64>(), 200);
+    assert!(counts.keys().all(|k| k.starts_with("200 ")), "{counts:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ttl_is_followed_within_the_bounds() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(41, &["a"]).await;
+    // TTL 0 would be asked for in a loop without min_ttl; TTL 1h would not
+    // be asked again for an hour without max_ttl.
+    dns.set("zero.test", &[ups[0].0], 0);
+    dns.set("long.test", &[ups[0].0], 3600);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 1s\n",
+        &[
+            format!("{{ name: stable, endpoints: [\"zero.test:{port}\"], weight: 1 }}"),
+            format!("{{ name: canary, endpoints: [\"long.test:{port}\"], weight: 1 }}"),
+        ],
+        "",
+    ))
+    .await;
+    // long.test is asked again (max_ttl), more than once.
+    wait_until(LIMIT, "long.test asked three times", || {
+        dns.queries("long.test") >= 3
+    })
+    .await;
+    let zero = dns.queries("zero.test");
+    let long = dns.queries("long.test");
+    // Two max_ttl periods passed: zero.test was asked every min_ttl meanwhile
+    // (about ten times as often), never in a loop.
+    assert!(zero > long, "zero.test {zero}, long.test {long}");
+    assert!(zero < 200, "zero.test asked {zero} times: min_ttl not held");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_name_is_found_through_the_search_domains() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(51, &["right", "wrong"]).await;
+    // As Kubernetes writes it: ndots 5, the namespace's domains first.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 10.255.255.1\n\
+         search prod.svc.cluster.test svc.cluster.test cluster.test\n\
+         options ndots:5\n",
+    )
+    .expect("write resolv.conf");
+    // `api.billing` has fewer than 5 dots: the search domains come first,
+    // so the service in the cluster wins over the name as written.
+    dns.set("api.billing.svc.cluster.test", &[ups[0].0], 30);
+    dns.set("api.billing", &[ups[1].0], 30);
+    let f = Fixture::start(&yaml(
+        &dns,
+        &format!("  resolv_conf: \"{}\"\n", resolv.display()),
+        &[format!(
+            "{{ name: stable, endpoints: [\"api.billing:{port}\"], weight: 1 }}"
+        )],
+        "",
+    ))
+    .await;
+    let web = f.web().await;
+    let entry = dns_entry(&web, "stable", &format!("api.billing:{port}"));
+    assert_eq!(addresses(entry), at(&[ups[0].0], port), "{web:#}");
+    // Asked under the first search domain (no such name), then the second.
+    assert!(dns.queries("api.billing.prod.svc.cluster.test") >= 1);
+    assert!(dns.queries("api.billing.svc.cluster.test") >= 1);
+    let load = f.paced_load(200, 20, LIMIT);
+    let counts = tally(&load.join().await);
+    assert_eq!(counts.get("200 right").copied(), Some(20), "{counts:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_names() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(61, &["a", "b"]).await;
+    dns.set("one.test", &[ups[0].0], 30);
+    dns.set("two.test", &[ups[1].0], 30);
+    let dns_block = "  min_ttl: 100ms\n  max_ttl: 1s\n";
+    let f = Fixture::start(&yaml(
+        &dns,
+        dns_block,
+        &[format!(
+            "{{ name: stable, endpoints: [\"one.test:{port}\"], weight: 1 }}"
+        )],
+        "",
+    ))
+    .await;
+    let next = yaml(
+        &dns,
+        dns_block,
+        &[format!(
+            "{{ name: stable, endpoints: [\"two.test:{port}\"], weight: 1 }}"
+        )],
+        "",
+    );
+    let config = veer::config::parse_str(&next, "t.yaml").expect("valid");
+    f.control().apply_config(config).await.expect("applied");
+    // The new name was looked up before the reload's snapshot: no gap.
+    let answer = f.get_with("/", &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.upstream()),
+        (200, Some("b"))
+    );
+    let web = f.web().await;
+    assert_eq!(
+        version(&web, "stable")["dns"].as_array().map(Vec::len),
+        Some(1)
+    );
+    dns_entry(&web, "stable", &format!("two.test:{port}"));
+    // one.test is no longer asked, and its counters left /metrics.
+    let asked = dns.queries("one.test");
+    let metrics = scrape(&f.client, f.admin).await;
+    assert_eq!(
+        sum(
+            &metrics,
+            "veer_dns_resolutions_total",
+            &[("name", "one.test")]
+        ),
+        0.0
+    );
+    let two = dns.queries("two.test");
+    wait_until(LIMIT, "two.test asked again", || {
+        dns.queries("two.test") > two + 1
+    })
+    .await;
+    assert_eq!(dns.queries("one.test"), asked);
+    f.shutdown().await;
+}
