@@ -463,3 +463,128 @@ async fn a_reload_adds_and_removes_names() {
     assert_eq!(dns.queries("one.test"), asked);
     f.shutdown().await;
 }
+
+// ---------------------------------------------------------------- the config
+
+/// A valid config with a `dns` block of `dns` lines (from line 5 on) and
+/// the endpoints `endpoints` (line 12).
+fn config_text(dns: &str, endpoints: &str) -> String {
+    format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:8080\ndns:\n{dns}\
+         services:\n  - name: app\n    versions:\n      - name: stable\n        weight: 1\n        endpoints: {endpoints}\n"
+    )
+}
+
+#[track_caller]
+fn assert_config_errors(text: &str, expected: &[&str]) {
+    match veer::config::parse_str(text, "test.yaml") {
+        Ok(_) => panic!("accepted, expected {expected:#?}\n{text}"),
+        Err(errors) => {
+            let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            assert_eq!(lines, expected, "\nthe config was:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn the_dns_block_is_checked() {
+    let text = config_text(
+        "  nameservers: [10.96.0.10, \"127.0.0.1:0\", \"0.0.0.0:53\", dns.local]\n  \
+         search: [svc.cluster.local, \"bad..domain\"]\n  ndots: 16\n  timeout: 0s\n  \
+         min_ttl: 50ms\n  max_ttl: 2h\n",
+        "[\"app.test:80\"]",
+    );
+    assert_config_errors(
+        &text,
+        &[
+            "test.yaml:5:29: dns.nameservers[1]: `127.0.0.1:0` has port 0: give the port the nameserver answers on, or none for 53",
+            "test.yaml:5:44: dns.nameservers[2]: `0.0.0.0:53` is a wildcard address, which cannot be asked: write the nameserver's own IP, such as 10.96.0.10, 127.0.0.1:5353 or [fd00::10]:53",
+            "test.yaml:5:58: dns.nameservers[3]: `dns.local` is not an IP address or IP:PORT: nameservers are written as addresses, such as 10.96.0.10, 127.0.0.1:5353 or [fd00::10]:53",
+            "test.yaml:6:31: dns.search[1]: `bad..domain` is not a DNS name: it has an empty label (two dots in a row, or a leading dot)",
+            "test.yaml:7:10: dns.ndots: 16 is outside 0..=15 (dots a name needs to be tried as written before the search domains)",
+            "test.yaml:8:12: dns.timeout: `0s` is zero: this needs a duration above 0",
+            "test.yaml:9:12: dns.min_ttl: 50ms is below 100ms: a name with a short TTL would be asked for many times a second; write 100ms or more",
+            "test.yaml:10:12: dns.max_ttl: 2h is above 1h: addresses that change would go unseen that long; write 1h or less",
+        ],
+    );
+    assert_config_errors(
+        &config_text("  min_ttl: 1m\n  max_ttl: 30s\n", "[\"app.test:80\"]"),
+        &["test.yaml:5:12: dns.min_ttl: 1m is above max_ttl (30s): the TTL is held between the two, so min_ttl must not exceed max_ttl"],
+    );
+    assert_config_errors(
+        &config_text("  ttl: 5s\n", "[\"app.test:80\"]"),
+        &["test.yaml:6:3: dns.ttl: unknown field `ttl`, expected one of `resolv_conf`, `nameservers`, `search`, `ndots`, `timeout`, `min_ttl`, `max_ttl`"],
+    );
+    assert_config_errors(
+        &config_text("  nameservers: []\n", "[\"app.test:80\"]"),
+        &["test.yaml:5:16: dns.nameservers: is empty: list at least one nameserver, such as [10.96.0.10], or remove nameservers to use those of resolv_conf"],
+    );
+    assert_config_errors(
+        &config_text("  resolv_conf: \"\"\n", "[\"app.test:80\"]"),
+        &["test.yaml:5:16: dns.resolv_conf: empty path: name a resolv.conf file, or remove resolv_conf for /etc/resolv.conf"],
+    );
+    // Every field, valid.
+    let config = veer::config::parse_str(
+        &config_text(
+            "  resolv_conf: /etc/resolv.conf\n  nameservers: [10.96.0.10, \"[fd00::10]:5353\"]\n  \
+             search: [prod.svc.cluster.local]\n  ndots: 5\n  timeout: 1s\n  min_ttl: 2s\n  max_ttl: 1m\n",
+            "[\"app.test:80\", 127.0.0.1:81]",
+        ),
+        "test.yaml",
+    )
+    .expect("valid");
+    assert_eq!(config.dns.nameservers.len(), 2);
+    assert_eq!(config.dns.nameservers[0].port(), 53);
+    assert_eq!(config.dns.ndots, Some(5));
+    assert_eq!(config.dns.max_ttl, Duration::from_secs(60));
+    let version = &config.services[0].versions[0];
+    assert_eq!(version.endpoints.len(), 1);
+    assert_eq!(version.names[0].to_string(), "app.test:80");
+}
+
+#[test]
+fn endpoint_names_are_checked() {
+    let text = config_text(
+        "  min_ttl: 1s\n",
+        "[\"-bad.test:80\", \"bad_Ok.test:80\", \"a b:80\", \"web.test\", \"web.test:0\", \"300.1.2.3:80\", \"http://web.test:80\"]",
+    );
+    assert_config_errors(
+        &text,
+        &[
+            "test.yaml:11:21: services[0].versions[0].endpoints[0]: `-bad.test:80`: `-bad.test` is not a DNS name: the label `-bad` starts or ends with `-`",
+            "test.yaml:11:55: services[0].versions[0].endpoints[2]: `a b:80`: `a b` is not a DNS name: ' ' is not allowed (letters, digits, `-`, `_` and dots only)",
+            "test.yaml:11:65: services[0].versions[0].endpoints[3]: `web.test` has no port: write the port the endpoints listen on, such as `web.test:8080`",
+            "test.yaml:11:77: services[0].versions[0].endpoints[4]: `web.test:0` has port 0: give the port the endpoints listen on",
+            "test.yaml:11:91: services[0].versions[0].endpoints[5]: `300.1.2.3:80`: `300.1.2.3` is neither an IP address nor a DNS name (a name's last label is not all digits): check the address",
+            "test.yaml:11:107: services[0].versions[0].endpoints[6]: `http://web.test:80` has a scheme: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080, without http://",
+        ],
+    );
+}
+
+/// `veer check` takes names as they are: nothing is resolved, so a config
+/// for a cluster checks anywhere (a CI runner that cannot resolve them).
+#[test]
+fn veer_check_accepts_cluster_names_without_resolving_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("veer.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n\
+         services:\n  - name: agent-match\n    versions:\n\
+         \x20     - { name: stable, endpoints: [agent-match-stable.production.svc.cluster.local:8080], weight: 90 }\n\
+         \x20     - { name: canary, endpoints: [\"agent-match-canary.production.svc.cluster.local.:8080\"], weight: 10 }\n",
+    )
+    .expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["check", "--offline", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run veer check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().next(),
+        Some(format!("{}: ok", path.display()).as_str())
+    );
+}

@@ -31,12 +31,12 @@ use super::yaml::Node;
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
-    pub dns: Option<Node>,
     pub admin: Option<Node>,
     pub state_dir: Option<Node>,
     pub fleet: Option<Node>,
     pub limits: Option<Node>,
     pub access_log: Option<Node>,
+    pub dns: Option<Node>,
     pub services: Option<Node>,
 }
 

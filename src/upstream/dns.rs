@@ -282,10 +282,12 @@ fn resolver(dns: &Dns) -> Result<TokioResolver, String> {
                     path.display()
                 )
             })?),
-            Err(e) => return Err(format!(
+            Err(e) => {
+                return Err(format!(
                 "cannot read {} ({e}): set dns.nameservers, or dns.resolv_conf to a readable file",
                 path.display()
-            )),
+            ))
+            }
         },
     };
     let servers: Vec<SocketAddr> = if dns.nameservers.is_empty() {

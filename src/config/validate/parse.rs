@@ -82,7 +82,12 @@ pub(crate) fn parse_endpoint_spec(text: &str) -> Result<EndpointSpec, String> {
             "`{text}` has no port: write the port the endpoints listen on, such as `{text}:8080`"
         ));
     };
-    if host.contains(':') || host.starts_with('[') {
+    if host.starts_with('[') {
+        return Err(format!(
+            "`{text}` is not an address: expected [IPv6]:PORT such as [::1]:8080"
+        ));
+    }
+    if host.contains(':') {
         return Err(format!(
             "`{text}` is not an address: write IPv6 endpoints in brackets, such as [::1]:8080"
         ));
@@ -431,7 +436,9 @@ mod tests {
             ("backend:http", "`backend:http` has port `http`, which is not a port number (1 to 65535)"),
             ("http://backend:80", "`http://backend:80` has a scheme: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080, without http://"),
             ("backend:80/x", "`backend:80/x` has a path: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080, without a path"),
-            ("::1:80", "`::1:80` is not an address: write IPv6 endpoints in brackets, such as [::1]:8080"),
+            ("::1:80", "`::1:80` has no port: expected IP:PORT such as 127.0.0.1:18081 (IPv6 as [::1]:8080)"),
+            ("fe80::1:x:80", "`fe80::1:x:80` is not an address: write IPv6 endpoints in brackets, such as [::1]:8080"),
+            ("[::1]:http", "`[::1]:http` is not an address: expected [IPv6]:PORT such as [::1]:8080"),
             ("a..b:80", "`a..b:80`: `a..b` is not a DNS name: it has an empty label (two dots in a row, or a leading dot)"),
             ("-a.b:80", "`-a.b:80`: `-a.b` is not a DNS name: the label `-a` starts or ends with `-`"),
             ("a b:80", "`a b:80`: `a b` is not a DNS name: ' ' is not allowed (letters, digits, `-`, `_` and dots only)"),
