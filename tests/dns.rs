@@ -673,3 +673,60 @@ fn veer_check_accepts_cluster_names_without_resolving_them() {
         Some(format!("{}: ok", path.display()).as_str())
     );
 }
+
+/// The real binary's log: one line per change of a name's state, not one
+/// per failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_logged_once_per_change() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(91, &["a", "b"]).await;
+    dns.set("web.test", &[ups[0].0], 0);
+    let veer = support::binary::VeerProcess::start(
+        env!("CARGO_BIN_EXE_veer"),
+        &yaml(
+            &dns,
+            "  min_ttl: 100ms\n  max_ttl: 200ms\n",
+            &[format!(
+                "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+            )],
+            "",
+        ),
+    );
+    let lines = |what: &str| veer.stderr().lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines("DNS: the name resolved"), 1, "{}", veer.stderr());
+    dns.set_mode(Mode::ServFail);
+    let asked = dns.queries("web.test");
+    wait_until(LIMIT, "five failed lookups", || {
+        dns.queries("web.test") >= asked + 5
+    })
+    .await;
+    assert_eq!(lines("DNS: the lookup failed"), 1, "{}", veer.stderr());
+    dns.set_mode(Mode::Answer);
+    wait_until(LIMIT, "the name resolving again", || {
+        lines("DNS: the name resolves again") == 1
+    })
+    .await;
+    dns.set("web.test", &[ups[1].0], 0);
+    wait_until(LIMIT, "the change logged", || {
+        lines("DNS: the name's addresses changed") == 1
+    })
+    .await;
+    let asked = dns.queries("web.test");
+    wait_until(LIMIT, "more lookups", || {
+        dns.queries("web.test") >= asked + 5
+    })
+    .await;
+    assert_eq!(lines("DNS: the lookup failed"), 1, "{}", veer.output());
+    assert_eq!(
+        lines("DNS: the name's addresses changed"),
+        1,
+        "{}",
+        veer.output()
+    );
+    assert_eq!(
+        lines("DNS: the name resolves again"),
+        1,
+        "{}",
+        veer.output()
+    );
+}

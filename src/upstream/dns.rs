@@ -426,6 +426,9 @@ impl Refresh {
         let name = self.entry.host.as_str();
         let addresses = Shown(&after.addresses);
         match (&before.last, &after.last) {
+            (None, Some(Lookup::Success)) => {
+                tracing::info!(name, addresses = %addresses, "DNS: the name resolved");
+            }
             (_, Some(Lookup::Success)) if before.addresses != after.addresses => {
                 tracing::info!(name, addresses = %addresses, "DNS: the name's addresses changed");
             }
