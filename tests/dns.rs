@@ -420,6 +420,42 @@ async fn a_name_that_never_resolved_gives_its_share_to_the_baseline() {
     f.shutdown().await;
 }
 
+/// A nameserver that does not answer holds veer's start for a bounded
+/// time only; the name joins when it first resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nameserver_does_not_hold_the_start() {
+    let dns = DnsServer::start().await;
+    dns.set_mode(Mode::Silent);
+    let stable = Upstream::start("stable").await;
+    let (port, ups) = upstreams(101, &["canary"]).await;
+    dns.set("canary.test", &[ups[0].0], 30);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 200ms\n",
+        &[
+            format!(
+                "{{ name: stable, endpoints: [\"{}\"], weight: 50 }}",
+                stable.addr()
+            ),
+            format!("{{ name: canary, endpoints: [\"canary.test:{port}\"], weight: 50 }}"),
+        ],
+        "    guard: { baseline: stable, max_error_rate: 0.5 }\n",
+    ))
+    .await;
+    let answer = f.get_with("/", &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.upstream()),
+        (200, Some("stable"))
+    );
+    dns.set_mode(Mode::Answer);
+    f.wait_web(LIMIT, "the canary resolved and available", |web| {
+        version(web, "canary")["unavailable"] == false
+            && dns_entry(web, "canary", &format!("canary.test:{port}"))["result"] == "success"
+    })
+    .await;
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ttl_is_followed_within_the_bounds() {
     let dns = DnsServer::start().await;

@@ -196,23 +196,16 @@ impl Names {
                 .collect()
         };
         self.retain(&wanted, telemetry);
-        let mut first = tokio::task::JoinSet::new();
+        let mut first = Vec::new();
         for entry in fresh {
             let refresh = Refresh {
                 counters: telemetry.dns_resolutions(&entry.host),
-                entry,
+                entry: Arc::clone(&entry),
                 resolving: Arc::clone(&resolving),
                 names: Arc::downgrade(self),
             };
-            first.spawn(async move {
-                refresh.once().await;
-                refresh
-            });
-        }
-        while let Some(done) = first.join_next().await {
-            let Ok(refresh) = done else { continue };
-            let entry = Arc::clone(&refresh.entry);
-            let task = tokio::spawn(refresh.run());
+            let (done, answered) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(refresh.run(Some(done)));
             *lock(&entry.task) = Some(task.abort_handle());
             // Removed by a later prime meanwhile: its task goes too.
             if !lock(&self.inner)
@@ -222,6 +215,14 @@ impl Names {
             {
                 entry.stop();
             }
+            first.push(answered);
+        }
+        // A nameserver that does not answer must not hold veer's start (or
+        // a reload) for long: the names still unanswered then are published
+        // when their answer comes.
+        let deadline = tokio::time::Instant::now() + first_answer_limit(&config.dns);
+        for answered in first {
+            let _ = tokio::time::timeout_at(deadline, answered).await;
         }
     }
 
@@ -360,7 +361,13 @@ struct Refresh {
 }
 
 impl Refresh {
-    async fn run(self) {
+    /// Looks the name up now (then tells `first`), and again each time the
+    /// last answer runs out.
+    async fn run(self, first: Option<tokio::sync::oneshot::Sender<()>>) {
+        self.once().await;
+        if let Some(first) = first {
+            let _ = first.send(());
+        }
         loop {
             let wait = {
                 let state = lock(&self.entry.state);
@@ -432,7 +439,7 @@ impl Refresh {
             (_, Some(Lookup::Success)) if before.addresses != after.addresses => {
                 tracing::info!(name, addresses = %addresses, "DNS: the name's addresses changed");
             }
-            (Some(Lookup::Success) | None, Some(Lookup::Success)) => {}
+            (Some(Lookup::Success), Some(Lookup::Success)) => {}
             (Some(_), Some(Lookup::Success)) => {
                 tracing::info!(name, addresses = %addresses, "DNS: the name resolves again");
             }
@@ -497,6 +504,12 @@ fn classify(host: &str, error: &ResolveError) -> Lookup {
         )),
         _ => Lookup::Failure(format!("lookup of `{host}` failed: {error}")),
     }
+}
+
+/// How long `prime` waits for first answers: four times the query timeout
+/// (a short name may be tried under a few search domains in turn).
+fn first_answer_limit(dns: &Dns) -> Duration {
+    dns.timeout.saturating_mul(4)
 }
 
 /// After `failures` failed lookups in a row: `min_ttl`, doubling, at most
