@@ -263,8 +263,19 @@ async fn records_changed_under_load_fail_no_request() {
     let before_change = in_flight_to_a();
     assert!(before_change > 0);
     dns.set("web.test", &[ip(1), ip(2)], 0);
+    // The name's new addresses, then the snapshot's endpoints built from them.
+    let new_set = at(&[ip(1), ip(2)], port);
     f.wait_web(LIMIT, "the new address set in /status", |web| {
-        addresses(dns_entry(web, "stable", &name)) == at(&[ip(1), ip(2)], port)
+        let mut endpoints: Vec<String> = version(web, "stable")["endpoints"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|e| e["address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        endpoints.sort();
+        addresses(dns_entry(web, "stable", &name)) == new_set && endpoints == new_set
     })
     .await;
     wait_until(LIMIT, "traffic to the new address", || {
@@ -272,7 +283,8 @@ async fn records_changed_under_load_fail_no_request() {
     })
     .await;
     // Every request that reached `a` before it left was answered (below);
-    // none reaches it once its answers are in and the new set is in force.
+    // none reaches it once the new set is in force. (The pause lets the
+    // requests already sent to `a` arrive; they are counted on arrival.)
     tokio::time::sleep(Duration::from_millis(400)).await;
     let a_final = ups[0].1.total();
     let c_then = ups[2].1.total();
