@@ -778,3 +778,42 @@ async fn failures_are_logged_once_per_change() {
         veer.output()
     );
 }
+
+/// A resolv.conf that cannot be read: every lookup fails, saying why and
+/// what to do, in `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_resolv_conf_is_reported() {
+    let stable = Upstream::start("stable").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let absent = dir.path().join("absent.conf");
+    let text = format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+         admin:\n  address: \"127.0.0.1:0\"\n\
+         dns:\n  resolv_conf: \"{}\"\n\
+         services:\n  - name: web\n    versions:\n\
+         \x20     - {{ name: stable, endpoints: [\"{}\"], weight: 1 }}\n\
+         \x20     - {{ name: canary, endpoints: [\"canary.test:80\"], weight: 1 }}\n\
+         \x20   guard: {{ baseline: stable, max_error_rate: 0.5 }}\n",
+        absent.display(),
+        stable.addr()
+    );
+    let f = Fixture::start(&text).await;
+    let web = f.web().await;
+    let entry = dns_entry(&web, "canary", "canary.test:80");
+    assert_eq!(entry["result"], "failure");
+    assert_eq!(
+        entry["error"],
+        format!(
+            "cannot read {} (No such file or directory (os error 2)): set dns.nameservers, or dns.resolv_conf to a readable file",
+            absent.display()
+        )
+        .as_str()
+    );
+    assert_eq!(version(&web, "canary")["unavailable"], true);
+    let answer = f.get_with("/", &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.upstream()),
+        (200, Some("stable"))
+    );
+    f.shutdown().await;
+}
