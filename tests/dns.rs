@@ -817,3 +817,26 @@ async fn an_unreadable_resolv_conf_is_reported() {
     );
     f.shutdown().await;
 }
+
+/// A reload that changes the `dns` block asks every name again, of the new
+/// nameservers, before its snapshot is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_dns_block_asks_again() {
+    let (first, second) = (DnsServer::start().await, DnsServer::start().await);
+    let (port, ups) = upstreams(111, &["a", "b"]).await;
+    first.set("web.test", &[ups[0].0], 3600);
+    second.set("web.test", &[ups[1].0], 3600);
+    let versions = [format!(
+        "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+    )];
+    let f = Fixture::start(&yaml(&first, "", &versions, "")).await;
+    let answer = f.get_with("/", &[]).await;
+    assert_eq!(answer.upstream(), Some("a"));
+    let config =
+        veer::config::parse_str(&yaml(&second, "", &versions, ""), "t.yaml").expect("valid");
+    f.control().apply_config(config).await.expect("applied");
+    let counts = tally(&f.paced_load(200, 20, LIMIT).join().await);
+    assert_eq!(counts.get("200 b").copied(), Some(20), "{counts:?}");
+    assert!(second.queries("web.test") >= 1);
+    f.shutdown().await;
+}
