@@ -345,6 +345,20 @@ async fn failed_lookups_keep_the_last_good_addresses() {
         "lookup of `web.test` failed: the nameserver answered Server Failure"
     );
     assert!(entry["failures"].as_u64().expect("failures") >= 1);
+    // `veer status` tells people too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["status", "web", "--admin", &f.admin_url()])
+        .output()
+        .await
+        .expect("run veer status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "  stable: DNS {name} failure: lookup of `web.test` failed: the nameserver answered Server Failure; in use: {}\n",
+            good[0]
+        )),
+        "{table}"
+    );
     let answer = f.get_with("/", &[]).await;
     assert_eq!(
         (answer.status.as_u16(), answer.upstream()),
