@@ -854,3 +854,42 @@ async fn a_reload_of_the_dns_block_asks_again() {
     assert!(second.queries("web.test") >= 1);
     f.shutdown().await;
 }
+
+/// Without health checks, an address that appears is in service at once and
+/// ramps up over `slow_start`, as an endpoint a reload adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_address_ramps_up_over_slow_start() {
+    let dns = DnsServer::start().await;
+    let (port, ups) = upstreams(121, &["a", "b"]).await;
+    dns.set("web.test", &[ups[0].0], 0);
+    let f = Fixture::start(&yaml(
+        &dns,
+        "  min_ttl: 100ms\n  max_ttl: 200ms\n",
+        &[format!(
+            "{{ name: stable, endpoints: [\"web.test:{port}\"], weight: 1 }}"
+        )],
+        "    slow_start: 1h\n",
+    ))
+    .await;
+    dns.set("web.test", &[ups[0].0, ups[1].0], 0);
+    let (a, b) = (
+        SocketAddr::new(ups[0].0, port).to_string(),
+        SocketAddr::new(ups[1].0, port).to_string(),
+    );
+    let web = f
+        .wait_web(LIMIT, "b listed", |web| {
+            version(web, "stable")["endpoints"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|e| e["address"] == b.as_str()))
+        })
+        .await;
+    let ramping = |addr: &str| {
+        version(&web, "stable")["endpoints"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["address"] == addr))
+            .map(|e| e["ramping"].clone())
+    };
+    assert_eq!(ramping(&b), Some(Value::Bool(true)), "{web:#}");
+    assert_eq!(ramping(&a), Some(Value::Bool(false)), "{web:#}");
+    f.shutdown().await;
+}
