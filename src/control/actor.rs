@@ -177,6 +177,7 @@ pub(super) fn spawn(
     telemetry: Arc<Telemetry>,
     store: Option<(Arc<dyn Store>, PersistedState)>,
     inbox: mpsc::UnboundedReceiver<Command>,
+    mut registry: Registry,
 ) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
     let (store, mut layer) = match store {
         Some((store, layer)) => (Some(store), layer),
@@ -197,7 +198,6 @@ pub(super) fn spawn(
         tokio::spawn(write_in_order(store, rx));
         tx
     });
-    let mut registry = Registry::default();
     let mut stats = StatsRegistry::default();
     let first = build(
         1,
@@ -255,9 +255,16 @@ impl Actor {
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut changes: Option<crate::state::Changes>,
     ) {
+        let names = Arc::clone(self.registry.names());
         loop {
             let command = tokio::select! {
                 command = inbox.recv() => command,
+                // A name's addresses changed: its endpoints join or drain.
+                () = names.changed() => {
+                    self.publish();
+                    self.publish_view();
+                    continue;
+                }
                 Some(change) = next_change(&mut changes) => {
                     self.adopt(change);
                     continue;
