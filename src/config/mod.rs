@@ -242,6 +242,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         services: document
             .services
             .and_then(|list| deserialize_list(list, "services", issues)),
+        telemetry: document
+            .telemetry
+            .and_then(|part| deserialize_optional(part, "telemetry", issues)),
     })
 }
 

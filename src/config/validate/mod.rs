@@ -35,6 +35,7 @@ mod rollout;
 mod rules;
 mod services;
 mod sticky;
+mod telemetry;
 mod timeouts;
 mod tls;
 mod versions;
@@ -52,13 +53,13 @@ use super::error::Issue;
 use super::model::{
     AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Etcd, EtcdTls, Fleet, Grpc, Guard,
     HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol,
-    Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
-    DEFAULT_MAX_METHODS,
+    Rollout, Rule, RuleMatch, Service, Step, Sticky, Telemetry, Timeouts, UpstreamTls, Version,
+    DEFAULT_MAX_METHODS, LATENCY_BOUNDS,
 };
 use super::raw::{
     Part, RawAccessLog, RawAdmin, RawConfig, RawEtcd, RawFleet, RawGrpc, RawGuard, RawHealthCheck,
     RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep,
-    RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    RawStepMap, RawSticky, RawTelemetry, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -117,6 +118,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Ok(log)) => v.access_log(log).map(Some),
     };
     let services = v.services(raw.services);
+    let telemetry = match raw.telemetry {
+        None => Some(Telemetry::default()),
+        Some(Err(_)) => None,
+        Some(Ok(part)) => v.telemetry(part),
+    };
 
     let clean = v.issues.is_empty() && issues.is_empty();
     issues.append(&mut v.issues);
@@ -134,6 +140,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         limits: limits?,
         access_log: access_log?,
         services,
+        telemetry: telemetry?,
     })
 }
 
