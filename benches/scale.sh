@@ -48,7 +48,7 @@ BASE_PORT=${BASE_PORT:-18280}
 DOCS=${DOCS:-1}
 KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
-IDLE_SERIES_AFTER=${IDLE_SERIES_AFTER:-10m}
+IDLE_SERIES_AFTER=${IDLE_SERIES_AFTER-10m}
 FLIPS=${FLIPS:-10}
 
 LISTEN=$((BASE_PORT))
@@ -109,10 +109,19 @@ rss_kb() {
     echo "$total"
 }
 
+# utime + stime of a process and its children, in clock ticks.
+cpu_ticks() {
+    local total=0 pid
+    for pid in $1 $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
 median_max() { sort -n | awk '{a[NR]=$1} END {printf "%s %s", a[int((NR+1)/2)], a[NR]}'; }
 
 RESULTS=$DIR/results.tsv
-printf 'target\tservices\tready_s\trss_idle_mb\tflip_median_ms\tflip_max_ms\trss_reloads_mb\tfirst_p50_us\tfirst_p99_us\tlast_p50_us\tlast_p99_us\twild_p50_us\twild_p99_us\tmetrics_idle_kb\tmetrics_100_kb\tcheck_s\tcheck_mb\n' >"$RESULTS"
+printf 'target\tservices\tready_s\trss_idle_mb\tcpu_idle_pct\tflip_median_ms\tflip_max_ms\trss_reloads_mb\tfirst_p50_us\tfirst_p99_us\tlast_p50_us\tlast_p99_us\twild_p50_us\twild_p99_us\tmetrics_idle_kb\tmetrics_100_kb\tcheck_s\tcheck_mb\n' >"$RESULTS"
 
 run_one() {
     local target=$1 n=$2 last=$(($2 - 1)) conf pid since reload_cmd="" ext
@@ -156,16 +165,20 @@ run_one() {
     ready=$($PROBE ready "$LISTEN" "svc-$last.example.com" "$since" 120) || ready=timeout
     sleep 2
     local rss_idle=$(($(rss_kb "$pid") / 1024))
+    # CPU the proxy spends with no traffic at all: tickers, the guard.
+    local t0 t1
+    t0=$(cpu_ticks "$pid"); sleep 5; t1=$(cpu_ticks "$pid")
+    local cpu_idle=$(((t1 - t0) * 100 / $(getconf CLK_TCK) / 5))
     local metrics_idle="" metrics_100="" check_s="" check_mb=""
     if [[ $target == veer ]]; then
         metrics_idle=$(($(curl -s "http://127.0.0.1:$ADMIN/metrics" | wc -c) / 1024))
     fi
     local first last_l wild
-    first=$($PROBE latency "$LISTEN" "svc-0.example.com" 2000)
-    last_l=$($PROBE latency "$LISTEN" "svc-$last.example.com" 2000)
-    wild=$($PROBE latency "$LISTEN" "x.svc-$last.internal" 2000)
+    first=$($PROBE latency "$LISTEN" "svc-0.example.com" 2000) || first="err err"
+    last_l=$($PROBE latency "$LISTEN" "svc-$last.example.com" 2000) || last_l="err err"
+    wild=$($PROBE latency "$LISTEN" "x.svc-$last.internal" 2000) || wild="err err"
     local flips
-    flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | median_max)
+    flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | median_max) || flips="err err"
     sleep 3
     local rss_reloads=$(($(rss_kb "$pid") / 1024))
     if [[ $target == veer ]]; then
@@ -176,8 +189,8 @@ run_one() {
     fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$target" "$n" "$ready" "$rss_idle" "${flips% *}" "${flips#* }" "$rss_reloads" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$target" "$n" "$ready" "$rss_idle" "$cpu_idle" "${flips% *}" "${flips#* }" "$rss_reloads" \
         "${first% *}	${first#* }" "${last_l% *}	${last_l#* }" "${wild% *}	${wild#* }" \
         "$metrics_idle" "$metrics_100" "$check_s" "$check_mb" | tee -a "$RESULTS"
 }
@@ -198,12 +211,12 @@ if [[ $DOCS == 1 ]]; then
         echo "<!-- scale.sh -->"
         echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores (proxy pinned to CPU $PROXY_CPU, client and upstream to CPU $LOAD_CPU; other work was running on the machine, so compare within a row, not with other days)."
         echo
-        echo "| proxy | services | ready s | RSS idle MB | one-weight change ms (median / max of $FLIPS) | RSS after $FLIPS reloads MB | p50/p99 µs first | p50/p99 µs last | p50/p99 µs wildcard | /metrics KB idle / 100 active | check s / MB |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        tail -n +2 "$RESULTS" | while IFS=$'\t' read -r t n r ri fm fx rr f5 f9 l5 l9 w5 w9 mi m1 cs cm; do
+        echo "| proxy | services | ready s | RSS idle MB | CPU idle % | one-weight change ms (median / max of $FLIPS) | RSS after $FLIPS reloads MB | p50/p99 µs first | p50/p99 µs last | p50/p99 µs wildcard | /metrics KB idle / 100 active | check s / MB |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        tail -n +2 "$RESULTS" | while IFS=$'\t' read -r t n r ri ci fm fx rr f5 f9 l5 l9 w5 w9 mi m1 cs cm; do
             m="—"; [[ -n $mi ]] && m="$mi / $m1"
             c="—"; [[ -n $cs ]] && c="$cs / $cm"
-            echo "| $t | $n | $r | $ri | $fm / $fx | $rr | $f5 / $f9 | $l5 / $l9 | $w5 / $w9 | $m | $c |"
+            echo "| $t | $n | $r | $ri | $ci | $fm / $fx | $rr | $f5 / $f9 | $l5 / $l9 | $w5 / $w9 | $m | $c |"
         done
         echo "<!-- /scale.sh -->"
     } >"$DIR/section.md"
