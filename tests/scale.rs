@@ -69,61 +69,68 @@ fn config(count: usize, live: &[(usize, SocketAddr)], extra: &str, weight_of_las
 
 async fn through(client: &HttpClient, proxy: SocketAddr, host: &str) -> (u16, Option<String>) {
     let answer = send(client, get(&format!("http://{proxy}/"), Some(host))).await;
-    (answer.status.as_u16(), answer.upstream().map(str::to_string))
+    (
+        answer.status.as_u16(),
+        answer.upstream().map(str::to_string),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_the_last_and_a_wildcard_host_of_10000_services_route_by_lookup() {
-    within(Duration::from_secs(60), "routing at 10,000 services", async {
-        // The decision itself, on the table a snapshot holds, for 10,000
-        // services made in code from one parsed service.
-        let one = veer::config::parse_str(&config(1, &[], "", 10), "one.yaml")
-            .expect("a valid config")
-            .services
-            .remove(0);
-        let services: Vec<_> = (0..10_000)
-            .map(|i| {
-                let mut service = one.clone();
-                service.name = format!("svc-{i}");
-                service.hosts = vec![
-                    HostMatch::Exact(format!("svc-{i}.example.com")),
-                    HostMatch::Suffix(format!(".svc-{i}.internal")),
-                ];
-                service
-            })
-            .collect();
-        let table = veer::routing::RouteTable::new(&services);
-        assert_eq!(table.find("svc-0.example.com", "/"), Some(0));
-        assert_eq!(table.find("svc-9999.example.com", "/a"), Some(9_999));
-        assert_eq!(table.find("a.b.svc-9999.internal", "/"), Some(9_999));
-        assert_eq!(table.find("SVC-5000.example.com:8080", "/"), Some(5_000));
-        // The suffix must be a whole label, and the bare suffix is no match.
-        assert_eq!(table.find("xsvc-9999.internal", "/"), None);
-        assert_eq!(table.find("svc-9999.internal", "/"), None);
-        assert_eq!(table.find("svc-10000.example.com", "/"), None);
+    within(
+        Duration::from_secs(60),
+        "routing at 10,000 services",
+        async {
+            // The decision itself, on the table a snapshot holds, for 10,000
+            // services made in code from one parsed service.
+            let one = veer::config::parse_str(&config(1, &[], "", 10), "one.yaml")
+                .expect("a valid config")
+                .services
+                .remove(0);
+            let services: Vec<_> = (0..10_000)
+                .map(|i| {
+                    let mut service = one.clone();
+                    service.name = format!("svc-{i}");
+                    service.hosts = vec![
+                        HostMatch::Exact(format!("svc-{i}.example.com")),
+                        HostMatch::Suffix(format!(".svc-{i}.internal")),
+                    ];
+                    service
+                })
+                .collect();
+            let table = veer::routing::RouteTable::new(&services);
+            assert_eq!(table.find("svc-0.example.com", "/"), Some(0));
+            assert_eq!(table.find("svc-9999.example.com", "/a"), Some(9_999));
+            assert_eq!(table.find("a.b.svc-9999.internal", "/"), Some(9_999));
+            assert_eq!(table.find("SVC-5000.example.com:8080", "/"), Some(5_000));
+            // The suffix must be a whole label, and the bare suffix is no match.
+            assert_eq!(table.find("xsvc-9999.internal", "/"), None);
+            assert_eq!(table.find("svc-9999.internal", "/"), None);
+            assert_eq!(table.find("svc-10000.example.com", "/"), None);
 
-        // And end to end, through the proxy (fewer services: a debug build
-        // parses slowly, and the lookup is the same).
-        let first = Upstream::start("first").await;
-        let last = Upstream::start("last").await;
-        let yaml = config(1_000, &[(0, first.addr()), (999, last.addr())], "", 10);
-        let (proxy, addr, _admin) = start_with_admin(&yaml, None).await;
-        let client = http1_client();
-        for (host, want) in [
-            ("svc-0.example.com", "first"),
-            ("svc-999.example.com", "last"),
-            ("x.svc-999.internal", "last"),
-            ("deep.x.svc-0.internal", "first"),
-        ] {
-            assert_eq!(
-                through(&client, addr, host).await,
-                (200, Some(want.to_string())),
-                "{host}"
-            );
-        }
-        assert_eq!(through(&client, addr, "nobody.example.com").await.0, 404);
-        proxy.shutdown().await;
-    })
+            // And end to end, through the proxy (fewer services: a debug build
+            // parses slowly, and the lookup is the same).
+            let first = Upstream::start("first").await;
+            let last = Upstream::start("last").await;
+            let yaml = config(1_000, &[(0, first.addr()), (999, last.addr())], "", 10);
+            let (proxy, addr, _admin) = start_with_admin(&yaml, None).await;
+            let client = http1_client();
+            for (host, want) in [
+                ("svc-0.example.com", "first"),
+                ("svc-999.example.com", "last"),
+                ("x.svc-999.internal", "last"),
+                ("deep.x.svc-0.internal", "first"),
+            ] {
+                assert_eq!(
+                    through(&client, addr, host).await,
+                    (200, Some(want.to_string())),
+                    "{host}"
+                );
+            }
+            assert_eq!(through(&client, addr, "nobody.example.com").await.0, 404);
+            proxy.shutdown().await;
+        },
+    )
     .await;
 }
 
@@ -225,7 +232,11 @@ async fn quiet_versions_leave_metrics_and_come_back_with_their_counts() {
         let back = scrape(&client, admin).await;
         assert_eq!(requests(&back, "svc-0"), 4.0);
         assert!(
-            sum(&back, "veer_version_weight_percent", &[("service", "svc-0")]) > 0.0,
+            sum(
+                &back,
+                "veer_version_weight_percent",
+                &[("service", "svc-0")]
+            ) > 0.0,
             "its release gauges come back too"
         );
         proxy.shutdown().await;
@@ -270,7 +281,10 @@ async fn a_reload_of_one_weight_keeps_every_other_service_and_its_counters() {
                 "svc-{i} unchanged, so kept as built"
             );
         }
-        assert!(Arc::ptr_eq(&before.routes, &after.routes), "routes unchanged");
+        assert!(
+            Arc::ptr_eq(&before.routes, &after.routes),
+            "routes unchanged"
+        );
 
         for _ in 0..20 {
             let (status, _) = through(&client, addr, &format!("svc-{last}.example.com")).await;
@@ -280,10 +294,7 @@ async fn a_reload_of_one_weight_keeps_every_other_service_and_its_counters() {
         let s = scrape(&client, admin).await;
         assert_eq!(sum(&s, "veer_requests_total", &[("service", "svc-0")]), 5.0);
         let last = format!("svc-{last}");
-        assert_eq!(
-            sum(&s, "veer_requests_total", &[("service", &last)]),
-            20.0
-        );
+        assert_eq!(sum(&s, "veer_requests_total", &[("service", &last)]), 20.0);
         assert_eq!(
             sum(
                 &s,

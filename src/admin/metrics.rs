@@ -45,15 +45,6 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks of text in flight between the writer and the response body.
 const IN_FLIGHT: usize = 4;
 
-/// The whole text at once (tests, and anything that needs it whole).
-#[cfg(test)]
-pub fn render(control: &Control) -> String {
-    let mut chunks = Chunks::whole();
-    // Writing into memory cannot fail.
-    let _ = render_into(control, &mut chunks);
-    chunks.buf
-}
-
 /// Starts writing the text on a blocking thread; the body sends it as it
 /// is written.
 pub fn stream(control: Arc<Control>) -> MetricsBody {
@@ -90,22 +81,13 @@ impl http_body::Body for MetricsBody {
     }
 }
 
-/// Text written in chunks: each sent once it holds `CHUNK` bytes (or kept
-/// whole, without a sender).
+/// Text written in chunks: each sent once it holds `CHUNK` bytes.
 struct Chunks {
     buf: String,
     tx: Option<mpsc::Sender<Bytes>>,
 }
 
 impl Chunks {
-    #[cfg(test)]
-    fn whole() -> Chunks {
-        Chunks {
-            buf: String::new(),
-            tx: None,
-        }
-    }
-
     /// Sends what is written so far; an error once the body is gone.
     fn send(&mut self) -> fmt::Result {
         let Some(tx) = &self.tx else {

@@ -107,13 +107,11 @@ impl Admin {
         let scrape =
             request.method() == Method::GET && request.uri().path().trim_matches('/') == "metrics";
         // Reads are open; a token presented and wrong is refused by `handle`.
-        let allowed = || {
-            !request.headers().contains_key(AUTHORIZATION) || self.authorize(&request).0.is_ok()
-        };
+        let allowed =
+            || !request.headers().contains_key(AUTHORIZATION) || self.authorize(&request).0.is_ok();
         if scrape && allowed() {
-            let mut response = Response::new(Either::Right(metrics::stream(Arc::clone(
-                &self.control,
-            ))));
+            let mut response =
+                Response::new(Either::Right(metrics::stream(Arc::clone(&self.control))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -112,10 +112,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
 
 /// The config, and the map of where each field is if it was made (a valid
 /// file is read without one: see `SourceMap::tree`).
-fn parse_with_source(
-    text: &str,
-    file: &str,
-) -> Result<(Config, Option<SourceMap>), ConfigErrors> {
+fn parse_with_source(text: &str, file: &str) -> Result<(Config, Option<SourceMap>), ConfigErrors> {
     let (source, value) = match SourceMap::tree(text) {
         Ok(Some(value)) => (None, value),
         // A syntax error, a duplicate key, a second document: the full parse

@@ -284,10 +284,7 @@ fn has_duplicate(entries: &[(yaml::Node, yaml::Node)]) -> bool {
         });
     }
     let mut seen = std::collections::HashSet::with_capacity(entries.len());
-    entries
-        .iter()
-        .filter_map(text)
-        .any(|key| !seen.insert(key))
+    entries.iter().filter_map(text).any(|key| !seen.insert(key))
 }
 
 /// The key placeholder for a key that is not a scalar, as

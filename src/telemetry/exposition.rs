@@ -243,7 +243,9 @@ mod tests {
     fn one_histogram(labels: &[(&str, &str)], h: &LatencyBuckets) -> String {
         let mut text = String::new();
         let mut family = FamilyWriter::new(&mut text, LATENCY);
-        family.histogram(labels, &h.read(), u32::MAX).expect("write");
+        family
+            .histogram(labels, &h.read(), u32::MAX)
+            .expect("write");
         family.finish().expect("write");
         text
     }

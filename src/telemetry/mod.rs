@@ -133,9 +133,7 @@ impl Telemetry {
     /// Takes the config's `telemetry` block (at every publish: it may have
     /// changed with a reload).
     pub fn configure(&self, settings: &crate::config::Telemetry) {
-        let idle = settings
-            .idle_series_after
-            .map_or(0, |d| d.as_secs().max(1));
+        let idle = settings.idle_series_after.map_or(0, |d| d.as_secs().max(1));
         self.idle_after.store(idle, Ordering::Relaxed);
         let buckets = settings.buckets.as_ref().map_or(u32::MAX, |picked| {
             buckets::BOUNDS
