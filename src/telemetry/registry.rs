@@ -437,38 +437,56 @@ impl Registry {
             .map(|p| ((p.service, p.version), p))
             .collect();
         let mut inner = lock(&self.inner);
-        // Normally the snapshot's build created them already.
-        for (service, version) in present.keys() {
-            inner
-                .versions
-                .entry((service.to_string(), version.to_string()))
-                .or_default();
-        }
-        inner.versions.retain(|(service, version), series| {
-            let Some(p) = present.get(&(service.as_str(), version.as_str())) else {
-                series.retired.store(true, Ordering::Relaxed);
-                return false;
-            };
-            series.judged.store(p.judged, Ordering::Relaxed);
-            series.ejects.store(p.ejects, Ordering::Relaxed);
-            let mut endpoints = lock(&series.endpoints);
-            endpoints.retain(|addr, _| p.endpoints.contains(addr));
-            for addr in &p.endpoints {
-                endpoints.entry(*addr).or_default();
+        // Normally the snapshot's build created them all already: the keys
+        // are made (two strings each) only when one is missing. This runs at
+        // every publish, with thousands of versions.
+        let keep = |versions: &mut BTreeMap<(String, String), Arc<VersionSeries>>| {
+            let mut kept = 0;
+            versions.retain(|(service, version), series| {
+                let Some(p) = present.get(&(service.as_str(), version.as_str())) else {
+                    series.retired.store(true, Ordering::Relaxed);
+                    return false;
+                };
+                kept += 1;
+                series.judged.store(p.judged, Ordering::Relaxed);
+                series.ejects.store(p.ejects, Ordering::Relaxed);
+                let mut endpoints = lock(&series.endpoints);
+                if endpoints.len() != p.endpoints.len()
+                    || !p.endpoints.iter().all(|a| endpoints.contains_key(a))
+                {
+                    endpoints.retain(|addr, _| p.endpoints.contains(addr));
+                    for addr in &p.endpoints {
+                        endpoints.entry(*addr).or_default();
+                    }
+                }
+                true
+            });
+            kept
+        };
+        if keep(&mut inner.versions) < present.len() {
+            for (service, version) in present.keys() {
+                inner
+                    .versions
+                    .entry((service.to_string(), version.to_string()))
+                    .or_default();
             }
-            true
-        });
+            keep(&mut inner.versions);
+        }
         // Every service exports its step: 0 without a rollout (also once the
         // rollout block is removed); the snapshot's writer sets the others.
+        let services: std::collections::HashSet<&str> = present.keys().map(|(s, _)| *s).collect();
         inner
             .rollout_steps
-            .retain(|service, _| present.keys().any(|(s, _)| *s == service.as_str()));
+            .retain(|service, _| services.contains(service.as_str()));
         for p in present.values().filter(|p| !p.rollout) {
-            inner
-                .rollout_steps
-                .entry(p.service.to_string())
-                .or_default()
-                .set(0.0);
+            match inner.rollout_steps.get(p.service) {
+                Some(step) => step.set(0.0),
+                None => inner
+                    .rollout_steps
+                    .entry(p.service.to_string())
+                    .or_default()
+                    .set(0.0),
+            }
         }
     }
 
