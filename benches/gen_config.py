@@ -37,6 +37,9 @@ def weights(i, count, last):
 def veer(args, out):
     out.write(f"listeners:\n  - name: public\n    address: 127.0.0.1:{args.listen}\n")
     out.write(f"admin:\n  address: 127.0.0.1:{args.admin}\n")
+    # Guards want their latches to survive a restart (veer check warns
+    # about every guarded service otherwise).
+    out.write("state_dir: state\n")
     if args.idle_series_after:
         out.write(f"telemetry:\n  idle_series_after: {args.idle_series_after}\n")
     out.write("services:\n")
