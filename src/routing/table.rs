@@ -90,11 +90,15 @@ impl RouteTable {
         }
         // The longest suffix first: from the host's first dot on (a suffix
         // matches only a host longer than itself, hence not from index 0).
-        let wildcard = host
-            .char_indices()
-            .filter(|&(at, c)| c == '.' && at > 0)
-            .filter_map(|(at, _)| self.wildcard.get(&host[at..]))
-            .find_map(|routes| longest(routes));
+        let wildcard = match self.wildcard.is_empty() {
+            true => None,
+            false => host
+                .bytes()
+                .enumerate()
+                .filter(|&(at, b)| b == b'.' && at > 0)
+                .filter_map(|(at, _)| self.wildcard.get(&host[at..]))
+                .find_map(|routes| longest(routes)),
+        };
         wildcard.or_else(|| longest(&self.any_host))
     }
 }
