@@ -35,7 +35,51 @@ pub struct Config {
     pub services: Vec<Service>,
     /// How endpoints written as `NAME:PORT` are resolved.
     pub dns: Dns,
+    /// What `/metrics` exports.
+    pub telemetry: Telemetry,
 }
+
+/// What `/metrics` exports (`telemetry:` in the file).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Telemetry {
+    /// A version with no request for this long leaves `/metrics` (its series,
+    /// its endpoints', its release gauges) until its next request; `None`:
+    /// every configured version is exported.
+    pub idle_series_after: Option<Duration>,
+    /// The `le` bounds the latency histograms export, a subset of
+    /// [`LATENCY_BOUNDS`] in increasing order; `None`: all of them.
+    pub buckets: Option<Vec<Duration>>,
+}
+
+/// The latency bucket bounds veer counts in (`le`): sub-millisecond (a proxy
+/// on loopback) up to 10 s, finer where service latencies usually are.
+/// `telemetry.buckets` exports a subset of them.
+pub const LATENCY_BOUNDS: [Duration; 24] = [
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2_500),
+    Duration::from_millis(5),
+    Duration::from_micros(7_500),
+    Duration::from_millis(10),
+    Duration::from_millis(15),
+    Duration::from_millis(25),
+    Duration::from_millis(35),
+    Duration::from_millis(50),
+    Duration::from_millis(75),
+    Duration::from_millis(100),
+    Duration::from_millis(150),
+    Duration::from_millis(250),
+    Duration::from_millis(350),
+    Duration::from_millis(500),
+    Duration::from_millis(750),
+    Duration::from_secs(1),
+    Duration::from_millis(1_500),
+    Duration::from_millis(2_500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
 
 /// A fleet of replicas sharing their run-time layer through etcd v3.
 #[derive(Debug, Clone, PartialEq)]

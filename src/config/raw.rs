@@ -27,7 +27,7 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log and dns"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log, dns and telemetry"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
@@ -38,6 +38,7 @@ pub(crate) struct RawDocument {
     pub access_log: Option<Node>,
     pub dns: Option<Node>,
     pub services: Option<Node>,
+    pub telemetry: Option<Node>,
 }
 
 /// A part of the file that did not deserialize; its error is already reported.
@@ -60,6 +61,17 @@ pub(crate) struct RawConfig {
     pub limits: Option<Part<RawLimits>>,
     pub access_log: Option<Part<RawAccessLog>>,
     pub services: Option<Vec<Part<RawService>>>,
+    pub telemetry: Option<Part<RawTelemetry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with idle_series_after and buckets, both optional"
+)]
+pub(crate) struct RawTelemetry {
+    pub idle_series_after: Option<Scalar>,
+    pub buckets: Option<Vec<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]

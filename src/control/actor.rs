@@ -208,6 +208,7 @@ pub(super) fn spawn(
             stats: &mut stats,
             telemetry: &telemetry,
             starting: true,
+            previous: None,
         },
     );
     // Series of what the first config does not name (none yet) are dropped,
@@ -860,6 +861,8 @@ impl Actor {
 
     fn build(&mut self) -> Snapshot {
         self.generation += 1;
+        // The services that did not change keep their part of it.
+        let previous = self.published.load_full();
         build(
             self.generation,
             &self.config,
@@ -869,6 +872,7 @@ impl Actor {
                 stats: &mut self.stats,
                 telemetry: &self.telemetry,
                 starting: self.generation == 1,
+                previous: Some(&previous),
             },
         )
     }

@@ -18,7 +18,7 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
 //! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
@@ -36,6 +36,7 @@ mod rollout;
 mod rules;
 mod services;
 mod sticky;
+mod telemetry;
 mod timeouts;
 mod tls;
 mod versions;
@@ -53,14 +54,14 @@ use super::error::Issue;
 use super::model::{
     AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, EndpointName, Etcd, EtcdTls,
     Fleet, Grpc, Guard, HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert,
-    Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls,
-    Version, DEFAULT_MAX_METHODS,
+    Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky, Telemetry, Timeouts,
+    UpstreamTls, Version, DEFAULT_MAX_METHODS, LATENCY_BOUNDS,
 };
 use super::raw::{
     Part, RawAccessLog, RawAdmin, RawConfig, RawDns, RawEtcd, RawFleet, RawGrpc, RawGuard,
     RawHealthCheck, RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService,
-    RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls,
-    RawVersion, Scalar,
+    RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTelemetry, RawTimeouts, RawTls,
+    RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -124,6 +125,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Err(_)) => None,
         Some(Ok(dns)) => v.dns(dns),
     };
+    let telemetry = match raw.telemetry {
+        None => Some(Telemetry::default()),
+        Some(Err(_)) => None,
+        Some(Ok(part)) => v.telemetry(part),
+    };
 
     let clean = v.issues.is_empty() && issues.is_empty();
     issues.append(&mut v.issues);
@@ -142,6 +148,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         access_log: access_log?,
         services,
         dns: dns?,
+        telemetry: telemetry?,
     })
 }
 
