@@ -344,11 +344,15 @@ impl Snapshot {
 impl ServiceSnapshot {
     /// Whether a build for `service` with `effective` weights would make
     /// this same part: same config, same weights and latches, and every
-    /// endpoint as available as it was.
+    /// endpoint as available as it was. A service with endpoint names is
+    /// always built again: its addresses live in the names' last answers,
+    /// outside the config, and a publish may be the one that brings a new
+    /// answer in.
     fn can_keep(&self, service: &Service, effective: &Effective, now_ms: u64) -> bool {
         let from = &self.built_from;
         from.effective == *effective
             && from.service == *service
+            && self.versions.iter().all(|version| version.names.is_empty())
             && self
                 .versions
                 .iter()
