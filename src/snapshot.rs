@@ -157,7 +157,7 @@ impl Snapshot {
                 let inputs = effective(index, service);
                 if let Some(kept) = previous_by_name
                     .get(service.name.as_str())
-                    .filter(|kept| kept.can_keep(service, &inputs, now_ms))
+                    .filter(|kept| kept.can_keep(service, &inputs, now_ms, registry))
                 {
                     return Arc::clone(kept);
                 }
@@ -177,20 +177,7 @@ impl Snapshot {
                     .versions
                     .iter()
                     .map(|version| {
-                        // The addresses written, then those of the names, in
-                        // their last good answer (none before the first).
-                        let mut addresses = version.endpoints.clone();
-                        for name in &version.names {
-                            if let Some(entry) = registry.names().get(&name.host) {
-                                for ip in entry.addresses() {
-                                    let addr = std::net::SocketAddr::new(ip, name.port);
-                                    if !addresses.contains(&addr) {
-                                        addresses.push(addr);
-                                    }
-                                }
-                            }
-                        }
-                        addresses
+                        addresses(version, registry)
                             .into_iter()
                             .map(|addr| {
                                 let (endpoint, created) = registry.endpoint(
@@ -344,15 +331,29 @@ impl Snapshot {
 impl ServiceSnapshot {
     /// Whether a build for `service` with `effective` weights would make
     /// this same part: same config, same weights and latches, and every
-    /// endpoint as available as it was. A service with endpoint names is
-    /// always built again: its addresses live in the names' last answers,
-    /// outside the config, and a publish may be the one that brings a new
-    /// answer in.
-    fn can_keep(&self, service: &Service, effective: &Effective, now_ms: u64) -> bool {
+    /// endpoint as available as it was.
+    fn can_keep(
+        &self,
+        service: &Service,
+        effective: &Effective,
+        now_ms: u64,
+        registry: &Registry,
+    ) -> bool {
         let from = &self.built_from;
         from.effective == *effective
             && from.service == *service
-            && self.versions.iter().all(|version| version.names.is_empty())
+            // A name's answer may have changed since: its addresses must be
+            // the ones built.
+            && service
+                .versions
+                .iter()
+                .zip(&self.versions)
+                .filter(|(version, _)| !version.names.is_empty())
+                .all(|(version, built)| {
+                    addresses(version, registry)
+                        .into_iter()
+                        .eq(built.all_endpoints.iter().map(|e| e.addr()))
+                })
             && self
                 .versions
                 .iter()
@@ -366,6 +367,23 @@ impl ServiceSnapshot {
                             .all(|(e, &was)| e.health.available(now_ms) == was)
                 })
     }
+}
+
+/// A version's endpoint addresses: those written, then those of its names,
+/// in their last good answer (none before the first).
+fn addresses(version: &crate::config::Version, registry: &Registry) -> Vec<std::net::SocketAddr> {
+    let mut addresses = version.endpoints.clone();
+    for name in &version.names {
+        if let Some(entry) = registry.names().get(&name.host) {
+            for ip in entry.addresses() {
+                let addr = std::net::SocketAddr::new(ip, name.port);
+                if !addresses.contains(&addr) {
+                    addresses.push(addr);
+                }
+            }
+        }
+    }
+    addresses
 }
 
 /// Whether the route table of `previous` still routes `services`: the same
