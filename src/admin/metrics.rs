@@ -141,7 +141,22 @@ pub fn render(control: &Control) -> String {
             );
         }
     }
+    history_families(control, &snapshot, &mut text);
     text
+}
+
+/// `veer_rollouts_total` and `veer_rollout_duration_seconds` (`history`).
+fn history_families(control: &Control, snapshot: &crate::snapshot::Snapshot, text: &mut String) {
+    let present: Vec<&str> = snapshot.services.iter().map(|s| &*s.name).collect();
+    let with_rollout: Vec<&str> = snapshot
+        .services
+        .iter()
+        .filter(|s| s.rollout.is_some())
+        .map(|s| &*s.name)
+        .collect();
+    control
+        .history_metrics()
+        .render(text, &present, &with_rollout);
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits and access_log"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log and history"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
@@ -36,6 +36,7 @@ pub(crate) struct RawDocument {
     pub fleet: Option<Node>,
     pub limits: Option<Node>,
     pub access_log: Option<Node>,
+    pub history: Option<Node>,
     pub services: Option<Node>,
 }
 
@@ -57,7 +58,15 @@ pub(crate) struct RawConfig {
     pub fleet: Option<Part<RawFleet>>,
     pub limits: Option<Part<RawLimits>>,
     pub access_log: Option<Part<RawAccessLog>>,
+    pub history: Option<Part<RawHistory>>,
     pub services: Option<Vec<Part<RawService>>>,
+}
+
+/// `history`: how many release records each service keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with keep")]
+pub(crate) struct RawHistory {
+    pub keep: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

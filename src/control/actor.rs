@@ -28,6 +28,8 @@ use tokio::time::Instant;
 
 use super::{overlay, ControlError, ControlView, Event, ReloadRecord, Trip};
 use crate::config::{Config, OnRevert, Service};
+use crate::history::Metrics as HistoryMetrics;
+use crate::state::history::Actor as Who;
 use crate::rollout::outcome_word;
 use crate::snapshot::{Effective, Parts, Snapshot};
 use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, Store};
@@ -78,6 +80,8 @@ pub(super) enum Command {
     Promote {
         service: String,
         full: bool,
+        /// The operator, or the rollout's own clock.
+        by: Who,
         reply: Reply<RolloutProgress>,
     },
     Complete {
@@ -168,6 +172,8 @@ struct Actor {
     writer: Option<mpsc::UnboundedSender<Write>>,
     /// When the layer was last handed to the writer.
     last_write: Instant,
+    /// The counts of ended rollouts, for `/metrics`.
+    history: Arc<HistoryMetrics>,
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -177,14 +183,17 @@ pub(super) fn spawn(
     telemetry: Arc<Telemetry>,
     store: Option<(Arc<dyn Store>, PersistedState)>,
     inbox: mpsc::UnboundedReceiver<Command>,
+    history: Arc<HistoryMetrics>,
 ) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
     let (store, mut layer) = match store {
         Some((store, layer)) => (Some(store), layer),
         None => (None, PersistedState::default()),
     };
+    let loaded = layer.clone();
     for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
         tracing::info!("state: {note}");
     }
+    record_start(&config, &loaded, &mut layer);
     let changes = store.as_ref().and_then(|s| s.changes());
     let writer = store.map(|store| {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -237,6 +246,7 @@ pub(super) fn spawn(
         view: Arc::new(ArcSwap::from_pointee(view)),
         writer,
         last_write: Instant::now(),
+        history,
     };
     let handles = (Arc::clone(&actor.published), Arc::clone(&actor.view));
     tokio::spawn(actor.run(inbox, changes));
@@ -259,6 +269,8 @@ impl Actor {
             };
             // Every handle is gone: the process is ending.
             let Some(command) = command else { return };
+            let observed = observed(&command)
+                .map(|(actor, service)| (actor, service, Arc::clone(&self.layer), self.published.load_full()));
             // A bug in one command must not end the control plane (no more
             // trips, no reloads) while the request path goes on: the caller
             // hears nothing (its reply is dropped) and the next command runs.
@@ -279,6 +291,9 @@ impl Actor {
             };
             if effect.publish {
                 self.publish();
+            }
+            if let (Some((actor, service, layer, snapshot)), true) = (observed, effect.write) {
+                self.record_history(actor, service.as_deref(), &layer, &snapshot);
             }
             if effect.write {
                 let written = self.write();
@@ -367,6 +382,7 @@ impl Actor {
             Command::Promote {
                 service,
                 full,
+                by: _,
                 reply,
             } => match self.promote(&service, full) {
                 Ok(after) => Effect::durable(true, ack(reply, Ok(after))),
@@ -794,6 +810,64 @@ impl Actor {
         Some(written)
     }
 
+    /// Adds to the history what the command just applied did to `only`
+    /// (every service: a reload), before the layer is written.
+    fn record_history(
+        &mut self,
+        actor: Who,
+        only: Option<&str>,
+        before: &PersistedState,
+        was: &Snapshot,
+    ) {
+        let now = self.published.load_full();
+        let config = Arc::clone(&self.config);
+        let elapsed = self.telemetry.elapsed(Instant::now());
+        let unix = unix_ms();
+        for declared in &config.services {
+            if only.is_some_and(|name| name != declared.name) {
+                continue;
+            }
+            let name = declared.name.as_str();
+            let Some(service) = now.services.iter().find(|s| &*s.name == name) else {
+                continue;
+            };
+            let weights_after = snapshot_weights(service);
+            let weights_before = was
+                .services
+                .iter()
+                .find(|s| &*s.name == name)
+                .map(snapshot_weights);
+            let own = before.services.get(name);
+            if own == self.layer.services.get(name)
+                && weights_before.as_ref() == Some(&weights_after)
+            {
+                continue;
+            }
+            let change = crate::history::Change {
+                actor,
+                service: declared,
+                before: own,
+                weights_before: Some(weights_before.unwrap_or_default()),
+                weights_after,
+                now_ms: unix,
+                keep: config.history.keep,
+            };
+            let figures = |version: &str| {
+                service
+                    .versions
+                    .iter()
+                    .find(|v| &*v.name == version)
+                    .map(|v| crate::history::figures(v, elapsed, service.window))
+            };
+            let state = Arc::make_mut(&mut self.layer)
+                .services
+                .entry(name.to_string())
+                .or_default();
+            let ended = crate::history::observe(&change, state, &figures);
+            self.history.count(name, &ended);
+        }
+    }
+
     fn publish_view(&self) {
         self.view.store(Arc::new(ControlView {
             holds: Arc::clone(&self.holds),
@@ -875,6 +949,57 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
                 .collect(),
         }
     })
+}
+
+/// Who sent a command that may change a service's release (and which
+/// service: `None` for all); `None` for commands that never do.
+fn observed(command: &Command) -> Option<(Who, Option<String>)> {
+    Some(match command {
+        Command::SetWeights { service, .. }
+        | Command::Rollback { service, .. }
+        | Command::Resume { service, .. }
+        | Command::Pause { service, .. } => (Who::Admin, Some(service.clone())),
+        Command::Promote { service, by, .. } => (*by, Some(service.clone())),
+        Command::Complete { service, .. } => (Who::Rollout, Some(service.clone())),
+        // A trip's latch says whether a check or the guard asked.
+        Command::Trip { .. } => (Who::Guard, None),
+        Command::ApplyConfig { .. } => (Who::Reload, None),
+        _ => return None,
+    })
+}
+
+/// A service's weights in force, by version.
+fn snapshot_weights(service: &crate::snapshot::ServiceSnapshot) -> BTreeMap<String, u32> {
+    service
+        .versions
+        .iter()
+        .map(|v| (v.name.to_string(), v.weight))
+        .collect()
+}
+
+/// At start, the rollouts the config starts (or restarts) are recorded; the
+/// weights are what they were, not a change.
+fn record_start(config: &Config, loaded: &PersistedState, layer: &mut PersistedState) {
+    let unix = unix_ms();
+    for declared in &config.services {
+        let own = loaded.services.get(&declared.name);
+        let Some(state) = layer.services.get_mut(&declared.name) else {
+            continue;
+        };
+        if own == Some(&*state) {
+            continue;
+        }
+        let change = crate::history::Change {
+            actor: Who::Reload,
+            service: declared,
+            before: own,
+            weights_before: None,
+            weights_after: BTreeMap::new(),
+            now_ms: unix,
+            keep: config.history.keep,
+        };
+        crate::history::observe(&change, state, &|_| None);
+    }
 }
 
 /// The config's services by name.

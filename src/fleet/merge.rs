@@ -8,7 +8,8 @@
 //! either side added stays, and one goes only when a side removed exactly the
 //! latch `base` held (an operator's resume). Without a base (a replica that
 //! was cut off from the store since it started) nothing can be known to be
-//! removed, so latches are the union and the fleet's weights win.
+//! removed, so latches are the union and the fleet's weights win. The
+//! release history is the union of both sides' records, by id.
 
 use crate::state::{Latch, RolloutOutcome, RolloutProgress, ServiceState};
 
@@ -46,6 +47,8 @@ pub fn merge(
             &local.rollout,
             &remote.rollout,
         ),
+        // Records are facts, never undone: the union of both sides.
+        history: crate::state::history::union(&local.history, &remote.history),
     }
 }
 

@@ -28,6 +28,7 @@ mod fleet;
 mod grpc;
 mod guard;
 mod health;
+mod history;
 mod limits;
 mod listeners;
 mod parse;
@@ -116,6 +117,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Err(_)) => None,
         Some(Ok(log)) => v.access_log(log).map(Some),
     };
+    let history = v.history(raw.history);
     let services = v.services(raw.services);
 
     let clean = v.issues.is_empty() && issues.is_empty();
@@ -133,6 +135,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         fleet: fleet?,
         limits: limits?,
         access_log: access_log?,
+        history: history?,
         services,
     })
 }
