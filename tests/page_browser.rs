@@ -63,13 +63,16 @@ async fn start_driver(client: &HttpClient) -> Driver {
     };
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        let ready = tokio::time::timeout(
-            Duration::from_secs(2),
-            send(client, get(&format!("{}/status", driver.url), None)),
-        )
-        .await;
-        if matches!(ready, Ok(ref a) if a.status == 200) {
-            return driver;
+        // Listening first: the test client treats a refused connection as a failure.
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let ready = tokio::time::timeout(
+                Duration::from_secs(5),
+                send(client, get(&format!("{}/status", driver.url), None)),
+            )
+            .await;
+            if matches!(ready, Ok(ref a) if a.status == 200) {
+                return driver;
+            }
         }
         assert!(tokio::time::Instant::now() < deadline, "chromedriver did not answer");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -149,6 +149,7 @@
       input.min = '0';
       input.step = '1';
       input.value = String(v.weight);
+      input.dataset.shown = input.value;
       input.setAttribute('aria-label', 'weight of ' + v.name);
       label.append(input);
       view.weightInputs.set(v.name, input);
@@ -276,6 +277,14 @@
 
     const key = s.versions.map(v => v.name).join('\u0000');
     if (view.weightsKey !== key) buildWeights(view, s.name, s.versions);
+    // The fields follow the weights in force, except one being edited.
+    for (const v of s.versions) {
+      const input = view.weightInputs.get(v.name);
+      if (input && document.activeElement !== input && input.value === input.dataset.shown) {
+        input.value = String(v.weight);
+      }
+      if (input && input.value === String(v.weight)) input.dataset.shown = input.value;
+    }
 
     const trips = ((s.guard && s.guard.events) || []).map(e => ({
       t: Date.parse(e.at), kind: 'trip', version: e.version,

@@ -3,7 +3,7 @@
 //! the guard's verdicts and trips, endpoint health, the release history, and
 //! the operator's buttons.
 //!
-//! Three small files built into the binary (`include_str!`): nothing is
+//! Four small files built into the binary (`include_str!`): nothing is
 //! fetched from elsewhere, and changing the page needs no build step. The
 //! page polls `/status` and `/services/{name}/history` and sends actions to
 //! the admin API with the token typed into it, held in a script variable
@@ -21,6 +21,7 @@ use super::AdminResponse;
 const INDEX: &str = include_str!("index.html");
 const APP: &str = include_str!("app.js");
 const STYLE: &str = include_str!("style.css");
+const ICON: &str = include_str!("icon.svg");
 
 /// What the page may load and do: its own scripts, styles and API calls,
 /// nothing inline, nothing from elsewhere, never inside a frame.
@@ -38,6 +39,7 @@ pub fn asset(name: &str) -> AdminResponse {
     match name {
         "app.js" => page(APP, "text/javascript; charset=utf-8"),
         "style.css" => page(STYLE, "text/css; charset=utf-8"),
+        "icon.svg" => page(ICON, "image/svg+xml"),
         _ => super::plain(
             StatusCode::NOT_FOUND,
             "no such page asset; the page is at GET /",
@@ -67,9 +69,16 @@ mod tests {
 
     #[test]
     fn the_page_names_nothing_outside_its_origin_and_runs_nothing_inline() {
-        for (name, text) in [("index.html", INDEX), ("app.js", APP), ("style.css", STYLE)] {
+        for (name, text) in [
+            ("index.html", INDEX),
+            ("app.js", APP),
+            ("style.css", STYLE),
+            ("icon.svg", ICON),
+        ] {
             // The SVG namespace is a name, never fetched.
-            let text = text.replace("'http://www.w3.org/2000/svg'", "");
+            let text = text
+                .replace("'http://www.w3.org/2000/svg'", "")
+                .replace("\"http://www.w3.org/2000/svg\"", "");
             assert!(!text.contains("http://"), "{name} names an external URL");
             assert!(!text.contains("https://"), "{name} names an external URL");
             assert!(!text.contains("innerHTML"), "{name} writes markup from data");
