@@ -62,9 +62,13 @@ async fn a_completed_rollout_is_one_record_with_its_steps_and_survives_a_restart
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let state_dir = tempfile::tempdir().expect("state dir");
-    let blocks = format!("{GUARD}    rollout: {{ candidate: canary, steps: [50, 100], hold: 1s }}\n");
+    let blocks =
+        format!("{GUARD}    rollout: {{ candidate: canary, steps: [50, 100], hold: 1s }}\n");
     let yaml = web_yaml(
-        &[v("stable", stable.addr(), 100), v("canary", canary.addr(), 0)],
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
         &blocks,
         Some(state_dir.path()),
     );
@@ -93,16 +97,31 @@ async fn a_completed_rollout_is_one_record_with_its_steps_and_survives_a_restart
     assert_eq!(rollout["outcome"], "completed", "{rollout:#}");
     assert_eq!(rollout["version"], "canary");
     assert_eq!(rollout["revision"], "1.2.0");
-    assert_eq!(rollout["actor"], "reload", "started by the config: {rollout:#}");
+    assert_eq!(
+        rollout["actor"], "reload",
+        "started by the config: {rollout:#}"
+    );
     assert!(rollout["ended_unix_ms"].as_u64() >= rollout["started_unix_ms"].as_u64());
     let steps = rollout["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{rollout:#}");
-    assert_eq!((steps[0]["percent"].as_u64(), steps[1]["percent"].as_u64()), (Some(50), Some(100)));
+    assert_eq!(
+        (steps[0]["percent"].as_u64(), steps[1]["percent"].as_u64()),
+        (Some(50), Some(100))
+    );
     for step in steps {
         assert_eq!(step["left_by"], "rollout", "{step:#}");
-        let figures = step["figures"].as_array().expect("figures when the step was left");
-        let names: Vec<&str> = figures.iter().filter_map(|f| f["version"].as_str()).collect();
-        assert_eq!(names, ["canary", "stable"], "candidate and baseline: {step:#}");
+        let figures = step["figures"]
+            .as_array()
+            .expect("figures when the step was left");
+        let names: Vec<&str> = figures
+            .iter()
+            .filter_map(|f| f["version"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["canary", "stable"],
+            "candidate and baseline: {step:#}"
+        );
         assert!(figures[0]["requests"].as_u64() > Some(0), "{step:#}");
         assert!(figures[0]["rps"].as_f64() > Some(0.0), "{step:#}");
         assert_eq!(figures[0]["error_rate"].as_f64(), Some(0.0), "{step:#}");
@@ -119,10 +138,15 @@ async fn a_completed_rollout_is_one_record_with_its_steps_and_survives_a_restart
         "{text}"
     );
     assert!(
-        text.contains("veer_rollout_duration_seconds_count{service=\"web\",outcome=\"completed\"} 1\n"),
+        text.contains(
+            "veer_rollout_duration_seconds_count{service=\"web\",outcome=\"completed\"} 1\n"
+        ),
         "{text}"
     );
-    assert!(text.contains("# TYPE veer_rollout_duration_seconds histogram"), "{text}");
+    assert!(
+        text.contains("# TYPE veer_rollout_duration_seconds histogram"),
+        "{text}"
+    );
 
     // The table: the rollout, then its steps with the figures.
     let url = format!("http://{admin}");
@@ -154,9 +178,13 @@ async fn a_trip_rolls_the_rollout_back_with_its_reason_and_resume_starts_a_new_o
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     canary.set_fail_ratio(1.0);
-    let blocks = format!("{GUARD}    rollout: {{ candidate: canary, steps: [50, 100], hold: 1h }}\n");
+    let blocks =
+        format!("{GUARD}    rollout: {{ candidate: canary, steps: [50, 100], hold: 1h }}\n");
     let yaml = web_yaml(
-        &[v("stable", stable.addr(), 100), v("canary", canary.addr(), 0)],
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
         &blocks,
         None,
     );
@@ -172,9 +200,13 @@ async fn a_trip_rolls_the_rollout_back_with_its_reason_and_resume_starts_a_new_o
         Duration::from_secs(40),
     )
     .start(support::load::status_and_upstream);
-    wait_web_at(&client, admin, LIMIT, "the trip rolls the rollout back", |w| {
-        w["rollout"]["state"] == "rolled_back"
-    })
+    wait_web_at(
+        &client,
+        admin,
+        LIMIT,
+        "the trip rolls the rollout back",
+        |w| w["rollout"]["state"] == "rolled_back",
+    )
     .await;
     let _ = load.finish().await;
 
@@ -186,7 +218,10 @@ async fn a_trip_rolls_the_rollout_back_with_its_reason_and_resume_starts_a_new_o
     assert_eq!(trip["reason"], "error_rate", "{trip:#}");
     assert_eq!(trip["version"], "canary");
     assert_eq!(trip["weights_after"]["canary"], 0, "{trip:#}");
-    assert!(trip["figures"][0]["error_rate"].as_f64() > Some(0.2), "{trip:#}");
+    assert!(
+        trip["figures"][0]["error_rate"].as_f64() > Some(0.2),
+        "{trip:#}"
+    );
     let rollout = &records(&body)[1];
     assert_eq!(rollout["outcome"], "rolled_back");
     assert_eq!(rollout["reason"], "error_rate", "{rollout:#}");
@@ -200,14 +235,21 @@ async fn a_trip_rolls_the_rollout_back_with_its_reason_and_resume_starts_a_new_o
     let url = format!("http://{admin}");
     veer_ok(&["resume", "web", "--admin", &url], 0).await;
     let (_, body) = history(&client, admin, "web").await;
-    assert_eq!(kinds(&body), ["resume", "rollout", "trip", "rollout"], "{body:#}");
+    assert_eq!(
+        kinds(&body),
+        ["resume", "rollout", "trip", "rollout"],
+        "{body:#}"
+    );
     assert_eq!(records(&body)[0]["actor"], "admin");
     assert_eq!(records(&body)[1]["outcome"], "in_progress");
     let out = veer_ok(&["history", "web", "--admin", &url], 0).await;
     let table = stdout(&out);
     assert!(table.contains("running"), "{table}");
     assert!(table.contains("error_rate"), "{table}");
-    assert!(table.contains("    window: canary "), "the trip's figures: {table}");
+    assert!(
+        table.contains("    window: canary "),
+        "the trip's figures: {table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +258,10 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
     let canary = Upstream::start("canary").await;
     let blocks = format!("{GUARD}history: {{ keep: 3 }}\n");
     let yaml = web_yaml(
-        &[v("stable", stable.addr(), 100), v("canary", canary.addr(), 0)],
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
         &blocks,
         None,
     );
@@ -230,8 +275,16 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
     let out = veer_ok(&["history", "web", "--admin", &url], 0).await;
     assert_eq!(stdout(&out), "web: no releases recorded yet\n");
 
-    veer_ok(&["weights", "web", "stable=80", "canary=20", "--admin", &url], 0).await;
-    veer_ok(&["weights", "web", "stable=0", "canary=100", "--admin", &url], 0).await;
+    veer_ok(
+        &["weights", "web", "stable=80", "canary=20", "--admin", &url],
+        0,
+    )
+    .await;
+    veer_ok(
+        &["weights", "web", "stable=0", "canary=100", "--admin", &url],
+        0,
+    )
+    .await;
     let (_, body) = history(&client, admin, "web").await;
     assert_eq!(kinds(&body), ["switch", "weights"], "{body:#}");
     let switch = &records(&body)[0];
@@ -248,12 +301,23 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
     let (_, body) = history(&client, admin, "web").await;
     assert_eq!(kinds(&body), ["rollback", "switch", "weights"], "{body:#}");
     let rollback = &records(&body)[0];
-    assert_eq!((&rollback["actor"], &rollback["reason"]), (&Value::from("admin"), &Value::from("manual")));
+    assert_eq!(
+        (&rollback["actor"], &rollback["reason"]),
+        (&Value::from("admin"), &Value::from("manual"))
+    );
 
     veer_ok(&["resume", "web", "--admin", &url], 0).await;
-    veer_ok(&["weights", "web", "stable=100", "canary=0", "--admin", &url], 0).await;
+    veer_ok(
+        &["weights", "web", "stable=100", "canary=0", "--admin", &url],
+        0,
+    )
+    .await;
     let (_, body) = history(&client, admin, "web").await;
-    assert_eq!(kinds(&body), ["switch", "resume", "rollback"], "the newest 3: {body:#}");
+    assert_eq!(
+        kinds(&body),
+        ["switch", "resume", "rollback"],
+        "the newest 3: {body:#}"
+    );
     assert_eq!(records(&body)[0]["version"], "stable");
 
     // An unknown service.
@@ -279,7 +343,10 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
 async fn history_keep_is_checked() {
     let dir = tempfile::tempdir().expect("dir");
     for (keep, reason) in [
-        ("0", "history.keep: 0 is outside 1..=1000 (release records kept per service, the newest)"),
+        (
+            "0",
+            "history.keep: 0 is outside 1..=1000 (release records kept per service, the newest)",
+        ),
         ("1001", "history.keep: 1001 is outside 1..=1000"),
         ("many", "history.keep: `many` is not a whole number"),
     ] {
@@ -304,5 +371,9 @@ async fn history_keep_is_checked() {
     .expect("write");
     let out = veer(&["check", "-c", &path.display().to_string()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(output_text(&out).contains("history.kept"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("history.kept"),
+        "{}",
+        output_text(&out)
+    );
 }

@@ -41,20 +41,46 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy() {
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
         assert_eq!(header(&answer, "content-type"), content_type, "{path}");
         assert_eq!(header(&answer, "content-security-policy"), CSP, "{path}");
-        assert_eq!(header(&answer, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(
+            header(&answer, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
         assert_eq!(header(&answer, "x-frame-options"), "DENY", "{path}");
         assert_eq!(header(&answer, "cache-control"), "no-store", "{path}");
         let text = answer.text().replace("'http://www.w3.org/2000/svg'", "");
-        assert!(!text.contains("http://") && !text.contains("https://"), "{path} names another origin");
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{path} names another origin"
+        );
         assert!(!text.contains("innerHTML"), "{path} writes markup");
-        assert!(text.len() < 40_000, "{path} is {} bytes: keep the page small", text.len());
+        assert!(
+            text.len() < 40_000,
+            "{path} is {} bytes: keep the page small",
+            text.len()
+        );
     }
 
-    let index = send(&client, get(&format!("http://{admin}/"), None)).await.text();
-    assert!(index.contains("<script src=\"/page/app.js\" defer></script>"), "{index}");
-    assert!(index.contains("<link rel=\"stylesheet\" href=\"/page/style.css\">"), "{index}");
-    assert_eq!(index.matches("<script").count(), 1, "one script, from a file: {index}");
-    assert!(!index.contains("<style") && !index.contains(" style="), "inline style: {index}");
+    let index = send(&client, get(&format!("http://{admin}/"), None))
+        .await
+        .text();
+    assert!(
+        index.contains("<script src=\"/page/app.js\" defer></script>"),
+        "{index}"
+    );
+    assert!(
+        index.contains("<link rel=\"stylesheet\" href=\"/page/style.css\">"),
+        "{index}"
+    );
+    assert_eq!(
+        index.matches("<script").count(),
+        1,
+        "one script, from a file: {index}"
+    );
+    assert!(
+        !index.contains("<style") && !index.contains(" style="),
+        "inline style: {index}"
+    );
     let handler = index.split(" on").skip(1).any(|rest| {
         let name: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
         !name.is_empty() && rest[name.len()..].starts_with('=')
@@ -82,7 +108,10 @@ async fn the_pages_actions_need_the_token_when_one_is_configured() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret").expect("token");
     let yaml = web_yaml(
-        &[v("stable", stable.addr(), 90), v("canary", canary.addr(), 10)],
+        &[
+            v("stable", stable.addr(), 90),
+            v("canary", canary.addr(), 10),
+        ],
         "    guard: { baseline: stable, max_error_rate: 0.5 }\n",
         None,
     )
@@ -110,7 +139,11 @@ async fn the_pages_actions_need_the_token_when_one_is_configured() {
     // Reading the page and the history needs no token.
     let answer = send(&client, get(&format!("http://{admin}/"), None)).await;
     assert_eq!(answer.status, 200);
-    let answer = send(&client, get(&format!("http://{admin}/services/web/history"), None)).await;
+    let answer = send(
+        &client,
+        get(&format!("http://{admin}/services/web/history"), None),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
     assert_eq!(body["records"][0]["kind"], "rollback", "{body:#}");

@@ -56,7 +56,9 @@ async fn start_driver(client: &HttpClient) -> Driver {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {program} (Debian: apt-get install chromium-driver): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("start {program} (Debian: apt-get install chromium-driver): {e}")
+        });
     let driver = Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
@@ -64,7 +66,10 @@ async fn start_driver(client: &HttpClient) -> Driver {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         // Listening first: the test client treats a refused connection as a failure.
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             let ready = tokio::time::timeout(
                 Duration::from_secs(5),
                 send(client, get(&format!("{}/status", driver.url), None)),
@@ -74,7 +79,10 @@ async fn start_driver(client: &HttpClient) -> Driver {
                 return driver;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "chromedriver did not answer");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver did not answer"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -110,7 +118,9 @@ async fn console(client: &HttpClient, driver: &Driver, browser: &Client) -> Vec<
         .method(http::Method::POST)
         .uri(format!("{}/session/{id}/se/log", driver.url))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(support::client::full(json!({"type": "browser"}).to_string()))
+        .body(support::client::full(
+            json!({"type": "browser"}).to_string(),
+        ))
         .expect("log request");
     let answer = send(client, request).await;
     let body: Value = serde_json::from_slice(&answer.body).expect("log JSON");
@@ -210,7 +220,9 @@ async fn the_page_shows_a_release_escapes_names_and_acts_only_with_the_token() {
 
     let driver = start_driver(&client).await;
     let page = browser(&driver).await;
-    page.goto(&format!("http://{admin}/")).await.expect("open the page");
+    page.goto(&format!("http://{admin}/"))
+        .await
+        .expect("open the page");
     assert_eq!(page.title().await.expect("title"), "veer");
 
     // The markup in the revision is text, and nothing ran.
@@ -245,7 +257,12 @@ async fn the_page_shows_a_release_escapes_names_and_acts_only_with_the_token() {
         "return document.querySelector('tr.record[data-kind=trip]') !== null;",
     )
     .await;
-    until(&page, "the trip mark", "return document.querySelector('svg.chart .trip-head') !== null;").await;
+    until(
+        &page,
+        "the trip mark",
+        "return document.querySelector('svg.chart .trip-head') !== null;",
+    )
+    .await;
     screenshot(&page, "2-trip").await;
     canary.set_fail_ratio(0.0);
 
@@ -257,7 +274,12 @@ async fn the_page_shows_a_release_escapes_names_and_acts_only_with_the_token() {
         "return document.getElementById('message').textContent.includes('refused (401)');",
     )
     .await;
-    assert_eq!(web_status(&client, admin).await["guard"]["latches"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        web_status(&client, admin).await["guard"]["latches"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 
     // With the token typed in: resume, then rollback.
     page.find(Locator::Id("token"))
@@ -267,13 +289,23 @@ async fn the_page_shows_a_release_escapes_names_and_acts_only_with_the_token() {
         .await
         .expect("type the token");
     click(&page, "section.service button.resume").await;
-    until(&page, "resume done", "return document.getElementById('message').textContent === 'resume web: done';").await;
+    until(
+        &page,
+        "resume done",
+        "return document.getElementById('message').textContent === 'resume web: done';",
+    )
+    .await;
     let after = web_status(&client, admin).await;
     assert_eq!(after["guard"]["latches"], json!([]), "{after:#}");
     assert_eq!(after["rollout"]["state"], "in_progress", "{after:#}");
 
     click(&page, "section.service button.rollback").await;
-    until(&page, "rollback done", "return document.getElementById('message').textContent === 'rollback web: done';").await;
+    until(
+        &page,
+        "rollback done",
+        "return document.getElementById('message').textContent === 'rollback web: done';",
+    )
+    .await;
     let after = web_status(&client, admin).await;
     let canary_now = after["versions"]
         .as_array()

@@ -20,7 +20,11 @@ struct Answer {
 
 /// Exit 0 shown, 1 no such service, 2 the admin API unreachable or answering
 /// something else.
-pub async fn show(target: &AdminTarget, service: &str, json: bool) -> Result<ExitCode, ClientError> {
+pub async fn show(
+    target: &AdminTarget,
+    service: &str,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
     let path = format!("/services/{service}/history");
     let (status, body) = target.call(Method::GET, &path, None).await?;
     if status == StatusCode::NOT_FOUND {
@@ -38,7 +42,10 @@ pub async fn show(target: &AdminTarget, service: &str, json: bool) -> Result<Exi
     })?;
     if json {
         let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         print!("{}", table(service, &answer.records));
     }
@@ -62,8 +69,7 @@ pub fn table(service: &str, records: &[Record]) -> String {
                 r.revision.clone(),
                 r.actor.word().to_string(),
                 r.outcome.word().to_string(),
-                r.duration_ms()
-                    .map_or_else(|| "running".to_string(), |ms| took(ms)),
+                r.duration_ms().map_or_else(|| "running".to_string(), took),
                 r.reason.clone().unwrap_or_default(),
             ]
         })

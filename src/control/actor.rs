@@ -29,9 +29,9 @@ use tokio::time::Instant;
 use super::{overlay, ControlError, ControlView, Event, ReloadRecord, Trip};
 use crate::config::{Config, OnRevert, Service};
 use crate::history::Metrics as HistoryMetrics;
-use crate::state::history::Actor as Who;
 use crate::rollout::outcome_word;
 use crate::snapshot::{Effective, Parts, Snapshot};
+use crate::state::history::Actor as Who;
 use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, Store};
 use crate::status::EventAction;
 use crate::telemetry::{StatsRegistry, Telemetry};
@@ -269,8 +269,14 @@ impl Actor {
             };
             // Every handle is gone: the process is ending.
             let Some(command) = command else { return };
-            let observed = observed(&command)
-                .map(|(actor, service)| (actor, service, Arc::clone(&self.layer), self.published.load_full()));
+            let observed = observed(&command).map(|(actor, service)| {
+                (
+                    actor,
+                    service,
+                    Arc::clone(&self.layer),
+                    self.published.load_full(),
+                )
+            });
             // A bug in one command must not end the control plane (no more
             // trips, no reloads) while the request path goes on: the caller
             // hears nothing (its reply is dropped) and the next command runs.

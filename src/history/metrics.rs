@@ -72,9 +72,7 @@ impl Metrics {
         series.retain(|(service, _), _| present.contains(&service.as_str()));
         for service in with_rollout {
             for outcome in OUTCOMES {
-                series
-                    .entry(((*service).to_string(), outcome))
-                    .or_default();
+                series.entry(((*service).to_string(), outcome)).or_default();
             }
         }
         let series = series.clone();
@@ -166,12 +164,26 @@ mod tests {
         );
         let mut text = String::new();
         metrics.render(&mut text, &["web"], &["web"]);
-        assert!(text.contains("veer_rollouts_total{service=\"web\",outcome=\"completed\"} 2\n"), "{text}");
-        assert!(text.contains("veer_rollouts_total{service=\"web\",outcome=\"rolled_back\"} 0\n"), "{text}");
+        assert!(
+            text.contains("veer_rollouts_total{service=\"web\",outcome=\"completed\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("veer_rollouts_total{service=\"web\",outcome=\"rolled_back\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("veer_rollout_duration_seconds_bucket{service=\"web\",outcome=\"completed\",le=\"10\"} 0\n"), "{text}");
         assert!(text.contains("veer_rollout_duration_seconds_bucket{service=\"web\",outcome=\"completed\",le=\"30\"} 1\n"), "{text}");
         assert!(text.contains("veer_rollout_duration_seconds_bucket{service=\"web\",outcome=\"completed\",le=\"+Inf\"} 2\n"), "{text}");
-        assert!(text.contains("veer_rollout_duration_seconds_sum{service=\"web\",outcome=\"completed\"} 4020\n"), "{text}");
-        assert!(!text.contains("gone"), "a service that left is dropped: {text}");
+        assert!(
+            text.contains(
+                "veer_rollout_duration_seconds_sum{service=\"web\",outcome=\"completed\"} 4020\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("gone"),
+            "a service that left is dropped: {text}"
+        );
     }
 }

@@ -127,7 +127,10 @@ impl Recorder<'_> {
     fn baseline(&self) -> Option<&str> {
         let service = self.change.service;
         let guard = service.guard.as_ref()?;
-        service.versions.get(guard.baseline).map(|v| v.name.as_str())
+        service
+            .versions
+            .get(guard.baseline)
+            .map(|v| v.name.as_str())
     }
 
     fn revision_of(&self, version: &str) -> String {
@@ -197,7 +200,8 @@ impl Recorder<'_> {
         let percent = self.percent(progress);
         match (open, progress.outcome) {
             (None, RolloutOutcome::InProgress) => {
-                let mut record = self.record(Kind::Rollout, &progress.candidate, Outcome::InProgress);
+                let mut record =
+                    self.record(Kind::Rollout, &progress.candidate, Outcome::InProgress);
                 record.revision.clone_from(&progress.revision);
                 record.steps.push(Step {
                     step,

@@ -60,33 +60,59 @@ fn a_rollout_is_one_record_with_its_steps_and_their_figures() {
     let candidate = &config.services[0].versions[1];
     let rollout = config.services[0].rollout.clone().expect("rollout");
     let empty = ServiceState::default();
-    let (s, _) = run(Actor::Reload, &empty, (weights(100, 0), weights(90, 10)), 1_000, |s| {
-        s.rollout = Some(crate::rollout::start(candidate, 1_000));
-    });
+    let (s, _) = run(
+        Actor::Reload,
+        &empty,
+        (weights(100, 0), weights(90, 10)),
+        1_000,
+        |s| {
+            s.rollout = Some(crate::rollout::start(candidate, 1_000));
+        },
+    );
     assert_eq!(s.history.len(), 1);
     assert_eq!(s.history[0].kind, Kind::Rollout);
     assert_eq!(s.history[0].outcome, Outcome::InProgress);
     assert_eq!(s.history[0].steps.len(), 1);
     assert_eq!(s.history[0].steps[0].percent, 10);
 
-    let (s, ended) = run(Actor::Rollout, &s, (weights(90, 10), weights(50, 50)), 2_000, |s| {
-        let p = s.rollout.as_ref().expect("progress");
-        s.rollout = Some(crate::rollout::promote(p, &rollout, false, 2_000).expect("promote"));
-    });
+    let (s, ended) = run(
+        Actor::Rollout,
+        &s,
+        (weights(90, 10), weights(50, 50)),
+        2_000,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::promote(p, &rollout, false, 2_000).expect("promote"));
+        },
+    );
     assert!(ended.is_empty());
     assert_eq!(s.history.len(), 1, "a step is not a record of its own");
     let steps = &s.history[0].steps;
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0].left_unix_ms, Some(2_000));
     assert_eq!(steps[0].left_by, Some(Actor::Rollout));
-    let names: Vec<&str> = steps[0].figures.iter().map(|f| f.version.as_str()).collect();
-    assert_eq!(names, ["canary", "stable"], "the candidate's and the baseline's window");
+    let names: Vec<&str> = steps[0]
+        .figures
+        .iter()
+        .map(|f| f.version.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["canary", "stable"],
+        "the candidate's and the baseline's window"
+    );
     assert_eq!(steps[1].percent, 50);
 
-    let (s, ended) = run(Actor::Rollout, &s, (weights(50, 50), weights(50, 50)), 5_000, |s| {
-        let p = s.rollout.as_ref().expect("progress");
-        s.rollout = Some(crate::rollout::complete(p));
-    });
+    let (s, ended) = run(
+        Actor::Rollout,
+        &s,
+        (weights(50, 50), weights(50, 50)),
+        5_000,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::complete(p));
+        },
+    );
     assert_eq!(
         ended,
         vec![Ended {
@@ -108,20 +134,32 @@ fn a_trip_rolls_the_rollout_back_with_its_reason_and_is_a_record_of_its_own() {
         rollout: Some(crate::rollout::start(candidate, 0)),
         ..ServiceState::default()
     };
-    let (s, _) = run(Actor::Reload, &ServiceState::default(), (weights(100, 0), weights(90, 10)), 0, |s| {
-        *s = before.clone();
-    });
+    let (s, _) = run(
+        Actor::Reload,
+        &ServiceState::default(),
+        (weights(100, 0), weights(90, 10)),
+        0,
+        |s| {
+            *s = before.clone();
+        },
+    );
     before = s;
-    let (s, ended) = run(Actor::Guard, &before, (weights(90, 10), weights(100, 0)), 3_000, |s| {
-        s.latches.push(Latch {
-            version: "canary".into(),
-            revision: "2".into(),
-            reason: "error_rate".into(),
-            at_unix_ms: 3_000,
-        });
-        let p = s.rollout.as_ref().expect("progress");
-        s.rollout = Some(crate::rollout::on_rollback(p));
-    });
+    let (s, ended) = run(
+        Actor::Guard,
+        &before,
+        (weights(90, 10), weights(100, 0)),
+        3_000,
+        |s| {
+            s.latches.push(Latch {
+                version: "canary".into(),
+                revision: "2".into(),
+                reason: "error_rate".into(),
+                at_unix_ms: 3_000,
+            });
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::on_rollback(p));
+        },
+    );
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].outcome, Outcome::RolledBack);
     assert_eq!(s.history.len(), 2);
@@ -134,28 +172,55 @@ fn a_trip_rolls_the_rollout_back_with_its_reason_and_is_a_record_of_its_own() {
 
     // The operator resumes: a resume record, and the rollout starts over as
     // a new record.
-    let (s, _) = run(Actor::Admin, &s, (weights(100, 0), weights(90, 10)), 9_000, |s| {
-        s.latches.clear();
-        let p = s.rollout.as_ref().expect("progress");
-        s.rollout = Some(crate::rollout::resume(p, 9_000));
-    });
+    let (s, _) = run(
+        Actor::Admin,
+        &s,
+        (weights(100, 0), weights(90, 10)),
+        9_000,
+        |s| {
+            s.latches.clear();
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::resume(p, 9_000));
+        },
+    );
     let kinds: Vec<Kind> = s.history.iter().map(|r| r.kind).collect();
-    assert_eq!(kinds, [Kind::Rollout, Kind::Trip, Kind::Rollout, Kind::Resume]);
+    assert_eq!(
+        kinds,
+        [Kind::Rollout, Kind::Trip, Kind::Rollout, Kind::Resume]
+    );
     assert_eq!(s.history[3].actor, Actor::Admin);
 }
 
 #[test]
 fn weights_by_hand_are_a_switch_when_the_majority_moves() {
     let empty = ServiceState::default();
-    let (s, _) = run(Actor::Admin, &empty, (weights(100, 0), weights(80, 20)), 1, |_| {});
+    let (s, _) = run(
+        Actor::Admin,
+        &empty,
+        (weights(100, 0), weights(80, 20)),
+        1,
+        |_| {},
+    );
     assert_eq!(s.history[0].kind, Kind::Weights);
     assert_eq!(s.history[0].version, "canary");
-    let (s, _) = run(Actor::Admin, &s, (weights(80, 20), weights(0, 100)), 2, |_| {});
+    let (s, _) = run(
+        Actor::Admin,
+        &s,
+        (weights(80, 20), weights(0, 100)),
+        2,
+        |_| {},
+    );
     assert_eq!(s.history[1].kind, Kind::Switch);
     assert_eq!(s.history[1].version, "canary");
     assert_eq!(s.history[1].revision, "2");
     assert_eq!(s.history[1].figures.len(), 2);
-    let (s, _) = run(Actor::Admin, &s, (weights(0, 100), weights(0, 100)), 3, |_| {});
+    let (s, _) = run(
+        Actor::Admin,
+        &s,
+        (weights(0, 100), weights(0, 100)),
+        3,
+        |_| {},
+    );
     assert_eq!(s.history.len(), 2, "no change, no record");
 }
 
@@ -163,20 +228,41 @@ fn weights_by_hand_are_a_switch_when_the_majority_moves() {
 fn manual_weights_abandon_a_rollout_and_history_is_bounded() {
     let config = config();
     let candidate = &config.services[0].versions[1];
-    let (mut s, _) = run(Actor::Reload, &ServiceState::default(), (weights(100, 0), weights(90, 10)), 0, |s| {
-        s.rollout = Some(crate::rollout::start(candidate, 0));
-    });
-    let (next, ended) = run(Actor::Admin, &s, (weights(90, 10), weights(70, 30)), 10, |s| {
-        let p = s.rollout.as_ref().expect("progress");
-        s.rollout = Some(crate::rollout::abandon(p));
-    });
+    let (mut s, _) = run(
+        Actor::Reload,
+        &ServiceState::default(),
+        (weights(100, 0), weights(90, 10)),
+        0,
+        |s| {
+            s.rollout = Some(crate::rollout::start(candidate, 0));
+        },
+    );
+    let (next, ended) = run(
+        Actor::Admin,
+        &s,
+        (weights(90, 10), weights(70, 30)),
+        10,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::abandon(p));
+        },
+    );
     assert_eq!(ended[0].outcome, Outcome::Abandoned);
-    assert_eq!(next.history[0].reason.as_deref(), Some("weights set by hand"));
+    assert_eq!(
+        next.history[0].reason.as_deref(),
+        Some("weights set by hand")
+    );
     assert_eq!(next.history[1].kind, Kind::Weights);
     s = next;
     for i in 0..60 {
         let (a, b) = if i % 2 == 0 { (70, 30) } else { (60, 40) };
-        let (next, _) = run(Actor::Admin, &s, (weights(b, a), weights(a, b)), 20 + i, |_| {});
+        let (next, _) = run(
+            Actor::Admin,
+            &s,
+            (weights(b, a), weights(a, b)),
+            20 + i,
+            |_| {},
+        );
         s = next;
     }
     assert_eq!(s.history.len(), 50);

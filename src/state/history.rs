@@ -204,9 +204,7 @@ pub fn union(local: &[Record], remote: &[Record]) -> Vec<Record> {
         }
     }
     let mut merged: Vec<Record> = by_id.into_values().cloned().collect();
-    merged.sort_by(|a, b| {
-        (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id))
-    });
+    merged.sort_by(|a, b| (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id)));
     bound(&mut merged, local.len().max(remote.len()));
     merged
 }
@@ -258,8 +256,16 @@ mod tests {
         let remote = vec![ended.clone(), record("b", 7, Outcome::Completed)];
         let merged = union(&local, &remote);
         let ids: Vec<&str> = merged.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["r", "b"], "bounded to the longer side, oldest closed out");
+        assert_eq!(
+            ids,
+            ["r", "b"],
+            "bounded to the longer side, oldest closed out"
+        );
         assert_eq!(merged[0], ended);
-        assert_eq!(union(&remote, &local), merged, "the same whichever side is local");
+        assert_eq!(
+            union(&remote, &local),
+            merged,
+            "the same whichever side is local"
+        );
     }
 }

@@ -51,11 +51,11 @@ fn page(body: &'static str, content_type: &'static str) -> AdminResponse {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert("content-security-policy", HeaderValue::from_static(CSP));
     headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static(CSP),
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
     );
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     // A new veer brings a new page: never a stale script beside a new API.
@@ -81,7 +81,10 @@ mod tests {
                 .replace("\"http://www.w3.org/2000/svg\"", "");
             assert!(!text.contains("http://"), "{name} names an external URL");
             assert!(!text.contains("https://"), "{name} names an external URL");
-            assert!(!text.contains("innerHTML"), "{name} writes markup from data");
+            assert!(
+                !text.contains("innerHTML"),
+                "{name} writes markup from data"
+            );
             assert!(!text.contains("localStorage"), "{name} stores something");
             assert!(!text.contains("sessionStorage"), "{name} stores something");
             assert!(!text.contains("document.cookie"), "{name} uses cookies");
