@@ -821,7 +821,7 @@ impl Actor {
     fn record_history(
         &mut self,
         actor: Who,
-        only: Option<&str>,
+        only: Option<&[String]>,
         before: &PersistedState,
         was: &Snapshot,
     ) {
@@ -829,32 +829,52 @@ impl Actor {
         let config = Arc::clone(&self.config);
         let elapsed = self.telemetry.elapsed(Instant::now());
         let unix = unix_ms();
-        for declared in &config.services {
-            if only.is_some_and(|name| name != declared.name) {
-                continue;
-            }
-            let name = declared.name.as_str();
-            let Some(service) = now.services.iter().find(|s| &*s.name == name) else {
+        // A reload looks at every service: find the old ones by name once.
+        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = only
+            .is_none()
+            .then(|| was.services.iter().map(|s| (&*s.name, s)).collect());
+        let indices: Vec<usize> = match only {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.names.get(n).copied())
+                .collect(),
+            None => (0..config.services.len()).collect(),
+        };
+        for index in indices {
+            let Some(declared) = config.services.get(index) else {
                 continue;
             };
-            let weights_after = snapshot_weights(service);
-            let weights_before = was
+            let name = declared.name.as_str();
+            // The snapshot lists services in the config's order.
+            let Some(service) = now
                 .services
-                .iter()
-                .find(|s| &*s.name == name)
-                .map(snapshot_weights);
+                .get(index)
+                .filter(|s| &*s.name == name)
+                .or_else(|| now.services.iter().find(|s| &*s.name == name))
+            else {
+                continue;
+            };
+            let previous = match &old {
+                Some(old) => old.get(name).copied(),
+                None => was.services.iter().find(|s| &*s.name == name),
+            };
             let own = before.services.get(name);
-            if own == self.layer.services.get(name)
-                && weights_before.as_ref() == Some(&weights_after)
-            {
+            let same_weights = previous.is_some_and(|p| {
+                p.versions.len() == service.versions.len()
+                    && p.versions
+                        .iter()
+                        .zip(&service.versions)
+                        .all(|(a, b)| a.name == b.name && a.weight == b.weight)
+            });
+            if same_weights && own == self.layer.services.get(name) {
                 continue;
             }
             let change = crate::history::Change {
                 actor,
                 service: declared,
                 before: own,
-                weights_before: Some(weights_before.unwrap_or_default()),
-                weights_after,
+                weights_before: Some(previous.map(snapshot_weights).unwrap_or_default()),
+                weights_after: snapshot_weights(service),
                 now_ms: unix,
                 keep: config.history.keep,
             };
@@ -959,16 +979,21 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
 
 /// Who sent a command that may change a service's release (and which
 /// service: `None` for all); `None` for commands that never do.
-fn observed(command: &Command) -> Option<(Who, Option<String>)> {
+fn observed(command: &Command) -> Option<(Who, Option<Vec<String>>)> {
     Some(match command {
         Command::SetWeights { service, .. }
         | Command::Rollback { service, .. }
         | Command::Resume { service, .. }
-        | Command::Pause { service, .. } => (Who::Admin, Some(service.clone())),
-        Command::Promote { service, by, .. } => (*by, Some(service.clone())),
-        Command::Complete { service, .. } => (Who::Rollout, Some(service.clone())),
+        | Command::Pause { service, .. } => (Who::Admin, Some(vec![service.clone()])),
+        Command::Promote { service, by, .. } => (*by, Some(vec![service.clone()])),
+        Command::Complete { service, .. } => (Who::Rollout, Some(vec![service.clone()])),
         // A trip's latch says whether a check or the guard asked.
-        Command::Trip { .. } => (Who::Guard, None),
+        Command::Trip { trips, .. } => {
+            let mut services: Vec<String> = trips.iter().map(|t| t.service.clone()).collect();
+            services.sort_unstable();
+            services.dedup();
+            (Who::Guard, Some(services))
+        }
         Command::ApplyConfig { .. } => (Who::Reload, None),
         _ => return None,
     })
