@@ -148,3 +148,26 @@ async fn the_pages_actions_need_the_token_when_one_is_configured() {
     let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
     assert_eq!(body["records"][0]["kind"], "rollback", "{body:#}");
 }
+
+#[tokio::test]
+async fn the_demo_prints_the_pages_address_first() {
+    let out = support::within(
+        std::time::Duration::from_secs(60),
+        "veer demo",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+            .args(["demo", "--duration", "2s"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run veer demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("veer demo: watch the release live at http://127.0.0.1:")
+            && first.ends_with('/'),
+        "{text}"
+    );
+}

@@ -778,7 +778,9 @@ impl Actor {
         Arc::make_mut(&mut self.holds).remove(change.service.as_str());
         let mut layer = (*self.layer).clone();
         match change.state {
-            Some(state) => {
+            Some(mut state) => {
+                // A merge is the union of two histories: keep the newest.
+                crate::state::history::bound(&mut state.history, self.config.history.keep);
                 layer.services.insert(change.service, state);
             }
             None => {

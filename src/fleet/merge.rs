@@ -272,4 +272,39 @@ mod tests {
             .expect("a rollout");
         assert_eq!(merged.step, 3);
     }
+
+    #[test]
+    fn the_history_is_the_union_of_both_sides() {
+        use crate::state::history::{Actor, Kind, Outcome, Record};
+        let record = |id: &str, at: u64| Record {
+            id: id.into(),
+            kind: Kind::Weights,
+            version: "canary".into(),
+            revision: "v2".into(),
+            actor: Actor::Admin,
+            started_unix_ms: at,
+            ended_unix_ms: Some(at),
+            outcome: Outcome::Completed,
+            reason: None,
+            weights_before: BTreeMap::new(),
+            weights_after: BTreeMap::new(),
+            steps: Vec::new(),
+            figures: Vec::new(),
+        };
+        let base = ServiceState {
+            history: vec![record("a", 1)],
+            ..ServiceState::default()
+        };
+        let local = ServiceState {
+            history: vec![record("a", 1), record("l", 3)],
+            ..ServiceState::default()
+        };
+        let remote = ServiceState {
+            history: vec![record("a", 1), record("r", 2)],
+            ..ServiceState::default()
+        };
+        let merged = merge(Some(&base), &local, &remote);
+        let ids: Vec<&str> = merged.history.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "r", "l"], "every record once, in order of start");
+    }
 }

@@ -268,3 +268,38 @@ fn manual_weights_abandon_a_rollout_and_history_is_bounded() {
     assert_eq!(s.history.len(), 50);
     assert_eq!(s.history.last().map(|r| r.started_unix_ms), Some(79));
 }
+
+#[test]
+fn a_new_revision_replaces_the_rollout_in_progress() {
+    let config = config();
+    let candidate = &config.services[0].versions[1];
+    let (s, _) = run(
+        Actor::Reload,
+        &ServiceState::default(),
+        (weights(100, 0), weights(90, 10)),
+        0,
+        |s| {
+            s.rollout = Some(crate::rollout::start(candidate, 0));
+        },
+    );
+    let mut next = candidate.clone();
+    next.revision = "3".into();
+    let (s, ended) = run(
+        Actor::Reload,
+        &s,
+        (weights(90, 10), weights(90, 10)),
+        50,
+        |s| {
+            s.rollout = Some(crate::rollout::start(&next, 50));
+        },
+    );
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].outcome, Outcome::Abandoned);
+    assert_eq!(s.history.len(), 2);
+    assert_eq!(
+        s.history[0].reason.as_deref(),
+        Some("replaced by the rollout of canary 3")
+    );
+    assert_eq!(s.history[1].revision, "3");
+    assert!(s.history[1].is_open());
+}

@@ -189,8 +189,8 @@ pub fn bound(records: &mut Vec<Record>, keep: usize) {
 
 /// Two replicas' histories of one service as one: every record of either,
 /// by id (where both hold a record, the one that has come further: ended,
-/// or with more steps), in order of start, bounded to the longer of the two
-/// (each was bounded by the same `history.keep`).
+/// or with more steps), in order of start. Not bounded here: the merge does
+/// not know `history.keep`; the control task bounds what it adopts.
 pub fn union(local: &[Record], remote: &[Record]) -> Vec<Record> {
     if local == remote {
         return local.to_vec();
@@ -205,7 +205,6 @@ pub fn union(local: &[Record], remote: &[Record]) -> Vec<Record> {
     }
     let mut merged: Vec<Record> = by_id.into_values().cloned().collect();
     merged.sort_by(|a, b| (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id)));
-    bound(&mut merged, local.len().max(remote.len()));
     merged
 }
 
@@ -256,12 +255,8 @@ mod tests {
         let remote = vec![ended.clone(), record("b", 7, Outcome::Completed)];
         let merged = union(&local, &remote);
         let ids: Vec<&str> = merged.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["r", "b"],
-            "bounded to the longer side, oldest closed out"
-        );
-        assert_eq!(merged[0], ended);
+        assert_eq!(ids, ["a", "r", "b"]);
+        assert_eq!(merged[1], ended);
         assert_eq!(
             union(&remote, &local),
             merged,
