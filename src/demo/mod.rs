@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config;
 use crate::control::Control;
-use crate::server::Proxy;
+use crate::server::{Proxy, StartOptions};
 
 pub fn run(duration: Duration) -> ExitCode {
     let runtime = match crate::server::runtime::build(None) {
@@ -60,7 +60,12 @@ async fn demo(duration: Duration) -> Result<(), Box<dyn std::error::Error>> {
          \x20       consecutive: 2\n"
     );
     let config = config::parse_str(&yaml, "demo.yaml")?;
-    let proxy = Proxy::start(config).await?;
+    // With the admin API: the page at its root is where to watch.
+    let options = StartOptions {
+        source: None,
+        admin: true,
+    };
+    let proxy = Proxy::start_with(config, options).await?;
     let address = proxy
         .listener_addr("demo")
         .ok_or("the demo listener did not bind")?;

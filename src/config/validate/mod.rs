@@ -16,7 +16,7 @@
 //!
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
-//! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
+//! and upstream), `admin`, `fleet`, `limits`, `access_log`, `history`, `services` (and `match`),
 //! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
 //! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
