@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::StatusCode;
 use veer::telemetry::buckets::{Bucket, BOUNDS};
-use veer::telemetry::Registry;
+use veer::telemetry::{Registry, Shown};
 
 /// Latencies a loopback upstream produces (µs), cycled so the buckets vary
 /// as they do under load.
@@ -192,7 +192,9 @@ fn candidates(c: &mut Criterion) {
     group.bench_function("veer_registry", |b| {
         b.iter(|| {
             let mut text = String::new();
-            registry.render_into(&mut text).expect("render");
+            registry
+                .render_into(&mut text, &Shown::ALL)
+                .expect("render");
             black_box(text.len())
         })
     });

@@ -146,7 +146,7 @@ pub fn weights(snapshot: &Snapshot, service: Option<&str>) -> String {
             .services
             .iter()
             .find(|s| &*s.name == name)
-            .map(service_weights)
+            .map(|s| service_weights(s))
             .unwrap_or_default(),
         None => {
             let mut out = String::new();

@@ -1,6 +1,12 @@
 //! Everything the request path reads, built off the path and published as one
 //! value through one `ArcSwap` (by `control`, the only writer). A request loads
 //! the snapshot once and sees one generation of routes, splits and endpoints.
+//!
+//! A publish costs what changed: a service whose config, effective weights,
+//! latches and endpoint availability are what the previous snapshot was
+//! built from keeps that snapshot's part (an `Arc`, shared), and the route
+//! table is kept while no service's name, hosts or prefix moved. With
+//! thousands of services, a weight change rebuilds one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,20 +14,21 @@ use std::time::Duration;
 use http::header::HeaderName;
 
 use crate::config::{
-    Config, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
+    Config, EndpointName, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
 };
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
 use crate::telemetry::{Present, StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
+use crate::upstream::dns::NameEntry;
 use crate::upstream::{Endpoint, Registry};
 
 #[derive(Debug)]
 pub struct Snapshot {
     /// Increases by one with every publish.
     pub generation: u64,
-    pub routes: RouteTable,
-    pub services: Vec<ServiceSnapshot>,
+    pub routes: Arc<RouteTable>,
+    pub services: Vec<Arc<ServiceSnapshot>>,
 }
 
 #[derive(Debug)]
@@ -43,6 +50,17 @@ pub struct ServiceSnapshot {
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
     pub sticky: Option<StickyRouting>,
+    /// What this part was built from, to tell whether the next build can
+    /// keep it.
+    built_from: BuiltFrom,
+}
+
+#[derive(Debug)]
+struct BuiltFrom {
+    service: Service,
+    effective: Effective,
+    /// Per version, per endpoint: whether it could take requests.
+    available: Vec<Vec<bool>>,
 }
 
 /// Where a sticky user's key comes from, and its bucket table.
@@ -64,7 +82,7 @@ pub enum StickyKey {
 }
 
 /// The weights in force for one service and which versions are latched.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effective {
     pub weights: Vec<u32>,
     pub latched: Vec<bool>,
@@ -87,8 +105,12 @@ pub struct VersionSnapshot {
     pub tls: bool,
     /// The endpoints that may take requests now (healthy, not ejected).
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Every endpoint the config lists, for health checks and reports.
+    /// Every endpoint the config lists (and its names resolve to), for
+    /// health checks and reports.
     pub all_endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints written `NAME:PORT`, with what is known of each name
+    /// (`None`: not looked up yet), for reports.
+    pub names: Vec<(EndpointName, Option<Arc<NameEntry>>)>,
     pub stats: Arc<VersionStats>,
 }
 
@@ -101,6 +123,8 @@ pub struct Parts<'a> {
     /// veer is starting: endpoints count as healthy until probed (unless the
     /// health check says otherwise); endpoints a reload adds wait for a pass.
     pub starting: bool,
+    /// The snapshot in force, whose unchanged parts the new one keeps.
+    pub previous: Option<&'a Snapshot>,
 }
 
 impl Snapshot {
@@ -118,17 +142,29 @@ impl Snapshot {
             stats,
             telemetry,
             starting,
+            previous,
         } = parts;
+        telemetry.configure(&config.telemetry);
         let now_ms = crate::clock::now_ms();
+        let previous_by_name: std::collections::HashMap<&str, &Arc<ServiceSnapshot>> = previous
+            .map(|p| p.services.iter().map(|s| (&*s.name, s)).collect())
+            .unwrap_or_default();
         let services = config
             .services
             .iter()
             .enumerate()
             .map(|(index, service)| {
+                let inputs = effective(index, service);
+                if let Some(kept) = previous_by_name
+                    .get(service.name.as_str())
+                    .filter(|kept| kept.can_keep(service, &inputs, now_ms))
+                {
+                    return Arc::clone(kept);
+                }
                 let Effective {
                     mut weights,
                     latched,
-                } = effective(index, service);
+                } = inputs.clone();
                 let window = service.guard.as_ref().map_or(DEFAULT_WINDOW, |g| g.window);
                 let initially_healthy = service
                     .health_check
@@ -141,10 +177,22 @@ impl Snapshot {
                     .versions
                     .iter()
                     .map(|version| {
-                        version
-                            .endpoints
-                            .iter()
-                            .map(|&addr| {
+                        // The addresses written, then those of the names, in
+                        // their last good answer (none before the first).
+                        let mut addresses = version.endpoints.clone();
+                        for name in &version.names {
+                            if let Some(entry) = registry.names().get(&name.host) {
+                                for ip in entry.addresses() {
+                                    let addr = std::net::SocketAddr::new(ip, name.port);
+                                    if !addresses.contains(&addr) {
+                                        addresses.push(addr);
+                                    }
+                                }
+                            }
+                        }
+                        addresses
+                            .into_iter()
+                            .map(|addr| {
                                 let (endpoint, created) = registry.endpoint(
                                     addr,
                                     version.protocol,
@@ -190,6 +238,10 @@ impl Snapshot {
                         }
                     }
                 }
+                let available_then = all
+                    .iter()
+                    .map(|eps| eps.iter().map(|e| e.health.available(now_ms)).collect())
+                    .collect();
                 let versions = service
                     .versions
                     .iter()
@@ -225,10 +277,15 @@ impl Snapshot {
                             tls: version.tls.is_some(),
                             endpoints: available[v].clone(),
                             all_endpoints: all[v].clone(),
+                            names: version
+                                .names
+                                .iter()
+                                .map(|name| (name.clone(), registry.names().get(&name.host)))
+                                .collect(),
                         })
                     })
                     .collect();
-                ServiceSnapshot {
+                Arc::new(ServiceSnapshot {
                     name: service.name.as_str().into(),
                     split: WeightedSplit::new(&weights),
                     versions,
@@ -260,17 +317,63 @@ impl Snapshot {
                             table: StickyTable::new(&service.name, &weights, baseline),
                         }
                     }),
-                }
+                    built_from: BuiltFrom {
+                        service: service.clone(),
+                        effective: inputs,
+                        available: available_then,
+                    },
+                })
             })
             .collect();
         registry.retain_used();
         stats.retain_used();
+        let routes = match previous {
+            Some(previous) if same_routes(&previous.services, &config.services) => {
+                Arc::clone(&previous.routes)
+            }
+            _ => Arc::new(RouteTable::new(&config.services)),
+        };
         Snapshot {
             generation,
-            routes: RouteTable::new(&config.services),
+            routes,
             services,
         }
     }
+}
+
+impl ServiceSnapshot {
+    /// Whether a build for `service` with `effective` weights would make
+    /// this same part: same config, same weights and latches, and every
+    /// endpoint as available as it was.
+    fn can_keep(&self, service: &Service, effective: &Effective, now_ms: u64) -> bool {
+        let from = &self.built_from;
+        from.effective == *effective
+            && from.service == *service
+            && self
+                .versions
+                .iter()
+                .zip(&from.available)
+                .all(|(version, then)| {
+                    version.all_endpoints.len() == then.len()
+                        && version
+                            .all_endpoints
+                            .iter()
+                            .zip(then)
+                            .all(|(e, &was)| e.health.available(now_ms) == was)
+                })
+    }
+}
+
+/// Whether the route table of `previous` still routes `services`: the same
+/// services in the same order with the same names, hosts and prefixes.
+fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Service]) -> bool {
+    previous.len() == services.len()
+        && previous.iter().zip(services).all(|(before, now)| {
+            let before = &before.built_from.service;
+            before.name == now.name
+                && before.hosts == now.hosts
+                && before.path_prefix == now.path_prefix
+        })
 }
 
 impl Snapshot {

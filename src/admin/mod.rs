@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -89,13 +89,37 @@ impl Admin {
             tokio::spawn(async move {
                 let handler = service_fn(move |request| {
                     let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
+                    async move { Ok::<_, Infallible>(admin.respond(request, peer).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), handler)
                     .await;
             });
         }
+    }
+
+    /// A scrape streams its body (`metrics::stream`); every other answer is
+    /// whole (`handle`).
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Either<Full<Bytes>, metrics::MetricsBody>> {
+        let scrape =
+            request.method() == Method::GET && request.uri().path().trim_matches('/') == "metrics";
+        // Reads are open; a token presented and wrong is refused by `handle`.
+        let allowed =
+            || !request.headers().contains_key(AUTHORIZATION) || self.authorize(&request).0.is_ok();
+        if scrape && allowed() {
+            let mut response =
+                Response::new(Either::Right(metrics::stream(Arc::clone(&self.control))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return response;
+        }
+        self.handle(request, peer).await.map(Either::Left)
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
@@ -116,11 +140,6 @@ impl Admin {
             }
         }
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["metrics"]) => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::render(&self.control),
-            ),
             (&Method::GET, ["health", "liveness"]) => plain(StatusCode::OK, "alive"),
             (&Method::GET, ["health", "readiness"]) => {
                 if self.draining.load(Ordering::Acquire) {

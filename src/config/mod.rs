@@ -91,9 +91,16 @@ pub fn load_file_checked(
             .collect::<Vec<_>>()
     };
     if !errors.is_empty() {
-        return Err(place(issues(errors, ""), &source, &file));
+        return Err(place(issues(errors, ""), &positions(source, &text), &file));
     }
-    let warnings = place(issues(warnings, "warning: "), &source, &file);
+    if warnings.is_empty() {
+        return Ok((config, Vec::new()));
+    }
+    let warnings = place(
+        issues(warnings, "warning: "),
+        &positions(source, &text),
+        &file,
+    );
     Ok((config, warnings.0))
 }
 
@@ -103,8 +110,55 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     parse_with_source(text, file).map(|(config, _)| config)
 }
 
-/// The config and the map of where each field is, for later checks.
-fn parse_with_source(text: &str, file: &str) -> Result<(Config, SourceMap), ConfigErrors> {
+/// The config, and the map of where each field is if it was made (a valid
+/// file is read without one: see `SourceMap::tree`).
+fn parse_with_source(text: &str, file: &str) -> Result<(Config, Option<SourceMap>), ConfigErrors> {
+    let (source, value) = match SourceMap::tree(text) {
+        Ok(Some(value)) => (None, value),
+        // A syntax error, a duplicate key, a second document: the full parse
+        // places them.
+        _ => {
+            let (source, value) = parse_placed(text, file)?;
+            (Some(source), value)
+        }
+    };
+    if value.is_null() {
+        return Err(whole_file_error(
+            file,
+            "the config is empty: it needs at least `listeners` and `services`".to_string(),
+        ));
+    }
+
+    let mut issues = Vec::new();
+    let config =
+        deserialize_parts(value, &mut issues).and_then(|raw| validate::validate(raw, &mut issues));
+    match config {
+        Some(config) if issues.is_empty() => Ok((config, source)),
+        _ => {
+            if issues.is_empty() {
+                // Every refusal should have pushed an issue; never fail silently.
+                issues.push(Issue::at(
+                    "",
+                    "the config was refused without a reason (a bug in veer; please report it)",
+                ));
+            }
+            Err(place(issues, &positions(source, text), file))
+        }
+    }
+}
+
+/// The map of positions: the one made already, or a parse that makes it.
+fn positions(source: Option<SourceMap>, text: &str) -> SourceMap {
+    source.unwrap_or_else(|| {
+        SourceMap::parse(text)
+            .map(|(source, _)| source)
+            .unwrap_or_default()
+    })
+}
+
+/// The parse that places every node, and its refusals: a syntax error,
+/// duplicate keys, a second document.
+fn parse_placed(text: &str, file: &str) -> Result<(SourceMap, Node), ConfigErrors> {
     let error_at = |position: Position, path: &str, reason: String| ConfigError {
         file: file.to_string(),
         line: position.line,
@@ -145,29 +199,7 @@ fn parse_with_source(text: &str, file: &str) -> Result<(Config, SourceMap), Conf
         )
         .into());
     }
-    if value.is_null() {
-        return Err(whole_file_error(
-            file,
-            "the config is empty: it needs at least `listeners` and `services`".to_string(),
-        ));
-    }
-
-    let mut issues = Vec::new();
-    let config =
-        deserialize_parts(value, &mut issues).and_then(|raw| validate::validate(raw, &mut issues));
-    match config {
-        Some(config) if issues.is_empty() => Ok((config, source)),
-        _ => {
-            if issues.is_empty() {
-                // Every refusal should have pushed an issue; never fail silently.
-                issues.push(Issue::at(
-                    "",
-                    "the config was refused without a reason (a bug in veer; please report it)",
-                ));
-            }
-            Err(place(issues, &source, file))
-        }
-    }
+    Ok((source, value))
 }
 
 fn whole_file_error(file: &str, reason: String) -> ConfigErrors {
@@ -198,6 +230,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         fleet: document
             .fleet
             .and_then(|fleet| deserialize_optional(fleet, "fleet", issues)),
+        dns: document
+            .dns
+            .and_then(|dns| deserialize_optional(dns, "dns", issues)),
         limits: document
             .limits
             .and_then(|limits| deserialize_optional(limits, "limits", issues)),
@@ -210,6 +245,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         services: document
             .services
             .and_then(|list| deserialize_list(list, "services", issues)),
+        telemetry: document
+            .telemetry
+            .and_then(|part| deserialize_optional(part, "telemetry", issues)),
     })
 }
 
@@ -401,6 +439,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(token_file) = config.admin.token_file.as_mut() {
         resolve(token_file);
+    }
+    if let Some(file) = config.dns.resolv_conf.as_mut() {
+        resolve(file);
     }
     if let Some(etcd) = config.fleet.as_mut().map(|f| &mut f.etcd) {
         if let Some(file) = etcd.password_file.as_mut() {

@@ -27,7 +27,7 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log and history"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log, dns, telemetry and history"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
@@ -36,8 +36,10 @@ pub(crate) struct RawDocument {
     pub fleet: Option<Node>,
     pub limits: Option<Node>,
     pub access_log: Option<Node>,
-    pub history: Option<Node>,
+    pub dns: Option<Node>,
     pub services: Option<Node>,
+    pub telemetry: Option<Node>,
+    pub history: Option<Node>,
 }
 
 /// A part of the file that did not deserialize; its error is already reported.
@@ -53,6 +55,7 @@ pub(crate) type Part<T> = Result<T, Invalid>;
 #[derive(Debug)]
 pub(crate) struct RawConfig {
     pub listeners: Option<Vec<Part<RawListener>>>,
+    pub dns: Option<Part<RawDns>>,
     pub admin: Option<Part<RawAdmin>>,
     pub state_dir: Option<Part<String>>,
     pub fleet: Option<Part<RawFleet>>,
@@ -60,6 +63,32 @@ pub(crate) struct RawConfig {
     pub access_log: Option<Part<RawAccessLog>>,
     pub history: Option<Part<RawHistory>>,
     pub services: Option<Vec<Part<RawService>>>,
+    pub telemetry: Option<Part<RawTelemetry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with idle_series_after and buckets, both optional"
+)]
+pub(crate) struct RawTelemetry {
+    pub idle_series_after: Option<Scalar>,
+    pub buckets: Option<Vec<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with optionally resolv_conf, nameservers, search, ndots, timeout, min_ttl and max_ttl"
+)]
+pub(crate) struct RawDns {
+    pub resolv_conf: Option<String>,
+    pub nameservers: Option<Vec<Scalar>>,
+    pub search: Option<Vec<Scalar>>,
+    pub ndots: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub min_ttl: Option<Scalar>,
+    pub max_ttl: Option<Scalar>,
 }
 
 /// `history`: how many release records each service keeps.

@@ -72,11 +72,35 @@ impl SourceMap {
     /// Parses `text` (its first document): the value tree (null for an empty
     /// document) and every node's position.
     pub(crate) fn parse(text: &str) -> Result<(SourceMap, yaml::Node), SyntaxError> {
-        let mut builder = Builder::default();
+        let mut builder = Builder {
+            positions: true,
+            ..Builder::default()
+        };
         let mut parser = Parser::new_from_str(text);
         // `multi` so that a second document is seen and can be reported.
         match parser.load(&mut builder, true) {
             Ok(()) => Ok((builder.map, builder.tree.root.unwrap_or(yaml::Node::Null))),
+            Err(error) => Err(SyntaxError {
+                position: Position::from_marker(error.marker()),
+                message: error.info().to_string(),
+            }),
+        }
+    }
+
+    /// The value tree alone, without positions: a file that turns out valid
+    /// never needs them, and recording a path and a position for every node
+    /// costs more than the parse itself. `Ok(None)` when the file holds
+    /// something only the full parse reports (a duplicate key, a second
+    /// document): the caller then parses again with [`SourceMap::parse`].
+    pub(crate) fn tree(text: &str) -> Result<Option<yaml::Node>, SyntaxError> {
+        let mut builder = Builder {
+            positions: false,
+            ..Builder::default()
+        };
+        let mut parser = Parser::new_from_str(text);
+        match parser.load(&mut builder, true) {
+            Ok(()) if builder.documents > 1 || builder.tree.duplicate => Ok(None),
+            Ok(()) => Ok(Some(builder.tree.root.unwrap_or(yaml::Node::Null))),
             Err(error) => Err(SyntaxError {
                 position: Position::from_marker(error.marker()),
                 message: error.info().to_string(),
@@ -157,6 +181,8 @@ enum Frame {
 
 #[derive(Debug, Default)]
 struct Builder {
+    /// Whether paths and positions are recorded (see `SourceMap::tree`).
+    positions: bool,
     map: SourceMap,
     stack: Vec<Frame>,
     documents: usize,
@@ -170,6 +196,8 @@ struct TreeBuilder {
     /// Anchored nodes, by yaml-rust2's anchor id, for aliases to copy.
     anchors: HashMap<usize, yaml::Node>,
     root: Option<yaml::Node>,
+    /// A mapping wrote a key twice.
+    duplicate: bool,
 }
 
 /// A sequence or mapping whose end has not been read yet.
@@ -197,7 +225,10 @@ impl TreeBuilder {
         if let Some(Open { anchor, node }) = self.open.pop() {
             let node = match node {
                 OpenNode::Sequence(items) => yaml::Node::Sequence(items),
-                OpenNode::Mapping { entries, .. } => yaml::Node::Mapping(yaml::merge_keys(entries)),
+                OpenNode::Mapping { entries, .. } => {
+                    self.duplicate |= has_duplicate(&entries);
+                    yaml::Node::Mapping(yaml::merge_keys(entries))
+                }
             };
             self.complete(anchor, node);
         }
@@ -236,6 +267,24 @@ impl TreeBuilder {
             },
         }
     }
+}
+
+/// Whether a text key appears twice among a mapping's entries (the full
+/// parse finds and places each; this only tells that there is one).
+fn has_duplicate(entries: &[(yaml::Node, yaml::Node)]) -> bool {
+    fn text(entry: &(yaml::Node, yaml::Node)) -> Option<&str> {
+        match &entry.0 {
+            yaml::Node::Text(text) => Some(text.as_str()),
+            _ => None,
+        }
+    }
+    if entries.len() <= 16 {
+        return entries.iter().enumerate().any(|(i, entry)| {
+            text(entry).is_some_and(|key| entries[..i].iter().any(|e| text(e) == Some(key)))
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    entries.iter().filter_map(text).any(|key| !seen.insert(key))
 }
 
 /// The key placeholder for a key that is not a scalar, as
@@ -367,8 +416,39 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// The tree alone (see `SourceMap::tree`).
+    fn tree_event(&mut self, event: Event) {
+        match event {
+            Event::DocumentStart => self.documents += 1,
+            _ if self.documents > 1 => {}
+            Event::Scalar(text, style, anchor, tag) => {
+                let node = yaml::Node::scalar(text, style, tag.as_ref());
+                self.tree.complete(anchor, node);
+            }
+            Event::Alias(anchor) => self.tree.alias(anchor),
+            Event::SequenceStart(anchor, _) => {
+                self.tree.open(anchor, OpenNode::Sequence(Vec::new()));
+            }
+            Event::MappingStart(anchor, _) => self.tree.open(
+                anchor,
+                OpenNode::Mapping {
+                    entries: Vec::new(),
+                    key: None,
+                },
+            ),
+            Event::SequenceEnd | Event::MappingEnd => self.tree.close(),
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        }
+    }
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, marker: Marker) {
+        if !self.positions {
+            self.tree_event(event);
+            return;
+        }
         let position = Position::from_marker(&marker);
         if self.map.second_document.is_some() {
             // Only the first document is mapped; the second is an error.

@@ -183,6 +183,7 @@ pub(super) fn spawn(
     telemetry: Arc<Telemetry>,
     store: Option<(Arc<dyn Store>, PersistedState)>,
     inbox: mpsc::UnboundedReceiver<Command>,
+    mut registry: Registry,
     history: Arc<HistoryMetrics>,
 ) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
     let (store, mut layer) = match store {
@@ -191,7 +192,13 @@ pub(super) fn spawn(
     };
     let loaded = layer.clone();
     for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
-        tracing::info!("state: {note}");
+        tracing::info!(
+            service = note.service.as_str(),
+            version = note.version.as_deref(),
+            revision = note.revision.as_deref(),
+            reason = note.reason,
+            "state: {note}"
+        );
     }
     record_start(&config, &loaded, &mut layer);
     let changes = store.as_ref().and_then(|s| s.changes());
@@ -200,7 +207,6 @@ pub(super) fn spawn(
         tokio::spawn(write_in_order(store, rx));
         tx
     });
-    let mut registry = Registry::default();
     let mut stats = StatsRegistry::default();
     let first = build(
         1,
@@ -211,6 +217,7 @@ pub(super) fn spawn(
             stats: &mut stats,
             telemetry: &telemetry,
             starting: true,
+            previous: None,
         },
     );
     // Series of what the first config does not name (none yet) are dropped,
@@ -259,9 +266,16 @@ impl Actor {
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut changes: Option<crate::state::Changes>,
     ) {
+        let names = Arc::clone(self.registry.names());
         loop {
             let command = tokio::select! {
                 command = inbox.recv() => command,
+                // A name's addresses changed: its endpoints join or drain.
+                () = names.changed() => {
+                    self.publish();
+                    self.publish_view();
+                    continue;
+                }
                 Some(change) = next_change(&mut changes) => {
                     self.adopt(change);
                     continue;
@@ -338,7 +352,13 @@ impl Actor {
             Command::ApplyConfig { config, reply } => {
                 let layer = Arc::make_mut(&mut self.layer);
                 for note in overlay::reconcile(layer, &config, unix_ms()) {
-                    tracing::info!("reload: {note}");
+                    tracing::info!(
+                        service = note.service.as_str(),
+                        version = note.version.as_deref(),
+                        revision = note.revision.as_deref(),
+                        reason = note.reason,
+                        "reload: {note}"
+                    );
                 }
                 self.names = index(&config);
                 self.config = Arc::new(*config);
@@ -834,7 +854,7 @@ impl Actor {
         // A reload looks at every service: find the old ones by name once.
         let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = only
             .is_none()
-            .then(|| was.services.iter().map(|s| (&*s.name, s)).collect());
+            .then(|| was.services.iter().map(|s| (&*s.name, &**s)).collect());
         let indices: Vec<usize> = match only {
             Some(names) => names
                 .iter()
@@ -858,7 +878,7 @@ impl Actor {
             };
             let previous = match &old {
                 Some(old) => old.get(name).copied(),
-                None => was.services.iter().find(|s| &*s.name == name),
+                None => was.services.iter().find(|s| &*s.name == name).map(|s| &**s),
             };
             let own = before.services.get(name);
             let same_weights = previous.is_some_and(|p| {
@@ -943,6 +963,8 @@ impl Actor {
 
     fn build(&mut self) -> Snapshot {
         self.generation += 1;
+        // The services that did not change keep their part of it.
+        let previous = self.published.load_full();
         build(
             self.generation,
             &self.config,
@@ -952,6 +974,7 @@ impl Actor {
                 stats: &mut self.stats,
                 telemetry: &self.telemetry,
                 starting: self.generation == 1,
+                previous: Some(&previous),
             },
         )
     }

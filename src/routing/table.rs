@@ -24,8 +24,9 @@ struct Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<Box<str>, Vec<Route>>,
-    /// (suffix such as `.example.com`, routes), longest suffix first.
-    wildcard: Vec<(Box<str>, Vec<Route>)>,
+    /// By suffix such as `.example.com`. Looked up once per dot of the
+    /// host, so a request costs the same whatever the number of services.
+    wildcard: HashMap<Box<str>, Vec<Route>>,
     any_host: Vec<Route>,
 }
 
@@ -48,14 +49,11 @@ impl RouteTable {
                         .entry(name.as_str().into())
                         .or_default()
                         .push(route.clone()),
-                    HostMatch::Suffix(suffix) => {
-                        match table.wildcard.iter_mut().find(|(s, _)| **s == **suffix) {
-                            Some((_, routes)) => routes.push(route.clone()),
-                            None => table
-                                .wildcard
-                                .push((suffix.as_str().into(), vec![route.clone()])),
-                        }
-                    }
+                    HostMatch::Suffix(suffix) => table
+                        .wildcard
+                        .entry(suffix.as_str().into())
+                        .or_default()
+                        .push(route.clone()),
                 }
             }
         }
@@ -63,11 +61,7 @@ impl RouteTable {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         };
         table.exact.values_mut().for_each(longest_first);
-        table
-            .wildcard
-            .iter_mut()
-            .for_each(|(_, r)| longest_first(r));
-        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        table.wildcard.values_mut().for_each(longest_first);
         longest_first(&mut table.any_host);
         table
     }
@@ -94,11 +88,17 @@ impl RouteTable {
         if let Some(service) = self.exact.get(host).and_then(|r| longest(r)) {
             return Some(service);
         }
-        let wildcard = self
-            .wildcard
-            .iter()
-            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
-            .find_map(|(_, routes)| longest(routes));
+        // The longest suffix first: from the host's first dot on (a suffix
+        // matches only a host longer than itself, hence not from index 0).
+        let wildcard = match self.wildcard.is_empty() {
+            true => None,
+            false => host
+                .bytes()
+                .enumerate()
+                .filter(|&(at, b)| b == b'.' && at > 0)
+                .filter_map(|(at, _)| self.wildcard.get(&host[at..]))
+                .find_map(|routes| longest(routes)),
+        };
         wildcard.or_else(|| longest(&self.any_host))
     }
 }
@@ -137,6 +137,7 @@ mod tests {
                 name: "v".into(),
                 revision: String::new(),
                 endpoints: vec![],
+                names: vec![],
                 weight: crate::config::Weight::new(1).expect("a valid weight"),
                 protocol: Default::default(),
                 tls: None,

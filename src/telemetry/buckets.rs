@@ -22,34 +22,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The buckets' upper bounds (`le`): sub-millisecond (a proxy on loopback)
-/// up to 10 s, finer where service latencies usually are.
-pub const BOUNDS: [Duration; 24] = [
-    Duration::from_micros(100),
-    Duration::from_micros(250),
-    Duration::from_micros(500),
-    Duration::from_millis(1),
-    Duration::from_micros(2_500),
-    Duration::from_millis(5),
-    Duration::from_micros(7_500),
-    Duration::from_millis(10),
-    Duration::from_millis(15),
-    Duration::from_millis(25),
-    Duration::from_millis(35),
-    Duration::from_millis(50),
-    Duration::from_millis(75),
-    Duration::from_millis(100),
-    Duration::from_millis(150),
-    Duration::from_millis(250),
-    Duration::from_millis(350),
-    Duration::from_millis(500),
-    Duration::from_millis(750),
-    Duration::from_secs(1),
-    Duration::from_millis(1_500),
-    Duration::from_millis(2_500),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-];
+/// The buckets' upper bounds (`le`), the config's (where
+/// `telemetry.buckets` picks from them).
+pub const BOUNDS: [Duration; 24] = crate::config::LATENCY_BOUNDS;
 
 /// One counter per bound, then the one above the last bound (`+Inf`).
 pub const SLOTS: usize = BOUNDS.len() + 1;

@@ -75,11 +75,25 @@ impl<'a, W: Write> FamilyWriter<'a, W> {
         writeln!(self.out, " {}", Float(value))
     }
 
-    /// One histogram series: cumulative buckets, `+Inf`, sum and count.
-    pub fn histogram(&mut self, labels: &[(&str, &str)], reading: &Reading) -> fmt::Result {
+    /// One histogram series: cumulative buckets, `+Inf`, sum and count; only
+    /// the bounds whose bit is set in `bounds` (bit `i`: `BOUNDS[i]`). The
+    /// counts are cumulative, so leaving a bound out loses nothing of the
+    /// others.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        reading: &Reading,
+        bounds: u32,
+    ) -> fmt::Result {
         self.start()?;
         let name = self.family.name;
-        for (bound, count) in BOUNDS.iter().zip(&reading.cumulative) {
+        let picked = BOUNDS
+            .iter()
+            .zip(&reading.cumulative)
+            .enumerate()
+            .filter(|(i, _)| bounds & (1 << i) != 0)
+            .map(|(_, pair)| pair);
+        for (bound, count) in picked {
             write_name(self.out, name, "_bucket", labels, Some(Le::Bound(*bound)))?;
             writeln!(self.out, " {count}")?;
         }
@@ -229,7 +243,9 @@ mod tests {
     fn one_histogram(labels: &[(&str, &str)], h: &LatencyBuckets) -> String {
         let mut text = String::new();
         let mut family = FamilyWriter::new(&mut text, LATENCY);
-        family.histogram(labels, &h.read()).expect("write");
+        family
+            .histogram(labels, &h.read(), u32::MAX)
+            .expect("write");
         family.finish().expect("write");
         text
     }

@@ -35,6 +35,7 @@ pub mod registry;
 pub mod window;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ use crate::grpc;
 use crate::outcome::FailureReason;
 use buckets::Bucket;
 use methods::MethodTable;
-pub use registry::{Counter, Gauge, Present, Registry, VersionSeries};
+pub use registry::{Counter, Gauge, Present, Registry, Shown, VersionSeries};
 pub use window::{Figures, Window};
 
 /// The longest window kept when no guard asks for more.
@@ -57,6 +58,10 @@ pub struct Telemetry {
     registry: Registry,
     origin: Instant,
     operator: operator::Operator,
+    /// `telemetry.idle_series_after` in seconds; 0: off.
+    idle_after: AtomicU64,
+    /// The `le` bounds exported, bit `i` for `BOUNDS[i]`.
+    buckets: AtomicU32,
 }
 
 /// The outcome of one request, classified once, when its response stream
@@ -120,7 +125,39 @@ impl Telemetry {
             registry: Registry::default(),
             origin: Instant::now(),
             operator: operator::Operator::new(),
+            idle_after: AtomicU64::new(0),
+            buckets: AtomicU32::new(u32::MAX),
         }
+    }
+
+    /// Takes the config's `telemetry` block (at every publish: it may have
+    /// changed with a reload).
+    pub fn configure(&self, settings: &crate::config::Telemetry) {
+        let idle = settings.idle_series_after.map_or(0, |d| d.as_secs().max(1));
+        self.idle_after.store(idle, Ordering::Relaxed);
+        let buckets = settings.buckets.as_ref().map_or(u32::MAX, |picked| {
+            buckets::BOUNDS
+                .iter()
+                .enumerate()
+                .filter(|(_, bound)| picked.contains(bound))
+                .fold(0, |mask, (i, _)| mask | (1 << i))
+        });
+        self.buckets.store(buckets, Ordering::Relaxed);
+    }
+
+    /// What a scrape now shows (see `Shown`).
+    pub fn shown(&self) -> Shown {
+        let idle = self.idle_after.load(Ordering::Relaxed);
+        let now = self.elapsed(Instant::now()).as_secs() + 1;
+        Shown {
+            idle_from: (idle > 0).then(|| now.saturating_sub(idle + 1)),
+            buckets: self.buckets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a scrape showing `shown` includes this version.
+    pub fn is_shown(&self, stats: &VersionStats, shown: &Shown) -> bool {
+        stats.series.shown(shown)
     }
 
     /// The operator's gauges: process, listeners, certificates (see `operator`).
@@ -139,9 +176,18 @@ impl Telemetry {
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = self.registry.render_into(&mut text);
-        self.operator.render_into(&mut text);
+        let _ = self.render_into(&mut text, &self.shown());
         text
+    }
+
+    /// As `render`, into any writer (a scrape streams it in pieces), showing
+    /// what `shown` picks.
+    pub fn render_into<W: std::fmt::Write>(&self, out: &mut W, shown: &Shown) -> std::fmt::Result {
+        self.registry.render_into(out, shown)?;
+        // A few lines: built whole, then written.
+        let mut operator = String::new();
+        self.operator.render_into(&mut operator);
+        out.write_str(&operator)
     }
 
     /// Drops the series of every version, endpoint and service that is not
@@ -208,6 +254,17 @@ impl Telemetry {
         self.registry.access_log_dropped()
     }
 
+    /// `veer_dns_resolutions_total` of one name: its counters for
+    /// `success`, `empty` and `failure`, in that order (cold path).
+    pub fn dns_resolutions(&self, name: &str) -> [Counter; 3] {
+        self.registry.dns_resolutions(name)
+    }
+
+    /// Drops the lookup counters of names no longer configured.
+    pub fn retain_dns(&self, names: &[&str]) {
+        self.registry.retain_dns(names);
+    }
+
     pub fn count_unrouted(&self) {
         self.registry.unrouted().increment(1);
     }
@@ -266,6 +323,7 @@ impl VersionStats {
     #[inline]
     pub fn record(&self, elapsed: Duration, outcome: &Outcome) {
         let series = &*self.series;
+        series.touch(elapsed.as_secs() + 1);
         series.count_status(outcome.status);
         if let Some(reason) = outcome.failure {
             series.count_failure(reason);

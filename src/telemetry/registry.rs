@@ -148,6 +148,10 @@ pub struct VersionSeries {
     judged: AtomicBool,
     ejects: AtomicBool,
     endpoints: Mutex<BTreeMap<SocketAddr, Arc<EndpointSeries>>>,
+    /// The second (since the telemetry clock's origin) of its last request,
+    /// plus one; zero for none yet. `/metrics` leaves out a version idle for
+    /// longer than `telemetry.idle_series_after`.
+    last_request: AtomicU64,
     /// Set when the version left the config: whoever still holds this
     /// (a request in flight, a snapshot being dropped) counts into series
     /// no scrape shows, and a version that comes back gets fresh ones.
@@ -178,6 +182,7 @@ impl Default for VersionSeries {
             judged: AtomicBool::new(false),
             ejects: AtomicBool::new(false),
             endpoints: Mutex::new(BTreeMap::new()),
+            last_request: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         }
     }
@@ -269,6 +274,23 @@ impl VersionSeries {
         }
     }
 
+    /// Notes a request in second `tag - 1` (see `last_request`); written
+    /// only when the second changed, so a busy version's line stays shared.
+    #[inline]
+    pub fn touch(&self, tag: u64) {
+        if self.last_request.load(Ordering::Relaxed) != tag {
+            self.last_request.store(tag, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `/metrics` shows this version: it had a request at or after
+    /// second `since` (`Shown`).
+    pub fn shown(&self, shown: &Shown) -> bool {
+        shown
+            .idle_from
+            .is_none_or(|from| self.last_request.load(Ordering::Relaxed) > from)
+    }
+
     /// Whether the version left the config (see `retired`).
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
@@ -301,6 +323,25 @@ fn zeros(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
+/// What one scrape shows: the versions with a request in the last
+/// `idle_series_after`, and the `le` bounds picked.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    /// A version whose `last_request` is at or below this is left out (one
+    /// never requested too); `None`: every version is shown.
+    pub idle_from: Option<u64>,
+    /// Bit `i` set: `BOUNDS[i]` is exported.
+    pub buckets: u32,
+}
+
+impl Shown {
+    /// Every version, every bound.
+    pub const ALL: Shown = Shown {
+        idle_from: None,
+        buckets: u32::MAX,
+    };
+}
+
 /// Every series of one proxy.
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -315,6 +356,8 @@ struct Inner {
     versions: BTreeMap<(String, String), Arc<VersionSeries>>,
     rollout_steps: BTreeMap<String, Gauge>,
     tls_failures: BTreeMap<(String, &'static str), Counter>,
+    /// `veer_dns_resolutions_total` by (name, result).
+    dns: BTreeMap<(String, &'static str), Counter>,
 }
 
 impl Default for Registry {
@@ -367,6 +410,26 @@ impl Registry {
             .clone()
     }
 
+    /// The counters of one name's lookups, by result (`DNS_RESULTS`), all
+    /// declared at 0 (cold path: a name's refresh task resolves them once).
+    pub fn dns_resolutions(&self, name: &str) -> [Counter; 3] {
+        let mut inner = lock(&self.inner);
+        DNS_RESULTS.map(|result| {
+            inner
+                .dns
+                .entry((name.to_string(), result))
+                .or_default()
+                .clone()
+        })
+    }
+
+    /// Drops the lookup counters of names no longer configured.
+    pub fn retain_dns(&self, names: &[&str]) {
+        lock(&self.inner)
+            .dns
+            .retain(|(name, _), _| names.contains(&name.as_str()));
+    }
+
     pub fn reloads(&self, success: bool) -> &Counter {
         if success {
             &self.reloads_success
@@ -396,38 +459,56 @@ impl Registry {
             .map(|p| ((p.service, p.version), p))
             .collect();
         let mut inner = lock(&self.inner);
-        // Normally the snapshot's build created them already.
-        for (service, version) in present.keys() {
-            inner
-                .versions
-                .entry((service.to_string(), version.to_string()))
-                .or_default();
-        }
-        inner.versions.retain(|(service, version), series| {
-            let Some(p) = present.get(&(service.as_str(), version.as_str())) else {
-                series.retired.store(true, Ordering::Relaxed);
-                return false;
-            };
-            series.judged.store(p.judged, Ordering::Relaxed);
-            series.ejects.store(p.ejects, Ordering::Relaxed);
-            let mut endpoints = lock(&series.endpoints);
-            endpoints.retain(|addr, _| p.endpoints.contains(addr));
-            for addr in &p.endpoints {
-                endpoints.entry(*addr).or_default();
+        // Normally the snapshot's build created them all already: the keys
+        // are made (two strings each) only when one is missing. This runs at
+        // every publish, with thousands of versions.
+        let keep = |versions: &mut BTreeMap<(String, String), Arc<VersionSeries>>| {
+            let mut kept = 0;
+            versions.retain(|(service, version), series| {
+                let Some(p) = present.get(&(service.as_str(), version.as_str())) else {
+                    series.retired.store(true, Ordering::Relaxed);
+                    return false;
+                };
+                kept += 1;
+                series.judged.store(p.judged, Ordering::Relaxed);
+                series.ejects.store(p.ejects, Ordering::Relaxed);
+                let mut endpoints = lock(&series.endpoints);
+                if endpoints.len() != p.endpoints.len()
+                    || !p.endpoints.iter().all(|a| endpoints.contains_key(a))
+                {
+                    endpoints.retain(|addr, _| p.endpoints.contains(addr));
+                    for addr in &p.endpoints {
+                        endpoints.entry(*addr).or_default();
+                    }
+                }
+                true
+            });
+            kept
+        };
+        if keep(&mut inner.versions) < present.len() {
+            for (service, version) in present.keys() {
+                inner
+                    .versions
+                    .entry((service.to_string(), version.to_string()))
+                    .or_default();
             }
-            true
-        });
+            keep(&mut inner.versions);
+        }
         // Every service exports its step: 0 without a rollout (also once the
         // rollout block is removed); the snapshot's writer sets the others.
+        let services: std::collections::HashSet<&str> = present.keys().map(|(s, _)| *s).collect();
         inner
             .rollout_steps
-            .retain(|service, _| present.keys().any(|(s, _)| *s == service.as_str()));
+            .retain(|service, _| services.contains(service.as_str()));
         for p in present.values().filter(|p| !p.rollout) {
-            inner
-                .rollout_steps
-                .entry(p.service.to_string())
-                .or_default()
-                .set(0.0);
+            match inner.rollout_steps.get(p.service) {
+                Some(step) => step.set(0.0),
+                None => inner
+                    .rollout_steps
+                    .entry(p.service.to_string())
+                    .or_default()
+                    .set(0.0),
+            }
         }
     }
 
@@ -438,19 +519,31 @@ impl Registry {
             .retain(|(listener, _), _| configured.contains(&listener.as_str()));
     }
 
-    /// Writes every series as Prometheus text.
-    pub fn render_into<W: Write>(&self, out: &mut W) -> fmt::Result {
+    /// Writes every series `shown` picks as Prometheus text.
+    pub fn render_into<W: Write>(&self, out: &mut W, shown: &Shown) -> fmt::Result {
+        let dns = lock(&self.inner).dns.clone();
         let (versions, rollout_steps, tls_failures) = {
             let inner = lock(&self.inner);
-            (
+            let versions = inner
+                .versions
+                .iter()
+                .filter(|(_, v)| v.shown(shown))
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect::<Vec<_>>();
+            // A service's step goes with its versions.
+            let rollout_steps: BTreeMap<String, Gauge> = if shown.idle_from.is_none() {
+                inner.rollout_steps.clone()
+            } else {
+                let services: std::collections::HashSet<&str> =
+                    versions.iter().map(|((s, _), _)| s.as_str()).collect();
                 inner
-                    .versions
+                    .rollout_steps
                     .iter()
-                    .map(|(k, v)| (k.clone(), Arc::clone(v)))
-                    .collect::<Vec<_>>(),
-                inner.rollout_steps.clone(),
-                inner.tls_failures.clone(),
-            )
+                    .filter(|(s, _)| services.contains(s.as_str()))
+                    .map(|(s, g)| (s.clone(), g.clone()))
+                    .collect()
+            };
+            (versions, rollout_steps, inner.tls_failures.clone())
         };
 
         let mut f = FamilyWriter::new(out, RELOADS);
@@ -646,6 +739,14 @@ impl Registry {
         }
         f.finish()?;
 
+        if !dns.is_empty() {
+            let mut f = FamilyWriter::new(out, DNS_RESOLUTIONS);
+            for ((name, result), count) in &dns {
+                f.counter(&[("name", name.as_str()), ("result", result)], count.get())?;
+            }
+            f.finish()?;
+        }
+
         for (family, pick) in [
             (REQUEST_DURATION, Which::ToHead),
             (RESPONSE_DURATION, Which::ToEnd),
@@ -657,7 +758,7 @@ impl Registry {
                     Which::ToEnd => &s.full_duration,
                 };
                 let labels = [("service", &**service), ("version", &**version)];
-                f.histogram(&labels, &histogram.read())?;
+                f.histogram(&labels, &histogram.read(), shown.buckets)?;
             }
             f.finish()?;
         }
@@ -692,6 +793,12 @@ const fn gauge(name: &'static str, help: &'static str) -> Family<'static> {
     }
 }
 
+/// The results of a lookup of an endpoint's name.
+pub const DNS_RESULTS: [&str; 3] = ["success", "empty", "failure"];
+const DNS_RESOLUTIONS: Family<'static> = counter(
+    "veer_dns_resolutions_total",
+    "Lookups of endpoint names, by name and result (success, empty: no address, failure).",
+);
 const RELOADS: Family<'static> = counter("veer_config_reloads_total", "Config reloads, by result.");
 const UNROUTED: Family<'static> = counter(
     "veer_unrouted_requests_total",
@@ -777,7 +884,9 @@ mod tests {
 
     fn render(registry: &Registry) -> String {
         let mut text = String::new();
-        registry.render_into(&mut text).expect("render");
+        registry
+            .render_into(&mut text, &Shown::ALL)
+            .expect("render");
         // Every rendering must parse, whatever it holds.
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .unwrap_or_else(|e| panic!("does not parse ({e}):\n{text}"));

@@ -12,8 +12,16 @@
 //! itself: a compare-and-swap marks the slot as being emptied, the other
 //! writers of that second wait the few nanoseconds it takes, and no count is
 //! lost.
+//!
+//! The ring is allocated by the first request a version records, not when
+//! the version is configured: a slot is a couple of kilobytes, and a proxy
+//! routing thousands of services, most of them quiet, would otherwise hold
+//! tens of kilobytes per version that never sees a request. The first
+//! writer publishes the ring through a `OnceLock`; every later record is the
+//! lock-free path above, with one extra load of the published pointer.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::buckets::{quantile_us, Bucket, FINE};
@@ -21,7 +29,10 @@ use super::buckets::{quantile_us, Bucket, FINE};
 const SLOT: Duration = Duration::from_secs(1);
 
 pub struct Window {
-    slots: Box<[Slot]>,
+    /// Allocated on the first record; `None` reads as a window of zeros.
+    ring: OnceLock<Box<[Slot]>>,
+    /// Slots in the ring, once it exists.
+    len: usize,
 }
 
 struct Slot {
@@ -31,7 +42,7 @@ struct Slot {
     requests: AtomicU64,
     errors: AtomicU64,
     /// Per fine bucket; 32 bits hold four billion requests in one second.
-    latency: Box<[AtomicU32]>,
+    latency: [AtomicU32; FINE],
 }
 
 impl Default for Slot {
@@ -40,7 +51,7 @@ impl Default for Slot {
             second: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            latency: (0..FINE).map(|_| AtomicU32::new(0)).collect(),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
@@ -83,13 +94,26 @@ impl Window {
         // +1 for the second in progress, +1 for the slot being emptied ahead.
         let len = longest.as_secs().max(1) as usize + 2;
         Window {
-            slots: (0..len).map(|_| Slot::default()).collect(),
+            ring: OnceLock::new(),
+            len,
         }
     }
 
     /// The longest window this ring can answer for.
     pub fn capacity(&self) -> Duration {
-        Duration::from_secs(self.slots.len() as u64 - 2)
+        Duration::from_secs(self.len as u64 - 2)
+    }
+
+    /// Whether any request was ever recorded (the ring exists).
+    pub fn is_allocated(&self) -> bool {
+        self.ring.get().is_some()
+    }
+
+    /// The ring, made now if this is the first record.
+    #[cold]
+    fn allocate(&self) -> &[Slot] {
+        self.ring
+            .get_or_init(|| (0..self.len).map(|_| Slot::default()).collect())
     }
 
     /// Counts one request, `elapsed` since the clock's origin.
@@ -102,7 +126,11 @@ impl Window {
     #[inline]
     pub fn record_in(&self, elapsed: Duration, latency: Bucket, error: bool) {
         let second = elapsed.as_secs();
-        let slot = self.slot(second);
+        let ring = match self.ring.get() {
+            Some(ring) => ring,
+            None => self.allocate(),
+        };
+        let slot = slot(ring, second);
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -110,29 +138,24 @@ impl Window {
         slot.latency[latency.fine()].fetch_add(1, Ordering::Relaxed);
     }
 
-    #[inline]
-    fn slot(&self, second: u64) -> &Slot {
-        let slot = &self.slots[(second % self.slots.len() as u64) as usize];
-        let tag = second + 1;
-        // The common case: the ticker emptied this slot ahead of time.
-        if slot.second.load(Ordering::Acquire) != tag {
-            slot.claim(tag);
-        }
-        slot
-    }
-
     /// Empties the slot of the next second ahead of time; call it more than
     /// once a second.
     pub fn advance(&self, elapsed: Duration) {
+        let Some(ring) = self.ring.get() else {
+            return;
+        };
         let next = elapsed.as_secs() + 1;
-        let slot = &self.slots[(next % self.slots.len() as u64) as usize];
+        let slot = &ring[(next % ring.len() as u64) as usize];
         slot.claim(next + 1);
     }
 
     /// Forgets everything recorded: a resumed version is judged on fresh
     /// requests only, not on those that got it rolled back.
     pub fn reset(&self) {
-        for slot in self.slots.iter() {
+        let Some(ring) = self.ring.get() else {
+            return;
+        };
+        for slot in ring.iter() {
             slot.second.store(0, Ordering::Release);
             slot.clear();
         }
@@ -146,8 +169,9 @@ impl Window {
         let oldest = now.saturating_sub(seconds - 1);
         let mut figures = Figures::default();
         let mut latency = [0u64; FINE];
-        for second in oldest..=now {
-            let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+        let ring = self.ring.get().map_or(&[][..], |ring| &ring[..]);
+        for second in (oldest..=now).filter(|_| !ring.is_empty()) {
+            let slot = &ring[(second % ring.len() as u64) as usize];
             if slot.second.load(Ordering::Acquire) != second + 1 {
                 continue;
             }
@@ -165,6 +189,17 @@ impl Window {
         figures.p99_us = quantile_us(&latency, 0.99);
         figures
     }
+}
+
+#[inline]
+fn slot(ring: &[Slot], second: u64) -> &Slot {
+    let slot = &ring[(second % ring.len() as u64) as usize];
+    let tag = second + 1;
+    // The common case: the ticker emptied this slot ahead of time.
+    if slot.second.load(Ordering::Acquire) != tag {
+        slot.claim(tag);
+    }
+    slot
 }
 
 /// A slot being emptied: writers wait for it, readers skip it.
@@ -288,6 +323,21 @@ mod tests {
                 .requests,
             1
         );
+    }
+
+    #[test]
+    fn an_idle_window_holds_no_ring_and_reads_as_empty() {
+        let w = Window::new(Duration::from_secs(30));
+        w.advance(Duration::from_secs(5));
+        w.reset();
+        let f = w.figures(Duration::from_secs(5), Duration::from_secs(30));
+        assert!(!w.is_allocated(), "reads and ticks allocate nothing");
+        assert_eq!((f.requests, f.errors, f.p99_us), (0, 0, None));
+        assert_eq!(f.span, Duration::from_secs(5));
+        w.record(Duration::from_secs(5), MS, true);
+        assert!(w.is_allocated());
+        let f = w.figures(Duration::from_secs(5), Duration::from_secs(30));
+        assert_eq!((f.requests, f.errors), (1, 1));
     }
 
     #[test]

@@ -13,9 +13,14 @@
 //! (`Endpoint::sweep`, run by a task per endpoint) closes them in the
 //! background too. No lock: the queue is crossbeam's bounded lock-free
 //! queue, and taking or returning a connection allocates nothing.
+//!
+//! The queue (a few kilobytes per endpoint and client, its slots written when
+//! made) is made when the first connection is returned to it: an endpoint
+//! that never takes a request, one of thousands in a large config, holds
+//! none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -51,7 +56,8 @@ impl Poolable for http1::SendRequest<RequestBody> {
 
 /// Idle connections of one kind to one endpoint.
 pub(crate) struct IdlePool<C> {
-    queue: ArrayQueue<Idle<C>>,
+    /// Made by the first `put`.
+    queue: OnceLock<ArrayQueue<Idle<C>>>,
     /// The idle limit the last request asked for, in milliseconds, for the
     /// background sweep (the limit is a service's, and an endpoint does not
     /// know its services).
@@ -66,7 +72,7 @@ struct Idle<C> {
 impl<C: Poolable> IdlePool<C> {
     pub(crate) fn new() -> IdlePool<C> {
         IdlePool {
-            queue: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+            queue: OnceLock::new(),
             limit_ms: AtomicU64::new(u64::MAX),
         }
     }
@@ -79,7 +85,8 @@ impl<C: Poolable> IdlePool<C> {
         if self.limit_ms.load(Ordering::Relaxed) != limit {
             self.limit_ms.store(limit, Ordering::Relaxed);
         }
-        while let Some(Idle { connection, since }) = self.queue.pop() {
+        let queue = self.queue.get()?;
+        while let Some(Idle { connection, since }) = queue.pop() {
             if since.elapsed() <= max_idle && connection.is_open() {
                 return Some(connection);
             }
@@ -93,14 +100,17 @@ impl<C: Poolable> IdlePool<C> {
     /// response is still signalled readable, and asking now would cost the
     /// fast path a system call per request.
     pub(crate) fn put(&self, connection: C) {
-        let _ = self.queue.push(Idle {
+        let queue = self
+            .queue
+            .get_or_init(|| ArrayQueue::new(MAX_IDLE_PER_ENDPOINT));
+        let _ = queue.push(Idle {
             connection,
             since: Instant::now(),
         });
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.get().map_or(0, ArrayQueue::len)
     }
 
     /// Closes the connections waiting that the upstream has closed, or that
@@ -108,13 +118,16 @@ impl<C: Poolable> IdlePool<C> {
     /// back in the order they were in. Off the request path: a request that
     /// finds the queue empty meanwhile just connects.
     pub(crate) fn sweep(&self) {
+        let Some(queue) = self.queue.get() else {
+            return;
+        };
         let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
-        for _ in 0..self.queue.len() {
-            let Some(idle) = self.queue.pop() else {
+        for _ in 0..queue.len() {
+            let Some(idle) = queue.pop() else {
                 break;
             };
             if idle.since.elapsed() <= limit && idle.connection.is_open() {
-                let _ = self.queue.push(idle);
+                let _ = queue.push(idle);
             }
         }
     }

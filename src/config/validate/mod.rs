@@ -17,12 +17,13 @@
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `history`, `services` (and `match`),
-//! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
+//! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
+//! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
 mod admin;
+mod dns;
 mod fields;
 mod fleet;
 mod grpc;
@@ -36,6 +37,7 @@ mod rollout;
 mod rules;
 mod services;
 mod sticky;
+mod telemetry;
 mod timeouts;
 mod tls;
 mod versions;
@@ -51,15 +53,16 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Etcd, EtcdTls, Fleet, Grpc, Guard,
-    HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol,
-    Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
-    DEFAULT_MAX_METHODS,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, EndpointName, Etcd, EtcdTls,
+    Fleet, Grpc, Guard, HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert,
+    Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky, Telemetry, Timeouts,
+    UpstreamTls, Version, DEFAULT_MAX_METHODS, LATENCY_BOUNDS,
 };
 use super::raw::{
-    Part, RawAccessLog, RawAdmin, RawConfig, RawEtcd, RawFleet, RawGrpc, RawGuard, RawHealthCheck,
-    RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep,
-    RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawDns, RawEtcd, RawFleet, RawGrpc, RawGuard,
+    RawHealthCheck, RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService,
+    RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTelemetry, RawTimeouts, RawTls,
+    RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -119,6 +122,16 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
     };
     let history = v.history(raw.history);
     let services = v.services(raw.services);
+    let dns = match raw.dns {
+        None => Some(Default::default()),
+        Some(Err(_)) => None,
+        Some(Ok(dns)) => v.dns(dns),
+    };
+    let telemetry = match raw.telemetry {
+        None => Some(Telemetry::default()),
+        Some(Err(_)) => None,
+        Some(Ok(part)) => v.telemetry(part),
+    };
 
     let clean = v.issues.is_empty() && issues.is_empty();
     issues.append(&mut v.issues);
@@ -137,6 +150,8 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         access_log: access_log?,
         history: history?,
         services,
+        dns: dns?,
+        telemetry: telemetry?,
     })
 }
 
