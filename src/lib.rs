@@ -30,6 +30,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod guard;
 pub mod health;
+pub mod history;
 pub mod logging;
 pub mod outcome;
 pub mod proxy;

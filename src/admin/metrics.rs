@@ -248,7 +248,23 @@ fn render_into(control: &Control, out: &mut Chunks) -> fmt::Result {
         }
         out.send_if_full()?;
     }
+    history_families(control, &snapshot, &mut out.buf);
+    out.send_if_full()?;
     Ok(())
+}
+
+/// `veer_rollouts_total` and `veer_rollout_duration_seconds` (`history`).
+fn history_families(control: &Control, snapshot: &crate::snapshot::Snapshot, text: &mut String) {
+    let present: Vec<&str> = snapshot.services.iter().map(|s| &*s.name).collect();
+    let with_rollout: Vec<&str> = snapshot
+        .services
+        .iter()
+        .filter(|s| s.rollout.is_some())
+        .map(|s| &*s.name)
+        .collect();
+    control
+        .history_metrics()
+        .render(text, &present, &with_rollout);
 }
 
 #[cfg(test)]

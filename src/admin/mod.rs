@@ -9,6 +9,7 @@
 //! are all known.
 
 mod metrics;
+mod page;
 mod status;
 
 use std::convert::Infallible;
@@ -149,6 +150,9 @@ impl Admin {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "starting")
                 }
             }
+            (&Method::GET, [""]) => page::index(),
+            (&Method::GET, ["page", asset]) => page::asset(asset),
+            (&Method::GET, ["services", service, "history"]) => self.history(service),
             (&Method::GET, ["status"]) => match status::body(&self.control) {
                 Ok(body) => text(StatusCode::OK, "application/json", body),
                 Err(err) => plain(
@@ -162,6 +166,8 @@ impl Admin {
                 | ["health", "liveness" | "readiness"]
                 | ["status"]
                 | ["reload"]
+                | [""]
+                | ["services", _, "history"]
                 | ["services", _, "weights" | "rollback" | "promote" | "pause" | "resume"],
             ) => plain(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -169,9 +175,25 @@ impl Admin {
             ),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "no such admin endpoint; see GET /status, /metrics, /health/liveness, /health/readiness",
+                "no such admin endpoint; see GET / (the page), /status, /services/NAME/history, /metrics, /health/liveness, /health/readiness",
             ),
         }
+    }
+
+    /// `GET /services/{name}/history`: the service's release records,
+    /// newest first.
+    fn history(&self, service: &str) -> AdminResponse {
+        let Some(mut records) = self.control.history(service) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                &format!("no service `{service}` in the config; GET /status lists the services"),
+            );
+        };
+        records.reverse();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"service": service, "records": records}),
+        )
     }
 
     /// Runs one control action and writes it to the audit trail: who asked,

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod history;
 mod preflight;
 pub(crate) mod status;
 mod wait;
@@ -118,6 +119,18 @@ enum Command {
     },
     /// A self-contained demo on loopback: stable and canary upstreams, the
     /// proxy, a load generator and a live per-version table.
+    /// The release history of a service: rollouts with their steps and
+    /// figures, switches, weight changes, trips, rollbacks and resumes,
+    /// newest first (exit 0; 1 for an unknown service; 2 when the admin API
+    /// can't be reached).
+    History {
+        service: String,
+        /// The records as JSON, as `GET /services/NAME/history` sends them.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     Demo {
         /// How long the load runs.
         #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
@@ -209,6 +222,13 @@ pub fn main() -> ExitCode {
         } => operator(&admin, |target| async move {
             let action = if full { "promote?full=true" } else { "promote" };
             post_action(&target, &service, action).await
+        }),
+        Command::History {
+            service,
+            json,
+            admin,
+        } => operator(&admin, |target| async move {
+            history::show(&target, &service, json).await
         }),
         Command::Pause { service, admin } => operator(&admin, |target| async move {
             post_action(&target, &service, "pause").await

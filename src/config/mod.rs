@@ -239,6 +239,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         access_log: document
             .access_log
             .and_then(|log| deserialize_optional(log, "access_log", issues)),
+        history: document
+            .history
+            .and_then(|history| deserialize_optional(history, "history", issues)),
         services: document
             .services
             .and_then(|list| deserialize_list(list, "services", issues)),

@@ -32,11 +32,32 @@ pub struct Config {
     pub limits: Limits,
     /// Where each request's JSON line goes, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// How much release history each service keeps.
+    pub history: History,
     pub services: Vec<Service>,
     /// How endpoints written as `NAME:PORT` are resolved.
     pub dns: Dns,
     /// What `/metrics` exports.
     pub telemetry: Telemetry,
+}
+
+/// The release history's bound (`history: { keep: N }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    /// Records kept per service, newest kept; at least 1. Default 50.
+    pub keep: usize,
+}
+
+impl History {
+    /// The most records a service may keep: each is written with the whole
+    /// run-time layer on every change.
+    pub const MAX_KEEP: usize = 1000;
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History { keep: 50 }
+    }
 }
 
 /// What `/metrics` exports (`telemetry:` in the file).

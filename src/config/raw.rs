@@ -27,7 +27,7 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log, dns and telemetry"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log, dns, telemetry and history"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
@@ -39,6 +39,7 @@ pub(crate) struct RawDocument {
     pub dns: Option<Node>,
     pub services: Option<Node>,
     pub telemetry: Option<Node>,
+    pub history: Option<Node>,
 }
 
 /// A part of the file that did not deserialize; its error is already reported.
@@ -60,6 +61,7 @@ pub(crate) struct RawConfig {
     pub fleet: Option<Part<RawFleet>>,
     pub limits: Option<Part<RawLimits>>,
     pub access_log: Option<Part<RawAccessLog>>,
+    pub history: Option<Part<RawHistory>>,
     pub services: Option<Vec<Part<RawService>>>,
     pub telemetry: Option<Part<RawTelemetry>>,
 }
@@ -87,6 +89,13 @@ pub(crate) struct RawDns {
     pub timeout: Option<Scalar>,
     pub min_ttl: Option<Scalar>,
     pub max_ttl: Option<Scalar>,
+}
+
+/// `history`: how many release records each service keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with keep")]
+pub(crate) struct RawHistory {
+    pub keep: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,8 +28,10 @@ use tokio::time::Instant;
 
 use super::{overlay, ControlError, ControlView, Event, ReloadRecord, Trip};
 use crate::config::{Config, OnRevert, Service};
+use crate::history::Metrics as HistoryMetrics;
 use crate::rollout::outcome_word;
 use crate::snapshot::{Effective, Parts, Snapshot};
+use crate::state::history::Actor as Who;
 use crate::state::{Latch, PersistedState, RolloutOutcome, RolloutProgress, Store};
 use crate::status::EventAction;
 use crate::telemetry::{StatsRegistry, Telemetry};
@@ -78,6 +80,8 @@ pub(super) enum Command {
     Promote {
         service: String,
         full: bool,
+        /// The operator, or the rollout's own clock.
+        by: Who,
         reply: Reply<RolloutProgress>,
     },
     Complete {
@@ -168,6 +172,8 @@ struct Actor {
     writer: Option<mpsc::UnboundedSender<Write>>,
     /// When the layer was last handed to the writer.
     last_write: Instant,
+    /// The counts of ended rollouts, for `/metrics`.
+    history: Arc<HistoryMetrics>,
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -178,11 +184,13 @@ pub(super) fn spawn(
     store: Option<(Arc<dyn Store>, PersistedState)>,
     inbox: mpsc::UnboundedReceiver<Command>,
     mut registry: Registry,
+    history: Arc<HistoryMetrics>,
 ) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
     let (store, mut layer) = match store {
         Some((store, layer)) => (Some(store), layer),
         None => (None, PersistedState::default()),
     };
+    let loaded = layer.clone();
     for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
         tracing::info!(
             service = note.service.as_str(),
@@ -192,6 +200,7 @@ pub(super) fn spawn(
             "state: {note}"
         );
     }
+    record_start(&config, &loaded, &mut layer);
     let changes = store.as_ref().and_then(|s| s.changes());
     let writer = store.map(|store| {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -244,6 +253,7 @@ pub(super) fn spawn(
         view: Arc::new(ArcSwap::from_pointee(view)),
         writer,
         last_write: Instant::now(),
+        history,
     };
     let handles = (Arc::clone(&actor.published), Arc::clone(&actor.view));
     tokio::spawn(actor.run(inbox, changes));
@@ -273,6 +283,14 @@ impl Actor {
             };
             // Every handle is gone: the process is ending.
             let Some(command) = command else { return };
+            let observed = observed(&command).map(|(actor, service)| {
+                (
+                    actor,
+                    service,
+                    Arc::clone(&self.layer),
+                    self.published.load_full(),
+                )
+            });
             // A bug in one command must not end the control plane (no more
             // trips, no reloads) while the request path goes on: the caller
             // hears nothing (its reply is dropped) and the next command runs.
@@ -293,6 +311,9 @@ impl Actor {
             };
             if effect.publish {
                 self.publish();
+            }
+            if let (Some((actor, service, layer, snapshot)), true) = (observed, effect.write) {
+                self.record_history(actor, service.as_deref(), &layer, &snapshot);
             }
             if effect.write {
                 let written = self.write();
@@ -387,6 +408,7 @@ impl Actor {
             Command::Promote {
                 service,
                 full,
+                by: _,
                 reply,
             } => match self.promote(&service, full) {
                 Ok(after) => Effect::durable(true, ack(reply, Ok(after))),
@@ -776,7 +798,9 @@ impl Actor {
         Arc::make_mut(&mut self.holds).remove(change.service.as_str());
         let mut layer = (*self.layer).clone();
         match change.state {
-            Some(state) => {
+            Some(mut state) => {
+                // A merge is the union of two histories: keep the newest.
+                crate::state::history::bound(&mut state.history, self.config.history.keep);
                 layer.services.insert(change.service, state);
             }
             None => {
@@ -812,6 +836,84 @@ impl Actor {
             return None;
         }
         Some(written)
+    }
+
+    /// Adds to the history what the command just applied did to `only`
+    /// (every service: a reload), before the layer is written.
+    fn record_history(
+        &mut self,
+        actor: Who,
+        only: Option<&[String]>,
+        before: &PersistedState,
+        was: &Snapshot,
+    ) {
+        let now = self.published.load_full();
+        let config = Arc::clone(&self.config);
+        let elapsed = self.telemetry.elapsed(Instant::now());
+        let unix = unix_ms();
+        // A reload looks at every service: find the old ones by name once.
+        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = only
+            .is_none()
+            .then(|| was.services.iter().map(|s| (&*s.name, &**s)).collect());
+        let indices: Vec<usize> = match only {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.names.get(n).copied())
+                .collect(),
+            None => (0..config.services.len()).collect(),
+        };
+        for index in indices {
+            let Some(declared) = config.services.get(index) else {
+                continue;
+            };
+            let name = declared.name.as_str();
+            // The snapshot lists services in the config's order.
+            let Some(service) = now
+                .services
+                .get(index)
+                .filter(|s| &*s.name == name)
+                .or_else(|| now.services.iter().find(|s| &*s.name == name))
+            else {
+                continue;
+            };
+            let previous = match &old {
+                Some(old) => old.get(name).copied(),
+                None => was.services.iter().find(|s| &*s.name == name).map(|s| &**s),
+            };
+            let own = before.services.get(name);
+            let same_weights = previous.is_some_and(|p| {
+                p.versions.len() == service.versions.len()
+                    && p.versions
+                        .iter()
+                        .zip(&service.versions)
+                        .all(|(a, b)| a.name == b.name && a.weight == b.weight)
+            });
+            if same_weights && own == self.layer.services.get(name) {
+                continue;
+            }
+            let change = crate::history::Change {
+                actor,
+                service: declared,
+                before: own,
+                weights_before: Some(previous.map(snapshot_weights).unwrap_or_default()),
+                weights_after: snapshot_weights(service),
+                now_ms: unix,
+                keep: config.history.keep,
+            };
+            let figures = |version: &str| {
+                service
+                    .versions
+                    .iter()
+                    .find(|v| &*v.name == version)
+                    .map(|v| crate::history::figures(v, elapsed, service.window))
+            };
+            let state = Arc::make_mut(&mut self.layer)
+                .services
+                .entry(name.to_string())
+                .or_default();
+            let ended = crate::history::observe(&change, state, &figures);
+            self.history.count(name, &ended);
+        }
     }
 
     fn publish_view(&self) {
@@ -898,6 +1000,62 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
                 .collect(),
         }
     })
+}
+
+/// Who sent a command that may change a service's release (and which
+/// service: `None` for all); `None` for commands that never do.
+fn observed(command: &Command) -> Option<(Who, Option<Vec<String>>)> {
+    Some(match command {
+        Command::SetWeights { service, .. }
+        | Command::Rollback { service, .. }
+        | Command::Resume { service, .. }
+        | Command::Pause { service, .. } => (Who::Admin, Some(vec![service.clone()])),
+        Command::Promote { service, by, .. } => (*by, Some(vec![service.clone()])),
+        Command::Complete { service, .. } => (Who::Rollout, Some(vec![service.clone()])),
+        // A trip's latch says whether a check or the guard asked.
+        Command::Trip { trips, .. } => {
+            let mut services: Vec<String> = trips.iter().map(|t| t.service.clone()).collect();
+            services.sort_unstable();
+            services.dedup();
+            (Who::Guard, Some(services))
+        }
+        Command::ApplyConfig { .. } => (Who::Reload, None),
+        _ => return None,
+    })
+}
+
+/// A service's weights in force, by version.
+fn snapshot_weights(service: &crate::snapshot::ServiceSnapshot) -> BTreeMap<String, u32> {
+    service
+        .versions
+        .iter()
+        .map(|v| (v.name.to_string(), v.weight))
+        .collect()
+}
+
+/// At start, the rollouts the config starts (or restarts) are recorded; the
+/// weights are what they were, not a change.
+fn record_start(config: &Config, loaded: &PersistedState, layer: &mut PersistedState) {
+    let unix = unix_ms();
+    for declared in &config.services {
+        let own = loaded.services.get(&declared.name);
+        let Some(state) = layer.services.get_mut(&declared.name) else {
+            continue;
+        };
+        if own == Some(&*state) {
+            continue;
+        }
+        let change = crate::history::Change {
+            actor: Who::Reload,
+            service: declared,
+            before: own,
+            weights_before: None,
+            weights_after: BTreeMap::new(),
+            now_ms: unix,
+            keep: config.history.keep,
+        };
+        crate::history::observe(&change, state, &|_| None);
+    }
 }
 
 /// The config's services by name.

@@ -59,6 +59,8 @@ pub struct Control {
     telemetry: Arc<Telemetry>,
     /// The file the config came from; `None` for a config given in code.
     source: Option<PathBuf>,
+    /// How rollouts ended, for `/metrics`.
+    history: Arc<crate::history::Metrics>,
     /// The endpoints' names, resolved before a config is applied.
     names: Arc<crate::upstream::Names>,
 }
@@ -158,14 +160,22 @@ impl Control {
         let names = Arc::new(crate::upstream::Names::default());
         names.prime(&config, &telemetry).await;
         let registry = crate::upstream::Registry::with_names(Arc::clone(&names));
-        let (published, view) =
-            actor::spawn(config, Arc::clone(&telemetry), store, inbox, registry);
+        let history = Arc::new(crate::history::Metrics::default());
+        let (published, view) = actor::spawn(
+            config,
+            Arc::clone(&telemetry),
+            store,
+            inbox,
+            registry,
+            Arc::clone(&history),
+        );
         let control = Control {
             mailbox,
             published,
             view,
             telemetry,
             source,
+            history,
             names,
         };
         control.persist_now().await;
@@ -184,6 +194,26 @@ impl Control {
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The counts behind `veer_rollouts_total` and
+    /// `veer_rollout_duration_seconds`.
+    pub fn history_metrics(&self) -> &crate::history::Metrics {
+        &self.history
+    }
+
+    /// The release history of `service`, oldest first; `None` when the
+    /// config has no such service.
+    pub fn history(&self, service: &str) -> Option<Vec<crate::state::history::Record>> {
+        let view = self.view.load();
+        view.names.get(service)?;
+        Some(
+            view.layer
+                .services
+                .get(service)
+                .map(|s| s.history.clone())
+                .unwrap_or_default(),
+        )
     }
 
     /// The snapshot in force now.
@@ -354,9 +384,22 @@ impl Control {
         service: &str,
         full: bool,
     ) -> Result<RolloutProgress, ControlError> {
+        self.advance_rollout_by(service, full, crate::state::history::Actor::Admin)
+            .await
+    }
+
+    /// [`Control::advance_rollout`], saying who moved it for the history
+    /// (the rollout's clock, a check, an operator).
+    pub async fn advance_rollout_by(
+        &self,
+        service: &str,
+        full: bool,
+        by: crate::state::history::Actor,
+    ) -> Result<RolloutProgress, ControlError> {
         self.ask(|reply| Command::Promote {
             service: service.to_string(),
             full,
+            by,
             reply,
         })
         .await?

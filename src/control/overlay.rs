@@ -308,6 +308,7 @@ mod tests {
                 ])),
                 latches: vec![latch("2")],
                 rollout: None,
+                history: Vec::new(),
             },
         );
         // Same file: everything stays.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config;
 use crate::control::Control;
-use crate::server::Proxy;
+use crate::server::{Proxy, StartOptions};
 
 pub fn run(duration: Duration) -> ExitCode {
     let runtime = match crate::server::runtime::build(None) {
@@ -46,8 +46,12 @@ async fn demo(duration: Duration) -> Result<(), Box<dyn std::error::Error>> {
         Some(Arc::clone(&canary_failing)),
     )
     .await?;
+    // The admin API's usual port when it is free, so the page's address is
+    // the one the README gives; any free port otherwise.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:9901").map_or(0, |_| 9901);
     let yaml = format!(
         "listeners:\n  - name: demo\n    address: 127.0.0.1:0\n\
+         admin:\n  address: 127.0.0.1:{admin_port}\n\
          services:\n  - name: demo\n    versions:\n\
          \x20     - name: stable\n        revision: \"1.1.0\"\n        endpoints: [{stable}]\n        weight: 90\n\
          \x20     - name: canary\n        revision: \"1.2.0\"\n        endpoints: [{canary}]\n        weight: 10\n\
@@ -56,10 +60,18 @@ async fn demo(duration: Duration) -> Result<(), Box<dyn std::error::Error>> {
          \x20       consecutive: 2\n"
     );
     let config = config::parse_str(&yaml, "demo.yaml")?;
-    let proxy = Proxy::start(config).await?;
+    // With the admin API: the page at its root is where to watch.
+    let options = StartOptions {
+        source: None,
+        admin: true,
+    };
+    let proxy = Proxy::start_with(config, options).await?;
     let address = proxy
         .listener_addr("demo")
         .ok_or("the demo listener did not bind")?;
+    if let Some(admin) = proxy.admin_addr() {
+        println!("veer demo: watch the release live at http://{admin}/");
+    }
     println!("veer demo: stable on {stable}, canary on {canary}, proxy on {address}");
     println!(
         "guard: baseline stable, window 5s, trips on error rate > 5% or p95 > 250ms (2 verdicts in a row)"

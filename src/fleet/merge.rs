@@ -8,7 +8,8 @@
 //! either side added stays, and one goes only when a side removed exactly the
 //! latch `base` held (an operator's resume). Without a base (a replica that
 //! was cut off from the store since it started) nothing can be known to be
-//! removed, so latches are the union and the fleet's weights win.
+//! removed, so latches are the union and the fleet's weights win. The
+//! release history is the union of both sides' records, by id.
 
 use crate::state::{Latch, RolloutOutcome, RolloutProgress, ServiceState};
 
@@ -46,6 +47,8 @@ pub fn merge(
             &local.rollout,
             &remote.rollout,
         ),
+        // Records are facts, never undone: the union of both sides.
+        history: crate::state::history::union(&local.history, &remote.history),
     }
 }
 
@@ -268,5 +271,40 @@ mod tests {
             .rollout
             .expect("a rollout");
         assert_eq!(merged.step, 3);
+    }
+
+    #[test]
+    fn the_history_is_the_union_of_both_sides() {
+        use crate::state::history::{Actor, Kind, Outcome, Record};
+        let record = |id: &str, at: u64| Record {
+            id: id.into(),
+            kind: Kind::Weights,
+            version: "canary".into(),
+            revision: "v2".into(),
+            actor: Actor::Admin,
+            started_unix_ms: at,
+            ended_unix_ms: Some(at),
+            outcome: Outcome::Completed,
+            reason: None,
+            weights_before: BTreeMap::new(),
+            weights_after: BTreeMap::new(),
+            steps: Vec::new(),
+            figures: Vec::new(),
+        };
+        let base = ServiceState {
+            history: vec![record("a", 1)],
+            ..ServiceState::default()
+        };
+        let local = ServiceState {
+            history: vec![record("a", 1), record("l", 3)],
+            ..ServiceState::default()
+        };
+        let remote = ServiceState {
+            history: vec![record("a", 1), record("r", 2)],
+            ..ServiceState::default()
+        };
+        let merged = merge(Some(&base), &local, &remote);
+        let ids: Vec<&str> = merged.history.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "r", "l"], "every record once, in order of start");
     }
 }

@@ -372,7 +372,10 @@ impl RolloutRunner {
     async fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
         let before = self.control.snapshot();
-        let advanced = self.control.advance_rollout(service, false).await;
+        let advanced = self
+            .control
+            .advance_rollout_by(service, false, crate::state::history::Actor::Rollout)
+            .await;
         crate::audit::rollout(
             "promote",
             service,

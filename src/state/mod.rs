@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub mod history;
 mod store;
 
 pub use store::{open_file, Changes, FileStore, Loaded, RemoteChange, Store, StoreFuture};
@@ -82,6 +83,9 @@ pub struct ServiceState {
     /// Versions the guard (or an operator's rollback) took traffic from.
     pub latches: Vec<Latch>,
     pub rollout: Option<RolloutProgress>,
+    /// The release history, oldest first, bounded by `history.keep`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<history::Record>,
 }
 
 /// A guard latch: `version` at `revision` gets no traffic until its revision
@@ -465,6 +469,7 @@ mod tests {
                     paused: true,
                     outcome: RolloutOutcome::RolledBack,
                 }),
+                history: Vec::new(),
             },
         );
         services.insert("other".to_string(), ServiceState::default());

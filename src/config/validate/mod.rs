@@ -16,7 +16,7 @@
 //!
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
-//! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
+//! and upstream), `admin`, `fleet`, `limits`, `access_log`, `history`, `services` (and `match`),
 //! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
 //! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
@@ -29,6 +29,7 @@ mod fleet;
 mod grpc;
 mod guard;
 mod health;
+mod history;
 mod limits;
 mod listeners;
 mod parse;
@@ -119,6 +120,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Err(_)) => None,
         Some(Ok(log)) => v.access_log(log).map(Some),
     };
+    let history = v.history(raw.history);
     let services = v.services(raw.services);
     let dns = match raw.dns {
         None => Some(Default::default()),
@@ -146,6 +148,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         fleet: fleet?,
         limits: limits?,
         access_log: access_log?,
+        history: history?,
         services,
         dns: dns?,
         telemetry: telemetry?,
