@@ -31,6 +31,7 @@ pub mod grpc;
 pub mod guard;
 pub mod health;
 pub mod logging;
+pub mod mirror;
 pub mod outcome;
 pub mod proxy;
 pub mod reload;

@@ -10,6 +10,7 @@ use http::header::HeaderName;
 use crate::config::{
     Config, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
 };
+use crate::mirror::{Mirror, MirrorRegistry};
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
@@ -43,6 +44,8 @@ pub struct ServiceSnapshot {
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
     pub sticky: Option<StickyRouting>,
+    /// Copies of requests for a shadow version, when configured.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 /// Where a sticky user's key comes from, and its bucket table.
@@ -98,6 +101,7 @@ pub struct Parts<'a> {
     pub endpoints: &'a mut Registry,
     pub stats: &'a mut StatsRegistry,
     pub telemetry: &'a Telemetry,
+    pub mirrors: &'a mut MirrorRegistry,
     /// veer is starting: endpoints count as healthy until probed (unless the
     /// health check says otherwise); endpoints a reload adds wait for a pass.
     pub starting: bool,
@@ -117,6 +121,7 @@ impl Snapshot {
             endpoints: registry,
             stats,
             telemetry,
+            mirrors,
             starting,
         } = parts;
         let now_ms = crate::clock::now_ms();
@@ -228,7 +233,15 @@ impl Snapshot {
                         })
                     })
                     .collect();
+                let mirror = service.mirror.as_ref().and_then(|m| {
+                    mirrors.mirror(
+                        service,
+                        available.get(m.version).map_or(&[], Vec::as_slice),
+                        latched.get(m.version).copied().unwrap_or(false),
+                    )
+                });
                 ServiceSnapshot {
+                    mirror,
                     name: service.name.as_str().into(),
                     split: WeightedSplit::new(&weights),
                     versions,
@@ -265,6 +278,7 @@ impl Snapshot {
             .collect();
         registry.retain_used();
         stats.retain_used();
+        mirrors.retain_used();
         Snapshot {
             generation,
             routes: RouteTable::new(&config.services),

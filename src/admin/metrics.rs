@@ -35,6 +35,10 @@ pub fn render(control: &Control) -> String {
     telemetry.retain_listeners(&listeners);
 
     let mut text = telemetry.render();
+    crate::mirror::render(
+        &mut text,
+        snapshot.services.iter().filter_map(|s| s.mirror.as_deref()),
+    );
 
     gauge_family(
         &mut text,

@@ -157,6 +157,7 @@ struct Actor {
     last_reload: Option<Arc<ReloadRecord>>,
     registry: Registry,
     stats: StatsRegistry,
+    mirrors: crate::mirror::MirrorRegistry,
     telemetry: Arc<Telemetry>,
     generation: u64,
     /// Versions tripped with `on_revert: evict`, by service and index:
@@ -193,6 +194,7 @@ pub(super) fn spawn(
     });
     let mut registry = Registry::default();
     let mut stats = StatsRegistry::default();
+    let mut mirrors = crate::mirror::MirrorRegistry::default();
     let first = build(
         1,
         &config,
@@ -200,6 +202,7 @@ pub(super) fn spawn(
         Parts {
             endpoints: &mut registry,
             stats: &mut stats,
+            mirrors: &mut mirrors,
             telemetry: &telemetry,
             starting: true,
         },
@@ -230,6 +233,7 @@ pub(super) fn spawn(
         last_reload: None,
         registry,
         stats,
+        mirrors,
         telemetry,
         generation: 1,
         evictions: Vec::new(),
@@ -848,6 +852,7 @@ impl Actor {
             Parts {
                 endpoints: &mut self.registry,
                 stats: &mut self.stats,
+                mirrors: &mut self.mirrors,
                 telemetry: &self.telemetry,
                 starting: self.generation == 1,
             },

@@ -18,7 +18,7 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
 //! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `grpc`, `mirror` (and the rollout's shadow stage); `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
@@ -30,6 +30,7 @@ mod guard;
 mod health;
 mod limits;
 mod listeners;
+mod mirror;
 mod parse;
 mod rollout;
 mod rules;
@@ -51,14 +52,15 @@ use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
     AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Etcd, EtcdTls, Fleet, Grpc, Guard,
-    HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol,
-    Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
-    DEFAULT_MAX_METHODS,
+    HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, Mirror, OnRevert, Outlier,
+    Protocol, Rollout, Rule, RuleMatch, Service, Shadow, Step, Sticky, Timeouts, UpstreamTls,
+    Version, DEFAULT_MAX_METHODS,
 };
 use super::raw::{
     Part, RawAccessLog, RawAdmin, RawConfig, RawEtcd, RawFleet, RawGrpc, RawGuard, RawHealthCheck,
-    RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep,
-    RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    RawLimits, RawListener, RawMirror, RawOutlier, RawRollout, RawRule, RawService,
+    RawServiceMatch, RawShadow, RawStep, RawStepMap, RawSticky, RawTimeouts, RawTls,
+    RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
