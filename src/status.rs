@@ -211,6 +211,9 @@ impl PartialEq<&str> for EventAction {
 /// of live and shadow answers over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MirrorReport {
+    /// Mismatches of the same status with other body bytes (routes marked
+    /// deterministic).
+    pub body_mismatches: u64,
     /// Copies sent since veer started (or since the shadow's revision
     /// changed), by result: `sent`, `dropped`, `failed`, `skipped`.
     pub copies: BTreeMap<String, u64>,
@@ -382,7 +385,7 @@ mod tests {
     fn unknown_fields_are_ignored() {
         let mut value = serde_json::to_value(sample()).expect("json");
         value["config"]["cluster"] = serde_json::json!("eu-1");
-        value["services"][0]["mirror"] = serde_json::json!({"to": "shadow"});
+        value["services"][0]["sidecar"] = serde_json::json!({"to": "shadow"});
         let back: StatusReport = serde_json::from_value(value).expect("still readable");
         assert_eq!(back, sample());
     }

@@ -4,8 +4,9 @@
 //! hangs leaves live answers alone while copies beyond the budget are dropped
 //! and counted; a shadow stage fails a candidate that answers 500 to a fifth
 //! of the copies before it gets a single live request (latch, `veer wait`
-//! exit 1), and passes a healthy one to its first live step; bad mirror and
-//! shadow blocks are refused with their messages.
+//! exit 1), and passes a healthy one to its first live step; on a route
+//! marked deterministic, the same status with other bytes is a mismatch; bad
+//! mirror and shadow blocks are refused with their messages.
 //!
 //! Nothing here asserts a time: every wait is a poll with a generous limit.
 
@@ -22,7 +23,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::client::{channel_body, full, get, send};
-use support::release::{answered_by, finish_wait, spawn_wait, tally, v, web_yaml, Fixture, LIMIT};
+use support::release::{
+    answered_by, finish_wait, spawn_wait, tally, v, veer_ok, web_yaml, Fixture, LIMIT,
+};
 use support::upstream::Upstream;
 use support::wait_until;
 
@@ -196,6 +199,16 @@ async fn copies_arrive_with_their_bodies_and_the_shadow_header() {
         Value::Null,
         "no shadow stage, no verdict"
     );
+    // And in `veer status`, for people.
+    let out = veer_ok(&["status", "--admin", &f.admin_url()], 0).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "mirror: 100% to canary (dropped 0, failed 0, sent 2, skipped 2; 0 in flight)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("pairs 2 in 30s: mismatch 0.00% (0)"), "{text}");
     f.shutdown().await;
 }
 
@@ -504,4 +517,47 @@ fn a_good_mirror_and_shadow_stage_are_read_as_written() {
     let mirror = config.services[0].mirror.as_ref().expect("the mirror");
     assert_eq!(mirror.methods, vec![Method::GET, Method::HEAD]);
     assert_eq!(mirror.percent.get(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deterministic_routes_compare_the_bodies_too() {
+    // Both answer 200, with their own names: other bytes, same status.
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let yaml = web_yaml(
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
+        "    mirror: { version: canary, deterministic: [/price] }\n",
+        None,
+    );
+    let f = Fixture::start(&yaml).await;
+    for _ in 0..5 {
+        let got = send(&f.client, get(&f.url("/price/1"), None)).await;
+        assert_eq!(
+            got.text(),
+            "stable",
+            "the live body reaches the client whole"
+        );
+        let got = send(&f.client, get(&f.url("/list"), None)).await;
+        assert_eq!(got.upstream(), Some("stable"));
+    }
+    let web = f
+        .wait_web(LIMIT, "ten pairs", |w| {
+            w["mirror"]["pairs"].as_u64() == Some(10)
+        })
+        .await;
+    let mirror = &web["mirror"];
+    assert_eq!(mirror["body_mismatches"], 5, "{mirror:#}");
+    assert_eq!(mirror["mismatches"], 5, "{mirror:#}");
+    f.shutdown().await;
+}
+
+#[test]
+fn a_deterministic_route_must_be_a_path_prefix() {
+    refused(
+        "    mirror: { version: canary, deterministic: [price] }\n",
+        &["services[0].mirror.deterministic[0]: `price` does not start with `/`: write a path prefix such as /api"],
+    );
 }

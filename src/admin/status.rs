@@ -116,6 +116,7 @@ fn mirror_report(
         .map(|(result, count)| ((*result).to_string(), count))
         .collect();
     crate::status::MirrorReport {
+        body_mismatches: figures.body_mismatches,
         copies,
         in_flight: u64::try_from(mirror.in_flight()).unwrap_or(u64::MAX),
         latency_ratio_p95: figures.latency_ratio_p95,

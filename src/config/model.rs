@@ -204,6 +204,9 @@ pub struct Mirror {
     pub concurrency: usize,
     /// Budget of one copy, body wait included. Default 5s.
     pub timeout: Duration,
+    /// Path prefixes whose answers must be the same bytes: there the live
+    /// and the shadow bodies are digested and compared too.
+    pub deterministic: Vec<String>,
 }
 
 /// `rollout.shadow`: the rollout's first stage, in which the candidate takes

@@ -201,7 +201,7 @@ pub(crate) struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mirror: a mapping with version and optionally percent, methods, allow_unsafe, max_body, concurrency and timeout"
+    expecting = "a mirror: a mapping with version and optionally percent, methods, allow_unsafe, max_body, concurrency, timeout and deterministic"
 )]
 pub(crate) struct RawMirror {
     pub version: Option<String>,
@@ -211,6 +211,7 @@ pub(crate) struct RawMirror {
     pub max_body: Option<Scalar>,
     pub concurrency: Option<Scalar>,
     pub timeout: Option<Scalar>,
+    pub deterministic: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

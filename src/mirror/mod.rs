@@ -23,6 +23,7 @@ pub mod pairs;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,7 @@ pub struct Mirror {
     pub version_name: Arc<str>,
     pub percent: u32,
     methods: Vec<Method>,
+    deterministic: Vec<String>,
     max_body: usize,
     timeout: Duration,
     timeouts: Timeouts,
@@ -166,6 +168,7 @@ impl MirrorRegistry {
             version_name: version.name.as_str().into(),
             percent: config.percent.get(),
             methods: config.methods.clone(),
+            deterministic: config.deterministic.clone(),
             max_body: config.max_body,
             timeout: config.timeout,
             timeouts: Timeouts {
@@ -210,11 +213,41 @@ impl Mirror {
 /// request was answered, for the pair. Dropped unanswered (the live request
 /// failed or the client left), the pair is not recorded.
 #[derive(Debug)]
-pub struct Live(oneshot::Sender<(Answer, Duration)>);
+pub struct Live {
+    head: oneshot::Sender<(Answer, Duration)>,
+    digest: Option<oneshot::Sender<u64>>,
+}
 
 impl Live {
-    pub fn answered(self, status: u16, latency: Duration) {
-        let _ = self.0.send((Answer::Status(status), latency));
+    /// The live answer's head arrived. On a deterministic route, the digest
+    /// the live body is to be fed to as it streams to the client.
+    pub fn answered(self, status: u16, latency: Duration) -> Option<BodyDigest> {
+        let _ = self.head.send((Answer::Status(status), latency));
+        self.digest.map(|done| BodyDigest {
+            hasher: DefaultHasher::new(),
+            done: Some(done),
+        })
+    }
+}
+
+/// A digest of a response body taken as it streams; its value goes to the
+/// copy's task only when the body ended complete.
+#[derive(Debug)]
+pub struct BodyDigest {
+    hasher: DefaultHasher,
+    done: Option<oneshot::Sender<u64>>,
+}
+
+impl BodyDigest {
+    pub fn data(&mut self, data: &[u8]) {
+        self.hasher.write(data);
+    }
+
+    /// The body ended complete.
+    pub fn end(mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.hasher.finish());
+        }
     }
 }
 
@@ -263,8 +296,28 @@ pub fn tap(
         .insert(SHADOW_HEADER, HeaderValue::from_static("1"));
     fit(&mut head, mirror.protocol, mirror.tls, host);
     let (live_tx, live_rx) = oneshot::channel();
-    tokio::spawn(copy(Arc::clone(mirror), permit, head, copied_body, live_rx));
-    Some(Live(live_tx))
+    let path = parts.uri.path();
+    let (digest_tx, digest_rx) = if mirror
+        .deterministic
+        .iter()
+        .any(|prefix| path.starts_with(prefix.as_str()))
+    {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    tokio::spawn(copy(
+        Arc::clone(mirror),
+        permit,
+        head,
+        copied_body,
+        (live_rx, digest_rx),
+    ));
+    Some(Live {
+        head: live_tx,
+        digest: digest_tx,
+    })
 }
 
 /// Sends one copy and records its pair; holds its permit to the end.
@@ -273,7 +326,10 @@ async fn copy(
     _permit: OwnedSemaphorePermit,
     head: Request<()>,
     body: Option<oneshot::Receiver<Result<Vec<bytes::Bytes>, TeeEnd>>>,
-    live: oneshot::Receiver<(Answer, Duration)>,
+    (live, live_digest): (
+        oneshot::Receiver<(Answer, Duration)>,
+        Option<oneshot::Receiver<u64>>,
+    ),
 ) {
     let counts = &mirror.state.counts;
     let deadline = Instant::now() + mirror.timeout;
@@ -301,6 +357,7 @@ async fn copy(
     let mut timer = None;
     // Failures of the shadow's endpoints are the shadow's own business: they
     // count in the pairs, and never eject an endpoint live traffic uses.
+    let mut digest = live_digest.is_some().then(DefaultHasher::new);
     let shadow = match attempts.send(request, &mut timer, sent_at, |_, _| {}).await {
         Ok((response, lease)) => {
             let answer = (
@@ -312,8 +369,14 @@ async fn copy(
             // Read to its end, the connection goes back to the pool.
             let drained = tokio::time::timeout_at(deadline, async {
                 while let Some(frame) = body.frame().await {
-                    if frame.is_err() {
-                        return false;
+                    match frame {
+                        Err(_) => return false,
+                        Ok(frame) => {
+                            if let (Some(digest), Some(data)) = (digest.as_mut(), frame.data_ref())
+                            {
+                                digest.write(data);
+                            }
+                        }
                     }
                 }
                 true
@@ -321,20 +384,32 @@ async fn copy(
             .await;
             if drained == Ok(true) {
                 body.release(lease);
+            } else {
+                digest = None;
             }
             answer
         }
         Err(_) => {
+            digest = None;
             counts.failed.fetch_add(1, Ordering::Relaxed);
             (Answer::Failed, sent_at.elapsed())
         }
     };
-    if let Ok(Ok(live)) = tokio::time::timeout(mirror.live_wait, live).await {
-        mirror
-            .state
-            .pairs
-            .record(crate::clock::now_ms(), live, shadow);
-    }
+    let Ok(Ok(live)) = tokio::time::timeout(mirror.live_wait, live).await else {
+        return;
+    };
+    // Bodies are compared only when both came whole.
+    let bodies_differ = match (live_digest, digest) {
+        (Some(live), Some(shadow)) => matches!(
+            tokio::time::timeout(mirror.live_wait, live).await,
+            Ok(Ok(live)) if live != shadow.finish()
+        ),
+        _ => false,
+    };
+    mirror
+        .state
+        .pairs
+        .record(crate::clock::now_ms(), live, shadow, bodies_differ);
 }
 
 /// The form the shadow's protocol wants, as the proxy gives live requests:

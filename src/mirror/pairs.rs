@@ -5,7 +5,8 @@
 //! A pair is a mismatch when the live answer was not a server error and the
 //! shadow's answer is in another status class, or is no answer at all.
 //! Pairs whose live answer was itself a 5xx say nothing against the shadow
-//! and are counted apart. The latency ratio is the shadow's latency over the
+//! and are counted apart. On a route marked deterministic, the same status
+//! with other body bytes (a digest of each body) is a mismatch too. The latency ratio is the shadow's latency over the
 //! live one, pair by pair, kept in a log-scale histogram (four buckets per
 //! doubling) so its p95 is read without storing the pairs.
 
@@ -54,6 +55,7 @@ struct Slot {
     second: AtomicU64,
     pairs: AtomicU64,
     mismatches: AtomicU64,
+    body_mismatches: AtomicU64,
     live_errors: AtomicU64,
     ratio: [AtomicU64; RATIO_BUCKETS],
 }
@@ -64,6 +66,7 @@ impl Default for Slot {
             second: AtomicU64::new(0),
             pairs: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
+            body_mismatches: AtomicU64::new(0),
             live_errors: AtomicU64::new(0),
             ratio: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -91,6 +94,9 @@ pub struct PairFigures {
     pub pairs: u64,
     /// Of those, the shadow answered in another class, or not at all.
     pub mismatches: u64,
+    /// Of the mismatches, those of the same status but other bytes, on a
+    /// route marked deterministic.
+    pub body_mismatches: u64,
     /// Pairs whose live answer was a server error (not judged).
     pub live_errors: u64,
     /// p95 of shadow latency / live latency over the judged pairs.
@@ -121,7 +127,13 @@ fn bucket_ceiling(index: usize) -> f64 {
 
 impl PairWindow {
     /// Records one pair at `now_ms` (veer's clock).
-    pub fn record(&self, now_ms: u64, live: (Answer, Duration), shadow: (Answer, Duration)) {
+    pub fn record(
+        &self,
+        now_ms: u64,
+        live: (Answer, Duration),
+        shadow: (Answer, Duration),
+        bodies_differ: bool,
+    ) {
         let second = now_ms / 1000 + 1;
         let slot = &self.slots[(second % SLOTS as u64) as usize];
         let seen = slot.second.load(Ordering::Acquire);
@@ -135,6 +147,7 @@ impl PairWindow {
             // pair in a second's worth, for no lock on the mirror's path.
             slot.pairs.store(0, Ordering::Relaxed);
             slot.mismatches.store(0, Ordering::Relaxed);
+            slot.body_mismatches.store(0, Ordering::Relaxed);
             slot.live_errors.store(0, Ordering::Relaxed);
             for bucket in &slot.ratio {
                 bucket.store(0, Ordering::Relaxed);
@@ -147,6 +160,9 @@ impl PairWindow {
         slot.pairs.fetch_add(1, Ordering::Relaxed);
         if shadow.0.class() != live.0.class() {
             slot.mismatches.fetch_add(1, Ordering::Relaxed);
+        } else if bodies_differ {
+            slot.mismatches.fetch_add(1, Ordering::Relaxed);
+            slot.body_mismatches.fetch_add(1, Ordering::Relaxed);
         }
         if shadow.0 != Answer::Failed {
             slot.ratio[ratio_bucket(live.1, shadow.1)].fetch_add(1, Ordering::Relaxed);
@@ -168,6 +184,7 @@ impl PairWindow {
             }
             figures.pairs += slot.pairs.load(Ordering::Relaxed);
             figures.mismatches += slot.mismatches.load(Ordering::Relaxed);
+            figures.body_mismatches += slot.body_mismatches.load(Ordering::Relaxed);
             figures.live_errors += slot.live_errors.load(Ordering::Relaxed);
             for (sum, bucket) in ratio.iter_mut().zip(&slot.ratio) {
                 *sum += bucket.load(Ordering::Relaxed);
@@ -283,7 +300,12 @@ mod tests {
             } else {
                 Answer::Status(200)
             };
-            window.record(5_000, (Answer::Status(200), 10 * MS), (shadow, 10 * MS));
+            window.record(
+                5_000,
+                (Answer::Status(200), 10 * MS),
+                (shadow, 10 * MS),
+                false,
+            );
         }
         let figures = window.figures(5_500, Duration::from_secs(10));
         assert_eq!((figures.pairs, figures.mismatches), (20, 4));
@@ -302,7 +324,12 @@ mod tests {
     fn live_server_errors_are_not_held_against_the_shadow() {
         let window = PairWindow::default();
         for _ in 0..20 {
-            window.record(1_000, (Answer::Status(503), MS), (Answer::Failed, MS));
+            window.record(
+                1_000,
+                (Answer::Status(503), MS),
+                (Answer::Failed, MS),
+                false,
+            );
         }
         let figures = window.figures(1_000, Duration::from_secs(5));
         assert_eq!((figures.pairs, figures.live_errors), (0, 20));
@@ -318,7 +345,7 @@ mod tests {
     #[test]
     fn a_failed_copy_is_a_mismatch_and_has_no_ratio() {
         let window = PairWindow::default();
-        window.record(0, (Answer::Status(200), MS), (Answer::Failed, MS));
+        window.record(0, (Answer::Status(200), MS), (Answer::Failed, MS), false);
         let figures = window.figures(0, Duration::from_secs(1));
         assert_eq!((figures.pairs, figures.mismatches), (1, 1));
         assert_eq!(figures.latency_ratio_p95, None);
@@ -334,6 +361,7 @@ mod tests {
                 0,
                 (Answer::Status(200), 10 * MS),
                 (Answer::Status(200), shadow),
+                false,
             );
         }
         let p95 = window
@@ -350,12 +378,22 @@ mod tests {
     #[test]
     fn pairs_leave_the_window_and_old_slots_are_reused() {
         let window = PairWindow::default();
-        window.record(0, (Answer::Status(200), MS), (Answer::Status(200), MS));
+        window.record(
+            0,
+            (Answer::Status(200), MS),
+            (Answer::Status(200), MS),
+            false,
+        );
         assert_eq!(window.figures(2_000, Duration::from_secs(5)).pairs, 1);
         assert_eq!(window.figures(10_000, Duration::from_secs(5)).pairs, 0);
         // The same slot, one lap later, starts from zero.
         let lap = SLOTS as u64 * 1000;
-        window.record(lap, (Answer::Status(200), MS), (Answer::Status(500), MS));
+        window.record(
+            lap,
+            (Answer::Status(200), MS),
+            (Answer::Status(500), MS),
+            false,
+        );
         let figures = window.figures(lap, Duration::from_secs(1));
         assert_eq!((figures.pairs, figures.mismatches), (1, 1));
     }
@@ -368,6 +406,7 @@ mod tests {
                 0,
                 (Answer::Status(404), 5 * MS),
                 (Answer::Status(404), 6 * MS),
+                false,
             );
         }
         assert_eq!(

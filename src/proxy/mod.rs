@@ -391,9 +391,7 @@ impl ProxyService {
                 return Ok(self.fail(&snapshot, at, started, error, log, request_id, call));
             }
         };
-        if let Some(shadow) = shadow {
-            shadow.answered(response.status().as_u16(), latency);
-        }
+        let digest = shadow.and_then(|shadow| shadow.answered(response.status().as_u16(), latency));
         let answered = Answered {
             status: response.status(),
             endpoint: self.shared.record.then(|| Arc::clone(lease.endpoint())),
@@ -443,7 +441,7 @@ impl ProxyService {
         if let Some(cookie) = minted_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
+        Ok(response.map(|body| ProxyBody::upstream(body, lease, finish).with_digest(digest)))
     }
 }
 

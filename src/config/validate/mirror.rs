@@ -111,10 +111,26 @@ impl Validator {
             raw.timeout.as_ref(),
             MIRROR_TIMEOUT,
         );
+        let mut deterministic = Vec::new();
+        for (k, prefix) in raw
+            .deterministic
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            match check_path_prefix(&prefix) {
+                Ok(()) => deterministic.push(prefix),
+                Err(reason) => {
+                    self.err(format!("{path}.deterministic[{k}]"), reason);
+                    ok = false;
+                }
+            }
+        }
         if !ok {
             return None;
         }
         Some(Mirror {
+            deterministic,
             version: version?,
             percent: percent?,
             methods,
