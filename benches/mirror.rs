@@ -89,7 +89,7 @@ async fn one(shadow: Shadow, rate: u32, seconds: u64) -> Option<Row> {
         .max_run(Duration::from_secs(seconds + 5))
         .answer_limit(Duration::from_secs(10))
         .start(|reply| (Instant::now(), reply.is_ok_and(|a| a.status == 200)));
-    let samples = load.finish().await;
+    let samples = load.join().await;
     let mut latencies: Vec<Duration> = samples
         .iter()
         .filter(|s| s.record.1)
