@@ -208,7 +208,10 @@ async fn copies_arrive_with_their_bodies_and_the_shadow_header() {
         ),
         "{text}"
     );
-    assert!(text.contains("pairs 2 in 30s: mismatch 0.00% (0)"), "{text}");
+    assert!(
+        text.contains("pairs 2 in 30s: mismatch 0.00% (0)"),
+        "{text}"
+    );
     f.shutdown().await;
 }
 
