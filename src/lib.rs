@@ -32,6 +32,7 @@ pub mod guard;
 pub mod health;
 pub mod history;
 pub mod logging;
+pub mod mirror;
 pub mod outcome;
 pub mod proxy;
 pub mod reload;

@@ -16,6 +16,7 @@ use http::header::HeaderName;
 use crate::config::{
     Config, EndpointName, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
 };
+use crate::mirror::{Mirror, MirrorRegistry};
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
@@ -50,6 +51,8 @@ pub struct ServiceSnapshot {
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
     pub sticky: Option<StickyRouting>,
+    /// Copies of requests for a shadow version, when configured.
+    pub mirror: Option<Arc<Mirror>>,
     /// What this part was built from, to tell whether the next build can
     /// keep it.
     built_from: BuiltFrom,
@@ -120,6 +123,7 @@ pub struct Parts<'a> {
     pub endpoints: &'a mut Registry,
     pub stats: &'a mut StatsRegistry,
     pub telemetry: &'a Telemetry,
+    pub mirrors: &'a mut MirrorRegistry,
     /// veer is starting: endpoints count as healthy until probed (unless the
     /// health check says otherwise); endpoints a reload adds wait for a pass.
     pub starting: bool,
@@ -141,6 +145,7 @@ impl Snapshot {
             endpoints: registry,
             stats,
             telemetry,
+            mirrors,
             starting,
             previous,
         } = parts;
@@ -159,6 +164,7 @@ impl Snapshot {
                     .get(service.name.as_str())
                     .filter(|kept| kept.can_keep(service, &inputs, now_ms, registry))
                 {
+                    mirrors.keep(service);
                     return Arc::clone(kept);
                 }
                 let Effective {
@@ -272,7 +278,15 @@ impl Snapshot {
                         })
                     })
                     .collect();
+                let mirror = service.mirror.as_ref().and_then(|m| {
+                    mirrors.mirror(
+                        service,
+                        available.get(m.version).map_or(&[], Vec::as_slice),
+                        latched.get(m.version).copied().unwrap_or(false),
+                    )
+                });
                 Arc::new(ServiceSnapshot {
+                    mirror,
                     name: service.name.as_str().into(),
                     split: WeightedSplit::new(&weights),
                     versions,
@@ -314,6 +328,7 @@ impl Snapshot {
             .collect();
         registry.retain_used();
         stats.retain_used();
+        mirrors.retain_used();
         let routes = match previous {
             Some(previous) if same_routes(&previous.services, &config.services) => {
                 Arc::clone(&previous.routes)

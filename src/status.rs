@@ -83,6 +83,9 @@ impl std::fmt::Display for ReloadResult {
 pub struct ServiceReport {
     /// `null` when the service has no guard block.
     pub guard: Option<GuardReport>,
+    /// Absent when the service mirrors nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorReport>,
     pub name: String,
     /// `null` when the service has no rollout, or none for its candidate's
     /// current revision.
@@ -227,6 +230,32 @@ impl PartialEq<&str> for EventAction {
     }
 }
 
+/// A service's mirror: where copies go, what became of them, and the pairs
+/// of live and shadow answers over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorReport {
+    /// Mismatches of the same status with other body bytes (routes marked
+    /// deterministic).
+    pub body_mismatches: u64,
+    /// Copies sent since veer started (or since the shadow's revision
+    /// changed), by result: `sent`, `dropped`, `failed`, `skipped`.
+    pub copies: BTreeMap<String, u64>,
+    pub in_flight: u64,
+    /// p95 of shadow latency over live latency, pair by pair.
+    pub latency_ratio_p95: Option<f64>,
+    /// Pairs whose live answer was a server error (not judged).
+    pub live_errors: u64,
+    pub mismatch_rate: f64,
+    pub mismatches: u64,
+    /// Judged pairs in the window.
+    pub pairs: u64,
+    pub percent: u32,
+    /// The shadow stage's verdict, while the rollout is in one.
+    pub verdict: Option<String>,
+    pub version: String,
+    pub window_seconds: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutReport {
     pub candidate: String,
@@ -300,6 +329,7 @@ mod tests {
                     }],
                     min_requests: 20,
                 }),
+                mirror: None,
                 name: "web".into(),
                 rollout: Some(RolloutReport {
                     candidate: "canary".into(),
@@ -379,7 +409,7 @@ mod tests {
     fn unknown_fields_are_ignored() {
         let mut value = serde_json::to_value(sample()).expect("json");
         value["config"]["cluster"] = serde_json::json!("eu-1");
-        value["services"][0]["mirror"] = serde_json::json!({"to": "shadow"});
+        value["services"][0]["sidecar"] = serde_json::json!({"to": "shadow"});
         let back: StatusReport = serde_json::from_value(value).expect("still readable");
         assert_eq!(back, sample());
     }

@@ -728,7 +728,7 @@ fn every_unknown_key_is_reported_top_level_and_nested() {
             "test.yaml:1:1: stat_dir: unknown field `stat_dir`, expected one of `listeners`, `admin`, `state_dir`, `fleet`, `limits`, `access_log`, `dns`, `services`, `telemetry`, `history`; did you mean `state_dir`?",
             "test.yaml:14:9: services[0].versions[1].revison: unknown field `revison`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `revision`?",
             "test.yaml:15:9: services[0].versions[1].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?",
-            "test.yaml:16:5: services[0].helth_check: unknown field `helth_check`, expected one of `name`, `match`, `versions`, `sticky`, `rules`, `timeouts`, `health_check`, `outlier_detection`, `slow_start`, `guard`, `rollout`, `grpc`; did you mean `health_check`?",
+            "test.yaml:16:5: services[0].helth_check: unknown field `helth_check`, expected one of `name`, `match`, `versions`, `sticky`, `rules`, `timeouts`, `health_check`, `outlier_detection`, `slow_start`, `guard`, `rollout`, `grpc`, `mirror`; did you mean `health_check`?",
         ],
     );
 }

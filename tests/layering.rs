@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The parts a snapshot is built of.
     (
         "building blocks",
-        &["upstream", "tls", "telemetry", "routing"],
+        &["mirror", "upstream", "tls", "telemetry", "routing"],
     ),
     // Validated configuration.
     ("config", &["config"]),

@@ -134,6 +134,11 @@ fn render_into(control: &Control, out: &mut Chunks) -> fmt::Result {
     let is_shown = |version: &crate::snapshot::VersionSnapshot| {
         version.latched || telemetry.is_shown(&version.stats, &shown)
     };
+    crate::mirror::render(
+        &mut out.buf,
+        snapshot.services.iter().filter_map(|s| s.mirror.as_deref()),
+    );
+    out.send_if_full()?;
 
     gauge_family(
         &mut out.buf,

@@ -83,6 +83,7 @@ pub fn report(control: &Control) -> StatusReport {
                 })
                 .collect();
             ServiceReport {
+                mirror: service.mirror.as_deref().map(|m| mirror_report(service, m)),
                 guard: service.guard.as_ref().map(|g| GuardReport {
                     baseline: service.versions[g.baseline].name.to_string(),
                     events: view.events(&service.name).cloned().collect(),
@@ -104,6 +105,35 @@ pub fn report(control: &Control) -> StatusReport {
             source: control.source().map(|p| p.display().to_string()),
         },
         services,
+    }
+}
+
+/// The mirror's counts and pairs, with the shadow stage's verdict while the
+/// rollout is in one.
+fn mirror_report(
+    service: &crate::snapshot::ServiceSnapshot,
+    mirror: &crate::mirror::Mirror,
+) -> crate::status::MirrorReport {
+    let figures = mirror.figures();
+    let copies = crate::mirror::RESULTS
+        .iter()
+        .zip(mirror.state.counts.get())
+        .map(|(result, count)| ((*result).to_string(), count))
+        .collect();
+    crate::status::MirrorReport {
+        body_mismatches: figures.body_mismatches,
+        copies,
+        in_flight: u64::try_from(mirror.in_flight()).unwrap_or(u64::MAX),
+        latency_ratio_p95: figures.latency_ratio_p95,
+        live_errors: figures.live_errors,
+        mismatch_rate: figures.mismatch_rate(),
+        mismatches: figures.mismatches,
+        pairs: figures.pairs,
+        percent: mirror.percent,
+        verdict: crate::guard::shadow::stage_verdict(service, mirror.version)
+            .map(|(verdict, _)| verdict.to_string()),
+        version: mirror.version_name.to_string(),
+        window_seconds: mirror.window.as_secs(),
     }
 }
 

@@ -137,11 +137,42 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
         if let Some(rollout) = &s.rollout {
             out.push_str(&format!("  rollout: {}\n", rollout_line(rollout)));
         }
+        if let Some(mirror) = &s.mirror {
+            out.push_str(&mirror_line(mirror));
+        }
     }
     if service.is_some() && shown == 0 {
         return None;
     }
     Some(out)
+}
+
+/// The mirror's lines: copies by result, then the pairs of the window.
+pub fn mirror_line(m: &crate::status::MirrorReport) -> String {
+    let copies: Vec<String> = m
+        .copies
+        .iter()
+        .map(|(result, count)| format!("{result} {count}"))
+        .collect();
+    let ratio = m
+        .latency_ratio_p95
+        .map_or("-".to_string(), |r| format!("{r:.2}"));
+    let mut out = format!(
+        "  mirror: {}% to {} ({}; {} in flight)\n    pairs {} in {}s: mismatch {:.2}% ({}), latency ratio p95 {ratio}, live 5xx {}\n",
+        m.percent,
+        m.version,
+        copies.join(", "),
+        m.in_flight,
+        m.pairs,
+        m.window_seconds,
+        m.mismatch_rate * 100.0,
+        m.mismatches,
+        m.live_errors,
+    );
+    if let Some(verdict) = &m.verdict {
+        out.push_str(&format!("    {verdict}\n"));
+    }
+    out
 }
 
 /// One line for a rollout: `canary 1.2.0: step 2/4 at 25%, 12s of hold left,

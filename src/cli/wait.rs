@@ -336,6 +336,7 @@ mod tests {
     fn service(rate: f64, verdict: &str) -> ServiceReport {
         ServiceReport {
             guard: None,
+            mirror: None,
             name: "web".into(),
             rollout: None,
             versions: vec![VersionReport {

@@ -249,6 +249,44 @@ pub struct Service {
     pub rollout: Option<Rollout>,
     /// How gRPC calls are judged (defaults when the block is omitted).
     pub grpc: Grpc,
+    /// Copies of live requests sent to a shadow version.
+    pub mirror: Option<Mirror>,
+}
+
+/// `services[].mirror`: a share of the service's requests is copied to a
+/// shadow version, whose answers are compared with the live ones and thrown
+/// away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// Index into `Service::versions`.
+    pub version: usize,
+    /// Share of eligible requests copied. Default 100.
+    pub percent: Percent,
+    /// Methods copied. Default `GET`, `HEAD`; others need `allow_unsafe`.
+    pub methods: Vec<http::Method>,
+    /// A request body larger than this is not copied (the copy is skipped
+    /// and counted). Default 64 KiB.
+    pub max_body: usize,
+    /// Copies in flight at once; beyond it copies are dropped. Default 64.
+    pub concurrency: usize,
+    /// Budget of one copy, body wait included. Default 5s.
+    pub timeout: Duration,
+    /// Path prefixes whose answers must be the same bytes: there the live
+    /// and the shadow bodies are digested and compared too.
+    pub deterministic: Vec<String>,
+}
+
+/// `rollout.shadow`: the rollout's first stage, in which the candidate takes
+/// no live traffic and is judged on mirrored copies, pair by pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shadow {
+    pub hold: Duration,
+    /// Share of pairs where the shadow failed and the live answer did not.
+    pub max_mismatch_rate: Fraction,
+    /// p95 of shadow latency over live latency, pair by pair.
+    pub max_latency_ratio: Option<Ratio>,
+    /// Pairs needed for a verdict. Default: the guard's `min_requests`.
+    pub min_requests: Option<u64>,
 }
 
 /// How a request's host (port stripped, lowercased) is matched.
@@ -448,6 +486,8 @@ pub struct Rollout {
     /// Percentages strictly increasing, each in 1..=100, the last one 100.
     pub steps: Vec<Step>,
     pub gate: Option<http::Uri>,
+    /// A shadow stage first: then `steps[0]` is that stage, at 0 %.
+    pub shadow: Option<Shadow>,
 }
 
 impl Rollout {

@@ -233,6 +233,35 @@ pub(crate) struct RawService {
     pub guard: Option<RawGuard>,
     pub rollout: Option<RawRollout>,
     pub grpc: Option<RawGrpc>,
+    pub mirror: Option<RawMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mirror: a mapping with version and optionally percent, methods, allow_unsafe, max_body, concurrency, timeout and deterministic"
+)]
+pub(crate) struct RawMirror {
+    pub version: Option<String>,
+    pub percent: Option<Scalar>,
+    pub methods: Option<Vec<Scalar>>,
+    pub allow_unsafe: Option<bool>,
+    pub max_body: Option<Scalar>,
+    pub concurrency: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub deterministic: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a shadow stage: a mapping with hold, max_mismatch_rate and optionally max_latency_ratio and min_requests"
+)]
+pub(crate) struct RawShadow {
+    pub hold: Option<Scalar>,
+    pub max_mismatch_rate: Option<Scalar>,
+    pub max_latency_ratio: Option<Scalar>,
+    pub min_requests: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,6 +406,7 @@ pub(crate) struct RawRollout {
     pub steps: Option<Vec<RawStep>>,
     pub hold: Option<Scalar>,
     pub gate: Option<String>,
+    pub shadow: Option<RawShadow>,
 }
 
 /// One rollout step: a bare percentage (`25`, held for the rollout's `hold`)

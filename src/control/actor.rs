@@ -161,6 +161,7 @@ struct Actor {
     last_reload: Option<Arc<ReloadRecord>>,
     registry: Registry,
     stats: StatsRegistry,
+    mirrors: crate::mirror::MirrorRegistry,
     telemetry: Arc<Telemetry>,
     generation: u64,
     /// Versions tripped with `on_revert: evict`, by service and index:
@@ -208,6 +209,7 @@ pub(super) fn spawn(
         tx
     });
     let mut stats = StatsRegistry::default();
+    let mut mirrors = crate::mirror::MirrorRegistry::default();
     let first = build(
         1,
         &config,
@@ -215,6 +217,7 @@ pub(super) fn spawn(
         Parts {
             endpoints: &mut registry,
             stats: &mut stats,
+            mirrors: &mut mirrors,
             telemetry: &telemetry,
             starting: true,
             previous: None,
@@ -246,6 +249,7 @@ pub(super) fn spawn(
         last_reload: None,
         registry,
         stats,
+        mirrors,
         telemetry,
         generation: 1,
         evictions: Vec::new(),
@@ -972,6 +976,7 @@ impl Actor {
             Parts {
                 endpoints: &mut self.registry,
                 stats: &mut self.stats,
+                mirrors: &mut self.mirrors,
                 telemetry: &self.telemetry,
                 starting: self.generation == 1,
                 previous: Some(&previous),

@@ -8,6 +8,7 @@
 //! row; fewer than `min_requests` in the window is no verdict at all.
 
 pub mod methods;
+pub mod shadow;
 pub mod verdict;
 pub mod webhook;
 
@@ -29,6 +30,7 @@ pub struct GuardRunner {
     /// Bad verdicts in a row, per (service, version, revision).
     streaks: HashMap<(String, String, String), u32>,
     last_judged: HashMap<String, Instant>,
+    shadows: shadow::ShadowJudge,
 }
 
 impl GuardRunner {
@@ -38,6 +40,7 @@ impl GuardRunner {
             webhooks,
             streaks: HashMap::new(),
             last_judged: HashMap::new(),
+            shadows: shadow::ShadowJudge::default(),
         }
     }
 
@@ -89,8 +92,16 @@ impl GuardRunner {
                     version.revision.to_string(),
                 );
                 if version.weight == 0 {
-                    // Latched or given no traffic: nothing to judge.
+                    // Latched or given no traffic: nothing to judge, unless
+                    // it is in a shadow stage, judged on mirrored pairs.
                     self.streaks.remove(&key);
+                    if let Some((words, trip)) = self.shadows.judge(service, index) {
+                        if let Some(trip) = trip {
+                            trips.push(trip);
+                            tripped.push((service, words.clone(), policy.webhook.as_ref()));
+                        }
+                        verdicts.push((service.name.to_string(), version.name.to_string(), words));
+                    }
                     continue;
                 }
                 let mut figures = version.stats.window().figures(elapsed, policy.window);

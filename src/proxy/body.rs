@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::outcome::{End, Finish};
+use crate::mirror::BodyDigest;
 use crate::upstream::body::BoxError;
 use crate::upstream::{Lease, ResponseBody};
 
@@ -22,6 +23,9 @@ pub enum ProxyBody {
         /// the pool before the client has even read the last frame.
         lease: Option<Lease>,
         finish: Option<Finish>,
+        /// A mirrored request on a deterministic route: the live body's
+        /// digest, for the pair.
+        digest: Option<Box<BodyDigest>>,
     },
     Full {
         bytes: Option<Bytes>,
@@ -47,7 +51,20 @@ impl ProxyBody {
             body,
             lease,
             finish,
+            digest: None,
         }
+    }
+
+    /// Feeds the body to `with` as it streams (a mirrored request's pair).
+    pub fn with_digest(mut self, with: Option<BodyDigest>) -> ProxyBody {
+        if let (ProxyBody::Upstream { body, digest, .. }, Some(with)) = (&mut self, with) {
+            if body.is_end_stream() {
+                with.end();
+            } else {
+                *digest = Some(Box::new(with));
+            }
+        }
+        self
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -107,11 +124,17 @@ impl Body for ProxyBody {
                 body,
                 lease,
                 finish,
+                digest,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, finish.as_mut()) {
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
-                        finish.sent(data.len());
+                        if let Some(finish) = finish.as_mut() {
+                            finish.sent(data.len());
+                        }
+                        if let Some(digest) = digest.as_mut() {
+                            digest.data(data);
+                        }
                     }
                 }
                 let end = match &polled {
@@ -124,6 +147,9 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) | Poll::Pending => None,
                 };
                 if let Some(end) = end {
+                    if let (Some(digest), End::Complete) = (digest.take(), end) {
+                        digest.end();
+                    }
                     if let Some(lease) = lease.take() {
                         body.release(lease);
                     }

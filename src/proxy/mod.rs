@@ -302,7 +302,17 @@ impl ProxyService {
                 (Some(id), entry)
             }
         };
-        let body = RequestBody::client(body);
+        let mut body = RequestBody::client(body);
+        // A copy for the shadow, on its own task; the live request goes on.
+        let shadow = service.mirror.as_ref().and_then(|mirror| {
+            crate::mirror::tap(
+                mirror,
+                version_index,
+                &parts,
+                host_value.as_ref(),
+                &mut body,
+            )
+        });
         let body_watch = body.watch().cloned();
         let mut outgoing = Request::from_parts(parts, body);
 
@@ -381,6 +391,7 @@ impl ProxyService {
                 return Ok(self.fail(&snapshot, at, started, error, log, request_id, call));
             }
         };
+        let digest = shadow.and_then(|shadow| shadow.answered(response.status().as_u16(), latency));
         let answered = Answered {
             status: response.status(),
             endpoint: self.shared.record.then(|| Arc::clone(lease.endpoint())),
@@ -430,7 +441,7 @@ impl ProxyService {
         if let Some(cookie) = minted_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        Ok(response.map(|body| ProxyBody::upstream(body, lease, finish)))
+        Ok(response.map(|body| ProxyBody::upstream(body, lease, finish).with_digest(digest)))
     }
 }
 

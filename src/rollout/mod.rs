@@ -322,7 +322,17 @@ impl RolloutRunner {
             };
             let candidate = &service.versions[rollout.candidate];
             let figures = candidate.stats.window().figures(elapsed, guard.window);
-            let requests = figures.requests;
+            let mut requests = figures.requests;
+            // A shadow stage is vouched for by its pairs, and only while
+            // their verdict is healthy.
+            match crate::guard::shadow::stage_gate(service, progress.step, guard.min_requests) {
+                None => {}
+                Some(Ok(pairs)) => requests = pairs,
+                Some(Err(why)) => {
+                    gates.push((name.to_string(), why));
+                    continue;
+                }
+            }
             let progress = &progress;
             match decide(progress, rollout, requests, guard.min_requests) {
                 Decision::Hold => {
@@ -495,6 +505,7 @@ mod tests {
             candidate: 1,
             steps: vec![step(10, two), step(50, two), step(100, two)],
             gate: None,
+            shadow: None,
         }
     }
 

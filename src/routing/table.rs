@@ -149,6 +149,7 @@ mod tests {
             outlier: Default::default(),
             slow_start: None,
             grpc: Default::default(),
+            mirror: None,
             guard: None,
             rollout: None,
         }

@@ -1,5 +1,7 @@
-//! The body veer sends upstream: the client's streaming body, or nothing (for
-//! requests veer makes itself, such as health probes).
+//! The body veer sends upstream: the client's streaming body (optionally
+//! teed into a bounded copy for a mirror), a copy held whole (a mirrored
+//! request), or nothing (for requests veer makes itself, such as health
+//! probes).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,22 +21,122 @@ pub enum RequestBody {
     Client {
         body: Incoming,
         watch: Option<ClientBodyWatch>,
+        /// A bounded copy for a mirrored request, taken as the body streams.
+        tee: Option<Box<BodyTee>>,
     },
     Empty,
+    /// A body held whole: a mirrored copy's, in order, last chunk first.
+    Copied(Vec<Bytes>),
 }
 
 impl RequestBody {
     pub fn client(body: Incoming) -> RequestBody {
         // A body-less request (the common GET) allocates no watch.
         let watch = (!body.is_end_stream()).then(ClientBodyWatch::default);
-        RequestBody::Client { body, watch }
+        RequestBody::Client {
+            body,
+            watch,
+            tee: None,
+        }
+    }
+
+    /// A body of `chunks`, sent in order.
+    pub fn copied(mut chunks: Vec<Bytes>) -> RequestBody {
+        chunks.retain(|c| !c.is_empty());
+        chunks.reverse();
+        RequestBody::Copied(chunks)
+    }
+
+    /// Copies the client's body into `tee` as it streams to the upstream.
+    /// `Err` gives the tee back when this body is not the client's.
+    pub fn tee(&mut self, new: BodyTee) -> Result<(), BodyTee> {
+        match self {
+            RequestBody::Client { tee, .. } => {
+                *tee = Some(Box::new(new));
+                Ok(())
+            }
+            _ => Err(new),
+        }
     }
 
     pub fn watch(&self) -> Option<&ClientBodyWatch> {
         match self {
             RequestBody::Client { watch, .. } => watch.as_ref(),
-            RequestBody::Empty => None,
+            RequestBody::Empty | RequestBody::Copied(_) => None,
         }
+    }
+}
+
+/// Why a tee's copy of a body was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeeEnd {
+    /// The body grew past the cap.
+    TooLarge,
+    /// The client's body failed, or the request was dropped before its body
+    /// was read.
+    Incomplete,
+}
+
+/// A bounded copy of a request body taken as it streams past: the frames go
+/// on to the upstream unchanged, the copy keeps the same `Bytes` (reference
+/// counted, not copied) until the body ends, and is handed over then. A body
+/// that outgrows `cap` gives the copy up at once: the live request never
+/// waits for, or buffers on behalf of, a copy.
+#[derive(Debug)]
+pub struct BodyTee {
+    chunks: Vec<Bytes>,
+    len: usize,
+    cap: usize,
+    done: Option<tokio::sync::oneshot::Sender<Result<Vec<Bytes>, TeeEnd>>>,
+}
+
+impl BodyTee {
+    /// A tee holding at most `cap` bytes; its copy (or why there is none)
+    /// arrives on the receiver.
+    pub fn new(
+        cap: usize,
+    ) -> (
+        BodyTee,
+        tokio::sync::oneshot::Receiver<Result<Vec<Bytes>, TeeEnd>>,
+    ) {
+        let (done, copy) = tokio::sync::oneshot::channel();
+        let tee = BodyTee {
+            chunks: Vec::new(),
+            len: 0,
+            cap,
+            done: Some(done),
+        };
+        (tee, copy)
+    }
+
+    fn data(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        self.len = self.len.saturating_add(data.len());
+        if self.len > self.cap {
+            self.chunks = Vec::new();
+            self.end(Err(TeeEnd::TooLarge));
+        } else {
+            self.chunks.push(data.clone());
+        }
+    }
+
+    fn end(&mut self, result: Result<Vec<Bytes>, TeeEnd>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+
+    fn finish(&mut self) {
+        let chunks = std::mem::take(&mut self.chunks);
+        self.end(Ok(chunks));
+    }
+}
+
+impl Drop for BodyTee {
+    fn drop(&mut self) {
+        self.end(Err(TeeEnd::Incomplete));
     }
 }
 
@@ -135,10 +237,13 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            RequestBody::Client { body, watch } => match Pin::new(&mut *body).poll_frame(cx) {
+            RequestBody::Client { body, watch, tee } => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Err(error))) => {
                     if let Some(watch) = watch {
                         watch.set(&error);
+                    }
+                    if let Some(mut tee) = tee.take() {
+                        tee.end(Err(TeeEnd::Incomplete));
                     }
                     Poll::Ready(Some(Err(ClientBodyError(error))))
                 }
@@ -146,11 +251,23 @@ impl Body for RequestBody {
                     if let Some(watch) = watch {
                         watch.complete();
                     }
+                    if let Some(tee) = tee {
+                        tee.finish();
+                    }
                     Poll::Ready(None)
                 }
                 polled => {
-                    if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (watch.as_ref(), &polled) {
-                        if body.is_end_stream() {
+                    if let Poll::Ready(Some(Ok(frame))) = &polled {
+                        let end = body.is_end_stream();
+                        if let Some(tee) = tee {
+                            if let Some(data) = frame.data_ref() {
+                                tee.data(data);
+                            }
+                            if end {
+                                tee.finish();
+                            }
+                        }
+                        if let (Some(watch), true) = (watch.as_ref(), end) {
                             watch.complete();
                         }
                     }
@@ -158,6 +275,7 @@ impl Body for RequestBody {
                 }
             },
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Copied(chunks) => Poll::Ready(chunks.pop().map(|c| Ok(Frame::data(c)))),
         }
     }
 
@@ -165,6 +283,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Copied(chunks) => chunks.is_empty(),
         }
     }
 
@@ -172,6 +291,9 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Copied(chunks) => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
         }
     }
 }

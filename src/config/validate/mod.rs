@@ -18,7 +18,7 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `history`, `services` (and `match`),
 //! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`; `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`, `mirror` (and the rollout's shadow stage); `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
@@ -32,6 +32,7 @@ mod health;
 mod history;
 mod limits;
 mod listeners;
+mod mirror;
 mod parse;
 mod rollout;
 mod rules;
@@ -54,14 +55,14 @@ use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
     AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, EndpointName, Etcd, EtcdTls,
-    Fleet, Grpc, Guard, HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert,
-    Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky, Telemetry, Timeouts,
-    UpstreamTls, Version, DEFAULT_MAX_METHODS, LATENCY_BOUNDS,
+    Fleet, Grpc, Guard, HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, Mirror,
+    OnRevert, Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Shadow, Step, Sticky,
+    Telemetry, Timeouts, UpstreamTls, Version, DEFAULT_MAX_METHODS, LATENCY_BOUNDS,
 };
 use super::raw::{
     Part, RawAccessLog, RawAdmin, RawConfig, RawDns, RawEtcd, RawFleet, RawGrpc, RawGuard,
-    RawHealthCheck, RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService,
-    RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTelemetry, RawTimeouts, RawTls,
+    RawHealthCheck, RawLimits, RawListener, RawMirror, RawOutlier, RawRollout, RawRule, RawService,
+    RawServiceMatch, RawShadow, RawStep, RawStepMap, RawSticky, RawTelemetry, RawTimeouts, RawTls,
     RawUpstreamTls, RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};

@@ -51,6 +51,9 @@ impl Validator {
             path,
             default_hold.is_some(),
         );
+        let shadow = raw
+            .shadow
+            .map(|shadow| self.shadow(&format!("{path}.shadow"), shadow));
         let gate = match raw.gate {
             None => Ok(None),
             Some(text) => self.url(&format!("{path}.gate"), &text).map(Some).ok_or(()),
@@ -58,10 +61,24 @@ impl Validator {
         if !ok || matches!(default_hold, Some(Err(()))) {
             return None;
         }
+        let shadow = optional(shadow)?;
+        let mut steps = steps?;
+        // The shadow stage is the rollout's first step, at 0 %: holds,
+        // progress, pause and promote then treat it as any other step.
+        if let Some(shadow) = &shadow {
+            steps.insert(
+                0,
+                Step {
+                    percent: 0,
+                    hold: Hold::For(shadow.hold),
+                },
+            );
+        }
         Some(Rollout {
             candidate: candidate?,
-            steps: steps?,
+            steps,
             gate: gate.ok()?,
+            shadow,
         })
     }
 

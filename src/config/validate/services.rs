@@ -118,6 +118,18 @@ impl Validator {
             .rollout
             .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
         let grpc = self.grpc(&format!("{path}.grpc"), raw.grpc);
+        let mirror = raw
+            .mirror
+            .map(|mirror| self.mirror(&format!("{path}.mirror"), mirror, &known));
+        let shadow_ok = match (&rollout, &mirror) {
+            (Some(Some(rollout)), mirror) => self.shadow_needs_mirror(
+                path,
+                rollout,
+                mirror.as_ref().and_then(Option::as_ref),
+                &known,
+            ),
+            _ => true,
+        };
 
         Some(Service {
             name: raw.name?,
@@ -140,6 +152,11 @@ impl Validator {
             guard: optional(guard)?,
             rollout: optional(rollout)?,
             grpc: grpc?,
+            mirror: if shadow_ok {
+                optional(mirror)?
+            } else {
+                return None;
+            },
         })
     }
 
