@@ -36,6 +36,16 @@ pub fn render(control: &Control) -> String {
 
     let mut text = telemetry.render();
 
+    if let Some(fleet) = control.fleet() {
+        gauge_family(
+            &mut text,
+            "veer_fleet_connected",
+            "1 while this replica holds a working connection to the fleet's etcd, else 0.",
+        );
+        let connected = if fleet.connected() { 1.0 } else { 0.0 };
+        sample(&mut text, "veer_fleet_connected", &[], connected);
+    }
+
     gauge_family(
         &mut text,
         "veer_version_weight_percent",

@@ -340,6 +340,7 @@ mod tests {
             rollout: None,
             versions: vec![VersionReport {
                 endpoints: Vec::new(),
+                fleet: None,
                 grpc_methods: Default::default(),
                 guard_verdict: Some(verdict.to_string()),
                 latched: false,

@@ -59,6 +59,9 @@ pub struct Control {
     telemetry: Arc<Telemetry>,
     /// The file the config came from; `None` for a config given in code.
     source: Option<PathBuf>,
+    /// This replica's view of its fleet, set once at start when the config
+    /// has a `fleet:` block (the guard judges the fleet's sum through it).
+    fleet: std::sync::OnceLock<Arc<crate::fleet::windows::FleetView>>,
 }
 
 /// What the actor last published besides the snapshot: immutable, replaced
@@ -159,9 +162,20 @@ impl Control {
             view,
             telemetry,
             source,
+            fleet: std::sync::OnceLock::new(),
         };
         control.persist_now().await;
         control
+    }
+
+    /// Joins this replica to a fleet's view (once; later calls are ignored).
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::windows::FleetView>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// This replica's view of its fleet, when it is in one.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::windows::FleetView>> {
+        self.fleet.get()
     }
 
     /// The config file, when there is one.

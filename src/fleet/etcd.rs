@@ -172,6 +172,11 @@ impl EtcdStore {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    /// The flag behind [`EtcdStore::connected`], for the fleet's view.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.connected)
+    }
 }
 
 struct Known {
@@ -212,17 +217,7 @@ impl Sync {
     }
 
     async fn connect(&self) -> Result<Client, etcd_client::Error> {
-        let mut options = ConnectOptions::new()
-            .with_timeout(self.settings.timeout)
-            .with_connect_timeout(self.settings.timeout)
-            .with_keep_alive(Duration::from_secs(5), self.settings.timeout);
-        if let (Some(user), Some(password)) = (&self.settings.username, &self.settings.password) {
-            options = options.with_user(user.clone(), password.clone());
-        }
-        if let Some(tls) = &self.settings.tls {
-            options = options.with_tls(tls_options(tls)?);
-        }
-        Client::connect(&self.settings.endpoints, Some(options)).await
+        connect(&self.settings).await
     }
 
     fn client(&mut self) -> Result<&mut Client, etcd_client::Error> {
@@ -552,6 +547,22 @@ impl Sync {
         }
         Ok(())
     }
+}
+
+/// A client for `settings`: its endpoints, credentials and TLS, every
+/// request bounded by its timeout.
+pub async fn connect(settings: &EtcdSettings) -> Result<Client, etcd_client::Error> {
+    let mut options = ConnectOptions::new()
+        .with_timeout(settings.timeout)
+        .with_connect_timeout(settings.timeout)
+        .with_keep_alive(Duration::from_secs(5), settings.timeout);
+    if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        options = options.with_tls(tls_options(tls)?);
+    }
+    Client::connect(&settings.endpoints, Some(options)).await
 }
 
 /// A service's layer as etcd holds it; a value veer cannot read is logged and
