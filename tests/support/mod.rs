@@ -17,6 +17,8 @@
 //!   `veer wait`): a config for one service `web`, veer in-process with its
 //!   admin API, `/status` reads, the `veer` binary as a CLI.
 //! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
+//! - `etcd` and `fleet` (feature `fleet`): a real etcd on loopback, and
+//!   replicas of the binary sharing it.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
@@ -26,6 +28,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "fleet")]
 pub mod etcd;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod harness;
 pub mod load;
 pub mod metrics;
