@@ -121,7 +121,7 @@ impl Etcd {
             .arg(self.endpoint())
             .args(args)
             .output()
-            .expect("run etcdctl (comes with etcd-server)");
+            .expect("run etcdctl (Debian: etcd-client)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
