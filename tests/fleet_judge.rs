@@ -226,3 +226,40 @@ async fn a_killed_replicas_figures_leave_the_sum_with_its_lease() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn two_replicas_under_one_name_are_told_and_never_counted_twice() {
+    let etcd = Etcd::start();
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let guard = "baseline: stable, interval: 1s, window: 60s, min_requests: 100000, \
+                 max_error_rate: 0.2";
+    let first = replica("same", &stable, &canary, &etcd, guard, dir_a.path());
+    let client = http1_client();
+    wait_for_replicas(&client, &first, &["same"]).await;
+    let second = replica("same", &stable, &canary, &etcd, guard, dir_b.path());
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !second
+        .stderr()
+        .contains("another live replica has this name")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second replica says its name is taken:\n{}",
+            second.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its requests are not summed into the first one's figures.
+    requests(&client, &second, 10).await;
+    requests(&client, &first, 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = status(&client, &first).await;
+    let fleet = &version(&status["services"][0], "canary")["fleet"];
+    assert_eq!(fleet["replicas"], 1, "{status:#}");
+    assert_eq!(fleet["window"]["requests"], 5, "{status:#}");
+}

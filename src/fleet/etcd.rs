@@ -263,6 +263,10 @@ impl Sync {
             .collect();
         self.synced = true;
         self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(
+            endpoints = %self.settings.endpoints.join(", "),
+            "connected to etcd: this replica follows the fleet's run-time state"
+        );
         Ok(PersistedState {
             services: self.seen.clone(),
             ..PersistedState::default()
