@@ -34,6 +34,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// etcd refuses a transaction of more operations than its `--max-txn-ops`
 /// (128 by default): the windows go in chunks below it.
 const TXN_OPS: usize = 100;
+/// Earlier leases remembered as this replica's own.
+const RETIRED: usize = 8;
 
 pub struct Publisher {
     settings: EtcdSettings,
@@ -47,6 +49,8 @@ pub struct Publisher {
     siblings: Siblings,
     /// The duplicate-name warning was logged (once per name conflict).
     warned_duplicate: bool,
+    /// Leases of this replica's earlier sessions, newest last.
+    retired: Vec<i64>,
 }
 
 impl Publisher {
@@ -64,6 +68,7 @@ impl Publisher {
             written: BTreeMap::new(),
             siblings: Siblings::default(),
             warned_duplicate: false,
+            retired: Vec::new(),
         }
     }
 
@@ -82,7 +87,6 @@ impl Publisher {
                 tracing::debug!(error = %e, "fleet windows: etcd away; retrying");
                 self.forget_siblings();
                 self.written.clear();
-                lease = None;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => break,
@@ -131,6 +135,16 @@ impl Publisher {
         lease: &mut Option<(Client, i64)>,
     ) -> Result<(), etcd_client::Error> {
         let mut client = connect(&self.settings).await?;
+        if let Some((_, previous)) = lease.take() {
+            // The last session's lease may outlive it (the error was this
+            // side's): revoke it so its keys go, and own its presence key
+            // if they have not gone yet.
+            let _ = client.lease_revoke(previous).await;
+            if self.retired.len() == RETIRED {
+                self.retired.remove(0);
+            }
+            self.retired.push(previous);
+        }
         let mut period = Self::period(&self.published.load());
         let ttl = lease_ttl(period);
         let id = client
@@ -238,7 +252,7 @@ impl Publisher {
                 .to_string();
         let put = TxnOp::put(
             key.clone(),
-            value,
+            value.clone(),
             Some(PutOptions::new().with_lease(lease)),
         );
         let reply = client
@@ -257,13 +271,24 @@ impl Publisher {
             self.warned_duplicate = false;
             return Ok(true);
         }
-        // Held already: by this replica's own lease (a retry), or another.
-        let ours = reply.op_responses().into_iter().any(|op| match op {
-            etcd_client::TxnOpResponse::Get(get) => get.kvs().iter().any(|kv| kv.lease() == lease),
-            _ => false,
+        // Held already: by this replica's lease, one of its earlier ones
+        // (a session that ended on this side), or another replica's.
+        let holder = reply.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::lease),
+            _ => None,
         });
-        if ours {
-            return Ok(true);
+        match holder {
+            Some(holder) if holder == lease => return Ok(true),
+            Some(holder) if self.retired.contains(&holder) => {
+                client
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await?;
+                self.warned_duplicate = false;
+                return Ok(true);
+            }
+            // Gone between the two reads: try again next period.
+            None => return Ok(false),
+            Some(_) => {}
         }
         if !self.warned_duplicate {
             self.warned_duplicate = true;
