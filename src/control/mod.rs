@@ -62,6 +62,8 @@ pub struct Control {
     /// This replica's view of its fleet, set once at start when the config
     /// has a `fleet:` block (the guard judges the fleet's sum through it).
     fleet: std::sync::OnceLock<Arc<crate::fleet::windows::FleetView>>,
+    /// The endpoints' names, resolved before a config is applied.
+    names: Arc<crate::upstream::Names>,
 }
 
 /// What the actor last published besides the snapshot: immutable, replaced
@@ -155,7 +157,12 @@ impl Control {
         store: Option<(Arc<dyn Store>, PersistedState)>,
     ) -> Control {
         let (mailbox, inbox) = mpsc::unbounded_channel();
-        let (published, view) = actor::spawn(config, Arc::clone(&telemetry), store, inbox);
+        // The first snapshot has the names' addresses, if they resolve.
+        let names = Arc::new(crate::upstream::Names::default());
+        names.prime(&config, &telemetry).await;
+        let registry = crate::upstream::Registry::with_names(Arc::clone(&names));
+        let (published, view) =
+            actor::spawn(config, Arc::clone(&telemetry), store, inbox, registry);
         let control = Control {
             mailbox,
             published,
@@ -163,6 +170,7 @@ impl Control {
             telemetry,
             source,
             fleet: std::sync::OnceLock::new(),
+            names,
         };
         control.persist_now().await;
         control
@@ -264,6 +272,9 @@ impl Control {
     /// Replaces the configuration; the run-time layer keeps what the new
     /// file does not override (see `overlay::reconcile`).
     pub async fn apply_config(&self, config: Config) -> Result<(), ControlError> {
+        // Names the new config adds are looked up first, so that their
+        // versions have endpoints from the first snapshot on.
+        self.names.prime(&config, &self.telemetry).await;
         self.ask(|reply| Command::ApplyConfig {
             config: Box::new(config),
             reply,

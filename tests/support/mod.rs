@@ -16,6 +16,8 @@
 //! - [`release`]: the release process (rollouts, A/B rules, sticky users,
 //!   `veer wait`): a config for one service `web`, veer in-process with its
 //!   admin API, `/status` reads, the `veer` binary as a CLI.
+//! - [`dns`]: an authoritative DNS server on loopback UDP whose records,
+//!   answers (SERVFAIL, silence) and query counts a test controls.
 //! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
 //! - `etcd` and `fleet` (feature `fleet`): a real etcd on loopback, and
 //!   replicas of the binary sharing it.
@@ -26,6 +28,7 @@
 pub mod binary;
 pub mod client;
 pub mod config;
+pub mod dns;
 #[cfg(feature = "fleet")]
 pub mod etcd;
 #[cfg(feature = "fleet")]
