@@ -21,7 +21,34 @@ use crate::state::{Latch, RolloutOutcome};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub config: ConfigReport,
+    /// This replica's fleet; absent (not `null`) when it is in none, so a
+    /// single veer's report is what it always was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     pub services: Vec<ServiceReport>,
+}
+
+/// The fleet this replica shares its run-time state and windows with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// Whether it holds a working connection to etcd now.
+    pub connected: bool,
+    /// When it last exchanged with etcd (RFC 3339, to the second); `null`
+    /// before it ever did.
+    pub last_sync: Option<String>,
+    /// Its own name.
+    pub replica: String,
+    /// The live replicas, by name, itself included once etcd knows it.
+    pub replicas: Vec<String>,
+}
+
+/// A version's figures summed over the live replicas of the fleet that run
+/// its revision, over the same window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetWindowReport {
+    /// How many replicas' figures are in the sum (this one included).
+    pub replicas: u64,
+    pub window: WindowReport,
 }
 
 impl StatusReport {
@@ -106,6 +133,9 @@ pub struct VersionReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<DnsNameReport>,
     pub endpoints: Vec<EndpointReport>,
+    /// In a fleet: the fleet's figures beside this replica's `window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetWindowReport>,
     /// Per gRPC method the version served (`other`: beyond the cap).
     pub grpc_methods: BTreeMap<String, WindowReport>,
     /// The guard's last verdict, in words; `null` before the first.
@@ -305,6 +335,7 @@ mod tests {
                 }),
                 source: Some("/etc/veer.yaml".into()),
             },
+            fleet: None,
             services: vec![ServiceReport {
                 guard: Some(GuardReport {
                     baseline: "stable".into(),
@@ -357,6 +388,7 @@ mod tests {
                         outstanding: 1,
                         ramping: true,
                     }],
+                    fleet: None,
                     grpc_methods: BTreeMap::from([("/a.B/C".into(), window.clone())]),
                     guard_verdict: Some("healthy".into()),
                     latched: true,
@@ -402,6 +434,31 @@ mod tests {
         );
         assert_eq!(service["guard"]["events"][0]["action"], "rollback");
         assert_eq!(value["config"]["last_reload"]["result"], "failure");
+    }
+
+    /// Outside a fleet the report has no `fleet` keys at all; in one, they
+    /// round-trip and keep the sorted order.
+    #[test]
+    fn fleet_fields_appear_only_in_a_fleet() {
+        let text = serde_json::to_string(&sample()).expect("serialize");
+        assert!(!text.contains("\"fleet\""), "{text}");
+        let mut report = sample();
+        report.fleet = Some(FleetReport {
+            connected: false,
+            last_sync: None,
+            replica: "edge-1".into(),
+            replicas: vec!["edge-1".into(), "edge-2".into()],
+        });
+        let window = report.services[0].versions[0].window.clone();
+        report.services[0].versions[0].fleet = Some(FleetWindowReport {
+            replicas: 2,
+            window,
+        });
+        let text = serde_json::to_string(&report).expect("serialize");
+        let sorted: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(sorted.to_string(), text);
+        let back: StatusReport = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, report);
     }
 
     /// A newer veer may add fields; an older CLI still reads the report.

@@ -140,6 +140,16 @@ fn render_into(control: &Control, out: &mut Chunks) -> fmt::Result {
     );
     out.send_if_full()?;
 
+    if let Some(fleet) = control.fleet() {
+        gauge_family(
+            &mut out.buf,
+            "veer_fleet_connected",
+            "1 while this replica holds a working connection to the fleet's etcd, else 0.",
+        );
+        let connected = if fleet.connected() { 1.0 } else { 0.0 };
+        sample(&mut out.buf, "veer_fleet_connected", &[], connected);
+    }
+
     gauge_family(
         &mut out.buf,
         "veer_version_weight_percent",

@@ -9,8 +9,9 @@ use tokio::time::Instant;
 
 use crate::control::{Control, ControlView};
 use crate::status::{
-    ConfigReport, DnsNameReport, EndpointHealth, EndpointReport, GuardReport, ProtocolName,
-    RolloutReport, ServiceReport, StatusReport, VersionReport, WindowReport,
+    ConfigReport, DnsNameReport, EndpointHealth, EndpointReport, FleetReport, FleetWindowReport,
+    GuardReport, ProtocolName, RolloutReport, ServiceReport, StatusReport, VersionReport,
+    WindowReport,
 };
 use crate::telemetry::Figures;
 
@@ -26,6 +27,8 @@ pub fn report(control: &Control) -> StatusReport {
     let view = control.view();
     let elapsed = control.telemetry().elapsed(Instant::now());
     let now_ms = crate::clock::now_ms();
+    let fleet = control.fleet();
+    let siblings = fleet.map(|f| f.siblings());
     let services = snapshot
         .services
         .iter()
@@ -34,8 +37,23 @@ pub fn report(control: &Control) -> StatusReport {
                 .versions
                 .iter()
                 .map(|version| {
-                    let figures = version.stats.window().figures(elapsed, service.window);
+                    let counts = version.stats.window().counts(elapsed, service.window);
+                    let figures = counts.figures();
+                    let fleet = siblings.as_ref().map(|siblings| {
+                        let mut sum = counts;
+                        let added = siblings.add_to(
+                            &service.name,
+                            &version.name,
+                            &version.revision,
+                            &mut sum,
+                        );
+                        FleetWindowReport {
+                            replicas: 1 + added as u64,
+                            window: window(&sum.figures()),
+                        }
+                    });
                     VersionReport {
+                        fleet,
                         dns: version
                             .names
                             .iter()
@@ -104,6 +122,20 @@ pub fn report(control: &Control) -> StatusReport {
             last_reload: view.last_reload().cloned(),
             source: control.source().map(|p| p.display().to_string()),
         },
+        fleet: fleet.map(|fleet| FleetReport {
+            connected: fleet.connected(),
+            last_sync: fleet.last_sync_ms().map(|ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            }),
+            replica: fleet.replica().to_string(),
+            replicas: siblings
+                .as_ref()
+                .map(|s| s.replicas.iter().cloned().collect())
+                .unwrap_or_default(),
+        }),
         services,
     }
 }

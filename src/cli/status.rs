@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::state::RolloutOutcome;
-use crate::status::{EndpointHealth, RolloutReport, StatusReport};
+use crate::status::{EndpointHealth, FleetReport, RolloutReport, StatusReport};
 
 /// Reads `/status`'s body: the one report type the admin API writes.
 pub fn parse(body: &str) -> Result<StatusReport, String> {
@@ -33,6 +33,9 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
             }
         }
         None => out.push_str(&format!("config generation {}\n", config.generation)),
+    }
+    if let Some(fleet) = &report.fleet {
+        out.push_str(&fleet_line(fleet));
     }
     let mut shown = 0;
     for s in &report.services {
@@ -69,6 +72,22 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
                 ms(w.p99_ms),
                 w.requests,
             ));
+            // In a fleet: the sum the guard judges, under this replica's row.
+            if let Some(fleet) = &v.fleet {
+                let w = &fleet.window;
+                out.push_str(&format!(
+                    "  {:<12} {:<10} {:>6} {:>9.1} {:>7.2} {:>8} {:>8} {:>8} {:>9}\n",
+                    format!(" fleet of {}", fleet.replicas),
+                    "",
+                    "",
+                    w.rps,
+                    w.error_rate * 100.0,
+                    ms(w.p50_ms),
+                    ms(w.p95_ms),
+                    ms(w.p99_ms),
+                    w.requests,
+                ));
+            }
         }
         for v in &s.versions {
             let troubled: Vec<String> = v
@@ -175,6 +194,29 @@ pub fn mirror_line(m: &crate::status::MirrorReport) -> String {
     out
 }
 
+/// The fleet's line: `fleet: replica edge-1, connected to etcd (last sync
+/// ...); live replicas: edge-1, edge-2`.
+pub fn fleet_line(fleet: &FleetReport) -> String {
+    let connection = if fleet.connected {
+        "connected to etcd"
+    } else {
+        "NOT connected to etcd (serving from its last fleet state)"
+    };
+    let sync = match &fleet.last_sync {
+        Some(at) => format!("last sync {at}"),
+        None => "never synced".to_string(),
+    };
+    let replicas = if fleet.replicas.is_empty() {
+        "none known".to_string()
+    } else {
+        fleet.replicas.join(", ")
+    };
+    format!(
+        "fleet: replica {}, {connection}, {sync}; live replicas: {replicas}\n",
+        fleet.replica
+    )
+}
+
 /// One line for a rollout: `canary 1.2.0: step 2/4 at 25%, 12s of hold left,
 /// in_progress; gate: ...`.
 pub fn rollout_line(r: &RolloutReport) -> String {
@@ -212,6 +254,56 @@ pub fn human_duration(d: Duration) -> String {
         (0, m, s) => format!("{m}m {s}s"),
         (h, 0, _) => format!("{h}h"),
         (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use crate::status::FleetWindowReport;
+
+    #[test]
+    fn the_fleet_shows_above_the_services_and_its_sums_under_each_version() {
+        let mut report: StatusReport = serde_json::from_str(
+            r#"{"config": {"generation": 1, "last_reload": null, "source": null},
+                "services": [{"guard": null, "name": "web", "rollout": null, "window_seconds": 30,
+                  "versions": [{"endpoints": [], "grpc_methods": {}, "guard_verdict": null,
+                    "latched": false, "name": "canary", "protocol": "http1", "revision": "2",
+                    "unavailable": false, "weight": 10,
+                    "window": {"error_rate": 0.0, "errors": 0, "p50_ms": 1.0, "p95_ms": 2.0,
+                               "p99_ms": 3.0, "requests": 100, "rps": 3.3}}]}]}"#,
+        )
+        .expect("sample");
+        let plain = table(&report, None).expect("table");
+        assert!(
+            !plain.contains("fleet"),
+            "no fleet, no fleet lines: {plain}"
+        );
+        report.fleet = Some(FleetReport {
+            connected: false,
+            last_sync: Some("2026-12-07T05:00:00Z".into()),
+            replica: "edge-1".into(),
+            replicas: vec!["edge-1".into(), "edge-2".into()],
+        });
+        let mut window = report.services[0].versions[0].window.clone();
+        window.requests = 300;
+        report.services[0].versions[0].fleet = Some(FleetWindowReport {
+            replicas: 2,
+            window,
+        });
+        let text = table(&report, None).expect("table");
+        assert!(
+            text.contains(
+                "fleet: replica edge-1, NOT connected to etcd (serving from its last fleet state), \
+                 last sync 2026-12-07T05:00:00Z; live replicas: edge-1, edge-2"
+            ),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("fleet of 2"))
+            .expect("a fleet row");
+        assert!(row.trim_end().ends_with("300"), "{row}");
     }
 }
 

@@ -342,6 +342,7 @@ mod tests {
             versions: vec![VersionReport {
                 dns: Vec::new(),
                 endpoints: Vec::new(),
+                fleet: None,
                 grpc_methods: Default::default(),
                 guard_verdict: Some(verdict.to_string()),
                 latched: false,

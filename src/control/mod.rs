@@ -61,6 +61,9 @@ pub struct Control {
     source: Option<PathBuf>,
     /// How rollouts ended, for `/metrics`.
     history: Arc<crate::history::Metrics>,
+    /// This replica's view of its fleet, set once at start when the config
+    /// has a `fleet:` block (the guard judges the fleet's sum through it).
+    fleet: std::sync::OnceLock<Arc<crate::fleet::windows::FleetView>>,
     /// The endpoints' names, resolved before a config is applied.
     names: Arc<crate::upstream::Names>,
 }
@@ -176,10 +179,21 @@ impl Control {
             telemetry,
             source,
             history,
+            fleet: std::sync::OnceLock::new(),
             names,
         };
         control.persist_now().await;
         control
+    }
+
+    /// Joins this replica to a fleet's view (once; later calls are ignored).
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::windows::FleetView>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// This replica's view of its fleet, when it is in one.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::windows::FleetView>> {
+        self.fleet.get()
     }
 
     /// The config file, when there is one.

@@ -172,6 +172,11 @@ impl EtcdStore {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    /// The flag behind [`EtcdStore::connected`], for the fleet's view.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.connected)
+    }
 }
 
 struct Known {
@@ -212,17 +217,7 @@ impl Sync {
     }
 
     async fn connect(&self) -> Result<Client, etcd_client::Error> {
-        let mut options = ConnectOptions::new()
-            .with_timeout(self.settings.timeout)
-            .with_connect_timeout(self.settings.timeout)
-            .with_keep_alive(Duration::from_secs(5), self.settings.timeout);
-        if let (Some(user), Some(password)) = (&self.settings.username, &self.settings.password) {
-            options = options.with_user(user.clone(), password.clone());
-        }
-        if let Some(tls) = &self.settings.tls {
-            options = options.with_tls(tls_options(tls)?);
-        }
-        Client::connect(&self.settings.endpoints, Some(options)).await
+        connect(&self.settings).await
     }
 
     fn client(&mut self) -> Result<&mut Client, etcd_client::Error> {
@@ -268,6 +263,10 @@ impl Sync {
             .collect();
         self.synced = true;
         self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(
+            endpoints = %self.settings.endpoints.join(", "),
+            "connected to etcd: this replica follows the fleet's run-time state"
+        );
         Ok(PersistedState {
             services: self.seen.clone(),
             ..PersistedState::default()
@@ -552,6 +551,63 @@ impl Sync {
         }
         Ok(())
     }
+}
+
+/// A client for `settings`: its credentials and TLS, every request bounded
+/// by its timeout, on one endpoint that answers. With several endpoints,
+/// each connect starts at the next one and takes the first that answers a
+/// read under the prefix: a client balanced over every endpoint keeps
+/// sending some requests to a member that is down, so a replica would flap
+/// between connected and not for as long as the member stays down.
+pub async fn connect(settings: &EtcdSettings) -> Result<Client, etcd_client::Error> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let count = settings.endpoints.len();
+    if count <= 1 {
+        return connect_to(settings, &settings.endpoints).await;
+    }
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..count {
+        let endpoint = &settings.endpoints[(start + i) % count];
+        let probe = async {
+            let mut client = connect_to(settings, std::slice::from_ref(endpoint)).await?;
+            client
+                .get(
+                    format!("{}/", settings.prefix),
+                    Some(GetOptions::new().with_keys_only().with_limit(1)),
+                )
+                .await?;
+            Ok::<Client, etcd_client::Error>(client)
+        };
+        match tokio::time::timeout(settings.timeout, probe).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(etcd_client::Error::InvalidArgs(format!(
+                    "{endpoint} did not answer within {:?}",
+                    settings.timeout
+                )))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint".into())))
+}
+
+async fn connect_to(
+    settings: &EtcdSettings,
+    endpoints: &[String],
+) -> Result<Client, etcd_client::Error> {
+    let mut options = ConnectOptions::new()
+        .with_timeout(settings.timeout)
+        .with_connect_timeout(settings.timeout)
+        .with_keep_alive(Duration::from_secs(5), settings.timeout);
+    if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        options = options.with_tls(tls_options(tls)?);
+    }
+    Client::connect(endpoints, Some(options)).await
 }
 
 /// A service's layer as etcd holds it; a value veer cannot read is logged and

@@ -4,10 +4,12 @@
 //!
 //! `merge` is the pure rule for two replicas changing one service at once;
 //! `etcd` (cargo feature `fleet`: its client's build needs `protoc`) keeps a
-//! replica's layer and the fleet's in step.
+//! replica's layer and the fleet's in step; `windows` shares each replica's
+//! window counts so the guard judges the fleet's sum.
 
 #[cfg(feature = "fleet")]
 pub mod etcd;
 pub mod merge;
 #[cfg(feature = "fleet")]
 pub mod store;
+pub mod windows;

@@ -28,7 +28,7 @@ impl std::fmt::Debug for FleetStore {
 pub async fn open(
     settings: EtcdSettings,
     state_dir: Option<&Path>,
-) -> Result<(Arc<dyn Store>, Loaded), StateError> {
+) -> Result<(Arc<FleetStore>, Loaded), StateError> {
     let (copy, mut loaded) = match state_dir {
         Some(dir) => {
             let (store, loaded) = open_file(dir).await?;
@@ -71,6 +71,11 @@ pub async fn open(
 impl FleetStore {
     pub fn connected(&self) -> bool {
         self.etcd.connected()
+    }
+
+    /// The state sync's connection flag, for the fleet's view.
+    pub fn connected_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.etcd.connected_flag()
     }
 }
 

@@ -68,6 +68,8 @@ impl GuardRunner {
         let mut tripped = Vec::new();
         let mut verdicts = Vec::new();
         let elapsed = self.control.telemetry().elapsed(now);
+        // The siblings' windows, read once per pass (in a fleet).
+        let siblings = self.control.fleet().map(|fleet| fleet.siblings());
         for service in &snapshot.services {
             let Some(policy) = &service.guard else {
                 continue;
@@ -81,7 +83,22 @@ impl GuardRunner {
             }
             self.last_judged.insert(service.name.to_string(), now);
             let baseline = &service.versions[policy.baseline];
-            let base_figures = baseline.stats.window().figures(elapsed, policy.window);
+            let base_counts = baseline.stats.window().counts(elapsed, policy.window);
+            let base_figures = base_counts.figures();
+            // In a fleet whose siblings send this service traffic, the
+            // fleet's sum is judged too (after this replica's own figures,
+            // the fast path): `min_requests` counts the whole fleet.
+            let fleet = siblings.as_deref().filter(|s| s.has(&service.name));
+            let fleet_base = fleet.map(|siblings| {
+                let mut counts = base_counts;
+                siblings.add_to(
+                    &service.name,
+                    &baseline.name,
+                    &baseline.revision,
+                    &mut counts,
+                );
+                counts.figures()
+            });
             for (index, version) in service.versions.iter().enumerate() {
                 if index == policy.baseline {
                     continue;
@@ -104,8 +121,27 @@ impl GuardRunner {
                     }
                     continue;
                 }
-                let mut figures = version.stats.window().figures(elapsed, policy.window);
+                let counts = version.stats.window().counts(elapsed, policy.window);
+                let mut figures = counts.figures();
                 let mut judged = verdict(&figures, Some(&base_figures), policy);
+                // How many replicas the judged figures are of (1: this one).
+                let mut replicas = 1;
+                if let (Some(siblings), Some(fleet_base)) = (fleet, &fleet_base) {
+                    if !matches!(judged, Verdict::Bad { .. }) {
+                        let mut sum = counts;
+                        let added = siblings.add_to(
+                            &service.name,
+                            &version.name,
+                            &version.revision,
+                            &mut sum,
+                        );
+                        if added > 0 {
+                            figures = sum.figures();
+                            judged = verdict(&figures, Some(fleet_base), policy);
+                            replicas += added;
+                        }
+                    }
+                }
                 // Asked to, one bad method condemns the version its other
                 // methods make look healthy.
                 let mut method = None;
@@ -172,10 +208,20 @@ impl GuardRunner {
                                 reason: reason.as_str().to_string(),
                                 measured,
                             });
-                            tripped.push((service, words.clone(), policy.webhook.as_ref()));
+                            let judged_on = if replicas > 1 {
+                                format!("fleet of {replicas}: {words}")
+                            } else {
+                                words.clone()
+                            };
+                            tripped.push((service, judged_on, policy.webhook.as_ref()));
                         }
                         words
                     }
+                };
+                let words = if replicas > 1 {
+                    format!("fleet of {replicas}: {words}")
+                } else {
+                    words
                 };
                 verdicts.push((service.name.to_string(), version.name.to_string(), words));
             }

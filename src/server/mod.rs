@@ -142,7 +142,7 @@ impl Proxy {
         } else {
             None
         };
-        let store = open_store(&config).await?;
+        let (store, fleet) = open_store(&config).await?;
         let telemetry = Arc::new(Telemetry::new());
         let control = Arc::new(
             Control::start(
@@ -153,6 +153,8 @@ impl Proxy {
             )
             .await,
         );
+        let (stop, stopped) = watch::channel(false);
+        let fleet_windows = fleet.map(|fleet| fleet.start(&control, stopped.clone()));
         let (health, health_events) = HealthRunner::new(Arc::clone(&control));
         // Opened once, at start: a reload that changes `access_log` takes
         // effect at the next start.
@@ -176,7 +178,6 @@ impl Proxy {
             service,
             telemetry,
         )?);
-        let (stop, stopped) = watch::channel(false);
         let webhooks = Webhooks::start();
         let reloader = options.source.as_ref().map(|path| {
             let as_listeners: Arc<dyn Listeners> = Arc::clone(&listeners) as Arc<dyn Listeners>;
@@ -233,6 +234,7 @@ impl Proxy {
             rollouts,
             health,
             watching,
+            fleet_windows,
             drain_timeout: limits.drain_timeout,
         })
     }
@@ -252,6 +254,8 @@ pub struct RunningProxy {
     health: JoinHandle<()>,
     /// Watches the config file, when there is one.
     watching: Option<JoinHandle<()>>,
+    /// Publishes this replica's windows to its fleet, when in one.
+    fleet_windows: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -314,6 +318,9 @@ impl RunningProxy {
         if let Some(watching) = self.watching {
             let _ = watching.await;
         }
+        if let Some(fleet_windows) = self.fleet_windows {
+            let _ = fleet_windows.await;
+        }
         if let Some(admin) = self.admin {
             let _ = admin.stop.send(true);
             let _ = admin.task.await;
@@ -339,30 +346,42 @@ fn read_token(path: &std::path::Path) -> Result<String, StartError> {
 
 /// The run-time layer's store: the fleet's (etcd, with `state_dir` as this
 /// replica's copy) when the config has a `fleet:` block, else `state_dir`'s
-/// file, else none (run-time changes last until exit).
-async fn open_store(
-    config: &Config,
-) -> Result<Option<(Arc<dyn crate::state::Store>, crate::state::PersistedState)>, StartError> {
+/// file, else none (run-time changes last until exit). With a fleet, also
+/// what it takes to join it once the control plane runs.
+async fn open_store(config: &Config) -> Result<(StoreAndLayer, Option<Joining>), StartError> {
     #[cfg(feature = "fleet")]
     if let Some(fleet) = &config.fleet {
         let settings = crate::fleet::etcd::EtcdSettings::from_config(&fleet.etcd)
             .map_err(StartError::Fleet)?;
+        let replica = fleet
+            .replica
+            .clone()
+            .unwrap_or_else(crate::fleet::windows::default_replica);
         tracing::info!(
-            replica = fleet.replica.as_deref().unwrap_or("(host name)"),
+            replica = replica.as_str(),
             endpoints = %settings.endpoints.join(", "),
             prefix = settings.prefix.as_str(),
             "fleet: run-time state shared through etcd"
         );
-        let (store, loaded) = crate::fleet::store::open(settings, config.state_dir.as_deref())
-            .await
-            .map_err(|e| StartError::State(e.to_string()))?;
+        let (store, loaded) =
+            crate::fleet::store::open(settings.clone(), config.state_dir.as_deref())
+                .await
+                .map_err(|e| StartError::State(e.to_string()))?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        return Ok(Some((store, loaded.layer)));
+        let view = Arc::new(crate::fleet::windows::FleetView::new(
+            replica,
+            store.connected_flag(),
+        ));
+        let store: Arc<dyn crate::state::Store> = store;
+        return Ok((
+            Some((store, loaded.layer)),
+            Some(Joining { settings, view }),
+        ));
     }
     let Some(dir) = &config.state_dir else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let (store, loaded) = crate::state::open_file(dir)
         .await
@@ -370,5 +389,38 @@ async fn open_store(
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(Some((store, loaded.layer)))
+    Ok((Some((store, loaded.layer)), None))
+}
+
+type StoreAndLayer = Option<(Arc<dyn crate::state::Store>, crate::state::PersistedState)>;
+
+/// A fleet to join once the control plane runs: its view, and the task that
+/// publishes this replica's windows and reads its siblings'.
+#[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+struct Joining {
+    #[cfg(feature = "fleet")]
+    settings: crate::fleet::etcd::EtcdSettings,
+    view: Arc<crate::fleet::windows::FleetView>,
+}
+
+#[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+impl Joining {
+    fn start(self, control: &Arc<Control>, stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+        control.set_fleet(Arc::clone(&self.view));
+        #[cfg(feature = "fleet")]
+        {
+            let publisher = crate::fleet::windows::publish::Publisher::new(
+                self.settings,
+                self.view,
+                control.published(),
+                Arc::clone(control.telemetry()),
+            );
+            tokio::spawn(publisher.run(stopped))
+        }
+        #[cfg(not(feature = "fleet"))]
+        {
+            drop(stopped);
+            tokio::spawn(async {})
+        }
+    }
 }

@@ -47,7 +47,7 @@ use crate::outcome::FailureReason;
 use buckets::Bucket;
 use methods::MethodTable;
 pub use registry::{Counter, Gauge, Present, Registry, Shown, VersionSeries};
-pub use window::{Figures, Window};
+pub use window::{Counts, Figures, Window};
 
 /// The longest window kept when no guard asks for more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);

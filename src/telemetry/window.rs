@@ -164,30 +164,86 @@ impl Window {
     /// The figures of the last `window` (clamped to the ring's capacity),
     /// counting the second in progress.
     pub fn figures(&self, elapsed: Duration, window: Duration) -> Figures {
+        self.counts(elapsed, window).figures()
+    }
+
+    /// The counts behind [`Window::figures`], over the same seconds: what a
+    /// replica shares with its fleet, where the counts of many replicas are
+    /// added before a quantile is taken (quantiles do not average).
+    pub fn counts(&self, elapsed: Duration, window: Duration) -> Counts {
         let now = elapsed.as_secs();
         let seconds = window.as_secs().clamp(1, self.capacity().as_secs());
         let oldest = now.saturating_sub(seconds - 1);
-        let mut figures = Figures::default();
-        let mut latency = [0u64; FINE];
+        let mut counts = Counts::default();
         let ring = self.ring.get().map_or(&[][..], |ring| &ring[..]);
         for second in (oldest..=now).filter(|_| !ring.is_empty()) {
             let slot = &ring[(second % ring.len() as u64) as usize];
             if slot.second.load(Ordering::Acquire) != second + 1 {
                 continue;
             }
-            figures.requests += slot.requests.load(Ordering::Relaxed);
-            figures.errors += slot.errors.load(Ordering::Relaxed);
-            for (sum, count) in latency.iter_mut().zip(slot.latency.iter()) {
+            let requests = slot.requests.load(Ordering::Relaxed);
+            if requests == 0 {
+                // An idle second has no latency to add: most of an idle
+                // service's window is skipped here.
+                continue;
+            }
+            counts.requests += requests;
+            counts.errors += slot.errors.load(Ordering::Relaxed);
+            for (sum, count) in counts.latency.iter_mut().zip(slot.latency.iter()) {
                 *sum += u64::from(count.load(Ordering::Relaxed));
             }
         }
         // The second in progress counts in part: span is what has elapsed.
         let covered = elapsed.saturating_sub(Duration::from_secs(oldest));
-        figures.span = covered.min(Duration::from_secs(seconds)).max(SLOT / 1000);
-        figures.p50_us = quantile_us(&latency, 0.50);
-        figures.p95_us = quantile_us(&latency, 0.95);
-        figures.p99_us = quantile_us(&latency, 0.99);
-        figures
+        counts.span = covered.min(Duration::from_secs(seconds)).max(SLOT / 1000);
+        counts
+    }
+}
+
+/// Request, error and fine-bucket latency counts over a span: the mergeable
+/// form of [`Figures`]. Counts of one version from several replicas add up
+/// (`add`), and the quantiles are taken from the sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    pub span: Duration,
+    /// Per fine bucket of `buckets`, `FINE` of them.
+    pub latency: Box<[u64; FINE]>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            requests: 0,
+            errors: 0,
+            span: Duration::ZERO,
+            latency: Box::new([0; FINE]),
+        }
+    }
+}
+
+impl Counts {
+    /// Adds another replica's counts of the same version and window; the
+    /// span stays the longest of the two (the windows overlap in time).
+    pub fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.span = self.span.max(other.span);
+        for (sum, count) in self.latency.iter_mut().zip(other.latency.iter()) {
+            *sum += count;
+        }
+    }
+
+    pub fn figures(&self) -> Figures {
+        Figures {
+            requests: self.requests,
+            errors: self.errors,
+            span: self.span,
+            p50_us: quantile_us(&self.latency, 0.50),
+            p95_us: quantile_us(&self.latency, 0.95),
+            p99_us: quantile_us(&self.latency, 0.99),
+        }
     }
 }
 

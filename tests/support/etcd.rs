@@ -17,6 +17,17 @@ pub struct Etcd {
     _dir: Option<tempfile::TempDir>,
     cluster: String,
     state: &'static str,
+    /// Serves clients over TLS and asks them for a certificate.
+    tls: Option<EtcdTls>,
+}
+
+/// The files of an etcd that serves clients over TLS and requires a client
+/// certificate signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -42,12 +53,82 @@ impl Etcd {
                 cluster: format!("{name}=http://127.0.0.1:{peer_port}"),
                 name,
                 state: "new",
+                tls: None,
             };
             if etcd.spawn() {
                 return etcd;
             }
         }
         panic!("etcd did not start on loopback after 5 tries (is etcd-server installed?)");
+    }
+
+    /// One member whose ports are chosen but which does not run yet (for a
+    /// veer started before its etcd): [`Etcd::begin`] starts it.
+    pub fn unstarted() -> Etcd {
+        let dir = tempfile::tempdir().expect("etcd data dir");
+        let peer_port = free_port();
+        let name = "m1".to_string();
+        Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port,
+            data: dir.path().join("data"),
+            _dir: Some(dir),
+            cluster: format!("{name}=http://127.0.0.1:{peer_port}"),
+            name,
+            state: "new",
+            tls: None,
+        }
+    }
+
+    /// Starts an [`Etcd::unstarted`] member on its ports.
+    pub fn begin(&mut self) {
+        assert!(
+            self.spawn(),
+            "etcd did not start on its chosen port {} (taken meanwhile?)",
+            self.client_port
+        );
+    }
+
+    /// One member serving clients over TLS with `tls`'s server certificate,
+    /// and requiring a client certificate signed by `tls.ca`.
+    pub fn start_tls(tls: EtcdTls) -> Etcd {
+        for _ in 0..5 {
+            let mut etcd = Etcd::unstarted();
+            etcd.tls = Some(tls.clone());
+            if etcd.spawn() {
+                return etcd;
+            }
+        }
+        panic!("etcd with TLS did not start on loopback after 5 tries");
+    }
+
+    /// Stops the member with SIGSTOP: its sockets stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Lets a paused member go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Runs `etcdctl` against this member; its output (panics if it fails).
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("run etcdctl (Debian: etcd-client)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// A cluster of `n` members.
@@ -73,6 +154,7 @@ impl Etcd {
                     _dir: None,
                     cluster: cluster.clone(),
                     state: "new",
+                    tls: None,
                 })
                 .collect();
             for member in &mut members {
@@ -90,11 +172,23 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn launch(&mut self) {
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -140,7 +234,13 @@ impl Etcd {
                     return false;
                 }
             }
-            if health(self.client_port) {
+            let up = match self.tls {
+                // /health would need a client certificate: an open port is
+                // enough, the test's own client waits for the rest.
+                Some(_) => std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok(),
+                None => health(self.client_port),
+            };
+            if up {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -174,6 +274,16 @@ impl Etcd {
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg("-s")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {sig} {pid} failed");
 }
 
 /// etcd's `/health` over plain HTTP/1.1.

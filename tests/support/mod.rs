@@ -19,6 +19,8 @@
 //! - [`dns`]: an authoritative DNS server on loopback UDP whose records,
 //!   answers (SERVFAIL, silence) and query counts a test controls.
 //! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
+//! - `etcd` and `fleet` (feature `fleet`): a real etcd on loopback, and
+//!   replicas of the binary sharing it.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
@@ -29,6 +31,8 @@ pub mod config;
 pub mod dns;
 #[cfg(feature = "fleet")]
 pub mod etcd;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod harness;
 pub mod load;
 pub mod metrics;
