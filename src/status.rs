@@ -21,7 +21,22 @@ use crate::state::{Latch, RolloutOutcome};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub config: ConfigReport,
+    /// In a fleet: which replica advances the rollouts. Absent for a single
+    /// veer (it is its own leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_leader: Option<RolloutLeaderReport>,
     pub services: Vec<ServiceReport>,
+}
+
+/// The fleet's rollout clock as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutLeaderReport {
+    /// The replica that leads; `null` while none does or etcd is away.
+    pub leader: Option<String>,
+    /// This replica leads: it advances steps and counts their hold.
+    pub leading: bool,
+    /// This replica's name in the fleet.
+    pub replica: String,
 }
 
 impl StatusReport {
@@ -253,6 +268,11 @@ mod tests {
                 }),
                 source: Some("/etc/veer.yaml".into()),
             },
+            rollout_leader: Some(RolloutLeaderReport {
+                leader: Some("edge-2".into()),
+                leading: false,
+                replica: "edge-1".into(),
+            }),
             services: vec![ServiceReport {
                 guard: Some(GuardReport {
                     baseline: "stable".into(),

@@ -141,7 +141,28 @@ pub fn render(control: &Control) -> String {
             );
         }
     }
+    fleet_leader(&mut text, control);
     text
+}
+
+/// `veer_fleet_leader`: in a fleet only (a single veer is its own leader,
+/// and says nothing of it).
+fn fleet_leader(text: &mut String, control: &Control) {
+    let leadership = control.leadership();
+    if !leadership.in_fleet() {
+        return;
+    }
+    gauge_family(
+        text,
+        "veer_fleet_leader",
+        "1 on the replica that leads the fleet's rollout clock (advances steps, counts their hold), 0 on the others.",
+    );
+    sample(
+        text,
+        "veer_fleet_leader",
+        &[("replica", leadership.replica())],
+        if leadership.is_leader() { 1.0 } else { 0.0 },
+    );
 }
 
 #[cfg(test)]

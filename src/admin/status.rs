@@ -98,6 +98,16 @@ pub fn report(control: &Control) -> StatusReport {
             last_reload: view.last_reload().cloned(),
             source: control.source().map(|p| p.display().to_string()),
         },
+        rollout_leader: {
+            let leadership = control.leadership();
+            leadership
+                .in_fleet()
+                .then(|| crate::status::RolloutLeaderReport {
+                    leader: leadership.leader().map(|l| l.to_string()),
+                    leading: leadership.is_leader(),
+                    replica: leadership.replica().to_string(),
+                })
+        },
         services,
     }
 }

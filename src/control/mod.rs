@@ -59,6 +59,8 @@ pub struct Control {
     telemetry: Arc<Telemetry>,
     /// The file the config came from; `None` for a config given in code.
     source: Option<PathBuf>,
+    /// Who advances the rollouts: this process alone, or the fleet's leader.
+    leadership: crate::fleet::leader::Leadership,
 }
 
 /// What the actor last published besides the snapshot: immutable, replaced
@@ -159,9 +161,22 @@ impl Control {
             view,
             telemetry,
             source,
+            leadership: crate::fleet::leader::Leadership::solo(),
         };
         control.persist_now().await;
         control
+    }
+
+    /// The same control plane, with the fleet's rollout leadership in place
+    /// of leading alone.
+    pub fn with_leadership(mut self, leadership: crate::fleet::leader::Leadership) -> Control {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Who advances the rollouts.
+    pub fn leadership(&self) -> &crate::fleet::leader::Leadership {
+        &self.leadership
     }
 
     /// The config file, when there is one.

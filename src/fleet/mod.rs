@@ -4,10 +4,12 @@
 //!
 //! `merge` is the pure rule for two replicas changing one service at once;
 //! `etcd` (cargo feature `fleet`: its client's build needs `protoc`) keeps a
-//! replica's layer and the fleet's in step.
+//! replica's layer and the fleet's in step; `leader` elects the one replica
+//! that advances rollouts (a single process is its own leader).
 
 #[cfg(feature = "fleet")]
 pub mod etcd;
+pub mod leader;
 pub mod merge;
 #[cfg(feature = "fleet")]
 pub mod store;

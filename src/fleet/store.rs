@@ -53,6 +53,8 @@ pub async fn open(
         settings.prefix
     );
     let mut opened = EtcdStore::open(settings, loaded.layer.clone()).await;
+    // The merge base is the store's business, not the control plane's.
+    loaded.layer.fleet_base = None;
     if let Some(fleet) = opened.fleet {
         loaded.layer = fleet;
     }
@@ -83,12 +85,24 @@ impl Store for FleetStore {
     /// Durable once this replica's copy is written; etcd gets the layer as
     /// soon as it answers (never waited on here, so a lost etcd never holds
     /// a trip back).
+    /// The copy keeps the merge base beside the layer, in the same file, so
+    /// a restarted replica merges three ways.
     fn save(&self, layer: Arc<PersistedState>) -> StoreFuture<Result<(), StateError>> {
         self.etcd.save(Arc::clone(&layer));
         match &self.copy {
-            Some(copy) => copy.save(layer),
+            Some(copy) => {
+                let mut with_base = (*layer).clone();
+                with_base.fleet_base = self.etcd.base().map(|base| (*base).clone());
+                copy.save(Arc::new(with_base))
+            }
             None => Box::pin(async { Ok(()) }),
         }
+    }
+
+    /// Every second: the leader's hold time in etcd is what a successor
+    /// takes over from, so a leader's death costs at most that much of a hold.
+    fn holds_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
     }
 
     fn changes(&self) -> Option<Changes> {

@@ -15,6 +15,12 @@
 //! The transitions are the pure functions below ([`decide`], [`promote`],
 //! [`complete`], [`on_rollback`], [`abandon`], [`pause`], [`resume`],
 //! [`hold`], [`min_remaining`]); `control`'s actor only applies them.
+//!
+//! One clock: in a fleet only the leader (`fleet::leader`) ticks, that is
+//! adds hold time, asks the gate and moves steps; the others take its
+//! progress from the shared store. A single process is its own leader. What
+//! a step is judged on is the runner's [`StepFigures`]: this replica's own
+//! windows by default, or the fleet's sum where the fleet judges.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -261,6 +267,36 @@ pub fn min_total(rollout: &Rollout) -> Option<Duration> {
         })
 }
 
+/// What the rollout judges a step on: the candidate's figures over the
+/// guard's window. The runner asks it once per tick and rollout.
+pub trait StepFigures: Send + Sync {
+    fn figures(
+        &self,
+        service: &crate::snapshot::ServiceSnapshot,
+        candidate: usize,
+        window: Duration,
+        elapsed: Duration,
+    ) -> crate::telemetry::Figures;
+}
+
+/// This replica's own window of the candidate.
+pub struct LocalFigures;
+
+impl StepFigures for LocalFigures {
+    fn figures(
+        &self,
+        service: &crate::snapshot::ServiceSnapshot,
+        candidate: usize,
+        window: Duration,
+        elapsed: Duration,
+    ) -> crate::telemetry::Figures {
+        service.versions[candidate]
+            .stats
+            .window()
+            .figures(elapsed, window)
+    }
+}
+
 struct GateCall {
     step: usize,
     answer: oneshot::Receiver<Result<(), String>>,
@@ -268,14 +304,22 @@ struct GateCall {
 
 pub struct RolloutRunner {
     control: Arc<Control>,
+    figures: Arc<dyn StepFigures>,
     pending_gates: HashMap<String, GateCall>,
     gate_retry_at: HashMap<String, Instant>,
 }
 
 impl RolloutRunner {
+    /// A runner that judges steps on this replica's own windows.
     pub fn new(control: Arc<Control>) -> RolloutRunner {
+        RolloutRunner::judging_on(control, Arc::new(LocalFigures))
+    }
+
+    /// A runner that judges steps on `figures`.
+    pub fn judging_on(control: Arc<Control>, figures: Arc<dyn StepFigures>) -> RolloutRunner {
         RolloutRunner {
             control,
+            figures,
             pending_gates: HashMap::new(),
             gate_retry_at: HashMap::new(),
         }
@@ -301,6 +345,12 @@ impl RolloutRunner {
     /// change, then each one's decision. The gates' words go out in one
     /// batch, sent ahead of any step so they land in the order they were said.
     async fn step(&mut self, now: Instant, since_last: Duration) {
+        if !self.control.leadership().is_leader() {
+            // A follower: the leader's progress reaches it through the
+            // store. A gate call under way is the old leader's business.
+            self.pending_gates.clear();
+            return;
+        }
         let snapshot = self.control.snapshot();
         let elapsed = self.control.telemetry().elapsed(now);
         let holds = snapshot
@@ -320,8 +370,9 @@ impl RolloutRunner {
             let Some(progress) = view.rollout(name) else {
                 continue;
             };
-            let candidate = &service.versions[rollout.candidate];
-            let figures = candidate.stats.window().figures(elapsed, guard.window);
+            let figures =
+                self.figures
+                    .figures(service, rollout.candidate, guard.window, elapsed);
             let requests = figures.requests;
             let progress = &progress;
             match decide(progress, rollout, requests, guard.min_requests) {
