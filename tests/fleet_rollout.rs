@@ -505,3 +505,182 @@ services:
         assert!(unknown[0].contains("leader_tll"), "{unknown:?}");
     }
 }
+
+/// The merge base a replica keeps in its `state_dir` copy: after a restart
+/// its first merge is three-way, so what the fleet removed while it was down
+/// stays removed, and what it decided alone while etcd was away is kept.
+mod merge_base {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::support::etcd::Etcd;
+    use veer::fleet::etcd::EtcdSettings;
+    use veer::state::{Changes, Latch, PersistedState, ServiceState, Store};
+
+    fn settings(etcd: &Etcd, prefix: &str) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: vec![etcd.endpoint()],
+            prefix: prefix.to_string(),
+            username: None,
+            password: None,
+            tls: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn latch(version: &str) -> Latch {
+        Latch {
+            version: version.into(),
+            revision: "2".into(),
+            reason: "error_rate".into(),
+            at_unix_ms: 7,
+        }
+    }
+
+    fn latched(layer: &PersistedState, service: &str, version: &str) -> bool {
+        layer
+            .services
+            .get(service)
+            .is_some_and(|s| s.latches.iter().any(|l| l.version == version))
+    }
+
+    /// A replica reduced to its layer, through the fleet store the binary
+    /// uses (etcd, and a copy when it has a `state_dir`).
+    struct Member {
+        store: Arc<dyn Store>,
+        layer: PersistedState,
+        changes: Changes,
+        warnings: Vec<String>,
+    }
+
+    impl Member {
+        async fn open(etcd: &Etcd, prefix: &str, dir: Option<&Path>) -> Member {
+            let (store, loaded) = veer::fleet::store::open(settings(etcd, prefix), dir)
+                .await
+                .expect("open the fleet store");
+            let changes = store.changes().expect("the first call");
+            let member = Member {
+                store,
+                layer: loaded.layer,
+                changes,
+                warnings: loaded.warnings,
+            };
+            member.save().await;
+            member
+        }
+
+        async fn save(&self) {
+            self.store
+                .save(Arc::new(self.layer.clone()))
+                .await
+                .expect("save");
+        }
+
+        async fn change(&mut self, service: &str, edit: impl FnOnce(&mut ServiceState)) {
+            edit(self.layer.services.entry(service.to_string()).or_default());
+            self.save().await;
+        }
+
+        /// Takes in what siblings write until `cond` holds.
+        async fn until(&mut self, what: &str, cond: impl Fn(&PersistedState) -> bool) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !cond(&self.layer) {
+                let change = tokio::time::timeout_at(deadline, self.changes.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: not within 15s; layer {:?}", self.layer))
+                    .expect("the store's task runs");
+                match change.state {
+                    Some(state) => self.layer.services.insert(change.service, state),
+                    None => self.layer.services.remove(&change.service),
+                };
+                self.layer.remote_applied += 1;
+                self.save().await;
+            }
+        }
+    }
+
+    /// What the copy in `dir` holds as the fleet's state for `service`.
+    fn copy_base_latched(dir: &Path, service: &str, version: &str) -> bool {
+        let text = std::fs::read_to_string(dir.join(veer::state::STATE_FILE)).unwrap_or_default();
+        let copy: PersistedState = serde_json::from_str(&text).unwrap_or_default();
+        copy.fleet_base.is_some_and(|base| {
+            base.get(service)
+                .is_some_and(|s| s.latches.iter().any(|l| l.version == version))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_resume_made_while_a_replica_was_down_stays_made_when_it_returns() {
+        let mut etcd = Etcd::start();
+        let prefix = "/veer/base-a";
+        let dir = tempfile::tempdir().expect("state dir");
+        let mut a = Member::open(&etcd, prefix, Some(dir.path())).await;
+        let mut b = Member::open(&etcd, prefix, None).await;
+        b.change("web", |s| s.latches.push(latch("canary"))).await;
+        a.until("b's latch on a", |l| latched(l, "web", "canary"))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !copy_base_latched(dir.path(), "web", "canary") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a's copy never kept the fleet's latch as its base"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(a);
+
+        // While a is down, an operator resumes on b.
+        b.change("web", |s| s.latches.clear()).await;
+        let mut c = Member::open(&etcd, prefix, None).await;
+        assert!(!latched(&c.layer, "web", "canary"), "the resume is in etcd");
+
+        // a comes back while etcd is away: it serves its copy...
+        etcd.kill();
+        let mut a = Member::open(&etcd, prefix, Some(dir.path())).await;
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("local copy of the fleet state")),
+            "{:?}",
+            a.warnings
+        );
+        assert!(latched(&a.layer, "web", "canary"), "serves from its copy");
+        // ...and when etcd is back, the resume it missed wins: its copy's
+        // latch is the one the fleet removed, not a new one of its own.
+        etcd.restart();
+        a.until("the resume on a", |l| !latched(l, "web", "canary"))
+            .await;
+        let back = tokio::time::timeout(Duration::from_secs(2), c.changes.recv()).await;
+        if let Ok(Some(change)) = back {
+            assert!(
+                change.state.is_none_or(|s| s.latches.is_empty()),
+                "the resumed latch came back to the fleet"
+            );
+        }
+        c.save().await;
+    }
+
+    #[tokio::test]
+    async fn a_trip_made_while_etcd_was_away_survives_a_restart_with_etcd_back() {
+        let mut etcd = Etcd::start();
+        let prefix = "/veer/base-b";
+        let dir = tempfile::tempdir().expect("state dir");
+        let mut a = Member::open(&etcd, prefix, Some(dir.path())).await;
+        let mut b = Member::open(&etcd, prefix, None).await;
+        etcd.kill();
+        a.change("shop", |s| s.latches.push(latch("beta"))).await;
+        drop(a);
+        etcd.restart();
+
+        let a = Member::open(&etcd, prefix, Some(dir.path())).await;
+        assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+        assert!(
+            latched(&a.layer, "shop", "beta"),
+            "its own trip is in the layer it starts from: {:?}",
+            a.layer
+        );
+        b.until("a's trip reaches b", |l| latched(l, "shop", "beta"))
+            .await;
+    }
+}

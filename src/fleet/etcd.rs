@@ -197,6 +197,16 @@ impl EtcdStore {
     pub fn base(&self) -> Option<Base> {
         self.base.borrow().clone()
     }
+
+    /// [`EtcdStore::base`] as it moves on.
+    pub fn bases(&self) -> watch::Receiver<Option<Base>> {
+        self.base.clone()
+    }
+
+    /// The newest layer handed to [`EtcdStore::save`], as it moves on.
+    pub fn layers(&self) -> watch::Receiver<Arc<PersistedState>> {
+        self.desired.subscribe()
+    }
 }
 
 struct Known {
