@@ -244,7 +244,8 @@ async fn fleet_leader_gauge(client: &HttpClient, admin: SocketAddr) -> String {
         .to_string()
 }
 
-const ROLLOUT: &str = "    guard: { baseline: stable, window: 5s, min_requests: 1, max_error_rate: 0.5 }\n\
+const ROLLOUT: &str =
+    "    guard: { baseline: stable, window: 5s, min_requests: 1, max_error_rate: 0.5 }\n\
      \x20   rollout: { candidate: canary, steps: [10, 50, 100], hold: 3s }\n";
 
 #[tokio::test]
@@ -253,10 +254,7 @@ async fn three_replicas_run_one_rollout_on_one_clock() {
     let load = fleet.load();
     let leader = fleet.leader("a leader among three").await;
 
-    let readings = watch_until(&fleet, "the rollout to complete", |r| {
-        r.1 == "completed"
-    })
-    .await;
+    let readings = watch_until(&fleet, "the rollout to complete", |r| r.1 == "completed").await;
     for (i, replica) in readings.iter().enumerate() {
         steps_in_order(replica, i);
         let steps: BTreeSet<u64> = replica.iter().map(|r| r.0).collect();
@@ -272,7 +270,10 @@ async fn three_replicas_run_one_rollout_on_one_clock() {
                 assert!(held >= 3_000, "the last step held its hold: {held} ms");
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "replica {i}: {state}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {i}: {state}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -283,7 +284,10 @@ async fn three_replicas_run_one_rollout_on_one_clock() {
     assert_eq!(completed.len(), 1, "one completion in all: {completed:#?}");
     let leader_log = fleet.replica(leader).stderr();
     for line in advanced.iter().chain(&completed) {
-        assert!(leader_log.contains(line.as_str()), "not the leader's: {line}");
+        assert!(
+            leader_log.contains(line.as_str()),
+            "not the leader's: {line}"
+        );
     }
     assert_eq!(
         fleet.leader("the same leader at the end").await,
@@ -313,7 +317,8 @@ async fn three_replicas_run_one_rollout_on_one_clock() {
 
 #[tokio::test]
 async fn the_leader_killed_mid_hold_neither_restarts_nor_skips_the_hold() {
-    let blocks = "    guard: { baseline: stable, window: 5s, min_requests: 1, max_error_rate: 0.5 }\n\
+    let blocks =
+        "    guard: { baseline: stable, window: 5s, min_requests: 1, max_error_rate: 0.5 }\n\
                   \x20   rollout: { candidate: canary, steps: [10, 50, 100], hold: 6s }\n";
     let mut fleet = Fleet::start("/veer/clock-b", blocks).await;
     let load = fleet.load();
@@ -370,7 +375,9 @@ async fn the_leader_killed_mid_hold_neither_restarts_nor_skips_the_hold() {
         dead.output()
     );
     assert!(
-        successor_log.lines().any(|l| l.contains("rollout advanced") && l.contains("step=3")),
+        successor_log
+            .lines()
+            .any(|l| l.contains("rollout advanced") && l.contains("step=3")),
         "the successor advanced to step 3: {}",
         fleet.replica(successor).output()
     );
@@ -382,7 +389,8 @@ async fn the_leader_killed_mid_hold_neither_restarts_nor_skips_the_hold() {
 
 #[tokio::test]
 async fn a_failing_canary_is_reverted_everywhere_for_good_and_wait_exits_1_on_any_replica() {
-    let blocks = "    guard: { baseline: stable, window: 5s, min_requests: 5, max_error_rate: 0.2 }\n\
+    let blocks =
+        "    guard: { baseline: stable, window: 5s, min_requests: 5, max_error_rate: 0.2 }\n\
                   \x20   rollout: { candidate: canary, steps: [50, 100], hold: 1h }\n";
     let mut fleet = Fleet::start("/veer/clock-c", blocks).await;
     let load = fleet.load();
@@ -495,9 +503,9 @@ services:
             ["test.yaml:11:15: fleet.leader_ttl: `0s` is zero: this needs a duration above 0"]
         );
         assert_eq!(
-            errors(&format!(
-                "fleet:\n  leader_ttl: 3s\n  etcd: {{ endpoints: [http://127.0.0.1:2379], timeout: 3s }}\n"
-            )),
+            errors(
+                "fleet:\n  leader_ttl: 3s\n  etcd: { endpoints: [http://127.0.0.1:2379], timeout: 3s }\n"
+            ),
             ["test.yaml:11:15: fleet.leader_ttl: 3s is not longer than fleet.etcd.timeout (3s): the leader could lose its lease while one request waits; make leader_ttl longer than the timeout"]
         );
         let unknown = errors(&format!("fleet:\n  leader_tll: 3s\n{etcd}"));

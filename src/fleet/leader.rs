@@ -128,7 +128,9 @@ impl Leadership {
         if before.as_deref().map(String::as_str) == leader {
             return;
         }
-        self.inner.leader.store(leader.map(|l| Arc::new(l.to_string())));
+        self.inner
+            .leader
+            .store(leader.map(|l| Arc::new(l.to_string())));
         match leader {
             Some(l) if l == self.inner.replica => tracing::info!(
                 replica = l,
@@ -171,8 +173,7 @@ mod campaign {
     use std::time::Duration;
 
     use etcd_client::{
-        Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse,
-        WatchOptions,
+        Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
     };
     use tokio::time::Instant;
 

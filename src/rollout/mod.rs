@@ -370,9 +370,9 @@ impl RolloutRunner {
             let Some(progress) = view.rollout(name) else {
                 continue;
             };
-            let figures =
-                self.figures
-                    .figures(service, rollout.candidate, guard.window, elapsed);
+            let figures = self
+                .figures
+                .figures(service, rollout.candidate, guard.window, elapsed);
             let requests = figures.requests;
             let progress = &progress;
             match decide(progress, rollout, requests, guard.min_requests) {
