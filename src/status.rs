@@ -338,6 +338,21 @@ mod tests {
         }
     }
 
+    /// A single veer's `/status` has no `rollout_leader` key at all.
+    #[test]
+    fn the_rollout_leader_is_left_out_outside_a_fleet() {
+        let mut report = sample();
+        let text = serde_json::to_string(&report).expect("serialize");
+        assert!(text.contains(
+            r#""rollout_leader":{"leader":"edge-2","leading":false,"replica":"edge-1"}"#
+        ));
+        report.rollout_leader = None;
+        let text = serde_json::to_string(&report).expect("serialize");
+        assert!(!text.contains("rollout_leader"), "{text}");
+        let back: StatusReport = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, report);
+    }
+
     #[test]
     fn a_report_round_trips_through_json() {
         let report = sample();

@@ -43,7 +43,7 @@ fn replica_yaml(
 ) -> String {
     let blocks = format!(
         "{service_blocks}\
-         fleet:\n  replica: {name}\n  leader_ttl: 2s\n  \
+         fleet:\n  replica: {name}\n  leader_ttl: 3s\n  \
          etcd: {{ endpoints: [\"{}\"], prefix: {prefix}, timeout: 1s }}\n",
         etcd.endpoint()
     );
@@ -313,6 +313,25 @@ async fn three_replicas_run_one_rollout_on_one_clock() {
     for load in load {
         load.finish().await;
     }
+
+    // A clean shutdown gives the lead back: another replica leads, and the
+    // one that left says it handed over.
+    let mut fleet = fleet;
+    let mut gone = fleet.replicas[leader].take().expect("the leader");
+    gone.signal("TERM");
+    assert!(
+        gone.wait_exit(LIMIT).await.is_some_and(|s| s.success()),
+        "the leader exits cleanly: {}",
+        gone.output()
+    );
+    assert!(
+        gone.stderr()
+            .contains("rollout leader: this replica gave the lead back"),
+        "{}",
+        gone.output()
+    );
+    let next = fleet.leader("a leader after the clean shutdown").await;
+    assert_ne!(next, leader);
 }
 
 #[tokio::test]
@@ -641,7 +660,8 @@ mod merge_base {
         // While a is down, an operator resumes on b.
         b.change("web", |s| s.latches.clear()).await;
         let mut c = Member::open(&etcd, prefix, None).await;
-        assert!(!latched(&c.layer, "web", "canary"), "the resume is in etcd");
+        c.until("the resume in etcd", |l| !latched(l, "web", "canary"))
+            .await;
 
         // a comes back while etcd is away: it serves its copy...
         etcd.kill();
