@@ -103,7 +103,7 @@ pub fn report(control: &Control) -> StatusReport {
             leadership
                 .in_fleet()
                 .then(|| crate::status::RolloutLeaderReport {
-                    leader: leadership.leader().map(|l| l.to_string()),
+                    leader: leadership.leader(),
                     leading: leadership.is_leader(),
                     replica: leadership.replica().to_string(),
                 })

@@ -39,12 +39,20 @@ struct Inner {
     /// 0: it does not lead.
     until_ms: AtomicU64,
     /// The fleet's leader as last seen; `None`: none, or unknown (etcd away).
-    leader: ArcSwapOption<String>,
+    leader: ArcSwapOption<Seen>,
     /// Set by [`Leadership::resign`]: the campaign ends and gives the lease back.
     #[cfg(feature = "fleet")]
     resign: tokio::sync::watch::Sender<bool>,
     #[cfg(feature = "fleet")]
     resigned: tokio::sync::Notify,
+}
+
+/// The leader as this replica last saw it.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    name: String,
+    /// This replica itself (not another process under the same name).
+    this_replica: bool,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -95,8 +103,12 @@ impl Leadership {
 
     /// The fleet's leader as last seen; `None` while nobody leads or etcd
     /// is away.
-    pub fn leader(&self) -> Option<Arc<String>> {
-        self.inner.leader.load_full()
+    pub fn leader(&self) -> Option<String> {
+        self.inner
+            .leader
+            .load()
+            .as_ref()
+            .map(|seen| seen.name.clone())
     }
 
     /// Gives the lead back (a clean shutdown), so a sibling leads at once
@@ -118,27 +130,39 @@ impl Leadership {
         self.inner.until_ms.store(until_ms, Ordering::Release);
     }
 
-    /// Records who leads now, and logs it when it changed.
+    /// Records that another replica leads now (`None`: nobody, or
+    /// unknown), and logs it when it changed. This replica does not lead.
     #[cfg(feature = "fleet")]
     fn seen(&self, leader: Option<&str>) {
-        if leader.is_none_or(|l| l != self.inner.replica) {
-            self.inner.until_ms.store(0, Ordering::Release);
-        }
-        let before = self.inner.leader.load();
-        if before.as_deref().map(String::as_str) == leader {
+        self.inner.until_ms.store(0, Ordering::Release);
+        self.record(leader.map(|name| Seen {
+            name: name.to_string(),
+            this_replica: false,
+        }));
+    }
+
+    /// Records that this replica leads now.
+    #[cfg(feature = "fleet")]
+    fn seen_self(&self) {
+        self.record(Some(Seen {
+            name: self.inner.replica.clone(),
+            this_replica: true,
+        }));
+    }
+
+    #[cfg(feature = "fleet")]
+    fn record(&self, now: Option<Seen>) {
+        if self.inner.leader.load().as_deref() == now.as_ref() {
             return;
         }
-        self.inner
-            .leader
-            .store(leader.map(|l| Arc::new(l.to_string())));
-        match leader {
-            Some(l) if l == self.inner.replica => tracing::info!(
-                replica = l,
+        match &now {
+            Some(seen) if seen.this_replica => tracing::info!(
+                replica = seen.name.as_str(),
                 "rollout leader: this replica leads the fleet's rollout clock (it advances steps \
                  and counts their hold)"
             ),
-            Some(l) => tracing::info!(
-                leader = l,
+            Some(seen) => tracing::info!(
+                leader = seen.name.as_str(),
                 replica = self.inner.replica.as_str(),
                 "rollout leader: another replica leads; this one follows (it trips on its own \
                  figures, but advances no rollout step)"
@@ -148,6 +172,7 @@ impl Leadership {
                 "rollout leader: none now; rollouts hold where they are until a replica leads"
             ),
         }
+        self.inner.leader.store(now.map(Arc::new));
     }
 }
 
@@ -368,7 +393,7 @@ mod campaign {
             let mut resign = self.leadership.inner.resign.subscribe();
             let mut valid_until = asked + granted;
             self.leadership.lead_until(ms_at(valid_until));
-            self.leadership.seen(Some(self.leadership.replica()));
+            self.leadership.seen_self();
             let (mut keeper, mut renewals) = client.lease_keep_alive(lease).await?;
             let mut watch = client
                 .watch(
