@@ -407,6 +407,72 @@ async fn the_leader_killed_mid_hold_neither_restarts_nor_skips_the_hold() {
 }
 
 #[tokio::test]
+async fn a_leader_stopped_past_its_lease_comes_back_as_a_follower_not_a_second_clock() {
+    let blocks =
+        "    guard: { baseline: stable, window: 5s, min_requests: 1, max_error_rate: 0.5 }\n\
+                  \x20   rollout: { candidate: canary, steps: [10, 50, 100], hold: 6s }\n";
+    let fleet = Fleet::start("/veer/clock-d", blocks).await;
+    let load = fleet.load();
+    let first = fleet.leader("a first leader").await;
+    watch_until(&fleet, "step 2 under way", |r| r.0 == 2).await;
+
+    // Stopped (SIGSTOP) for longer than its lease: another replica leads
+    // meanwhile, and the stopped one must not act on its old lead when it
+    // runs again.
+    fleet.replica(first).signal("STOP");
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let second = loop {
+        let mut leading = None;
+        for &i in &others {
+            if fleet.status(i).await["rollout_leader"]["leading"] == true {
+                leading = Some(i);
+            }
+        }
+        if let Some(i) = leading {
+            break i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no other leader while the first is stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    fleet.replica(first).signal("CONT");
+    let after_cont = fleet
+        .leader("one leader once the stopped one runs again")
+        .await;
+    assert_eq!(
+        after_cont, second,
+        "the stopped leader does not take back the lead"
+    );
+
+    let readings = watch_until(&fleet, "the rollout to complete", |r| r.1 == "completed").await;
+    for (i, replica) in readings.iter().enumerate() {
+        steps_in_order(replica, i);
+    }
+    let advanced = fleet.log_lines("rollout advanced", &[]);
+    assert_eq!(advanced.len(), 2, "each step advanced once: {advanced:#?}");
+    let completed = fleet.log_lines("rollout completed", &[]);
+    assert_eq!(completed.len(), 1, "{completed:#?}");
+    assert!(fleet
+        .replica(second)
+        .stderr()
+        .contains(completed[0].as_str()));
+    assert!(
+        fleet
+            .replica(first)
+            .stderr()
+            .contains("rollout leader: this replica stopped leading"),
+        "the stopped leader knows it lost the lead: {}",
+        fleet.replica(first).output()
+    );
+    for load in load {
+        load.finish().await;
+    }
+}
+
+#[tokio::test]
 async fn a_failing_canary_is_reverted_everywhere_for_good_and_wait_exits_1_on_any_replica() {
     let blocks =
         "    guard: { baseline: stable, window: 5s, min_requests: 5, max_error_rate: 0.2 }\n\

@@ -404,7 +404,7 @@ mod campaign {
             let every = granted / 3;
             let mut next_renewal = Instant::now() + every;
             let mut renewing: Option<Instant> = None;
-            let ended = loop {
+            let lost = loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next_renewal) => {
                         renewing.get_or_insert(Instant::now());
@@ -419,26 +419,24 @@ mod campaign {
                                 self.leadership.lead_until(ms_at(valid_until));
                             }
                         }
-                        // The lease expired before the renewal reached etcd.
-                        Some(_) | None => break Ended::Again,
+                        Some(_) => break "its lease expired before a renewal reached etcd",
+                        None => break "etcd closed the lease's renewals",
                     },
                     _ = tokio::time::sleep_until(valid_until) => {
-                        tracing::warn!(
-                            "rollout leader: this replica could not renew its lease in time and \
-                             stops leading; another replica may take over"
-                        );
-                        break Ended::Again;
+                        break "it could not renew its lease in time";
                     }
                     message = watch.message() => match message? {
-                        Some(r) if r.canceled() || r.compact_revision() > 0 => break Ended::Again,
+                        Some(r) if r.canceled() || r.compact_revision() > 0 => {
+                            break "etcd ended the watch on the leader key";
+                        }
                         Some(r) => {
                             if r.events().iter().any(|e| e.event_type() == EventType::Delete
                                 || e.kv().is_some_and(|kv| kv.lease() != lease))
                             {
-                                break Ended::Again;
+                                break "the leader key was removed or taken over";
                             }
                         }
-                        None => break Ended::Again,
+                        None => break "etcd ended the watch on the leader key",
                     },
                     _ = resign.changed() => {
                         self.leadership.lead_until(0);
@@ -454,9 +452,14 @@ mod campaign {
                 }
             };
             self.leadership.lead_until(0);
+            tracing::warn!(
+                reason = lost,
+                "rollout leader: this replica stopped leading; it campaigns again, and another \
+                 replica may lead meanwhile"
+            );
             self.leadership.seen(None);
             let _ = tokio::time::timeout(self.settings.timeout, client.lease_revoke(lease)).await;
-            Ok(ended)
+            Ok(Ended::Again)
         }
     }
 
