@@ -352,8 +352,14 @@ async fn the_leader_killed_mid_hold_neither_restarts_nor_skips_the_hold() {
     let (_, _, held_before) = rollout_of(&fleet.status(follower).await);
     let dead = fleet.replicas[leader].take().expect("the leader");
     dead.signal("KILL");
+    let killed = std::time::Instant::now();
 
     let successor = fleet.leader("a new leader after the kill").await;
+    // Reported, never asserted: the machine may be loaded.
+    eprintln!(
+        "fleet_rollout: a new leader {:?} after the kill (leader_ttl 3s); step 2 had {held_before} ms held",
+        killed.elapsed()
+    );
     assert_ne!(successor, leader);
     let after = watch_until(&fleet, "the rollout to complete", |r| r.1 == "completed").await;
 
