@@ -310,16 +310,15 @@ mod campaign {
                 // Someone leads: the lease is not needed.
                 let _ = client.lease_revoke(lease.id()).await;
                 let holder = response.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
-                        (
-                            String::from_utf8_lossy(kv.value()).into_owned(),
-                            kv.mod_revision(),
-                        )
-                    }),
+                    TxnOpResponse::Get(get) => get
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
                     _ => None,
                 });
-                let Some((holder, _)) = holder else {
-                    // Gone between the compare and the read: campaign again.
+                let Some(holder) = holder else {
+                    // The compare and the read see one revision, so the key
+                    // is there; should etcd say otherwise, campaign again.
                     continue;
                 };
                 if holder == self.leadership.replica() {
