@@ -392,6 +392,9 @@ impl RolloutRunner {
                 Decision::Complete => {
                     self.pending_gates.remove(name);
                     self.control.set_gate_statuses(std::mem::take(&mut gates));
+                    if !self.control.leadership().is_leader() {
+                        return;
+                    }
                     let completed = self.control.complete_rollout(name).await;
                     let after = self.control.snapshot();
                     crate::audit::rollout("complete", name, &snapshot, &after, &completed);
@@ -422,6 +425,11 @@ impl RolloutRunner {
 
     async fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
+        // The lead may have gone while this tick waited on the actor: a
+        // step is moved only by a replica that leads when it moves it.
+        if !self.control.leadership().is_leader() {
+            return;
+        }
         let before = self.control.snapshot();
         let advanced = self.control.advance_rollout(service, false).await;
         crate::audit::rollout(
