@@ -25,6 +25,10 @@ pub struct StatusReport {
     /// single veer's report is what it always was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetReport>,
+    /// In a fleet: which replica advances the rollouts. Absent for a single
+    /// veer (it is its own leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_leader: Option<RolloutLeaderReport>,
     pub services: Vec<ServiceReport>,
 }
 
@@ -49,6 +53,17 @@ pub struct FleetWindowReport {
     /// How many replicas' figures are in the sum (this one included).
     pub replicas: u64,
     pub window: WindowReport,
+}
+
+/// The fleet's rollout clock as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutLeaderReport {
+    /// The replica that leads; `null` while none does or etcd is away.
+    pub leader: Option<String>,
+    /// This replica leads: it advances steps and counts their hold.
+    pub leading: bool,
+    /// This replica's name in the fleet.
+    pub replica: String,
 }
 
 impl StatusReport {
@@ -336,6 +351,11 @@ mod tests {
                 source: Some("/etc/veer.yaml".into()),
             },
             fleet: None,
+            rollout_leader: Some(RolloutLeaderReport {
+                leader: Some("edge-2".into()),
+                leading: false,
+                replica: "edge-1".into(),
+            }),
             services: vec![ServiceReport {
                 guard: Some(GuardReport {
                     baseline: "stable".into(),
@@ -402,6 +422,21 @@ mod tests {
                 window_seconds: 30,
             }],
         }
+    }
+
+    /// A single veer's `/status` has no `rollout_leader` key at all.
+    #[test]
+    fn the_rollout_leader_is_left_out_outside_a_fleet() {
+        let mut report = sample();
+        let text = serde_json::to_string(&report).expect("serialize");
+        assert!(text.contains(
+            r#""rollout_leader":{"leader":"edge-2","leading":false,"replica":"edge-1"}"#
+        ));
+        report.rollout_leader = None;
+        let text = serde_json::to_string(&report).expect("serialize");
+        assert!(!text.contains("rollout_leader"), "{text}");
+        let back: StatusReport = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, report);
     }
 
     #[test]

@@ -263,6 +263,7 @@ fn render_into(control: &Control, out: &mut Chunks) -> fmt::Result {
         }
         out.send_if_full()?;
     }
+    fleet_leader(&mut out.buf, control);
     history_families(control, &snapshot, &mut out.buf);
     out.send_if_full()?;
     Ok(())
@@ -280,6 +281,26 @@ fn history_families(control: &Control, snapshot: &crate::snapshot::Snapshot, tex
     control
         .history_metrics()
         .render(text, &present, &with_rollout);
+}
+
+/// `veer_fleet_leader`: in a fleet only (a single veer is its own leader,
+/// and says nothing of it).
+fn fleet_leader(text: &mut String, control: &Control) {
+    let leadership = control.leadership();
+    if !leadership.in_fleet() {
+        return;
+    }
+    gauge_family(
+        text,
+        "veer_fleet_leader",
+        "1 on the replica that leads the fleet's rollout clock (advances steps, counts their hold), 0 on the others.",
+    );
+    sample(
+        text,
+        "veer_fleet_leader",
+        &[("replica", leadership.replica())],
+        if leadership.is_leader() { 1.0 } else { 0.0 },
+    );
 }
 
 #[cfg(test)]

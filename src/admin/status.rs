@@ -136,6 +136,16 @@ pub fn report(control: &Control) -> StatusReport {
                 .map(|s| s.replicas.iter().cloned().collect())
                 .unwrap_or_default(),
         }),
+        rollout_leader: {
+            let leadership = control.leadership();
+            leadership
+                .in_fleet()
+                .then(|| crate::status::RolloutLeaderReport {
+                    leader: leadership.leader(),
+                    leading: leadership.is_leader(),
+                    replica: leadership.replica().to_string(),
+                })
+        },
         services,
     }
 }

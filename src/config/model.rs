@@ -109,6 +109,10 @@ pub struct Fleet {
     /// This replica's name among the fleet's: letters, digits, `-`, `_`, `.`.
     /// Default: the host name (a pod's name on Kubernetes).
     pub replica: Option<String>,
+    /// The lease of the replica that leads the rollout clock: when the
+    /// leader dies, another leads within this. Whole seconds (etcd leases
+    /// count in seconds). Default 5s.
+    pub leader_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

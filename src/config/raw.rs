@@ -101,11 +101,12 @@ pub(crate) struct RawHistory {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with etcd and optionally replica"
+    expecting = "a mapping with etcd and optionally replica and leader_ttl"
 )]
 pub(crate) struct RawFleet {
     pub etcd: Option<RawEtcd>,
     pub replica: Option<Scalar>,
+    pub leader_ttl: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

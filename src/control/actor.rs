@@ -39,7 +39,8 @@ use crate::upstream::Registry;
 
 /// Guard events kept for `/status`, per service.
 const EVENTS_KEPT: usize = 20;
-/// How often hold time alone is written (see `Control::add_rollout_holds`).
+/// How often hold time alone is written without a store to say otherwise
+/// (see `Control::add_rollout_holds` and `Store::holds_every`).
 const SAVE_HOLDS_EVERY: Duration = Duration::from_secs(5);
 
 type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
@@ -175,6 +176,8 @@ struct Actor {
     last_write: Instant,
     /// The counts of ended rollouts, for `/metrics`.
     history: Arc<HistoryMetrics>,
+    /// How often hold time alone is written: the store's say.
+    holds_every: Duration,
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -203,6 +206,7 @@ pub(super) fn spawn(
     }
     record_start(&config, &loaded, &mut layer);
     let changes = store.as_ref().and_then(|s| s.changes());
+    let holds_every = store.as_ref().map_or(SAVE_HOLDS_EVERY, |s| s.holds_every());
     let writer = store.map(|store| {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_in_order(store, rx));
@@ -258,6 +262,7 @@ pub(super) fn spawn(
         writer,
         last_write: Instant::now(),
         history,
+        holds_every,
     };
     let handles = (Arc::clone(&actor.published), Arc::clone(&actor.view));
     tokio::spawn(actor.run(inbox, changes));
@@ -424,7 +429,7 @@ impl Actor {
             },
             Command::AddHolds { holds, reply } => {
                 let held = self.add_holds(&holds);
-                let write = held && self.last_write.elapsed() >= SAVE_HOLDS_EVERY;
+                let write = held && self.last_write.elapsed() >= self.holds_every;
                 if write {
                     self.fold_holds();
                 }
@@ -797,9 +802,24 @@ impl Actor {
     /// write, merged with ours by the store): it replaces ours, reconciled
     /// with our config, and is saved so the local copy follows the fleet.
     fn adopt(&mut self, change: crate::state::RemoteChange) {
-        // Theirs carries its own hold time; ours since the last fold is
-        // dropped rather than counted twice.
-        Arc::make_mut(&mut self.holds).remove(change.service.as_str());
+        // Only the fleet's leader holds rollouts, so the hold time this
+        // replica added since its last write is not in theirs: it stays
+        // while the rollout stands at the same step; a rollout that moved,
+        // ended or restarted elsewhere drops it.
+        let same_step = |ours: Option<&RolloutProgress>, theirs: Option<&RolloutProgress>| {
+            matches!((ours, theirs), (Some(a), Some(b))
+                if (&a.candidate, &a.revision, a.step) == (&b.candidate, &b.revision, b.step)
+                    && b.outcome == RolloutOutcome::InProgress)
+        };
+        let ours = self
+            .layer
+            .services
+            .get(&change.service)
+            .and_then(|s| s.rollout.as_ref());
+        let theirs = change.state.as_ref().and_then(|s| s.rollout.as_ref());
+        if !same_step(ours, theirs) {
+            Arc::make_mut(&mut self.holds).remove(change.service.as_str());
+        }
         let mut layer = (*self.layer).clone();
         match change.state {
             Some(mut state) => {

@@ -64,6 +64,8 @@ pub struct Control {
     /// This replica's view of its fleet, set once at start when the config
     /// has a `fleet:` block (the guard judges the fleet's sum through it).
     fleet: std::sync::OnceLock<Arc<crate::fleet::windows::FleetView>>,
+    /// Who advances the rollouts: this process alone, or the fleet's leader.
+    leadership: crate::fleet::leader::Leadership,
     /// The endpoints' names, resolved before a config is applied.
     names: Arc<crate::upstream::Names>,
 }
@@ -180,6 +182,7 @@ impl Control {
             source,
             history,
             fleet: std::sync::OnceLock::new(),
+            leadership: crate::fleet::leader::Leadership::solo(),
             names,
         };
         control.persist_now().await;
@@ -194,6 +197,18 @@ impl Control {
     /// This replica's view of its fleet, when it is in one.
     pub fn fleet(&self) -> Option<&Arc<crate::fleet::windows::FleetView>> {
         self.fleet.get()
+    }
+
+    /// The same control plane, with the fleet's rollout leadership in place
+    /// of leading alone.
+    pub fn with_leadership(mut self, leadership: crate::fleet::leader::Leadership) -> Control {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Who advances the rollouts.
+    pub fn leadership(&self) -> &crate::fleet::leader::Leadership {
+        &self.leadership
     }
 
     /// The config file, when there is one.

@@ -48,7 +48,12 @@ pub struct EtcdStore {
     desired: watch::Sender<Arc<PersistedState>>,
     connected: Arc<AtomicBool>,
     changes: Option<Changes>,
+    base: watch::Receiver<Option<Base>>,
 }
+
+/// What the fleet held, per service, when this replica's layer last took it
+/// in: the base of its three-way merges.
+pub type Base = Arc<BTreeMap<String, ServiceState>>;
 
 impl EtcdSettings {
     /// From the config's `fleet.etcd`, with the password read from its file
@@ -83,9 +88,11 @@ impl EtcdSettings {
 /// What `open` found.
 pub struct Opened {
     pub store: EtcdStore,
-    /// The fleet's layer, or `None` when etcd could not be read in time (the
-    /// caller serves from its local cache, and the task merges that cache in
-    /// when etcd answers).
+    /// The layer to start from: the fleet's, merged three ways with the
+    /// local cache when the cache keeps the fleet's state it last took in
+    /// (`fleet_base`), else the fleet's as it is; `None` when etcd could not
+    /// be read in time (the caller serves from its local cache, and the task
+    /// merges that cache in when etcd answers).
     pub fleet: Option<PersistedState>,
     pub warning: Option<String>,
 }
@@ -100,18 +107,26 @@ impl EtcdStore {
     /// Connects and reads the fleet's layer within `settings.timeout`, then
     /// starts the task that keeps this replica and etcd in step. `local` is
     /// the layer this replica had (its cache): it is what the task writes when
-    /// etcd could not be read now.
-    pub async fn open(settings: EtcdSettings, local: PersistedState) -> Opened {
+    /// etcd could not be read now. Its `fleet_base`, when the cache kept one,
+    /// is the base of the first merge, so a restarted replica merges three
+    /// ways (what the fleet removed while it was down stays removed).
+    pub async fn open(settings: EtcdSettings, mut local: PersistedState) -> Opened {
+        let base = local.fleet_base.take();
+        let synced = base.is_some();
+        let seen: Base = Arc::new(base.unwrap_or_default());
+        let (base_tx, base_rx) = watch::channel(synced.then(|| Arc::clone(&seen)));
         let (desired_tx, desired_rx) = watch::channel(Arc::new(local));
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
+        let cache = Arc::clone(&desired_tx.borrow());
         let mut task = Sync {
             settings,
             client: None,
             known: BTreeMap::new(),
             known_revision: 0,
-            seen: BTreeMap::new(),
-            synced: false,
+            seen,
+            synced,
+            base: base_tx,
             announced: BTreeMap::new(),
             sent: 0,
             desired: desired_rx,
@@ -120,7 +135,7 @@ impl EtcdStore {
             watch: None,
         };
         let (fleet, warning) =
-            match tokio::time::timeout(task.settings.timeout, task.first_read()).await {
+            match tokio::time::timeout(task.settings.timeout, task.first_read(&cache)).await {
                 Ok(Ok(fleet)) => (Some(fleet), None),
                 Ok(Err(e)) => (
                     None,
@@ -141,13 +156,15 @@ impl EtcdStore {
                 ),
             };
         if let Some(fleet) = &fleet {
-            // The fleet's layer is what this replica starts from.
+            // The start layer (the fleet's, merged with the cache) is what
+            // this replica starts from.
             desired_tx.send_replace(Arc::new(fleet.clone()));
         }
         let store = EtcdStore {
             desired: desired_tx,
             connected,
             changes: Some(changes_rx),
+            base: base_rx,
         };
         tokio::spawn(task.run());
         Opened {
@@ -177,6 +194,24 @@ impl EtcdStore {
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.connected)
     }
+
+    /// The base of this replica's merges as of the layers saved so far
+    /// (never ahead of them: it may lag, which merges as if this replica
+    /// changed more than it did, and so never drops a latch); `None` before
+    /// the first sync. Kept in the local copy beside the layer.
+    pub fn base(&self) -> Option<Base> {
+        self.base.borrow().clone()
+    }
+
+    /// [`EtcdStore::base`] as it moves on.
+    pub fn bases(&self) -> watch::Receiver<Option<Base>> {
+        self.base.clone()
+    }
+
+    /// The newest layer handed to [`EtcdStore::save`], as it moves on.
+    pub fn layers(&self) -> watch::Receiver<Arc<PersistedState>> {
+        self.desired.subscribe()
+    }
 }
 
 struct Known {
@@ -192,10 +227,14 @@ struct Sync {
     /// The store revision `known` is complete up to; the watch starts after it.
     known_revision: i64,
     /// What the fleet held when this replica's layer last took it in: the
-    /// base of every merge. Empty until the first full read.
-    seen: BTreeMap<String, ServiceState>,
-    /// `seen` is meaningful (a full read happened); else merges have no base.
+    /// base of every merge. Empty until the first full read, unless the
+    /// local cache kept one.
+    seen: Base,
+    /// `seen` is meaningful (a full read happened, or the cache kept a
+    /// base); else merges have no base.
     synced: bool,
+    /// `seen` as published for the local copy (see [`EtcdStore::base`]).
+    base: watch::Sender<Option<Base>>,
     /// Merges handed to the control plane and not yet in a save: the fleet
     /// value each took in, and its number among the changes sent.
     announced: BTreeMap<String, (Option<ServiceState>, u64)>,
@@ -252,31 +291,61 @@ impl Sync {
         Ok(())
     }
 
-    /// Connects and reads the fleet's layer; it becomes this replica's.
-    async fn first_read(&mut self) -> Result<PersistedState, etcd_client::Error> {
+    /// Connects and reads the fleet's layer; merged with `local` (when a
+    /// base says how), it becomes this replica's.
+    async fn first_read(
+        &mut self,
+        local: &PersistedState,
+    ) -> Result<PersistedState, etcd_client::Error> {
         self.client = Some(self.connect().await?);
         self.read_all().await?;
-        self.seen = self
+        let fleet: BTreeMap<String, ServiceState> = self
             .known
             .iter()
             .map(|(name, known)| (name.clone(), known.value.clone()))
             .collect();
+        let services = if self.synced {
+            start_layer(&self.seen, &local.services, &fleet)
+        } else {
+            fleet.clone()
+        };
+        // The start layer took all of the fleet in; where it differs, the
+        // task writes it back.
+        self.seen = Arc::new(fleet);
         self.synced = true;
+        self.publish_base();
         self.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             endpoints = %self.settings.endpoints.join(", "),
             "connected to etcd: this replica follows the fleet's run-time state"
         );
         Ok(PersistedState {
-            services: self.seen.clone(),
+            services,
             ..PersistedState::default()
         })
+    }
+
+    fn publish_base(&self) {
+        let base = self.synced.then(|| Arc::clone(&self.seen));
+        self.base.send_if_modified(|published| {
+            let same = match (published.as_ref(), base.as_ref()) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                *published = base;
+            }
+            !same
+        });
     }
 
     async fn run(mut self) {
         let mut backoff = RETRY_MIN;
         loop {
-            match self.step().await {
+            let stepped = self.step().await;
+            self.publish_base();
+            match stepped {
                 Ok(true) => backoff = RETRY_MIN,
                 // The store was dropped: nothing more to keep in step.
                 Ok(false) => return,
@@ -323,6 +392,7 @@ impl Sync {
             }
         }
         self.write_differences().await?;
+        self.publish_base();
         let Some(watch) = self.watch.as_mut() else {
             return Ok(true);
         };
@@ -437,12 +507,16 @@ impl Sync {
     }
 
     fn seen_set(&mut self, service: &str, value: Option<ServiceState>) {
+        if self.seen.get(service) == value.as_ref() {
+            return;
+        }
+        let seen = Arc::make_mut(&mut self.seen);
         match value {
             Some(value) => {
-                self.seen.insert(service.to_string(), value);
+                seen.insert(service.to_string(), value);
             }
             None => {
-                self.seen.remove(service);
+                seen.remove(service);
             }
         }
     }
@@ -553,6 +627,35 @@ impl Sync {
     }
 }
 
+/// The layer a replica starts from when it kept a base: per service, what
+/// the sync task's `target` would make of its cache (`local`) and the fleet's
+/// (`fleet`), three ways against `base`.
+fn start_layer(
+    base: &BTreeMap<String, ServiceState>,
+    local: &BTreeMap<String, ServiceState>,
+    fleet: &BTreeMap<String, ServiceState>,
+) -> BTreeMap<String, ServiceState> {
+    let empty = ServiceState::default();
+    let names: std::collections::BTreeSet<&String> = local.keys().chain(fleet.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (seen, local, remote) = (base.get(name), local.get(name), fleet.get(name));
+            let state = match (local, remote) {
+                (local, remote) if remote == seen => local.cloned(),
+                (Some(local), Some(remote)) => {
+                    Some(merge(Some(seen.unwrap_or(&empty)), local, remote))
+                }
+                (None, Some(remote)) => Some(remote.clone()),
+                // Deleted in the fleet; kept only if changed here since.
+                (Some(local), None) => (seen != Some(local)).then(|| local.clone()),
+                (None, None) => None,
+            };
+            state.map(|s| (name.clone(), s))
+        })
+        .collect()
+}
+
 /// A client for `settings`: its credentials and TLS, every request bounded
 /// by its timeout, on one endpoint that answers. With several endpoints,
 /// each connect starts at the next one and takes the first that answers a
@@ -640,4 +743,51 @@ fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, etcd_client::Er
         options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Latch;
+
+    fn latched(version: &str) -> ServiceState {
+        ServiceState {
+            latches: vec![Latch {
+                version: version.into(),
+                revision: "2".into(),
+                reason: "error_rate".into(),
+                at_unix_ms: 1,
+            }],
+            ..ServiceState::default()
+        }
+    }
+
+    fn layer(pairs: &[(&str, ServiceState)]) -> BTreeMap<String, ServiceState> {
+        pairs
+            .iter()
+            .map(|(name, state)| (name.to_string(), state.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_replica_keeps_what_the_fleet_removed_removed_and_its_own_news() {
+        // When it went down, the fleet and the replica both held a latch on
+        // `web`; meanwhile an operator resumed it in the fleet. The replica
+        // had also tripped `shop` on its own while etcd was away.
+        let base = layer(&[("web", latched("canary"))]);
+        let local = layer(&[("web", latched("canary")), ("shop", latched("beta"))]);
+        let fleet = layer(&[("web", ServiceState::default())]);
+        let start = start_layer(&base, &local, &fleet);
+        assert_eq!(start["web"], ServiceState::default(), "the resume holds");
+        assert_eq!(start["shop"], latched("beta"), "its own trip is kept");
+    }
+
+    #[test]
+    fn a_service_the_fleet_dropped_goes_unless_changed_here_since() {
+        let base = layer(&[("a", latched("x")), ("b", latched("y"))]);
+        let local = layer(&[("a", latched("x")), ("b", latched("z"))]);
+        let start = start_layer(&base, &local, &BTreeMap::new());
+        assert!(!start.contains_key("a"));
+        assert_eq!(start["b"], latched("z"));
+    }
 }

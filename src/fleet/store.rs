@@ -1,16 +1,24 @@
 //! The fleet's store as the control plane sees it (`state::Store`): etcd
 //! for the fleet, and this replica's `state_dir` as its copy, to serve from
 //! when etcd is away at start.
+//!
+//! The copy holds the layer and, beside it in the same file, the merge base
+//! (what the fleet held when the layer last took it in), so a restarted
+//! replica merges three ways. Both only go forward, and every write of the
+//! copy takes the newest of each under one lock: the file never goes back,
+//! and its base is never ahead of its layer.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::etcd::{EtcdSettings, EtcdStore};
+use tokio::sync::watch;
+
+use super::etcd::{Base, EtcdSettings, EtcdStore};
 use crate::state::{open_file, Changes, Loaded, PersistedState, StateError, Store, StoreFuture};
 
 pub struct FleetStore {
     etcd: EtcdStore,
-    copy: Option<Arc<dyn Store>>,
+    copy: Option<Arc<Copy>>,
     loaded: Loaded,
     changes: Mutex<Option<Changes>>,
     describe: String,
@@ -53,11 +61,23 @@ pub async fn open(
         settings.prefix
     );
     let mut opened = EtcdStore::open(settings, loaded.layer.clone()).await;
+    // The merge base is the store's business, not the control plane's.
+    loaded.layer.fleet_base = None;
     if let Some(fleet) = opened.fleet {
         loaded.layer = fleet;
     }
     loaded.warnings.extend(opened.warning);
     let changes = opened.store.changes();
+    let copy = copy.map(|store| {
+        let copy = Arc::new(Copy {
+            store,
+            lock: tokio::sync::Mutex::new(()),
+            layers: opened.store.layers(),
+            bases: opened.store.bases(),
+        });
+        tokio::spawn(Arc::clone(&copy).follow_the_base());
+        copy
+    });
     let store = FleetStore {
         etcd: opened.store,
         copy,
@@ -88,12 +108,22 @@ impl Store for FleetStore {
     /// Durable once this replica's copy is written; etcd gets the layer as
     /// soon as it answers (never waited on here, so a lost etcd never holds
     /// a trip back).
+    /// Durable once the copy holds this layer (or a newer one).
     fn save(&self, layer: Arc<PersistedState>) -> StoreFuture<Result<(), StateError>> {
-        self.etcd.save(Arc::clone(&layer));
+        self.etcd.save(layer);
         match &self.copy {
-            Some(copy) => copy.save(layer),
+            Some(copy) => {
+                let copy = Arc::clone(copy);
+                Box::pin(async move { copy.write().await })
+            }
             None => Box::pin(async { Ok(()) }),
         }
+    }
+
+    /// Every second: the leader's hold time in etcd is what a successor
+    /// takes over from, so a leader's death costs at most that much of a hold.
+    fn holds_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
     }
 
     fn changes(&self) -> Option<Changes> {
@@ -101,5 +131,36 @@ impl Store for FleetStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
+    }
+}
+
+/// This replica's copy in `state_dir`.
+struct Copy {
+    store: Arc<dyn Store>,
+    /// One write at a time, each of the newest layer and base.
+    lock: tokio::sync::Mutex<()>,
+    /// The newest layer handed to the store.
+    layers: watch::Receiver<Arc<PersistedState>>,
+    bases: watch::Receiver<Option<Base>>,
+}
+
+impl Copy {
+    async fn write(&self) -> Result<(), StateError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let mut layer = (**self.layers.borrow()).clone();
+        layer.fleet_base = self.bases.borrow().as_ref().map(|base| (**base).clone());
+        self.store.save(Arc::new(layer)).await
+    }
+
+    /// Writes the copy again when the base moves on after the layer's own
+    /// write (the sync task takes a layer in after it is saved), so a
+    /// restart finds the base that goes with its layer, not an older one.
+    async fn follow_the_base(self: Arc<Self>) {
+        let mut bases = self.bases.clone();
+        while bases.changed().await.is_ok() {
+            if let Err(err) = self.write().await {
+                tracing::warn!("{err}; this replica's copy of the fleet state is not up to date");
+            }
+        }
     }
 }

@@ -15,6 +15,12 @@
 //! The transitions are the pure functions below ([`decide`], [`promote`],
 //! [`complete`], [`on_rollback`], [`abandon`], [`pause`], [`resume`],
 //! [`hold`], [`min_remaining`]); `control`'s actor only applies them.
+//!
+//! One clock: in a fleet only the leader (`fleet::leader`) ticks, that is
+//! adds hold time, asks the gate and moves steps; the others take its
+//! progress from the shared store. A single process is its own leader. What
+//! a step is judged on is the runner's [`StepFigures`]: the candidate's
+//! window summed over the fleet (this replica's own outside a fleet).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -261,6 +267,60 @@ pub fn min_total(rollout: &Rollout) -> Option<Duration> {
         })
 }
 
+/// What the rollout judges a step on: the candidate's figures over the
+/// guard's window. The runner asks it once per tick and rollout.
+pub trait StepFigures: Send + Sync {
+    fn figures(
+        &self,
+        service: &crate::snapshot::ServiceSnapshot,
+        candidate: usize,
+        window: Duration,
+        elapsed: Duration,
+    ) -> crate::telemetry::Figures;
+}
+
+/// This replica's own window of the candidate.
+pub struct LocalFigures;
+
+impl StepFigures for LocalFigures {
+    fn figures(
+        &self,
+        service: &crate::snapshot::ServiceSnapshot,
+        candidate: usize,
+        window: Duration,
+        elapsed: Duration,
+    ) -> crate::telemetry::Figures {
+        service.versions[candidate]
+            .stats
+            .window()
+            .figures(elapsed, window)
+    }
+}
+
+/// The candidate's window summed over the fleet's live replicas that run
+/// its revision (this replica's own alone outside a fleet): the leader
+/// judges a step on the traffic of the whole fleet, as the guard does.
+pub struct FleetFigures(pub Arc<Control>);
+
+impl StepFigures for FleetFigures {
+    fn figures(
+        &self,
+        service: &crate::snapshot::ServiceSnapshot,
+        candidate: usize,
+        window: Duration,
+        elapsed: Duration,
+    ) -> crate::telemetry::Figures {
+        let version = &service.versions[candidate];
+        let mut counts = version.stats.window().counts(elapsed, window);
+        if let Some(fleet) = self.0.fleet() {
+            fleet
+                .siblings()
+                .add_to(&service.name, &version.name, &version.revision, &mut counts);
+        }
+        counts.figures()
+    }
+}
+
 struct GateCall {
     step: usize,
     answer: oneshot::Receiver<Result<(), String>>,
@@ -268,14 +328,23 @@ struct GateCall {
 
 pub struct RolloutRunner {
     control: Arc<Control>,
+    figures: Arc<dyn StepFigures>,
     pending_gates: HashMap<String, GateCall>,
     gate_retry_at: HashMap<String, Instant>,
 }
 
 impl RolloutRunner {
+    /// A runner that judges steps on this replica's own windows.
     pub fn new(control: Arc<Control>) -> RolloutRunner {
+        let figures = Arc::new(FleetFigures(Arc::clone(&control)));
+        RolloutRunner::judging_on(control, figures)
+    }
+
+    /// A runner that judges steps on `figures`.
+    pub fn judging_on(control: Arc<Control>, figures: Arc<dyn StepFigures>) -> RolloutRunner {
         RolloutRunner {
             control,
+            figures,
             pending_gates: HashMap::new(),
             gate_retry_at: HashMap::new(),
         }
@@ -301,6 +370,12 @@ impl RolloutRunner {
     /// change, then each one's decision. The gates' words go out in one
     /// batch, sent ahead of any step so they land in the order they were said.
     async fn step(&mut self, now: Instant, since_last: Duration) {
+        if !self.control.leadership().is_leader() {
+            // A follower: the leader's progress reaches it through the
+            // store. A gate call under way is the old leader's business.
+            self.pending_gates.clear();
+            return;
+        }
         let snapshot = self.control.snapshot();
         let elapsed = self.control.telemetry().elapsed(now);
         let holds = snapshot
@@ -320,8 +395,9 @@ impl RolloutRunner {
             let Some(progress) = view.rollout(name) else {
                 continue;
             };
-            let candidate = &service.versions[rollout.candidate];
-            let figures = candidate.stats.window().figures(elapsed, guard.window);
+            let figures = self
+                .figures
+                .figures(service, rollout.candidate, guard.window, elapsed);
             let mut requests = figures.requests;
             // A shadow stage is vouched for by its pairs, and only while
             // their verdict is healthy.
@@ -351,6 +427,9 @@ impl RolloutRunner {
                 Decision::Complete => {
                     self.pending_gates.remove(name);
                     self.control.set_gate_statuses(std::mem::take(&mut gates));
+                    if !self.control.leadership().is_leader() {
+                        return;
+                    }
                     let completed = self.control.complete_rollout(name).await;
                     let after = self.control.snapshot();
                     crate::audit::rollout("complete", name, &snapshot, &after, &completed);
@@ -381,6 +460,11 @@ impl RolloutRunner {
 
     async fn advance(&mut self, service: &str) {
         self.pending_gates.remove(service);
+        // The lead may have gone while this tick waited on the actor: a
+        // step is moved only by a replica that leads when it moves it.
+        if !self.control.leadership().is_leader() {
+            return;
+        }
         let before = self.control.snapshot();
         let advanced = self
             .control

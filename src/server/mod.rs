@@ -143,6 +143,7 @@ impl Proxy {
             None
         };
         let (store, fleet) = open_store(&config).await?;
+        let leadership = rollout_leadership(&config)?;
         let telemetry = Arc::new(Telemetry::new());
         let control = Arc::new(
             Control::start(
@@ -151,7 +152,8 @@ impl Proxy {
                 options.source.clone(),
                 store,
             )
-            .await,
+            .await
+            .with_leadership(leadership),
         );
         let (stop, stopped) = watch::channel(false);
         let fleet_windows = fleet.map(|fleet| fleet.start(&control, stopped.clone()));
@@ -302,6 +304,11 @@ impl RunningProxy {
         let drained = self.listeners.drain(self.drain_timeout).await;
         // Rollout hold time is saved every few seconds; save the rest.
         self.control.persist_now().await;
+        // A sibling leads the rollouts now rather than after the lease's TTL.
+        self.control
+            .leadership()
+            .resign(Duration::from_secs(2))
+            .await;
         if drained {
             tracing::info!("drained");
         } else {
@@ -342,6 +349,24 @@ fn read_token(path: &std::path::Path) -> Result<String, StartError> {
         ));
     }
     Ok(token.to_string())
+}
+
+/// Who advances the rollouts: with a `fleet:` block, the replica elected
+/// through etcd; else this process alone.
+fn rollout_leadership(config: &Config) -> Result<crate::fleet::leader::Leadership, StartError> {
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = &config.fleet {
+        let settings = crate::fleet::etcd::EtcdSettings::from_config(&fleet.etcd)
+            .map_err(StartError::Fleet)?;
+        let replica = crate::fleet::leader::replica_name(fleet.replica.as_deref());
+        return Ok(crate::fleet::leader::start(
+            settings,
+            replica,
+            fleet.leader_ttl,
+        ));
+    }
+    let _ = config;
+    Ok(crate::fleet::leader::Leadership::solo())
 }
 
 /// The run-time layer's store: the fleet's (etcd, with `state_dir` as this

@@ -57,6 +57,13 @@ pub struct PersistedState {
     /// written (each store counts from zero at start).
     #[serde(skip)]
     pub remote_applied: u64,
+    /// In a fleet's local copy: what the fleet held, per service, when this
+    /// layer last took it in (the base of the next three-way merge), kept
+    /// here so a restarted replica still merges three ways. Written with the
+    /// layer in one file, so it is never newer than the layer it goes with.
+    /// `None` outside a fleet, or before the first sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_base: Option<BTreeMap<String, ServiceState>>,
 }
 
 impl Default for PersistedState {
@@ -65,6 +72,7 @@ impl Default for PersistedState {
             format: STATE_FORMAT,
             services: BTreeMap::new(),
             remote_applied: 0,
+            fleet_base: None,
         }
     }
 }
@@ -127,6 +135,8 @@ pub enum RolloutOutcome {
 struct OnDisk<'a> {
     format: u32,
     services: &'a BTreeMap<String, ServiceState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_base: Option<&'a BTreeMap<String, ServiceState>>,
 }
 
 /// Makes temp names unique across every store of the process.
@@ -215,6 +225,7 @@ impl StateStore {
         let on_disk = OnDisk {
             format: STATE_FORMAT,
             services: &state.services,
+            fleet_base: state.fleet_base.as_ref(),
         };
         let mut bytes = serde_json::to_vec_pretty(&on_disk).map_err(|e| StateError::Write {
             path: self.path.clone(),
@@ -477,6 +488,7 @@ mod tests {
             format: STATE_FORMAT,
             services,
             remote_applied: 0,
+            fleet_base: None,
         }
     }
 

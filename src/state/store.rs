@@ -17,6 +17,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -73,6 +74,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Layers written by others, as they land; `None` when nobody else
     /// writes (the file store). Taken once, by the control task.
     fn changes(&self) -> Option<Changes>;
+
+    /// How often rollout hold time alone is saved while a step holds: what
+    /// a crash (or, in a fleet, the leader's death) can cost of a hold.
+    fn holds_every(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// The state file in one `state_dir`, for this veer alone.

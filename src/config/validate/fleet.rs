@@ -9,6 +9,12 @@ const DEFAULT_PREFIX: &str = "/veer";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longer, and a replica that lost etcd would hold its commands that long.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// The rollout leader's lease when none is written.
+const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(5);
+/// etcd refuses leases much shorter (it raises them to 1.5 election timeouts).
+const MIN_LEADER_TTL: Duration = Duration::from_secs(2);
+/// Longer, and a dead leader's rollouts stand still that long.
+const MAX_LEADER_TTL: Duration = Duration::from_secs(300);
 
 impl Validator {
     pub(super) fn fleet(&mut self, raw: RawFleet) -> Option<Fleet> {
@@ -36,10 +42,52 @@ impl Validator {
             }
             Some(etcd) => self.etcd(etcd),
         };
+        let leader_ttl = self.leader_ttl(raw.leader_ttl.as_ref(), etcd.as_ref());
         Some(Fleet {
             etcd: etcd?,
             replica: replica_ok.then_some(replica)?,
+            leader_ttl: leader_ttl?,
         })
+    }
+
+    /// `fleet.leader_ttl`: whole seconds, within bounds, and longer than one
+    /// etcd request may take (or a leader alive but slow to renew would lose
+    /// the lead over and over).
+    fn leader_ttl(&mut self, raw: Option<&Scalar>, etcd: Option<&Etcd>) -> Option<Duration> {
+        let path = "fleet.leader_ttl";
+        let ttl = self.positive_duration(path, raw, DEFAULT_LEADER_TTL)?;
+        if ttl.subsec_nanos() != 0 {
+            self.err(
+                path,
+                format!(
+                    "{ttl:?} is not whole seconds: etcd leases count in seconds; write e.g. {}s",
+                    ttl.as_secs().max(MIN_LEADER_TTL.as_secs())
+                ),
+            );
+            return None;
+        }
+        if !(MIN_LEADER_TTL..=MAX_LEADER_TTL).contains(&ttl) {
+            self.err(
+                path,
+                format!(
+                    "{ttl:?} is out of range: use 2s to 300s (shorter, etcd raises it anyway; \
+                     longer, a dead leader's rollouts stand still that long)"
+                ),
+            );
+            return None;
+        }
+        if let Some(etcd) = etcd.filter(|e| ttl <= e.timeout) {
+            self.err(
+                path,
+                format!(
+                    "{ttl:?} is not longer than fleet.etcd.timeout ({:?}): the leader could lose \
+                     its lease while one request waits; make leader_ttl longer than the timeout",
+                    etcd.timeout
+                ),
+            );
+            return None;
+        }
+        Some(ttl)
     }
 
     fn etcd(&mut self, raw: RawEtcd) -> Option<Etcd> {
