@@ -24,7 +24,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "control plane",
         &[
-            "reload", "health", "control", "rollout", "guard", "audit", "fleet", "status", "state",
+            "reload", "health", "checks", "control", "rollout", "guard", "audit", "fleet",
+            "status", "state",
         ],
     ),
     // One request: routing, splitting, forwarding, the outcome.

@@ -141,6 +141,7 @@ pub fn render(control: &Control) -> String {
             );
         }
     }
+    crate::checks::render_metrics(&mut text, &control.view());
     text
 }
 

@@ -78,6 +78,7 @@ pub fn report(control: &Control) -> StatusReport {
                 })
                 .collect();
             ServiceReport {
+                checks: view.checks(&service.name).map(|c| (**c).clone()),
                 guard: service.guard.as_ref().map(|g| GuardReport {
                     baseline: service.versions[g.baseline].name.to_string(),
                     events: view.events(&service.name).cloned().collect(),

@@ -335,6 +335,7 @@ mod tests {
 
     fn service(rate: f64, verdict: &str) -> ServiceReport {
         ServiceReport {
+            checks: None,
             guard: None,
             name: "web".into(),
             rollout: None,

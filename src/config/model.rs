@@ -345,6 +345,9 @@ pub struct Guard {
     /// one broken method trips the version even when the others drown it in
     /// successes. Default false.
     pub per_method: bool,
+    /// Checks of what the proxy cannot see, run for every non-baseline
+    /// version with traffic, in steady state too.
+    pub checks: Vec<super::check::Check>,
 }
 
 /// Methods with their own figures when `grpc.max_methods` is omitted.
@@ -378,6 +381,9 @@ pub struct Rollout {
     /// Percentages strictly increasing, each in 1..=100, the last one 100.
     pub steps: Vec<Step>,
     pub gate: Option<http::Uri>,
+    /// Checks run on the candidate while a step holds; a step advances only
+    /// once each has passed since the step began.
+    pub checks: Vec<super::check::Check>,
 }
 
 impl Rollout {

@@ -90,6 +90,7 @@ pub(super) enum Command {
     },
     SetVerdicts(Vec<(String, String, String)>),
     SetGates(Vec<(String, String)>),
+    SetChecks(Vec<(String, Option<Arc<crate::status::ChecksReport>>)>),
     Republish,
     Persist {
         reply: oneshot::Sender<()>,
@@ -155,6 +156,7 @@ struct Actor {
     verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     gates: Arc<BTreeMap<String, String>>,
     last_reload: Option<Arc<ReloadRecord>>,
+    checks: Arc<BTreeMap<String, Arc<crate::status::ChecksReport>>>,
     registry: Registry,
     stats: StatsRegistry,
     telemetry: Arc<Telemetry>,
@@ -218,6 +220,7 @@ pub(super) fn spawn(
         verdicts: Arc::default(),
         gates: Arc::default(),
         last_reload: None,
+        checks: Arc::default(),
     };
     let actor = Actor {
         holds: Arc::default(),
@@ -228,6 +231,7 @@ pub(super) fn spawn(
         verdicts: Arc::default(),
         gates: Arc::default(),
         last_reload: None,
+        checks: Arc::default(),
         registry,
         stats,
         telemetry,
@@ -300,6 +304,7 @@ impl Actor {
             Command::AddHolds { .. }
                 | Command::SetVerdicts(_)
                 | Command::SetGates(_)
+                | Command::SetChecks(_)
                 | Command::RecordReload { .. }
                 | Command::Republish
         ) {
@@ -397,6 +402,16 @@ impl Actor {
             }
             Command::SetGates(gates) => {
                 Arc::make_mut(&mut self.gates).extend(gates);
+                Effect::none()
+            }
+            Command::SetChecks(checks) => {
+                let map = Arc::make_mut(&mut self.checks);
+                for (service, report) in checks {
+                    match report {
+                        Some(report) => map.insert(service, report),
+                        None => map.remove(&service),
+                    };
+                }
                 Effect::none()
             }
             Command::Republish => Effect {
@@ -804,6 +819,7 @@ impl Actor {
             verdicts: Arc::clone(&self.verdicts),
             gates: Arc::clone(&self.gates),
             last_reload: self.last_reload.clone(),
+            checks: Arc::clone(&self.checks),
         }));
     }
 

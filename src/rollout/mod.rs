@@ -261,6 +261,46 @@ pub fn min_total(rollout: &Rollout) -> Option<Duration> {
         })
 }
 
+/// Why the rollout's checks do not let its step end yet, in words; `None`
+/// once every check has passed on the candidate since the step began (its
+/// latest run at this step passed: a failure within `failure_limit` or an
+/// inconclusive run holds the step until a pass follows).
+pub fn checks_waiting(
+    rollout: &Rollout,
+    progress: &RolloutProgress,
+    reports: Option<&crate::status::ChecksReport>,
+) -> Option<String> {
+    use crate::status::{CheckScope, CheckVerdict};
+    let step = progress.step + 1;
+    for check in &rollout.checks {
+        let latest = reports.into_iter().flat_map(|r| &r.results).find(|r| {
+            r.scope == CheckScope::Rollout
+                && r.name == check.name
+                && r.version == progress.candidate
+                && r.revision == progress.revision
+                && r.step == Some(step)
+        });
+        match latest.map(|r| (r.verdict, r.reason.as_deref())) {
+            Some((CheckVerdict::Pass, _)) => {}
+            Some((verdict @ (CheckVerdict::Fail | CheckVerdict::Inconclusive), reason)) => {
+                return Some(format!(
+                    "waiting for checks: `{}` was {} at step {step}{}",
+                    check.name,
+                    verdict.as_str(),
+                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ));
+            }
+            Some((CheckVerdict::Pending, _)) | None => {
+                return Some(format!(
+                    "waiting for checks: `{}` has not run since step {step} began",
+                    check.name
+                ));
+            }
+        }
+    }
+    None
+}
+
 struct GateCall {
     step: usize,
     answer: oneshot::Receiver<Result<(), String>>,
@@ -324,7 +364,15 @@ impl RolloutRunner {
             let figures = candidate.stats.window().figures(elapsed, guard.window);
             let requests = figures.requests;
             let progress = &progress;
-            match decide(progress, rollout, requests, guard.min_requests) {
+            let mut decision = decide(progress, rollout, requests, guard.min_requests);
+            if matches!(decision, Decision::Advance | Decision::Complete) {
+                let reports = view.checks(name).map(|c| &**c);
+                if let Some(words) = checks_waiting(rollout, progress, reports) {
+                    gates.push((name.to_string(), words));
+                    decision = Decision::Hold;
+                }
+            }
+            match decision {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
                 }
@@ -492,6 +540,7 @@ mod tests {
             candidate: 1,
             steps: vec![step(10, two), step(50, two), step(100, two)],
             gate: None,
+            checks: Vec::new(),
         }
     }
 

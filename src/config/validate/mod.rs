@@ -18,11 +18,13 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
 //! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`; `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `checks` (a rollout's and a
+//! guard's), `grpc`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
 mod admin;
+mod checks;
 mod fields;
 mod fleet;
 mod grpc;

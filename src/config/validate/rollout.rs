@@ -55,6 +55,7 @@ impl Validator {
             None => Ok(None),
             Some(text) => self.url(&format!("{path}.gate"), &text).map(Some).ok_or(()),
         };
+        let checks = self.checks(&format!("{path}.checks"), raw.checks);
         if !ok || matches!(default_hold, Some(Err(()))) {
             return None;
         }
@@ -62,6 +63,7 @@ impl Validator {
             candidate: candidate?,
             steps: steps?,
             gate: gate.ok()?,
+            checks: checks?,
         })
     }
 
