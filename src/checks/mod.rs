@@ -603,3 +603,54 @@ pub fn render_metrics(text: &mut String, view: &ControlView) {
         }
     }
 }
+
+/// The checks of one service for `veer status`: one line each, indented.
+pub fn describe(report: &ChecksReport) -> String {
+    let mut out = String::from("  checks:\n");
+    for r in &report.results {
+        let bounds = match (r.min, r.max) {
+            (Some(min), Some(max)) => format!("{min}..{max}"),
+            (Some(min), None) => format!("min {min}"),
+            (None, Some(max)) => format!("max {max}"),
+            (None, None) => String::new(),
+        };
+        let scope = match (r.scope, r.step) {
+            (CheckScope::Rollout, Some(step)) => format!("rollout step {step}"),
+            (CheckScope::Rollout, None) => "rollout".to_string(),
+            (CheckScope::Guard, _) => "guard".to_string(),
+        };
+        let value = r.value.map_or("-".to_string(), |v| format!("{v}"));
+        let mut line = format!(
+            "    {:<14} {} {}@{} ({scope}): {} {value} ({bounds})",
+            r.name,
+            r.source,
+            r.version,
+            r.revision,
+            r.verdict.as_str(),
+        );
+        if r.consecutive_failures > 0 {
+            line.push_str(&format!(
+                "; {}/{} failed in a row",
+                r.consecutive_failures, r.failure_limit
+            ));
+        }
+        if r.consecutive_inconclusive > 0 {
+            line.push_str(&format!(
+                "; {}/{} inconclusive in a row",
+                r.consecutive_inconclusive, r.inconclusive_limit
+            ));
+        }
+        if let Some(reason) = &r.reason {
+            line.push_str(&format!(": {reason}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for (name, runs) in &report.runs {
+        out.push_str(&format!(
+            "    {name:<14} runs: {} pass, {} fail, {} inconclusive\n",
+            runs.pass, runs.fail, runs.inconclusive
+        ));
+    }
+    out
+}

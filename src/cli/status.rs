@@ -115,6 +115,9 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
         if let Some(rollout) = &s.rollout {
             out.push_str(&format!("  rollout: {}\n", rollout_line(rollout)));
         }
+        if let Some(checks) = &s.checks {
+            out.push_str(&crate::checks::describe(checks));
+        }
     }
     if service.is_some() && shown == 0 {
         return None;
