@@ -47,10 +47,7 @@ fn refused(checks: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let prefix = format!("{}:", path.display());
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .collect();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
     assert_eq!(errors.len(), 1, "one error expected:\n{stderr}");
     errors[0][prefix.len()..].to_string()
 }
@@ -172,9 +169,8 @@ fn bad_urls_are_refused() {
         ),
         "{got}"
     );
-    let got = refused(
-        "        - { name: c, max: 1, web: { url: 'ftp://h/{{version}}', field: v } }\n",
-    );
+    let got =
+        refused("        - { name: c, max: 1, web: { url: 'ftp://h/{{version}}', field: v } }\n");
     assert!(
         got.ends_with(
             "services[0].rollout.checks[0].web.url: `ftp://h/{{version}}` has scheme `ftp`: expected an http:// or https:// URL such as http://127.0.0.1:9000/hooks/veer"

@@ -693,6 +693,63 @@ mod tests {
     }
 
     #[test]
+    fn a_step_waits_for_each_check_to_pass_at_that_step() {
+        use crate::config::check::{Check, CheckSource, Template};
+        use crate::status::{CheckReport, CheckScope, CheckVerdict, ChecksReport};
+        let mut r = rollout();
+        r.checks = vec![Check {
+            name: "conversion".into(),
+            source: CheckSource::Prometheus {
+                address: http::Uri::from_static("http://127.0.0.1:9090"),
+                query: Template::parse("x").expect("valid"),
+            },
+            min: None,
+            max: Some(0.02),
+            failure_limit: 2,
+            inconclusive_limit: 3,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }];
+        let report = |step: usize, verdict: CheckVerdict| ChecksReport {
+            results: vec![CheckReport {
+                consecutive_failures: 0,
+                consecutive_inconclusive: 0,
+                failure_limit: 2,
+                inconclusive_limit: 3,
+                last_run_at: None,
+                max: Some(0.02),
+                min: None,
+                name: "conversion".into(),
+                reason: Some("down".into()),
+                revision: "2".into(),
+                scope: CheckScope::Rollout,
+                source: "prometheus".into(),
+                step: Some(step),
+                value: None,
+                verdict,
+                version: "canary".into(),
+            }],
+            runs: Default::default(),
+        };
+        let p = progress(1, 2_000);
+        assert_eq!(
+            checks_waiting(&r, &p, None).as_deref(),
+            Some("waiting for checks: `conversion` has not run since step 2 began")
+        );
+        // A pass at the step before does not count for this one.
+        assert!(checks_waiting(&r, &p, Some(&report(1, CheckVerdict::Pass))).is_some());
+        assert_eq!(
+            checks_waiting(&r, &p, Some(&report(2, CheckVerdict::Inconclusive))).as_deref(),
+            Some("waiting for checks: `conversion` was inconclusive at step 2 (down)")
+        );
+        assert_eq!(
+            checks_waiting(&r, &p, Some(&report(2, CheckVerdict::Pass))),
+            None
+        );
+        assert_eq!(checks_waiting(&rollout(), &p, None), None);
+    }
+
+    #[test]
     fn paused_and_finished_rollouts_hold() {
         let mut p = progress(0, 10_000);
         p.paused = true;
