@@ -49,7 +49,12 @@ async fn prometheus(address: &Uri, query: &str) -> Result<f64, String> {
         .map_err(|e| format!("cannot build the query URL: {e}"))?;
     let (status, body) = send(Method::GET, &uri, Vec::new(), None)
         .await
-        .map_err(|e| format!("Prometheus at {address} unreachable: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "Prometheus at {} unreachable: {e}",
+                base.trim_end_matches('/')
+            )
+        })?;
     let json: Result<Value, _> = serde_json::from_slice(&body);
     // Prometheus answers 400/422/503 with a JSON error: its words say more
     // than the status.
