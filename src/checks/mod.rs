@@ -221,7 +221,7 @@ impl CheckRunner {
     /// traffic. Targets no longer called for end here.
     fn plan(&mut self, view: &ControlView, now: Instant) {
         let snapshot = self.control.snapshot();
-        let mut wanted: HashMap<Key, (Arc<Check>, String)> = HashMap::new();
+        let mut wanted: HashMap<Key, (&Check, String)> = HashMap::new();
         let mut configured: HashSet<(Arc<str>, Scope, String)> = HashSet::new();
         let mut versions: HashMap<Arc<str>, HashSet<String>> = HashMap::new();
         for service in &snapshot.services {
@@ -259,7 +259,7 @@ impl CheckRunner {
                             step: Some(progress.step + 1),
                             since_ms: progress.step_entered_unix_ms,
                         };
-                        wanted.insert(key, (Arc::new(check.clone()), baseline.clone()));
+                        wanted.insert(key, (check, baseline.clone()));
                     }
                 }
             }
@@ -278,13 +278,14 @@ impl CheckRunner {
                         step: None,
                         since_ms: 0,
                     };
-                    wanted.insert(key, (Arc::new(check.clone()), baseline.clone()));
+                    wanted.insert(key, (check, baseline.clone()));
                 }
             }
         }
+        // A check edited by a reload starts afresh.
         self.targets.retain(|key, target| {
             wanted.get(key).is_some_and(|(check, baseline)| {
-                *check == target.check && *baseline == target.baseline
+                **check == *target.check && *baseline == target.baseline
             })
         });
         for (key, (check, baseline)) in wanted {
@@ -292,7 +293,7 @@ impl CheckRunner {
                 continue;
             }
             let target = Target {
-                check,
+                check: Arc::new(check.clone()),
                 baseline,
                 tally: Tally::default(),
                 next_run: now,
