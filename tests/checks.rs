@@ -73,8 +73,8 @@ impl Board {
             while let Ok((stream, _)) = listener.accept().await {
                 let (a, s, h) = (a.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let service = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
                             let (a, s, h) = (a.clone(), s.clone(), h.clone());
                             async move {
                                 let (parts, body) = req.into_parts();
@@ -110,7 +110,16 @@ impl Board {
                                     body: String::from_utf8_lossy(&body).into_owned(),
                                 });
                                 let answer = a.lock().expect("answer").clone();
+                                let prometheus = parts.uri.path() == "/api/v1/query";
                                 let (status, text) = match answer {
+                                    // Prometheus's instant-query answer: one series.
+                                    Answer::Value(v) if prometheus => (
+                                        200,
+                                        format!(
+                                            "{{\"status\":\"success\",\"data\":{{\"resultType\":\"vector\",\
+                                             \"result\":[{{\"metric\":{{}},\"value\":[1,\"{v}\"]}}]}}}}"
+                                        ),
+                                    ),
                                     Answer::Value(v) => {
                                         (200, format!("{{\"data\": {{\"ratio\": {v}}}}}"))
                                     }
@@ -126,7 +135,8 @@ impl Board {
                                     StatusCode::from_u16(status).expect("status");
                                 Ok(response)
                             }
-                        });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -518,6 +528,66 @@ async fn a_guard_check_trips_a_version_in_steady_state() {
             && s.method == "POST"
             && s.body == r#"{"rev": "1.2.0"}"#),
         "{seen:?}"
+    );
+    f.shutdown().await;
+}
+
+/// `%XX` back to bytes, `+` left alone (veer encodes spaces as `%20`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("utf-8");
+            out.push(u8::from_str_radix(hex, 16).expect("hex"));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// A Prometheus check's placeholders are PromQL strings: a revision with a
+/// quote in it cannot end the label matcher and change the query. The
+/// server on loopback answers as Prometheus's HTTP API does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_query_gets_its_placeholders_escaped() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let board = Board::start(Answer::Value(0.01)).await;
+    let sly = support::release::V {
+        name: "canary",
+        revision: "2\"} or vector(1) #",
+        endpoint: canary.addr(),
+        weight: 10,
+    };
+    let blocks = format!(
+        "    guard:\n      baseline: stable\n      max_error_rate: 0.5\n      checks:\n\
+         \x20       - name: errors\n\
+         \x20         prometheus:\n\
+         \x20           address: http://{}\n\
+         \x20           query: 'x{{service=\"{{{{service}}}}\",version=\"{{{{version}}}}\",revision=\"{{{{revision}}}}\"}}'\n\
+         \x20         max: 0.02\n\
+         \x20         interval: 1s\n",
+        board.addr
+    );
+    let yaml = web_yaml(&[v("stable", stable.addr(), 90), sly], &blocks, None);
+    let f = Fixture::start(&yaml).await;
+    let passed = f
+        .wait_web(LIMIT, "a first pass", |w| check_of(w)["verdict"] == "pass")
+        .await;
+    assert_eq!(check_of(&passed)["source"], "prometheus", "{passed:#}");
+    let seen = board.seen();
+    let target = &seen.first().expect("asked").target;
+    let query = target
+        .strip_prefix("/api/v1/query?query=")
+        .unwrap_or_else(|| panic!("not an instant query: {target}"));
+    assert_eq!(
+        percent_decode(query),
+        r#"x{service="web",version="canary",revision="2\"} or vector(1) #"}"#
     );
     f.shutdown().await;
 }

@@ -304,6 +304,33 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_web_value_may_be_a_number_or_a_string_holding_one() {
+        let web = |field: &str| WebCheck {
+            url: crate::config::Template::parse("http://h/").expect("valid"),
+            method: Method::GET,
+            headers: Vec::new(),
+            body: None,
+            value: crate::config::ValuePath::Field(vec![field.to_string()]),
+            token_file: None,
+        };
+        let json = json!({"n": 0.5, "s": " 0.25 ", "null": null, "list": [1], "bad": "high"});
+        assert_eq!(number_from_json(&web("n"), &json), Ok(0.5));
+        assert_eq!(number_from_json(&web("s"), &json), Ok(0.25));
+        assert_eq!(
+            number_from_json(&web("null"), &json),
+            Err("the value is null: no data".into())
+        );
+        assert_eq!(
+            number_from_json(&web("list"), &json),
+            Err("the value [1] is not a number".into())
+        );
+        assert_eq!(
+            number_from_json(&web("bad"), &json),
+            Err("the value `high` is not a number".into())
+        );
+    }
+
+    #[test]
     fn an_instant_vector_of_one_series_is_the_number() {
         let data =
             json!({"resultType": "vector", "result": [{"metric": {}, "value": [1.0, "0.25"]}]});

@@ -502,7 +502,8 @@ impl CheckRunner {
         }
     }
 
-    /// Says again why a rollout is paused, for as long as it is.
+    /// Says again why a rollout is paused, for as long as it is, and that
+    /// it is not once it was resumed.
     fn keep_pause_words(&mut self) {
         if self.paused.is_empty() {
             return;
@@ -513,8 +514,16 @@ impl CheckRunner {
             let still = view
                 .rollout(service)
                 .is_some_and(|p| p.paused && p.outcome == RolloutOutcome::InProgress);
-            if still && view.gate(service) != Some(words.as_str()) {
+            let ours = view.gate(service) == Some(words.as_str());
+            if still && !ours {
                 control.set_gate_status(service, words.clone());
+            }
+            if !still && ours {
+                // Resumed (or ended): the pause's words no longer hold.
+                control.set_gate_status(
+                    service,
+                    "resumed: the checks run again from this step".to_string(),
+                );
             }
             still
         });
