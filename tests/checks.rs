@@ -6,10 +6,12 @@
 //! - Passing checks let the steps advance; a failing one holds the step.
 //! - A value out of bounds `failure_limit` times in a row trips the
 //!   candidate: weights to the baseline, latch, webhook, `veer wait` exit 1.
-//! - A check that cannot read a number (500, bad JSON, nobody listening) is
-//!   inconclusive, and `inconclusive_limit` of them pause the rollout with
+//! - A check that cannot read a number (500, bad JSON, nobody listening, no
+//!   answer within its timeout) is inconclusive, and `inconclusive_limit` of them pause the rollout with
 //!   the reason: no rollback.
 //! - A guard's check trips a version in steady state.
+//! - A Prometheus query's placeholders are escaped as PromQL strings.
+//! - A reload's new bound applies at the next run.
 //!
 //! Nothing here asserts a time: every wait is a poll with a generous bound.
 
@@ -38,6 +40,8 @@ enum Answer {
     Value(f64),
     Status(u16),
     NotJson,
+    /// No answer at all (the check's timeout ends the run).
+    Stall,
 }
 
 /// One request the endpoint saw.
@@ -110,6 +114,9 @@ impl Board {
                                     body: String::from_utf8_lossy(&body).into_owned(),
                                 });
                                 let answer = a.lock().expect("answer").clone();
+                                if matches!(answer, Answer::Stall) {
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                }
                                 let prometheus = parts.uri.path() == "/api/v1/query";
                                 let (status, text) = match answer {
                                     // Prometheus's instant-query answer: one series.
@@ -126,7 +133,7 @@ impl Board {
                                     Answer::Status(code) => {
                                         (code, "{\"error\": \"backend down\"}".to_string())
                                     }
-                                    Answer::NotJson => {
+                                    Answer::NotJson | Answer::Stall => {
                                         (200, "<html>maintenance</html>".to_string())
                                     }
                                 };
@@ -389,6 +396,11 @@ async fn a_check_that_cannot_read_a_number_pauses_the_rollout_not_rolls_it_back(
             "the answer is not JSON (expected value at line 1 column 1): <html>maintenance</html>",
         ),
         (format!("http://{down}/ratio"), None, "unreachable: "),
+        (
+            format!("http://{}/ratio", board.addr),
+            Some(Answer::Stall),
+            "no answer within 500ms (the check's timeout)",
+        ),
     ];
     for (url, answer, reason) in cases {
         if let Some(answer) = answer {
@@ -398,7 +410,7 @@ async fn a_check_that_cannot_read_a_number_pauses_the_rollout_not_rolls_it_back(
             &stable,
             &canary,
             &url,
-            "          inconclusive_limit: 2\n",
+            "          inconclusive_limit: 2\n          timeout: 500ms\n",
             None,
         );
         let f = Fixture::start(&yaml).await;
@@ -589,5 +601,42 @@ async fn a_prometheus_query_gets_its_placeholders_escaped() {
         percent_decode(query),
         r#"x{service="web",version="canary",revision="2\"} or vector(1) #"}"#
     );
+    f.shutdown().await;
+}
+
+/// A reload that changes a check's bounds takes effect at its next run: the
+/// step the old bound held goes on under the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_bound_applies_to_the_next_run() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let board = Board::start(Answer::Value(0.05)).await;
+    let url = format!("http://{}/ratio", board.addr);
+    let yaml = config(
+        &stable,
+        &canary,
+        &url,
+        "          failure_limit: 1000\n",
+        None,
+    );
+    let f = Fixture::start(&yaml).await;
+    let load = f.paced_load(100, 6_000, Duration::from_secs(50));
+    f.wait_web(LIMIT, "the old bound fails", |w| {
+        check_of(w)["verdict"] == "fail"
+    })
+    .await;
+    let looser = yaml.replace("max: 0.02", "max: 0.1");
+    let config = veer::config::parse_str(&looser, "veer.yaml").expect("valid");
+    f.control()
+        .apply_config(config)
+        .await
+        .expect("config applied");
+    let done = f
+        .wait_web(LIMIT, "completion under the new bound", |w| {
+            at(w, 2, "completed")
+        })
+        .await;
+    assert_eq!(check_of(&done)["max"], 0.1, "{done:#}");
+    load.finish().await;
     f.shutdown().await;
 }
