@@ -357,7 +357,12 @@ async fn a_check_out_of_bounds_failure_limit_times_trips_the_candidate() {
     assert_eq!(event["weights"]["stable"], 100);
 
     let out = veer(&["wait", "web", "--admin", &f.admin_url(), "--timeout", "10s"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("web: canary 1.2.0 latched: check:conversion (observed 0.5, threshold 0.02)"),
+        "{text}"
+    );
     let metrics = scrape(&f.client, f.admin).await;
     assert_eq!(
         sum(
