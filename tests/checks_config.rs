@@ -228,3 +228,28 @@ fn the_value_path_limits_and_timeout_are_checked() {
         "{got}"
     );
 }
+
+/// `--offline` (a GitOps pipeline without the secrets) does not read the
+/// token file, and names it among the files left for `veer run`.
+#[test]
+fn offline_lists_the_token_file_instead_of_reading_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(
+        dir.path(),
+        "        - { name: c, max: 1, web: { url: 'http://127.0.0.1:1/x', field: v, token_file: nope } }\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["check", "--offline", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run veer check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "services[0].rollout.checks[0].web.token_file ({})",
+            dir.path().join("nope").display()
+        )),
+        "{stdout}"
+    );
+}
