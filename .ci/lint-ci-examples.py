@@ -94,7 +94,9 @@ def main():
     shellcheck(runs, "bash")
     shellcheck(jenkins_shell_steps(os.path.join(base, "Jenkinsfile")), "sh")
     if shutil.which("shellcheck"):
-        shellcheck([(os.path.join(base, "release.sh"), open(os.path.join(base, "release.sh")).read())], "bash")
+        for script in ("release.sh", "gitops.sh"):
+            path = os.path.join(base, script)
+            shellcheck([(path, open(path).read())], "bash")
     print(f"lint: {len(problems)} problem(s)")
     sys.exit(1 if problems else 0)
 

@@ -8,12 +8,13 @@ use std::time::Duration;
 use http::header::HeaderName;
 
 use crate::config::{
-    Config, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
+    Config, EndpointName, Guard, HealthCheck, Outlier, Protocol, Rollout, Service, Sticky, Timeouts,
 };
 use crate::routing::rules::CompiledRule;
 use crate::routing::sticky::StickyTable;
 use crate::routing::{RouteTable, WeightedSplit};
 use crate::telemetry::{Present, StatsRegistry, Telemetry, VersionStats, DEFAULT_WINDOW};
+use crate::upstream::dns::NameEntry;
 use crate::upstream::{Endpoint, Registry};
 
 #[derive(Debug)]
@@ -87,8 +88,12 @@ pub struct VersionSnapshot {
     pub tls: bool,
     /// The endpoints that may take requests now (healthy, not ejected).
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Every endpoint the config lists, for health checks and reports.
+    /// Every endpoint the config lists (and its names resolve to), for
+    /// health checks and reports.
     pub all_endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints written `NAME:PORT`, with what is known of each name
+    /// (`None`: not looked up yet), for reports.
+    pub names: Vec<(EndpointName, Option<Arc<NameEntry>>)>,
     pub stats: Arc<VersionStats>,
 }
 
@@ -141,10 +146,22 @@ impl Snapshot {
                     .versions
                     .iter()
                     .map(|version| {
-                        version
-                            .endpoints
-                            .iter()
-                            .map(|&addr| {
+                        // The addresses written, then those of the names, in
+                        // their last good answer (none before the first).
+                        let mut addresses = version.endpoints.clone();
+                        for name in &version.names {
+                            if let Some(entry) = registry.names().get(&name.host) {
+                                for ip in entry.addresses() {
+                                    let addr = std::net::SocketAddr::new(ip, name.port);
+                                    if !addresses.contains(&addr) {
+                                        addresses.push(addr);
+                                    }
+                                }
+                            }
+                        }
+                        addresses
+                            .into_iter()
+                            .map(|addr| {
                                 let (endpoint, created) = registry.endpoint(
                                     addr,
                                     version.protocol,
@@ -225,6 +242,11 @@ impl Snapshot {
                             tls: version.tls.is_some(),
                             endpoints: available[v].clone(),
                             all_endpoints: all[v].clone(),
+                            names: version
+                                .names
+                                .iter()
+                                .map(|name| (name.clone(), registry.names().get(&name.host)))
+                                .collect(),
                         })
                     })
                     .collect();

@@ -103,6 +103,9 @@ impl ServiceReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionReport {
+    /// The endpoints written `NAME:PORT`; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsNameReport>,
     pub endpoints: Vec<EndpointReport>,
     /// Per gRPC method the version served (`other`: beyond the cap).
     pub grpc_methods: BTreeMap<String, WindowReport>,
@@ -118,6 +121,26 @@ pub struct VersionReport {
     /// The weight in force.
     pub weight: u32,
     pub window: WindowReport,
+}
+
+/// One endpoint name of a version and what it resolves to now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsNameReport {
+    /// The endpoints it gives: its last good addresses, at the port written.
+    pub addresses: Vec<String>,
+    /// Why the last lookup found no address; `null` after a success.
+    pub error: Option<String>,
+    /// Failed or empty lookups in a row.
+    pub failures: u32,
+    /// When the last lookup ended (RFC 3339); `null` before the first.
+    pub last_lookup_at: Option<String>,
+    /// As written: `NAME:PORT`.
+    pub name: String,
+    /// Milliseconds until the next lookup.
+    pub next_lookup_in_ms: u64,
+    /// The last lookup's result: `success`, `empty` (no address, or no
+    /// such name) or `failure` (no answer); `null` before the first.
+    pub result: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +430,7 @@ mod tests {
                     steps: 2,
                 }),
                 versions: vec![VersionReport {
+                    dns: Vec::new(),
                     endpoints: vec![EndpointReport {
                         address: "127.0.0.1:8081".into(),
                         ejected_for_ms: 0,

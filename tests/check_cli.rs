@@ -171,7 +171,7 @@ services:
         wieght: 90
   - name: app
     versions:
-      - { name: v1, endpoints: [backend:80], weight: 1 }
+      - { name: v1, endpoints: [backend:0], weight: 1 }
 ",
     )
     .expect("write config");
@@ -190,7 +190,7 @@ services:
         [
             format!("{file}:9:9: services[0].versions[0].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?"),
             format!("{file}:10:11: services[1].name: duplicate service name `app` (also services[0]): give each service its own name"),
-            format!("{file}:12:33: services[1].versions[0].endpoints[0]: `backend:80` names a host: DNS names are not supported, expected IP:PORT such as 127.0.0.1:18081"),
+            format!("{file}:12:33: services[1].versions[0].endpoints[0]: `backend:0` has port 0: give the port the endpoints listen on"),
         ]
     );
 }

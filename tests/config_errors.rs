@@ -164,7 +164,7 @@ fn duplicate_key() {
 fn unknown_top_level_field() {
     assert_errors(
         &edit("services:", "service:"),
-        &["test.yaml:4:1: service: unknown field `service`, expected one of `listeners`, `admin`, `state_dir`, `fleet`, `limits`, `access_log`, `services`; did you mean `services`?"],
+        &["test.yaml:4:1: service: unknown field `service`, expected one of `listeners`, `admin`, `state_dir`, `fleet`, `limits`, `access_log`, `dns`, `services`; did you mean `services`?"],
     );
 }
 
@@ -367,20 +367,23 @@ fn version_name_unfit_for_urls() {
 fn version_without_endpoints() {
     assert_errors(
         &edit("endpoints: [127.0.0.1:18082]", "endpoints: []"),
-        &["test.yaml:11:20: services[0].versions[1].endpoints: no endpoints: list at least one IP:PORT, such as [127.0.0.1:18081]"],
+        &["test.yaml:11:20: services[0].versions[1].endpoints: no endpoints: list at least one IP:PORT or NAME:PORT, such as [127.0.0.1:18081]"],
     );
 }
 
 #[test]
 fn dns_and_duplicate_endpoints() {
+    // A name is an endpoint like an address; each is listed once (names
+    // compare without case).
     assert_errors(
         &edit(
             "endpoints: [127.0.0.1:18081]",
-            "endpoints: [backend.internal:8080, 127.0.0.1:18081, 127.0.0.1:18081]",
+            "endpoints: [backend.internal:8080, 127.0.0.1:18081, 127.0.0.1:18081, Backend.Internal:8080, backend:http]",
         ),
         &[
-            "test.yaml:8:21: services[0].versions[0].endpoints[0]: `backend.internal:8080` names a host: DNS names are not supported, expected IP:PORT such as 127.0.0.1:18081",
             "test.yaml:8:61: services[0].versions[0].endpoints[2]: duplicate endpoint `127.0.0.1:18081` (also endpoints[1]): list each endpoint once",
+            "test.yaml:8:78: services[0].versions[0].endpoints[3]: duplicate endpoint `backend.internal:8080` (also endpoints[0]): list each endpoint once",
+            "test.yaml:8:101: services[0].versions[0].endpoints[4]: `backend:http` has port `http`, which is not a port number (1 to 65535)",
         ],
     );
 }
@@ -597,7 +600,7 @@ services:
             "test.yaml:11:17: services[0].versions[0].weight: weight -3 is negative: weights are whole numbers from 0 to 1000000",
             "test.yaml:12:24: services[0].guard.baseline: unknown version `gone`: this service's versions are `stable`",
             "test.yaml:12:46: services[0].guard.max_error_rate: `2` is outside 0..=1: write a fraction, such as 0.05 for 5%",
-            "test.yaml:17:20: services[1].versions[0].endpoints: no endpoints: list at least one IP:PORT, such as [127.0.0.1:18081]",
+            "test.yaml:17:20: services[1].versions[0].endpoints: no endpoints: list at least one IP:PORT or NAME:PORT, such as [127.0.0.1:18081]",
             "test.yaml:19:9: services[1].versions[0].colour: unknown field `colour`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`",
             "test.yaml:21:27: services[2].match.path_prefix: `third` does not start with `/`: write a path prefix such as /api",
         ],
@@ -722,7 +725,7 @@ fn every_unknown_key_is_reported_top_level_and_nested() {
     assert_errors(
         &text,
         &[
-            "test.yaml:1:1: stat_dir: unknown field `stat_dir`, expected one of `listeners`, `admin`, `state_dir`, `fleet`, `limits`, `access_log`, `services`; did you mean `state_dir`?",
+            "test.yaml:1:1: stat_dir: unknown field `stat_dir`, expected one of `listeners`, `admin`, `state_dir`, `fleet`, `limits`, `access_log`, `dns`, `services`; did you mean `state_dir`?",
             "test.yaml:14:9: services[0].versions[1].revison: unknown field `revison`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `revision`?",
             "test.yaml:15:9: services[0].versions[1].wieght: unknown field `wieght`, expected one of `name`, `revision`, `endpoints`, `weight`, `protocol`, `tls`; did you mean `weight`?",
             "test.yaml:16:5: services[0].helth_check: unknown field `helth_check`, expected one of `name`, `match`, `versions`, `sticky`, `rules`, `timeouts`, `health_check`, `outlier_detection`, `slow_start`, `guard`, `rollout`, `grpc`; did you mean `health_check`?",

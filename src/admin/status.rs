@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use crate::control::{Control, ControlView};
 use crate::status::{
-    ConfigReport, EndpointHealth, EndpointReport, GuardReport, ProtocolName, RolloutReport,
-    ServiceReport, StatusReport, VersionReport, WindowReport,
+    ConfigReport, DnsNameReport, EndpointHealth, EndpointReport, GuardReport, ProtocolName,
+    RolloutReport, ServiceReport, StatusReport, VersionReport, WindowReport,
 };
 use crate::telemetry::Figures;
 
@@ -36,6 +36,11 @@ pub fn report(control: &Control) -> StatusReport {
                 .map(|version| {
                     let figures = version.stats.window().figures(elapsed, service.window);
                     VersionReport {
+                        dns: version
+                            .names
+                            .iter()
+                            .map(|(name, entry)| dns_report(name, entry.as_deref()))
+                            .collect(),
                         endpoints: version
                             .all_endpoints
                             .iter()
@@ -100,6 +105,38 @@ pub fn report(control: &Control) -> StatusReport {
             source: control.source().map(|p| p.display().to_string()),
         },
         services,
+    }
+}
+
+/// One endpoint name: its addresses and its last lookup.
+fn dns_report(
+    name: &crate::config::EndpointName,
+    entry: Option<&crate::upstream::dns::NameEntry>,
+) -> DnsNameReport {
+    let known = entry.map(|e| e.resolution()).unwrap_or_default();
+    let at = |ms: u64| {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        humantime::format_rfc3339_millis(time).to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    DnsNameReport {
+        addresses: known
+            .addresses
+            .iter()
+            .map(|&ip| std::net::SocketAddr::new(ip, name.port).to_string())
+            .collect(),
+        error: known
+            .last
+            .as_ref()
+            .and_then(|l| l.error())
+            .map(str::to_string),
+        failures: known.failures,
+        last_lookup_at: known.last.is_some().then(|| at(known.last_at_unix_ms)),
+        name: name.to_string(),
+        next_lookup_in_ms: known.next_at_unix_ms.saturating_sub(now),
+        result: known.last.as_ref().map(|l| l.word().to_string()),
     }
 }
 

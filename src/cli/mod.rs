@@ -28,6 +28,10 @@ use crate::server::{signal, Proxy, StartOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log as `text` for people or `json` (one object a line) for a log
+    /// pipeline. Default: `VEER_LOG_FORMAT`, else text.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,10 +169,15 @@ pub fn main() -> ExitCode {
     };
     // The proxy logs what it does; the other commands print their results
     // and log only problems.
-    init_logging(match cli.command {
-        Command::Run { .. } => "info",
-        _ => "warn",
-    });
+    init_logging(
+        match cli.command {
+            Command::Run { .. } => "info",
+            _ => "warn",
+        },
+        cli.log_format
+            .as_deref()
+            .and_then(crate::logging::Format::parse),
+    );
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
         Command::Check { config, offline } => check(&config, offline),
@@ -371,8 +380,8 @@ fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn init_logging(default: &str) {
-    crate::logging::init(default);
+fn init_logging(default: &str, format: Option<crate::logging::Format>) {
+    crate::logging::init(default, format);
 }
 
 /// Loads the config and checks the files it names (certificates, keys, the
@@ -426,6 +435,20 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
     }
 }
 
+/// Why `veer run` stops before serving: a line on stderr as it always was,
+/// or, with JSON logs, an error event, so that a log pipeline reading a pod
+/// that cannot start gets JSON too (unless the filter hides errors: the
+/// reason is never lost).
+fn fatal(line: &str) {
+    if crate::logging::format() == crate::logging::Format::Json
+        && tracing::enabled!(tracing::Level::ERROR)
+    {
+        tracing::error!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
     let config = match load(path, false) {
         Ok(loaded) => {
@@ -436,9 +459,9 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
         }
         Err(errors) => {
             for error in &errors.0 {
-                eprintln!("{error}");
+                fatal(&error.to_string());
             }
-            eprintln!("veer: refusing to start with an invalid config; fix it and retry (`veer check -c {}`)", path.display());
+            fatal(&format!("veer: refusing to start with an invalid config; fix it and retry (`veer check -c {}`)", path.display()));
             return ExitCode::from(1);
         }
     };
@@ -450,7 +473,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
     let runtime = match crate::server::runtime::build(workers) {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("veer: cannot start the async runtime: {err}");
+            fatal(&format!("veer: cannot start the async runtime: {err}"));
             return ExitCode::from(1);
         }
     };
@@ -462,7 +485,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
         let running = match Proxy::start_with(config, options).await {
             Ok(running) => running,
             Err(err) => {
-                eprintln!("veer: {err}");
+                fatal(&format!("veer: {err}"));
                 return ExitCode::from(1);
             }
         };

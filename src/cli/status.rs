@@ -95,6 +95,28 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
                 ));
             }
         }
+        // Endpoint names whose last lookup found no address: the version
+        // runs on the last good ones (or on none, if it never resolved).
+        for v in &s.versions {
+            for name in v
+                .dns
+                .iter()
+                .filter(|d| d.result.as_deref() != Some("success"))
+            {
+                out.push_str(&format!(
+                    "  {}: DNS {} {}: {}; in use: {}\n",
+                    v.name,
+                    name.name,
+                    name.result.as_deref().unwrap_or("not looked up yet"),
+                    name.error.as_deref().unwrap_or("-"),
+                    if name.addresses.is_empty() {
+                        "no address".to_string()
+                    } else {
+                        name.addresses.join(", ")
+                    },
+                ));
+            }
+        }
         match &s.guard {
             None => out.push_str("  guard: none\n"),
             Some(guard) => {

@@ -372,6 +372,7 @@ mod tests {
             name: "web".into(),
             rollout: None,
             versions: vec![VersionReport {
+                dns: Vec::new(),
                 endpoints: Vec::new(),
                 grpc_methods: Default::default(),
                 guard_verdict: Some(verdict.to_string()),

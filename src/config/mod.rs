@@ -200,6 +200,9 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         fleet: document
             .fleet
             .and_then(|fleet| deserialize_optional(fleet, "fleet", issues)),
+        dns: document
+            .dns
+            .and_then(|dns| deserialize_optional(dns, "dns", issues)),
         limits: document
             .limits
             .and_then(|limits| deserialize_optional(limits, "limits", issues)),
@@ -400,6 +403,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(token_file) = config.admin.token_file.as_mut() {
         resolve(token_file);
+    }
+    if let Some(file) = config.dns.resolv_conf.as_mut() {
+        resolve(file);
     }
     for service in &mut config.services {
         let guard = service.guard.iter_mut().flat_map(|g| g.checks.iter_mut());

@@ -33,6 +33,8 @@ pub struct Config {
     /// Where each request's JSON line goes, if anywhere.
     pub access_log: Option<AccessLog>,
     pub services: Vec<Service>,
+    /// How endpoints written as `NAME:PORT` are resolved.
+    pub dns: Dns,
 }
 
 /// A fleet of replicas sharing their run-time layer through etcd v3.
@@ -206,8 +208,11 @@ pub struct Version {
     pub name: String,
     /// Identity of what runs; a new revision clears guard latches. Default "".
     pub revision: String,
-    /// At least one, no duplicates.
+    /// No duplicates; with `names`, at least one endpoint.
     pub endpoints: Vec<SocketAddr>,
+    /// Endpoints written `NAME:PORT`: every address the name resolves to
+    /// (A and AAAA) is an endpoint, re-resolved in the background (`dns`).
+    pub names: Vec<EndpointName>,
     pub weight: Weight,
     pub protocol: Protocol,
     /// `None`: cleartext.
@@ -410,4 +415,65 @@ pub enum Hold {
     For(Duration),
     /// Waits for `veer promote`, however long (the guard still watches).
     Manual,
+}
+
+/// An endpoint written `NAME:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointName {
+    /// Lowercase. A trailing dot makes it absolute: no search domain is tried.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// How names are resolved (`dns`): the nameservers, search domains and
+/// `ndots` of a resolv.conf unless written here, and the bounds the records'
+/// TTLs are held within.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// The resolv.conf to read. `None`: `/etc/resolv.conf` (what Kubernetes
+    /// writes into every pod) when `nameservers` is empty, no file otherwise.
+    pub resolv_conf: Option<PathBuf>,
+    /// Replace the file's nameservers when not empty; port 53 unless written.
+    pub nameservers: Vec<SocketAddr>,
+    /// Replace the file's search domains when set.
+    pub search: Option<Vec<String>>,
+    /// Replaces the file's `ndots` when set.
+    pub ndots: Option<u8>,
+    /// Per query to a nameserver. Default 2s.
+    pub timeout: Duration,
+    /// A name is asked again no sooner than this, whatever its TTL. Default 1s.
+    pub min_ttl: Duration,
+    /// ... and no later than this. Default 30s.
+    pub max_ttl: Duration,
+}
+
+impl Dns {
+    /// The resolv.conf read, if any (see `resolv_conf`).
+    pub fn resolv_conf_file(&self) -> Option<PathBuf> {
+        match &self.resolv_conf {
+            Some(file) => Some(file.clone()),
+            None if self.nameservers.is_empty() => Some(PathBuf::from("/etc/resolv.conf")),
+            None => None,
+        }
+    }
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            resolv_conf: None,
+            nameservers: Vec::new(),
+            search: None,
+            ndots: None,
+            timeout: Duration::from_secs(2),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30),
+        }
+    }
 }

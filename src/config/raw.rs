@@ -27,7 +27,7 @@ use super::yaml::Node;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits and access_log"
+    expecting = "a mapping with listeners, services and optionally admin, state_dir, fleet, limits, access_log and dns"
 )]
 pub(crate) struct RawDocument {
     pub listeners: Option<Node>,
@@ -36,6 +36,7 @@ pub(crate) struct RawDocument {
     pub fleet: Option<Node>,
     pub limits: Option<Node>,
     pub access_log: Option<Node>,
+    pub dns: Option<Node>,
     pub services: Option<Node>,
 }
 
@@ -52,12 +53,28 @@ pub(crate) type Part<T> = Result<T, Invalid>;
 #[derive(Debug)]
 pub(crate) struct RawConfig {
     pub listeners: Option<Vec<Part<RawListener>>>,
+    pub dns: Option<Part<RawDns>>,
     pub admin: Option<Part<RawAdmin>>,
     pub state_dir: Option<Part<String>>,
     pub fleet: Option<Part<RawFleet>>,
     pub limits: Option<Part<RawLimits>>,
     pub access_log: Option<Part<RawAccessLog>>,
     pub services: Option<Vec<Part<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with optionally resolv_conf, nameservers, search, ndots, timeout, min_ttl and max_ttl"
+)]
+pub(crate) struct RawDns {
+    pub resolv_conf: Option<String>,
+    pub nameservers: Option<Vec<Scalar>>,
+    pub search: Option<Vec<Scalar>>,
+    pub ndots: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub min_ttl: Option<Scalar>,
+    pub max_ttl: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

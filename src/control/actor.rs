@@ -179,13 +179,20 @@ pub(super) fn spawn(
     telemetry: Arc<Telemetry>,
     store: Option<(Arc<dyn Store>, PersistedState)>,
     inbox: mpsc::UnboundedReceiver<Command>,
+    mut registry: Registry,
 ) -> (Arc<ArcSwap<Snapshot>>, Arc<ArcSwap<ControlView>>) {
     let (store, mut layer) = match store {
         Some((store, layer)) => (Some(store), layer),
         None => (None, PersistedState::default()),
     };
     for note in overlay::reconcile(&mut layer, &config, unix_ms()) {
-        tracing::info!("state: {note}");
+        tracing::info!(
+            service = note.service.as_str(),
+            version = note.version.as_deref(),
+            revision = note.revision.as_deref(),
+            reason = note.reason,
+            "state: {note}"
+        );
     }
     let changes = store.as_ref().and_then(|s| s.changes());
     let writer = store.map(|store| {
@@ -193,7 +200,6 @@ pub(super) fn spawn(
         tokio::spawn(write_in_order(store, rx));
         tx
     });
-    let mut registry = Registry::default();
     let mut stats = StatsRegistry::default();
     let first = build(
         1,
@@ -253,9 +259,16 @@ impl Actor {
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut changes: Option<crate::state::Changes>,
     ) {
+        let names = Arc::clone(self.registry.names());
         loop {
             let command = tokio::select! {
                 command = inbox.recv() => command,
+                // A name's addresses changed: its endpoints join or drain.
+                () = names.changed() => {
+                    self.publish();
+                    self.publish_view();
+                    continue;
+                }
                 Some(change) = next_change(&mut changes) => {
                     self.adopt(change);
                     continue;
@@ -322,7 +335,13 @@ impl Actor {
             Command::ApplyConfig { config, reply } => {
                 let layer = Arc::make_mut(&mut self.layer);
                 for note in overlay::reconcile(layer, &config, unix_ms()) {
-                    tracing::info!("reload: {note}");
+                    tracing::info!(
+                        service = note.service.as_str(),
+                        version = note.version.as_deref(),
+                        revision = note.revision.as_deref(),
+                        reason = note.reason,
+                        "reload: {note}"
+                    );
                 }
                 self.names = index(&config);
                 self.config = Arc::new(*config);

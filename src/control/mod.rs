@@ -59,6 +59,8 @@ pub struct Control {
     telemetry: Arc<Telemetry>,
     /// The file the config came from; `None` for a config given in code.
     source: Option<PathBuf>,
+    /// The endpoints' names, resolved before a config is applied.
+    names: Arc<crate::upstream::Names>,
 }
 
 /// What the actor last published besides the snapshot: immutable, replaced
@@ -164,13 +166,19 @@ impl Control {
         store: Option<(Arc<dyn Store>, PersistedState)>,
     ) -> Control {
         let (mailbox, inbox) = mpsc::unbounded_channel();
-        let (published, view) = actor::spawn(config, Arc::clone(&telemetry), store, inbox);
+        // The first snapshot has the names' addresses, if they resolve.
+        let names = Arc::new(crate::upstream::Names::default());
+        names.prime(&config, &telemetry).await;
+        let registry = crate::upstream::Registry::with_names(Arc::clone(&names));
+        let (published, view) =
+            actor::spawn(config, Arc::clone(&telemetry), store, inbox, registry);
         let control = Control {
             mailbox,
             published,
             view,
             telemetry,
             source,
+            names,
         };
         control.persist_now().await;
         control
@@ -262,6 +270,9 @@ impl Control {
     /// Replaces the configuration; the run-time layer keeps what the new
     /// file does not override (see `overlay::reconcile`).
     pub async fn apply_config(&self, config: Config) -> Result<(), ControlError> {
+        // Names the new config adds are looked up first, so that their
+        // versions have endpoints from the first snapshot on.
+        self.names.prime(&config, &self.telemetry).await;
         self.ask(|reply| Command::ApplyConfig {
             config: Box::new(config),
             reply,

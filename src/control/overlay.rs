@@ -90,13 +90,46 @@ pub fn is_latched(layer: &ServiceState, version: &str, revision: &str) -> bool {
         .any(|l| l.version == version && l.revision == revision)
 }
 
+/// One change a new config made to the run-time layer: the line for people,
+/// and the service, version, revision and a reason word as fields, so that a
+/// JSON log carries them without a pattern to pull them out of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub service: String,
+    pub version: Option<String>,
+    pub revision: Option<String>,
+    /// `rollout_started`, `revision_changed`, `service_removed`,
+    /// `file_weights_replace_runtime`, `file_weights_replace_rollout`,
+    /// `rollout_changed`.
+    pub reason: &'static str,
+    text: String,
+}
+
+impl Note {
+    fn service(name: &str, reason: &'static str, text: String) -> Note {
+        Note {
+            service: name.to_string(),
+            version: None,
+            revision: None,
+            reason,
+            text,
+        }
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Drops what a new config overrides: run-time weights of services whose file
 /// weights changed since they were set, latches of versions whose revision
 /// changed (or that are gone), rollout progress for another candidate or
 /// revision, and services that are gone; starts the rollouts the config asks
-/// for that have no progress yet (at `now_ms`). Returns one line per change,
+/// for that have no progress yet (at `now_ms`). Returns one note per change,
 /// for the log.
-pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Vec<String> {
+pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Vec<Note> {
     let mut notes = Vec::new();
     for service in &config.services {
         let (Some(rollout), Some(candidate)) = (
@@ -114,13 +147,19 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             .as_ref()
             .is_some_and(|p| p.candidate == candidate.name && p.revision == candidate.revision);
         if !current {
-            notes.push(format!(
-                "service `{}`: rollout of `{}` revision `{}` starts at {}%",
-                service.name,
-                candidate.name,
-                candidate.revision,
-                rollout.percent(0)
-            ));
+            notes.push(Note {
+                service: service.name.clone(),
+                version: Some(candidate.name.clone()),
+                revision: Some(candidate.revision.clone()),
+                reason: "rollout_started",
+                text: format!(
+                    "service `{}`: rollout of `{}` revision `{}` starts at {}%",
+                    service.name,
+                    candidate.name,
+                    candidate.revision,
+                    rollout.percent(0)
+                ),
+            });
             // Remember the file's weights the rollout started from: if a
             // reload changes them later, the file takes over again.
             if state.weights.is_none() {
@@ -131,13 +170,21 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
     }
     layer.services.retain(|name, state| {
         let Some(service) = config.services.iter().find(|s| &s.name == name) else {
-            notes.push(format!("service `{name}` left the config: its run-time state is dropped"));
+            notes.push(Note::service(
+                name,
+                "service_removed",
+                format!("service `{name}` left the config: its run-time state is dropped"),
+            ));
             return false;
         };
         let now = file_weights(service);
         if state.weights.is_some() && state.file_weights.as_ref() != Some(&now) {
-            notes.push(format!(
-                "service `{name}`: the file's weights changed, they replace the run-time weights"
+            notes.push(Note::service(
+                name,
+                "file_weights_replace_runtime",
+                format!(
+                    "service `{name}`: the file's weights changed, they replace the run-time weights"
+                ),
             ));
             state.weights = None;
             state.file_weights = None;
@@ -146,15 +193,25 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             if let Some(progress) = state.rollout.as_mut().filter(|p| {
                 matches!(p.outcome, RolloutOutcome::InProgress | RolloutOutcome::Completed)
             }) {
-                notes.push(format!(
-                    "service `{name}`: the file's weights changed, they replace the rollout's"
+                notes.push(Note::service(
+                    name,
+                    "file_weights_replace_rollout",
+                    format!(
+                        "service `{name}`: the file's weights changed, they replace the rollout's"
+                    ),
                 ));
                 progress.outcome = RolloutOutcome::Abandoned;
             }
             state.file_weights = Some(now.clone());
         }
         if state.rollout.is_some() && current_rollout(service, Some(state)).is_none() {
-            notes.push(format!("service `{name}`: the rollout in the config changed; the old progress is dropped"));
+            notes.push(Note::service(
+                name,
+                "rollout_changed",
+                format!(
+                    "service `{name}`: the rollout in the config changed; the old progress is dropped"
+                ),
+            ));
             state.rollout = None;
         }
         state.latches.retain(|latch| {
@@ -162,10 +219,16 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             match current {
                 Some(v) if v.revision == latch.revision => true,
                 Some(v) => {
-                    notes.push(format!(
-                        "service `{name}`: version `{}` moved from revision `{}` to `{}`: its guard latch is cleared",
-                        latch.version, latch.revision, v.revision
-                    ));
+                    notes.push(Note {
+                        service: name.clone(),
+                        version: Some(latch.version.clone()),
+                        revision: Some(v.revision.clone()),
+                        reason: "revision_changed",
+                        text: format!(
+                            "service `{name}`: version `{}` moved from revision `{}` to `{}`: its guard latch is cleared",
+                            latch.version, latch.revision, v.revision
+                        ),
+                    });
                     false
                 }
                 None => false,

@@ -149,6 +149,9 @@ impl GuardRunner {
                                     service = %service.name,
                                     version = %version.name,
                                     method = %method,
+                                    reason = reason.as_str(),
+                                    observed = *observed,
+                                    threshold = *threshold,
                                     "guard: one method of the version is bad ({figure} {observed:.4} > {threshold:.4})"
                                 );
                             }

@@ -106,6 +106,8 @@ impl Reloader {
                 for error in errors {
                     tracing::error!(
                         trigger = trigger.as_str(),
+                        file = %self.path.display(),
+                        error = error.as_str(),
                         "reload refused, the previous config keeps serving: {error}"
                     );
                 }

@@ -137,6 +137,7 @@ mod tests {
                 name: "v".into(),
                 revision: String::new(),
                 endpoints: vec![],
+                names: vec![],
                 weight: crate::config::Weight::new(1).expect("a valid weight"),
                 protocol: Default::default(),
                 tls: None,

@@ -208,6 +208,17 @@ impl Telemetry {
         self.registry.access_log_dropped()
     }
 
+    /// `veer_dns_resolutions_total` of one name: its counters for
+    /// `success`, `empty` and `failure`, in that order (cold path).
+    pub fn dns_resolutions(&self, name: &str) -> [Counter; 3] {
+        self.registry.dns_resolutions(name)
+    }
+
+    /// Drops the lookup counters of names no longer configured.
+    pub fn retain_dns(&self, names: &[&str]) {
+        self.registry.retain_dns(names);
+    }
+
     pub fn count_unrouted(&self) {
         self.registry.unrouted().increment(1);
     }

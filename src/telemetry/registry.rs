@@ -315,6 +315,8 @@ struct Inner {
     versions: BTreeMap<(String, String), Arc<VersionSeries>>,
     rollout_steps: BTreeMap<String, Gauge>,
     tls_failures: BTreeMap<(String, &'static str), Counter>,
+    /// `veer_dns_resolutions_total` by (name, result).
+    dns: BTreeMap<(String, &'static str), Counter>,
 }
 
 impl Default for Registry {
@@ -365,6 +367,26 @@ impl Registry {
             .entry((listener.to_string(), reason))
             .or_default()
             .clone()
+    }
+
+    /// The counters of one name's lookups, by result (`DNS_RESULTS`), all
+    /// declared at 0 (cold path: a name's refresh task resolves them once).
+    pub fn dns_resolutions(&self, name: &str) -> [Counter; 3] {
+        let mut inner = lock(&self.inner);
+        DNS_RESULTS.map(|result| {
+            inner
+                .dns
+                .entry((name.to_string(), result))
+                .or_default()
+                .clone()
+        })
+    }
+
+    /// Drops the lookup counters of names no longer configured.
+    pub fn retain_dns(&self, names: &[&str]) {
+        lock(&self.inner)
+            .dns
+            .retain(|(name, _), _| names.contains(&name.as_str()));
     }
 
     pub fn reloads(&self, success: bool) -> &Counter {
@@ -440,6 +462,7 @@ impl Registry {
 
     /// Writes every series as Prometheus text.
     pub fn render_into<W: Write>(&self, out: &mut W) -> fmt::Result {
+        let dns = lock(&self.inner).dns.clone();
         let (versions, rollout_steps, tls_failures) = {
             let inner = lock(&self.inner);
             (
@@ -646,6 +669,14 @@ impl Registry {
         }
         f.finish()?;
 
+        if !dns.is_empty() {
+            let mut f = FamilyWriter::new(out, DNS_RESOLUTIONS);
+            for ((name, result), count) in &dns {
+                f.counter(&[("name", name.as_str()), ("result", result)], count.get())?;
+            }
+            f.finish()?;
+        }
+
         for (family, pick) in [
             (REQUEST_DURATION, Which::ToHead),
             (RESPONSE_DURATION, Which::ToEnd),
@@ -692,6 +723,12 @@ const fn gauge(name: &'static str, help: &'static str) -> Family<'static> {
     }
 }
 
+/// The results of a lookup of an endpoint's name.
+pub const DNS_RESULTS: [&str; 3] = ["success", "empty", "failure"];
+const DNS_RESOLUTIONS: Family<'static> = counter(
+    "veer_dns_resolutions_total",
+    "Lookups of endpoint names, by name and result (success, empty: no address, failure).",
+);
 const RELOADS: Family<'static> = counter("veer_config_reloads_total", "Config reloads, by result.");
 const UNROUTED: Family<'static> = counter(
     "veer_unrouted_requests_total",

@@ -8,12 +8,15 @@
 //!
 //! An `Endpoint` outlives snapshots: `Registry` hands the same `Arc<Endpoint>` to
 //! every snapshot that names its address, so a reload keeps its warm connections,
-//! its outstanding-request count and its health. Depends on `config`, `clock`,
+//! its outstanding-request count and its health. Endpoints written
+//! `NAME:PORT` get their addresses from `dns`, which re-resolves them in the
+//! background. Depends on `config`, `clock`,
 //! `outcome` (the failure reasons it classifies into), and on `tls` for
 //! connections to TLS endpoints.
 
 pub mod balance;
 pub mod body;
+pub mod dns;
 pub mod endpoint;
 pub mod error;
 pub mod h1;
@@ -23,6 +26,7 @@ pub mod registry;
 pub mod retry;
 
 pub use body::{RequestBody, ResponseBody};
+pub use dns::Names;
 pub use endpoint::{Endpoint, Lease};
 pub use error::UpstreamError;
 pub use registry::Registry;

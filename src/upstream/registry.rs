@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::Endpoint;
+use super::{Endpoint, Names};
 use crate::config::{Protocol, UpstreamTls};
 use crate::tls::client::Originator;
 
@@ -15,9 +15,23 @@ type Key = (SocketAddr, Protocol, Option<UpstreamTls>);
 #[derive(Debug, Default)]
 pub struct Registry {
     endpoints: HashMap<Key, Arc<Endpoint>>,
+    /// The addresses of the endpoints written `NAME:PORT`.
+    names: Arc<Names>,
 }
 
 impl Registry {
+    /// A registry whose named endpoints take their addresses from `names`.
+    pub fn with_names(names: Arc<Names>) -> Registry {
+        Registry {
+            endpoints: HashMap::new(),
+            names,
+        }
+    }
+
+    pub fn names(&self) -> &Arc<Names> {
+        &self.names
+    }
+
     /// The endpoint for `addr`, the one already known if there is one (then
     /// `false`); a new one (`true`) starts healthy or not as told. A new TLS
     /// endpoint reads its files here (a failure is logged, and answered to

@@ -37,6 +37,16 @@ impl VeerProcess {
 
     /// As [`VeerProcess::start`], with `env` added to the process's environment.
     pub fn start_with_env(bin: &str, yaml: &str, env: &[(&str, &str)]) -> VeerProcess {
+        VeerProcess::start_with_args(bin, yaml, &[], env)
+    }
+
+    /// As [`VeerProcess::start_with_env`], with `args` after `run -c FILE`.
+    pub fn start_with_args(
+        bin: &str,
+        yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> VeerProcess {
         let dir = tempfile::tempdir().expect("temp dir for veer config");
         let config_path = dir.path().join("veer.yaml");
         std::fs::write(&config_path, yaml).expect("write veer config");
@@ -46,6 +56,7 @@ impl VeerProcess {
             .arg("run")
             .arg("-c")
             .arg(&config_path)
+            .args(args)
             .current_dir(dir.path())
             .envs(env.iter().copied())
             .stdin(Stdio::null())

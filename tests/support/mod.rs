@@ -16,6 +16,8 @@
 //! - [`release`]: the release process (rollouts, A/B rules, sticky users,
 //!   `veer wait`): a config for one service `web`, veer in-process with its
 //!   admin API, `/status` reads, the `veer` binary as a CLI.
+//! - [`dns`]: an authoritative DNS server on loopback UDP whose records,
+//!   answers (SERVFAIL, silence) and query counts a test controls.
 //! - [`tls`]: certificates made on the fly, TLS clients and a TLS upstream.
 //!
 //! Each test file uses a subset, hence the blanket `dead_code` allowance.
@@ -24,6 +26,7 @@
 pub mod binary;
 pub mod client;
 pub mod config;
+pub mod dns;
 #[cfg(feature = "fleet")]
 pub mod etcd;
 pub mod harness;

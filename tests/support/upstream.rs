@@ -126,7 +126,17 @@ pub struct Upstream {
 impl Upstream {
     /// Binds `127.0.0.1:0` and serves until dropped. Needs a tokio runtime.
     pub async fn start(name: &str) -> Upstream {
-        let listener = super::bind_loopback();
+        Upstream::serve(name, super::bind_loopback())
+    }
+
+    /// Binds `addr` (a loopback address and a port another upstream may
+    /// use on another address); `None` when it is taken.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Option<Upstream> {
+        let listener = tokio::net::TcpListener::bind(addr).await.ok()?;
+        Some(Upstream::serve(name, listener))
+    }
+
+    fn serve(name: &str, listener: tokio::net::TcpListener) -> Upstream {
         let addr = listener.local_addr().expect("upstream local_addr");
         let state = Arc::new(State {
             name: name.to_string(),

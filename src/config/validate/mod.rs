@@ -17,7 +17,7 @@
 //! One file per block of the config, each adding its checks to the one
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `services` (and `match`),
-//! `versions`, `sticky`, `rules`, `timeouts`, `health` (health checks and
+//! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
 //! outlier detection), `guard`, `rollout`, `checks` (a rollout's and a
 //! guard's), `grpc`; `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
@@ -25,6 +25,7 @@
 mod access_log;
 mod admin;
 mod checks;
+mod dns;
 mod fields;
 mod fleet;
 mod grpc;
@@ -52,15 +53,16 @@ use http::Uri;
 use super::duration::parse_duration;
 use super::error::Issue;
 use super::model::{
-    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, Etcd, EtcdTls, Fleet, Grpc, Guard,
-    HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert, Outlier, Protocol,
-    Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls, Version,
-    DEFAULT_MAX_METHODS,
+    AccessLog, AccessLogTarget, Admin, CertificateFiles, Config, EndpointName, Etcd, EtcdTls,
+    Fleet, Grpc, Guard, HealthCheck, Hold, HostMatch, Limits, Listener, ListenerTls, OnRevert,
+    Outlier, Protocol, Rollout, Rule, RuleMatch, Service, Step, Sticky, Timeouts, UpstreamTls,
+    Version, DEFAULT_MAX_METHODS,
 };
 use super::raw::{
-    Part, RawAccessLog, RawAdmin, RawConfig, RawEtcd, RawFleet, RawGrpc, RawGuard, RawHealthCheck,
-    RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService, RawServiceMatch, RawStep,
-    RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls, RawVersion, Scalar,
+    Part, RawAccessLog, RawAdmin, RawConfig, RawDns, RawEtcd, RawFleet, RawGrpc, RawGuard,
+    RawHealthCheck, RawLimits, RawListener, RawOutlier, RawRollout, RawRule, RawService,
+    RawServiceMatch, RawStep, RawStepMap, RawSticky, RawTimeouts, RawTls, RawUpstreamTls,
+    RawVersion, Scalar,
 };
 use super::units::{Fraction, Percent, Ratio, Weight};
 use parse::*;
@@ -119,6 +121,11 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Ok(log)) => v.access_log(log).map(Some),
     };
     let services = v.services(raw.services);
+    let dns = match raw.dns {
+        None => Some(Default::default()),
+        Some(Err(_)) => None,
+        Some(Ok(dns)) => v.dns(dns),
+    };
 
     let clean = v.issues.is_empty() && issues.is_empty();
     issues.append(&mut v.issues);
@@ -136,6 +143,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         limits: limits?,
         access_log: access_log?,
         services,
+        dns: dns?,
     })
 }
 

@@ -38,6 +38,132 @@ pub(crate) fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
     Ok(address)
 }
 
+/// A version's endpoint as written: an address, or a name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndpointSpec {
+    Address(SocketAddr),
+    Name(EndpointName),
+}
+
+const ENDPOINT_EXAMPLE: &str = "IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080";
+
+/// A version's endpoint: `IP:PORT`, `[v6]:PORT` or `NAME:PORT`. A name is
+/// only checked for its form here; it is resolved when veer runs.
+pub(crate) fn parse_endpoint_spec(text: &str) -> Result<EndpointSpec, String> {
+    let text = text.trim();
+    if text.parse::<SocketAddr>().is_ok() {
+        return parse_endpoint(text).map(EndpointSpec::Address);
+    }
+    if text.contains("://") {
+        return Err(format!(
+            "`{text}` has a scheme: expected {ENDPOINT_EXAMPLE}, without http://"
+        ));
+    }
+    if text.contains('/') {
+        return Err(format!(
+            "`{text}` has a path: expected {ENDPOINT_EXAMPLE}, without a path"
+        ));
+    }
+    if text.is_empty() {
+        return Err(format!("empty endpoint: expected {ENDPOINT_EXAMPLE}"));
+    }
+    if text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` is only a port: expected {ENDPOINT_EXAMPLE}"
+        ));
+    }
+    if text.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "`{text}` has no port: expected IP:PORT such as 127.0.0.1:18081 (IPv6 as [::1]:8080)"
+        ));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "`{text}` has no port: write the port the endpoints listen on, such as `{text}:8080`"
+        ));
+    };
+    if host.starts_with('[') {
+        return Err(format!(
+            "`{text}` is not an address: expected [IPv6]:PORT such as [::1]:8080"
+        ));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "`{text}` is not an address: write IPv6 endpoints in brackets, such as [::1]:8080"
+        ));
+    }
+    let port = match port.parse::<u16>() {
+        Ok(0) => {
+            return Err(format!(
+                "`{text}` has port 0: give the port the endpoints listen on"
+            ))
+        }
+        Ok(port) => port,
+        Err(_) => {
+            return Err(format!(
+                "`{text}` has port `{port}`, which is not a port number (1 to 65535)"
+            ))
+        }
+    };
+    check_dns_name(host).map_err(|reason| format!("`{text}`: {reason}"))?;
+    Ok(EndpointSpec::Name(EndpointName {
+        host: host.to_ascii_lowercase(),
+        port,
+    }))
+}
+
+/// A DNS name as an endpoint or a search domain may be written: labels of
+/// letters, digits, `-` (not first or last) and `_`, at most 63 bytes each
+/// and 253 in all, an optional trailing dot (absolute: no search domain).
+pub(crate) fn check_dns_name(text: &str) -> Result<(), String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() {
+        return Err(format!("`{text}` is not a DNS name: it is empty"));
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "`{text}` is not a DNS name: it is {} bytes long, and a name has at most 253",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!(
+                "`{text}` is not a DNS name: it has an empty label (two dots in a row, or a leading dot)"
+            ));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "`{text}` is not a DNS name: the label `{label}` is {} bytes long, and a label has at most 63",
+                label.len()
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return Err(format!(
+                "`{text}` is not a DNS name: {bad:?} is not allowed (letters, digits, `-`, `_` and dots only)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "`{text}` is not a DNS name: the label `{label}` starts or ends with `-`"
+            ));
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "`{text}` is neither an IP address nor a DNS name (a name's last label is not all digits): check the address"
+        ));
+    }
+    Ok(())
+}
+
 /// Explains why `text` is not `IP:PORT`, guessing the usual mistakes.
 pub(super) fn address_error(text: &str, example: &str) -> String {
     let text = text.trim();
@@ -275,6 +401,58 @@ mod tests {
         assert!(parse_endpoint("127.0.0.1:0").is_err());
         assert!(parse_endpoint("0.0.0.0:80").is_err());
         assert!(parse_endpoint("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn endpoint_specs() {
+        let name = |host: &str, port| {
+            Ok(EndpointSpec::Name(EndpointName {
+                host: host.into(),
+                port,
+            }))
+        };
+        assert_eq!(
+            parse_endpoint_spec("127.0.0.1:80"),
+            Ok(EndpointSpec::Address(addr("127.0.0.1:80")))
+        );
+        assert_eq!(
+            parse_endpoint_spec("[::1]:80"),
+            Ok(EndpointSpec::Address(addr("[::1]:80")))
+        );
+        assert_eq!(parse_endpoint_spec("Backend:8080"), name("backend", 8080));
+        assert_eq!(
+            parse_endpoint_spec("agent-match-canary.production.svc.cluster.local:8080"),
+            name("agent-match-canary.production.svc.cluster.local", 8080)
+        );
+        assert_eq!(
+            parse_endpoint_spec("api.internal.:443"),
+            name("api.internal.", 443)
+        );
+        assert_eq!(parse_endpoint_spec("_grpc.svc:80"), name("_grpc.svc", 80));
+        for (bad, reason) in [
+            ("backend", "`backend` has no port: write the port the endpoints listen on, such as `backend:8080`"),
+            ("backend:0", "`backend:0` has port 0: give the port the endpoints listen on"),
+            ("backend:99999", "`backend:99999` has port `99999`, which is not a port number (1 to 65535)"),
+            ("backend:http", "`backend:http` has port `http`, which is not a port number (1 to 65535)"),
+            ("http://backend:80", "`http://backend:80` has a scheme: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080, without http://"),
+            ("backend:80/x", "`backend:80/x` has a path: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080, without a path"),
+            ("::1:80", "`::1:80` has no port: expected IP:PORT such as 127.0.0.1:18081 (IPv6 as [::1]:8080)"),
+            ("fe80::1:x:80", "`fe80::1:x:80` is not an address: write IPv6 endpoints in brackets, such as [::1]:8080"),
+            ("[::1]:http", "`[::1]:http` is not an address: expected [IPv6]:PORT such as [::1]:8080"),
+            ("a..b:80", "`a..b:80`: `a..b` is not a DNS name: it has an empty label (two dots in a row, or a leading dot)"),
+            ("-a.b:80", "`-a.b:80`: `-a.b` is not a DNS name: the label `-a` starts or ends with `-`"),
+            ("a b:80", "`a b:80`: `a b` is not a DNS name: ' ' is not allowed (letters, digits, `-`, `_` and dots only)"),
+            ("300.1.2.3:80", "`300.1.2.3:80`: `300.1.2.3` is neither an IP address nor a DNS name (a name's last label is not all digits): check the address"),
+            ("8080", "`8080` is only a port: expected IP:PORT or NAME:PORT such as 127.0.0.1:18081 or api.internal:8080"),
+            ("127.0.0.1", "`127.0.0.1` has no port: expected IP:PORT such as 127.0.0.1:18081 (IPv6 as [::1]:8080)"),
+            ("0.0.0.0:80", "`0.0.0.0:80` is a wildcard address, which cannot be connected to: use the endpoint's own IP, such as 127.0.0.1"),
+        ] {
+            assert_eq!(parse_endpoint_spec(bad), Err(reason.to_string()), "{bad}");
+        }
+        let long = format!("{}.example:80", "a".repeat(64));
+        assert!(parse_endpoint_spec(&long)
+            .expect_err("a label too long")
+            .contains("is 64 bytes long, and a label has at most 63"));
     }
 
     #[test]

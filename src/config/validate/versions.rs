@@ -48,6 +48,10 @@ impl Validator {
                 }
             }
             let endpoints = self.endpoints(&at, raw.endpoints);
+            let (endpoints, names) = match endpoints {
+                Some((endpoints, names)) => (Some(endpoints), names),
+                None => (None, Vec::new()),
+            };
             let weight = match raw.weight {
                 None => {
                     self.err(
@@ -100,6 +104,7 @@ impl Validator {
                     name: name.clone(),
                     revision,
                     endpoints,
+                    names,
                     weight,
                     protocol,
                     tls,
@@ -119,26 +124,41 @@ impl Validator {
         (versions, set_ok)
     }
 
+    /// The addresses and the names, in the order written.
     pub(super) fn endpoints(
         &mut self,
         at: &str,
         raw: Option<Vec<Scalar>>,
-    ) -> Option<Vec<SocketAddr>> {
+    ) -> Option<(Vec<SocketAddr>, Vec<EndpointName>)> {
         let raw = raw.unwrap_or_default();
         if raw.is_empty() {
             self.err(
                 format!("{at}.endpoints"),
-                "no endpoints: list at least one IP:PORT, such as [127.0.0.1:18081]",
+                "no endpoints: list at least one IP:PORT or NAME:PORT, such as [127.0.0.1:18081]",
             );
             return None;
         }
         let mut ok = true;
         // With each one's index in the file, for the duplicate message.
         let mut endpoints: Vec<(usize, SocketAddr)> = Vec::new();
+        let mut names: Vec<(usize, EndpointName)> = Vec::new();
         for (k, text) in raw.iter().enumerate() {
             let path = format!("{at}.endpoints[{k}]");
-            match parse_endpoint(&text.to_string()) {
-                Ok(address) => {
+            match parse_endpoint_spec(&text.to_string()) {
+                Ok(EndpointSpec::Name(name)) => {
+                    if let Some((first, _)) = names.iter().find(|(_, n)| *n == name) {
+                        self.err(
+                            path,
+                            format!(
+                                "duplicate endpoint `{name}` (also endpoints[{first}]): list each endpoint once"
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        names.push((k, name));
+                    }
+                }
+                Ok(EndpointSpec::Address(address)) => {
                     if let Some((first, _)) = endpoints.iter().find(|(_, e)| *e == address) {
                         self.err(
                             path,
@@ -157,6 +177,11 @@ impl Validator {
                 }
             }
         }
-        ok.then(|| endpoints.into_iter().map(|(_, address)| address).collect())
+        ok.then(|| {
+            (
+                endpoints.into_iter().map(|(_, address)| address).collect(),
+                names.into_iter().map(|(_, name)| name).collect(),
+            )
+        })
     }
 }
