@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod config;

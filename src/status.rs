@@ -123,6 +123,10 @@ impl std::fmt::Display for ReloadResult {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceReport {
+    /// The rollout's and the guard's checks; absent when the service has
+    /// none (older reports never had the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<ChecksReport>,
     /// `null` when the service has no guard block.
     pub guard: Option<GuardReport>,
     /// Absent when the service mirrors nothing.
@@ -301,6 +305,86 @@ pub struct MirrorReport {
     pub window_seconds: u64,
 }
 
+/// A service's checks: each one's latest state, and the runs counted.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChecksReport {
+    /// One entry per check and version it judges (a rollout's checks judge
+    /// the candidate; a guard's, every non-baseline version with traffic).
+    pub results: Vec<CheckReport>,
+    /// Runs since veer started, by check name: what
+    /// `veer_check_runs_total` exports.
+    pub runs: BTreeMap<String, CheckRuns>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CheckRuns {
+    pub fail: u64,
+    pub inconclusive: u64,
+    pub pass: u64,
+}
+
+/// One check's latest state for one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Failed runs in a row (the version trips at `failure_limit`).
+    pub consecutive_failures: u32,
+    /// Inconclusive runs in a row (the rollout pauses at
+    /// `inconclusive_limit`).
+    pub consecutive_inconclusive: u32,
+    pub failure_limit: u32,
+    pub inconclusive_limit: u32,
+    /// RFC 3339, to the second; `null` before the first run.
+    pub last_run_at: Option<String>,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub name: String,
+    /// Why the last run failed or was inconclusive, in words.
+    pub reason: Option<String>,
+    pub revision: String,
+    /// `rollout` or `guard`: the block the check is written in.
+    pub scope: CheckScope,
+    /// `prometheus` or `web`.
+    pub source: String,
+    /// The rollout step (1-based) whose runs these are; `null` for a
+    /// guard's check.
+    pub step: Option<usize>,
+    /// The last value read; `null` before one was read, or when the last
+    /// run read none.
+    pub value: Option<f64>,
+    pub verdict: CheckVerdict,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckScope {
+    Rollout,
+    Guard,
+}
+
+/// A check's latest verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckVerdict {
+    /// No run finished yet (at this step).
+    Pending,
+    Pass,
+    Fail,
+    /// The check itself failed: unreachable, an error, no number.
+    Inconclusive,
+}
+
+impl CheckVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckVerdict::Pending => "pending",
+            CheckVerdict::Pass => "pass",
+            CheckVerdict::Fail => "fail",
+            CheckVerdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutReport {
     pub candidate: String,
@@ -357,6 +441,34 @@ mod tests {
                 replica: "edge-1".into(),
             }),
             services: vec![ServiceReport {
+                checks: Some(ChecksReport {
+                    results: vec![CheckReport {
+                        consecutive_failures: 1,
+                        consecutive_inconclusive: 0,
+                        failure_limit: 2,
+                        inconclusive_limit: 3,
+                        last_run_at: Some("2026-12-07T01:00:02Z".into()),
+                        max: Some(0.02),
+                        min: None,
+                        name: "conversion".into(),
+                        reason: Some("0.05 is above max 0.02".into()),
+                        revision: "2".into(),
+                        scope: CheckScope::Rollout,
+                        source: "prometheus".into(),
+                        step: Some(1),
+                        value: Some(0.05),
+                        verdict: CheckVerdict::Fail,
+                        version: "canary".into(),
+                    }],
+                    runs: BTreeMap::from([(
+                        "conversion".into(),
+                        CheckRuns {
+                            fail: 1,
+                            inconclusive: 0,
+                            pass: 4,
+                        },
+                    )]),
+                }),
                 guard: Some(GuardReport {
                     baseline: "stable".into(),
                     events: vec![GuardEvent {
@@ -504,5 +616,22 @@ mod tests {
         value["services"][0]["sidecar"] = serde_json::json!({"to": "shadow"});
         let back: StatusReport = serde_json::from_value(value).expect("still readable");
         assert_eq!(back, sample());
+    }
+
+    /// A service without checks reads as it did before checks existed.
+    #[test]
+    fn a_service_without_checks_has_no_checks_field() {
+        let mut report = sample();
+        report.services[0].checks = None;
+        let value = serde_json::to_value(&report).expect("json");
+        assert!(value["services"][0].get("checks").is_none());
+        assert_eq!(
+            sample_value()["services"][0]["checks"]["results"][0]["verdict"],
+            "fail"
+        );
+    }
+
+    fn sample_value() -> serde_json::Value {
+        serde_json::to_value(sample()).expect("json")
     }
 }

@@ -24,8 +24,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "control plane",
         &[
-            "reload", "health", "control", "history", "rollout", "guard", "audit", "fleet",
-            "status", "state",
+            "reload", "health", "checks", "control", "history", "rollout", "guard", "audit",
+            "fleet", "status", "state",
         ],
     ),
     // One request: routing, splitting, forwarding, the outcome.

@@ -265,6 +265,7 @@ fn render_into(control: &Control, out: &mut Chunks) -> fmt::Result {
     }
     fleet_leader(&mut out.buf, control);
     history_families(control, &snapshot, &mut out.buf);
+    crate::checks::render_metrics(&mut out.buf, &control.view());
     out.send_if_full()?;
     Ok(())
 }

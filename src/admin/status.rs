@@ -102,6 +102,7 @@ pub fn report(control: &Control) -> StatusReport {
                 .collect();
             ServiceReport {
                 mirror: service.mirror.as_deref().map(|m| mirror_report(service, m)),
+                checks: view.checks(&service.name).map(|c| (**c).clone()),
                 guard: service.guard.as_ref().map(|g| GuardReport {
                     baseline: service.versions[g.baseline].name.to_string(),
                     events: view.events(&service.name).cloned().collect(),

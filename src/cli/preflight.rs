@@ -29,6 +29,15 @@ pub fn check(config: &Config, offline: bool) -> (Vec<FileIssue>, Vec<String>) {
             });
         }
     }
+    for (field, path) in check_token_files(config) {
+        if let Err(reason) = check_token(&path) {
+            issues.push(FileIssue {
+                path: field,
+                reason,
+                warning: false,
+            });
+        }
+    }
     if let Some(dir) = &config.state_dir {
         if dir.exists() && !dir.is_dir() {
             issues.push(FileIssue {
@@ -83,6 +92,54 @@ fn token(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The bearer token files of the web checks, with their fields.
+fn check_token_files(config: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let mut files = Vec::new();
+    for (i, service) in config.services.iter().enumerate() {
+        let guard = service
+            .guard
+            .iter()
+            .flat_map(|g| g.checks.iter().enumerate());
+        let rollout = service
+            .rollout
+            .iter()
+            .flat_map(|r| r.checks.iter().enumerate());
+        let blocks = guard
+            .map(|c| ("guard", c))
+            .chain(rollout.map(|c| ("rollout", c)));
+        for (block, (k, check)) in blocks {
+            if let crate::config::CheckSource::Web(crate::config::WebCheck {
+                token_file: Some(path),
+                ..
+            }) = &check.source
+            {
+                files.push((
+                    format!("services[{i}].{block}.checks[{k}].web.token_file"),
+                    path.clone(),
+                ));
+            }
+        }
+    }
+    files
+}
+
+/// A web check's token as each run reads it: a readable file, not empty.
+fn check_token(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the check's bearer token from {}: {e}; create the file or fix the path",
+            path.display()
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(format!(
+            "the check's token file {} is empty; put the token the endpoint expects in it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// A guard or a rollout with nowhere to keep its decisions: a restart would
 /// forget a latch and send traffic back to a revision that tripped.
 fn persistence(config: &Config) -> Option<FileIssue> {
@@ -118,6 +175,9 @@ fn named_files(config: &Config) -> Vec<String> {
     let mut add = |field: String, path: &Path| files.push(format!("{field} ({})", path.display()));
     if let Some(path) = &config.admin.token_file {
         add("admin.token_file".into(), path);
+    }
+    for (field, path) in check_token_files(config) {
+        add(field, &path);
     }
     // Where veer runs, not where the pipeline checks.
     if let Some(dir) = &config.state_dir {

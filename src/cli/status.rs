@@ -159,6 +159,9 @@ pub fn table(report: &StatusReport, service: Option<&str>) -> Option<String> {
         if let Some(mirror) = &s.mirror {
             out.push_str(&mirror_line(mirror));
         }
+        if let Some(checks) = &s.checks {
+            out.push_str(&crate::checks::describe(checks));
+        }
     }
     if service.is_some() && shown == 0 {
         return None;

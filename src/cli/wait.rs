@@ -144,6 +144,9 @@ pub async fn wait(
                         let (line, key) = progress(rollout, &found);
                         printed.show(live, line, key);
                         if let Some(exit) = verdict(live, service, rollout) {
+                            if let Some(why) = rollback_reason(&found, rollout) {
+                                println!("{service}: {why}");
+                            }
                             return exit;
                         }
                     }
@@ -213,6 +216,35 @@ fn verdict(live: bool, service: &str, rollout: &RolloutReport) -> Option<Exit> {
     };
     finish(live, &message);
     Some(exit)
+}
+
+/// Why a rolled-back candidate was latched, with what was measured: the
+/// guard's reason or a check's (`check:NAME`), for the pipeline's log.
+fn rollback_reason(service: &ServiceReport, rollout: &RolloutReport) -> Option<String> {
+    if rollout.state != RolloutOutcome::RolledBack {
+        return None;
+    }
+    let guard = service.guard.as_ref()?;
+    let latch = guard
+        .latches
+        .iter()
+        .find(|l| l.version == rollout.candidate && l.revision == rollout.revision)?;
+    let measured = guard
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.version == latch.version && e.revision == latch.revision)
+        .and_then(|e| {
+            Some(format!(
+                " (observed {}, threshold {})",
+                e.observed?, e.threshold?
+            ))
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "{} {} latched: {}{measured}",
+        latch.version, latch.revision, latch.reason
+    ))
 }
 
 /// The rollout's least remaining time with a margin; `None` with a manual
@@ -335,6 +367,7 @@ mod tests {
 
     fn service(rate: f64, verdict: &str) -> ServiceReport {
         ServiceReport {
+            checks: None,
             guard: None,
             mirror: None,
             name: "web".into(),

@@ -21,6 +21,7 @@
 //!
 //! Depends only on `grpc` (the status codes a `grpc:` block names).
 
+pub mod check;
 mod duration;
 mod error;
 pub mod model;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+pub use check::{Check, CheckSource, Template, ValuePath, WebCheck};
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
@@ -442,6 +444,19 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(file) = config.dns.resolv_conf.as_mut() {
         resolve(file);
+    }
+    for service in &mut config.services {
+        let guard = service.guard.iter_mut().flat_map(|g| g.checks.iter_mut());
+        let rollout = service.rollout.iter_mut().flat_map(|r| r.checks.iter_mut());
+        for check in guard.chain(rollout) {
+            if let CheckSource::Web(WebCheck {
+                token_file: Some(file),
+                ..
+            }) = &mut check.source
+            {
+                resolve(file);
+            }
+        }
     }
     if let Some(etcd) = config.fleet.as_mut().map(|f| &mut f.etcd) {
         if let Some(file) = etcd.password_file.as_mut() {

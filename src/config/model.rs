@@ -457,6 +457,9 @@ pub struct Guard {
     /// one broken method trips the version even when the others drown it in
     /// successes. Default false.
     pub per_method: bool,
+    /// Checks of what the proxy cannot see, run for every non-baseline
+    /// version with traffic, in steady state too.
+    pub checks: Vec<super::check::Check>,
 }
 
 /// Methods with their own figures when `grpc.max_methods` is omitted.
@@ -492,6 +495,9 @@ pub struct Rollout {
     pub gate: Option<http::Uri>,
     /// A shadow stage first: then `steps[0]` is that stage, at 0 %.
     pub shadow: Option<Shadow>,
+    /// Checks run on the candidate while a step holds; a step advances only
+    /// once each has passed since the step began.
+    pub checks: Vec<super::check::Check>,
 }
 
 impl Rollout {

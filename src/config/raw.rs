@@ -385,6 +385,7 @@ pub(crate) struct RawGuard {
     pub error_rate_test: Option<Scalar>,
     pub webhook: Option<String>,
     pub per_method: Option<bool>,
+    pub checks: Option<Vec<RawCheck>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +409,50 @@ pub(crate) struct RawRollout {
     pub hold: Option<Scalar>,
     pub gate: Option<String>,
     pub shadow: Option<RawShadow>,
+    pub checks: Option<Vec<RawCheck>>,
+}
+
+/// One check of a rollout or a guard (`config/validate/checks.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a check: a mapping with name, prometheus or web, and max or min"
+)]
+pub(crate) struct RawCheck {
+    pub name: Option<String>,
+    pub prometheus: Option<RawPrometheusCheck>,
+    pub web: Option<RawWebCheck>,
+    pub min: Option<Scalar>,
+    pub max: Option<Scalar>,
+    pub failure_limit: Option<Scalar>,
+    pub inconclusive_limit: Option<Scalar>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a Prometheus check: a mapping with address and query"
+)]
+pub(crate) struct RawPrometheusCheck {
+    pub address: Option<String>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a web check: a mapping with url, json_path or field, and optionally method, headers, body and token_file"
+)]
+pub(crate) struct RawWebCheck {
+    pub url: Option<String>,
+    pub method: Option<Scalar>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<String>,
+    pub json_path: Option<String>,
+    pub field: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One rollout step: a bare percentage (`25`, held for the rollout's `hold`)

@@ -95,6 +95,7 @@ pub(super) enum Command {
     },
     SetVerdicts(Vec<(String, String, String)>),
     SetGates(Vec<(String, String)>),
+    SetChecks(Vec<(String, Option<Arc<crate::status::ChecksReport>>)>),
     Republish,
     Persist {
         reply: oneshot::Sender<()>,
@@ -160,6 +161,7 @@ struct Actor {
     verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     gates: Arc<BTreeMap<String, String>>,
     last_reload: Option<Arc<ReloadRecord>>,
+    checks: Arc<BTreeMap<String, Arc<crate::status::ChecksReport>>>,
     registry: Registry,
     stats: StatsRegistry,
     mirrors: crate::mirror::MirrorRegistry,
@@ -241,6 +243,7 @@ pub(super) fn spawn(
         verdicts: Arc::default(),
         gates: Arc::default(),
         last_reload: None,
+        checks: Arc::default(),
     };
     let actor = Actor {
         holds: Arc::default(),
@@ -251,6 +254,7 @@ pub(super) fn spawn(
         verdicts: Arc::default(),
         gates: Arc::default(),
         last_reload: None,
+        checks: Arc::default(),
         registry,
         stats,
         mirrors,
@@ -344,6 +348,7 @@ impl Actor {
             Command::AddHolds { .. }
                 | Command::SetVerdicts(_)
                 | Command::SetGates(_)
+                | Command::SetChecks(_)
                 | Command::RecordReload { .. }
                 | Command::Republish
         ) {
@@ -448,6 +453,16 @@ impl Actor {
             }
             Command::SetGates(gates) => {
                 Arc::make_mut(&mut self.gates).extend(gates);
+                Effect::none()
+            }
+            Command::SetChecks(checks) => {
+                let map = Arc::make_mut(&mut self.checks);
+                for (service, report) in checks {
+                    match report {
+                        Some(report) => map.insert(service, report),
+                        None => map.remove(&service),
+                    };
+                }
                 Effect::none()
             }
             Command::Republish => Effect {
@@ -950,6 +965,7 @@ impl Actor {
             verdicts: Arc::clone(&self.verdicts),
             gates: Arc::clone(&self.gates),
             last_reload: self.last_reload.clone(),
+            checks: Arc::clone(&self.checks),
         }));
     }
 

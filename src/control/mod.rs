@@ -85,6 +85,8 @@ pub struct ControlView {
     verdicts: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     gates: Arc<BTreeMap<String, String>>,
     last_reload: Option<Arc<ReloadRecord>>,
+    /// The checks' latest states, by service (`crate::checks` reports them).
+    checks: Arc<BTreeMap<String, Arc<crate::status::ChecksReport>>>,
 }
 
 impl ControlView {
@@ -129,6 +131,16 @@ impl ControlView {
 
     pub fn last_reload(&self) -> Option<&ReloadRecord> {
         self.last_reload.as_deref()
+    }
+
+    /// The checks of `service` as last reported.
+    pub fn checks(&self, service: &str) -> Option<&Arc<crate::status::ChecksReport>> {
+        self.checks.get(service)
+    }
+
+    /// Every service's checks as last reported.
+    pub fn all_checks(&self) -> impl Iterator<Item = (&String, &Arc<crate::status::ChecksReport>)> {
+        self.checks.iter()
     }
 }
 
@@ -467,6 +479,14 @@ impl Control {
     pub fn set_gate_statuses(&self, gates: Vec<(String, String)>) {
         if !gates.is_empty() {
             self.tell(Command::SetGates(gates));
+        }
+    }
+
+    /// The checks' latest states, by service (`None`: the service has no
+    /// checks any more). Not waited for, like the verdicts.
+    pub fn set_checks(&self, checks: Vec<(String, Option<Arc<crate::status::ChecksReport>>)>) {
+        if !checks.is_empty() {
+            self.tell(Command::SetChecks(checks));
         }
     }
 

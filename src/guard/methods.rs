@@ -76,6 +76,7 @@ mod tests {
             webhook: None,
             wilson: false,
             per_method: true,
+            checks: Vec::new(),
         }
     }
 

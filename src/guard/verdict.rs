@@ -144,6 +144,7 @@ mod tests {
     fn policy() -> Guard {
         Guard {
             per_method: false,
+            checks: Vec::new(),
             baseline: 0,
             interval: Duration::from_secs(1),
             window: Duration::from_secs(30),

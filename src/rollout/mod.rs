@@ -321,6 +321,46 @@ impl StepFigures for FleetFigures {
     }
 }
 
+/// Why the rollout's checks do not let its step end yet, in words; `None`
+/// once every check has passed on the candidate since the step began (its
+/// latest run at this step passed: a failure within `failure_limit` or an
+/// inconclusive run holds the step until a pass follows).
+pub fn checks_waiting(
+    rollout: &Rollout,
+    progress: &RolloutProgress,
+    reports: Option<&crate::status::ChecksReport>,
+) -> Option<String> {
+    use crate::status::{CheckScope, CheckVerdict};
+    let step = progress.step + 1;
+    for check in &rollout.checks {
+        let latest = reports.into_iter().flat_map(|r| &r.results).find(|r| {
+            r.scope == CheckScope::Rollout
+                && r.name == check.name
+                && r.version == progress.candidate
+                && r.revision == progress.revision
+                && r.step == Some(step)
+        });
+        match latest.map(|r| (r.verdict, r.reason.as_deref())) {
+            Some((CheckVerdict::Pass, _)) => {}
+            Some((verdict @ (CheckVerdict::Fail | CheckVerdict::Inconclusive), reason)) => {
+                return Some(format!(
+                    "waiting for checks: `{}` was {} at step {step}{}",
+                    check.name,
+                    verdict.as_str(),
+                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ));
+            }
+            Some((CheckVerdict::Pending, _)) | None => {
+                return Some(format!(
+                    "waiting for checks: `{}` has not run since step {step} began",
+                    check.name
+                ));
+            }
+        }
+    }
+    None
+}
+
 struct GateCall {
     step: usize,
     answer: oneshot::Receiver<Result<(), String>>,
@@ -410,7 +450,15 @@ impl RolloutRunner {
                 }
             }
             let progress = &progress;
-            match decide(progress, rollout, requests, guard.min_requests) {
+            let mut decision = decide(progress, rollout, requests, guard.min_requests);
+            if matches!(decision, Decision::Advance | Decision::Complete) {
+                let reports = view.checks(name).map(|c| &**c);
+                if let Some(words) = checks_waiting(rollout, progress, reports) {
+                    gates.push((name.to_string(), words));
+                    decision = Decision::Hold;
+                }
+            }
+            match decision {
                 Decision::Hold => {
                     self.pending_gates.remove(name);
                 }
@@ -590,6 +638,7 @@ mod tests {
             steps: vec![step(10, two), step(50, two), step(100, two)],
             gate: None,
             shadow: None,
+            checks: Vec::new(),
         }
     }
 
@@ -739,6 +788,63 @@ mod tests {
             hold(&progress(1, 100), Duration::from_millis(250)).held_ms,
             350
         );
+    }
+
+    #[test]
+    fn a_step_waits_for_each_check_to_pass_at_that_step() {
+        use crate::config::check::{Check, CheckSource, Template};
+        use crate::status::{CheckReport, CheckScope, CheckVerdict, ChecksReport};
+        let mut r = rollout();
+        r.checks = vec![Check {
+            name: "conversion".into(),
+            source: CheckSource::Prometheus {
+                address: http::Uri::from_static("http://127.0.0.1:9090"),
+                query: Template::parse("x").expect("valid"),
+            },
+            min: None,
+            max: Some(0.02),
+            failure_limit: 2,
+            inconclusive_limit: 3,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }];
+        let report = |step: usize, verdict: CheckVerdict| ChecksReport {
+            results: vec![CheckReport {
+                consecutive_failures: 0,
+                consecutive_inconclusive: 0,
+                failure_limit: 2,
+                inconclusive_limit: 3,
+                last_run_at: None,
+                max: Some(0.02),
+                min: None,
+                name: "conversion".into(),
+                reason: Some("down".into()),
+                revision: "2".into(),
+                scope: CheckScope::Rollout,
+                source: "prometheus".into(),
+                step: Some(step),
+                value: None,
+                verdict,
+                version: "canary".into(),
+            }],
+            runs: Default::default(),
+        };
+        let p = progress(1, 2_000);
+        assert_eq!(
+            checks_waiting(&r, &p, None).as_deref(),
+            Some("waiting for checks: `conversion` has not run since step 2 began")
+        );
+        // A pass at the step before does not count for this one.
+        assert!(checks_waiting(&r, &p, Some(&report(1, CheckVerdict::Pass))).is_some());
+        assert_eq!(
+            checks_waiting(&r, &p, Some(&report(2, CheckVerdict::Inconclusive))).as_deref(),
+            Some("waiting for checks: `conversion` was inconclusive at step 2 (down)")
+        );
+        assert_eq!(
+            checks_waiting(&r, &p, Some(&report(2, CheckVerdict::Pass))),
+            None
+        );
+        assert_eq!(checks_waiting(&rollout(), &p, None), None);
     }
 
     #[test]

@@ -222,6 +222,10 @@ impl Proxy {
             let stopped = stopped.clone();
             async move { control.tick(stopped).await }
         });
+        let checks = tokio::spawn(
+            crate::checks::CheckRunner::new(Arc::clone(&control), webhooks.clone())
+                .run(stopped.clone()),
+        );
         let guard =
             tokio::spawn(GuardRunner::new(Arc::clone(&control), webhooks).run(stopped.clone()));
         let rollouts = tokio::spawn(RolloutRunner::new(Arc::clone(&control)).run(stopped.clone()));
@@ -234,6 +238,7 @@ impl Proxy {
             ticker,
             guard,
             rollouts,
+            checks,
             health,
             watching,
             fleet_windows,
@@ -253,6 +258,7 @@ pub struct RunningProxy {
     ticker: JoinHandle<()>,
     guard: JoinHandle<()>,
     rollouts: JoinHandle<()>,
+    checks: JoinHandle<()>,
     health: JoinHandle<()>,
     /// Watches the config file, when there is one.
     watching: Option<JoinHandle<()>>,
@@ -321,6 +327,7 @@ impl RunningProxy {
         let _ = self.ticker.await;
         let _ = self.guard.await;
         let _ = self.rollouts.await;
+        let _ = self.checks.await;
         let _ = self.health.await;
         if let Some(watching) = self.watching {
             let _ = watching.await;

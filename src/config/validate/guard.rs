@@ -123,6 +123,7 @@ impl Validator {
                 .map(Some)
                 .ok_or(()),
         };
+        let checks = self.checks(&format!("{path}.checks"), raw.checks);
         if !ok {
             return None;
         }
@@ -141,6 +142,7 @@ impl Validator {
             webhook: webhook.ok()?,
             wilson: wilson?,
             per_method: raw.per_method.unwrap_or(false),
+            checks: checks?,
         })
     }
 }

@@ -18,11 +18,14 @@
 //! [`Validator`] (which only collects issues): `listeners`, `tls` (listener
 //! and upstream), `admin`, `fleet`, `limits`, `access_log`, `history`, `services` (and `match`),
 //! `versions`, `dns`, `sticky`, `rules`, `timeouts`, `health` (health checks and
-//! outlier detection), `guard`, `rollout`, `grpc`, `telemetry`, `mirror` (and the rollout's shadow stage); `fields` holds the checks every
+//! outlier detection), `guard`, `rollout`, `checks` (a rollout's and a
+//! guard's), `grpc`, `telemetry`, `mirror` (and the rollout's shadow stage);
+//! `fields` holds the checks every
 //! block shares, `parse` the pure text parsers.
 
 mod access_log;
 mod admin;
+mod checks;
 mod dns;
 mod fields;
 mod fleet;

@@ -58,6 +58,7 @@ impl Validator {
             None => Ok(None),
             Some(text) => self.url(&format!("{path}.gate"), &text).map(Some).ok_or(()),
         };
+        let checks = self.checks(&format!("{path}.checks"), raw.checks);
         if !ok || matches!(default_hold, Some(Err(()))) {
             return None;
         }
@@ -79,6 +80,7 @@ impl Validator {
             steps,
             gate: gate.ok()?,
             shadow,
+            checks: checks?,
         })
     }
 

@@ -117,6 +117,9 @@ impl Validator {
         let rollout = raw
             .rollout
             .map(|rollout| self.rollout(&format!("{path}.rollout"), rollout, &known, baseline));
+        if let (Some(Some(guard)), Some(Some(rollout))) = (&guard, &rollout) {
+            self.check_names_apart(path, &guard.checks, &rollout.checks);
+        }
         let grpc = self.grpc(&format!("{path}.grpc"), raw.grpc);
         let mirror = raw
             .mirror
