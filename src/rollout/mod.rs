@@ -279,24 +279,6 @@ pub trait StepFigures: Send + Sync {
     ) -> crate::telemetry::Figures;
 }
 
-/// This replica's own window of the candidate.
-pub struct LocalFigures;
-
-impl StepFigures for LocalFigures {
-    fn figures(
-        &self,
-        service: &crate::snapshot::ServiceSnapshot,
-        candidate: usize,
-        window: Duration,
-        elapsed: Duration,
-    ) -> crate::telemetry::Figures {
-        service.versions[candidate]
-            .stats
-            .window()
-            .figures(elapsed, window)
-    }
-}
-
 /// The candidate's window summed over the fleet's live replicas that run
 /// its revision (this replica's own alone outside a fleet): the leader
 /// judges a step on the traffic of the whole fleet, as the guard does.
