@@ -12,9 +12,7 @@ use std::time::Duration;
 use support::binary::VeerProcess;
 use support::client::http1_client;
 use support::etcd::Etcd;
-use support::release::{
-    admin_of, admin_post, status_at, v, version, wait_web_at, web, web_yaml, BIN,
-};
+use support::release::{admin_of, admin_post, status_at, version, wait_web_at, web};
 use support::upstream::Upstream;
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -25,20 +23,7 @@ fn replica(
     etcd: &Etcd,
     state_dir: &std::path::Path,
 ) -> VeerProcess {
-    let blocks = format!(
-        "    guard: {{ baseline: stable, max_error_rate: 0.5, min_requests: 1000 }}\n\
-         fleet:\n  etcd: {{ endpoints: [\"{}\"], prefix: /veer/e2e }}\n",
-        etcd.endpoint()
-    );
-    let yaml = web_yaml(
-        &[
-            v("stable", stable.addr(), 90),
-            v("canary", canary.addr(), 10),
-        ],
-        &blocks,
-        Some(state_dir),
-    );
-    VeerProcess::start(BIN, &yaml)
+    support::fleet::web_replica(stable, canary, &etcd.endpoint(), "/veer/e2e", state_dir)
 }
 
 fn latched(web: &serde_json::Value) -> bool {

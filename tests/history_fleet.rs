@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::binary::VeerProcess;
 use support::client::{get, http1_client, send, HttpClient};
 use support::etcd::Etcd;
-use support::release::{admin_of, admin_post, v, web_yaml, BIN};
+use support::release::{admin_of, admin_post};
 use support::upstream::Upstream;
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -24,20 +24,7 @@ fn replica(
     etcd: &Etcd,
     dir: &std::path::Path,
 ) -> VeerProcess {
-    let blocks = format!(
-        "    guard: {{ baseline: stable, max_error_rate: 0.5, min_requests: 1000 }}\n\
-         fleet:\n  etcd: {{ endpoints: [\"{}\"], prefix: /veer/history }}\n",
-        etcd.endpoint()
-    );
-    let yaml = web_yaml(
-        &[
-            v("stable", stable.addr(), 90),
-            v("canary", canary.addr(), 10),
-        ],
-        &blocks,
-        Some(dir),
-    );
-    VeerProcess::start(BIN, &yaml)
+    support::fleet::web_replica(stable, canary, &etcd.endpoint(), "/veer/history", dir)
 }
 
 /// `(kind, id)` of each record, newest first.

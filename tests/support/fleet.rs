@@ -14,6 +14,31 @@ use super::upstream::Upstream;
 
 pub const LIMIT: Duration = Duration::from_secs(20);
 
+/// A replica of `web` (stable 90, canary 10, a guard that needs 1,000
+/// requests) on the etcd at `endpoint` under `prefix`, with its copy in
+/// `state_dir`.
+pub fn web_replica(
+    stable: &Upstream,
+    canary: &Upstream,
+    endpoint: &str,
+    prefix: &str,
+    state_dir: &std::path::Path,
+) -> VeerProcess {
+    let blocks = format!(
+        "    guard: {{ baseline: stable, max_error_rate: 0.5, min_requests: 1000 }}\n\
+         fleet:\n  etcd: {{ endpoints: [\"{endpoint}\"], prefix: {prefix} }}\n"
+    );
+    let yaml = web_yaml(
+        &[
+            v("stable", stable.addr(), 90),
+            v("canary", canary.addr(), 10),
+        ],
+        &blocks,
+        Some(state_dir),
+    );
+    VeerProcess::start(BIN, &yaml)
+}
+
 /// One replica's config: its name, the etcd block's fields after
 /// `endpoints` and `prefix` (`tls: {...}`, `timeout: 1s`, ...), the guard,
 /// and the weights of stable and canary.
