@@ -125,7 +125,9 @@ pub fn shadow_figures(service: &ServiceSnapshot) -> Option<ShadowFigures> {
         pairs: figures.pairs,
         mismatches: figures.mismatches,
         mismatch_rate: (figures.mismatch_rate() * 10_000.0).round() / 10_000.0,
-        latency_ratio_p95: figures.latency_ratio_p95.map(|r| (r * 100.0).round() / 100.0),
+        latency_ratio_p95: figures
+            .latency_ratio_p95
+            .map(|r| (r * 100.0).round() / 100.0),
         copies: crate::mirror::RESULTS
             .iter()
             .zip(mirror.state.counts.get())

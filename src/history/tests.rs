@@ -391,7 +391,10 @@ fn a_pause_is_a_record_with_its_reason_and_its_resume_is_another() {
     assert_eq!(record.actor, Actor::Admin);
     assert_eq!(record.version, "canary");
     assert_eq!(
-        resumed.rollout.as_ref().and_then(|p| p.pause_reason.clone()),
+        resumed
+            .rollout
+            .as_ref()
+            .and_then(|p| p.pause_reason.clone()),
         None,
         "a resume clears the reason with the pause"
     );
