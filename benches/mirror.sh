@@ -331,11 +331,11 @@ done
 
 # 5. medians
 TABLE=$(
-  echo "| ${RATE} req/s, ${DURATION} s × ${ROUNDS} | p50 | p99 | p99.9 | client errors | copies sent / dropped / failed / skipped | veer RSS (peak) |"
-  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  echo "| ${RATE} req/s, ${DURATION} s × ${ROUNDS} | req/s done | p50 | p99 | p99.9 | client errors | copies sent / dropped / failed / skipped | veer RSS (peak) |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
   for case in $CASES; do
     awk -F'\t' -v c="$case" -v name="${CASE_NAME[$case]}" '
-      NR > 1 && $2 == c { n++; for (i = 5; i <= 14; i++) col[i, n] = $i }
+      NR > 1 && $2 == c { n++; for (i = 4; i <= 14; i++) col[i, n] = $i }
       function median(i,   a, k, j, t) {
         for (k = 1; k <= n; k++) a[k] = col[i, k]
         for (k = 1; k <= n; k++) for (j = k + 1; j <= n; j++) if (a[j] < a[k]) { t = a[k]; a[k] = a[j]; a[j] = t }
@@ -346,7 +346,7 @@ TABLE=$(
       END {
         if (!n) exit
         copies = c == "none" ? "—" : median(9) " / " median(10) " / " median(11) " / " median(12)
-        printf "| %s | %s | %s | %s | %d | %s | %s (%s) |\n", name, ms(median(5)), ms(median(6)), ms(median(7)),
+        printf "| %s | %d | %s | %s | %s | %d | %s | %s (%s) |\n", name, median(4), ms(median(5)), ms(median(6)), ms(median(7)),
           median(8), copies, mb(median(13)), mb(median(14))
       }' "$RAW"
   done
