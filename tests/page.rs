@@ -232,12 +232,24 @@ async fn the_page_reads_the_mirror_shadow_stage_and_pause_fields_the_api_sends()
         "live_errors",
         "verdict",
     ] {
-        assert!(mirror.get(field).is_some(), "/status mirror.{field}: {web:#}");
-        assert!(script.contains(&format!("m.{field}")), "the page reads mirror.{field}");
+        assert!(
+            mirror.get(field).is_some(),
+            "/status mirror.{field}: {web:#}"
+        );
+        assert!(
+            script.contains(&format!("m.{field}")),
+            "the page reads mirror.{field}"
+        );
     }
     for result in ["sent", "dropped", "failed", "skipped"] {
-        assert!(mirror["copies"].get(result).is_some(), "copies.{result}: {web:#}");
-        assert!(script.contains(&format!("'{result}'")), "the page shows {result}");
+        assert!(
+            mirror["copies"].get(result).is_some(),
+            "copies.{result}: {web:#}"
+        );
+        assert!(
+            script.contains(&format!("'{result}'")),
+            "the page shows {result}"
+        );
     }
     assert!(mirror["verdict"].is_string(), "{web:#}");
     assert!(script.contains("Shadow stage in progress: "));
@@ -247,7 +259,9 @@ async fn the_page_reads_the_mirror_shadow_stage_and_pause_fields_the_api_sends()
         .method(Method::POST)
         .uri(format!("http://{admin}/services/web/pause"))
         .header("content-type", "application/json")
-        .body(support::client::full(r#"{"reason": "look at the pairs"}"#.to_string()))
+        .body(support::client::full(
+            r#"{"reason": "look at the pairs"}"#.to_string(),
+        ))
         .expect("request");
     let answer = send(&client, request).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
