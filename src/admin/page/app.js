@@ -404,6 +404,8 @@
       const p = s.shadow;
       return 'shadow (' + p.pairs + ' pairs, ' + percent(p.mismatch_rate) + ' mismatched, ' + p.verdict + ')';
     }
+    // Live steps are above 0 %: a first step at 0 % is a shadow stage.
+    if (s.step === 1 && s.percent === 0 && !s.left_unix_ms) return 'shadow (in progress)';
     const c = (s.figures || [])[0];
     return s.percent + '%' + (c ? ' (' + fmt(c.rps, 1) + ' req/s, ' + percent(c.error_rate) + ')' : '');
   }
