@@ -44,7 +44,7 @@
 #   MIRROR_CONCURRENCY=64    the mirror's copies in flight at once
 #   CASES="none slow failing reset refused"
 #   PROXY_CPU=0 LOAD_CPU=1   the cores to pin to
-#   BASE_PORT=18280          ports BASE+1..BASE+9 on 127.0.0.1 are used
+#   BASE_PORT=18580          ports BASE+1..BASE+9 on 127.0.0.1 are used
 #   DOCS=1 SKIP_BUILD=0 KEEP=0 (1: keep the temp dir with configs and logs)
 set -euo pipefail
 
@@ -58,7 +58,7 @@ MIRROR_CONCURRENCY=${MIRROR_CONCURRENCY:-64}
 CASES=${CASES:-none slow failing reset refused}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-BASE_PORT=${BASE_PORT:-18280}
+BASE_PORT=${BASE_PORT:-18580}
 DOCS=${DOCS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
@@ -365,7 +365,7 @@ if [[ $DOCS == 1 ]]; then
     echo "\`benches/mirror.sh\` (ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE CONNECTIONS=$CONNECTIONS"
     echo "SLOW_MS=$SLOW_MS MIRROR_CONCURRENCY=$MIRROR_CONCURRENCY); veer \`--workers 1\` on CPU $PROXY_CPU,"
     echo "h2load and the upstreams on CPU $LOAD_CPU; $(nproc) cores, load average at start $LOADAVG."
-    echo "Medians over the rounds; copies are counted over the measured run only."
+    echo "Medians over the rounds (of an even count, the lower middle); copies are counted over the measured run only."
     echo
     echo "$TABLE"
     echo
