@@ -300,6 +300,14 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
     // A refused change leaves no record.
     let out = veer(&["weights", "web", "nope=1", "--admin", &url]).await;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let out = veer(&["pause", "web", "--reason", "freeze", "--admin", &url]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "veer: pause refused (409 Conflict): service `web` has no rollout in progress to pause\n",
+        "{}",
+        output_text(&out)
+    );
     veer_ok(&["rollback", "web", "--admin", &url], 0).await;
     let (_, body) = history(&client, admin, "web").await;
     assert_eq!(kinds(&body), ["rollback", "switch", "weights"], "{body:#}");
