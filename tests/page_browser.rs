@@ -414,7 +414,13 @@ async fn the_page_shows_the_mirror_a_shadow_stage_and_a_pauses_reason() {
         )
         .await
         .expect("mirror title");
-    assert_eq!(title, json!("Mirror: 100 % of requests copied to canary"));
+    // Copies in flight at that moment, if any, follow in brackets.
+    assert!(
+        title
+            .as_str()
+            .is_some_and(|t| t.starts_with("Mirror: 100 % of requests copied to canary")),
+        "{title}"
+    );
     until(
         &page,
         "the shadow badge",
