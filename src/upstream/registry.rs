@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::endpoint::Sweeper;
 use super::{Endpoint, Names};
 use crate::config::{Protocol, UpstreamTls};
 use crate::tls::client::Originator;
@@ -17,6 +18,9 @@ pub struct Registry {
     endpoints: HashMap<Key, Arc<Endpoint>>,
     /// The addresses of the endpoints written `NAME:PORT`.
     names: Arc<Names>,
+    /// The one task sweeping the idle connections of these endpoints,
+    /// started with the first endpoint (it needs the runtime).
+    sweeper: Option<Sweeper>,
 }
 
 impl Registry {
@@ -25,6 +29,7 @@ impl Registry {
         Registry {
             endpoints: HashMap::new(),
             names,
+            sweeper: None,
         }
     }
 
@@ -45,6 +50,10 @@ impl Registry {
     ) -> (Arc<Endpoint>, bool) {
         let key = (addr, protocol, tls.cloned());
         let mut created = false;
+        if self.sweeper.is_none() {
+            self.sweeper = Sweeper::start();
+        }
+        let sweeper = self.sweeper.as_ref();
         let endpoint = self.endpoints.entry(key).or_insert_with(|| {
             created = true;
             let origin = tls.map(|settings| {
@@ -61,13 +70,14 @@ impl Registry {
                         tracing::error!(endpoint = %addr, "TLS to the endpoint cannot be set up: {reason}");
                     })
             });
-            let endpoint = Endpoint::with_tls(addr, protocol, origin);
+            let mut endpoint = Endpoint::with_tls(addr, protocol, origin);
+            if let Some(sweeper) = sweeper {
+                endpoint.swept_by(sweeper);
+            }
             endpoint
                 .health
                 .set_probe_ok(initially_healthy, crate::clock::now_ms());
-            let endpoint = Arc::new(endpoint);
-            super::endpoint::spawn_sweeper(&endpoint);
-            endpoint
+            Arc::new(endpoint)
         });
         (Arc::clone(endpoint), created)
     }
