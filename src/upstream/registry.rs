@@ -11,7 +11,9 @@ use super::{Endpoint, Names};
 use crate::config::{Protocol, UpstreamTls};
 use crate::tls::client::Originator;
 
-type Key = (SocketAddr, Protocol, Option<UpstreamTls>);
+/// The TLS settings are boxed: inline they would triple every entry of a
+/// map holding tens of thousands of plain endpoints.
+type Key = (SocketAddr, Protocol, Option<Box<UpstreamTls>>);
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -48,7 +50,7 @@ impl Registry {
         tls: Option<&UpstreamTls>,
         initially_healthy: bool,
     ) -> (Arc<Endpoint>, bool) {
-        let key = (addr, protocol, tls.cloned());
+        let key = (addr, protocol, tls.cloned().map(Box::new));
         let mut created = false;
         if self.sweeper.is_none() {
             self.sweeper = Sweeper::start();
