@@ -29,11 +29,14 @@ use webhook::Webhooks;
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// (service, version, revision), shared with the snapshot: no allocation.
+type VersionKey = (Arc<str>, Arc<str>, Arc<str>);
+
 pub struct GuardRunner {
     control: Arc<Control>,
     webhooks: Webhooks,
     /// Bad verdicts in a row, per (service, version, revision).
-    streaks: HashMap<(Arc<str>, Arc<str>, Arc<str>), u32>,
+    streaks: HashMap<VersionKey, u32>,
     last_judged: HashMap<Arc<str>, Instant>,
     shadows: shadow::ShadowJudge,
 }
@@ -89,7 +92,7 @@ impl GuardRunner {
                 fleet.is_none() && !shadowed && version.stats.quiet_over(elapsed, policy.window)
             };
             let needs_look = service.versions.iter().enumerate().any(|(index, version)| {
-                index != policy.baseline && !(skips(version) && !version.stats.quiet_is_new())
+                index != policy.baseline && (!skips(version) || version.stats.quiet_is_new())
             });
             if !needs_look {
                 continue;
