@@ -15,6 +15,7 @@
 #
 # Per proxy and size:
 #   ready        seconds from exec to the first 200 through the last service
+#   cpu idle     utime + stime over IDLE_CPU_SECONDS of no traffic, % of a core
 #   rss idle     memory two seconds later: PSS summed over the proxy's
 #                processes (see rss_kb)
 #   flip         a one-weight change of the last service (100/0 <-> 0/100),
@@ -34,6 +35,7 @@
 # Settings: SIZES="100 1000 10000" TARGETS="veer nginx haproxy"
 #   BIN=target/release/veer (SKIP_BUILD=1 to use it as it is)
 #   PROXY_CPU=0 LOAD_CPU=1 BASE_PORT=18280 DOCS=1 (write docs/benchmarks.md)
+#   IDLE_CPU_SECONDS=30 (how long idle CPU is taken over)
 #   FLIPS=10 FLIP_TIMEOUT=60 (seconds one flip may take; a round past it is
 #   counted as a timeout, not timed)
 #   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
@@ -54,6 +56,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 IDLE_SERIES_AFTER=${IDLE_SERIES_AFTER-10m}
 FLIPS=${FLIPS:-10}
 FLIP_TIMEOUT=${FLIP_TIMEOUT:-60}
+IDLE_CPU_SECONDS=${IDLE_CPU_SECONDS:-30}
 export FLIP_TIMEOUT
 
 LISTEN=$((BASE_PORT))
@@ -201,8 +204,9 @@ run_one() {
     local rss_idle=$(($(rss_kb "$pid") / 1024))
     # CPU the proxy spends with no traffic at all: tickers, the guard.
     local t0 t1
-    t0=$(cpu_ticks "$pid"); sleep 5; t1=$(cpu_ticks "$pid")
-    local cpu_idle=$(((t1 - t0) * 100 / $(getconf CLK_TCK) / 5))
+    t0=$(cpu_ticks "$pid"); sleep "$IDLE_CPU_SECONDS"; t1=$(cpu_ticks "$pid")
+    local cpu_idle
+    cpu_idle=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$IDLE_CPU_SECONDS" 'BEGIN { printf "%.1f", t * 100 / hz / s }')
     local metrics_idle="" metrics_100="" check_s="" check_mb=""
     if [[ $target == veer ]]; then
         metrics_idle=$(($(curl -s "http://127.0.0.1:$ADMIN/metrics" | wc -c) / 1024))
