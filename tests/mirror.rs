@@ -2,7 +2,8 @@
 //! reach the shadow with their bodies and the shadow header, and a body over
 //! the cap is not mirrored while the live one streams whole; a shadow that
 //! hangs leaves live answers alone while copies beyond the budget are dropped
-//! and counted; a shadow stage fails a candidate that answers 500 to a fifth
+//! and counted; a shadow that refuses connections is rested rather than
+//! tried for every request; a shadow stage fails a candidate that answers 500 to a fifth
 //! of the copies before it gets a single live request (latch, `veer wait`
 //! exit 1), and passes a healthy one to its first live step; on a route
 //! marked deterministic, the same status with other bytes is a mismatch; bad
@@ -266,6 +267,40 @@ async fn a_hanging_shadow_leaves_live_answers_alone() {
         shadow.total() <= CONCURRENCY,
         "the shadow got {} copies at once",
         shadow.total()
+    );
+    assert_eq!(mirrored(&f, "sent").await, 0);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_is_down_is_rested_not_tried_for_every_request() {
+    let stable = Upstream::start("stable").await;
+    let down = support::raw::closed_port();
+    const REQUESTS: u64 = 200;
+    let yaml = web_yaml(
+        &[v("stable", stable.addr(), 100), v("canary", down, 0)],
+        "    mirror: { version: canary, concurrency: 4 }\n",
+        None,
+    );
+    let f = Fixture::start(&yaml).await;
+    for _ in 0..REQUESTS {
+        let got = send(&f.client, get(&f.url("/"), None)).await;
+        assert_eq!((got.status.as_u16(), got.upstream()), (200, Some("stable")));
+    }
+    // Every copy is either tried and failed, or dropped while the shadow
+    // rests; far fewer are tried than requests made.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while mirrored(&f, "failed").await + mirrored(&f, "dropped").await < REQUESTS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies not all accounted for within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed = mirrored(&f, "failed").await;
+    assert!(
+        failed < REQUESTS / 2,
+        "{failed} of {REQUESTS} copies were tried on a shadow that refuses them"
     );
     assert_eq!(mirrored(&f, "sent").await, 0);
     f.shutdown().await;
