@@ -177,6 +177,7 @@ impl EtcdStore {
     /// Hands the latest layer to the task; returns at once. The layer's
     /// `remote_applied` says which of the changes handed out it holds.
     pub fn save(&self, layer: Arc<PersistedState>) {
+        tracing::debug!("fleet sync: layer saved");
         self.desired.send_replace(layer);
     }
 
@@ -425,6 +426,7 @@ impl Sync {
                             };
                             changed.push((service.to_string(), remote, kv.mod_revision()));
                         }
+                        tracing::debug!(events = changed.len(), "fleet sync: watch");
                         for (service, remote, mod_revision) in changed {
                             self.remote_changed(service, remote, mod_revision);
                         }
@@ -495,6 +497,7 @@ impl Sync {
             (None, None) => None,
         };
         if target.as_ref() != local {
+            tracing::debug!(service, "fleet sync: change to the control plane");
             let _ = self.changes.send(RemoteChange {
                 service: service.to_string(),
                 state: target.clone(),
@@ -570,10 +573,12 @@ impl Sync {
                 self.synced = true;
                 return Ok(());
             }
+            tracing::debug!(services = written.len(), "fleet sync: writing");
             let response = self
                 .client()?
                 .txn(Txn::new().when(compares).and_then(writes).or_else(reads))
                 .await?;
+            tracing::debug!(succeeded = response.succeeded(), "fleet sync: written");
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 for (service, state) in written {
