@@ -93,6 +93,12 @@ impl FleetStore {
         self.etcd.connected()
     }
 
+    /// Fences the rollout moves this replica makes as the fleet's leader
+    /// by its lead (see `fleet::leader::Term`).
+    pub fn follow_leadership(&self, leadership: crate::fleet::leader::Leadership) {
+        self.etcd.follow_leadership(leadership);
+    }
+
     /// The state sync's connection flag, for the fleet's view.
     pub fn connected_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.etcd.connected_flag()
