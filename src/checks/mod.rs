@@ -399,6 +399,7 @@ impl CheckRunner {
                     observed: Some(*value),
                     threshold: Some(*bound),
                     window_requests: 0,
+                    ..Measured::default()
                 },
             })
             .collect();
