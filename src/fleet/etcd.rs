@@ -609,6 +609,12 @@ impl Sync {
                     }
                     continue;
                 }
+                tracing::trace!(
+                    service = service.as_str(),
+                    known = ?known.map(|k| &k.value),
+                    target = ?target,
+                    "fleet sync: differs"
+                );
                 let key = self.key(&service);
                 if term.is_some()
                     && leader_move(
