@@ -186,7 +186,7 @@ impl PublishedVersion {
             other.latency[usize::from(bucket).min(FINE - 1)] += n;
         }
         for (word, &n) in &self.errors_by_reason {
-            if let Some(kind) = ErrorKind::from_str(word) {
+            if let Some(kind) = ErrorKind::from_word(word) {
                 other.kinds.0[kind.index()] += n;
             }
         }

@@ -106,7 +106,7 @@ impl ErrorKind {
         }
     }
 
-    pub fn from_str(word: &str) -> Option<ErrorKind> {
+    pub fn from_word(word: &str) -> Option<ErrorKind> {
         ErrorKind::ALL.into_iter().find(|k| k.as_str() == word)
     }
 }
@@ -142,7 +142,7 @@ impl ErrorCounts {
             .map(|k| (k.as_str(), self.get(k)))
             .filter(|&(_, n)| n > 0)
             .collect();
-        named.sort_by(|a, b| b.1.cmp(&a.1));
+        named.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         named
     }
 }
@@ -554,9 +554,9 @@ mod tests {
     fn every_kind_has_its_own_index_and_word() {
         for (i, kind) in ErrorKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i, "{kind:?}");
-            assert_eq!(ErrorKind::from_str(kind.as_str()), Some(*kind));
+            assert_eq!(ErrorKind::from_word(kind.as_str()), Some(*kind));
         }
-        assert_eq!(ErrorKind::from_str("teapot"), None);
+        assert_eq!(ErrorKind::from_word("teapot"), None);
     }
 
     #[test]
