@@ -38,6 +38,7 @@ fn rollout(step: usize, held_ms: u64) -> RolloutProgress {
         step_entered_unix_ms: 1,
         held_ms,
         paused: false,
+        pause_reason: None,
         outcome: RolloutOutcome::InProgress,
     }
 }
