@@ -26,6 +26,9 @@ use support::release::{admin_of, admin_post, status_at, version, web};
 use support::upstream::Upstream;
 
 const GIVE_UP: Duration = Duration::from_secs(10);
+/// With `VEER_BENCH_TRACE=DIR`: each wait longer than this is printed, and
+/// the replicas' logs are kept in DIR (run with `VEER_LOG=info,veer::fleet=debug`).
+const SLOW: Duration = Duration::from_millis(20);
 
 async fn canary_weight(client: &HttpClient, admin: std::net::SocketAddr) -> u64 {
     version(web(&status_at(client, admin).await), "canary")["weight"]
@@ -64,7 +67,11 @@ async fn run(trials: usize) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("state dir"))
+        .map(|_| match std::env::var("VEER_BENCH_STATE_IN") {
+            // Where the replicas keep their copies (default: the temp dir).
+            Ok(base) => tempfile::tempdir_in(base).expect("state dir"),
+            Err(_) => tempfile::tempdir().expect("state dir"),
+        })
         .collect();
     let names = ["a", "b", "c"];
     let replicas: Vec<VeerProcess> = names
@@ -86,6 +93,8 @@ async fn run(trials: usize) {
     let mut rollback = Vec::new();
     let mut resume = Vec::new();
     let mut lost = 0;
+    let trace_dir = std::env::var("VEER_BENCH_TRACE").ok();
+    let trace = trace_dir.is_some();
     for trial in 0..trials {
         let origin = trial % 3;
         for (action, want, samples) in [("rollback", 0, &mut rollback), ("resume", 10, &mut resume)]
@@ -98,10 +107,21 @@ async fn run(trials: usize) {
             let waits = others
                 .iter()
                 .map(|&i| until_weight(&client, admins[i], want, from));
-            for took in futures_util::future::join_all(waits).await {
+            let started = std::time::SystemTime::now();
+            for (took, &i) in futures_util::future::join_all(waits)
+                .await
+                .iter()
+                .zip(&others)
+            {
                 match took {
-                    Some(took) => samples.push(took),
+                    Some(took) => samples.push(*took),
                     None => lost += 1,
+                }
+                if trace && took.is_none_or(|t| t > SLOW) {
+                    println!(
+                        "slow: trial {trial} {action} on {} seen on {} after {:?} (answered at {:?})",
+                        names[origin], names[i], took, started
+                    );
                 }
             }
         }
@@ -130,6 +150,12 @@ async fn run(trials: usize) {
     }
     if lost > 0 {
         println!("{lost} waits gave up after {GIVE_UP:?}");
+    }
+    if let Some(dir) = trace_dir {
+        for (name, replica) in names.iter().zip(&replicas) {
+            let path = std::path::Path::new(&dir).join(format!("replica-{name}.log"));
+            std::fs::write(&path, replica.stderr()).expect("write a replica's log");
+        }
     }
 }
 

@@ -50,6 +50,10 @@ pub struct FleetReport {
 /// its revision, over the same window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetWindowReport {
+    /// The sum's errors by reason (`5xx`, `timeout`, `reset`, `connect`,
+    /// `grpc_status`, `midstream`, …), reasons with a count only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_reason: BTreeMap<String, u64>,
     /// How many replicas' figures are in the sum (this one included).
     pub replicas: u64,
     pub window: WindowReport,
@@ -256,6 +260,11 @@ pub struct GuardReport {
 pub struct GuardEvent {
     pub action: EventAction,
     pub at: String,
+    /// The judged window's errors by reason (`5xx`, `timeout`, `reset`,
+    /// `grpc_status`, …; the fleet's sum in a fleet), when the trip was
+    /// judged on errors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_reason: BTreeMap<String, u64>,
     pub observed: Option<f64>,
     pub reason: String,
     pub revision: String,
@@ -477,6 +486,7 @@ mod tests {
                     events: vec![GuardEvent {
                         action: EventAction::Rollback,
                         at: "2026-12-07T01:00:01Z".into(),
+                        errors_by_reason: BTreeMap::from([("5xx".into(), 20)]),
                         observed: Some(0.5),
                         reason: "error_rate".into(),
                         revision: "2".into(),
@@ -602,6 +612,7 @@ mod tests {
         });
         let window = report.services[0].versions[0].window.clone();
         report.services[0].versions[0].fleet = Some(FleetWindowReport {
+            errors_by_reason: BTreeMap::from([("5xx".into(), 3), ("timeout".into(), 1)]),
             replicas: 2,
             window,
         });

@@ -152,12 +152,24 @@ async fn a_canary_too_thin_on_every_replica_is_judged_on_the_fleets_sum() {
         assert_eq!(event["reason"], "error_rate", "{event:#}");
         let judged = event["window_requests"].as_u64().expect("window_requests");
         assert!(judged >= 60, "judged on the fleet's sum: {event:#}");
+        // Every judged request failed with a 500: the event says so.
+        assert_eq!(
+            event["errors_by_reason"],
+            serde_json::json!({ "5xx": judged }),
+            "{event:#}"
+        );
     }
     // Each replica shows the fleet's sum beside its own figures.
     let status = status(&client, &replicas[1]).await;
     let fleet = &version(&status["services"][0], "canary")["fleet"];
     assert_eq!(fleet["replicas"], 3, "{status:#}");
     assert_eq!(fleet["window"]["requests"], 75, "{status:#}");
+    // Errors by reason, published by every replica and summed.
+    assert_eq!(
+        fleet["errors_by_reason"],
+        serde_json::json!({ "5xx": 75 }),
+        "{status:#}"
+    );
     assert_eq!(
         version(&status["services"][0], "canary")["window"]["requests"],
         25

@@ -19,7 +19,7 @@ const GUARD: &str = "    guard: { baseline: stable, interval: 1s, window: 30s, m
                      max_error_rate: 0.2, consecutive: 1 }\n";
 
 /// A sibling's window of `web`: `requests` to the canary at `revision`, a
-/// third of them errors, all about 4 ms.
+/// third of them errors (connections reset), all about 4 ms.
 fn sibling(revision: &str, requests: u64) -> Arc<Published> {
     Arc::new(Published {
         window_ms: 30_000,
@@ -31,6 +31,7 @@ fn sibling(revision: &str, requests: u64) -> Arc<Published> {
                 errors: requests / 3,
                 span_ms: 30_000,
                 latency: vec![(100, requests)],
+                errors_by_reason: BTreeMap::from([("reset".to_string(), requests / 3)]),
             },
         )]),
     })
@@ -92,6 +93,13 @@ async fn the_siblings_requests_make_up_min_requests_and_trip_the_canary() {
     let event = &web["guard"]["events"][0];
     assert_eq!(event["reason"], "error_rate", "{web:#}");
     assert_eq!(event["window_requests"], 65, "20 here + 30 + 15: {web:#}");
+    // The trip names what failed across the fleet: the 500s here, the
+    // resets on the siblings.
+    assert_eq!(
+        event["errors_by_reason"],
+        serde_json::json!({"5xx": 20, "reset": 15}),
+        "{web:#}"
+    );
     // /status shows the fleet beside this replica's own figures.
     let status = f.status().await;
     assert_eq!(status["fleet"]["replica"], "here");
@@ -103,6 +111,11 @@ async fn the_siblings_requests_make_up_min_requests_and_trip_the_canary() {
     assert_eq!(fleet["replicas"], 3, "{status:#}");
     assert_eq!(fleet["window"]["requests"], 65);
     assert_eq!(fleet["window"]["errors"], 20 + 10 + 5);
+    assert_eq!(
+        fleet["errors_by_reason"],
+        serde_json::json!({"5xx": 20, "reset": 15}),
+        "the fleet's sum by reason: {status:#}"
+    );
     let scrape = scrape(&f.client, f.admin).await;
     assert_eq!(sum(&scrape, "veer_fleet_connected", &[]), 1.0);
     f.shutdown().await;

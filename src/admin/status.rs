@@ -48,6 +48,7 @@ pub fn report(control: &Control) -> StatusReport {
                             &mut sum,
                         );
                         FleetWindowReport {
+                            errors_by_reason: sum.kinds.by_word(),
                             replicas: 1 + added as u64,
                             window: window(&sum.figures()),
                         }

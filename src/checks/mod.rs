@@ -7,8 +7,9 @@
 //!   progress, not paused). The rollout ticker lets a step end only once
 //!   each has passed since the step began (`rollout::checks_waiting`,
 //!   reading the reports this task publishes through `control`).
+//!   In a fleet, only the replica that leads the rollouts runs them.
 //! - A guard's checks run on every non-baseline version with traffic, in
-//!   steady state too.
+//!   steady state too (on every replica of a fleet).
 //! - `failure_limit` failed runs in a row trip the version as the guard
 //!   does: one `control` command (weights to the baseline in one publish,
 //!   the latch, the rollout rolled back), then the count, the log line, the
@@ -253,9 +254,14 @@ impl CheckRunner {
                         check.name.clone(),
                     ));
                 }
+                // In a fleet only the rollout's leader runs its checks (they
+                // gate the steps only it moves): N replicas would ask
+                // Prometheus N times for one verdict. A check's trip is a
+                // latch, which reaches the followers through the store.
                 let running = view
                     .rollout(&service.name)
-                    .filter(|p| p.outcome == RolloutOutcome::InProgress && !p.paused);
+                    .filter(|p| p.outcome == RolloutOutcome::InProgress && !p.paused)
+                    .filter(|_| self.control.leadership().is_leader());
                 if let Some(progress) = running {
                     for check in &rollout.checks {
                         let key = Key {
@@ -407,6 +413,7 @@ impl CheckRunner {
                     observed: Some(*value),
                     threshold: Some(*bound),
                     window_requests: 0,
+                    ..Measured::default()
                 },
             })
             .collect();

@@ -299,6 +299,7 @@ mod fleet_tests {
         let mut window = report.services[0].versions[0].window.clone();
         window.requests = 300;
         report.services[0].versions[0].fleet = Some(FleetWindowReport {
+            errors_by_reason: std::collections::BTreeMap::new(),
             replicas: 2,
             window,
         });

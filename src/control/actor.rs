@@ -624,6 +624,7 @@ impl Actor {
             observed: measured.observed,
             threshold: measured.threshold,
             window_requests: measured.window_requests,
+            errors_by_reason: measured.errors.by_word(),
             weights: declared
                 .versions
                 .iter()

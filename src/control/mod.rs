@@ -150,6 +150,9 @@ pub struct Measured {
     pub observed: Option<f64>,
     pub threshold: Option<f64>,
     pub window_requests: u64,
+    /// The judged window's errors by reason (empty for a trip not judged
+    /// on errors: an operator's, a check's).
+    pub errors: crate::telemetry::ErrorCounts,
 }
 
 /// One trip the guard asks for.

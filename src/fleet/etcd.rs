@@ -20,15 +20,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions, WatchStream,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::leader::{Leadership, Term};
 use super::merge::merge;
 use crate::config::EtcdTls;
-use crate::state::{Changes, PersistedState, RemoteChange, ServiceState};
+use crate::state::{
+    Changes, PersistedState, RemoteChange, RolloutOutcome, RolloutProgress, ServiceState,
+};
 
 /// How to reach etcd and where veer's keys live.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +50,11 @@ pub struct EtcdSettings {
 /// The handle the control plane holds.
 pub struct EtcdStore {
     desired: watch::Sender<Arc<PersistedState>>,
+    /// Who leads the fleet's rollouts, once the control plane runs.
+    leadership: Arc<std::sync::OnceLock<Leadership>>,
+    /// The lead the layers saved so far were changed under (see
+    /// [`EtcdStore::save`]), shared with the task that writes them.
+    fence: Arc<ArcSwapOption<Term>>,
     connected: Arc<AtomicBool>,
     changes: Option<Changes>,
     base: watch::Receiver<Option<Base>>,
@@ -119,7 +128,12 @@ impl EtcdStore {
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let cache = Arc::clone(&desired_tx.borrow());
+        let fence = Arc::new(ArcSwapOption::empty());
+        let leadership = Arc::new(std::sync::OnceLock::new());
         let mut task = Sync {
+            fence: Arc::clone(&fence),
+            leadership: Arc::clone(&leadership),
+            refused: std::collections::BTreeSet::new(),
             settings,
             client: None,
             known: BTreeMap::new(),
@@ -162,6 +176,8 @@ impl EtcdStore {
         }
         let store = EtcdStore {
             desired: desired_tx,
+            leadership,
+            fence,
             connected,
             changes: Some(changes_rx),
             base: base_rx,
@@ -176,8 +192,22 @@ impl EtcdStore {
 
     /// Hands the latest layer to the task; returns at once. The layer's
     /// `remote_applied` says which of the changes handed out it holds.
+    ///
+    /// A layer saved while this replica leads may hold rollout moves it
+    /// made as the leader (hold time, a step): its lead goes with it, and
+    /// stays with every later layer until etcd took them, so their write is
+    /// fenced by that lead even when it lands after the lead was lost.
     pub fn save(&self, layer: Arc<PersistedState>) {
+        tracing::debug!("fleet sync: layer saved");
+        if let Some(term) = self.leadership.get().and_then(Leadership::term) {
+            self.fence.store(Some(term));
+        }
         self.desired.send_replace(layer);
+    }
+
+    /// Fences this replica's rollout writes by its lead from now on.
+    pub fn follow_leadership(&self, leadership: Leadership) {
+        let _ = self.leadership.set(leadership);
     }
 
     /// The changes siblings make, once; `None` after the first call.
@@ -244,6 +274,12 @@ struct Sync {
     changes: mpsc::UnboundedSender<RemoteChange>,
     connected: Arc<AtomicBool>,
     watch: Option<WatchStream>,
+    /// Shared with [`EtcdStore`]: the lead to fence rollout moves with.
+    fence: Arc<ArcSwapOption<Term>>,
+    leadership: Arc<std::sync::OnceLock<Leadership>>,
+    /// Services whose rollout move etcd refused (this replica had lost the
+    /// lead): their rollout is the fleet's until the control plane holds it.
+    refused: std::collections::BTreeSet<String>,
 }
 
 impl Sync {
@@ -425,6 +461,7 @@ impl Sync {
                             };
                             changed.push((service.to_string(), remote, kv.mod_revision()));
                         }
+                        tracing::debug!(events = changed.len(), "fleet sync: watch");
                         for (service, remote, mod_revision) in changed {
                             self.remote_changed(service, remote, mod_revision);
                         }
@@ -482,6 +519,11 @@ impl Sync {
         }
         let empty = ServiceState::default();
         let remote = self.known.get(service).map(|k| &k.value);
+        if self.refused.contains(service) && local.map(|l| &l.rollout) == remote.map(|r| &r.rollout)
+        {
+            // The control plane took the fleet's rollout in.
+            self.refused.remove(service);
+        }
         let seen = self.seen.get(service);
         let base = self.synced.then_some(seen.unwrap_or(&empty));
         let target = match (local, remote) {
@@ -494,7 +536,17 @@ impl Sync {
             (Some(local), None) => (!self.synced || seen != Some(local)).then(|| local.clone()),
             (None, None) => None,
         };
+        let target = match target {
+            // This replica's rollout move was refused (it had lost the
+            // lead): the fleet's rollout stands, the rest goes on.
+            Some(mut target) if self.refused.contains(service) => {
+                target.rollout = remote.and_then(|r| r.rollout.clone());
+                Some(target)
+            }
+            target => target,
+        };
         if target.as_ref() != local {
+            tracing::debug!(service, "fleet sync: change to the control plane");
             let _ = self.changes.send(RemoteChange {
                 service: service.to_string(),
                 state: target.clone(),
@@ -521,6 +573,15 @@ impl Sync {
         }
     }
 
+    /// Everything saved is in etcd: a lead held no longer fences later
+    /// writes (a former leader's operator commands are no leader's moves).
+    fn fence_done(&mut self) {
+        let leading = self.leadership.get().and_then(Leadership::term);
+        if leading.is_none() && self.fence.load().is_some() {
+            self.fence.store(None);
+        }
+    }
+
     /// Writes every service whose target differs from what etcd holds, in one
     /// transaction guarded by each key's `mod_revision`.
     async fn write_differences(&mut self) -> Result<(), etcd_client::Error> {
@@ -536,6 +597,8 @@ impl Sync {
             let mut writes = Vec::new();
             let mut reads = Vec::new();
             let mut written: Vec<(String, Option<ServiceState>)> = Vec::new();
+            let term = self.fence.load_full();
+            let mut fenced = Vec::new();
             for service in names {
                 let local = desired.services.get(&service);
                 let target = self.target(&service, &desired);
@@ -546,7 +609,21 @@ impl Sync {
                     }
                     continue;
                 }
+                tracing::trace!(
+                    service = service.as_str(),
+                    known = ?known.map(|k| &k.value),
+                    target = ?target,
+                    "fleet sync: differs"
+                );
                 let key = self.key(&service);
+                if term.is_some()
+                    && leader_move(
+                        known.and_then(|k| k.value.rollout.as_ref()),
+                        target.as_ref().and_then(|t| t.rollout.as_ref()),
+                    )
+                {
+                    fenced.push(service.clone());
+                }
                 compares.push(Compare::mod_revision(
                     key.clone(),
                     CompareOp::Equal,
@@ -568,12 +645,26 @@ impl Sync {
             }
             if writes.is_empty() {
                 self.synced = true;
+                self.fence_done();
                 return Ok(());
             }
+            let fence = term.filter(|_| !fenced.is_empty());
+            if let Some(term) = &fence {
+                // The leader's own moves: applied only while the leader key
+                // is still bound to the lease they were made under.
+                compares.push(Compare::lease(
+                    term.key.clone(),
+                    CompareOp::Equal,
+                    term.lease,
+                ));
+                reads.push(TxnOp::get(term.key.clone(), None));
+            }
+            tracing::debug!(services = written.len(), "fleet sync: writing");
             let response = self
                 .client()?
                 .txn(Txn::new().when(compares).and_then(writes).or_else(reads))
                 .await?;
+            tracing::debug!(succeeded = response.succeeded(), "fleet sync: written");
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 for (service, state) in written {
@@ -597,11 +688,31 @@ impl Sync {
                     }
                 }
                 self.synced = true;
+                self.fence_done();
                 return Ok(());
+            }
+            let replies = response.op_responses();
+            if let Some(term) = &fence {
+                let holder = match replies.last() {
+                    Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.lease()),
+                    _ => None,
+                };
+                if holder != Some(term.lease) {
+                    tracing::warn!(
+                        services = %fenced.join(", "),
+                        "fleet: etcd refused a rollout move this replica made as the leader, \
+                         because it no longer leads; the fleet's rollout stands"
+                    );
+                    self.refused.extend(fenced);
+                    self.fence.store(None);
+                    if let Some(leadership) = self.leadership.get() {
+                        leadership.deposed(term);
+                    }
+                }
             }
             // A sibling wrote first: what it wrote becomes `known`, and the
             // next attempt merges with it.
-            for (reply, (service, _)) in response.op_responses().into_iter().zip(&written) {
+            for (reply, (service, _)) in replies.into_iter().zip(&written) {
                 let TxnOpResponse::Get(get) = reply else {
                     continue;
                 };
@@ -625,6 +736,21 @@ impl Sync {
         }
         Ok(())
     }
+}
+
+/// Whether going from the fleet's rollout (`known`) to `target` is what
+/// only the leader does: more hold time, a later step, completion.
+fn leader_move(known: Option<&RolloutProgress>, target: Option<&RolloutProgress>) -> bool {
+    let (Some(known), Some(target)) = (known, target) else {
+        return false;
+    };
+    if (&known.candidate, &known.revision) != (&target.candidate, &target.revision) {
+        return false;
+    }
+    target.step > known.step
+        || (target.step == known.step && target.held_ms > known.held_ms)
+        || (known.outcome == RolloutOutcome::InProgress
+            && target.outcome == RolloutOutcome::Completed)
 }
 
 /// The layer a replica starts from when it kept a base: per service, what

@@ -40,11 +40,28 @@ struct Inner {
     until_ms: AtomicU64,
     /// The fleet's leader as last seen; `None`: none, or unknown (etcd away).
     leader: ArcSwapOption<Seen>,
+    /// The lead this replica holds now, for fencing its writes; `None`
+    /// while it does not lead.
+    term: ArcSwapOption<Term>,
     /// Set by [`Leadership::resign`]: the campaign ends and gives the lease back.
     #[cfg(feature = "fleet")]
     resign: tokio::sync::watch::Sender<bool>,
     #[cfg(feature = "fleet")]
     resigned: tokio::sync::Notify,
+    /// Told by [`Leadership::deposed`]: the campaign's lead ends now.
+    #[cfg(feature = "fleet")]
+    deposed: tokio::sync::Notify,
+}
+
+/// One lead of this replica: the leader key and the lease it was created
+/// under. A write the leader makes as the leader is fenced by it: etcd
+/// applies it only while the key is still bound to this lease, so a
+/// replica that lost the lead (its lease revoked or expired, the key taken
+/// over) cannot move a rollout however late its write arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub key: String,
+    pub lease: i64,
 }
 
 /// The leader as this replica last saw it.
@@ -78,17 +95,62 @@ impl Leadership {
                 fleet,
                 until_ms: AtomicU64::new(0),
                 leader: ArcSwapOption::empty(),
+                term: ArcSwapOption::empty(),
                 #[cfg(feature = "fleet")]
                 resign: tokio::sync::watch::channel(false).0,
                 #[cfg(feature = "fleet")]
                 resigned: tokio::sync::Notify::new(),
+                #[cfg(feature = "fleet")]
+                deposed: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// A replica holding `term`, taken outside the campaign, for `valid`
+    /// from now: a leader that has not yet learnt it lost the lead, as the
+    /// fencing tests need one (no campaign watches the key for it).
+    #[doc(hidden)]
+    pub fn holding(replica: &str, term: Term, valid: std::time::Duration) -> Leadership {
+        let leadership = Leadership::new(replica.to_string(), true);
+        leadership.inner.term.store(Some(Arc::new(term)));
+        let until = crate::clock::now_ms()
+            .saturating_add(u64::try_from(valid.as_millis()).unwrap_or(u64::MAX));
+        leadership.inner.until_ms.store(until, Ordering::Release);
+        leadership
     }
 
     /// Whether this replica may advance rollouts now.
     pub fn is_leader(&self) -> bool {
         !self.inner.fleet || crate::clock::now_ms() < self.inner.until_ms.load(Ordering::Acquire)
+    }
+
+    /// The lead this replica holds now; `None` while it does not lead, and
+    /// always for a single process (it needs no fence).
+    pub fn term(&self) -> Option<Arc<Term>> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.inner.term.load_full()
+    }
+
+    /// A write fenced by `term` was refused: etcd no longer binds the
+    /// leader key to its lease, so this replica stops leading at once
+    /// (rather than at its next renewal) and campaigns again.
+    pub fn deposed(&self, term: &Term) {
+        let current = self.inner.term.load();
+        if current.as_deref() != Some(term) {
+            return;
+        }
+        self.inner.until_ms.store(0, Ordering::Release);
+        self.inner.term.store(None);
+        tracing::warn!(
+            replica = self.inner.replica.as_str(),
+            "rollout leader: etcd refused this replica's rollout write because the leader key \
+             is no longer bound to its lease (it lost the lead); it stops leading, and the \
+             fleet's rollout stands"
+        );
+        #[cfg(feature = "fleet")]
+        self.inner.deposed.notify_waiters();
     }
 
     /// Part of a fleet (else: a single process, its own leader).
@@ -384,8 +446,17 @@ mod campaign {
         ) -> Result<Ended, etcd_client::Error> {
             let mut resign = self.leadership.inner.resign.subscribe();
             let mut valid_until = asked + granted;
+            self.leadership
+                .inner
+                .term
+                .store(Some(std::sync::Arc::new(super::Term {
+                    key: self.key.clone(),
+                    lease,
+                })));
             self.leadership.lead_until(ms_at(valid_until));
             self.leadership.seen_self();
+            let deposed = self.leadership.inner.deposed.notified();
+            tokio::pin!(deposed);
             let (mut keeper, mut renewals) = client.lease_keep_alive(lease).await?;
             let mut watch = client
                 .watch(
@@ -430,8 +501,12 @@ mod campaign {
                         }
                         None => break "etcd ended the watch on the leader key",
                     },
+                    () = &mut deposed => {
+                        break "etcd refused its rollout write: the leader key is no longer its own";
+                    }
                     _ = resign.changed() => {
                         self.leadership.lead_until(0);
+                        self.leadership.inner.term.store(None);
                         // Best effort: a lease not revoked expires on its own.
                         let _ = tokio::time::timeout(
                             self.settings.timeout,
@@ -444,6 +519,7 @@ mod campaign {
                 }
             };
             self.leadership.lead_until(0);
+            self.leadership.inner.term.store(None);
             tracing::warn!(
                 reason = lost,
                 "rollout leader: this replica stopped leading; it campaigns again, and another \

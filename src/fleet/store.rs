@@ -71,7 +71,7 @@ pub async fn open(
     let copy = copy.map(|store| {
         let copy = Arc::new(Copy {
             store,
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(None),
             layers: opened.store.layers(),
             bases: opened.store.bases(),
         });
@@ -91,6 +91,12 @@ pub async fn open(
 impl FleetStore {
     pub fn connected(&self) -> bool {
         self.etcd.connected()
+    }
+
+    /// Fences the rollout moves this replica makes as the fleet's leader
+    /// by its lead (see `fleet::leader::Term`).
+    pub fn follow_leadership(&self, leadership: crate::fleet::leader::Leadership) {
+        self.etcd.follow_leadership(leadership);
     }
 
     /// The state sync's connection flag, for the fleet's view.
@@ -134,11 +140,30 @@ impl Store for FleetStore {
     }
 }
 
+/// A layer and the base written with it, as handed out (compared by
+/// pointer: both are replaced, never changed in place).
+struct Written {
+    layer: Arc<PersistedState>,
+    base: Option<Base>,
+}
+
+impl Written {
+    fn same(&self, other: &Written) -> bool {
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && match (&self.base, &other.base) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
 /// This replica's copy in `state_dir`.
 struct Copy {
     store: Arc<dyn Store>,
-    /// One write at a time, each of the newest layer and base.
-    lock: tokio::sync::Mutex<()>,
+    /// One write at a time, each of the newest layer and base; holds the
+    /// pair last written, so a write that would repeat it is skipped.
+    lock: tokio::sync::Mutex<Option<Written>>,
     /// The newest layer handed to the store.
     layers: watch::Receiver<Arc<PersistedState>>,
     bases: watch::Receiver<Option<Base>>,
@@ -146,10 +171,24 @@ struct Copy {
 
 impl Copy {
     async fn write(&self) -> Result<(), StateError> {
-        let _one_at_a_time = self.lock.lock().await;
-        let mut layer = (**self.layers.borrow()).clone();
-        layer.fleet_base = self.bases.borrow().as_ref().map(|base| (**base).clone());
-        self.store.save(Arc::new(layer)).await
+        let mut last = self.lock.lock().await;
+        let layer = Arc::clone(&self.layers.borrow());
+        let base = self.bases.borrow().clone();
+        let written = Written { layer, base };
+        if last.as_ref().is_some_and(|last| last.same(&written)) {
+            // Each decision moves the layer and then the base: when the
+            // base moved before the layer's write began, that write took
+            // both in, and a second one would only cost the disk a rewrite
+            // and two fsyncs (beside etcd's own, on the same disk at the
+            // same moment, whose commit the whole fleet waits for).
+            return Ok(());
+        }
+        tracing::debug!("fleet copy: writing");
+        let mut copy = (*written.layer).clone();
+        copy.fleet_base = written.base.as_ref().map(|base| (**base).clone());
+        self.store.save(Arc::new(copy)).await?;
+        *last = Some(written);
+        Ok(())
     }
 
     /// Writes the copy again when the base moves on after the layer's own

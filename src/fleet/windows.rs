@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry::buckets::FINE;
-use crate::telemetry::Counts;
+use crate::telemetry::{Counts, ErrorKind};
 
 /// What this replica knows of its fleet, shared by the publishing task (the
 /// writer), the guard, `/status` and `/metrics` (readers, never waiting).
@@ -148,6 +148,11 @@ pub struct PublishedVersion {
     pub span_ms: u64,
     /// `[fine bucket, count]` for every bucket with a count, ascending.
     pub latency: Vec<(u16, u64)>,
+    /// `errors` by reason (`5xx`, `timeout`, `reset`, `grpc_status`, …),
+    /// reasons with a count only. Absent from a veer that does not count
+    /// them; a reason this veer does not know still counts in `errors`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_reason: BTreeMap<String, u64>,
 }
 
 impl PublishedVersion {
@@ -164,6 +169,7 @@ impl PublishedVersion {
                 .filter(|(_, &n)| n > 0)
                 .map(|(bucket, &n)| (bucket as u16, n))
                 .collect(),
+            errors_by_reason: counts.kinds.by_word(),
         }
     }
 
@@ -178,6 +184,11 @@ impl PublishedVersion {
         };
         for &(bucket, n) in &self.latency {
             other.latency[usize::from(bucket).min(FINE - 1)] += n;
+        }
+        for (word, &n) in &self.errors_by_reason {
+            if let Some(kind) = ErrorKind::from_word(word) {
+                other.kinds.0[kind.index()] += n;
+            }
         }
         counts.add(&other);
     }
@@ -271,6 +282,43 @@ mod tests {
     }
 
     #[test]
+    fn errors_by_reason_travel_and_add_up_and_an_unknown_reason_still_counts_in_errors() {
+        use crate::outcome::FailureReason;
+        use crate::telemetry::buckets::Bucket;
+        let at = Duration::from_millis(1500);
+        let w = Window::new(Duration::from_secs(10));
+        let timeout = ErrorKind::Failure(FailureReason::Timeout);
+        for kind in [
+            Some(ErrorKind::Status5xx),
+            Some(timeout),
+            Some(timeout),
+            None,
+        ] {
+            w.record_kind(at, Bucket::of(MS), kind);
+        }
+        let mine = w.counts(at, Duration::from_secs(10));
+        let published = PublishedVersion::from_counts("2", &mine);
+        let json = serde_json::to_string(&published).expect("encode");
+        assert!(
+            json.contains(r#""errors_by_reason":{"5xx":1,"timeout":2}"#),
+            "{json}"
+        );
+        let mut theirs: PublishedVersion = serde_json::from_str(&json).expect("decode");
+        // A newer sibling's reason this veer does not know.
+        theirs.errors_by_reason.insert("quantum".into(), 4);
+        theirs.errors += 4;
+        theirs.requests += 4;
+        let mut sum = mine.clone();
+        theirs.add_to(&mut sum);
+        assert_eq!((sum.requests, sum.errors), (12, 10));
+        assert_eq!(sum.kinds.named(), vec![("timeout", 4), ("5xx", 2)]);
+        // What an older veer publishes (no reasons) still reads.
+        let old = r#"{"revision":"2","requests":3,"errors":1,"span_ms":1000,"latency":[[3,3]]}"#;
+        let old: PublishedVersion = serde_json::from_str(old).expect("an older sibling's");
+        assert!(old.errors_by_reason.is_empty());
+    }
+
+    #[test]
     fn siblings_of_another_revision_are_not_added() {
         let mut counts = Counts::default();
         let version = |revision: &str| PublishedVersion {
@@ -279,6 +327,7 @@ mod tests {
             errors: 4,
             span_ms: 1000,
             latency: vec![(3, 40)],
+            errors_by_reason: BTreeMap::new(),
         };
         let published = |revision: &str| {
             Arc::new(Published {
@@ -356,6 +405,7 @@ mod tests {
             errors: 0,
             span_ms: 1000,
             latency: vec![(u16::MAX, 1)],
+            errors_by_reason: BTreeMap::new(),
         };
         let mut counts = Counts::default();
         published.add_to(&mut counts);

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::control::{Control, Measured, Trip};
-use verdict::{verdict, Verdict};
+use verdict::{verdict, Reason, Verdict};
 use webhook::Webhooks;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -145,6 +145,8 @@ impl GuardRunner {
                 }
                 let counts = version.stats.window().counts(elapsed, policy.window);
                 let mut figures = counts.figures();
+                // The judged window's errors by reason, for a trip's event.
+                let mut errors = counts.kinds;
                 let mut judged = verdict(&figures, Some(&base_figures), policy);
                 // How many replicas the judged figures are of (1: this one).
                 let mut replicas = 1;
@@ -159,6 +161,7 @@ impl GuardRunner {
                         );
                         if added > 0 {
                             figures = sum.figures();
+                            errors = sum.kinds;
                             judged = verdict(&figures, Some(fleet_base), policy);
                             replicas += added;
                         }
@@ -212,6 +215,10 @@ impl GuardRunner {
                                 observed: Some(*observed),
                                 threshold: Some(*threshold),
                                 window_requests: figures.requests,
+                                errors: match reason {
+                                    Reason::ErrorRate | Reason::ErrorRateIncrease => errors,
+                                    _ => Default::default(),
+                                },
                             };
                             if let Some(method) = &method {
                                 tracing::warn!(
@@ -319,6 +326,7 @@ pub fn announce(
         observed = event.observed,
         threshold = event.threshold,
         window_requests = event.window_requests,
+        errors_by_reason = ?event.errors_by_reason,
         weights = %WeightsField(&event.weights),
         "guard: traffic moved back to the baseline"
     );

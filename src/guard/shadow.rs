@@ -103,6 +103,7 @@ impl ShadowJudge {
                 observed: Some(observed),
                 threshold: Some(threshold),
                 window_requests: pairs,
+                ..Measured::default()
             },
         };
         Some((words, Some(trip)))

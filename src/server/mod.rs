@@ -406,10 +406,15 @@ async fn open_store(config: &Config) -> Result<(StoreAndLayer, Option<Joining>),
             replica,
             store.connected_flag(),
         ));
+        let fleet_store = Arc::clone(&store);
         let store: Arc<dyn crate::state::Store> = store;
         return Ok((
             Some((store, loaded.layer)),
-            Some(Joining { settings, view }),
+            Some(Joining {
+                settings,
+                view,
+                store: fleet_store,
+            }),
         ));
     }
     let Some(dir) = &config.state_dir else {
@@ -433,6 +438,9 @@ struct Joining {
     #[cfg(feature = "fleet")]
     settings: crate::fleet::etcd::EtcdSettings,
     view: Arc<crate::fleet::windows::FleetView>,
+    /// Its rollout writes are fenced by the control plane's leadership.
+    #[cfg(feature = "fleet")]
+    store: Arc<crate::fleet::store::FleetStore>,
 }
 
 #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
@@ -441,6 +449,7 @@ impl Joining {
         control.set_fleet(Arc::clone(&self.view));
         #[cfg(feature = "fleet")]
         {
+            self.store.follow_leadership(control.leadership().clone());
             let publisher = crate::fleet::windows::publish::Publisher::new(
                 self.settings,
                 self.view,

@@ -47,7 +47,7 @@ use crate::outcome::FailureReason;
 use buckets::Bucket;
 use methods::MethodTable;
 pub use registry::{Counter, Gauge, Present, Registry, Shown, VersionSeries};
-pub use window::{Counts, Figures, Window};
+pub use window::{Counts, ErrorCounts, ErrorKind, Figures, Window, ERROR_KINDS};
 
 /// The longest window kept when no guard asks for more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
@@ -92,6 +92,22 @@ impl Outcome {
         match self.grpc {
             Some(call) => self.failure.is_some() || call.error,
             None => self.failure.is_some() || self.status.is_server_error(),
+        }
+    }
+
+    /// Why this is the version's error, as the windows count it; `None`
+    /// exactly when [`Outcome::is_error`] is false.
+    #[inline]
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        if let Some(reason) = self.failure {
+            return Some(ErrorKind::Failure(reason));
+        }
+        match self.grpc {
+            Some(call) => call.error.then_some(ErrorKind::Grpc),
+            None => self
+                .status
+                .is_server_error()
+                .then_some(ErrorKind::Status5xx),
         }
     }
 }
@@ -338,8 +354,9 @@ impl VersionStats {
         // One bucket search serves the histogram and the window.
         let bucket = Bucket::of(outcome.latency);
         series.record_durations(bucket, outcome.latency, outcome.total);
-        let error = outcome.is_error();
-        self.window.record_in(elapsed, bucket, error);
+        let kind = outcome.error_kind();
+        let error = kind.is_some();
+        self.window.record_kind(elapsed, bucket, kind);
         if let Some(call) = outcome.grpc {
             series.count_grpc(call.status);
             self.methods
@@ -479,6 +496,61 @@ mod tests {
             total: latency + Duration::from_millis(1),
             grpc: None,
         }
+    }
+
+    #[test]
+    fn an_error_is_counted_by_the_most_specific_reason_and_a_success_by_none() {
+        let at = |status: u16, failure, grpc| Outcome {
+            status: StatusCode::from_u16(status).expect("status"),
+            failure,
+            grpc,
+            ..ok(Duration::from_millis(1))
+        };
+        let grpc = |error| {
+            Some(grpc::Ended {
+                status: Some(grpc::Code::Unavailable),
+                error,
+                method: 0,
+            })
+        };
+        let cases = [
+            (at(200, None, None), None),
+            (at(404, None, None), None),
+            (at(503, None, None), Some(ErrorKind::Status5xx)),
+            (
+                at(504, Some(FailureReason::Timeout), None),
+                Some(ErrorKind::Failure(FailureReason::Timeout)),
+            ),
+            (
+                at(200, Some(FailureReason::Midstream), None),
+                Some(ErrorKind::Failure(FailureReason::Midstream)),
+            ),
+            (at(200, None, grpc(true)), Some(ErrorKind::Grpc)),
+            (at(200, None, grpc(false)), None),
+            // A gRPC call's own status decides, not the HTTP one.
+            (at(503, None, grpc(false)), None),
+        ];
+        for (outcome, kind) in cases {
+            assert_eq!(outcome.error_kind(), kind, "{outcome:?}");
+            assert_eq!(outcome.is_error(), kind.is_some(), "{outcome:?}");
+        }
+        // Recorded, the window counts them by kind.
+        let telemetry = Telemetry::new();
+        let stats = StatsRegistry::default().stats(
+            &telemetry,
+            "web",
+            "canary",
+            "1",
+            Duration::from_secs(10),
+            0,
+        );
+        let now = Duration::from_secs(1);
+        stats.record(now, &at(503, None, None));
+        stats.record(now, &at(502, Some(FailureReason::Connect), None));
+        stats.record(now, &at(200, None, None));
+        let counts = stats.window().counts(now, Duration::from_secs(10));
+        assert_eq!(counts.errors, 2);
+        assert_eq!(counts.kinds.named(), vec![("connect", 1), ("5xx", 1)]);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::buckets::{quantile_us, Bucket, FINE};
+use crate::outcome::FailureReason;
 
 const SLOT: Duration = Duration::from_secs(1);
 
@@ -43,6 +44,8 @@ struct Slot {
     errors: AtomicU64,
     /// Per fine bucket; 32 bits hold four billion requests in one second.
     latency: [AtomicU32; FINE],
+    /// `errors` by [`ErrorKind`]; touched only by a request that failed.
+    kinds: [AtomicU32; ERROR_KINDS],
 }
 
 impl Default for Slot {
@@ -52,7 +55,95 @@ impl Default for Slot {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
+            kinds: std::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+}
+
+/// Why a request counted as the version's error: a failure of its own
+/// (the `FailureReason`s), a 5xx it answered, or a gRPC status that is its
+/// error. A failure is named before the 5xx veer answered for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Failure(FailureReason),
+    Status5xx,
+    Grpc,
+}
+
+/// How many [`ErrorKind`]s there are: the failure reasons, 5xx and gRPC.
+pub const ERROR_KINDS: usize = FailureReason::ALL.len() + 2;
+
+impl ErrorKind {
+    /// Every kind, in index order.
+    pub const ALL: [ErrorKind; ERROR_KINDS] = [
+        ErrorKind::Failure(FailureReason::Connect),
+        ErrorKind::Failure(FailureReason::Timeout),
+        ErrorKind::Failure(FailureReason::Reset),
+        ErrorKind::Failure(FailureReason::Protocol),
+        ErrorKind::Failure(FailureReason::Tls),
+        ErrorKind::Failure(FailureReason::Midstream),
+        ErrorKind::Status5xx,
+        ErrorKind::Grpc,
+    ];
+
+    #[inline]
+    pub fn index(self) -> usize {
+        match self {
+            ErrorKind::Failure(reason) => reason as usize,
+            ErrorKind::Status5xx => FailureReason::ALL.len(),
+            ErrorKind::Grpc => FailureReason::ALL.len() + 1,
+        }
+    }
+
+    /// The word `/status`, the fleet's windows and the guard's events use:
+    /// a failure reason as `veer_upstream_failures_total` labels it, `5xx`,
+    /// or `grpc_status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Failure(reason) => reason.as_str(),
+            ErrorKind::Status5xx => "5xx",
+            ErrorKind::Grpc => "grpc_status",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == word)
+    }
+}
+
+/// Errors by [`ErrorKind`], indexed by [`ErrorKind::index`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts(pub [u64; ERROR_KINDS]);
+
+impl ErrorCounts {
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind.index()]
+    }
+
+    pub fn add(&mut self, other: &ErrorCounts) {
+        for (sum, n) in self.0.iter_mut().zip(other.0) {
+            *sum += n;
+        }
+    }
+
+    /// The kinds with a count by their word, as `/status`, the fleet's
+    /// windows and the guard's events write them.
+    pub fn by_word(&self) -> std::collections::BTreeMap<String, u64> {
+        self.named()
+            .into_iter()
+            .map(|(word, n)| (word.to_string(), n))
+            .collect()
+    }
+
+    /// The kinds with a count, most frequent first (ties in index order).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let mut named: Vec<(&'static str, u64)> = ErrorKind::ALL
+            .into_iter()
+            .map(|k| (k.as_str(), self.get(k)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        named.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        named
     }
 }
 
@@ -138,6 +229,24 @@ impl Window {
         slot.latency[latency.fine()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// As [`Window::record_in`], with the kind of error (`None`: a success)
+    /// counted beside the total: a success costs nothing more.
+    #[inline]
+    pub fn record_kind(&self, elapsed: Duration, latency: Bucket, error: Option<ErrorKind>) {
+        let second = elapsed.as_secs();
+        let ring = match self.ring.get() {
+            Some(ring) => ring,
+            None => self.allocate(),
+        };
+        let slot = slot(ring, second);
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(kind) = error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+            slot.kinds[kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency[latency.fine()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Empties the slot of the next second ahead of time; call it more than
     /// once a second.
     pub fn advance(&self, elapsed: Duration) {
@@ -188,7 +297,13 @@ impl Window {
                 continue;
             }
             counts.requests += requests;
-            counts.errors += slot.errors.load(Ordering::Relaxed);
+            let errors = slot.errors.load(Ordering::Relaxed);
+            counts.errors += errors;
+            if errors > 0 {
+                for (sum, count) in counts.kinds.0.iter_mut().zip(slot.kinds.iter()) {
+                    *sum += u64::from(count.load(Ordering::Relaxed));
+                }
+            }
             for (sum, count) in counts.latency.iter_mut().zip(slot.latency.iter()) {
                 *sum += u64::from(count.load(Ordering::Relaxed));
             }
@@ -210,6 +325,8 @@ pub struct Counts {
     pub span: Duration,
     /// Per fine bucket of `buckets`, `FINE` of them.
     pub latency: Box<[u64; FINE]>,
+    /// `errors` by kind (those recorded with [`Window::record_kind`]).
+    pub kinds: ErrorCounts,
 }
 
 impl Default for Counts {
@@ -219,6 +336,7 @@ impl Default for Counts {
             errors: 0,
             span: Duration::ZERO,
             latency: Box::new([0; FINE]),
+            kinds: ErrorCounts::default(),
         }
     }
 }
@@ -229,6 +347,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.kinds.add(&other.kinds);
         self.span = self.span.max(other.span);
         for (sum, count) in self.latency.iter_mut().zip(other.latency.iter()) {
             *sum += count;
@@ -291,6 +410,9 @@ impl Slot {
     fn clear(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
+        for count in self.kinds.iter() {
+            count.store(0, Ordering::Relaxed);
+        }
         for count in self.latency.iter() {
             count.store(0, Ordering::Relaxed);
         }
@@ -394,6 +516,47 @@ mod tests {
         assert!(w.is_allocated());
         let f = w.figures(Duration::from_secs(5), Duration::from_secs(30));
         assert_eq!((f.requests, f.errors), (1, 1));
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind_and_expire_with_their_second() {
+        let w = Window::new(Duration::from_secs(5));
+        let at = Duration::from_secs(1);
+        let timeout = ErrorKind::Failure(FailureReason::Timeout);
+        for kind in [
+            Some(ErrorKind::Status5xx),
+            Some(ErrorKind::Status5xx),
+            Some(timeout),
+            Some(ErrorKind::Grpc),
+            None,
+        ] {
+            w.record_kind(at, Bucket::of(MS), kind);
+        }
+        let counts = w.counts(at, Duration::from_secs(5));
+        assert_eq!((counts.requests, counts.errors), (5, 4));
+        assert_eq!(
+            counts.kinds.named(),
+            vec![("5xx", 2), ("timeout", 1), ("grpc_status", 1)]
+        );
+        // Summed with another replica's, as the fleet does.
+        let mut sum = counts.clone();
+        sum.add(&counts);
+        assert_eq!(sum.kinds.get(ErrorKind::Status5xx), 4);
+        // Gone with the second they were counted in.
+        let later = w.counts(Duration::from_secs(9), Duration::from_secs(5));
+        assert_eq!(later.kinds, ErrorCounts::default());
+        w.record_kind(Duration::from_secs(9), Bucket::of(MS), Some(timeout));
+        let again = w.counts(Duration::from_secs(9), Duration::from_secs(5));
+        assert_eq!(again.kinds.named(), vec![("timeout", 1)]);
+    }
+
+    #[test]
+    fn every_kind_has_its_own_index_and_word() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}");
+            assert_eq!(ErrorKind::from_word(kind.as_str()), Some(*kind));
+        }
+        assert_eq!(ErrorKind::from_word("teapot"), None);
     }
 
     #[test]
