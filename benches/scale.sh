@@ -34,6 +34,8 @@
 #   BIN=target/release/veer (SKIP_BUILD=1 to use it as it is)
 #   PROXY_CPU=0 LOAD_CPU=1 BASE_PORT=18280 DOCS=1 (write docs/benchmarks.md)
 #   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
+#   READ_WHOLE=1: veer's file gets a comment with `&`, so veer reads it whole
+#   (no per-service read, no reuse on reload): the cost of the whole read
 # Needs python3, curl, nginx, haproxy (apt-get install -y nginx haproxy curl).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
@@ -50,6 +52,7 @@ KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 IDLE_SERIES_AFTER=${IDLE_SERIES_AFTER-10m}
 FLIPS=${FLIPS:-10}
+READ_WHOLE=${READ_WHOLE:-0}
 
 LISTEN=$((BASE_PORT))
 ADMIN=$((BASE_PORT + 1))
@@ -142,6 +145,11 @@ run_one() {
         $GEN "$n" --format map >"$work/hosts.map"
         $GEN "$n" --format wildmap >"$work/wild.map"
         sed -i "s#MAPFILE#$work/hosts.map#g; s#WILDFILE#$work/wild.map#g" "$work/a.cfg" "$work/b.cfg"
+    fi
+    # READ_WHOLE=1: veer reads its file whole on every load and reload, as
+    # before it read a file service by service (the before of a before/after).
+    if [[ $target == veer && $READ_WHOLE == 1 ]]; then
+        for f in "$work/a.yaml" "$work/b.yaml"; do echo '# & (read whole)' >>"$f"; done
     fi
     [[ $target == nginx ]] && sed -i "s#PIDFILE#$work/nginx.pid#" "$work/a.conf" "$work/b.conf"
     conf=$work/config.$ext

@@ -119,15 +119,16 @@ fn an_unchanged_service_is_reused_and_a_changed_one_read_again() {
 fn items(text: &str) -> (String, Vec<String>, String) {
     let start = text.find("services:\n").expect("services") + "services:\n".len();
     let end = text.find("state_dir:").expect("state_dir");
-    let mut items: Vec<String> = text[start..end]
-        .split_inclusive('\n')
-        .fold(Vec::new(), |mut items, line| {
-            if line.starts_with("  - ") || items.is_empty() {
-                items.push(String::new());
-            }
-            items.last_mut().expect("an item").push_str(line);
-            items
-        });
+    let mut items: Vec<String> =
+        text[start..end]
+            .split_inclusive('\n')
+            .fold(Vec::new(), |mut items, line| {
+                if line.starts_with("  - ") || items.is_empty() {
+                    items.push(String::new());
+                }
+                items.last_mut().expect("an item").push_str(line);
+                items
+            });
     items.retain(|item| !item.is_empty());
     (text[..start].to_string(), items, text[end..].to_string())
 }
@@ -182,7 +183,11 @@ fn a_bad_line_anywhere_is_refused_at_its_place_as_a_fresh_read_refuses_it() {
     let cases: Vec<(&str, String)> = vec![
         (
             "a bad weight in the changed service",
-            base.replacen("weight: 10\n        tls: { ca: certs/ca-7.pem }", "weight: ten\n        tls: { ca: certs/ca-7.pem }", 1),
+            base.replacen(
+                "weight: 10\n        tls: { ca: certs/ca-7.pem }",
+                "weight: ten\n        tls: { ca: certs/ca-7.pem }",
+                1,
+            ),
         ),
         (
             "a duplicate host brought in by the changed service",
@@ -194,7 +199,11 @@ fn a_bad_line_anywhere_is_refused_at_its_place_as_a_fresh_read_refuses_it() {
         ),
         (
             "a service copied whole",
-            join(&head, &[items.clone(), vec![items[9].clone()]].concat(), &tail),
+            join(
+                &head,
+                &[items.clone(), vec![items[9].clone()]].concat(),
+                &tail,
+            ),
         ),
         (
             "a misspelt key outside the services, which are all unchanged",
@@ -208,7 +217,10 @@ fn a_bad_line_anywhere_is_refused_at_its_place_as_a_fresh_read_refuses_it() {
                 1,
             ),
         ),
-        ("a YAML syntax error", base.replace("name: svc-30\n", "name: [svc-30\n")),
+        (
+            "a YAML syntax error",
+            base.replace("name: svc-30\n", "name: [svc-30\n"),
+        ),
         (
             "a service list that is not a list",
             base.replace("services:\n", "services: 5\n"),
@@ -220,11 +232,18 @@ fn a_bad_line_anywhere_is_refused_at_its_place_as_a_fresh_read_refuses_it() {
         let expected = fresh(&path, &text).expect_err(what);
         // The fresh read names the file it read: the same file.
         assert_eq!(refused, expected, "{what}");
-        assert!(refused.starts_with(&format!("{}:", path.display())), "{what}: {refused}");
+        assert!(
+            refused.starts_with(&format!("{}:", path.display())),
+            "{what}: {refused}"
+        );
         // A refused file leaves what was kept as it was.
         assert_eq!(reuse.len(), 40, "{what}");
         read(&path, &base, &mut reuse).expect("valid");
-        assert_eq!(reuse.parsed(), 0, "{what}: the base file is still kept whole");
+        assert_eq!(
+            reuse.parsed(),
+            0,
+            "{what}: the base file is still kept whole"
+        );
     }
 }
 
@@ -236,7 +255,9 @@ fn the_errors_name_the_line_of_the_changed_service() {
     let base = file(40, 10);
     read(&path, &base, &mut reuse).expect("valid");
     let text = base.replace("[svc-20.example.com,", "[svc-3.example.com,");
-    let line = text[..text.find("[svc-3.example.com, \"*.svc-20").expect("the host")]
+    let line = text[..text
+        .find("[svc-3.example.com, \"*.svc-20")
+        .expect("the host")]
         .matches('\n')
         .count()
         + 1;

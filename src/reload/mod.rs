@@ -83,6 +83,7 @@ impl Reloader {
     /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
         let mut reuse = self.serial.lock().await;
+        let started = std::time::Instant::now();
         let before = crate::audit::weights(&self.control.snapshot(), None);
         let loaded = self
             .read(&mut reuse, self.check_files)
@@ -101,8 +102,10 @@ impl Reloader {
         match &result {
             Ok(()) => {
                 // `parsed`: the services whose text changed; the others
-                // were reused as last validated.
-                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), parsed, "config reloaded")
+                // were reused as last validated. `took_ms`: from the start
+                // of the read to the new config in force.
+                let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), parsed, took_ms, "config reloaded")
             }
             Err(errors) => {
                 for error in errors {
