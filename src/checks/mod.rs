@@ -465,7 +465,14 @@ impl CheckRunner {
             "paused: check `{}` was inconclusive {limit} times in a row ({reason}); fix what the check reads, then `veer resume {service}`",
             key.check
         );
-        match self.control.pause(service).await {
+        // Kept with the pause without its leading "paused: ", which
+        // `/status` says already.
+        let why = words.strip_prefix("paused: ").map(str::to_string);
+        match self
+            .control
+            .pause_because(service, crate::state::history::Actor::Check, why)
+            .await
+        {
             Ok(()) => {
                 tracing::warn!(
                     service,
