@@ -39,6 +39,8 @@
 #   FLIPS=10 FLIP_TIMEOUT=60 (seconds one flip may take; a round past it is
 #   counted as a timeout, not timed)
 #   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
+#   READ_WHOLE=1: veer's file gets a comment with `&`, so veer reads it whole
+#   (no per-service read, no reuse on reload): the cost of the whole read
 # Needs python3, curl, nginx, haproxy (apt-get install -y nginx haproxy curl).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
@@ -58,6 +60,7 @@ FLIPS=${FLIPS:-10}
 FLIP_TIMEOUT=${FLIP_TIMEOUT:-60}
 IDLE_CPU_SECONDS=${IDLE_CPU_SECONDS:-30}
 export FLIP_TIMEOUT
+READ_WHOLE=${READ_WHOLE:-0}
 
 LISTEN=$((BASE_PORT))
 ADMIN=$((BASE_PORT + 1))
@@ -179,6 +182,11 @@ run_one() {
         $GEN "$n" --format map >"$work/hosts.map"
         $GEN "$n" --format wildmap >"$work/wild.map"
         sed -i "s#MAPFILE#$work/hosts.map#g; s#WILDFILE#$work/wild.map#g" "$work/a.cfg" "$work/b.cfg"
+    fi
+    # READ_WHOLE=1: veer reads its file whole on every load and reload, as
+    # before it read a file service by service (the before of a before/after).
+    if [[ $target == veer && $READ_WHOLE == 1 ]]; then
+        for f in "$work/a.yaml" "$work/b.yaml"; do echo '# & (read whole)' >>"$f"; done
     fi
     [[ $target == nginx ]] && sed -i "s#PIDFILE#$work/nginx.pid#" "$work/a.conf" "$work/b.conf"
     conf=$work/config.$ext

@@ -1598,3 +1598,111 @@ async fn sighup_right_after_ready_reloads_and_does_not_kill() {
     })
     .await;
 }
+
+/// `count` services `s-I`, each on its own host; the last one's weights
+/// as given, every other service's endpoint a port where nothing listens.
+fn many(count: usize, last: SocketAddr, weights: (u32, u32)) -> String {
+    let mut y = String::from(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nservices:\n",
+    );
+    for i in 0..count {
+        let (endpoint, (blue, green)) = if i + 1 == count {
+            (last.to_string(), weights)
+        } else {
+            (format!("127.0.0.1:{}", 20_000 + i), (90, 10))
+        };
+        y.push_str(&format!(
+            "  - name: s-{i}\n    match: {{ hosts: [s-{i}.example.com] }}\n    versions:\n      - {{ name: blue, endpoints: [\"{endpoint}\"], weight: {blue} }}\n      - {{ name: green, endpoints: [\"{endpoint}\"], weight: {green} }}\n"
+        ));
+    }
+    y
+}
+
+/// The `config reloaded` lines of a JSON log, by `parsed`.
+fn reloads_parsed(veer: &VeerProcess) -> Vec<u64> {
+    veer.stderr()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "config reloaded")
+        .filter_map(|line| line["fields"]["parsed"].as_u64())
+        .collect()
+}
+
+async fn wait_reloads(veer: &VeerProcess, count: usize) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + RELOAD_LIMIT;
+    loop {
+        let parsed = reloads_parsed(veer);
+        if parsed.len() >= count {
+            return parsed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} reloads expected\n{}",
+            veer.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reparses_only_the_services_a_reload_changed() {
+    within(RELOAD_LIMIT * 3, "reloads of a 300-service file", async {
+        let up = Upstream::start("last").await;
+        let count = 300;
+        let veer = VeerProcess::start_with_args(
+            veer_bin(),
+            &many(count, up.addr(), (100, 0)),
+            &["--log-format", "json"],
+            &[],
+        );
+        let addr = veer.listener("public");
+        let client = http1_client();
+        let host = format!("s-{}.example.com", count - 1);
+        // A first change: reloaded once, however it raced the reloader's
+        // first read of the file.
+        std::fs::write(veer.config_path(), many(count, up.addr(), (50, 50))).expect("write");
+        wait_reloads(&veer, 1).await;
+        // The last service's weights move to green: one service parsed.
+        std::fs::write(veer.config_path(), many(count, up.addr(), (0, 100))).expect("write");
+        assert_eq!(wait_reloads(&veer, 2).await[1], 1, "{}", veer.stderr());
+        let request = Request::get(format!("http://{addr}/"))
+            .header("host", host.as_str())
+            .body(empty())
+            .expect("request");
+        let answer = send(&client, request).await;
+        assert_eq!(answer.status.as_u16(), 200);
+
+        // The same services in another order: none parsed again.
+        let text = many(count, up.addr(), (0, 100));
+        let (head, items) = text.split_at(text.find("  - name: s-0\n").expect("s-0"));
+        let mut services: Vec<String> = items
+            .split_inclusive("weight: 10 }\n")
+            .map(str::to_string)
+            .collect();
+        services.swap(0, 1);
+        std::fs::write(veer.config_path(), format!("{head}{}", services.concat())).expect("write");
+        assert_eq!(wait_reloads(&veer, 3).await[2], 0, "{}", veer.stderr());
+
+        // A bad line in a changed service: refused, the old config serves.
+        let bad = many(count, up.addr(), (0, 100)).replace("weight: 100 }", "weight: lots }");
+        let at = bad.find("lots").expect("the bad weight");
+        let line = bad[..at].matches('\n').count() + 1;
+        let column = at - bad[..at].rfind('\n').expect("a line");
+        std::fs::write(veer.config_path(), &bad).expect("write");
+        let deadline = tokio::time::Instant::now() + RELOAD_LIMIT;
+        while !veer.stderr().contains("reload refused") {
+            assert!(tokio::time::Instant::now() < deadline, "{}", veer.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            veer.stderr().contains(&format!(
+                "veer.yaml:{line}:{column}: services[{}].versions[1].weight:",
+                count - 1
+            )),
+            "{}",
+            veer.stderr()
+        );
+        stop_binary(veer).await;
+    })
+    .await;
+}

@@ -19,6 +19,13 @@
 //! 4. Each problem is placed in the file by its path; all are returned, in
 //!    file order.
 //!
+//! A valid file takes a faster road to the same result (`parse_split`):
+//! its services are cut apart on lines (`spans`), each parsed and checked
+//! on its own, on every core, and a reload ([`Reuse`]) takes the services
+//! whose text it has seen from what it kept; the rest of the file and the
+//! checks across services run whole every time. Any problem sends the file
+//! down the road above, which places it.
+//!
 //! Depends only on `grpc` (the status codes a `grpc:` block names).
 
 pub mod check;
@@ -27,10 +34,12 @@ mod error;
 pub mod model;
 mod raw;
 mod source_map;
+mod spans;
 mod units;
 mod validate;
 mod yaml;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -77,11 +86,67 @@ pub fn load_file_checked(
     path: &Path,
     check: impl FnOnce(&Config) -> Vec<FileIssue>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    load_file_reusing(path, check, None)
+}
+
+/// What a reload keeps of the last file it read: each service's text (by
+/// its SHA-256) and the service it validated to, so that the next read
+/// parses and checks only the services whose text changed. The checks
+/// across services (names, routes) and everything outside `services:` are
+/// still run on the whole file every time.
+#[derive(Debug, Default)]
+pub struct Reuse {
+    /// As validated, before relative paths were resolved.
+    services: HashMap<Digest, Service>,
+    /// How many services the last successful read parsed and checked.
+    parsed: usize,
+}
+
+type Digest = [u8; 32];
+
+impl Reuse {
+    /// How many services it holds (those of the last file read).
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// How many services the last successful read parsed and checked; the
+    /// others were reused. A file read whole (see `spans`) counts them all.
+    pub fn parsed(&self) -> usize {
+        self.parsed
+    }
+}
+
+/// As [`load_file_checked`], reusing what `reuse` holds from the last file
+/// read for every service whose text is unchanged, and leaving in it what
+/// this file's services validated to. The result is the one a fresh read
+/// gives: errors too, with their positions.
+pub fn load_file_reusing(
+    path: &Path,
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+    reuse: Option<&mut Reuse>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| {
         whole_file_error(&file, format!("cannot read the config file: {error}"))
     })?;
-    let (mut config, source) = parse_with_source(&text, &file)?;
+    let mut reuse = reuse;
+    let (mut config, source) = match parse_split(&text, reuse.as_deref_mut()) {
+        Some(config) => (config, None),
+        None => {
+            let read = parse_with_source(&text, &file)?;
+            if let Some(reuse) = reuse {
+                // A file read whole leaves nothing to reuse.
+                reuse.services = HashMap::new();
+                reuse.parsed = read.0.services.len();
+            }
+            read
+        }
+    };
     if let Some(base) = path.parent() {
         resolve_paths(&mut config, base);
     }
@@ -109,7 +174,120 @@ pub fn load_file_checked(
 /// Validates config text; `file` names it in errors. Relative paths are left
 /// as written.
 pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-    parse_with_source(text, file).map(|(config, _)| config)
+    match parse_split(text, None) {
+        Some(config) => Ok(config),
+        None => parse_with_source(text, file).map(|(config, _)| config),
+    }
+}
+
+/// The fast read of a valid file: its services cut apart (`spans`), each
+/// parsed and checked on its own (in parallel when there are many, or taken
+/// from `reuse` when its text is unchanged), the rest of the file read as a
+/// document of its own, then the checks across services. `None` for a file
+/// the cut does not handle or that has any problem at all: the whole-file
+/// read then gives the answer, errors placed. `reuse` is updated only when
+/// this read succeeds.
+fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
+    let split = spans::split(text)?;
+    let mut issues = Vec::new();
+    let rest = match SourceMap::tree(&split.rest).ok()?? {
+        Node::Null => Node::Mapping(Vec::new()),
+        rest => rest,
+    };
+    let document: RawDocument = deserialize_at(rest, "", &mut issues).ok()?;
+    if document.services.is_some() || !issues.is_empty() {
+        return None;
+    }
+    let raw = raw_config(document, &mut issues);
+    if !issues.is_empty() {
+        return None;
+    }
+
+    let Some(reuse) = reuse else {
+        let all: Vec<usize> = (0..split.services.len()).collect();
+        let services = service_spans(&all, &split.services)?;
+        let config = validate::validate_prepared(raw, services, &mut issues)?;
+        return issues.is_empty().then_some(config);
+    };
+    let digests: Vec<Digest> = split.services.iter().map(|span| digest(span)).collect();
+    let fresh: Vec<usize> = (0..digests.len())
+        .filter(|&i| !reuse.services.contains_key(&digests[i]))
+        .collect();
+    let parsed = fresh.len();
+    let made = service_spans(&fresh, &split.services)?;
+    let mut made_by_index: HashMap<usize, Service> = fresh.into_iter().zip(made).collect();
+    let mut services = Vec::with_capacity(digests.len());
+    for (i, digest) in digests.iter().enumerate() {
+        let service = match made_by_index.get(&i) {
+            Some(made) => made.clone(),
+            None => reuse.services.get(digest)?.clone(),
+        };
+        services.push(service);
+    }
+    let config = validate::validate_prepared(raw, services, &mut issues)?;
+    if !issues.is_empty() {
+        return None;
+    }
+    // Keep exactly this file's services, so what is kept never grows.
+    reuse.parsed = parsed;
+    let mut old = std::mem::take(&mut reuse.services);
+    for (i, digest) in digests.into_iter().enumerate() {
+        // A service written twice, identically, is kept once.
+        if let Some(service) = made_by_index.remove(&i).or_else(|| old.remove(&digest)) {
+            reuse.services.insert(digest, service);
+        }
+    }
+    Some(config)
+}
+
+fn digest(span: &str) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, span.as_bytes()).as_ref());
+    out
+}
+
+/// The services of the spans at `indices`, each parsed and checked on its
+/// own; spread over the cores when there are many. `None` if any fails.
+fn service_spans(indices: &[usize], spans: &[&str]) -> Option<Vec<Service>> {
+    /// Below this many, a thread costs more than it saves.
+    const PER_THREAD: usize = 256;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(indices.len() / PER_THREAD)
+        .max(1);
+    let one = |i: &usize| service_span(spans[*i]);
+    if threads == 1 {
+        return indices.iter().map(one).collect();
+    }
+    let chunk = indices.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = indices
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Option<Vec<_>>>()))
+            .collect();
+        let mut services = Vec::with_capacity(indices.len());
+        for worker in workers {
+            services.extend(worker.join().ok()??);
+        }
+        Some(services)
+    })
+}
+
+/// One `- name: ...` item of `services:`, read as a list of one.
+fn service_span(span: &str) -> Option<Service> {
+    let Node::Sequence(mut items) = SourceMap::tree(span).ok()?? else {
+        return None;
+    };
+    let item = match (items.pop(), items.is_empty()) {
+        (Some(item), true) => item,
+        _ => return None,
+    };
+    let mut issues = Vec::new();
+    let raw: raw::RawService = deserialize_at(item, "services[0]", &mut issues).ok()?;
+    if !issues.is_empty() {
+        return None;
+    }
+    validate::service_alone(raw)
 }
 
 /// The config, and the map of where each field is if it was made (a valid
@@ -219,7 +397,12 @@ fn whole_file_error(file: &str, reason: String) -> ConfigErrors {
 /// the top level itself is wrong (not a mapping, or an unknown key).
 fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> {
     let document: RawDocument = deserialize_at(value, "", issues).ok()?;
-    Some(RawConfig {
+    Some(raw_config(document, issues))
+}
+
+/// Each part of the top level deserialized on its own.
+fn raw_config(document: RawDocument, issues: &mut Vec<Issue>) -> RawConfig {
+    RawConfig {
         listeners: document
             .listeners
             .and_then(|list| deserialize_list(list, "listeners", issues)),
@@ -250,7 +433,7 @@ fn deserialize_parts(value: Node, issues: &mut Vec<Issue>) -> Option<RawConfig> 
         telemetry: document
             .telemetry
             .and_then(|part| deserialize_optional(part, "telemetry", issues)),
-    })
+    }
 }
 
 /// A part that may be written empty (`admin:` alone): `None` then.

@@ -57,8 +57,10 @@ pub struct Reloader {
     control: Arc<Control>,
     listeners: Arc<dyn Listeners>,
     check_files: FileCheck,
-    /// Reloads run one at a time, whatever triggered them.
-    serial: tokio::sync::Mutex<()>,
+    /// Reloads run one at a time, whatever triggered them; the lock holds
+    /// what the last read validated, so the next reload parses and checks
+    /// only the services whose text changed. Off the request path.
+    serial: tokio::sync::Mutex<config::Reuse>,
 }
 
 impl Reloader {
@@ -73,22 +75,21 @@ impl Reloader {
             control,
             listeners,
             check_files,
-            serial: tokio::sync::Mutex::new(()),
+            serial: tokio::sync::Mutex::new(config::Reuse::default()),
         }
     }
 
     /// Reloads now; the file is read and the listeners bound on a blocking
     /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
-        let _one_at_a_time = self.serial.lock().await;
+        let mut reuse = self.serial.lock().await;
+        let started = std::time::Instant::now();
         let before = crate::audit::weights(&self.control.snapshot(), None);
-        let (path, check_files) = (self.path.clone(), self.check_files);
-        let loaded = tokio::task::spawn_blocking(move || {
-            config::load_file_checked(&path, check_files)
-                .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap_or_else(|err| Err(vec![format!("the reload task failed: {err}")]));
+        let loaded = self
+            .read(&mut reuse, self.check_files)
+            .await
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let parsed = reuse.parsed();
         let result = match loaded {
             Ok((config, warnings)) => {
                 for warning in &warnings {
@@ -100,7 +101,11 @@ impl Reloader {
         };
         match &result {
             Ok(()) => {
-                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), "config reloaded")
+                // `parsed`: the services whose text changed; the others
+                // were reused as last validated. `took_ms`: from the start
+                // of the read to the new config in force.
+                let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(trigger = trigger.as_str(), file = %self.path.display(), parsed, took_ms, "config reloaded")
             }
             Err(errors) => {
                 for error in errors {
@@ -132,6 +137,34 @@ impl Reloader {
             );
         }
         result
+    }
+
+    /// Reads and checks the file on a blocking thread, reusing and updating
+    /// what the last read validated.
+    async fn read(
+        &self,
+        reuse: &mut config::Reuse,
+        check_files: FileCheck,
+    ) -> Result<(Config, Vec<config::ConfigError>), config::ConfigErrors> {
+        let path = self.path.clone();
+        let mut taken = std::mem::take(reuse);
+        let task = tokio::task::spawn_blocking(move || {
+            let loaded = config::load_file_reusing(&path, check_files, Some(&mut taken));
+            (loaded, taken)
+        });
+        match task.await {
+            Ok((loaded, taken)) => {
+                *reuse = taken;
+                loaded
+            }
+            Err(err) => Err(config::ConfigErrors(vec![config::ConfigError {
+                file: self.path.display().to_string(),
+                line: 1,
+                column: 1,
+                path: "(file)".to_string(),
+                reason: format!("the reload task failed: {err}"),
+            }])),
+        }
     }
 
     async fn apply(&self, config: Config) -> Result<(), Vec<String>> {
@@ -192,10 +225,15 @@ impl Listening {
     /// Reloads on every change of the file and on SIGHUP until `stop` changes.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let reloader = Arc::clone(&self.reloader);
-        let path = reloader.path.clone();
-        let changed = tokio::task::spawn_blocking(move || config::load_file(&path))
-            .await
-            .is_ok_and(|now| now.is_ok_and(|now| now != *reloader.control.config()));
+        // This read also leaves each service's text and validated form for
+        // the first reload to reuse.
+        let changed = {
+            let mut reuse = reloader.serial.lock().await;
+            reloader
+                .read(&mut reuse, |_| Vec::new())
+                .await
+                .is_ok_and(|(now, _)| now != *reloader.control.config())
+        };
         if changed {
             let _ = reloader.reload(Trigger::FileChanged).await;
         }

@@ -103,6 +103,30 @@ const URL_EXAMPLE: &str =
 /// Checks `raw` and builds the model. Returns `None` if any issue was pushed
 /// (by this stage or by deserialization before it).
 pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config> {
+    validate_with(raw, issues, |v, services| v.services(services))
+}
+
+/// As [`validate`], for a file whose services were each checked already
+/// ([`service_alone`]): only the checks across services (names, routes) run
+/// over them. `raw.services` is ignored.
+pub(crate) fn validate_prepared(
+    raw: RawConfig,
+    services: Vec<Service>,
+    issues: &mut Vec<Issue>,
+) -> Option<Config> {
+    validate_with(raw, issues, |v, _| {
+        v.across_services(&services);
+        services
+    })
+}
+
+pub(crate) use services::service_alone;
+
+fn validate_with(
+    raw: RawConfig,
+    issues: &mut Vec<Issue>,
+    services: impl FnOnce(&mut Validator, Option<Vec<Part<RawService>>>) -> Vec<Service>,
+) -> Option<Config> {
     let mut v = Validator { issues: Vec::new() };
     let listeners = v.listeners(raw.listeners);
     let admin = v.admin(raw.admin, &listeners);
@@ -125,7 +149,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
         Some(Ok(log)) => v.access_log(log).map(Some),
     };
     let history = v.history(raw.history);
-    let services = v.services(raw.services);
+    let services = services(&mut v, raw.services);
     let dns = match raw.dns {
         None => Some(Default::default()),
         Some(Err(_)) => None,

@@ -2,7 +2,57 @@
 
 use super::*;
 
+/// One service checked on its own, as [`Validator::services`] checks each
+/// one (its name and every block); `None` if anything is wrong. What fails
+/// here is reported by the whole-file check, at its real path: the path
+/// used here is never shown.
+pub(crate) fn service_alone(raw: RawService) -> Option<Service> {
+    const PATH: &str = "services[0]";
+    let mut v = Validator { issues: Vec::new() };
+    if !v.name("services[0].name", raw.name.as_deref()?, "service") {
+        return None;
+    }
+    let service = v.service(PATH, raw)?;
+    v.issues.is_empty().then_some(service)
+}
+
 impl Validator {
+    /// The checks across services that were each checked on their own: no
+    /// name twice, no (host, path_prefix) routed twice. Finds what
+    /// [`Validator::services`] finds; the whole-file check, which a file
+    /// refused here goes through, reports it in full.
+    pub(super) fn across_services(&mut self, services: &[Service]) {
+        if services.is_empty() {
+            self.err("services", "no services");
+            return;
+        }
+        let mut names: HashMap<&str, usize> = HashMap::with_capacity(services.len());
+        let mut routes: HashMap<(Option<&HostMatch>, &str), usize> =
+            HashMap::with_capacity(services.len() * 2);
+        for (i, service) in services.iter().enumerate() {
+            if let Some(first) = names.insert(&service.name, i) {
+                self.err(
+                    format!("services[{i}].name"),
+                    format!("duplicate service name (also services[{first}])"),
+                );
+            }
+            let prefix = service.path_prefix.as_str();
+            let mut clash = None;
+            if service.hosts.is_empty() {
+                clash = clash.or(routes.insert((None, prefix), i));
+            }
+            for host in &service.hosts {
+                clash = clash.or(routes.insert((Some(host), prefix), i));
+            }
+            if let Some(first) = clash {
+                self.err(
+                    format!("services[{i}].match"),
+                    format!("a route of services[{i}] is already routed to services[{first}]"),
+                );
+            }
+        }
+    }
+
     pub(super) fn services(&mut self, raw: Option<Vec<Part<RawService>>>) -> Vec<Service> {
         let raw = raw.unwrap_or_default();
         if raw.is_empty() {
