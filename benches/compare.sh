@@ -528,6 +528,92 @@ measure() { # round load target
     }' | tee -a "$RAW"
 }
 
+# ---------------------------------------------------------------------------
+# System calls per request (SYSCALLS=1; benches/syscalls.sh sets it): instead
+# of the rounds, each proxy serves each of SYSCALL_LOADS at a fixed rate while
+# `perf stat` counts every syscall tracepoint on all its processes for
+# SYSCALL_SECONDS; requests served come from the upstreams' counters, read
+# inside perf's window. Counts, not times: they hold on a loaded machine.
+# The CPU per request beside them is utime+stime over the same window, at
+# 100 Hz tick resolution: an upper bound when the machine is busy.
+if [[ ${SYSCALLS:-0} == 1 ]]; then
+  command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (apt-get install linux-perf)"
+  perf stat -e 'syscalls:sys_enter_getpid' -- true >/dev/null 2>&1 ||
+    die "perf cannot read the syscall tracepoints here (try as root, or kernel.perf_event_paranoid=-1)"
+  SYSCALL_LOADS=${SYSCALL_LOADS:-5000 12000 h2-5000}
+  SYSCALL_SECONDS=${SYSCALL_SECONDS:-3}
+  SYSCALL_OUT="$OUT_DIR/syscalls.md"
+  cat >"$WORK/syscall-window.sh" <<EOF
+count() { curl -s --max-time 2 "http://127.0.0.1:\$1/__stub" | awk 'NR == 3 { print \$3 }'; }
+echo \$((\$(count $STABLE_PORT) + \$(count $CANARY_PORT))) >"$WORK/r0"
+sleep $SYSCALL_SECONDS
+echo \$((\$(count $STABLE_PORT) + \$(count $CANARY_PORT))) >"$WORK/r1"
+EOF
+  : >"$SYSCALL_OUT"
+  for load in $SYSCALL_LOADS; do
+    {
+      case $load in
+        h2-*) title="HTTP/2 (h2c) at ${load#h2-} req/s" ;;
+        tls-*) title="HTTPS (HTTP/1.1) at ${load#tls-} req/s" ;;
+        *) title="HTTP/1.1 at $load req/s" ;;
+      esac
+      echo "**$title, h2load -c$CONNECTIONS: system calls per request** (perf stat, ${SYSCALL_SECONDS} s window)"
+      echo
+      echo "| target | requests | all | epoll_wait | read | write | futex | CPU µs/req | other calls over 0.05/req |"
+      echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    } >>"$SYSCALL_OUT"
+    for target in $TARGETS; do
+      [[ $target == direct ]] && continue
+      url="http://127.0.0.1:${PORT[$target]}/" protocol=--h1 warm=h1
+      case $load in
+        h2-*) url="http://127.0.0.1:${H2_PORT[$target]}/" protocol=--no-tls-proto=h2c warm=h2 ;;
+        tls-*) url="https://127.0.0.1:${TLS_PORT[$target]}/" ;;
+      esac
+      rate=${load#*-}
+      warm_up "$url" "$warm"
+      taskset -c "$LOAD_CPU" h2load "$protocol" -t1 -c"$CONNECTIONS" -r1 --rate-period=1ms \
+        --rps="$(per_client "$rate")" -n $((rate * (SYSCALL_SECONDS + 3))) "$url" >"$WORK/syscall-load.log" 2>&1 &
+      load_pid=$!
+      PIDS+=("$load_pid")
+      sleep 1
+      mapfile -t pids < <(target_pids "$target")
+      csv="$OUT_DIR/syscalls-$target-$load.csv"
+      read -r t0 _ < <(cpu_ticks "${pids[@]}")
+      perf stat -x, -e 'syscalls:sys_enter_*' -p "$(IFS=,; echo "${pids[*]}")" -o "$csv" \
+        -- bash "$WORK/syscall-window.sh" >/dev/null 2>&1 || die "perf stat failed on $target"
+      read -r t1 _ < <(cpu_ticks "${pids[@]}")
+      wait "$load_pid" || true
+      # Each counter also counted the two polls that read it.
+      n=$(($(cat "$WORK/r1") - $(cat "$WORK/r0") - 2))
+      awk -F, -v target="$target" -v n="$n" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" '
+        $1 ~ /^[0-9]+$/ {
+          name = $3; sub(/^syscalls:sys_enter_/, "", name)
+          c[name] += $1; all += $1
+        }
+        END {
+          if (n <= 0) { printf "| %s | 0 | — | — | — | — | — | — | no requests counted |\n", target; exit }
+          ep = c["epoll_wait"] + c["epoll_pwait"] + c["epoll_pwait2"]
+          rd = c["read"] + c["recvfrom"] + c["recvmsg"] + c["readv"]
+          wr = c["write"] + c["sendto"] + c["sendmsg"] + c["writev"]
+          split("epoll_wait epoll_pwait epoll_pwait2 read recvfrom recvmsg readv write sendto sendmsg writev futex", known, " ")
+          for (k in known) skip[known[k]] = 1
+          other = ""
+          for (name in c) if (!(name in skip) && c[name] / n >= 0.05) other = other sprintf("%s %.2f, ", name, c[name] / n)
+          for (name in c) if (name in skip && name != "futex" && c[name] > 0) detail = detail sprintf("%s %.2f, ", name, c[name] / n)
+          sub(/, $/, "", other); sub(/, $/, "", detail)
+          printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %s%s |\n", target, n, all / n, ep / n, rd / n, wr / n,
+            c["futex"] / n, ticks / hz * 1e6 / n, (other == "" ? "" : other "; "), "of which " detail
+        }' "$csv" >>"$SYSCALL_OUT"
+      log "syscalls: $target at $load counted"
+    done
+    echo >>"$SYSCALL_OUT"
+  done
+  echo
+  cat "$SYSCALL_OUT"
+  echo "per-call counts: $OUT_DIR/syscalls-TARGET-LOAD.csv"
+  exit 0
+fi
+
 LOADS="sat $RATES"
 for rate in $H2_RATES; do LOADS+=" h2-$rate"; done
 for rate in $TLS_RATES; do LOADS+=" tls-$rate"; done
