@@ -50,7 +50,7 @@
 #   DURATION=10       seconds of each saturation run
 #   RATE_DURATION=$DURATION   seconds of each fixed-rate run
 #   RATES="5000 12000"        fixed rates, req/s (empty: none)
-#   TLS_RATES="5000"  fixed rates over HTTPS (TLS 1.3, HTTP/1.1 by ALPN,
+#   TLS_RATES="5000 12000"  fixed rates over HTTPS (TLS 1.3, HTTP/1.1 by ALPN,
 #                     keep-alive; the same ECDSA P-256 certificate for every
 #                     proxy; the proxies talk plain HTTP/1.1 upstream; empty: none)
 #   H2_RATES="5000"   fixed rates over HTTP/2 (h2c, prior knowledge; one
@@ -59,6 +59,8 @@
 #   WARMUP=1          seconds of wrk before each measured run (0: none)
 #   CONNECTIONS=64    client connections
 #   TARGETS="direct veer nginx haproxy"   what to run, in this order
+#   VEER_WORKERS=1    veer's --workers (2: two workers on the one proxy core, to
+#                     count what crosses between them; see syscalls.sh)
 #   PROXY_CPU=0 LOAD_CPU=1    the cores to pin to
 #   BASE_PORT=18180   ports BASE+1..BASE+19 on 127.0.0.1 are used
 #   DOCS=1            0: do not touch docs/
@@ -77,7 +79,7 @@ DURATION=${DURATION:-10}
 RATE_DURATION=${RATE_DURATION:-$DURATION}
 RATES=${RATES-5000 12000}
 H2_RATES=${H2_RATES-5000}
-TLS_RATES=${TLS_RATES-5000}
+TLS_RATES=${TLS_RATES-5000 12000}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 TARGETS=${TARGETS:-direct veer nginx haproxy}
@@ -87,6 +89,7 @@ BASE_PORT=${BASE_PORT:-18180}
 DOCS=${DOCS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
+VEER_WORKERS=${VEER_WORKERS:-1}
 
 STABLE_PORT=$((BASE_PORT + 1))
 CANARY_PORT=$((BASE_PORT + 2))
@@ -280,10 +283,10 @@ services:
       max_error_rate: 0.05
       max_p99_latency: 1s
 EOF
-  CMD[veer]="taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers 1"
+  CMD[veer]="taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers $VEER_WORKERS"
   # Its log goes beside, not into, the directory veer watches for config
   # changes.
-  taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[veer]}" --workers 1 \
+  taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[veer]}" --workers "$VEER_WORKERS" \
     >"$WORK/veer-out.log" 2>&1 &
   MAIN_PID[veer]=$!
   PIDS+=($!)
@@ -780,6 +783,14 @@ awk -F'\t' -v rates="$RATES" '
     for (i = 1; i <= n; i++) {
       l = r[i]; b = best_cpu(l)
       if (b > 0) line(cpu[l, "veer"] <= 0.8 * b, sprintf("CPU/request at %s req/s ≤ 0.8 × the better of NGINX and HAProxy: veer %.1f µs, goal ≤ %.1f µs (%.2f × theirs)", l, cpu[l, "veer"], 0.8 * b, cpu[l, "veer"] / b))
+    }
+    # HTTP/2 and HTTPS: CPU per request at most the better peer.
+    for (k in cpu) {
+      split(k, kk, SUBSEP)
+      if (kk[2] == "veer" && kk[1] ~ /^(h2|tls)-/) {
+        b = best_cpu(kk[1])
+        if (b > 0) line(cpu[k] <= b, sprintf("CPU/request over %s at %s req/s ≤ 1.0 × the better of NGINX and HAProxy: veer %.1f µs, theirs %.1f µs (%.2f ×)", (kk[1] ~ /^h2/ ? "h2c" : "HTTPS"), substr(kk[1], index(kk[1], "-") + 1), cpu[k], b, cpu[k] / b))
+      }
     }
     if (seen["nginx"] || seen["haproxy"]) {
       best = rps["sat", "nginx"] > rps["sat", "haproxy"] ? rps["sat", "nginx"] : rps["sat", "haproxy"]
