@@ -575,7 +575,7 @@ EOF
       rate=${load#*-}
       warm_up "$url" "$warm"
       taskset -c "$LOAD_CPU" h2load "$protocol" -t1 -c"$CONNECTIONS" -r1 --rate-period=1ms \
-        --rps="$(per_client "$rate")" -n $((rate * (SYSCALL_SECONDS + 3))) "$url" >"$WORK/syscall-load.log" 2>&1 &
+        --rps="$(per_client "$rate")" -n $((rate * (SYSCALL_SECONDS + 3 + ${SYSCALL_CALLERS:-0} * 4))) "$url" >"$WORK/syscall-load.log" 2>&1 &
       load_pid=$!
       PIDS+=("$load_pid")
       sleep 1
@@ -585,6 +585,20 @@ EOF
       perf stat -x, -e 'syscalls:sys_enter_*' -p "$(IFS=,; echo "${pids[*]}")" -o "$csv" \
         -- bash "$WORK/syscall-window.sh" >/dev/null 2>&1 || die "perf stat failed on $target"
       read -r t1 _ < <(cpu_ticks "${pids[@]}")
+      if [[ ${SYSCALL_CALLERS:-0} == 1 ]]; then
+        # Who makes the wake-up calls: futex, eventfd writes and epoll_wait
+        # by the code that called them (DWARF stacks, 2 s).
+        data="$OUT_DIR/callers-$target-$load.data"
+        perf record -q -e syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait \
+          --call-graph dwarf,16384 -p "$(IFS=,; echo "${pids[*]}")" -o "$data" -- sleep 2 >/dev/null 2>&1 || true
+        # Each call by the first frame that names who asked for it.
+        perf script -i "$data" 2>/dev/null | awk '
+          /syscalls:sys_enter_/ { if (ev != "") print ev " <- " (who == "" ? "?" : who); ev = $0; sub(/.*sys_enter_/, "", ev); sub(/:.*/, "", ev); who = ""; next }
+          who == "" && NF >= 2 && $2 !~ /^(syscall|epoll_wait|write|__write|__GI_|futex|std::sys|<std::sys|std::sync|mio::|unpark|park|wake|<mio|tokio::runtime::io::driver|tokio::runtime::time|tokio::runtime::signal|tokio::runtime::scheduler::multi_thread::park|tokio::runtime::driver)/ { who = $2; sub(/\+0x.*/, "", who) }
+          END { if (ev != "") print ev " <- " (who == "" ? "?" : who) }' |
+          sort | uniq -c | sort -rn | head -20 >"$OUT_DIR/callers-$target-$load.txt" || true
+        log "callers of futex/write/epoll_wait: $OUT_DIR/callers-$target-$load.txt"
+      fi
       wait "$load_pid" || true
       # Each counter also counted the two polls that read it.
       n=$(($(cat "$WORK/r1") - $(cat "$WORK/r0") - 2))
