@@ -560,7 +560,7 @@ EOF
         tls-*) title="HTTPS (HTTP/1.1) at ${load#tls-} req/s" ;;
         *) title="HTTP/1.1 at $load req/s" ;;
       esac
-      echo "**$title, h2load -c$CONNECTIONS: system calls per request** (perf stat, ${SYSCALL_SECONDS} s window)"
+      echo "**$title, h2load -c$CONNECTIONS -m${SYSCALL_DEPTH:-1}: system calls per request** (perf stat, ${SYSCALL_SECONDS} s window)"
       echo
       echo "| target | requests | all | epoll_wait | read | write | futex | CPU µs/req | other calls over 0.05/req |"
       echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
@@ -574,7 +574,7 @@ EOF
       esac
       rate=${load#*-}
       warm_up "$url" "$warm"
-      taskset -c "$LOAD_CPU" h2load "$protocol" -t1 -c"$CONNECTIONS" -r1 --rate-period=1ms \
+      taskset -c "$LOAD_CPU" h2load "$protocol" -t1 -c"$CONNECTIONS" -m"${SYSCALL_DEPTH:-1}" -r1 --rate-period=1ms \
         --rps="$(per_client "$rate")" -n $((rate * (SYSCALL_SECONDS + 3 + ${SYSCALL_CALLERS:-0} * 4))) "$url" >"$WORK/syscall-load.log" 2>&1 &
       load_pid=$!
       PIDS+=("$load_pid")

@@ -18,6 +18,9 @@
 # machine is (only on how requests batch into wake-ups); the CPU figure
 # does, and is an upper bound on a loaded machine.
 #
+# SYSCALL_DEPTH=4 has h2load pipeline 4 requests per HTTP/1.1 connection
+# (4 streams at once over h2c): whether responses are batched into writes.
+#
 # Settings: those of compare.sh (TARGETS, CONNECTIONS, PROXY_CPU, LOAD_CPU,
 # BASE_PORT, SKIP_BUILD, KEEP, VEER_BIN), and SYSCALL_LOADS (rates; `h2-R`
 # for h2c, `tls-R` for HTTPS), SYSCALL_SECONDS. Needs perf with access to
