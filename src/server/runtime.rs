@@ -106,7 +106,10 @@ mod tests {
         ];
         for pairs in cases {
             let runtime = build_with(Some(1), &with(pairs)).expect("a valid setting builds");
-            assert_eq!(runtime.block_on(async { tokio::spawn(async { 7 }).await.expect("task runs") }), 7);
+            assert_eq!(
+                runtime.block_on(async { tokio::spawn(async { 7 }).await.expect("task runs") }),
+                7
+            );
         }
     }
 
