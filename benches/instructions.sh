@@ -106,7 +106,7 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$BIN" run -c "$WORK/veer.yaml" --workers "$WORKERS" >"$WORK/veer.out" 2>"$WORK/veer.err" &
   local vpid=$!
-  PIDS+=($vpid)
+  PIDS+=("$vpid")
   for _ in $(seq 120); do grep -q ready "$WORK/veer.out" 2>/dev/null && break; sleep 0.5; done
   grep -q ready "$WORK/veer.out" || die "veer did not start under valgrind: $(tail -3 "$WORK/veer.err")"
   local done
