@@ -562,8 +562,8 @@ EOF
       esac
       echo "**$title, h2load -c$CONNECTIONS -m${SYSCALL_DEPTH:-1}: system calls per request** (perf stat, ${SYSCALL_SECONDS} s window)"
       echo
-      echo "| target | requests | all | epoll_wait | read | write | futex | CPU µs/req | other calls over 0.05/req |"
-      echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+      echo "| target | requests | all | epoll_wait | read | write | futex | context switches | page faults | CPU µs/req | other calls over 0.05/req |"
+      echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     } >>"$SYSCALL_OUT"
     for target in $TARGETS; do
       [[ $target == direct ]] && continue
@@ -582,7 +582,7 @@ EOF
       mapfile -t pids < <(target_pids "$target")
       csv="$OUT_DIR/syscalls-$target-$load.csv"
       read -r t0 _ < <(cpu_ticks "${pids[@]}")
-      perf stat -x, -e 'syscalls:sys_enter_*' -p "$(IFS=,; echo "${pids[*]}")" -o "$csv" \
+      perf stat -x, -e 'syscalls:sys_enter_*,context-switches,page-faults' -p "$(IFS=,; echo "${pids[*]}")" -o "$csv" \
         -- bash "$WORK/syscall-window.sh" >/dev/null 2>&1 || die "perf stat failed on $target"
       read -r t1 _ < <(cpu_ticks "${pids[@]}")
       if [[ ${SYSCALL_CALLERS:-0} == 1 ]]; then
@@ -603,12 +603,13 @@ EOF
       # Each counter also counted the two polls that read it.
       n=$(($(cat "$WORK/r1") - $(cat "$WORK/r0") - 2))
       awk -F, -v target="$target" -v n="$n" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" '
-        $1 ~ /^[0-9]+$/ {
+        $1 ~ /^[0-9]+$/ && $3 ~ /^syscalls:/ {
           name = $3; sub(/^syscalls:sys_enter_/, "", name)
           c[name] += $1; all += $1
         }
+        $1 ~ /^[0-9]+$/ && $3 !~ /^syscalls:/ { sw[$3] += $1 }
         END {
-          if (n <= 0) { printf "| %s | 0 | — | — | — | — | — | — | no requests counted |\n", target; exit }
+          if (n <= 0) { printf "| %s | 0 | — | — | — | — | — | — | — | — | no requests counted |\n", target; exit }
           ep = c["epoll_wait"] + c["epoll_pwait"] + c["epoll_pwait2"]
           rd = c["read"] + c["recvfrom"] + c["recvmsg"] + c["readv"]
           wr = c["write"] + c["sendto"] + c["sendmsg"] + c["writev"]
@@ -618,8 +619,8 @@ EOF
           for (name in c) if (!(name in skip) && c[name] / n >= 0.05) other = other sprintf("%s %.2f, ", name, c[name] / n)
           for (name in c) if (name in skip && name != "futex" && c[name] > 0) detail = detail sprintf("%s %.2f, ", name, c[name] / n)
           sub(/, $/, "", other); sub(/, $/, "", detail)
-          printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %s%s |\n", target, n, all / n, ep / n, rd / n, wr / n,
-            c["futex"] / n, ticks / hz * 1e6 / n, (other == "" ? "" : other "; "), "of which " detail
+          printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.1f | %s%s |\n", target, n, all / n, ep / n, rd / n, wr / n,
+            c["futex"] / n, sw["context-switches"] / n, sw["page-faults"] / n, ticks / hz * 1e6 / n, (other == "" ? "" : other "; "), "of which " detail
         }' "$csv" >>"$SYSCALL_OUT"
       log "syscalls: $target at $load counted"
     done
