@@ -280,6 +280,26 @@ fn shadow_rollout(hold: &str) -> String {
     )
 }
 
+/// `web`'s release history, newest first.
+async fn history(f: &Fixture) -> Vec<Value> {
+    let answer = send(
+        &f.client,
+        get(&format!("{}/services/web/history", f.admin_url()), None),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body: Value = serde_json::from_slice(&answer.body).expect("history is JSON");
+    body["records"].as_array().cloned().expect("records")
+}
+
+/// The rollout's record in `records`.
+fn rollout_record(records: &[Value]) -> &Value {
+    records
+        .iter()
+        .find(|r| r["kind"] == "rollout")
+        .unwrap_or_else(|| panic!("no rollout record in {records:#?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_failing_a_fifth_of_copies_never_serves_a_user() {
     let stable = Upstream::start("stable").await;
@@ -341,6 +361,33 @@ async fn a_shadow_failing_a_fifth_of_copies_never_serves_a_user() {
         mirrored(&f, "sent").await + mirrored(&f, "failed").await,
         sent
     );
+
+    // The history: the rollout rolled back at its shadow stage, the stage's
+    // pairs with it, and the trip.
+    let records = history(&f).await;
+    let rollout = rollout_record(&records);
+    assert_eq!(rollout["outcome"], "rolled_back", "{rollout:#}");
+    assert_eq!(rollout["reason"], "shadow_mismatch", "{rollout:#}");
+    let steps = rollout["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "never left the shadow stage: {rollout:#}");
+    assert_eq!(steps[0]["percent"], 0);
+    let stage = &steps[0]["shadow"];
+    assert_eq!(stage["version"], "canary", "{rollout:#}");
+    assert!(stage["pairs"].as_u64() >= Some(20), "{stage:#}");
+    assert!(stage["mismatch_rate"].as_f64() > Some(0.05), "{stage:#}");
+    assert!(stage["copies"]["sent"].as_u64() > Some(0), "{stage:#}");
+    assert!(
+        stage["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("bad: shadow_mismatch ")),
+        "{stage:#}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "trip" && r["reason"] == "shadow_mismatch"),
+        "{records:#?}"
+    );
     f.shutdown().await;
 }
 
@@ -376,6 +423,38 @@ async fn a_healthy_shadow_passes_to_the_first_live_step() {
         samples.iter().all(|s| s.record.starts_with("200 ")),
         "{:?}",
         tally(&samples)
+    );
+    // The history: the shadow stage, left for the first live step with its
+    // healthy pairs.
+    let records = history(&f).await;
+    let rollout = rollout_record(&records);
+    assert_eq!(rollout["outcome"], "in_progress", "{rollout:#}");
+    let steps = rollout["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{rollout:#}");
+    assert_eq!(
+        (&steps[0]["percent"], &steps[0]["left_by"]),
+        (&Value::from(0), &Value::from("rollout")),
+        "{rollout:#}"
+    );
+    let stage = &steps[0]["shadow"];
+    assert_eq!(stage["verdict"], "healthy", "{rollout:#}");
+    assert_eq!(stage["mismatches"], 0, "{stage:#}");
+    assert!(stage["pairs"].as_u64() >= Some(20), "{stage:#}");
+    assert!(steps[1].get("shadow").is_none(), "a live step: {rollout:#}");
+    let out = tokio::process::Command::new(support::release::BIN)
+        .args(["history", "web", "--admin", &f.admin_url()])
+        .output()
+        .await
+        .expect("veer history runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("      shadow stage: canary ") && table.contains("0.00% mismatched"),
+        "{table}"
+    );
+    assert!(table.contains(" sent, 0 dropped, "), "{table}");
+    assert!(
+        table.trim_end().lines().any(|l| l.ends_with("; healthy")),
+        "{table}"
     );
     f.shutdown().await;
 }
