@@ -50,7 +50,7 @@
 #   DURATION=10       seconds of each saturation run
 #   RATE_DURATION=$DURATION   seconds of each fixed-rate run
 #   RATES="5000 12000"        fixed rates, req/s (empty: none)
-#   TLS_RATES="5000"  fixed rates over HTTPS (TLS 1.3, HTTP/1.1 by ALPN,
+#   TLS_RATES="5000 12000"  fixed rates over HTTPS (TLS 1.3, HTTP/1.1 by ALPN,
 #                     keep-alive; the same ECDSA P-256 certificate for every
 #                     proxy; the proxies talk plain HTTP/1.1 upstream; empty: none)
 #   H2_RATES="5000"   fixed rates over HTTP/2 (h2c, prior knowledge; one
@@ -59,6 +59,8 @@
 #   WARMUP=1          seconds of wrk before each measured run (0: none)
 #   CONNECTIONS=64    client connections
 #   TARGETS="direct veer nginx haproxy"   what to run, in this order
+#   VEER_WORKERS=1    veer's --workers (2: two workers on the one proxy core, to
+#                     count what crosses between them; see syscalls.sh)
 #   PROXY_CPU=0 LOAD_CPU=1    the cores to pin to
 #   BASE_PORT=18180   ports BASE+1..BASE+19 on 127.0.0.1 are used
 #   DOCS=1            0: do not touch docs/
@@ -77,7 +79,7 @@ DURATION=${DURATION:-10}
 RATE_DURATION=${RATE_DURATION:-$DURATION}
 RATES=${RATES-5000 12000}
 H2_RATES=${H2_RATES-5000}
-TLS_RATES=${TLS_RATES-5000}
+TLS_RATES=${TLS_RATES-5000 12000}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 TARGETS=${TARGETS:-direct veer nginx haproxy}
@@ -87,6 +89,7 @@ BASE_PORT=${BASE_PORT:-18180}
 DOCS=${DOCS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
+VEER_WORKERS=${VEER_WORKERS:-1}
 
 STABLE_PORT=$((BASE_PORT + 1))
 CANARY_PORT=$((BASE_PORT + 2))
@@ -280,10 +283,10 @@ services:
       max_error_rate: 0.05
       max_p99_latency: 1s
 EOF
-  CMD[veer]="taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers 1"
+  CMD[veer]="taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers $VEER_WORKERS"
   # Its log goes beside, not into, the directory veer watches for config
   # changes.
-  taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[veer]}" --workers 1 \
+  taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[veer]}" --workers "$VEER_WORKERS" \
     >"$WORK/veer-out.log" 2>&1 &
   MAIN_PID[veer]=$!
   PIDS+=($!)
@@ -528,6 +531,107 @@ measure() { # round load target
     }' | tee -a "$RAW"
 }
 
+# ---------------------------------------------------------------------------
+# System calls per request (SYSCALLS=1; benches/syscalls.sh sets it): instead
+# of the rounds, each proxy serves each of SYSCALL_LOADS at a fixed rate while
+# `perf stat` counts every syscall tracepoint on all its processes for
+# SYSCALL_SECONDS; requests served come from the upstreams' counters, read
+# inside perf's window. Counts, not times: they hold on a loaded machine.
+# The CPU per request beside them is utime+stime over the same window, at
+# 100 Hz tick resolution: an upper bound when the machine is busy.
+if [[ ${SYSCALLS:-0} == 1 ]]; then
+  command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (apt-get install linux-perf)"
+  perf stat -e 'syscalls:sys_enter_getpid' -- true >/dev/null 2>&1 ||
+    die "perf cannot read the syscall tracepoints here (try as root, or kernel.perf_event_paranoid=-1)"
+  SYSCALL_LOADS=${SYSCALL_LOADS:-5000 12000 h2-5000}
+  SYSCALL_SECONDS=${SYSCALL_SECONDS:-3}
+  SYSCALL_OUT="$OUT_DIR/syscalls.md"
+  cat >"$WORK/syscall-window.sh" <<EOF
+count() { curl -s --max-time 2 "http://127.0.0.1:\$1/__stub" | awk 'NR == 3 { print \$3 }'; }
+echo \$((\$(count $STABLE_PORT) + \$(count $CANARY_PORT))) >"$WORK/r0"
+sleep $SYSCALL_SECONDS
+echo \$((\$(count $STABLE_PORT) + \$(count $CANARY_PORT))) >"$WORK/r1"
+EOF
+  : >"$SYSCALL_OUT"
+  for load in $SYSCALL_LOADS; do
+    {
+      case $load in
+        h2-*) title="HTTP/2 (h2c) at ${load#h2-} req/s" ;;
+        tls-*) title="HTTPS (HTTP/1.1) at ${load#tls-} req/s" ;;
+        *) title="HTTP/1.1 at $load req/s" ;;
+      esac
+      echo "**$title, h2load -c$CONNECTIONS -m${SYSCALL_DEPTH:-1}: system calls per request** (perf stat, ${SYSCALL_SECONDS} s window)"
+      echo
+      echo "| target | requests | all | epoll_wait | read | write | futex | context switches | page faults | CPU µs/req | other calls over 0.05/req |"
+      echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    } >>"$SYSCALL_OUT"
+    for target in $TARGETS; do
+      [[ $target == direct ]] && continue
+      url="http://127.0.0.1:${PORT[$target]}/" protocol=--h1 warm=h1
+      case $load in
+        h2-*) url="http://127.0.0.1:${H2_PORT[$target]}/" protocol=--no-tls-proto=h2c warm=h2 ;;
+        tls-*) url="https://127.0.0.1:${TLS_PORT[$target]}/" ;;
+      esac
+      rate=${load#*-}
+      warm_up "$url" "$warm"
+      taskset -c "$LOAD_CPU" h2load "$protocol" -t1 -c"$CONNECTIONS" -m"${SYSCALL_DEPTH:-1}" -r1 --rate-period=1ms \
+        --rps="$(per_client "$rate")" -n $((rate * (SYSCALL_SECONDS + 3 + ${SYSCALL_CALLERS:-0} * 4))) "$url" >"$WORK/syscall-load.log" 2>&1 &
+      load_pid=$!
+      PIDS+=("$load_pid")
+      sleep 1
+      mapfile -t pids < <(target_pids "$target")
+      csv="$OUT_DIR/syscalls-$target-$load.csv"
+      read -r t0 _ < <(cpu_ticks "${pids[@]}")
+      perf stat -x, -e 'syscalls:sys_enter_*,context-switches,page-faults' -p "$(IFS=,; echo "${pids[*]}")" -o "$csv" \
+        -- bash "$WORK/syscall-window.sh" >/dev/null 2>&1 || die "perf stat failed on $target"
+      read -r t1 _ < <(cpu_ticks "${pids[@]}")
+      if [[ ${SYSCALL_CALLERS:-0} == 1 ]]; then
+        # Who makes the wake-up calls: futex, eventfd writes and epoll_wait
+        # by the code that called them (DWARF stacks, 2 s).
+        data="$OUT_DIR/callers-$target-$load.data"
+        perf record -q -e syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait \
+          --call-graph dwarf,16384 -p "$(IFS=,; echo "${pids[*]}")" -o "$data" -- sleep 2 >/dev/null 2>&1 || true
+        # Each call by the first frame that names who asked for it.
+        perf script -i "$data" 2>/dev/null | awk '
+          /syscalls:sys_enter_/ { if (ev != "") print ev " <- " (who == "" ? "?" : who); ev = $0; sub(/.*sys_enter_/, "", ev); sub(/:.*/, "", ev); who = ""; next }
+          who == "" && NF >= 2 && $2 !~ /^(syscall|epoll_wait|write|__write|__GI_|futex|std::sys|<std::sys|std::sync|mio::|unpark|park|wake|<mio|tokio::runtime::io::driver|tokio::runtime::time|tokio::runtime::signal|tokio::runtime::scheduler::multi_thread::park|tokio::runtime::driver)/ { who = $2; sub(/\+0x.*/, "", who) }
+          END { if (ev != "") print ev " <- " (who == "" ? "?" : who) }' |
+          sort | uniq -c | sort -rn | head -20 >"$OUT_DIR/callers-$target-$load.txt" || true
+        log "callers of futex/write/epoll_wait: $OUT_DIR/callers-$target-$load.txt"
+      fi
+      wait "$load_pid" || true
+      # Each counter also counted the two polls that read it.
+      n=$(($(cat "$WORK/r1") - $(cat "$WORK/r0") - 2))
+      awk -F, -v target="$target" -v n="$n" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" '
+        $1 ~ /^[0-9]+$/ && $3 ~ /^syscalls:/ {
+          name = $3; sub(/^syscalls:sys_enter_/, "", name)
+          c[name] += $1; all += $1
+        }
+        $1 ~ /^[0-9]+$/ && $3 !~ /^syscalls:/ { sw[$3] += $1 }
+        END {
+          if (n <= 0) { printf "| %s | 0 | — | — | — | — | — | — | — | — | no requests counted |\n", target; exit }
+          ep = c["epoll_wait"] + c["epoll_pwait"] + c["epoll_pwait2"]
+          rd = c["read"] + c["recvfrom"] + c["recvmsg"] + c["readv"]
+          wr = c["write"] + c["sendto"] + c["sendmsg"] + c["writev"]
+          split("epoll_wait epoll_pwait epoll_pwait2 read recvfrom recvmsg readv write sendto sendmsg writev futex", known, " ")
+          for (k in known) skip[known[k]] = 1
+          other = ""
+          for (name in c) if (!(name in skip) && c[name] / n >= 0.05) other = other sprintf("%s %.2f, ", name, c[name] / n)
+          for (name in c) if (name in skip && name != "futex" && c[name] > 0) detail = detail sprintf("%s %.2f, ", name, c[name] / n)
+          sub(/, $/, "", other); sub(/, $/, "", detail)
+          printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.1f | %s%s |\n", target, n, all / n, ep / n, rd / n, wr / n,
+            c["futex"] / n, sw["context-switches"] / n, sw["page-faults"] / n, ticks / hz * 1e6 / n, (other == "" ? "" : other "; "), "of which " detail
+        }' "$csv" >>"$SYSCALL_OUT"
+      log "syscalls: $target at $load counted"
+    done
+    echo >>"$SYSCALL_OUT"
+  done
+  echo
+  cat "$SYSCALL_OUT"
+  echo "per-call counts: $OUT_DIR/syscalls-TARGET-LOAD.csv"
+  exit 0
+fi
+
 LOADS="sat $RATES"
 for rate in $H2_RATES; do LOADS+=" h2-$rate"; done
 for rate in $TLS_RATES; do LOADS+=" tls-$rate"; done
@@ -694,6 +798,14 @@ awk -F'\t' -v rates="$RATES" '
     for (i = 1; i <= n; i++) {
       l = r[i]; b = best_cpu(l)
       if (b > 0) line(cpu[l, "veer"] <= 0.8 * b, sprintf("CPU/request at %s req/s ≤ 0.8 × the better of NGINX and HAProxy: veer %.1f µs, goal ≤ %.1f µs (%.2f × theirs)", l, cpu[l, "veer"], 0.8 * b, cpu[l, "veer"] / b))
+    }
+    # HTTP/2 and HTTPS: CPU per request at most the better peer.
+    for (k in cpu) {
+      split(k, kk, SUBSEP)
+      if (kk[2] == "veer" && kk[1] ~ /^(h2|tls)-/) {
+        b = best_cpu(kk[1])
+        if (b > 0) line(cpu[k] <= b, sprintf("CPU/request over %s at %s req/s ≤ 1.0 × the better of NGINX and HAProxy: veer %.1f µs, theirs %.1f µs (%.2f ×)", (kk[1] ~ /^h2/ ? "h2c" : "HTTPS"), substr(kk[1], index(kk[1], "-") + 1), cpu[k], b, cpu[k] / b))
+      }
     }
     if (seen["nginx"] || seen["haproxy"]) {
       best = rps["sat", "nginx"] > rps["sat", "haproxy"] ? rps["sat", "nginx"] : rps["sat", "haproxy"]

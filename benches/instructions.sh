@@ -8,8 +8,9 @@
 #   benches/instructions.sh BIN h2c               # HTTP/2 cleartext to veer
 #   benches/instructions.sh BIN https             # TLS 1.3 + HTTP/1.1 to veer
 #   CONNECTIONS=8 benches/instructions.sh BIN     # 8 connections (batched wake-ups)
+#   WORKERS=2 CONNECTIONS=8 benches/instructions.sh BIN   # two workers: what sharing costs
 #
-# veer runs under `valgrind --tool=callgrind` with `--workers 1` in front of
+# veer runs under `valgrind --tool=callgrind` with `--workers $WORKERS` (1) in front of
 # two NGINX upstreams (90/10 split, guard on, as in compare.sh); h2load sends
 # N1 and then, in a second run, N2 requests; per request = (I(N2) - I(N1)) /
 # (N2 - N1), which cancels start-up and shutdown. With one connection (the
@@ -17,7 +18,10 @@
 # The run-to-run spread is a few hundred instructions (the number of
 # wake-ups varies a little): compare figures of at least two runs each.
 #
-# Settings: N1=2000 N2=12000 CONNECTIONS=1 BASE_PORT=19180 KEEP=0.
+# Settings: N1=2000 N2=12000 CONNECTIONS=1 WORKERS=1 BASE_PORT=19180 KEEP=0.
+# With WORKERS=2 valgrind still runs one thread at a time, so the figure
+# is the instructions the two workers' hand-offs add (stealing, parking,
+# waking each other), not a measure of parallel speed.
 # Needs valgrind, nginx, h2load (nghttp2-client) and openssl; installs them
 # with apt-get when missing. Loopback only; every process is stopped by PID.
 set -euo pipefail
@@ -28,6 +32,7 @@ MODE=${2:-h1}
 N1=${N1:-2000}
 N2=${N2:-12000}
 CONNECTIONS=${CONNECTIONS:-1}
+WORKERS=${WORKERS:-1}
 BASE_PORT=${BASE_PORT:-19180}
 KEEP=${KEEP:-0}
 
@@ -99,9 +104,9 @@ esac
 count() {
   local n=$1 out="$WORK/callgrind.$1"
   valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$BIN" run -c "$WORK/veer.yaml" --workers 1 >"$WORK/veer.out" 2>"$WORK/veer.err" &
+    "$BIN" run -c "$WORK/veer.yaml" --workers "$WORKERS" >"$WORK/veer.out" 2>"$WORK/veer.err" &
   local vpid=$!
-  PIDS+=($vpid)
+  PIDS+=("$vpid")
   for _ in $(seq 120); do grep -q ready "$WORK/veer.out" 2>/dev/null && break; sleep 0.5; done
   grep -q ready "$WORK/veer.out" || die "veer did not start under valgrind: $(tail -3 "$WORK/veer.err")"
   local done
@@ -115,4 +120,4 @@ count() {
 i1=$(count "$N1")
 i2=$(count "$N2")
 per=$(((i2 - i1) / (N2 - N1)))
-echo "veer $("$BIN" --version 2>&1 | head -1), $MODE, $CONNECTIONS connection(s): $per instructions per request (I($N1)=$i1, I($N2)=$i2)"
+echo "veer $("$BIN" --version 2>&1 | head -1), $MODE, $CONNECTIONS connection(s), $WORKERS worker(s): $per instructions per request (I($N1)=$i1, I($N2)=$i2)"

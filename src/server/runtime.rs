@@ -1,13 +1,135 @@
 //! The tokio runtime the proxy serves on, built the same way for `veer run`
 //! and `veer demo`.
+//!
+//! The scheduler's tuning can be changed from the environment, read once at
+//! start-up, so that `benches/syscalls.sh` can weigh each setting against
+//! the default on one binary (docs/benchmarks.md has the figures):
+//! `VEER_RUNTIME_FLAVOR=current_thread` (only with one worker),
+//! `VEER_EVENT_INTERVAL`, `VEER_GLOBAL_QUEUE_INTERVAL` and
+//! `VEER_MAX_IO_EVENTS` (tokio's settings of those names). A value that is
+//! not a positive number is refused with a message, never ignored.
 
-/// Builds the multi-threaded runtime, one worker per core unless `workers`
+use std::io;
+
+/// Builds the runtime: multi-threaded, one worker per core unless `workers`
 /// says how many (0 or `None`: one per core).
-pub fn build(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+pub fn build(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+    build_with(workers, &|name| std::env::var(name).ok())
+}
+
+fn build_with(
+    workers: Option<usize>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> io::Result<tokio::runtime::Runtime> {
+    let workers = workers.filter(|&n| n > 0);
+    let current_thread = match env("VEER_RUNTIME_FLAVOR").as_deref() {
+        None | Some("multi_thread") => false,
+        Some("current_thread") if workers == Some(1) => true,
+        Some("current_thread") => {
+            return Err(invalid(
+                "VEER_RUNTIME_FLAVOR=current_thread needs --workers 1".to_string(),
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "VEER_RUNTIME_FLAVOR={other:?} is not a runtime flavour; use multi_thread or current_thread"
+            )))
+        }
+    };
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("veer-worker");
-    if let Some(n) = workers.filter(|&n| n > 0) {
+    if let (Some(n), false) = (workers, current_thread) {
         builder.worker_threads(n);
     }
+    if let Some(n) = setting(env, "VEER_EVENT_INTERVAL")? {
+        builder.event_interval(n);
+    }
+    if let Some(n) = setting(env, "VEER_GLOBAL_QUEUE_INTERVAL")? {
+        builder.global_queue_interval(n);
+    }
+    if let Some(n) = setting(env, "VEER_MAX_IO_EVENTS")? {
+        builder.max_io_events_per_tick(n as usize);
+    }
     builder.build()
+}
+
+fn setting(env: &dyn Fn(&str) -> Option<String>, name: &str) -> io::Result<Option<u32>> {
+    let Some(text) = env(name) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(invalid(format!(
+            "{name}={text:?} is not a positive number; unset it for tokio's default"
+        ))),
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_string())
+        }
+    }
+
+    fn error(workers: Option<usize>, pairs: &'static [(&'static str, &'static str)]) -> String {
+        match build_with(workers, &with(pairs)) {
+            Ok(_) => panic!("{pairs:?} should be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_default_and_every_setting_build_a_runtime_that_runs() {
+        let cases: [&'static [(&str, &str)]; 3] = [
+            &[],
+            &[("VEER_RUNTIME_FLAVOR", "current_thread")],
+            &[
+                ("VEER_EVENT_INTERVAL", "128"),
+                ("VEER_GLOBAL_QUEUE_INTERVAL", "31"),
+                ("VEER_MAX_IO_EVENTS", "256"),
+            ],
+        ];
+        for pairs in cases {
+            let runtime = build_with(Some(1), &with(pairs)).expect("a valid setting builds");
+            assert_eq!(
+                runtime.block_on(async { tokio::spawn(async { 7 }).await.expect("task runs") }),
+                7
+            );
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_what_to_do() {
+        assert_eq!(
+            error(Some(2), &[("VEER_RUNTIME_FLAVOR", "current_thread")]),
+            "VEER_RUNTIME_FLAVOR=current_thread needs --workers 1"
+        );
+        assert_eq!(
+            error(Some(1), &[("VEER_RUNTIME_FLAVOR", "single")]),
+            "VEER_RUNTIME_FLAVOR=\"single\" is not a runtime flavour; use multi_thread or current_thread"
+        );
+        assert_eq!(
+            error(Some(1), &[("VEER_EVENT_INTERVAL", "0")]),
+            "VEER_EVENT_INTERVAL=\"0\" is not a positive number; unset it for tokio's default"
+        );
+        assert_eq!(
+            error(None, &[("VEER_MAX_IO_EVENTS", "lots")]),
+            "VEER_MAX_IO_EVENTS=\"lots\" is not a positive number; unset it for tokio's default"
+        );
+    }
 }
