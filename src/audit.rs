@@ -161,6 +161,103 @@ pub fn weights(snapshot: &Snapshot, service: Option<&str>) -> String {
     }
 }
 
+/// A config with at most this many services has every one written on its
+/// reload line, changed or not, as it always was; a larger one names only the
+/// services a reload changed, so a one-weight change at 10,000 services writes
+/// one service, not 400 KB of log.
+pub const RELOAD_LISTS_ALL_UP_TO: usize = 32;
+
+/// What a reload line writes: `before`, `after` (as [`weights`] with
+/// `service` `None`, but only the services whose versions, revisions, weights
+/// or latches differ, added and removed ones included, unless the config is
+/// small) and how many services it left out as unchanged (`None` when it
+/// wrote them all).
+pub fn reload_weights(before: &Snapshot, after: &Snapshot) -> (String, String, Option<usize>) {
+    if before.services.len().max(after.services.len()) <= RELOAD_LISTS_ALL_UP_TO {
+        return (weights(before, None), weights(after, None), None);
+    }
+    fn by_name(snapshot: &Snapshot) -> std::collections::HashMap<&str, &ServiceSnapshot> {
+        snapshot.services.iter().map(|s| (&*s.name, &**s)).collect()
+    }
+    let (old, new) = (by_name(before), by_name(after));
+    let changed = |name: &str| match (old.get(name), new.get(name)) {
+        (Some(a), Some(b)) => !same_weights(a, b),
+        _ => true,
+    };
+    let (mut out_before, mut out_after) = (String::new(), String::new());
+    let mut unchanged = 0;
+    for (out, snapshot) in [(&mut out_before, before), (&mut out_after, after)] {
+        for service in &snapshot.services {
+            if !changed(&service.name) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let _ = write!(out, "{}[{}]", service.name, service_weights(service));
+        }
+    }
+    for service in &after.services {
+        if !changed(&service.name) {
+            unchanged += 1;
+        }
+    }
+    (out_before, out_after, Some(unchanged))
+}
+
+/// The `before` and `after` of an action on `service`, or of a reload (all
+/// services, written as [`reload_weights`] does) when `service` is `None`.
+pub fn action_weights(
+    before: &Snapshot,
+    after: &Snapshot,
+    service: Option<&str>,
+) -> (String, String) {
+    match service {
+        Some(_) => (weights(before, service), weights(after, service)),
+        None => {
+            let (before, after, _) = reload_weights(before, after);
+            (before, after)
+        }
+    }
+}
+
+/// A reload veer did by itself (`actor`: `file` or `signal`): the services it
+/// changed (every service of a small config) and, when it left some out,
+/// how many as `unchanged`.
+pub fn reload(
+    actor: &str,
+    before: &Snapshot,
+    after: &Snapshot,
+    result: &str,
+    detail: Option<&str>,
+) {
+    let (before, after, unchanged) = reload_weights(before, after);
+    tracing::info!(
+        target: TARGET,
+        actor,
+        action = "reload",
+        before = before.as_str(),
+        after = after.as_str(),
+        unchanged,
+        result,
+        detail,
+        "audit: reload {result}"
+    );
+}
+
+/// Whether two builds of a service would be written the same by
+/// [`service_weights`], without writing them.
+fn same_weights(a: &ServiceSnapshot, b: &ServiceSnapshot) -> bool {
+    std::ptr::eq(a, b)
+        || (a.versions.len() == b.versions.len()
+            && a.versions.iter().zip(&b.versions).all(|(x, y)| {
+                x.weight == y.weight
+                    && x.latched == y.latched
+                    && x.name == y.name
+                    && x.revision == y.revision
+            }))
+}
+
 /// What the audit trail writes for a token: enough to tell two tokens
 /// apart, nothing that helps guess one.
 pub fn token_fingerprint(token: &str) -> String {

@@ -366,3 +366,76 @@ async fn an_unknown_log_format_is_named_and_text_is_used() {
         "{stderr}"
     );
 }
+
+/// `count` services `svc-I` on loopback ports where nothing listens, 90/10,
+/// but `svc-changed` at `changed` to `weights`.
+fn many_services(count: usize, changed: usize, weights: (u32, u32)) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::from(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+         admin:\n  address: \"127.0.0.1:0\"\nservices:\n",
+    );
+    for i in 0..count {
+        let (stable, canary) = if i == changed { weights } else { (90, 10) };
+        let port = 30000 + i * 2;
+        let _ = write!(
+            y,
+            "  - name: svc-{i}\n    match: {{ hosts: [svc-{i}.example.com] }}\n    versions:\n\
+             \x20     - {{ name: stable, revision: \"1\", endpoints: [\"127.0.0.1:{port}\"], weight: {stable} }}\n\
+             \x20     - {{ name: canary, revision: \"2\", endpoints: [\"127.0.0.1:{}\"], weight: {canary} }}\n",
+            port + 1
+        );
+    }
+    y
+}
+
+#[tokio::test]
+async fn a_reload_of_a_large_config_names_only_the_services_it_changed() {
+    within(LIMIT * 2, "the reloads of 300 services", async {
+        let veer = VeerProcess::start_with_env(BIN, &many_services(300, 150, (90, 10)), JSON_LOGS);
+        let admin = admin_of(&veer);
+
+        // One weight of one service changes: the line names that service
+        // alone, and counts the others as unchanged.
+        let path = veer.config_path();
+        std::fs::write(&path, many_services(300, 150, (50, 50))).expect("write config");
+        let reload = audit_line(&veer, "the file reload", |l| is(l, "file", "reload", "ok")).await;
+        assert_eq!(
+            reload["before"], "svc-150[stable@1=90 canary@2=10]",
+            "{reload}"
+        );
+        assert_eq!(
+            reload["after"], "svc-150[stable@1=50 canary@2=50]",
+            "{reload}"
+        );
+        assert_eq!(reload["unchanged"], 299, "{reload}");
+        assert!(
+            reload["service"].is_null(),
+            "a reload is of every service: {reload}"
+        );
+
+        // A service added is named in `after` alone.
+        std::fs::write(&path, many_services(301, 150, (50, 50))).expect("write config");
+        let added = audit_line(&veer, "the reload adding a service", |l| {
+            is(l, "file", "reload", "ok") && l["unchanged"] == 300
+        })
+        .await;
+        assert_eq!(added["before"], "", "{added}");
+        assert_eq!(
+            added["after"], "svc-300[stable@1=90 canary@2=10]",
+            "{added}"
+        );
+
+        // A reload through the admin API that changes nothing names nothing.
+        let client = http1_client();
+        let answer = post(&client, admin, "/reload", None, None).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let by_admin = audit_line(&veer, "the admin reload", |l| {
+            is(l, "admin", "reload", "ok")
+        })
+        .await;
+        assert_eq!(by_admin["before"], "", "{by_admin}");
+        assert_eq!(by_admin["after"], "", "{by_admin}");
+    })
+    .await;
+}

@@ -206,12 +206,13 @@ impl Admin {
     ) -> AdminResponse {
         let (authorized, fingerprint) = self.authorize(&request);
         let service = action.service();
-        let before = crate::audit::weights(&self.control.snapshot(), service);
+        let before = self.control.snapshot();
         let answer = match authorized {
             Err(refused) => Err(refused),
             Ok(()) => self.dispatch(request, action).await,
         };
-        let after = crate::audit::weights(&self.control.snapshot(), service);
+        let (before, after) =
+            crate::audit::action_weights(&before, &self.control.snapshot(), service);
         let (status, detail) = match &answer {
             Ok(_) => (StatusCode::OK, None),
             Err(refusal) => (refusal.status, Some(refusal.reason.as_str())),

@@ -84,7 +84,7 @@ impl Reloader {
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
         let mut reuse = self.serial.lock().await;
         let started = std::time::Instant::now();
-        let before = crate::audit::weights(&self.control.snapshot(), None);
+        let before = self.control.snapshot();
         let loaded = self
             .read(&mut reuse, self.check_files)
             .await
@@ -121,19 +121,13 @@ impl Reloader {
         self.control.record_reload(&result).await;
         // The admin API writes its own line, with who asked.
         if trigger != Trigger::Admin {
-            let after = crate::audit::weights(&self.control.snapshot(), None);
             let detail = result.as_ref().err().map(|errors| errors.join("; "));
-            crate::audit::system(
+            crate::audit::reload(
                 trigger.as_str(),
-                crate::audit::Action {
-                    action: "reload",
-                    service: None,
-                    before: &before,
-                    after: &after,
-                    result: if result.is_ok() { "ok" } else { "refused" },
-                    status: None,
-                    detail: detail.as_deref(),
-                },
+                &before,
+                &self.control.snapshot(),
+                if result.is_ok() { "ok" } else { "refused" },
+                detail.as_deref(),
             );
         }
         result
