@@ -422,19 +422,91 @@ impl Snapshot {
     /// Every version and endpoint this snapshot routes to, as telemetry
     /// keeps their series (`Telemetry::retain`).
     pub fn present(&self) -> impl Iterator<Item = Present<'_>> {
-        self.services.iter().flat_map(|service| {
-            service
-                .versions
+        self.services.iter().flat_map(|service| service.present())
+    }
+
+    /// What this snapshot changed since `previous`, for telemetry to update
+    /// only that (`Telemetry::retain_changed`): a service kept from
+    /// `previous` (the same part, shared) has the same series, so only the
+    /// services built anew, and those that left, are visited beyond a
+    /// pointer comparison.
+    pub fn changes_since<'a>(&'a self, previous: &'a Snapshot) -> Changes<'a> {
+        let mut changes = Changes::default();
+        // Usually the services are in the same order: compare them in
+        // place; otherwise by name.
+        let in_place = self.services.len() == previous.services.len()
+            && self
+                .services
                 .iter()
-                .enumerate()
-                .map(move |(index, version)| Present {
-                    service: &service.name,
-                    version: &version.name,
-                    judged: service.guard.as_ref().is_some_and(|g| g.baseline != index),
-                    ejects: service.outlier.consecutive_failures > 0,
-                    rollout: service.rollout.is_some(),
-                    endpoints: version.all_endpoints.iter().map(|e| e.addr()).collect(),
-                })
-        })
+                .zip(&previous.services)
+                .all(|(now, before)| now.name == before.name);
+        let by_name: std::collections::HashMap<&str, &ServiceSnapshot> = if in_place {
+            std::collections::HashMap::new()
+        } else {
+            self.services.iter().map(|s| (&*s.name, &**s)).collect()
+        };
+        let mut seen = 0;
+        for (index, before) in previous.services.iter().enumerate() {
+            let now = if in_place {
+                self.services.get(index).map(|s| &**s)
+            } else {
+                by_name.get(&*before.name).copied()
+            };
+            let Some(now) = now else {
+                changes.gone_services.push(&before.name);
+                for version in &before.versions {
+                    changes.gone.push((&before.name, &version.name));
+                }
+                continue;
+            };
+            seen += 1;
+            if std::ptr::eq(now, &**before) {
+                continue;
+            }
+            for version in &before.versions {
+                if !now.versions.iter().any(|v| v.name == version.name) {
+                    changes.gone.push((&before.name, &version.name));
+                }
+            }
+            changes.present.extend(now.present());
+        }
+        if seen < self.services.len() {
+            let before: std::collections::HashSet<&str> =
+                previous.services.iter().map(|s| &*s.name).collect();
+            for service in &self.services {
+                if !before.contains(&*service.name) {
+                    changes.present.extend(service.present());
+                }
+            }
+        }
+        changes
+    }
+}
+
+/// See [`Snapshot::changes_since`].
+#[derive(Default)]
+pub struct Changes<'a> {
+    /// Every version of the services built anew or added.
+    pub present: Vec<Present<'a>>,
+    /// (service, version) of the versions that left.
+    pub gone: Vec<(&'a str, &'a str)>,
+    /// The services that left.
+    pub gone_services: Vec<&'a str>,
+}
+
+impl ServiceSnapshot {
+    /// This service's versions and endpoints as telemetry keeps them.
+    pub fn present(&self) -> impl Iterator<Item = Present<'_>> {
+        self.versions
+            .iter()
+            .enumerate()
+            .map(move |(index, version)| Present {
+                service: &self.name,
+                version: &version.name,
+                judged: self.guard.as_ref().is_some_and(|g| g.baseline != index),
+                ejects: self.outlier.consecutive_failures > 0,
+                rollout: self.rollout.is_some(),
+                endpoints: version.all_endpoints.iter().map(|e| e.addr()).collect(),
+            })
     }
 }

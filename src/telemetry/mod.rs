@@ -213,6 +213,17 @@ impl Telemetry {
         self.registry.retain(present);
     }
 
+    /// [`Telemetry::retain`] for a publish that rebuilt only some services
+    /// (see [`Registry::retain_changed`]).
+    pub fn retain_changed(
+        &self,
+        present: &[Present<'_>],
+        gone: &[(&str, &str)],
+        gone_services: &[&str],
+    ) {
+        self.registry.retain_changed(present, gone, gone_services);
+    }
+
     /// Drops the series of listeners (and their certificates) that are no
     /// longer configured.
     pub fn retain_listeners(&self, configured: &[&str]) {
