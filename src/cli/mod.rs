@@ -437,15 +437,21 @@ fn init_logging(default: &str, format: Option<crate::logging::Format>) {
 /// they agree. Returns the files not read beside the config and warnings.
 fn load(path: &std::path::Path, offline: bool) -> Result<Loaded, config::ConfigErrors> {
     let mut not_read = Vec::new();
-    let (config, warnings) = config::load_file_checked(path, |config| {
-        let (issues, skipped) = preflight::check(config, offline);
-        not_read = skipped;
-        issues
-    })?;
+    let mut reuse = config::Reuse::default();
+    let (config, warnings) = config::load_file_reusing(
+        path,
+        |config| {
+            let (issues, skipped) = preflight::check(config, offline);
+            not_read = skipped;
+            issues
+        },
+        Some(&mut reuse),
+    )?;
     Ok(Loaded {
         config,
         warnings,
         not_read,
+        reuse,
     })
 }
 
@@ -453,6 +459,8 @@ struct Loaded {
     config: config::Config,
     warnings: Vec<config::ConfigError>,
     not_read: Vec<String>,
+    /// What the read validated, for the reloader to start from.
+    reuse: config::Reuse,
 }
 
 fn check(path: &std::path::Path, offline: bool) -> ExitCode {
@@ -498,12 +506,12 @@ fn fatal(line: &str) {
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
-    let config = match load(path, false) {
+    let (config, reuse) = match load(path, false) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
-            loaded.config
+            (loaded.config, loaded.reuse)
         }
         Err(errors) => {
             for error in &errors.0 {
@@ -530,7 +538,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
             source: Some(path.to_path_buf()),
             admin: true,
         };
-        let running = match Proxy::start_with(config, options).await {
+        let running = match Proxy::start_seeded(config, options, reuse).await {
             Ok(running) => running,
             Err(err) => {
                 fatal(&format!("veer: {err}"));

@@ -79,6 +79,16 @@ impl Reloader {
         }
     }
 
+    /// Starts from what the first load of the file validated, so that the
+    /// first read (when watching starts) and the first reload parse only the
+    /// services whose text changed since.
+    pub fn seeded(self, reuse: config::Reuse) -> Reloader {
+        Reloader {
+            serial: tokio::sync::Mutex::new(reuse),
+            ..self
+        }
+    }
+
     /// Reloads now; the file is read and the listeners bound on a blocking
     /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
@@ -220,7 +230,8 @@ impl Listening {
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let reloader = Arc::clone(&self.reloader);
         // This read also leaves each service's text and validated form for
-        // the first reload to reuse.
+        // the first reload to reuse; seeded by the first load, it parses only
+        // what changed since.
         let changed = {
             let mut reuse = reloader.serial.lock().await;
             reloader

@@ -125,6 +125,17 @@ impl Proxy {
         config: Config,
         options: StartOptions,
     ) -> Result<RunningProxy, StartError> {
+        Proxy::start_seeded(config, options, crate::config::Reuse::default()).await
+    }
+
+    /// As [`Proxy::start_with`], with what the read of `config` validated
+    /// (`config::load_file_reusing`), so that the reloader's first read of
+    /// the file parses only what changed since, not every service again.
+    pub async fn start_seeded(
+        config: Config,
+        options: StartOptions,
+        reuse: crate::config::Reuse,
+    ) -> Result<RunningProxy, StartError> {
         let limits = config.limits.clone();
         let listener_settings = config.listeners.clone();
         let access_log = config.access_log.clone();
@@ -183,12 +194,15 @@ impl Proxy {
         let webhooks = Webhooks::start();
         let reloader = options.source.as_ref().map(|path| {
             let as_listeners: Arc<dyn Listeners> = Arc::clone(&listeners) as Arc<dyn Listeners>;
-            Arc::new(Reloader::new(
-                path.clone(),
-                Arc::clone(&control),
-                as_listeners,
-                crate::tls::check::files_now,
-            ))
+            Arc::new(
+                Reloader::new(
+                    path.clone(),
+                    Arc::clone(&control),
+                    as_listeners,
+                    crate::tls::check::files_now,
+                )
+                .seeded(reuse),
+            )
         });
         let watching = reloader
             .as_ref()
