@@ -11,6 +11,11 @@
 //! (two atomic loads tell) is judged once when it goes quiet, and then
 //! skipped until its next request, so thousands of idle services cost the
 //! tick next to nothing, and nothing is allocated or formatted for them.
+//! The pass does not even visit them: it keeps the services that still need
+//! a look, and adds those whose versions `telemetry::activity` says had a
+//! request since the last tick. It visits every service after a publish (a
+//! new snapshot), when the activity queue overflowed, and in a fleet (whose
+//! siblings' traffic is not on the queue).
 
 pub mod methods;
 pub mod shadow;
@@ -39,6 +44,63 @@ pub struct GuardRunner {
     streaks: HashMap<VersionKey, u32>,
     last_judged: HashMap<Arc<str>, Instant>,
     shadows: shadow::ShadowJudge,
+    watch: Watch,
+}
+
+/// Which services a pass visits (see the module's note).
+#[derive(Default)]
+struct Watch {
+    /// The snapshot the maps below are of; 0: none yet.
+    generation: u64,
+    /// A version's activity id to its service's index in that snapshot.
+    by_id: HashMap<u64, usize>,
+    /// Guarded services judged without traffic of their own (a shadow
+    /// stage, judged on mirrored pairs): visited every pass.
+    always: Vec<usize>,
+    /// Services that needed a look at their last visit.
+    active: std::collections::BTreeSet<usize>,
+    drained: crate::telemetry::activity::Drained,
+}
+
+impl Watch {
+    /// The indices of the services to visit now, in order; `None`: all.
+    fn visit(
+        &mut self,
+        snapshot: &crate::snapshot::Snapshot,
+        activity: &crate::telemetry::activity::Activity,
+        everything: bool,
+    ) -> Option<Vec<usize>> {
+        activity.drain(&mut self.drained);
+        let mut everything = everything || self.drained.overflowed;
+        if snapshot.generation != self.generation {
+            self.generation = snapshot.generation;
+            self.by_id.clear();
+            self.always.clear();
+            for (index, service) in snapshot.services.iter().enumerate() {
+                if service.guard.is_none() {
+                    continue;
+                }
+                for version in &service.versions {
+                    self.by_id.insert(version.stats.activity_id(), index);
+                }
+                if service.rollout.as_ref().is_some_and(|r| r.shadow.is_some()) {
+                    self.always.push(index);
+                }
+            }
+            everything = true;
+        }
+        if everything {
+            self.active.clear();
+            return None;
+        }
+        for id in &self.drained.ids {
+            if let Some(&index) = self.by_id.get(id) {
+                self.active.insert(index);
+            }
+        }
+        self.active.extend(&self.always);
+        Some(std::mem::take(&mut self.active).into_iter().collect())
+    }
 }
 
 impl GuardRunner {
@@ -49,6 +111,7 @@ impl GuardRunner {
             streaks: HashMap::new(),
             last_judged: HashMap::new(),
             shadows: shadow::ShadowJudge::default(),
+            watch: Watch::default(),
         }
     }
 
@@ -78,7 +141,18 @@ impl GuardRunner {
         let elapsed = self.control.telemetry().elapsed(now);
         // The siblings' windows, read once per pass (in a fleet).
         let siblings = self.control.fleet().map(|fleet| fleet.siblings());
-        for service in &snapshot.services {
+        let visit = self.watch.visit(
+            &snapshot,
+            self.control.telemetry().activity(),
+            siblings.is_some(),
+        );
+        let all = 0..snapshot.services.len();
+        let visit: &mut dyn Iterator<Item = usize> = match &visit {
+            Some(listed) => &mut listed.iter().copied(),
+            None => &mut all.into_iter(),
+        };
+        for index in visit {
+            let service = &snapshot.services[index];
             let Some(policy) = &service.guard else {
                 continue;
             };
@@ -97,6 +171,8 @@ impl GuardRunner {
             if !needs_look {
                 continue;
             }
+            // Visited again next pass, until it needs no look.
+            self.watch.active.insert(index);
             match self.last_judged.get_mut(&*service.name) {
                 Some(last) if now.duration_since(*last) < policy.interval => continue,
                 Some(last) => *last = now,

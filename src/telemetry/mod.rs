@@ -26,6 +26,7 @@
 //! `veer_response_duration_seconds`.
 
 pub mod access;
+pub mod activity;
 pub mod buckets;
 mod exposition;
 pub mod methods;
@@ -62,6 +63,8 @@ pub struct Telemetry {
     idle_after: AtomicU64,
     /// The `le` bounds exported, bit `i` for `BOUNDS[i]`.
     buckets: AtomicU32,
+    /// Which versions had requests lately (read by the guard).
+    activity: Arc<activity::Activity>,
 }
 
 /// The outcome of one request, classified once, when its response stream
@@ -143,7 +146,13 @@ impl Telemetry {
             operator: operator::Operator::new(),
             idle_after: AtomicU64::new(0),
             buckets: AtomicU32::new(u32::MAX),
+            activity: Arc::default(),
         }
+    }
+
+    /// Which versions had requests lately: for the guard, the one reader.
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// Takes the config's `telemetry` block (at every publish: it may have
@@ -311,6 +320,8 @@ impl Telemetry {
             methods: MethodTable::new(max_methods, window),
             evictions: tokio::sync::Notify::new(),
             quiet_seen: AtomicU64::new(u64::MAX),
+            id: self.activity.id(),
+            activity: Arc::clone(&self.activity),
         }
     }
 }
@@ -335,9 +346,17 @@ pub struct VersionStats {
     /// The `last_request` tag of the quiet stretch the guard last looked at
     /// (`u64::MAX`: none), so it looks once per stretch, not every tick.
     quiet_seen: AtomicU64,
+    /// This version's id on `activity`, unique in the process.
+    id: u64,
+    activity: Arc<activity::Activity>,
 }
 
 impl VersionStats {
+    /// This version's id on [`Telemetry::activity`].
+    pub fn activity_id(&self) -> u64 {
+        self.id
+    }
+
     /// Closes this version's long-lived connections.
     pub fn evict(&self) {
         self.evictions.notify_waiters();
@@ -354,7 +373,9 @@ impl VersionStats {
     #[inline]
     pub fn record(&self, elapsed: Duration, outcome: &Outcome) {
         let series = &*self.series;
-        series.touch(elapsed.as_secs() + 1);
+        if series.touch(elapsed.as_secs() + 1) {
+            self.activity.note(self.id);
+        }
         series.count_status(outcome.status);
         if let Some(reason) = outcome.failure {
             series.count_failure(reason);

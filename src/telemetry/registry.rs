@@ -338,11 +338,14 @@ impl VersionSeries {
 
     /// Notes a request in second `tag - 1` (see `last_request`); written
     /// only when the second changed, so a busy version's line stays shared.
+    /// Whether it changed: the version's first request of this second.
     #[inline]
-    pub fn touch(&self, tag: u64) {
+    pub fn touch(&self, tag: u64) -> bool {
         if self.last_request.load(Ordering::Relaxed) != tag {
             self.last_request.store(tag, Ordering::Relaxed);
+            return true;
         }
+        false
     }
 
     /// The second of the last request plus one; zero for none yet.
