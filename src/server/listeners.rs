@@ -10,23 +10,30 @@
 //! its permit, bounded by `limits.header_read_timeout`.
 
 use std::net::SocketAddr;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use http::Request;
+use http::{Request, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::idle::{IdleClock, InFlight, Tracked};
+use super::park::{leftover, Readable, Resumable};
 use super::woken::PollWhenWoken;
 use super::StartError;
 use crate::config::{Limits, Listener};
@@ -42,7 +49,7 @@ type SharedTls = Arc<ArcSwapOption<Terminator>>;
 pub struct ListenerSet {
     service: ProxyService,
     telemetry: Arc<Telemetry>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     connections: Arc<Semaphore>,
     max_connections: u32,
     first_request_timeout: Duration,
@@ -238,18 +245,23 @@ pub(super) fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
     TcpListener::from_std(socket.into()).map_err(fail)
 }
 
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// How a connection is served, once its protocol is known.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+fn connection_builder(limits: &Limits) -> Builders {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // The connection's own IdleClock does this, without a timer per
         // request (see `idle.rs`).
         .header_read_timeout(None)
         // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8 * 1024));
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // No HTTP/2 PINGs: hyper's keep-alive takes a lock and reads the
@@ -257,7 +269,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // A dead client is found by TCP keep-alive instead (`connection`),
         // as NGINX and Envoy do by default.
         .keep_alive_interval(None);
-    builder
+    Builders { http1, http2 }
 }
 
 /// TCP keep-alive on client connections: probes after this much silence,
@@ -272,7 +284,7 @@ struct ConnectionSetup {
     /// This listener's open connections and requests in flight.
     gauges: Arc<ListenerGauges>,
     service: ProxyService,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     tls: SharedTls,
     /// Bounds the TLS handshake, and then the wait for the first request.
     first_request_timeout: Duration,
@@ -358,7 +370,7 @@ async fn connection(
     );
     let Some(tls) = setup.tls.load_full() else {
         let client = ClientInfo::new(peer, false);
-        serve(stream, &setup, client, drain).await;
+        serve(stream, None, &setup, client, drain).await;
         drop(permit);
         return;
     };
@@ -373,78 +385,223 @@ async fn connection(
     // The connection keeps the settings it was accepted with, not the
     // terminator (which holds the certificate watches).
     drop(tls);
-    serve(accepted.stream, &setup, client, drain).await;
+    let protocol = match accepted.stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Some(Protocol::Http2),
+        Some(_) => Some(Protocol::Http1),
+        None => None,
+    };
+    serve(Box::new(accepted.stream), protocol, &setup, client, drain).await;
     drop(permit);
 }
 
-async fn serve<I>(
-    io: I,
+/// The HTTP/2 connection preface: a cleartext connection that opens with it
+/// speaks HTTP/2 with prior knowledge, any other is HTTP/1.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// How a served HTTP/1.1 connection stopped being polled.
+enum Step {
+    Ended(hyper::Result<()>),
+    /// Between requests with nothing buffered: back to a bare socket.
+    Park,
+    Expired,
+    Drained,
+}
+
+/// Serves HTTP on `io` until the client leaves, the idle clock runs out or
+/// the drain ends it. `protocol` is what ALPN said; `None` reads the first
+/// bytes to tell.
+async fn serve<I: Readable>(
+    mut io: I,
+    protocol: Option<Protocol>,
     setup: &ConnectionSetup,
     client: ClientInfo,
     mut drain: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
         client,
         idle: IdleClock::new(setup.first_request_timeout, Arc::clone(&setup.gauges)),
         request_timer: ArrayQueue::new(1),
     });
-    let watched = Arc::clone(&context);
-    let watched_http2 = Arc::clone(&context);
-    let requests = service_fn(move |request: Request<Incoming>| {
-        let context = InFlight::start(Arc::clone(&context), request.version());
-        let fut = async move {
-            let mut timer = context.request_timer.pop();
-            let response = context
-                .service
-                .serve(request, &context.client, &mut timer)
-                .await;
-            if let Some(timer) = timer {
-                let _ = context.request_timer.push(timer);
+    let requests = {
+        let context = Arc::clone(&context);
+        service_fn(move |request: Request<Incoming>| {
+            let context = InFlight::start(Arc::clone(&context));
+            match request.version() {
+                Version::HTTP_11 => context.idle.set_parkable(
+                    request.body().is_end_stream()
+                        && request.extensions().get::<OnUpgrade>().is_none()
+                        && !asks_to_close(request.headers()),
+                ),
+                Version::HTTP_10 => context.idle.set_parkable(false),
+                _ => {}
             }
-            response.map(|response| response.map(|body| Tracked::new(body, context)))
-        };
-        // Boxed: the future is a few KiB, and hyper's HTTP/2 server spawns
-        // each stream's future as a task, which moved it twice (callgrind:
-        // 9,600 instructions of memcpy per h2 request before this).
-        Box::pin(fut)
-    });
-    let connection = setup
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), requests);
-    tokio::pin!(connection);
+            let fut = async move {
+                let mut timer = context.request_timer.pop();
+                let response = context
+                    .service
+                    .serve(request, &context.client, &mut timer)
+                    .await;
+                if let Some(timer) = timer {
+                    let _ = context.request_timer.push(timer);
+                }
+                response.map(|response| response.map(|body| Tracked::new(body, context)))
+            };
+            // Boxed: the future is a few KiB, and hyper's HTTP/2 server spawns
+            // each stream's future as a task, which moved it twice (callgrind:
+            // 9,600 instructions of memcpy per h2 request before this).
+            Box::pin(fut)
+        })
+    };
     // Polled only when they fire, not on every wake-up of the connection.
-    let expired = PollWhenWoken::new(async move { watched.idle.expired().await });
-    let watched_http2 = &watched_http2.idle;
-    let drained = PollWhenWoken::new(async move {
+    let watched = Arc::clone(&context);
+    let mut expired = PollWhenWoken::new(async move { watched.idle.expired().await });
+    let mut drained = PollWhenWoken::new(async move {
         drop(drain.wait_for(|&draining| draining).await);
     });
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = expired => {
-            tracing::debug!("closing a connection that sent no request head within limits.header_read_timeout");
-            if watched_http2.is_http2() {
+    const SILENT: &str =
+        "closing a connection that sent no request head within limits.header_read_timeout";
+
+    let (protocol, mut prefix) = match protocol {
+        Some(protocol) => (protocol, Bytes::new()),
+        None => {
+            let mut head = [0u8; PREFACE.len()];
+            let mut n = 0;
+            let protocol = loop {
+                let read = tokio::select! {
+                    biased;
+                    read = io.read(&mut head[n..]) => read,
+                    _ = &mut expired => {
+                        tracing::debug!("{SILENT}");
+                        return;
+                    }
+                    _ = &mut drained => return,
+                };
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => n += read,
+                }
+                if head[..n] != PREFACE[..n] {
+                    break Protocol::Http1;
+                }
+                if n == PREFACE.len() {
+                    break Protocol::Http2;
+                }
+            };
+            (protocol, Bytes::copy_from_slice(&head[..n]))
+        }
+    };
+
+    if protocol == Protocol::Http2 {
+        let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
+        // Boxed: the connection task stays small whatever it serves.
+        let mut connection = Box::pin(setup.builder.http2.serve_connection(io, requests));
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = &mut expired => {
+                tracing::debug!("{SILENT}");
                 // GOAWAY, so the client knows to open a new connection
                 // rather than see its next stream fail; bounded, as a client
                 // that never reads would hold it open.
                 connection.as_mut().graceful_shutdown();
-                let limit = watched_http2.limit();
+                let limit = context.idle.limit();
                 let _ = tokio::time::timeout(limit, connection.as_mut()).await;
+                Ok(())
             }
-            Ok(())
+            _ = &mut drained => {
+                // GOAWAY, finish the open streams.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "client connection ended with an error");
         }
-        _ = drained => {
-            // HTTP/1.1: finish the request in flight, then close;
-            // HTTP/2: GOAWAY, finish the open streams.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(error = %err, "client connection ended with an error");
+        return;
     }
+
+    let mut parked = false;
+    loop {
+        if parked {
+            let woke = tokio::select! {
+                biased;
+                _ = &mut drained => return,
+                _ = &mut expired => {
+                    tracing::debug!("{SILENT}");
+                    return;
+                }
+                readable = io.readable() => readable,
+            };
+            if woke.is_err() {
+                return;
+            }
+        }
+        let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
+        // Boxed, so that while parked the task holds a socket and a few
+        // words, not hyper's connection.
+        let mut connection = Box::new(
+            setup
+                .builder
+                .http1
+                .serve_connection(resumable, requests.clone())
+                .with_upgrades(),
+        );
+        let idle = &context.idle;
+        let step = tokio::select! {
+            biased;
+            served = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Step::Ended(result)),
+                Poll::Pending if idle.may_park() => Poll::Ready(Step::Park),
+                Poll::Pending => Poll::Pending,
+            }) => served,
+            _ = &mut expired => Step::Expired,
+            _ = &mut drained => Step::Drained,
+        };
+        let result = match step {
+            Step::Park => {
+                // `None` only after an upgrade, which never parks.
+                let Some(parts) = connection.into_parts() else {
+                    return;
+                };
+                let (unread, stream) = parts.io.into_inner().into_parts();
+                prefix = leftover(unread, parts.read_buf);
+                io = stream;
+                parked = true;
+                continue;
+            }
+            Step::Ended(result) => result,
+            Step::Expired => {
+                tracing::debug!("{SILENT}");
+                Ok(())
+            }
+            Step::Drained => {
+                // Finish the request in flight, then close.
+                Pin::new(&mut *connection).graceful_shutdown();
+                (&mut *connection).await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "client connection ended with an error");
+        }
+        return;
+    }
+}
+
+/// Whether a request's `Connection` header says `close`: hyper closes after
+/// its response, so the connection must not be parked in between.
+fn asks_to_close(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 impl crate::reload::Listeners for ListenerSet {
