@@ -18,7 +18,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::atomic::AtomicCell;
 use http::{Request, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -27,9 +27,9 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::idle::{IdleClock, InFlight, Tracked};
@@ -54,7 +54,7 @@ pub struct ListenerSet {
     max_connections: u32,
     first_request_timeout: Duration,
     /// Changes to `true` when every connection must wind down.
-    drain: watch::Sender<bool>,
+    drain: Arc<Drain>,
     /// Touched only by reloads and shutdown, never per request.
     active: Mutex<Vec<Active>>,
     /// Set, under the `active` lock, once the drain has begun.
@@ -85,7 +85,7 @@ impl ListenerSet {
             connections: Arc::new(Semaphore::new(max_connections as usize)),
             max_connections,
             first_request_timeout: limits.header_read_timeout,
-            drain: watch::channel(false).0,
+            drain: Arc::default(),
             active: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         };
@@ -161,7 +161,7 @@ impl ListenerSet {
                     first_request_timeout: self.first_request_timeout,
                 }),
                 Arc::clone(&self.connections),
-                self.drain.subscribe(),
+                Arc::clone(&self.drain),
                 stopped,
             ));
             active.push(Active {
@@ -219,7 +219,7 @@ impl ListenerSet {
         }
         let open = self.max_connections as usize - self.connections.available_permits();
         tracing::info!(connections = open, "draining");
-        self.drain.send_replace(true);
+        self.drain.start();
         let all_back = self.connections.acquire_many(self.max_connections);
         matches!(tokio::time::timeout(timeout, all_back).await, Ok(Ok(_)))
     }
@@ -272,6 +272,34 @@ fn connection_builder(limits: &Limits) -> Builders {
     Builders { http1, http2 }
 }
 
+/// Tells every connection to wind down. A connection waits on it holding
+/// one waiter (a watch channel's receiver and its future were twice that,
+/// in every idle connection).
+#[derive(Default)]
+struct Drain {
+    draining: AtomicBool,
+    notify: Notify,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a drain that starts in
+        // between wakes it.
+        notified.as_mut().enable();
+        if self.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// TCP keep-alive on client connections: probes after this much silence,
 const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// this far apart,
@@ -298,8 +326,9 @@ struct ConnectionContext {
     idle: IdleClock,
     /// The connection's request-timeout timer, lent to one request at a time
     /// and reset for each (see `ProxyService::serve`); HTTP/2 streams that
-    /// find it lent out make their own.
-    request_timer: ArrayQueue<RequestTimer>,
+    /// find it lent out make their own. One word, where a queue of one was
+    /// two cache lines: every idle connection holds it.
+    request_timer: AtomicCell<Option<RequestTimer>>,
 }
 
 impl AsRef<IdleClock> for ConnectionContext {
@@ -312,7 +341,7 @@ async fn accept(
     listener: TcpListener,
     setup: Arc<ConnectionSetup>,
     connections: Arc<Semaphore>,
-    drain: watch::Receiver<bool>,
+    drain: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -343,7 +372,7 @@ async fn accept(
             stream,
             peer,
             Arc::clone(&setup),
-            drain.clone(),
+            Arc::clone(&drain),
             permit,
         ));
     }
@@ -355,7 +384,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     setup: Arc<ConnectionSetup>,
-    drain: watch::Receiver<bool>,
+    drain: Arc<Drain>,
     permit: OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::open(Arc::clone(&setup.gauges));
@@ -370,12 +399,24 @@ async fn connection(
     );
     let Some(tls) = setup.tls.load_full() else {
         let client = ClientInfo::new(peer, false);
-        serve(stream, None, &setup, client, drain).await;
+        serve(stream, None, &setup, Box::new(client), drain).await;
         drop(permit);
         return;
     };
+    // Boxed: the handshake's and the TLS stream's state would otherwise make
+    // every connection's task, cleartext ones too, as large as a TLS one's.
+    Box::pin(tls_connection(stream, peer, &setup, drain, tls)).await;
+    drop(permit);
+}
+
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    setup: &ConnectionSetup,
+    drain: Arc<Drain>,
+    tls: Arc<Terminator>,
+) {
     let Some(accepted) = tls.accept(stream, setup.first_request_timeout).await else {
-        drop(permit);
         return;
     };
     let mut client = ClientInfo::new(peer, true);
@@ -390,8 +431,7 @@ async fn connection(
         Some(_) => Some(Protocol::Http1),
         None => None,
     };
-    serve(Box::new(accepted.stream), protocol, &setup, client, drain).await;
-    drop(permit);
+    serve(Box::new(accepted.stream), protocol, setup, Box::new(client), drain).await;
 }
 
 /// The HTTP/2 connection preface: a cleartext connection that opens with it
@@ -402,6 +442,14 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 enum Protocol {
     Http1,
     Http2,
+}
+
+/// Why a connection is ended from outside its HTTP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// No request head within `limits.header_read_timeout`.
+    Expired,
+    Drained,
 }
 
 /// How a served HTTP/1.1 connection stopped being polled.
@@ -420,14 +468,16 @@ async fn serve<I: Readable>(
     mut io: I,
     protocol: Option<Protocol>,
     setup: &ConnectionSetup,
-    client: ClientInfo,
-    mut drain: watch::Receiver<bool>,
+    // Boxed: an async fn keeps its arguments for its whole life, and this
+    // one lives as long as the connection.
+    client: Box<ClientInfo>,
+    drain: Arc<Drain>,
 ) {
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
-        client,
+        client: unbox(client),
         idle: IdleClock::new(setup.first_request_timeout, Arc::clone(&setup.gauges)),
-        request_timer: ArrayQueue::new(1),
+        request_timer: AtomicCell::new(None),
     });
     let requests = {
         let context = Arc::clone(&context);
@@ -443,13 +493,13 @@ async fn serve<I: Readable>(
                 _ => {}
             }
             let fut = async move {
-                let mut timer = context.request_timer.pop();
+                let mut timer = context.request_timer.take();
                 let response = context
                     .service
                     .serve(request, &context.client, &mut timer)
                     .await;
-                if let Some(timer) = timer {
-                    let _ = context.request_timer.push(timer);
+                if timer.is_some() {
+                    context.request_timer.store(timer);
                 }
                 response.map(|response| response.map(|body| Tracked::new(body, context)))
             };
@@ -459,11 +509,14 @@ async fn serve<I: Readable>(
             Box::pin(fut)
         })
     };
-    // Polled only when they fire, not on every wake-up of the connection.
+    // Polled only when it fires, not on every wake-up of the connection;
+    // one future for both, as every idle connection holds it.
     let watched = Arc::clone(&context);
-    let mut expired = PollWhenWoken::new(async move { watched.idle.expired().await });
-    let mut drained = PollWhenWoken::new(async move {
-        drop(drain.wait_for(|&draining| draining).await);
+    let mut ending = PollWhenWoken::new(async move {
+        tokio::select! {
+            _ = watched.idle.expired() => Ending::Expired,
+            () = drain.wait() => Ending::Drained,
+        }
     });
     const SILENT: &str =
         "closing a connection that sent no request head within limits.header_read_timeout";
@@ -473,19 +526,26 @@ async fn serve<I: Readable>(
         None => {
             let mut head = [0u8; PREFACE.len()];
             let mut n = 0;
+            // `poll_fn`s rather than `select!`: they keep no state, and the
+            // task's size is what every idle connection pays.
             let protocol = loop {
-                let read = tokio::select! {
-                    biased;
-                    read = io.read(&mut head[n..]) => read,
-                    _ = &mut expired => {
-                        tracing::debug!("{SILENT}");
+                let read = std::future::poll_fn(|cx| {
+                    let mut buf = ReadBuf::new(&mut head[n..]);
+                    match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                        Poll::Ready(read) => Poll::Ready(Ok(read.map(|()| buf.filled().len()))),
+                        Poll::Pending => Pin::new(&mut ending).poll(cx).map(Err),
+                    }
+                })
+                .await;
+                match read {
+                    Ok(Ok(0) | Err(_)) => return,
+                    Ok(Ok(read)) => n += read,
+                    Err(ending) => {
+                        if ending == Ending::Expired {
+                            tracing::debug!("{SILENT}");
+                        }
                         return;
                     }
-                    _ = &mut drained => return,
-                };
-                match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(read) => n += read,
                 }
                 if head[..n] != PREFACE[..n] {
                     break Protocol::Http1;
@@ -500,26 +560,31 @@ async fn serve<I: Readable>(
 
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        // Boxed: the connection task stays small whatever it serves.
-        let mut connection = Box::pin(setup.builder.http2.serve_connection(io, requests));
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = &mut expired => {
-                tracing::debug!("{SILENT}");
-                // GOAWAY, so the client knows to open a new connection
-                // rather than see its next stream fail; bounded, as a client
-                // that never reads would hold it open.
-                connection.as_mut().graceful_shutdown();
-                let limit = context.idle.limit();
-                let _ = tokio::time::timeout(limit, connection.as_mut()).await;
-                Ok(())
+        let connection = setup.builder.http2.serve_connection(io, requests);
+        let limit = context.idle.limit();
+        // Boxed, as every state the task may be in sizes it: an idle
+        // HTTP/1.1 connection's task must not be as large as this.
+        let result = Box::pin(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                ending = &mut ending => {
+                    // GOAWAY, so the client knows to open a new connection
+                    // rather than see its next stream fail; then finish the
+                    // open streams.
+                    connection.as_mut().graceful_shutdown();
+                    if ending == Ending::Expired {
+                        tracing::debug!("{SILENT}");
+                        // Bounded: a client that never reads would hold it.
+                        let _ = tokio::time::timeout(limit, connection.as_mut()).await;
+                        Ok(())
+                    } else {
+                        connection.await
+                    }
+                }
             }
-            _ = &mut drained => {
-                // GOAWAY, finish the open streams.
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
+        })
+        .await;
         if let Err(err) = result {
             tracing::debug!(error = %err, "client connection ended with an error");
         }
@@ -529,40 +594,32 @@ async fn serve<I: Readable>(
     let mut parked = false;
     loop {
         if parked {
-            let woke = tokio::select! {
-                biased;
-                _ = &mut drained => return,
-                _ = &mut expired => {
-                    tracing::debug!("{SILENT}");
+            let woke = std::future::poll_fn(|cx| match io.poll_readable(cx) {
+                Poll::Ready(readable) => Poll::Ready(Ok(readable)),
+                Poll::Pending => Pin::new(&mut ending).poll(cx).map(Err),
+            })
+            .await;
+            match woke {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(ending) => {
+                    if ending == Ending::Expired {
+                        tracing::debug!("{SILENT}");
+                    }
                     return;
                 }
-                readable = io.readable() => readable,
-            };
-            if woke.is_err() {
-                return;
             }
         }
         let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        // Boxed, so that while parked the task holds a socket and a few
-        // words, not hyper's connection.
-        let mut connection = Box::new(
-            setup
-                .builder
-                .http1
-                .serve_connection(resumable, requests.clone())
-                .with_upgrades(),
-        );
-        let idle = &context.idle;
-        let step = tokio::select! {
-            biased;
-            served = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Step::Ended(result)),
-                Poll::Pending if idle.may_park() => Poll::Ready(Step::Park),
-                Poll::Pending => Poll::Pending,
-            }) => served,
-            _ = &mut expired => Step::Expired,
-            _ = &mut drained => Step::Drained,
-        };
+        let connection = setup
+            .builder
+            .http1
+            .serve_connection(resumable, requests.clone())
+            .with_upgrades();
+        // Boxed with the connection in it: hyper's state is on the heap only
+        // while it serves, and the task itself stays a few hundred bytes.
+        let (step, connection) =
+            Box::pin(drive_http1(connection, &context.idle, &mut ending)).await;
         let result = match step {
             Step::Park => {
                 // `None` only after an upgrade, which never parks.
@@ -582,8 +639,9 @@ async fn serve<I: Readable>(
             }
             Step::Drained => {
                 // Finish the request in flight, then close.
-                Pin::new(&mut *connection).graceful_shutdown();
-                (&mut *connection).await
+                let mut connection = Box::pin(connection);
+                connection.as_mut().graceful_shutdown();
+                connection.await
             }
         };
         if let Err(err) = result {
@@ -591,6 +649,39 @@ async fn serve<I: Readable>(
         }
         return;
     }
+}
+
+/// Polls an HTTP/1.1 connection until it ends, may be parked (see `park`),
+/// or is ended from outside; hands it back for the caller to take apart.
+async fn drive_http1<C, E>(
+    mut connection: C,
+    idle: &IdleClock,
+    ending: &mut PollWhenWoken<E>,
+) -> (Step, C)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Unpin,
+    E: std::future::Future<Output = Ending>,
+{
+    let step = tokio::select! {
+        biased;
+        served = std::future::poll_fn(|cx| match Pin::new(&mut connection).poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Step::Ended(result)),
+            Poll::Pending if idle.may_park() => Poll::Ready(Step::Park),
+            Poll::Pending => Poll::Pending,
+        }) => served,
+        ending = ending => match ending {
+            Ending::Expired => Step::Expired,
+            Ending::Drained => Step::Drained,
+        },
+    };
+    (step, connection)
+}
+
+/// The value out of its box, freed here: a box moved out of in an async fn
+/// is freed only when the function ends.
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed here
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Whether a request's `Connection` header says `close`: hyper closes after

@@ -18,7 +18,6 @@
 //! connection's `IdleClock`: hyper does not say whether it is between
 //! requests, so the connection is parked only when all of them hold.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,13 +33,14 @@ use super::idle::IdleClock;
 /// A client connection's stream that can wait for bytes without reading
 /// them.
 pub trait Readable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Ready when the socket has bytes (or an error, or EOF) to read.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Ready when the socket has bytes (or an error, or EOF) to read. Keeps
+    /// no state of its own: the waker waits in the socket's registration.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl Readable for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
@@ -49,8 +49,8 @@ impl Readable for TcpStream {
 /// plaintext nor bytes on the socket, so the socket's readability is the
 /// only thing that can wake it.
 impl Readable for Box<TlsStream<TcpStream>> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.get_ref().0.readable()
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
