@@ -152,7 +152,7 @@ def start(server, binary, proto, work, maxconn):
         path = os.path.join(work, "nginx.conf")
         with open(path, "w") as f:
             f.write(NGINX.format(dir=work, port=port, h2port=h2port, maxconn=maxconn,
-                                 nofile=2 * maxconn + 64))
+                                 nofile=maxconn + 64))
         cmd = [shutil.which("nginx") or "nginx", "-p", work, "-c", path, "-g", "daemon off;"]
     else:
         path = os.path.join(work, "haproxy.cfg")
@@ -213,7 +213,7 @@ def main():
         args.counts.insert(0, int(args.binary))
         args.binary = "target/release/veer"
     counts = args.counts or [1000, 5000, 10000]
-    need = 3 * max(counts) + 2048
+    need = max(counts) + 1024  # each process: the clients here, the server its own
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
         try:
