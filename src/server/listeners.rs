@@ -628,6 +628,12 @@ async fn serve<I: Readable>(
                 };
                 let (unread, stream) = parts.io.into_inner().into_parts();
                 prefix = leftover(unread, parts.read_buf);
+                if !prefix.is_empty() {
+                    // A partial head is parked once; until it is whole, the
+                    // next connection keeps it, so a head trickled a byte
+                    // at a time is not copied out and back for each byte.
+                    context.idle.set_parkable(false);
+                }
                 io = stream;
                 parked = true;
                 continue;
