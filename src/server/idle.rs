@@ -128,6 +128,13 @@ impl IdleClock {
             && self.parkable.load(Ordering::Relaxed)
     }
 
+    /// When the connection last had no request in flight: its start, or
+    /// the end of its last response.
+    #[inline]
+    pub fn idle_since(&self) -> Instant {
+        self.origin + Duration::from_micros(self.idle_since_micros.load(Ordering::Relaxed))
+    }
+
     /// How long a connection may wait for a request head.
     pub fn limit(&self) -> Duration {
         self.limit
