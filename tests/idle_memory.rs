@@ -14,9 +14,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use support::config::{service, ConfigBuilder};
 use support::harness::TestProxy;
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use support::raw::closed_port;
 
 #[global_allocator]

@@ -299,12 +299,18 @@ mod tests {
         let clock = IdleClock::new(Duration::from_secs(1), Arc::default());
         assert!(!clock.may_park(), "nothing read yet");
         clock.set_read_blocked(true);
-        assert!(clock.may_park(), "a fresh connection has nothing left behind");
+        assert!(
+            clock.may_park(),
+            "a fresh connection has nothing left behind"
+        );
         clock.request_started();
         assert!(!clock.may_park(), "a request in flight");
         clock.request_ended();
         clock.set_parkable(false);
-        assert!(!clock.may_park(), "the last request had a body or an upgrade");
+        assert!(
+            !clock.may_park(),
+            "the last request had a body or an upgrade"
+        );
         clock.set_parkable(true);
         clock.set_flushed(false);
         assert!(!clock.may_park(), "bytes not yet flushed");

@@ -9,8 +9,8 @@
 //! permit is back. A TLS handshake runs in the connection's own task, under
 //! its permit, bounded by `limits.header_read_timeout`.
 
-use std::net::SocketAddr;
 use std::future::Future as _;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,11 +18,11 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use crossbeam_utils::atomic::AtomicCell;
 use http::{Request, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -431,7 +431,14 @@ async fn tls_connection(
         Some(_) => Some(Protocol::Http1),
         None => None,
     };
-    serve(Box::new(accepted.stream), protocol, setup, Box::new(client), drain).await;
+    serve(
+        Box::new(accepted.stream),
+        protocol,
+        setup,
+        Box::new(client),
+        drain,
+    )
+    .await;
 }
 
 /// The HTTP/2 connection preface: a cleartext connection that opens with it
@@ -712,12 +719,15 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// Whether a request's `Connection` header says `close`: hyper closes after
 /// its response, so the connection must not be parked in between.
 fn asks_to_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(http::header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
 }
 
 impl crate::reload::Listeners for ListenerSet {

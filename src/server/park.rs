@@ -171,7 +171,10 @@ mod tests {
         let kept = leftover(Bytes::new(), big.freeze());
         assert_eq!(&kept[..], b"GET / HT");
         assert_eq!(
-            &leftover(Bytes::from_static(b"TP/1.1"), Bytes::from_static(b"GET / HT"))[..],
+            &leftover(
+                Bytes::from_static(b"TP/1.1"),
+                Bytes::from_static(b"GET / HT")
+            )[..],
             b"GET / HTTP/1.1",
             "hyper's bytes were read before the ones it never saw"
         );
