@@ -6,7 +6,9 @@
 //! nothing for minutes would keep all of it. So when an HTTP/1.1 connection
 //! has nothing to do (no request in flight, every byte written and flushed,
 //! the socket would block on read, and the last request could not have left
-//! body bytes or an upgrade behind), the connection task takes the socket back
+//! body bytes or an upgrade behind) and has stayed so for 50 ms (a busy
+//! client's next request comes sooner and pays no rebuild), the connection
+//! task takes the socket back
 //! from hyper with `into_parts`, drops hyper's state, and waits for
 //! readability on the bare socket. When bytes arrive, a new hyper connection
 //! is built around it. The bytes hyper had read but not parsed (a partial
