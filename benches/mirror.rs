@@ -8,6 +8,8 @@
 //!
 //! Client, proxy and upstreams share this process: read the figures as an
 //! upper bound on what the proxy adds, and compare the rows, not absolutes.
+//! The figures of record come from `benches/mirror.sh`: the release binary
+//! pinned to its own core, the load and the shadows on another.
 //!
 //! `cargo bench --bench mirror` (`harness = false`); `MIRROR_BENCH_RATE`
 //! (default 5000 requests/s) and `MIRROR_BENCH_SECONDS` (default 5) change

@@ -15,13 +15,15 @@
 #
 # Per proxy and size:
 #   ready        seconds from exec to the first 200 through the last service
-#   rss idle     VmRSS two seconds later (all the proxy's processes)
+#   cpu idle     utime + stime over IDLE_CPU_SECONDS of no traffic, % of a core
+#   rss idle     memory two seconds later: PSS summed over the proxy's
+#                processes (see rss_kb)
 #   flip         a one-weight change of the last service (100/0 <-> 0/100),
 #                10 times: from the new file landing (rename; NGINX and
 #                HAProxy are told to reload, veer watches the file) to the
 #                first answer from the version given the weight; median and
 #                max, ms
-#   rss reloads  VmRSS after those 10 reloads (old workers gone)
+#   rss reloads  the same after those 10 reloads (old workers gone)
 #   latency      p50/p99 of 2,000 sequential keep-alive GETs (Python client,
 #                so the client's own cost is in it) through the first
 #                service, the last and the last's wildcard host, µs
@@ -33,6 +35,9 @@
 # Settings: SIZES="100 1000 10000" TARGETS="veer nginx haproxy"
 #   BIN=target/release/veer (SKIP_BUILD=1 to use it as it is)
 #   PROXY_CPU=0 LOAD_CPU=1 BASE_PORT=18280 DOCS=1 (write docs/benchmarks.md)
+#   IDLE_CPU_SECONDS=30 (how long idle CPU is taken over)
+#   FLIPS=10 FLIP_TIMEOUT=60 (seconds one flip may take; a round past it is
+#   counted as a timeout, not timed)
 #   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
 # Needs python3, curl, nginx, haproxy (apt-get install -y nginx haproxy curl).
 # Every process it starts is stopped by PID on exit.
@@ -50,6 +55,9 @@ KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 IDLE_SERIES_AFTER=${IDLE_SERIES_AFTER-10m}
 FLIPS=${FLIPS:-10}
+FLIP_TIMEOUT=${FLIP_TIMEOUT:-60}
+IDLE_CPU_SECONDS=${IDLE_CPU_SECONDS:-30}
+export FLIP_TIMEOUT
 
 LISTEN=$((BASE_PORT))
 ADMIN=$((BASE_PORT + 1))
@@ -100,11 +108,17 @@ taskset -c "$LOAD_CPU" nginx -p "$DIR/up" -c "$DIR/up/nginx.conf" -g 'daemon off
 PIDS+=($!)
 sleep 0.3
 
-# Sum of VmRSS (kB) of a process and its children.
+# Memory (kB) of a process and its children: the sum of their PSS (each
+# page shared between them, as NGINX's and HAProxy's forked workers share
+# the master's parsed config, counted once, split between them), or VmRSS
+# where smaps_rollup is missing. Summing VmRSS would count those pages once
+# per process.
 rss_kb() {
-    local total=0 pid
+    local total=0 pid kb
     for pid in $1 $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+        kb=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null ||
+            awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kb:-0}))
     done
     echo "$total"
 }
@@ -118,7 +132,30 @@ cpu_ticks() {
     echo "$total"
 }
 
-median_max() { sort -n | awk '{a[NR]=$1} END {printf "%s %s", a[int((NR+1)/2)], a[NR]}'; }
+# Median and max of the numeric lines; rounds that timed out make the max
+# ">LIMIT" and are counted after it ("(2 timeouts)").
+median_max() {
+    sort -n | awk -v limit="$((FLIP_TIMEOUT * 1000))" '
+        $1 == "timeout" { t++; next }
+        $1 ~ /^[0-9.]+$/ { a[++n] = $1 }
+        END {
+            med = n > 0 ? a[int((n + 1) / 2)] : "—"
+            max = t > 0 ? ">" limit : (n > 0 ? a[n] : "—")
+            if (t > 0) max = max "(" t "_timeouts)"
+            printf "%s %s", med, max
+        }'
+}
+
+# Waits (up to 60 s) until the old workers a reload left are gone: the
+# master and one worker remain.
+settle_workers() {
+    local pid=$1 i
+    for i in $(seq 1 600); do
+        (($(pgrep -P "$pid" | wc -l) <= 1)) && return 0
+        sleep 0.1
+    done
+    echo "scale.sh: old workers of $pid still running after 60 s" >&2
+}
 
 RESULTS=$DIR/results.tsv
 printf 'target\tservices\tready_s\trss_idle_mb\tcpu_idle_pct\tflip_median_ms\tflip_max_ms\trss_reloads_mb\tfirst_p50_us\tfirst_p99_us\tlast_p50_us\tlast_p99_us\twild_p50_us\twild_p99_us\tmetrics_idle_kb\tmetrics_100_kb\tcheck_s\tcheck_mb\n' >"$RESULTS"
@@ -167,8 +204,9 @@ run_one() {
     local rss_idle=$(($(rss_kb "$pid") / 1024))
     # CPU the proxy spends with no traffic at all: tickers, the guard.
     local t0 t1
-    t0=$(cpu_ticks "$pid"); sleep 5; t1=$(cpu_ticks "$pid")
-    local cpu_idle=$(((t1 - t0) * 100 / $(getconf CLK_TCK) / 5))
+    t0=$(cpu_ticks "$pid"); sleep "$IDLE_CPU_SECONDS"; t1=$(cpu_ticks "$pid")
+    local cpu_idle
+    cpu_idle=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$IDLE_CPU_SECONDS" 'BEGIN { printf "%.1f", t * 100 / hz / s }')
     local metrics_idle="" metrics_100="" check_s="" check_mb=""
     if [[ $target == veer ]]; then
         metrics_idle=$(($(curl -s "http://127.0.0.1:$ADMIN/metrics" | wc -c) / 1024))
@@ -180,6 +218,7 @@ run_one() {
     local flips
     flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | median_max) || flips="err err"
     sleep 3
+    [[ $target != veer ]] && settle_workers "$pid"
     local rss_reloads=$(($(rss_kb "$pid") / 1024))
     if [[ $target == veer ]]; then
         $PROBE traffic "$LISTEN" 100 1
@@ -211,7 +250,7 @@ if [[ $DOCS == 1 ]]; then
         echo "<!-- scale.sh -->"
         echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores (proxy pinned to CPU $PROXY_CPU, client and upstream to CPU $LOAD_CPU; other work was running on the machine, so compare within a row, not with other days)."
         echo
-        echo "| proxy | services | ready s | RSS idle MB | CPU idle % | one-weight change ms (median / max of $FLIPS) | RSS after $FLIPS reloads MB | p50/p99 µs first | p50/p99 µs last | p50/p99 µs wildcard | /metrics KB idle / 100 active | check s / MB |"
+        echo "| proxy | services | ready s | memory idle MB (PSS) | CPU idle % | one-weight change ms (median / max of $FLIPS) | memory after $FLIPS reloads MB (PSS) | p50/p99 µs first | p50/p99 µs last | p50/p99 µs wildcard | /metrics KB idle / 100 active | check s / MB |"
         echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         tail -n +2 "$RESULTS" | while IFS=$'\t' read -r t n r ri ci fm fx rr f5 f9 l5 l9 w5 w9 mi m1 cs cm; do
             m="—"; [[ -n $mi ]] && m="$mi / $m1"

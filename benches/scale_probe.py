@@ -8,6 +8,7 @@
         (a reload command, for proxies that need one), and times until HOST
         answers with the version the new file gives all the weight to (A
         sends everything to canary, B to stable); prints one time per line, ms
+        ("timeout" for a round not done within FLIP_TIMEOUT seconds, 60)
     scale_probe.py latency PORT HOST N
         N sequential GETs on one keep-alive connection; prints p50 p99 in µs
     scale_probe.py traffic PORT COUNT FIRST
@@ -58,7 +59,11 @@ def flip(port, host, dest, a, b, rounds, cmd):
         os.replace(tmp, dest)
         if cmd:
             subprocess.run(cmd, shell=True, check=True)
-        deadline = start + 30
+        # A large config on a loaded machine can take NGINX or HAProxy long
+        # to re-read: a round past the limit is printed as "timeout" and the
+        # next round goes on (the caller counts them).
+        deadline = start + float(os.environ.get("FLIP_TIMEOUT", "60"))
+        timed_out = False
         while True:
             try:
                 _, body = get(port, host)
@@ -67,9 +72,14 @@ def flip(port, host, dest, a, b, rounds, cmd):
             except OSError:
                 pass
             if time.perf_counter() > deadline:
-                print("timeout")
-                sys.exit(1)
-        print(f"{(time.perf_counter() - start) * 1000:.1f}")
+                timed_out = True
+                break
+            time.sleep(0.001)
+        if timed_out:
+            print("timeout", flush=True)
+            time.sleep(1.0)
+            continue
+        print(f"{(time.perf_counter() - start) * 1000:.1f}", flush=True)
         # Let the proxy settle (old workers exit, windows tick) between flips.
         time.sleep(1.0)
 

@@ -401,6 +401,9 @@ pub struct RolloutReport {
     /// The least running time of the whole rollout; `null` with a manual step.
     pub min_total_ms: Option<u64>,
     pub paused: bool,
+    /// Why it is paused, in words (kept across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
     /// The candidate's share at this step (100 once completed).
     pub percent: u32,
     pub revision: String,
@@ -504,6 +507,7 @@ mod tests {
                     min_remaining_ms: Some(119_000),
                     min_total_ms: Some(120_000),
                     paused: false,
+                    pause_reason: None,
                     percent: 10,
                     revision: "2".into(),
                     state: RolloutOutcome::RolledBack,

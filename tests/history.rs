@@ -4,7 +4,9 @@
 //! one; manual weights, a blue-green switch and a rollback are records of
 //! their own, bounded to `history.keep`; the records survive a restart;
 //! `veer history` prints them as a table or JSON; the rollout metrics count
-//! the outcomes; an unknown service is a 404 (and exit 1).
+//! the outcomes; an unknown service is a 404 (and exit 1). A pause — an
+//! operator's or a check's — is a record with its reason, and the reason
+//! outlives a restart in `/status` and `veer status`.
 //!
 //! Nothing here asserts a time: every wait is a poll with a generous deadline.
 
@@ -16,7 +18,8 @@ use serde_json::Value;
 use support::binary::VeerProcess;
 use support::client::{get, http1_client, send, HttpClient};
 use support::release::{
-    admin_of, at, output_text, paced_load, v, veer, veer_ok, wait_web_at, web_yaml, BIN, LIMIT,
+    admin_of, admin_post, at, output_text, paced_load, status_at, v, veer, veer_ok, wait_web_at,
+    web, web_yaml, BIN, LIMIT,
 };
 use support::upstream::Upstream;
 
@@ -297,6 +300,14 @@ async fn weights_a_switch_and_a_rollback_are_records_bounded_to_keep() {
     // A refused change leaves no record.
     let out = veer(&["weights", "web", "nope=1", "--admin", &url]).await;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let out = veer(&["pause", "web", "--reason", "freeze", "--admin", &url]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "veer: pause refused (409 Conflict): service `web` has no rollout in progress to pause\n",
+        "{}",
+        output_text(&out)
+    );
     veer_ok(&["rollback", "web", "--admin", &url], 0).await;
     let (_, body) = history(&client, admin, "web").await;
     assert_eq!(kinds(&body), ["rollback", "switch", "weights"], "{body:#}");
@@ -376,4 +387,186 @@ async fn history_keep_is_checked() {
         "{}",
         output_text(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_pause_is_a_record_with_its_reason_kept_across_a_restart() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let blocks =
+        format!("{GUARD}    rollout: {{ candidate: canary, steps: [50, 100], hold: 1h }}\n");
+    let yaml = web_yaml(
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
+        &blocks,
+        Some(state_dir.path()),
+    );
+    let client = http1_client();
+    let mut first = VeerProcess::start(BIN, &yaml);
+    let admin = admin_of(&first);
+    let url = format!("http://{admin}");
+
+    // A body that is not a reason is refused, and nothing is paused.
+    for (body, words) in [
+        (
+            serde_json::json!({"why": "freeze"}),
+            "a pause's body is `{\"reason\": \"why\"}` or nothing: unknown field `why`",
+        ),
+        (
+            serde_json::json!({"reason": 3}),
+            "a pause's body is `{\"reason\": \"why\"}` or nothing: invalid type: integer `3`",
+        ),
+    ] {
+        let answer = admin_post(&client, admin, "/services/web/pause", Some(body)).await;
+        assert_eq!(answer.status, 400, "{}", answer.text());
+        assert!(
+            answer.text().contains(words),
+            "{words:?} in {}",
+            answer.text()
+        );
+    }
+    assert_eq!(
+        web(&status_at(&client, admin).await)["rollout"]["paused"],
+        false
+    );
+
+    veer_ok(
+        &[
+            "pause",
+            "web",
+            "--reason",
+            "release freeze",
+            "--admin",
+            &url,
+        ],
+        0,
+    )
+    .await;
+    let (_, body) = history(&client, admin, "web").await;
+    assert_eq!(kinds(&body), ["pause", "rollout"], "{body:#}");
+    let pause = &records(&body)[0];
+    assert_eq!(pause["actor"], "admin", "{pause:#}");
+    assert_eq!(
+        pause["reason"], "by an operator: release freeze",
+        "{pause:#}"
+    );
+    assert_eq!(pause["version"], "canary");
+    assert_eq!(pause["revision"], "1.2.0");
+    let entry = web(&status_at(&client, admin).await).clone();
+    assert_eq!(
+        entry["rollout"]["pause_reason"], "by an operator: release freeze",
+        "{entry:#}"
+    );
+
+    // After a restart the reason is still there.
+    first.signal("TERM");
+    assert!(first.wait_exit(LIMIT).await.is_some(), "veer did not stop");
+    let second = VeerProcess::start(BIN, &yaml);
+    let admin = admin_of(&second);
+    let url = format!("http://{admin}");
+    let entry = web(&status_at(&client, admin).await).clone();
+    assert_eq!(entry["rollout"]["paused"], true, "{entry:#}");
+    assert_eq!(
+        entry["rollout"]["pause_reason"], "by an operator: release freeze",
+        "{entry:#}"
+    );
+    let out = veer_ok(&["status", "web", "--admin", &url], 0).await;
+    assert!(
+        stdout(&out).contains("(paused: by an operator: release freeze)"),
+        "{}",
+        output_text(&out)
+    );
+    let out = veer_ok(&["history", "web", "--admin", &url], 0).await;
+    let table = stdout(&out);
+    let row = table.lines().nth(1).unwrap_or_default();
+    for word in ["pause", "canary", "admin", "by an operator: release freeze"] {
+        assert!(row.contains(word), "`{word}` in {row:?}\n{table}");
+    }
+
+    // A resume of the paused rollout is a record too, and clears the reason.
+    veer_ok(&["resume", "web", "--admin", &url], 0).await;
+    let (_, body) = history(&client, admin, "web").await;
+    assert_eq!(kinds(&body), ["resume", "pause", "rollout"], "{body:#}");
+    let entry = web(&status_at(&client, admin).await).clone();
+    assert_eq!(entry["rollout"]["paused"], false, "{entry:#}");
+    assert!(entry["rollout"].get("pause_reason").is_none(), "{entry:#}");
+    // A pause with no reason says who.
+    veer_ok(&["pause", "web", "--admin", &url], 0).await;
+    let (_, body) = history(&client, admin, "web").await;
+    assert_eq!(records(&body)[0]["reason"], "by an operator", "{body:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checks_pause_is_a_record_and_its_reason_survives_a_restart() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let down = support::raw::closed_port();
+    let blocks = format!(
+        "{GUARD}    rollout:\n\
+         \x20     candidate: canary\n\
+         \x20     steps: [50, 100]\n\
+         \x20     hold: 1h\n\
+         \x20     checks:\n\
+         \x20       - name: conversion\n\
+         \x20         web: {{ url: 'http://{down}/ratio', field: data.ratio }}\n\
+         \x20         max: 0.02\n\
+         \x20         interval: 1s\n\
+         \x20         timeout: 500ms\n\
+         \x20         inconclusive_limit: 2\n"
+    );
+    let yaml = web_yaml(
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
+        &blocks,
+        Some(state_dir.path()),
+    );
+    let client = http1_client();
+    let mut first = VeerProcess::start(BIN, &yaml);
+    let admin = admin_of(&first);
+    let paused = wait_web_at(&client, admin, LIMIT, "the check pauses the rollout", |w| {
+        w["rollout"]["paused"] == true
+    })
+    .await;
+    let reason = paused["rollout"]["pause_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.starts_with("check `conversion` was inconclusive 2 times in a row (http://")
+            && reason.contains("/ratio unreachable: ")
+            && reason.ends_with("; fix what the check reads, then `veer resume web`"),
+        "{paused:#}"
+    );
+    let (_, body) = history(&client, admin, "web").await;
+    assert_eq!(kinds(&body), ["pause", "rollout"], "{body:#}");
+    let pause = &records(&body)[0];
+    assert_eq!(pause["actor"], "check", "{pause:#}");
+    assert_eq!(pause["reason"], reason.as_str(), "{pause:#}");
+
+    first.signal("TERM");
+    assert!(first.wait_exit(LIMIT).await.is_some(), "veer did not stop");
+    let second = VeerProcess::start(BIN, &yaml);
+    let admin = admin_of(&second);
+    let entry = web(&status_at(&client, admin).await).clone();
+    assert_eq!(entry["rollout"]["paused"], true, "{entry:#}");
+    assert_eq!(
+        entry["rollout"]["pause_reason"],
+        reason.as_str(),
+        "{entry:#}"
+    );
+    let url = format!("http://{admin}");
+    let out = veer_ok(&["status", "web", "--admin", &url], 0).await;
+    assert!(
+        stdout(&out).contains(&format!("(paused: {reason})")),
+        "{}",
+        output_text(&out)
+    );
+    let (_, again) = history(&client, admin, "web").await;
+    assert_eq!(kinds(&again), ["pause", "rollout"], "{again:#}");
 }

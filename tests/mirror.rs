@@ -2,7 +2,8 @@
 //! reach the shadow with their bodies and the shadow header, and a body over
 //! the cap is not mirrored while the live one streams whole; a shadow that
 //! hangs leaves live answers alone while copies beyond the budget are dropped
-//! and counted; a shadow stage fails a candidate that answers 500 to a fifth
+//! and counted; a shadow that refuses connections is rested rather than
+//! tried for every request; a shadow stage fails a candidate that answers 500 to a fifth
 //! of the copies before it gets a single live request (latch, `veer wait`
 //! exit 1), and passes a healthy one to its first live step; on a route
 //! marked deterministic, the same status with other bytes is a mismatch; bad
@@ -271,6 +272,40 @@ async fn a_hanging_shadow_leaves_live_answers_alone() {
     f.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_is_down_is_rested_not_tried_for_every_request() {
+    let stable = Upstream::start("stable").await;
+    let down = support::raw::closed_port();
+    const REQUESTS: u64 = 200;
+    let yaml = web_yaml(
+        &[v("stable", stable.addr(), 100), v("canary", down, 0)],
+        "    mirror: { version: canary, concurrency: 4 }\n",
+        None,
+    );
+    let f = Fixture::start(&yaml).await;
+    for _ in 0..REQUESTS {
+        let got = send(&f.client, get(&f.url("/"), None)).await;
+        assert_eq!((got.status.as_u16(), got.upstream()), (200, Some("stable")));
+    }
+    // Every copy is either tried and failed, or dropped while the shadow
+    // rests; far fewer are tried than requests made.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while mirrored(&f, "failed").await + mirrored(&f, "dropped").await < REQUESTS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies not all accounted for within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed = mirrored(&f, "failed").await;
+    assert!(
+        failed < REQUESTS / 2,
+        "{failed} of {REQUESTS} copies were tried on a shadow that refuses them"
+    );
+    assert_eq!(mirrored(&f, "sent").await, 0);
+    f.shutdown().await;
+}
+
 /// The guard and a rollout that starts with a shadow stage of `hold`.
 fn shadow_rollout(hold: &str) -> String {
     format!(
@@ -278,6 +313,26 @@ fn shadow_rollout(hold: &str) -> String {
          \x20   mirror: {{ version: canary }}\n\
          \x20   rollout: {{ candidate: canary, steps: [50, 100], hold: 1h, shadow: {{ hold: {hold}, max_mismatch_rate: 0.05, max_latency_ratio: 20 }} }}\n"
     )
+}
+
+/// `web`'s release history, newest first.
+async fn history(f: &Fixture) -> Vec<Value> {
+    let answer = send(
+        &f.client,
+        get(&format!("{}/services/web/history", f.admin_url()), None),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body: Value = serde_json::from_slice(&answer.body).expect("history is JSON");
+    body["records"].as_array().cloned().expect("records")
+}
+
+/// The rollout's record in `records`.
+fn rollout_record(records: &[Value]) -> &Value {
+    records
+        .iter()
+        .find(|r| r["kind"] == "rollout")
+        .unwrap_or_else(|| panic!("no rollout record in {records:#?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,6 +396,33 @@ async fn a_shadow_failing_a_fifth_of_copies_never_serves_a_user() {
         mirrored(&f, "sent").await + mirrored(&f, "failed").await,
         sent
     );
+
+    // The history: the rollout rolled back at its shadow stage, the stage's
+    // pairs with it, and the trip.
+    let records = history(&f).await;
+    let rollout = rollout_record(&records);
+    assert_eq!(rollout["outcome"], "rolled_back", "{rollout:#}");
+    assert_eq!(rollout["reason"], "shadow_mismatch", "{rollout:#}");
+    let steps = rollout["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "never left the shadow stage: {rollout:#}");
+    assert_eq!(steps[0]["percent"], 0);
+    let stage = &steps[0]["shadow"];
+    assert_eq!(stage["version"], "canary", "{rollout:#}");
+    assert!(stage["pairs"].as_u64() >= Some(20), "{stage:#}");
+    assert!(stage["mismatch_rate"].as_f64() > Some(0.05), "{stage:#}");
+    assert!(stage["copies"]["sent"].as_u64() > Some(0), "{stage:#}");
+    assert!(
+        stage["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("bad: shadow_mismatch ")),
+        "{stage:#}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "trip" && r["reason"] == "shadow_mismatch"),
+        "{records:#?}"
+    );
     f.shutdown().await;
 }
 
@@ -376,6 +458,38 @@ async fn a_healthy_shadow_passes_to_the_first_live_step() {
         samples.iter().all(|s| s.record.starts_with("200 ")),
         "{:?}",
         tally(&samples)
+    );
+    // The history: the shadow stage, left for the first live step with its
+    // healthy pairs.
+    let records = history(&f).await;
+    let rollout = rollout_record(&records);
+    assert_eq!(rollout["outcome"], "in_progress", "{rollout:#}");
+    let steps = rollout["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{rollout:#}");
+    assert_eq!(
+        (&steps[0]["percent"], &steps[0]["left_by"]),
+        (&Value::from(0), &Value::from("rollout")),
+        "{rollout:#}"
+    );
+    let stage = &steps[0]["shadow"];
+    assert_eq!(stage["verdict"], "healthy", "{rollout:#}");
+    assert_eq!(stage["mismatches"], 0, "{stage:#}");
+    assert!(stage["pairs"].as_u64() >= Some(20), "{stage:#}");
+    assert!(steps[1].get("shadow").is_none(), "a live step: {rollout:#}");
+    let out = tokio::process::Command::new(support::release::BIN)
+        .args(["history", "web", "--admin", &f.admin_url()])
+        .output()
+        .await
+        .expect("veer history runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("      shadow stage: canary ") && table.contains("0.00% mismatched"),
+        "{table}"
+    );
+    assert!(table.contains(" sent, 0 dropped, "), "{table}");
+    assert!(
+        table.trim_end().lines().any(|l| l.ends_with("; healthy")),
+        "{table}"
     );
     f.shutdown().await;
 }

@@ -3,8 +3,10 @@
 //! the strict Content-Security-Policy, `nosniff`, no framing and no caching;
 //! the page names nothing outside its origin and carries no inline script
 //! or style; unknown assets are 404; and the actions it sends are refused
-//! without the token when one is configured. (The page in a browser:
-//! tests/page_browser.rs, feature `browser-tests`.)
+//! without the token when one is configured. The fields the page reads to
+//! show a mirror, a shadow stage, a pause's reason and a shadow stage's
+//! history are the ones `/status` and the history send. (The page in a
+//! browser: tests/page_browser.rs, feature `browser-tests`.)
 
 mod support;
 
@@ -170,4 +172,121 @@ async fn the_demo_prints_the_pages_address_first() {
             && first.ends_with('/'),
         "{text}"
     );
+}
+
+/// The page draws the mirror panel, the shadow-stage badge, the pause's
+/// reason and the shadow step of the history from these fields: each is
+/// read by the script, and sent by the admin API under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reads_the_mirror_shadow_stage_and_pause_fields_the_api_sends() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let yaml = web_yaml(
+        &[
+            v("stable", stable.addr(), 100),
+            v("canary", canary.addr(), 0),
+        ],
+        "    guard: { baseline: stable, interval: 200ms, window: 5s, min_requests: 5, max_error_rate: 0.5 }\n\
+         \x20   mirror: { version: canary }\n\
+         \x20   rollout: { candidate: canary, steps: [50, 100], hold: 1h, shadow: { hold: 1h, max_mismatch_rate: 0.05 } }\n",
+        None,
+    );
+    let (_running, proxy, admin) = start_with_admin(&yaml, None).await;
+    let client = http1_client();
+    let script = send(&client, get(&format!("http://{admin}/page/app.js"), None))
+        .await
+        .text();
+    let status = |client: support::client::HttpClient| async move {
+        let answer = send(&client, get(&format!("http://{admin}/status"), None)).await;
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+        body["services"][0].clone()
+    };
+
+    // In the shadow stage, with copies sent.
+    let mut web = status(client.clone()).await;
+    for _ in 0..200 {
+        let answer = send(&client, get(&format!("http://{proxy}/"), None)).await;
+        assert_eq!(answer.status, 200);
+        web = status(client.clone()).await;
+        if web["mirror"]["pairs"].as_u64() >= Some(5) {
+            break;
+        }
+    }
+    let mirror = &web["mirror"];
+    let rollout = &web["rollout"];
+    assert_eq!(
+        (&rollout["step"], &rollout["percent"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "the shadow stage: {web:#}"
+    );
+    for field in [
+        "version",
+        "percent",
+        "copies",
+        "in_flight",
+        "pairs",
+        "window_seconds",
+        "mismatch_rate",
+        "body_mismatches",
+        "latency_ratio_p95",
+        "live_errors",
+        "verdict",
+    ] {
+        assert!(
+            mirror.get(field).is_some(),
+            "/status mirror.{field}: {web:#}"
+        );
+        assert!(
+            script.contains(&format!("m.{field}")),
+            "the page reads mirror.{field}"
+        );
+    }
+    for result in ["sent", "dropped", "failed", "skipped"] {
+        assert!(
+            mirror["copies"].get(result).is_some(),
+            "copies.{result}: {web:#}"
+        );
+        assert!(
+            script.contains(&format!("'{result}'")),
+            "the page shows {result}"
+        );
+    }
+    assert!(mirror["verdict"].is_string(), "{web:#}");
+    assert!(script.contains("Shadow stage in progress: "));
+
+    // A pause with a reason.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{admin}/services/web/pause"))
+        .header("content-type", "application/json")
+        .body(support::client::full(
+            r#"{"reason": "look at the pairs"}"#.to_string(),
+        ))
+        .expect("request");
+    let answer = send(&client, request).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let web = status(client.clone()).await;
+    assert_eq!(
+        web["rollout"]["pause_reason"], "by an operator: look at the pairs",
+        "{web:#}"
+    );
+    assert!(script.contains("r.pause_reason"));
+
+    // The history's pause record and its reason.
+    let answer = send(
+        &client,
+        get(&format!("http://{admin}/services/web/history"), None),
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(body["records"][0]["kind"], "pause", "{body:#}");
+    assert_eq!(
+        body["records"][0]["reason"], "by an operator: look at the pairs",
+        "{body:#}"
+    );
+    assert!(script.contains("r.reason"));
+    // A shadow step's pairs, as the page reads them.
+    for field in ["s.shadow", "p.pairs", "p.mismatch_rate", "p.verdict"] {
+        assert!(script.contains(field), "the page reads {field}");
+    }
 }

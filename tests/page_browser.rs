@@ -8,6 +8,9 @@
 //! without the token an action is refused, with the token typed into the
 //! page `Resume` and `Rollback` act (checked through `/status`); the browser
 //! console holds no Content-Security-Policy violation or script error.
+//! A second release starts with a shadow stage: the page shows the mirror's
+//! copies and pairs and the stage in progress, a pause's reason, and once the
+//! shadow fails, the history's rollout row with the stage's pairs.
 //! Screenshots go to `target/page-screenshots/` (or `VEER_PAGE_ARTIFACTS`).
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`;
@@ -341,6 +344,138 @@ async fn the_page_shows_a_release_escapes_names_and_acts_only_with_the_token() {
     let bad: Vec<&String> = log
         .iter()
         .filter(|line| !line.contains("401"))
+        .filter(|line| {
+            line.contains("SEVERE")
+                || line.contains("Content Security Policy")
+                || line.contains("Refused to")
+        })
+        .collect();
+    assert!(bad.is_empty(), "console errors: {bad:#?}\nall: {log:#?}");
+    let _ = page.close().await;
+    let _ = load.finish().await;
+}
+
+/// A service that mirrors to its candidate in a shadow stage: the page
+/// shows the copies, the pairs and the stage; a pause's reason; a failing
+/// shadow's rolled-back rollout with the stage's pairs in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_mirror_a_shadow_stage_and_a_pauses_reason() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let yaml = format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n\
+         admin:\n  address: \"127.0.0.1:0\"\n\
+         services:\n  - name: web\n    versions:\n\
+         \x20     - {{ name: stable, revision: \"1.1.0\", endpoints: [\"{stable}\"], weight: 100 }}\n\
+         \x20     - {{ name: canary, revision: \"1.2.0\", endpoints: [\"{canary}\"], weight: 0 }}\n\
+         \x20   guard: {{ baseline: stable, interval: 200ms, window: 5s, min_requests: 20, consecutive: 2, max_error_rate: 0.5 }}\n\
+         \x20   mirror: {{ version: canary }}\n\
+         \x20   rollout: {{ candidate: canary, steps: [50, 100], hold: 1h, shadow: {{ hold: 1h, max_mismatch_rate: 0.05 }} }}\n",
+        stable = stable.addr(),
+        canary = canary.addr(),
+    );
+    let client = http1_client();
+    let veer = VeerProcess::start(BIN, &yaml);
+    let admin = admin_of(&veer);
+    let proxy = veer.listener(support::config::LISTENER);
+    let load = paced_load(
+        client.clone(),
+        format!("http://{proxy}/"),
+        60,
+        6_000,
+        Duration::from_secs(60),
+    )
+    .start(support::load::status_and_upstream);
+
+    let driver = start_driver(&client).await;
+    let page = browser(&driver).await;
+    page.goto(&format!("http://{admin}/"))
+        .await
+        .expect("open the page");
+
+    until(
+        &page,
+        "the shadow stage",
+        "const v = document.querySelector('section.service .mirror-verdict');\
+         return v && v.textContent.startsWith('Shadow stage in progress: canary takes no live request');",
+    )
+    .await;
+    until(
+        &page,
+        "copies sent",
+        "const d = document.querySelector('.mirror dd[data-field=sent]');\
+         return d && Number(d.textContent) > 0;",
+    )
+    .await;
+    let title = page
+        .execute(
+            "return document.querySelector('section.service .mirror-title').textContent;",
+            vec![],
+        )
+        .await
+        .expect("mirror title");
+    // Copies in flight at that moment, if any, follow in brackets.
+    assert!(
+        title
+            .as_str()
+            .is_some_and(|t| t.starts_with("Mirror: 100 % of requests copied to canary")),
+        "{title}"
+    );
+    until(
+        &page,
+        "the shadow badge",
+        "return [...document.querySelectorAll('section.service h2 .badge')].some(b => b.textContent === 'shadow stage');",
+    )
+    .await;
+    screenshot(&page, "4-shadow-stage").await;
+
+    // A pause with its reason, on the page and in the history.
+    let pause = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://{admin}/services/web/pause"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(support::client::full(
+            json!({"reason": "pairs look odd"}).to_string(),
+        ))
+        .expect("pause request");
+    assert_eq!(send(&client, pause).await.status, 200);
+    until(
+        &page,
+        "the pause's reason",
+        "return document.querySelector('section.service .rollout').textContent.includes('paused: by an operator: pairs look odd');",
+    )
+    .await;
+    until(
+        &page,
+        "the pause row",
+        "const r = document.querySelector('tr.record[data-kind=pause]');\
+         return r && r.textContent.includes('by an operator: pairs look odd');",
+    )
+    .await;
+    let resume = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://{admin}/services/web/resume"))
+        .body(support::client::empty())
+        .expect("resume request");
+    assert_eq!(send(&client, resume).await.status, 200);
+
+    // The shadow fails: rolled back before a user saw it, with the pairs.
+    canary.set_fail_ratio(0.5);
+    until(
+        &page,
+        "the failed shadow stage in the history",
+        "const r = [...document.querySelectorAll('tr.record[data-kind=rollout]')]\
+           .find(r => r.textContent.includes('rolled back'));\
+         return r && r.textContent.includes('shadow (') && r.textContent.includes('bad: shadow_mismatch');",
+    )
+    .await;
+    screenshot(&page, "5-shadow-failed").await;
+    let after = web_status(&client, admin).await;
+    assert_eq!(after["rollout"]["state"], "rolled_back", "{after:#}");
+
+    let log = console(&client, &driver, &page).await;
+    let bad: Vec<&String> = log
+        .iter()
         .filter(|line| {
             line.contains("SEVERE")
                 || line.contains("Content Security Policy")

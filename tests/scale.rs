@@ -390,3 +390,61 @@ fn telemetry_settings_are_checked() {
         Some(vec![Duration::from_micros(2500), Duration::from_secs(1)])
     );
 }
+
+/// The guard skips a quiet version after judging it once, and the health
+/// tick looks at ejected endpoints only: neither may cost a service its
+/// protection. Many idle services, several guard intervals with no traffic
+/// at all; then one canary goes bad and is still tripped, its windows the
+/// only ones allocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_many_idle_ticks_the_guard_still_trips_a_canary_that_goes_bad() {
+    within(Duration::from_secs(60), "idle guard", async {
+        let up = Upstream::start("up").await;
+        let yaml = config(200, &[(0, up.addr())], "", 10);
+        let (proxy, addr, _admin) = start_with_admin(&yaml, None).await;
+        let control = proxy.control();
+        // Every quiet canary is judged once: "insufficient data".
+        support::wait_until(Duration::from_secs(20), "first verdicts", || {
+            [0, 100, 199].iter().all(|i| {
+                control.verdict(&format!("svc-{i}"), "canary").as_deref()
+                    == Some("insufficient data: 0/50 requests")
+            })
+        })
+        .await;
+        // Several guard intervals (1 s) of nothing.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(
+            control.verdict("svc-100", "canary").as_deref(),
+            Some("insufficient data: 0/50 requests"),
+            "a quiet canary keeps its verdict"
+        );
+
+        up.set_fail_ratio(1.0);
+        let client = http1_client();
+        let mut sent = 0;
+        while control.snapshot().services[0].versions[1].weight != 0 {
+            assert!(sent < 5_000, "no trip after {sent} failing requests");
+            assert_eq!(through(&client, addr, "svc-0.example.com").await.0, 500);
+            sent += 1;
+            if sent % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let snapshot = control.snapshot();
+        assert!(snapshot.services[0].versions[1].latched, "the trip latched");
+        let verdict = control.verdict("svc-0", "canary").unwrap_or_default();
+        assert!(verdict.starts_with("bad: error_rate"), "{verdict}");
+        for service in &snapshot.services[1..] {
+            for version in &service.versions {
+                assert!(
+                    !version.stats.window().is_allocated(),
+                    "{} {} had no request and holds no window",
+                    service.name,
+                    version.name
+                );
+            }
+        }
+        proxy.shutdown().await;
+    })
+    .await;
+}

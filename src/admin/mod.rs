@@ -259,7 +259,10 @@ impl Admin {
                 Ok(status::service_rollout(&self.control, service))
             }
             Action::Pause(service) => {
-                self.control.pause(service).await?;
+                let reason = pause_reason(request).await?;
+                self.control
+                    .pause_because(service, crate::state::history::Actor::Admin, reason)
+                    .await?;
                 Ok(status::service_rollout(&self.control, service))
             }
             Action::Resume(service) => {
@@ -475,6 +478,40 @@ async fn read_json(request: Request<Incoming>) -> Refusable {
             format!("the body is not valid JSON: {err}"),
         )
     })
+}
+
+/// A pause's optional body, `{"reason": "..."}`: no body is a pause with
+/// no reason given.
+async fn pause_reason(request: Request<Incoming>) -> Result<Option<String>, Refusal> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|err| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            )
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        reason: Option<String>,
+    }
+    let parsed: Body = serde_json::from_slice(&body).map_err(|err| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("a pause's body is `{{\"reason\": \"why\"}}` or nothing: {err}"),
+        )
+    })?;
+    Ok(parsed
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .map(|r| format!("by an operator: {r}")))
 }
 
 /// Compares without an early exit, so the time taken does not tell an

@@ -236,6 +236,7 @@ pub fn rollout(
         min_remaining_ms: crate::rollout::min_remaining(progress, config).map(millis),
         min_total_ms: crate::rollout::min_total(config).map(millis),
         paused: progress.paused,
+        pause_reason: progress.pause_reason.clone().filter(|_| progress.paused),
         percent: crate::rollout::percent(config, progress),
         revision: progress.revision.clone(),
         state: progress.outcome,

@@ -228,6 +228,14 @@ impl CheckRunner {
             let Some(guard) = &service.guard else {
                 continue;
             };
+            // No checks, nothing to plan (the reports of checks a reload
+            // removed go below all the same): of thousands of services, most
+            // cost this pass nothing, and nothing is allocated for them.
+            if guard.checks.is_empty()
+                && service.rollout.as_ref().is_none_or(|r| r.checks.is_empty())
+            {
+                continue;
+            }
             let baseline = service.versions[guard.baseline].name.to_string();
             versions.insert(
                 Arc::clone(&service.name),
@@ -465,7 +473,14 @@ impl CheckRunner {
             "paused: check `{}` was inconclusive {limit} times in a row ({reason}); fix what the check reads, then `veer resume {service}`",
             key.check
         );
-        match self.control.pause(service).await {
+        // Kept with the pause without its leading "paused: ", which
+        // `/status` says already.
+        let why = words.strip_prefix("paused: ").map(str::to_string);
+        match self
+            .control
+            .pause_because(service, crate::state::history::Actor::Check, why)
+            .await
+        {
             Ok(()) => {
                 tracing::warn!(
                     service,

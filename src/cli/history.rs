@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::client::{AdminTarget, ClientError};
-use crate::state::history::{Figures, Record};
+use crate::state::history::{Figures, Record, ShadowFigures};
 
 #[derive(Debug, Deserialize)]
 struct Answer {
@@ -114,6 +114,9 @@ pub fn table(service: &str, records: &[Record]) -> String {
                 let _ = write!(text, "; {}", figures(f));
             }
             let _ = writeln!(out, "{text}");
+            if let Some(shadow) = &step.shadow {
+                let _ = writeln!(out, "      shadow stage: {}", pairs(shadow));
+            }
         }
         if record.steps.is_empty() && !record.figures.is_empty() {
             let shown: Vec<String> = record.figures.iter().map(figures).collect();
@@ -133,6 +136,24 @@ fn figures(f: &Figures) -> String {
         ms(f.p50_ms),
         ms(f.p95_ms),
         ms(f.p99_ms)
+    )
+}
+
+fn pairs(s: &ShadowFigures) -> String {
+    let ratio = s
+        .latency_ratio_p95
+        .map_or_else(|| "-".to_string(), |r| format!("{r:.2}"));
+    let copies = |result: &str| s.copies.get(result).copied().unwrap_or(0);
+    format!(
+        "{} {} pairs, {:.2}% mismatched, latency ratio p95 {ratio}; copies {} sent, {} dropped, {} failed, {} skipped; {}",
+        s.version,
+        s.pairs,
+        s.mismatch_rate * 100.0,
+        copies("sent"),
+        copies("dropped"),
+        copies("failed"),
+        copies("skipped"),
+        s.verdict
     )
 }
 

@@ -91,6 +91,10 @@ enum Command {
     /// Hold the rollout at its current step until `veer resume`.
     Pause {
         service: String,
+        /// Why, in words: kept with the pause, shown by `veer status` and
+        /// written in `veer history`.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -230,8 +234,15 @@ pub fn main() -> ExitCode {
         } => operator(&admin, |target| async move {
             history::show(&target, &service, json).await
         }),
-        Command::Pause { service, admin } => operator(&admin, |target| async move {
-            post_action(&target, &service, "pause").await
+        Command::Pause {
+            service,
+            reason,
+            admin,
+        } => operator(&admin, |target| async move {
+            match reason {
+                Some(reason) => pause_with_reason(&target, &service, &reason).await,
+                None => post_action(&target, &service, "pause").await,
+            }
         }),
         Command::Wait {
             service,
@@ -345,6 +356,23 @@ async fn post_action(
     } else {
         let action = action.split('?').next().unwrap_or(action);
         eprintln!("veer: {action} refused ({status}): {}", text.trim());
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn pause_with_reason(
+    target: &AdminTarget,
+    service: &str,
+    reason: &str,
+) -> Result<ExitCode, ClientError> {
+    let path = format!("/services/{service}/pause");
+    let body = serde_json::json!({ "reason": reason }).to_string();
+    let (status, text) = target.call(Method::POST, &path, Some(body)).await?;
+    if status.is_success() {
+        println!("{}", text.trim());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("veer: pause refused ({status}): {}", text.trim());
         Ok(ExitCode::from(1))
     }
 }

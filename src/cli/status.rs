@@ -237,8 +237,16 @@ pub fn rollout_line(r: &RolloutReport) -> String {
         }
     }
     line.push_str(&format!(", {}", crate::rollout::outcome_word(r.state)));
-    if r.paused {
-        line.push_str(" (paused)");
+    // A check's pause also leaves its words as the gate's while veer runs;
+    // said once.
+    let reason = r
+        .pause_reason
+        .as_deref()
+        .filter(|reason| r.gate.as_deref().is_none_or(|g| !g.contains(reason)));
+    match (r.paused, reason) {
+        (true, Some(reason)) => line.push_str(&format!(" (paused: {reason})")),
+        (true, None) => line.push_str(" (paused)"),
+        _ => {}
     }
     if let Some(gate) = &r.gate {
         line.push_str(&format!("; {gate}"));

@@ -357,6 +357,7 @@ mod tests {
             min_remaining_ms,
             min_total_ms: Some(30_000),
             paused: false,
+            pause_reason: None,
             percent: 10,
             revision: "2".into(),
             state: RolloutOutcome::InProgress,

@@ -76,6 +76,9 @@ pub(super) enum Command {
     },
     Pause {
         service: String,
+        /// An operator, or a check that could not judge the candidate.
+        by: Who,
+        reason: Option<String>,
         reply: Reply<()>,
     },
     Promote {
@@ -414,7 +417,12 @@ impl Actor {
                 Ok(cleared) => Effect::durable(true, ack(reply, Ok(cleared))),
                 Err(refused) => Effect::answered(ack(reply, Err(refused))),
             },
-            Command::Pause { service, reply } => match self.pause(&service) {
+            Command::Pause {
+                service,
+                reason,
+                reply,
+                ..
+            } => match self.pause(&service, reason) {
                 // Pausing changes no weight: nothing to publish.
                 Ok(()) => Effect::durable(false, ack(reply, Ok(()))),
                 Err(refused) => Effect::answered(ack(reply, Err(refused))),
@@ -697,15 +705,16 @@ impl Actor {
         Ok(layer.unwrap_or(0))
     }
 
-    fn pause(&mut self, service: &str) -> Result<(), ControlError> {
+    fn pause(&mut self, service: &str, reason: Option<String>) -> Result<(), ControlError> {
         self.service(service)?;
-        let paused = self
+        let mut paused = self
             .layer
             .services
             .get(service)
             .and_then(|l| l.rollout.as_ref())
             .and_then(crate::rollout::pause)
             .ok_or_else(|| ControlError::NothingToPause(service.to_string()))?;
+        paused.pause_reason = Some(reason.unwrap_or_else(|| "by an operator".to_string()));
         if let Some(own) = Arc::make_mut(&mut self.layer).services.get_mut(service) {
             own.rollout = Some(paused);
         }
@@ -938,6 +947,7 @@ impl Actor {
                 weights_after: snapshot_weights(service),
                 now_ms: unix,
                 keep: config.history.keep,
+                shadow: crate::history::shadow_figures(service),
             };
             let figures = |version: &str| {
                 service
@@ -1049,8 +1059,8 @@ fn observed(command: &Command) -> Option<(Who, Option<Vec<String>>)> {
     Some(match command {
         Command::SetWeights { service, .. }
         | Command::Rollback { service, .. }
-        | Command::Resume { service, .. }
-        | Command::Pause { service, .. } => (Who::Admin, Some(vec![service.clone()])),
+        | Command::Resume { service, .. } => (Who::Admin, Some(vec![service.clone()])),
+        Command::Pause { service, by, .. } => (*by, Some(vec![service.clone()])),
         Command::Promote { service, by, .. } => (*by, Some(vec![service.clone()])),
         Command::Complete { service, .. } => (Who::Rollout, Some(vec![service.clone()])),
         // A trip's latch says whether a check or the guard asked.
@@ -1094,6 +1104,7 @@ fn record_start(config: &Config, loaded: &PersistedState, layer: &mut PersistedS
             weights_after: BTreeMap::new(),
             now_ms: unix,
             keep: config.history.keep,
+            shadow: None,
         };
         crate::history::observe(&change, state, &|_| None);
     }

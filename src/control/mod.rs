@@ -410,8 +410,23 @@ impl Control {
 
     /// Holds the rollout at its current step until `resume`.
     pub async fn pause(&self, service: &str) -> Result<(), ControlError> {
+        self.pause_because(service, crate::state::history::Actor::Admin, None)
+            .await
+    }
+
+    /// Holds the rollout at its current step until `resume`, saying who and
+    /// why: the reason is persisted with the pause (`/status` still shows it
+    /// after a restart) and written in the history's pause record.
+    pub async fn pause_because(
+        &self,
+        service: &str,
+        by: crate::state::history::Actor,
+        reason: Option<String>,
+    ) -> Result<(), ControlError> {
         self.ask(|reply| Command::Pause {
             service: service.to_string(),
+            by,
+            reason,
             reply,
         })
         .await?

@@ -138,6 +138,7 @@ mod tests {
             step_entered_unix_ms: 1,
             held_ms,
             paused: false,
+            pause_reason: None,
             outcome,
         }
     }

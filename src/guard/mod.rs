@@ -6,6 +6,11 @@
 //! One task ticks every 100 ms and judges each service when its own
 //! `guard.interval` has passed. A trip needs `consecutive` bad verdicts in a
 //! row; fewer than `min_requests` in the window is no verdict at all.
+//!
+//! A pass costs what had traffic: a version whose window holds no request
+//! (two atomic loads tell) is judged once when it goes quiet, and then
+//! skipped until its next request, so thousands of idle services cost the
+//! tick next to nothing, and nothing is allocated or formatted for them.
 
 pub mod methods;
 pub mod shadow;
@@ -24,12 +29,15 @@ use webhook::Webhooks;
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// (service, version, revision), shared with the snapshot: no allocation.
+type VersionKey = (Arc<str>, Arc<str>, Arc<str>);
+
 pub struct GuardRunner {
     control: Arc<Control>,
     webhooks: Webhooks,
     /// Bad verdicts in a row, per (service, version, revision).
-    streaks: HashMap<(String, String, String), u32>,
-    last_judged: HashMap<String, Instant>,
+    streaks: HashMap<VersionKey, u32>,
+    last_judged: HashMap<Arc<str>, Instant>,
     shadows: shadow::ShadowJudge,
 }
 
@@ -74,21 +82,31 @@ impl GuardRunner {
             let Some(policy) = &service.guard else {
                 continue;
             };
-            let due = self
-                .last_judged
-                .get(&*service.name)
-                .is_none_or(|last| now.duration_since(*last) >= policy.interval);
-            if !due {
-                continue;
-            }
-            self.last_judged.insert(service.name.to_string(), now);
-            let baseline = &service.versions[policy.baseline];
-            let base_counts = baseline.stats.window().counts(elapsed, policy.window);
-            let base_figures = base_counts.figures();
             // In a fleet whose siblings send this service traffic, the
             // fleet's sum is judged too (after this replica's own figures,
             // the fast path): `min_requests` counts the whole fleet.
             let fleet = siblings.as_deref().filter(|s| s.has(&service.name));
+            // A shadow stage is judged on mirrored pairs, not on the window.
+            let shadowed = service.rollout.as_ref().is_some_and(|r| r.shadow.is_some());
+            let skips = |version: &crate::snapshot::VersionSnapshot| {
+                fleet.is_none() && !shadowed && version.stats.quiet_over(elapsed, policy.window)
+            };
+            let needs_look = service.versions.iter().enumerate().any(|(index, version)| {
+                index != policy.baseline && (!skips(version) || version.stats.quiet_is_new())
+            });
+            if !needs_look {
+                continue;
+            }
+            match self.last_judged.get_mut(&*service.name) {
+                Some(last) if now.duration_since(*last) < policy.interval => continue,
+                Some(last) => *last = now,
+                None => {
+                    self.last_judged.insert(Arc::clone(&service.name), now);
+                }
+            }
+            let baseline = &service.versions[policy.baseline];
+            let base_counts = baseline.stats.window().counts(elapsed, policy.window);
+            let base_figures = base_counts.figures();
             let fleet_base = fleet.map(|siblings| {
                 let mut counts = base_counts;
                 siblings.add_to(
@@ -103,10 +121,14 @@ impl GuardRunner {
                 if index == policy.baseline {
                     continue;
                 }
+                // Quiet and already judged so: the same verdict again.
+                if skips(version) && !version.stats.first_look_at_quiet() {
+                    continue;
+                }
                 let key = (
-                    service.name.to_string(),
-                    version.name.to_string(),
-                    version.revision.to_string(),
+                    Arc::clone(&service.name),
+                    Arc::clone(&version.name),
+                    Arc::clone(&version.revision),
                 );
                 if version.weight == 0 {
                     // Latched or given no traffic: nothing to judge, unless

@@ -36,8 +36,24 @@ pub struct HealthRunner {
     sender: HealthSender,
     probers: HashMap<(String, SocketAddr, Protocol), (HealthCheck, JoinHandle<()>)>,
     generation: u64,
+    /// The endpoints ejected (only this runner ejects) whose time is not up:
+    /// the tick looks at these, not at every endpoint of every service.
+    ejected: Vec<Ejected>,
     /// When each ejected endpoint came back, to forgive old ejections.
-    returned_at: HashMap<SocketAddr, u64>,
+    returned_at: HashMap<SocketAddr, Returned>,
+}
+
+struct Ejected {
+    endpoint: Arc<Endpoint>,
+    /// The ejecting service's `outlier_detection.max_ejection`, in ms: how
+    /// long back in service before the endpoint's ejections are forgiven.
+    forgive_after: u64,
+}
+
+struct Returned {
+    at: u64,
+    forgive_after: u64,
+    endpoint: Arc<Endpoint>,
 }
 
 impl HealthRunner {
@@ -49,6 +65,7 @@ impl HealthRunner {
             sender: sender.clone(),
             probers: HashMap::new(),
             generation: 0,
+            ejected: Vec::new(),
             returned_at: HashMap::new(),
         };
         (runner, sender)
@@ -90,34 +107,40 @@ impl HealthRunner {
         }
         let now = now_ms();
         let mut returned = false;
-        for version in snapshot.versions() {
-            for endpoint in &version.all_endpoints {
-                let until = endpoint.health.ejected_until_ms();
-                if until != 0 && until <= now {
-                    endpoint.health.return_from_ejection(now);
-                    self.returned_at.insert(endpoint.addr(), now);
-                    tracing::info!(endpoint = %endpoint.addr(), "ejection over: the endpoint is back in service");
-                    returned = true;
-                }
+        let returned_at = &mut self.returned_at;
+        self.ejected.retain(|ejected| {
+            let endpoint = &ejected.endpoint;
+            let until = endpoint.health.ejected_until_ms();
+            if until != 0 && until > now {
+                return true;
             }
-        }
+            if until != 0 {
+                endpoint.health.return_from_ejection(now);
+                tracing::info!(endpoint = %endpoint.addr(), "ejection over: the endpoint is back in service");
+                returned = true;
+            }
+            returned_at.insert(
+                endpoint.addr(),
+                Returned {
+                    at: now,
+                    forgive_after: ejected.forgive_after,
+                    endpoint: Arc::clone(endpoint),
+                },
+            );
+            false
+        });
         // Ejections are forgiven after a long stretch in service.
-        for service in &snapshot.services {
-            let forgive_after =
-                u64::try_from(service.outlier.max_ejection.as_millis()).unwrap_or(u64::MAX);
-            for version in &service.versions {
-                for endpoint in &version.all_endpoints {
-                    if let Some(&back) = self.returned_at.get(&endpoint.addr()) {
-                        if now.saturating_sub(back) >= forgive_after
-                            && endpoint.health.ejected_until_ms() == 0
-                        {
-                            endpoint.health.forgive();
-                            self.returned_at.remove(&endpoint.addr());
-                        }
-                    }
-                }
+        self.returned_at.retain(|_, back| {
+            if back.endpoint.health.ejected_until_ms() != 0 {
+                // Ejected again meanwhile: that ejection's return counts.
+                return false;
             }
-        }
+            if now.saturating_sub(back.at) >= back.forgive_after {
+                back.endpoint.health.forgive();
+                return false;
+            }
+            true
+        });
         if returned {
             self.control.republish();
         }
@@ -200,6 +223,11 @@ impl HealthRunner {
             .min(service.outlier.max_ejection);
         let until = now.saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
         endpoint.health.eject(until);
+        self.ejected.push(Ejected {
+            endpoint: Arc::clone(endpoint),
+            forgive_after: u64::try_from(service.outlier.max_ejection.as_millis())
+                .unwrap_or(u64::MAX),
+        });
         self.control.telemetry().count_ejection(
             service_name,
             &version.name,

@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::Service;
-use crate::snapshot::VersionSnapshot;
-use crate::state::history::{bound, Actor, Figures, Kind, Outcome, Record, Step};
+use crate::snapshot::{ServiceSnapshot, VersionSnapshot};
+use crate::state::history::{bound, Actor, Figures, Kind, Outcome, Record, ShadowFigures, Step};
 use crate::state::{Latch, RolloutOutcome, RolloutProgress, ServiceState};
 
 pub use metrics::Metrics;
@@ -53,6 +53,9 @@ pub struct Change<'a> {
     pub weights_after: BTreeMap<String, u32>,
     pub now_ms: u64,
     pub keep: usize,
+    /// The service's mirror pairs now ([`shadow_figures`]), for a shadow
+    /// stage left by this change; `None` without a mirror.
+    pub shadow: Option<ShadowFigures>,
 }
 
 /// Appends to `after.history` what the change did, and returns the rollouts
@@ -80,6 +83,8 @@ pub fn observe(
         .collect();
 
     let rollout_moved = recorder.rollout(after.rollout.as_ref(), &after.latches);
+    let before_rollout = change.before.and_then(|b| b.rollout.as_ref());
+    let unpaused = recorder.pause(before_rollout, after.rollout.as_ref());
     for latch in &new_latches {
         recorder.latch(latch);
     }
@@ -88,6 +93,8 @@ pub fn observe(
     let resumed = change.actor == Actor::Admin && !cleared.is_empty();
     if resumed {
         recorder.resume(&cleared);
+    } else if let Some(progress) = unpaused {
+        recorder.resume_rollout(progress);
     }
     if !rollout_moved && new_latches.is_empty() && !resumed {
         recorder.weights();
@@ -95,6 +102,39 @@ pub fn observe(
     bound(&mut recorder.history, change.keep);
     after.history = recorder.history;
     recorder.ended
+}
+
+/// The mirror's pairs of `service` now, with the shadow stage's verdict on
+/// them (`None` without a mirror). The verdict is the stage's policy's, or
+/// `not judged` for a mirror with no shadow stage.
+pub fn shadow_figures(service: &ServiceSnapshot) -> Option<ShadowFigures> {
+    let mirror = service.mirror.as_ref()?;
+    let figures = mirror.figures();
+    let policy = service
+        .rollout
+        .as_ref()
+        .and_then(|r| r.shadow.as_ref())
+        .zip(service.guard.as_ref())
+        .map(|(shadow, guard)| crate::mirror::policy(shadow, guard.min_requests));
+    let verdict = policy.map_or_else(
+        || "not judged".to_string(),
+        |policy| crate::mirror::pairs::verdict(&figures, &policy).to_string(),
+    );
+    Some(ShadowFigures {
+        version: mirror.version_name.to_string(),
+        pairs: figures.pairs,
+        mismatches: figures.mismatches,
+        mismatch_rate: (figures.mismatch_rate() * 10_000.0).round() / 10_000.0,
+        latency_ratio_p95: figures
+            .latency_ratio_p95
+            .map(|r| (r * 100.0).round() / 100.0),
+        copies: crate::mirror::RESULTS
+            .iter()
+            .zip(mirror.state.counts.get())
+            .map(|(result, count)| ((*result).to_string(), count))
+            .collect(),
+        verdict,
+    })
 }
 
 /// One version's window now, as a record keeps it.
@@ -210,6 +250,7 @@ impl Recorder<'_> {
                     left_unix_ms: None,
                     left_by: None,
                     figures: Vec::new(),
+                    shadow: None,
                 });
                 self.history.push(record);
                 true
@@ -228,6 +269,7 @@ impl Recorder<'_> {
                     left_unix_ms: None,
                     left_by: None,
                     figures: Vec::new(),
+                    shadow: None,
                 });
                 true
             }
@@ -268,11 +310,23 @@ impl Recorder<'_> {
             .map_or(0, |config| crate::rollout::percent(config, progress))
     }
 
-    /// The open step of record `index` is left now, with the window's figures.
+    /// The open step of record `index` is left now, with the window's
+    /// figures, and the pairs' when it was the shadow stage.
     fn leave_step(&mut self, index: usize) {
         let version = self.history[index].version.clone();
         let figures = self.figures_of(&version);
         let (now, actor) = (self.change.now_ms, self.change.actor);
+        let shadow_stage = self
+            .change
+            .service
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.shadow.is_some());
+        let shadow = self
+            .change
+            .shadow
+            .clone()
+            .filter(|s| shadow_stage && s.version == version);
         if let Some(step) = self.history[index]
             .steps
             .last_mut()
@@ -281,7 +335,45 @@ impl Recorder<'_> {
             step.left_unix_ms = Some(now);
             step.left_by = Some(actor);
             step.figures = figures;
+            // The shadow stage is always the first step.
+            if step.step == 1 {
+                step.shadow = shadow;
+            }
         }
+    }
+
+    /// A rollout paused by this change gets a record (who, and why); returns
+    /// the progress of a rollout this change let go on after a pause.
+    fn pause<'p>(
+        &mut self,
+        before: Option<&RolloutProgress>,
+        after: Option<&'p RolloutProgress>,
+    ) -> Option<&'p RolloutProgress> {
+        let (before, after) = (before?, after?);
+        let same = before.candidate == after.candidate && before.revision == after.revision;
+        if !same || after.outcome != RolloutOutcome::InProgress {
+            return None;
+        }
+        match (before.paused, after.paused) {
+            (false, true) => {
+                let mut record = self.record(Kind::Pause, &after.candidate, Outcome::Completed);
+                record.revision.clone_from(&after.revision);
+                record.reason.clone_from(&after.pause_reason);
+                record.figures = self.figures_of(&after.candidate);
+                self.history.push(record);
+                None
+            }
+            (true, false) if self.change.actor == Actor::Admin => Some(after),
+            _ => None,
+        }
+    }
+
+    /// An operator let a paused rollout go on (no latch to clear).
+    fn resume_rollout(&mut self, progress: &RolloutProgress) {
+        let mut record = self.record(Kind::Resume, &progress.candidate, Outcome::Completed);
+        record.revision.clone_from(&progress.revision);
+        record.reason = Some("the paused rollout goes on".to_string());
+        self.history.push(record);
     }
 
     fn close(&mut self, index: usize, outcome: Outcome, reason: &str) {

@@ -49,6 +49,7 @@ fn run(
         weights_after: w.1,
         now_ms,
         keep: 50,
+        shadow: None,
     };
     let ended = observe(&change, &mut after, &some_figures);
     (after, ended)
@@ -302,4 +303,199 @@ fn a_new_revision_replaces_the_rollout_in_progress() {
     );
     assert_eq!(s.history[1].revision, "3");
     assert!(s.history[1].is_open());
+}
+
+fn shadow_config() -> Config {
+    let yaml = "listeners: [{name: l, address: '127.0.0.1:0'}]\n\
+         services:\n  - name: svc\n    versions:\n\
+         \x20     - {name: stable, revision: '1', endpoints: ['127.0.0.1:1'], weight: 100}\n\
+         \x20     - {name: canary, revision: '2', endpoints: ['127.0.0.1:2'], weight: 0}\n\
+         \x20   guard: {baseline: stable, max_error_rate: 0.05}\n\
+         \x20   mirror: {version: canary}\n\
+         \x20   rollout: {candidate: canary, steps: [10, 100], hold: 1s, shadow: {hold: 1s, max_mismatch_rate: 0.01}}\n";
+    crate::config::parse_str(yaml, "t.yaml").expect("valid")
+}
+
+fn pairs(verdict: &str) -> ShadowFigures {
+    ShadowFigures {
+        version: "canary".into(),
+        pairs: 200,
+        mismatches: 40,
+        mismatch_rate: 0.2,
+        latency_ratio_p95: Some(1.1),
+        copies: BTreeMap::from([("sent".into(), 200)]),
+        verdict: verdict.into(),
+    }
+}
+
+#[test]
+fn a_pause_is_a_record_with_its_reason_and_its_resume_is_another() {
+    let config = config();
+    let candidate = &config.services[0].versions[1];
+    let before = ServiceState {
+        rollout: Some(crate::rollout::start(candidate, 0)),
+        ..ServiceState::default()
+    };
+    let (paused, _) = run(
+        Actor::Check,
+        &before,
+        (weights(90, 10), weights(90, 10)),
+        1_000,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            let mut next = crate::rollout::pause(p).expect("in progress");
+            next.pause_reason = Some("check `conversion` was inconclusive".into());
+            s.rollout = Some(next);
+        },
+    );
+    let record = paused.history.last().expect("a pause record");
+    assert_eq!(record.kind, Kind::Pause);
+    assert_eq!(record.actor, Actor::Check);
+    assert_eq!(record.version, "canary");
+    assert_eq!(
+        record.reason.as_deref(),
+        Some("check `conversion` was inconclusive")
+    );
+    let kinds = |s: &ServiceState| s.history.iter().map(|r| r.kind).collect::<Vec<_>>();
+    assert_eq!(
+        kinds(&paused),
+        [Kind::Rollout, Kind::Pause],
+        "no weight record: none moved"
+    );
+
+    // Paused again: still one pause.
+    let (again, _) = run(
+        Actor::Admin,
+        &paused,
+        (weights(90, 10), weights(90, 10)),
+        1_500,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = crate::rollout::pause(p);
+        },
+    );
+    assert_eq!(kinds(&again), [Kind::Rollout, Kind::Pause], "one pause");
+
+    let (resumed, _) = run(
+        Actor::Admin,
+        &again,
+        (weights(90, 10), weights(90, 10)),
+        2_000,
+        |s| {
+            let p = s.rollout.as_ref().expect("progress");
+            s.rollout = Some(crate::rollout::resume(p, 2_000));
+        },
+    );
+    let record = resumed.history.last().expect("a resume record");
+    assert_eq!(record.kind, Kind::Resume);
+    assert_eq!(record.actor, Actor::Admin);
+    assert_eq!(record.version, "canary");
+    assert_eq!(
+        resumed
+            .rollout
+            .as_ref()
+            .and_then(|p| p.pause_reason.clone()),
+        None,
+        "a resume clears the reason with the pause"
+    );
+}
+
+#[test]
+fn a_shadow_stage_left_for_the_first_live_step_keeps_its_pairs() {
+    let config = shadow_config();
+    let service = &config.services[0];
+    let rollout = service.rollout.clone().expect("rollout");
+    let before = ServiceState {
+        rollout: Some(crate::rollout::start(&service.versions[1], 0)),
+        ..ServiceState::default()
+    };
+    let mut after = before.clone();
+    let mut with_record = before.clone();
+    let start = Change {
+        actor: Actor::Reload,
+        service,
+        before: Some(&ServiceState::default()),
+        weights_before: Some(weights(100, 0)),
+        weights_after: weights(100, 0),
+        now_ms: 0,
+        keep: 50,
+        shadow: Some(pairs("insufficient data: 0/50 pairs")),
+    };
+    observe(&start, &mut with_record, &some_figures);
+    assert_eq!(with_record.history[0].steps[0].percent, 0);
+    assert_eq!(with_record.history[0].steps[0].shadow, None, "not left yet");
+
+    after.history = with_record.history.clone();
+    let p = after.rollout.as_ref().expect("progress");
+    after.rollout = Some(crate::rollout::promote(p, &rollout, false, 1_000).expect("promote"));
+    let step = Change {
+        actor: Actor::Rollout,
+        service,
+        before: Some(&with_record),
+        weights_before: Some(weights(100, 0)),
+        weights_after: weights(90, 10),
+        now_ms: 1_000,
+        keep: 50,
+        shadow: Some(pairs("healthy")),
+    };
+    observe(&step, &mut after, &some_figures);
+    let steps = &after.history[0].steps;
+    assert_eq!(steps.len(), 2);
+    let stage = steps[0].shadow.as_ref().expect("the stage's pairs");
+    assert_eq!(stage.verdict, "healthy");
+    assert_eq!(stage.pairs, 200);
+    assert_eq!(steps[0].left_by, Some(Actor::Rollout));
+}
+
+#[test]
+fn a_failed_shadow_stage_closes_the_rollout_rolled_back_with_its_pairs() {
+    let config = shadow_config();
+    let service = &config.services[0];
+    let mut before = ServiceState {
+        rollout: Some(crate::rollout::start(&service.versions[1], 0)),
+        ..ServiceState::default()
+    };
+    let start = Change {
+        actor: Actor::Reload,
+        service,
+        before: Some(&ServiceState::default()),
+        weights_before: Some(weights(100, 0)),
+        weights_after: weights(100, 0),
+        now_ms: 0,
+        keep: 50,
+        shadow: None,
+    };
+    observe(&start, &mut before, &some_figures);
+    let mut after = before.clone();
+    after.latches.push(crate::state::Latch {
+        at_unix_ms: 1_000,
+        reason: "shadow_mismatch".into(),
+        revision: "2".into(),
+        version: "canary".into(),
+    });
+    let p = after.rollout.as_ref().expect("progress");
+    after.rollout = Some(crate::rollout::on_rollback(p));
+    let trip = Change {
+        actor: Actor::Guard,
+        service,
+        before: Some(&before),
+        weights_before: Some(weights(100, 0)),
+        weights_after: weights(100, 0),
+        now_ms: 1_000,
+        keep: 50,
+        shadow: Some(pairs("bad: shadow_mismatch 0.2000 > 0.0100")),
+    };
+    observe(&trip, &mut after, &some_figures);
+    let rollout = after
+        .history
+        .iter()
+        .find(|r| r.kind == Kind::Rollout)
+        .expect("the rollout record");
+    assert_eq!(rollout.outcome, Outcome::RolledBack);
+    assert_eq!(rollout.reason.as_deref(), Some("shadow_mismatch"));
+    assert_eq!(rollout.steps.len(), 1, "never reached a live step");
+    let stage = rollout.steps[0].shadow.as_ref().expect("the stage's pairs");
+    assert_eq!(stage.mismatch_rate, 0.2);
+    assert!(stage.verdict.starts_with("bad: shadow_mismatch"));
+    assert!(after.history.iter().any(|r| r.kind == Kind::Trip));
 }

@@ -12,6 +12,13 @@
 //! upstream, up to `max_body`; a larger body is not mirrored. Memory is thus
 //! at most `concurrency × max_body` per service.
 //!
+//! A shadow that answers nothing ([`Breaker`]: refused, reset, timed out
+//! `FAILURES_TO_PAUSE` times in a row) is given a rest: for `PAUSE` no
+//! copies are made (they count as dropped), then copies flow again and the
+//! first one that fails starts the next rest. A shadow that is down thus
+//! costs the proxy a handful of attempts a second, not one per request, and
+//! its pairs still say it failed.
+//!
 //! The long-lived part (counts, pairs, permits) outlasts snapshots in
 //! [`MirrorRegistry`], per service, shadow version and revision: a reload
 //! keeps it, a new revision of the shadow starts its pairs afresh.
@@ -24,7 +31,7 @@ pub mod pairs;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +63,8 @@ pub const RESULTS: [&str; 4] = ["sent", "dropped", "failed", "skipped"];
 pub struct Counts {
     /// Sent, and the shadow answered (whatever its status).
     pub sent: AtomicU64,
-    /// Not made: every permit was taken (the shadow is slow or down).
+    /// Not made: every permit was taken (the shadow is slow), or the shadow
+    /// is resting after answering nothing (down).
     pub dropped: AtomicU64,
     /// Sent, and no answer came: refused, reset, timed out, no endpoint.
     pub failed: AtomicU64,
@@ -76,11 +84,55 @@ impl Counts {
     }
 }
 
-/// What outlasts snapshots: the counts and the pairs.
+/// Copies that got no answer in a row before the shadow is rested.
+const FAILURES_TO_PAUSE: u32 = 5;
+/// How long a shadow that answers nothing gets no copies.
+const PAUSE: Duration = Duration::from_secs(1);
+
+/// Rests a shadow that answers nothing (see the module's comment).
+#[derive(Debug, Default)]
+pub struct Breaker {
+    /// Copies in a row that got no answer.
+    failures: AtomicU32,
+    /// `clock::now_ms()` until which no copy is made; 0 when none is due.
+    resting_until_ms: AtomicU64,
+}
+
+impl Breaker {
+    /// Whether the shadow is resting now.
+    fn resting(&self) -> bool {
+        let until = self.resting_until_ms.load(Ordering::Relaxed);
+        until != 0 && crate::clock::now_ms() < until
+    }
+
+    fn answered(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= FAILURES_TO_PAUSE && !self.resting() {
+            let pause = u64::try_from(PAUSE.as_millis()).unwrap_or(u64::MAX);
+            self.resting_until_ms
+                .store(crate::clock::now_ms() + pause, Ordering::Relaxed);
+            if failures == FAILURES_TO_PAUSE {
+                tracing::warn!(
+                    failures,
+                    "the shadow answered none of the last copies; resting it (copies are dropped) for {PAUSE:?} at a time until it answers"
+                );
+            }
+        }
+    }
+}
+
+/// What outlasts snapshots: the counts, the pairs and the breaker.
 #[derive(Debug, Default)]
 pub struct MirrorState {
     pub counts: Counts,
     pub pairs: pairs::PairWindow,
+    pub breaker: Breaker,
 }
 
 /// One service's mirror as a snapshot holds it.
@@ -287,6 +339,10 @@ pub fn tap(
         return None;
     }
     let counts = &mirror.state.counts;
+    if mirror.state.breaker.resting() {
+        counts.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
     let Ok(permit) = Arc::clone(&mirror.permits).try_acquire_owned() else {
         counts.dropped.fetch_add(1, Ordering::Relaxed);
         return None;
@@ -382,6 +438,7 @@ async fn copy(
                 sent_at.elapsed(),
             );
             counts.sent.fetch_add(1, Ordering::Relaxed);
+            mirror.state.breaker.answered();
             let mut body = response.into_body();
             // Read to its end, the connection goes back to the pool.
             let drained = tokio::time::timeout_at(deadline, async {
@@ -409,6 +466,7 @@ async fn copy(
         Err(_) => {
             digest = None;
             counts.failed.fetch_add(1, Ordering::Relaxed);
+            mirror.state.breaker.failed();
             (Answer::Failed, sent_at.elapsed())
         }
     };
@@ -472,7 +530,7 @@ pub fn render<'a>(text: &mut String, mirrors: impl Iterator<Item = &'a Mirror>) 
         return;
     }
     text.push_str(
-        "# HELP veer_mirror_requests_total Copies of live requests for a shadow version, by result: sent (answered), dropped (over the concurrency budget), failed (no answer), skipped (body over max_body or incomplete).\n# TYPE veer_mirror_requests_total counter\n",
+        "# HELP veer_mirror_requests_total Copies of live requests for a shadow version, by result: sent (answered), dropped (over the concurrency budget, or the shadow resting after answering nothing), failed (no answer), skipped (body over max_body or incomplete).\n# TYPE veer_mirror_requests_total counter\n",
     );
     for mirror in mirrors {
         for (result, count) in RESULTS.iter().zip(mirror.state.counts.get()) {

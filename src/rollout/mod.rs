@@ -109,6 +109,7 @@ pub fn start(candidate: &crate::config::Version, now_ms: u64) -> RolloutProgress
         step_entered_unix_ms: now_ms,
         held_ms: 0,
         paused: false,
+        pause_reason: None,
         outcome: RolloutOutcome::InProgress,
     }
 }
@@ -205,6 +206,7 @@ pub fn pause(progress: &RolloutProgress) -> Option<RolloutProgress> {
 pub fn resume(progress: &RolloutProgress, now_ms: u64) -> RolloutProgress {
     let mut next = progress.clone();
     next.paused = false;
+    next.pause_reason = None;
     if next.outcome == RolloutOutcome::RolledBack {
         next.outcome = RolloutOutcome::InProgress;
         next.step = 0;
@@ -632,6 +634,7 @@ mod tests {
             step_entered_unix_ms: 0,
             held_ms,
             paused: false,
+            pause_reason: None,
             outcome: RolloutOutcome::InProgress,
         }
     }

@@ -74,8 +74,11 @@ pub enum Kind {
     Trip,
     /// An operator sent every request to the baseline.
     Rollback,
-    /// An operator cleared the latches.
+    /// An operator cleared the latches, or let a paused rollout go on.
     Resume,
+    /// A rollout held where it was: by an operator, or by a check that
+    /// could not judge the candidate (the record's `reason` says which).
+    Pause,
 }
 
 impl Kind {
@@ -87,6 +90,7 @@ impl Kind {
             Kind::Trip => "trip",
             Kind::Rollback => "rollback",
             Kind::Resume => "resume",
+            Kind::Pause => "pause",
         }
     }
 }
@@ -161,6 +165,32 @@ pub struct Step {
     /// The candidate's and the baseline's window when the step was left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub figures: Vec<Figures>,
+    /// A shadow stage's pairs when it was left: what let the rollout on to
+    /// its first live step, or what rolled it back before any user was
+    /// served by the candidate. `None` for a live step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowFigures>,
+}
+
+/// A shadow stage's paired figures at a moment: the copies' fate and the
+/// pairs of live and shadow answers over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowFigures {
+    /// The version the copies went to.
+    pub version: String,
+    /// Judged pairs in the window.
+    pub pairs: u64,
+    pub mismatches: u64,
+    pub mismatch_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio_p95: Option<f64>,
+    /// Copies since veer started, by result (`sent`, `dropped`, `failed`,
+    /// `skipped`).
+    #[serde(default)]
+    pub copies: BTreeMap<String, u64>,
+    /// The stage's verdict on these pairs, in words (`healthy`, or what was
+    /// over its bound).
+    pub verdict: String,
 }
 
 /// One version's sliding-window figures at a moment.

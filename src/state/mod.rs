@@ -118,6 +118,11 @@ pub struct RolloutProgress {
     pub step_entered_unix_ms: u64,
     pub held_ms: u64,
     pub paused: bool,
+    /// Why the rollout is paused, in words (an operator's reason, or the
+    /// check that could not judge the candidate): kept with the pause so a
+    /// restart still says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
     pub outcome: RolloutOutcome,
 }
 
@@ -478,6 +483,7 @@ mod tests {
                     step_entered_unix_ms: 1_795_000_000_500,
                     held_ms: 12_000,
                     paused: true,
+                    pause_reason: None,
                     outcome: RolloutOutcome::RolledBack,
                 }),
                 history: Vec::new(),

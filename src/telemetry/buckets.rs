@@ -197,6 +197,12 @@ impl Reading {
 }
 
 impl LatencyBuckets {
+    /// What a histogram that never recorded reads as.
+    pub const EMPTY_READING: Reading = Reading {
+        cumulative: [0; SLOTS],
+        sum_nanos: 0,
+    };
+
     /// Records a latency whose bucket is not otherwise needed.
     #[inline]
     pub fn record(&self, latency: Duration) {

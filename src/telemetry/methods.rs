@@ -40,7 +40,10 @@ impl MethodStats {
 }
 
 pub struct MethodTable {
-    slots: Box<[OnceLock<MethodStats>]>,
+    /// `cap` slots, made when the first method is added: a version that
+    /// serves no gRPC (most of a large config) holds none.
+    slots: OnceLock<Box<[OnceLock<MethodStats>]>>,
+    cap: usize,
     /// Slots `..published` are set.
     published: AtomicUsize,
     full: AtomicBool,
@@ -55,7 +58,8 @@ impl MethodTable {
     /// Room for `cap` named methods, each with a window of `window`.
     pub fn new(cap: usize, window: Duration) -> MethodTable {
         MethodTable {
-            slots: (0..cap).map(|_| OnceLock::new()).collect(),
+            slots: OnceLock::new(),
+            cap,
             published: AtomicUsize::new(0),
             full: AtomicBool::new(cap == 0),
             adding: Mutex::new(()),
@@ -65,7 +69,13 @@ impl MethodTable {
     }
 
     pub fn cap(&self) -> usize {
-        self.slots.len()
+        self.cap
+    }
+
+    /// The slots made so far (none before the first method).
+    #[inline]
+    fn slots(&self) -> &[OnceLock<MethodStats>] {
+        self.slots.get().map_or(&[], |slots| slots)
     }
 
     /// The slot `path` is counted under (`cap()`: `other`).
@@ -84,7 +94,7 @@ impl MethodTable {
     /// The stats of a slot from `id`.
     #[inline]
     pub fn stats(&self, id: usize) -> &MethodStats {
-        match self.slots.get(id).and_then(OnceLock::get) {
+        match self.slots().get(id).and_then(OnceLock::get) {
             Some(stats) => stats,
             None => self.other(),
         }
@@ -101,7 +111,7 @@ impl MethodTable {
     }
 
     fn find(&self, path: &str, published: usize) -> Option<usize> {
-        self.slots[..published]
+        self.slots()[..published]
             .iter()
             .position(|m| m.get().is_some_and(|m| *m.name == *path))
     }
@@ -118,7 +128,10 @@ impl MethodTable {
         if let Some(found) = self.find(path, published) {
             return found;
         }
-        let Some(slot) = self.slots.get(published) else {
+        let slots = self
+            .slots
+            .get_or_init(|| (0..self.cap).map(|_| OnceLock::new()).collect());
+        let Some(slot) = slots.get(published) else {
             self.full.store(true, Ordering::Relaxed);
             return self.cap();
         };
@@ -130,7 +143,7 @@ impl MethodTable {
     /// Every method seen, then `other` (once anything was counted there).
     pub fn each(&self, mut f: impl FnMut(&MethodStats)) {
         let published = self.published.load(Ordering::Acquire);
-        self.slots[..published]
+        self.slots()[..published]
             .iter()
             .filter_map(OnceLock::get)
             .for_each(&mut f);

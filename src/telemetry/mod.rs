@@ -283,6 +283,7 @@ impl Telemetry {
             window: Window::new(window),
             methods: MethodTable::new(max_methods, window),
             evictions: tokio::sync::Notify::new(),
+            quiet_seen: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -304,6 +305,9 @@ pub struct VersionStats {
     /// this is the one per-(version, revision) object that outlasts
     /// snapshots.
     evictions: tokio::sync::Notify,
+    /// The `last_request` tag of the quiet stretch the guard last looked at
+    /// (`u64::MAX`: none), so it looks once per stretch, not every tick.
+    quiet_seen: AtomicU64,
 }
 
 impl VersionStats {
@@ -381,6 +385,34 @@ impl VersionStats {
 
     pub fn window(&self) -> &Window {
         &self.window
+    }
+
+    /// Whether no request was recorded over the last `window` (counting the
+    /// second in progress): its figures are all zeros. Two atomic loads, no
+    /// walk over the window's slots, so a reader of thousands of quiet
+    /// versions pays next to nothing for each.
+    #[inline]
+    pub fn quiet_over(&self, elapsed: Duration, window: Duration) -> bool {
+        let last = self.series.last_request();
+        let oldest = elapsed
+            .as_secs()
+            .saturating_sub(window.as_secs().max(1) - 1);
+        last == 0 || last - 1 < oldest
+    }
+
+    /// For the one reader that judges quiet versions (the guard): whether
+    /// this quiet stretch is new to it (`true` once per stretch; a request
+    /// ends the stretch). Without it, a quiet version's verdict, the same
+    /// every time, would be recomputed and re-sent every interval.
+    pub fn first_look_at_quiet(&self) -> bool {
+        let last = self.series.last_request();
+        self.quiet_seen.swap(last, Ordering::Relaxed) != last
+    }
+
+    /// Whether [`VersionStats::first_look_at_quiet`] would answer `true`,
+    /// without noting the look.
+    pub fn quiet_is_new(&self) -> bool {
+        self.quiet_seen.load(Ordering::Relaxed) != self.series.last_request()
     }
 }
 

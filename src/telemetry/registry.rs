@@ -134,10 +134,11 @@ pub struct VersionSeries {
     rare_requests: OnceLock<Box<[AtomicU64]>>,
     client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
     failures: [AtomicU64; FAILURE_REASONS.len()],
-    /// `veer_request_duration_seconds`.
-    duration: LatencyBuckets,
-    /// `veer_response_duration_seconds`.
-    full_duration: LatencyBuckets,
+    /// `veer_request_duration_seconds` and `veer_response_duration_seconds`,
+    /// made by the first request: most of a version's weight, which a
+    /// version that never sees a request (one of thousands) does not hold.
+    /// A scrape reads zeros meanwhile.
+    durations: OnceLock<Box<Durations>>,
     /// `veer_grpc_responses_total` by `grpc::outcome_index`, allocated on
     /// first use so a version that serves no gRPC exports none.
     grpc_codes: OnceLock<Box<[AtomicU64]>>,
@@ -147,7 +148,7 @@ pub struct VersionSeries {
     other_trips: Mutex<BTreeMap<String, u64>>,
     judged: AtomicBool,
     ejects: AtomicBool,
-    endpoints: Mutex<BTreeMap<SocketAddr, Arc<EndpointSeries>>>,
+    endpoints: Mutex<EndpointMap>,
     /// The second (since the telemetry clock's origin) of its last request,
     /// plus one; zero for none yet. `/metrics` leaves out a version idle for
     /// longer than `telemetry.idle_series_after`.
@@ -156,6 +157,51 @@ pub struct VersionSeries {
     /// (a request in flight, a snapshot being dropped) counts into series
     /// no scrape shows, and a version that comes back gets fresh ones.
     retired: AtomicBool,
+}
+
+/// A version's two latency histograms (see `VersionSeries::durations`).
+#[derive(Default)]
+struct Durations {
+    /// To the response head.
+    head: LatencyBuckets,
+    /// To the end of the response body.
+    end: LatencyBuckets,
+}
+
+/// A version's endpoints' series by address, in address order: a sorted
+/// vector, not a `BTreeMap`, whose first node alone (room for eleven
+/// addresses) outweighs the two or three endpoints a version has, times
+/// thousands of versions.
+#[derive(Default)]
+struct EndpointMap(Vec<(SocketAddr, Arc<EndpointSeries>)>);
+
+impl EndpointMap {
+    fn entry(&mut self, addr: SocketAddr) -> &Arc<EndpointSeries> {
+        let at = match self.0.binary_search_by_key(&addr, |(a, _)| *a) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (addr, Arc::default()));
+                at
+            }
+        };
+        &self.0[at].1
+    }
+
+    fn contains_key(&self, addr: &SocketAddr) -> bool {
+        self.0.binary_search_by_key(addr, |(a, _)| *a).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&SocketAddr) -> bool) {
+        self.0.retain(|(addr, _)| keep(addr));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<EndpointSeries>)> {
+        self.0.iter().map(|(addr, series)| (addr, series))
+    }
 }
 
 #[derive(Default)]
@@ -172,8 +218,7 @@ impl Default for VersionSeries {
             rare_requests: OnceLock::new(),
             client_aborts: Default::default(),
             failures: Default::default(),
-            duration: LatencyBuckets::default(),
-            full_duration: LatencyBuckets::default(),
+            durations: OnceLock::new(),
             grpc_codes: OnceLock::new(),
             weight: Gauge::default(),
             unavailable: AtomicU64::new(0),
@@ -181,7 +226,7 @@ impl Default for VersionSeries {
             other_trips: Mutex::new(BTreeMap::new()),
             judged: AtomicBool::new(false),
             ejects: AtomicBool::new(false),
-            endpoints: Mutex::new(BTreeMap::new()),
+            endpoints: Mutex::new(EndpointMap::default()),
             last_request: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         }
@@ -210,8 +255,9 @@ impl VersionSeries {
     /// to its bucket, which the window takes too) and to the end.
     #[inline]
     pub fn record_durations(&self, head: Bucket, latency: Duration, total: Duration) {
-        self.duration.record_in(head, latency);
-        self.full_duration.record(total);
+        let durations = self.durations.get_or_init(Box::default);
+        durations.head.record_in(head, latency);
+        durations.end.record(total);
     }
 
     #[inline]
@@ -252,7 +298,7 @@ impl VersionSeries {
     }
 
     fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointSeries> {
-        Arc::clone(lock(&self.endpoints).entry(addr).or_default())
+        Arc::clone(lock(&self.endpoints).entry(addr))
     }
 
     /// The gauge `veer_endpoint_healthy` of one of its endpoints.
@@ -281,6 +327,12 @@ impl VersionSeries {
         if self.last_request.load(Ordering::Relaxed) != tag {
             self.last_request.store(tag, Ordering::Relaxed);
         }
+    }
+
+    /// The second of the last request plus one; zero for none yet.
+    #[inline]
+    pub fn last_request(&self) -> u64 {
+        self.last_request.load(Ordering::Relaxed)
     }
 
     /// Whether `/metrics` shows this version: it had a request at or after
@@ -476,9 +528,9 @@ impl Registry {
                 if endpoints.len() != p.endpoints.len()
                     || !p.endpoints.iter().all(|a| endpoints.contains_key(a))
                 {
-                    endpoints.retain(|addr, _| p.endpoints.contains(addr));
+                    endpoints.retain(|addr| p.endpoints.contains(addr));
                     for addr in &p.endpoints {
-                        endpoints.entry(*addr).or_default();
+                        endpoints.entry(*addr);
                     }
                 }
                 true
@@ -753,12 +805,13 @@ impl Registry {
         ] {
             let mut f = FamilyWriter::new(out, family);
             for ((service, version), s) in &versions {
-                let histogram = match pick {
-                    Which::ToHead => &s.duration,
-                    Which::ToEnd => &s.full_duration,
+                let reading = match (s.durations.get(), pick) {
+                    (Some(d), Which::ToHead) => d.head.read(),
+                    (Some(d), Which::ToEnd) => d.end.read(),
+                    (None, _) => LatencyBuckets::EMPTY_READING,
                 };
                 let labels = [("service", &**service), ("version", &**version)];
-                f.histogram(&labels, &histogram.read(), shown.buckets)?;
+                f.histogram(&labels, &reading, shown.buckets)?;
             }
             f.finish()?;
         }

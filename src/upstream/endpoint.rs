@@ -11,8 +11,8 @@
 //! starts; pooled connections are already past it. Nothing here takes a lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -21,6 +21,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use super::error::Delivery;
 use super::h1;
@@ -45,6 +46,14 @@ pub struct Endpoint {
     /// as hyper's connection task owns its socket.
     hyper_h1: IdlePool<http1::SendRequest<RequestBody>>,
     h2: Multiplexed,
+    /// Where the endpoint asks its registry's one sweeper to look after its
+    /// idle connections, once it has some (`None`: built outside a runtime,
+    /// or outside a registry; idle connections are still checked when
+    /// taken).
+    sweeper: Option<mpsc::UnboundedSender<Weak<Endpoint>>>,
+    /// On the sweeper's list: set by the first connection pooled, cleared by
+    /// the sweeper when it finds the endpoint with none left.
+    swept: AtomicBool,
 }
 
 /// A request's hold on an endpoint, from sending until the response body ends:
@@ -81,7 +90,35 @@ impl Endpoint {
             direct: IdlePool::new(),
             hyper_h1: IdlePool::new(),
             h2: Multiplexed::new(),
+            sweeper: None,
+            swept: AtomicBool::new(false),
         }
+    }
+
+    /// Has `sweeper` look after this endpoint's idle connections once it has
+    /// some (see [`Sweeper`]).
+    pub(crate) fn swept_by(&mut self, sweeper: &Sweeper) {
+        self.sweeper = Some(sweeper.joins.clone());
+    }
+
+    /// Puts the endpoint on its sweeper's list, unless it is there: called
+    /// whenever a connection is left waiting (pooled, or the shared h2 one).
+    /// One relaxed load once listed.
+    #[inline]
+    fn list_for_sweep(self: &Arc<Self>) {
+        if self.swept.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(sweeper) = &self.sweeper {
+            if !self.swept.swap(true, Ordering::AcqRel) {
+                let _ = sweeper.send(Arc::downgrade(self));
+            }
+        }
+    }
+
+    /// Whether any connection waits here (pooled, or the shared h2 one).
+    fn holds_idle(&self) -> bool {
+        self.direct.len() + self.hyper_h1.len() > 0 || self.h2.is_set()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -261,6 +298,7 @@ impl Endpoint {
             None => match Box::pin(self.connect_h2(timeouts.connect)).await {
                 Ok(sender) => {
                     self.h2.set(&sender);
+                    lease.endpoint.list_for_sweep();
                     (sender, false)
                 }
                 Err(error) => return Err(unsent(error, request)),
@@ -504,27 +542,83 @@ fn direct_enabled() -> bool {
     *DIRECT.get_or_init(|| std::env::var_os("VEER_H1_CLIENT").is_none_or(|v| v != "hyper"))
 }
 
-/// Sweeps `endpoint`'s idle connections until the endpoint is dropped; the
-/// task holds only a weak reference, so it keeps nothing alive. Needs a
-/// tokio runtime: an endpoint built outside one (a benchmark) has no sweep,
-/// and its idle connections are still checked when taken.
-pub(crate) fn spawn_sweeper(endpoint: &Arc<Endpoint>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let endpoint = Arc::downgrade(endpoint);
-    runtime.spawn(async move {
-        loop {
-            let Some(every) = endpoint.upgrade().map(|e| e.sweep_every()) else {
-                return;
-            };
-            tokio::time::sleep(every).await;
-            match endpoint.upgrade() {
-                Some(endpoint) => endpoint.sweep(),
+/// The one task that closes the idle connections of a registry's endpoints
+/// in the background (an endpoint that gets no more requests, such as a
+/// version at weight 0 after a rollback, would otherwise keep its sockets
+/// forever, half-closed by the upstream). Only endpoints holding idle
+/// connections are on its list, each swept at its own pace
+/// (`Endpoint::sweep_every`): thousands of endpoints that never took a
+/// request cost it nothing, and with no connection waiting anywhere it
+/// sleeps until one is pooled. The list holds weak references: it keeps no
+/// endpoint alive, and the task ends when the registry and every endpoint
+/// are gone.
+#[derive(Debug)]
+pub struct Sweeper {
+    joins: mpsc::UnboundedSender<Weak<Endpoint>>,
+}
+
+impl Sweeper {
+    /// Starts the sweeper on the current runtime; `None` outside one (a
+    /// benchmark building endpoints by hand).
+    pub(crate) fn start() -> Option<Sweeper> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (joins, joined) = mpsc::unbounded_channel();
+        runtime.spawn(sweep_listed(joined));
+        Some(Sweeper { joins })
+    }
+}
+
+async fn sweep_listed(mut joined: mpsc::UnboundedReceiver<Weak<Endpoint>>) {
+    const TICK: Duration = Duration::from_millis(250);
+    // Each listed endpoint with when it is next due.
+    let mut listed: Vec<(Weak<Endpoint>, tokio::time::Instant)> = Vec::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if listed.is_empty() {
+            // Nothing to sweep: no wake-up until a connection is pooled.
+            match joined.recv().await {
+                Some(endpoint) => listed.push(due(endpoint)),
                 None => return,
             }
+            tick.reset();
+            continue;
         }
-    });
+        tokio::select! {
+            endpoint = joined.recv() => match endpoint {
+                Some(endpoint) => listed.push(due(endpoint)),
+                None => return,
+            },
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                listed.retain_mut(|(weak, next)| {
+                    let Some(endpoint) = weak.upgrade() else {
+                        return false;
+                    };
+                    if now < *next {
+                        return true;
+                    }
+                    endpoint.sweep();
+                    *next = now + endpoint.sweep_every();
+                    if endpoint.holds_idle() {
+                        return true;
+                    }
+                    // Off the list; but a connection pooled meanwhile found
+                    // it still listed and did not list it again: keep it,
+                    // unless that pooling listed it anew.
+                    endpoint.swept.store(false, Ordering::Release);
+                    endpoint.holds_idle() && !endpoint.swept.swap(true, Ordering::AcqRel)
+                });
+            }
+        }
+    }
+}
+
+fn due(endpoint: Weak<Endpoint>) -> (Weak<Endpoint>, tokio::time::Instant) {
+    let every = endpoint
+        .upgrade()
+        .map_or(Duration::ZERO, |e| e.sweep_every());
+    (endpoint, tokio::time::Instant::now() + every)
 }
 
 /// A failure before anything was written: the request goes back whole.
@@ -555,11 +649,15 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
         match self.connection.take() {
-            Some(Pooled::Direct(connection)) => self.endpoint.direct.put(connection),
+            Some(Pooled::Direct(connection)) => {
+                self.endpoint.direct.put(connection);
+                self.endpoint.list_for_sweep();
+            }
             // hyper's connection task knows at once when the upstream
             // closed; the fast path's socket is asked when next taken.
             Some(Pooled::Hyper(sender)) if !sender.is_closed() => {
-                self.endpoint.hyper_h1.put(sender)
+                self.endpoint.hyper_h1.put(sender);
+                self.endpoint.list_for_sweep();
             }
             _ => {}
         }

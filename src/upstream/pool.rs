@@ -10,7 +10,8 @@
 //! `timeouts.idle` or found closed is dropped when it comes up. An endpoint
 //! that gets no requests (a version at weight 0 after a rollback) would keep
 //! its idle sockets forever, half-closed by the upstream, so a sweep
-//! (`Endpoint::sweep`, run by a task per endpoint) closes them in the
+//! (`Endpoint::sweep`, run by the registry's one `Sweeper` for the
+//! endpoints holding idle connections) closes them in the
 //! background too. No lock: the queue is crossbeam's bounded lock-free
 //! queue, and taking or returning a connection allocates nothing.
 //!
@@ -56,8 +57,10 @@ impl Poolable for http1::SendRequest<RequestBody> {
 
 /// Idle connections of one kind to one endpoint.
 pub(crate) struct IdlePool<C> {
-    /// Made by the first `put`.
-    queue: OnceLock<ArrayQueue<Idle<C>>>,
+    /// Made by the first `put`. Boxed: the queue's head and tail sit on
+    /// cache lines of their own (hundreds of bytes inline), which an
+    /// endpoint that never pools a connection should not hold.
+    queue: OnceLock<Box<ArrayQueue<Idle<C>>>>,
     /// The idle limit the last request asked for, in milliseconds, for the
     /// background sweep (the limit is a service's, and an endpoint does not
     /// know its services).
@@ -102,7 +105,7 @@ impl<C: Poolable> IdlePool<C> {
     pub(crate) fn put(&self, connection: C) {
         let queue = self
             .queue
-            .get_or_init(|| ArrayQueue::new(MAX_IDLE_PER_ENDPOINT));
+            .get_or_init(|| Box::new(ArrayQueue::new(MAX_IDLE_PER_ENDPOINT)));
         let _ = queue.push(Idle {
             connection,
             since: Instant::now(),
@@ -110,7 +113,7 @@ impl<C: Poolable> IdlePool<C> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.get().map_or(0, ArrayQueue::len)
+        self.queue.get().map_or(0, |queue| queue.len())
     }
 
     /// Closes the connections waiting that the upstream has closed, or that
@@ -170,6 +173,11 @@ impl Multiplexed {
     /// Forgets a connection found broken; the next request makes a new one.
     pub(crate) fn clear(&self) {
         self.current.store(None);
+    }
+
+    /// Whether a shared connection is held (open or not yet found closed).
+    pub(crate) fn is_set(&self) -> bool {
+        self.current.load().is_some()
     }
 
     /// Forgets the shared connection if it has ended.

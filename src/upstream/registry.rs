@@ -6,17 +6,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::endpoint::Sweeper;
 use super::{Endpoint, Names};
 use crate::config::{Protocol, UpstreamTls};
 use crate::tls::client::Originator;
 
-type Key = (SocketAddr, Protocol, Option<UpstreamTls>);
+/// The TLS settings are boxed: inline they would triple every entry of a
+/// map holding tens of thousands of plain endpoints.
+type Key = (SocketAddr, Protocol, Option<Box<UpstreamTls>>);
 
 #[derive(Debug, Default)]
 pub struct Registry {
     endpoints: HashMap<Key, Arc<Endpoint>>,
     /// The addresses of the endpoints written `NAME:PORT`.
     names: Arc<Names>,
+    /// The one task sweeping the idle connections of these endpoints,
+    /// started with the first endpoint (it needs the runtime).
+    sweeper: Option<Sweeper>,
 }
 
 impl Registry {
@@ -25,6 +31,7 @@ impl Registry {
         Registry {
             endpoints: HashMap::new(),
             names,
+            sweeper: None,
         }
     }
 
@@ -43,8 +50,12 @@ impl Registry {
         tls: Option<&UpstreamTls>,
         initially_healthy: bool,
     ) -> (Arc<Endpoint>, bool) {
-        let key = (addr, protocol, tls.cloned());
+        let key = (addr, protocol, tls.cloned().map(Box::new));
         let mut created = false;
+        if self.sweeper.is_none() {
+            self.sweeper = Sweeper::start();
+        }
+        let sweeper = self.sweeper.as_ref();
         let endpoint = self.endpoints.entry(key).or_insert_with(|| {
             created = true;
             let origin = tls.map(|settings| {
@@ -61,13 +72,14 @@ impl Registry {
                         tracing::error!(endpoint = %addr, "TLS to the endpoint cannot be set up: {reason}");
                     })
             });
-            let endpoint = Endpoint::with_tls(addr, protocol, origin);
+            let mut endpoint = Endpoint::with_tls(addr, protocol, origin);
+            if let Some(sweeper) = sweeper {
+                endpoint.swept_by(sweeper);
+            }
             endpoint
                 .health
                 .set_probe_ok(initially_healthy, crate::clock::now_ms());
-            let endpoint = Arc::new(endpoint);
-            super::endpoint::spawn_sweeper(&endpoint);
-            endpoint
+            Arc::new(endpoint)
         });
         (Arc::clone(endpoint), created)
     }

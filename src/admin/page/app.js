@@ -108,6 +108,24 @@
     const titleBadges = el('span');
     title.append(titleName, titleBadges);
     const rollout = el('p', 'rollout muted');
+    // The mirror: where copies go, what became of them, and the pairs'
+    // verdict; hidden for a service that mirrors nothing.
+    const mirror = el('div', 'mirror');
+    mirror.hidden = true;
+    const mirrorTitle = el('p', 'mirror-title');
+    const mirrorFigures = el('dl', 'figures mirror-figures');
+    const mirrorCells = {};
+    for (const [key, label] of [['sent', 'sent'], ['dropped', 'dropped'], ['failed', 'failed'],
+      ['skipped', 'skipped'], ['pairs', 'pairs'], ['mismatch', 'mismatch rate'], ['ratio', 'latency ratio p95']]) {
+      const box = el('div');
+      const dd = el('dd');
+      dd.dataset.field = key;
+      box.append(el('dt', null, label), dd);
+      mirrorFigures.append(box);
+      mirrorCells[key] = dd;
+    }
+    const mirrorVerdict = el('p', 'mirror-verdict muted');
+    mirror.append(mirrorTitle, mirrorFigures, mirrorVerdict);
     const actions = el('div', 'actions');
     actions.append(
       button('Promote', 'promote', () => act(name, 'promote')),
@@ -133,8 +151,8 @@
     table.append(thead, tbody);
     wrap.append(table);
     details.append(summary, wrap);
-    root.append(title, rollout, actions, versions, details);
-    const view = { root, titleBadges, rollout, weights, weightInputs: new Map(), versions, cards: new Map(), tbody, historyKey: '' };
+    root.append(title, rollout, mirror, actions, versions, details);
+    const view = { root, titleBadges, rollout, mirror, mirrorTitle, mirrorCells, mirrorVerdict, weights, weightInputs: new Map(), versions, cards: new Map(), tbody, historyKey: '' };
     views.set(name, view);
     return view;
   }
@@ -262,18 +280,22 @@
     if (r) {
       let text = 'Rollout of ' + r.candidate + ' ' + r.revision + ': step ' + r.step + ' of ' + r.steps +
         ' (' + r.percent + ' %), ' + r.state.replace('_', ' ');
-      if (r.paused) text += ', paused';
+      if (r.paused) text += r.pause_reason ? ', paused: ' + r.pause_reason : ', paused';
       if (r.state === 'in_progress' && r.hold_remaining_ms !== null && r.hold_remaining_ms !== undefined) {
         text += ', hold ' + duration(r.hold_remaining_ms) + ' left';
       } else if (r.manual && r.state === 'in_progress') {
         text += ', waiting for promote';
       }
-      if (r.gate) text += ' — ' + r.gate;
+      // A check's pause also leaves its words as the gate's: said once.
+      if (r.gate && !(r.pause_reason && r.gate.includes(r.pause_reason))) text += ' — ' + r.gate;
       view.rollout.textContent = text;
       if (r.paused) view.titleBadges.append(el('span', 'badge paused', 'paused'));
+      if (shadowStage(s)) view.titleBadges.append(el('span', 'badge shadow', 'shadow stage'));
     } else {
       view.rollout.textContent = 'No rollout configured.';
     }
+
+    renderMirror(view, s);
 
     const key = s.versions.map(v => v.name).join('\u0000');
     if (view.weightsKey !== key) buildWeights(view, s.name, s.versions);
@@ -339,8 +361,57 @@
     renderHistory(view, histories.get(s.name) || []);
   }
 
+  // The rollout is in its shadow stage: its first step, at 0 %, with the
+  // mirror judging the candidate on copies.
+  function shadowStage(s) {
+    const r = s.rollout;
+    return Boolean(r && s.mirror && r.state === 'in_progress' && r.step === 1 && r.percent === 0 &&
+      s.mirror.version === r.candidate && s.mirror.verdict);
+  }
+
+  function renderMirror(view, s) {
+    const m = s.mirror;
+    view.mirror.hidden = !m;
+    if (!m) return;
+    const copies = m.copies || {};
+    view.mirrorTitle.textContent = 'Mirror: ' + m.percent + ' % of requests copied to ' + m.version +
+      (m.in_flight ? ' (' + m.in_flight + ' in flight)' : '');
+    for (const key of ['sent', 'dropped', 'failed', 'skipped']) {
+      view.mirrorCells[key].textContent = String(copies[key] || 0);
+    }
+    view.mirrorCells.pairs.textContent = m.pairs + ' in ' + m.window_seconds + 's';
+    view.mirrorCells.mismatch.textContent = percent(m.mismatch_rate) +
+      (m.body_mismatches ? ' (' + m.body_mismatches + ' bodies)' : '');
+    view.mirrorCells.ratio.textContent = m.latency_ratio_p95 === null || m.latency_ratio_p95 === undefined
+      ? '–' : fmt(m.latency_ratio_p95, 2) + '×';
+    let verdict;
+    if (shadowStage(s)) {
+      verdict = 'Shadow stage in progress: ' + m.version + ' takes no live request; verdict on the pairs: ' + m.verdict;
+    } else if (m.verdict) {
+      verdict = 'Verdict on the pairs: ' + m.verdict;
+    } else {
+      verdict = 'Pairs compared, not judged (no shadow stage running).';
+    }
+    if (m.live_errors) verdict += ' · ' + m.live_errors + ' pairs with a live 5xx, not judged';
+    view.mirrorVerdict.textContent = verdict;
+    view.mirror.classList.toggle('bad', typeof m.verdict === 'string' && m.verdict.startsWith('bad'));
+  }
+
+  // A step as the history shows it: its share, the candidate's window when
+  // left, and for the shadow stage its pairs and verdict.
+  function stepText(s) {
+    if (s.shadow) {
+      const p = s.shadow;
+      return 'shadow (' + p.pairs + ' pairs, ' + percent(p.mismatch_rate) + ' mismatched, ' + p.verdict + ')';
+    }
+    // Live steps are above 0 %: a first step at 0 % is a shadow stage.
+    if (s.step === 1 && s.percent === 0 && !s.left_unix_ms) return 'shadow (in progress)';
+    const c = (s.figures || [])[0];
+    return s.percent + '%' + (c ? ' (' + fmt(c.rps, 1) + ' req/s, ' + percent(c.error_rate) + ')' : '');
+  }
+
   function renderHistory(view, records) {
-    const key = records.map(r => r.id + r.outcome + (r.steps ? r.steps.length : 0)).join(',');
+    const key = records.map(r => r.id + r.outcome + (r.steps ? r.steps.length : 0) + (r.reason || '')).join(',');
     if (key === view.historyKey) return;
     view.historyKey = key;
     clear(view.tbody);
@@ -356,10 +427,7 @@
       const row = el('tr', 'record');
       row.dataset.kind = r.kind;
       const took = r.ended_unix_ms ? duration(r.ended_unix_ms - r.started_unix_ms) : 'running';
-      const steps = (r.steps || []).map(s => {
-        const c = (s.figures || [])[0];
-        return s.percent + '%' + (c ? ' (' + fmt(c.rps, 1) + ' req/s, ' + percent(c.error_rate) + ')' : '');
-      }).join(' → ');
+      const steps = (r.steps || []).map(stepText).join(' → ');
       for (const [text, cls] of [[when(r.started_unix_ms)], [r.kind], [r.version], [r.revision],
         [r.actor], [r.outcome.replace('_', ' '), 'o-' + r.outcome], [r.reason || '', 'reason'], [took], [steps, 'reason']]) {
         row.append(el('td', cls, text));
