@@ -19,15 +19,27 @@
 //! the service (`IdleClock::set_parkable`), in relaxed atomics on the
 //! connection's `IdleClock`: hyper does not say whether it is between
 //! requests, so the connection is parked only when all of them hold.
+//!
+//! A parked connection keeps only its socket, the bytes it left unparsed,
+//! who its client is and when it went idle: everything a request needs
+//! (the connection's shared context, its idle timer, its drain future) is
+//! dropped and built again when bytes arrive. Its idle deadline and the
+//! drain reach it through one `ParkingLot` shared by all connections: a
+//! slot holding its task's waker and a coarse deadline, swept every
+//! `SWEEP`, instead of a timer and a drain future in every connection.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::idle::IdleClock;
@@ -153,6 +165,176 @@ impl<I: AsyncWrite + Unpin, C: AsRef<IdleClock>> AsyncWrite for Resumable<I, C> 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
+}
+
+/// How often parked connections' idle deadlines are checked: a parked
+/// connection is closed at most this long after its deadline.
+pub const SWEEP: Duration = Duration::from_millis(250);
+
+/// Where parked connections wait for their idle deadline and the drain.
+pub struct ParkingLot {
+    /// When tick 0 began; deadlines are kept in whole `SWEEP` ticks.
+    origin: Instant,
+    /// Off the request path: locked when a connection parks or unparks (at
+    /// most once per `PARK_AFTER` of idleness), by the sweep every `SWEEP`,
+    /// and by the drain.
+    parked: Mutex<Slab<Slot>>,
+    draining: AtomicBool,
+}
+
+/// One parked connection: 24 bytes, where a timer and a drain future in
+/// the connection's own task were some 300.
+struct Slot {
+    /// The first tick at or after the connection's idle deadline.
+    due: u32,
+    waker: Waker,
+}
+
+impl Default for ParkingLot {
+    fn default() -> ParkingLot {
+        ParkingLot {
+            origin: Instant::now(),
+            parked: Mutex::new(Slab::new()),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ParkingLot {
+    /// Wakes every parked connection for good: each closes its socket.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = self.lock().iter().map(|(_, s)| s.waker.clone()).collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// How many connections are parked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Wakes the connections whose deadline has passed by `now`; they see it
+    /// and close.
+    fn sweep(&self, now: Instant) {
+        let tick = self.tick(now, false);
+        let due: Vec<Waker> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.due <= tick)
+            .map(|(_, s)| s.waker.clone())
+            .collect();
+        due.into_iter().for_each(Waker::wake);
+    }
+
+    /// `at` in ticks since `origin`, rounded up for a deadline (so the
+    /// sweep never wakes a connection before it).
+    fn tick(&self, at: Instant, up: bool) -> u32 {
+        let since = at.saturating_duration_since(self.origin).as_millis();
+        let step = SWEEP.as_millis();
+        let ticks = if up {
+            since.div_ceil(step)
+        } else {
+            since / step
+        };
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slab<Slot>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sweeps `lot` every `SWEEP` until the drain begins or the lot is gone.
+pub async fn sweep(lot: Weak<ParkingLot>) {
+    let mut ticks = tokio::time::interval(SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(lot) = lot.upgrade() else { return };
+        if lot.draining() {
+            return;
+        }
+        lot.sweep(Instant::now());
+    }
+}
+
+/// Why a parked connection stopped waiting.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke {
+    /// Bytes (or EOF) to read: serve it again.
+    Readable,
+    /// The socket failed.
+    Failed,
+    /// No request head by `deadline`.
+    Expired,
+    Drained,
+}
+
+/// A connection's place in the lot, given back when it is dropped.
+struct Spot<'a> {
+    lot: &'a ParkingLot,
+    key: Option<usize>,
+}
+
+impl Spot<'_> {
+    fn hold(&mut self, due: u32, waker: &Waker) {
+        let mut parked = self.lot.lock();
+        match self.key.and_then(|key| parked.get_mut(key)) {
+            Some(slot) => {
+                if !slot.waker.will_wake(waker) {
+                    slot.waker = waker.clone();
+                }
+            }
+            None => {
+                self.key = Some(parked.insert(Slot {
+                    due,
+                    waker: waker.clone(),
+                }))
+            }
+        }
+    }
+}
+
+impl Drop for Spot<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.lot.lock().try_remove(key);
+        }
+    }
+}
+
+/// Waits on the bare socket `io` until it is readable, `deadline` passes or
+/// the drain begins. A socket already readable returns at once, without
+/// taking a spot in the lot.
+pub async fn wait<I: Readable>(io: &I, lot: &ParkingLot, deadline: Instant) -> Woke {
+    let mut spot = Spot { lot, key: None };
+    let due = lot.tick(deadline, true);
+    std::future::poll_fn(|cx| {
+        match io.poll_readable(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Woke::Readable),
+            Poll::Ready(Err(_)) => return Poll::Ready(Woke::Failed),
+            Poll::Pending => {}
+        }
+        if lot.draining() {
+            return Poll::Ready(Woke::Drained);
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(Woke::Expired);
+        }
+        spot.hold(due, cx.waker());
+        // Read after the spot is held: a drain that began in between
+        // either saw the spot and woke it, or is seen here.
+        if lot.draining() {
+            return Poll::Ready(Woke::Drained);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
