@@ -508,11 +508,16 @@ async fn serve<I: Readable>(
     client: Client,
     drain: Arc<Drain>,
 ) {
-    let limit = setup.first_request_timeout;
     let mut idle_since = Instant::now();
     let (protocol, mut prefix) = match protocol {
         Some(protocol) => (protocol, Bytes::new()),
-        None => match detect(&mut io, &drain.parked, idle_since + limit).await {
+        None => match detect(
+            &mut io,
+            &drain.parked,
+            idle_since + setup.first_request_timeout,
+        )
+        .await
+        {
             Some(detected) => detected,
             None => return,
         },
@@ -524,7 +529,7 @@ async fn serve<I: Readable>(
         .await;
         let Some(parked) = spell else { return };
         (io, prefix, idle_since) = (parked.io, parked.prefix, parked.idle_since);
-        match park::wait(&io, &drain.parked, idle_since + limit).await {
+        match park::wait(&io, &drain.parked, idle_since + setup.first_request_timeout).await {
             Woke::Readable => {}
             Woke::Expired => {
                 tracing::debug!("{SILENT}");

@@ -275,66 +275,85 @@ pub enum Woke {
     Drained,
 }
 
-/// A connection's place in the lot, given back when it is dropped.
-struct Spot<'a> {
+/// Waits on a parked connection's bare socket until it is readable, its
+/// idle deadline passes or the drain begins. A socket already readable
+/// returns at once, without taking a slot in the lot. Four words: this is
+/// what an idle connection's task holds besides its socket.
+pub struct Wait<'a, I> {
+    io: &'a I,
     lot: &'a ParkingLot,
-    key: Option<usize>,
+    /// The tick the deadline falls in (rounded up).
+    due: u32,
+    /// Its slot in the lot; `NO_SLOT` until it has one.
+    key: usize,
 }
 
-impl Spot<'_> {
-    fn hold(&mut self, due: u32, waker: &Waker) {
+/// Waits on `io` until it is readable, `deadline` has passed (noticed
+/// within one `SWEEP`, never before) or the drain begins.
+pub fn wait<'a, I: Readable>(io: &'a I, lot: &'a ParkingLot, deadline: Instant) -> Wait<'a, I> {
+    Wait {
+        io,
+        lot,
+        due: lot.tick(deadline, true),
+        key: NO_SLOT,
+    }
+}
+
+/// A `Wait` that holds no slot (a slab never hands out this key: its
+/// entries would not fit in memory).
+const NO_SLOT: usize = usize::MAX;
+
+impl<I: Readable> Wait<'_, I> {
+    fn hold(&mut self, waker: &Waker) {
         let mut parked = self.lot.lock();
-        match self.key.and_then(|key| parked.get_mut(key)) {
+        match parked.get_mut(self.key) {
             Some(slot) => {
                 if !slot.waker.will_wake(waker) {
                     slot.waker = waker.clone();
                 }
             }
             None => {
-                self.key = Some(parked.insert(Slot {
-                    due,
+                self.key = parked.insert(Slot {
+                    due: self.due,
                     waker: waker.clone(),
-                }))
+                });
             }
         }
     }
 }
 
-impl Drop for Spot<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key {
-            self.lot.lock().try_remove(key);
-        }
-    }
-}
+impl<I: Readable> std::future::Future for Wait<'_, I> {
+    type Output = Woke;
 
-/// Waits on the bare socket `io` until it is readable, `deadline` passes or
-/// the drain begins. A socket already readable returns at once, without
-/// taking a spot in the lot.
-pub async fn wait<I: Readable>(io: &I, lot: &ParkingLot, deadline: Instant) -> Woke {
-    let mut spot = Spot { lot, key: None };
-    let due = lot.tick(deadline, true);
-    std::future::poll_fn(|cx| {
-        match io.poll_readable(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woke> {
+        let this = self.get_mut();
+        match this.io.poll_readable(cx) {
             Poll::Ready(Ok(())) => return Poll::Ready(Woke::Readable),
             Poll::Ready(Err(_)) => return Poll::Ready(Woke::Failed),
             Poll::Pending => {}
         }
-        if lot.draining() {
+        if this.lot.draining() {
             return Poll::Ready(Woke::Drained);
         }
-        if Instant::now() >= deadline {
+        if this.lot.tick(Instant::now(), false) >= this.due {
             return Poll::Ready(Woke::Expired);
         }
-        spot.hold(due, cx.waker());
-        // Read after the spot is held: a drain that began in between
-        // either saw the spot and woke it, or is seen here.
-        if lot.draining() {
+        this.hold(cx.waker());
+        // Read after the slot is held: a drain that began in between
+        // either saw the slot and woke it, or is seen here.
+        if this.lot.draining() {
             return Poll::Ready(Woke::Drained);
         }
         Poll::Pending
-    })
-    .await
+    }
+}
+
+impl<I> Drop for Wait<'_, I> {
+    fn drop(&mut self) {
+        if self.key != NO_SLOT {
+            self.lot.lock().try_remove(self.key);
+        }
+    }
 }
 
 #[cfg(test)]
