@@ -411,4 +411,99 @@ mod tests {
         io.flush().await.expect("flush");
         assert!(owner.flushed());
     }
+
+    /// A socket that never has bytes.
+    struct Silent;
+
+    impl AsyncRead for Silent {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Silent {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Readable for Silent {
+        fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_wait_expires_after_its_deadline_within_a_sweep() {
+        let lot = Arc::new(ParkingLot::default());
+        tokio::spawn(sweep(Arc::downgrade(&lot)));
+        let deadline = Instant::now() + Duration::from_millis(1100);
+        let woke = wait(&Silent, &lot, deadline).await;
+        assert_eq!(woke, Woke::Expired);
+        let now = Instant::now();
+        assert!(now >= deadline, "never before its deadline");
+        assert!(now <= deadline + SWEEP, "noticed by the next sweep");
+        assert_eq!(lot.len(), 0, "its slot was given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_wakes_every_parked_wait() {
+        let lot = Arc::new(ParkingLot::default());
+        let far = Instant::now() + Duration::from_secs(3600);
+        let waits: Vec<_> = (0..3)
+            .map(|_| {
+                let lot = Arc::clone(&lot);
+                tokio::spawn(async move { wait(&Silent, &lot, far).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(lot.len(), 3, "each parked wait holds one slot");
+        lot.drain();
+        for waiting in waits {
+            assert_eq!(waiting.await.expect("wait task"), Woke::Drained);
+        }
+        assert_eq!(lot.len(), 0);
+        let late = wait(&Silent, &lot, far).await;
+        assert_eq!(late, Woke::Drained, "a park after the drain ends at once");
+    }
+
+    #[tokio::test]
+    async fn a_readable_socket_takes_no_slot() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let lot = ParkingLot::default();
+        let far = Instant::now() + Duration::from_secs(3600);
+        client.write_all(b"GET").await.expect("write");
+        assert_eq!(wait(&server, &lot, far).await, Woke::Readable);
+        assert_eq!(lot.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_dropped_unfinished_gives_its_slot_back() {
+        let lot = ParkingLot::default();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(10), wait(&Silent, &lot, far)).await;
+        assert!(timed_out.is_err());
+        assert_eq!(lot.len(), 0);
+    }
 }
