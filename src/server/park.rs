@@ -178,8 +178,16 @@ pub struct ParkingLot {
     /// Off the request path: locked when a connection parks or unparks (at
     /// most once per `PARK_AFTER` of idleness), by the sweep every `SWEEP`,
     /// and by the drain.
-    parked: Mutex<Slab<Slot>>,
+    parked: Mutex<Parked>,
     draining: AtomicBool,
+}
+
+struct Parked {
+    slots: Slab<Slot>,
+    /// No slot is due before this tick: a sweep before it scans nothing,
+    /// so a long idle limit costs one lock every `SWEEP`, not a scan of
+    /// every parked connection.
+    next_due: u32,
 }
 
 /// One parked connection: 24 bytes, where a timer and a drain future in
@@ -194,7 +202,10 @@ impl Default for ParkingLot {
     fn default() -> ParkingLot {
         ParkingLot {
             origin: Instant::now(),
-            parked: Mutex::new(Slab::new()),
+            parked: Mutex::new(Parked {
+                slots: Slab::new(),
+                next_due: u32::MAX,
+            }),
             draining: AtomicBool::new(false),
         }
     }
@@ -204,7 +215,12 @@ impl ParkingLot {
     /// Wakes every parked connection for good: each closes its socket.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self.lock().iter().map(|(_, s)| s.waker.clone()).collect();
+        let wakers: Vec<Waker> = self
+            .lock()
+            .slots
+            .iter()
+            .map(|(_, s)| s.waker.clone())
+            .collect();
         wakers.into_iter().for_each(Waker::wake);
     }
 
@@ -215,19 +231,32 @@ impl ParkingLot {
     /// How many connections are parked.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
     /// Wakes the connections whose deadline has passed by `now`; they see it
     /// and close.
     fn sweep(&self, now: Instant) {
         let tick = self.tick(now, false);
-        let due: Vec<Waker> = self
-            .lock()
-            .iter()
-            .filter(|(_, s)| s.due <= tick)
-            .map(|(_, s)| s.waker.clone())
-            .collect();
+        let due: Vec<Waker> = {
+            let mut parked = self.lock();
+            if tick < parked.next_due {
+                return;
+            }
+            let mut next_due = u32::MAX;
+            let mut due = Vec::new();
+            for (_, slot) in parked.slots.iter() {
+                if slot.due <= tick {
+                    due.push(slot.waker.clone());
+                }
+                // A woken slot stays until its connection takes it out: it
+                // keeps `next_due` low so a later sweep wakes it again if
+                // that has not happened yet.
+                next_due = next_due.min(slot.due);
+            }
+            parked.next_due = next_due;
+            due
+        };
         due.into_iter().for_each(Waker::wake);
     }
 
@@ -244,7 +273,7 @@ impl ParkingLot {
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slab<Slot>> {
+    fn lock(&self) -> MutexGuard<'_, Parked> {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -306,17 +335,18 @@ const NO_SLOT: usize = usize::MAX;
 impl<I: Readable> Wait<'_, I> {
     fn hold(&mut self, waker: &Waker) {
         let mut parked = self.lot.lock();
-        match parked.get_mut(self.key) {
+        match parked.slots.get_mut(self.key) {
             Some(slot) => {
                 if !slot.waker.will_wake(waker) {
                     slot.waker = waker.clone();
                 }
             }
             None => {
-                self.key = parked.insert(Slot {
+                self.key = parked.slots.insert(Slot {
                     due: self.due,
                     waker: waker.clone(),
                 });
+                parked.next_due = parked.next_due.min(self.due);
             }
         }
     }
@@ -351,7 +381,7 @@ impl<I: Readable> std::future::Future for Wait<'_, I> {
 impl<I> Drop for Wait<'_, I> {
     fn drop(&mut self) {
         if self.key != NO_SLOT {
-            self.lot.lock().try_remove(self.key);
+            self.lot.lock().slots.try_remove(self.key);
         }
     }
 }
@@ -458,6 +488,24 @@ mod tests {
         assert!(now >= deadline, "never before its deadline");
         assert!(now <= deadline + SWEEP, "noticed by the next sweep");
         assert_eq!(lot.len(), 0, "its slot was given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_parked_wait_expires_at_its_own_deadline() {
+        let lot = Arc::new(ParkingLot::default());
+        tokio::spawn(sweep(Arc::downgrade(&lot)));
+        let start = Instant::now();
+        let later = {
+            let lot = Arc::clone(&lot);
+            tokio::spawn(async move { wait(&Silent, &lot, start + Duration::from_secs(5)).await })
+        };
+        let sooner = wait(&Silent, &lot, start + Duration::from_millis(600)).await;
+        assert_eq!(sooner, Woke::Expired);
+        assert_eq!(lot.len(), 1, "the later one still waits");
+        assert!(!later.is_finished());
+        assert_eq!(later.await.expect("wait task"), Woke::Expired);
+        assert!(Instant::now() >= start + Duration::from_secs(5));
+        assert_eq!(lot.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
