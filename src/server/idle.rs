@@ -56,11 +56,18 @@ pub enum Verdict {
 
 impl IdleClock {
     /// `listener` counts the requests in flight of the connection's listener.
+    #[cfg(test)]
     pub fn new(limit: Duration, listener: Arc<ListenerGauges>) -> IdleClock {
+        IdleClock::since(Instant::now(), limit, listener)
+    }
+
+    /// A clock for a connection idle since `origin`: one resumed after a
+    /// park keeps the time it had already waited.
+    pub fn since(origin: Instant, limit: Duration, listener: Arc<ListenerGauges>) -> IdleClock {
         IdleClock {
             listener,
             limit,
-            origin: Instant::now(),
+            origin,
             in_flight: AtomicUsize::new(0),
             idle_since_micros: AtomicU64::new(0),
             read_blocked: AtomicBool::new(false),

@@ -31,9 +31,10 @@ use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::idle::{IdleClock, InFlight, Tracked};
-use super::park::{leftover, Readable, Resumable};
+use super::park::{self, leftover, ParkingLot, Readable, Resumable, Woke};
 use super::woken::PollWhenWoken;
 use super::StartError;
 use crate::config::{Limits, Listener};
@@ -90,6 +91,7 @@ impl ListenerSet {
             closed: AtomicBool::new(false),
         };
         set.reconcile(listeners)?;
+        tokio::spawn(park::sweep(Arc::downgrade(&set.drain.parked)));
         Ok(set)
     }
 
@@ -279,12 +281,15 @@ fn connection_builder(limits: &Limits) -> Builders {
 struct Drain {
     draining: AtomicBool,
     notify: Notify,
+    /// Where parked connections wait, for it and for their idle deadline.
+    parked: Arc<ParkingLot>,
 }
 
 impl Drain {
     fn start(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
+        self.parked.drain();
     }
 
     async fn wait(&self) {
@@ -398,8 +403,7 @@ async fn connection(
             .with_retries(CLIENT_KEEPALIVE_PROBES),
     );
     let Some(tls) = setup.tls.load_full() else {
-        let client = ClientInfo::new(peer, false);
-        serve(stream, None, &setup, Box::new(client), drain).await;
+        serve(stream, None, &setup, Client::Peer(peer), drain).await;
         drop(permit);
         return;
     };
@@ -435,7 +439,7 @@ async fn tls_connection(
         Box::new(accepted.stream),
         protocol,
         setup,
-        Box::new(client),
+        Client::Known(Box::new(client)),
         drain,
     )
     .await;
@@ -468,24 +472,155 @@ enum Step {
     Drained,
 }
 
+/// Who the client is, kept while a connection is parked. A cleartext
+/// client's `ClientInfo` is built again from its address when it resumes
+/// (its IP header value is an allocation of its own); a TLS client's, with
+/// its certificate identity, is kept whole.
+enum Client {
+    Peer(SocketAddr),
+    Known(Box<ClientInfo>),
+}
+
+impl Client {
+    fn info(&self) -> ClientInfo {
+        match self {
+            Client::Peer(peer) => ClientInfo::new(*peer, false),
+            Client::Known(info) => ClientInfo::clone(info),
+        }
+    }
+}
+
+const SILENT: &str =
+    "closing a connection that sent no request head within limits.header_read_timeout";
+
 /// Serves HTTP on `io` until the client leaves, the idle clock runs out or
 /// the drain ends it. `protocol` is what ALPN said; `None` reads the first
 /// bytes to tell.
+///
+/// This frame is what an idle HTTP/1.1 connection's task holds while it is
+/// parked, so it keeps only the socket, the client, when it went idle and
+/// the bytes left unparsed; each spell of serving is a boxed future of its
+/// own, dropped at the park.
 async fn serve<I: Readable>(
     mut io: I,
     protocol: Option<Protocol>,
     setup: &ConnectionSetup,
-    // Boxed: an async fn keeps its arguments for its whole life, and this
-    // one lives as long as the connection.
-    client: Box<ClientInfo>,
+    client: Client,
     drain: Arc<Drain>,
 ) {
+    let mut idle_since = Instant::now();
+    let (protocol, mut prefix) = match protocol {
+        Some(protocol) => (protocol, Bytes::new()),
+        None => match detect(
+            &mut io,
+            &drain.parked,
+            idle_since + setup.first_request_timeout,
+        )
+        .await
+        {
+            Some(detected) => detected,
+            None => return,
+        },
+    };
+    loop {
+        let spell = Box::pin(serve_spell(
+            io, prefix, protocol, setup, &client, &drain, idle_since,
+        ))
+        .await;
+        let Some(parked) = spell else { return };
+        (io, prefix, idle_since) = (parked.io, parked.prefix, parked.idle_since);
+        match park::wait(&io, &drain.parked, idle_since + setup.first_request_timeout).await {
+            Woke::Readable => {}
+            Woke::Expired => {
+                tracing::debug!("{SILENT}");
+                return;
+            }
+            Woke::Failed | Woke::Drained => return,
+        }
+    }
+}
+
+/// Reads a cleartext connection's first bytes to tell HTTP/2 with prior
+/// knowledge from HTTP/1; returns the protocol and the bytes read, or `None`
+/// when the client left, said nothing by `deadline`, or the drain began.
+async fn detect<I: Readable>(
+    io: &mut I,
+    lot: &ParkingLot,
+    deadline: Instant,
+) -> Option<(Protocol, Bytes)> {
+    let mut head = [0u8; PREFACE.len()];
+    let mut n = 0;
+    loop {
+        // `None` when the read would block: then wait parked.
+        let read = std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut head[n..]);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(read) => Poll::Ready(Some(read.map(|()| buf.filled().len()))),
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await;
+        let read = match read {
+            Some(read) => read,
+            None => match park::wait(io, lot, deadline).await {
+                Woke::Readable => continue,
+                Woke::Expired => {
+                    tracing::debug!("{SILENT}");
+                    return None;
+                }
+                Woke::Failed | Woke::Drained => return None,
+            },
+        };
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => n += read,
+        }
+        if head[..n] != PREFACE[..n] {
+            return Some((Protocol::Http1, Bytes::copy_from_slice(&head[..n])));
+        }
+        if n == PREFACE.len() {
+            return Some((Protocol::Http2, Bytes::copy_from_slice(&head[..n])));
+        }
+    }
+}
+
+/// An HTTP/1.1 connection parked between requests: what it takes to serve
+/// it again.
+struct Parked<I> {
+    io: I,
+    /// Bytes read and not yet parsed: a partial head.
+    prefix: Bytes,
+    /// When its last response ended (or it was accepted).
+    idle_since: Instant,
+}
+
+/// One spell of serving: from the first bytes to the connection's end, or,
+/// for HTTP/1.1, to the point where it is parked.
+async fn serve_spell<I: Readable>(
+    io: I,
+    prefix: Bytes,
+    protocol: Protocol,
+    setup: &ConnectionSetup,
+    client: &Client,
+    drain: &Arc<Drain>,
+    idle_since: Instant,
+) -> Option<Parked<I>> {
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
-        client: unbox(client),
-        idle: IdleClock::new(setup.first_request_timeout, Arc::clone(&setup.gauges)),
+        client: client.info(),
+        idle: IdleClock::since(
+            idle_since,
+            setup.first_request_timeout,
+            Arc::clone(&setup.gauges),
+        ),
         request_timer: AtomicCell::new(None),
     });
+    if !prefix.is_empty() && protocol == Protocol::Http1 {
+        // A partial head is parked once; until it is whole, the next
+        // connection keeps it, so a head trickled a byte at a time is not
+        // copied out and back for each byte.
+        context.idle.set_parkable(false);
+    }
     let requests = {
         let context = Arc::clone(&context);
         service_fn(move |request: Request<Incoming>| {
@@ -519,52 +654,13 @@ async fn serve<I: Readable>(
     // Polled only when it fires, not on every wake-up of the connection;
     // one future for both, as every idle connection holds it.
     let watched = Arc::clone(&context);
+    let drain = Arc::clone(drain);
     let mut ending = PollWhenWoken::new(async move {
         tokio::select! {
             _ = watched.idle.expired() => Ending::Expired,
             () = drain.wait() => Ending::Drained,
         }
     });
-    const SILENT: &str =
-        "closing a connection that sent no request head within limits.header_read_timeout";
-
-    let (protocol, mut prefix) = match protocol {
-        Some(protocol) => (protocol, Bytes::new()),
-        None => {
-            let mut head = [0u8; PREFACE.len()];
-            let mut n = 0;
-            // `poll_fn`s rather than `select!`: they keep no state, and the
-            // task's size is what every idle connection pays.
-            let protocol = loop {
-                let read = std::future::poll_fn(|cx| {
-                    let mut buf = ReadBuf::new(&mut head[n..]);
-                    match Pin::new(&mut io).poll_read(cx, &mut buf) {
-                        Poll::Ready(read) => Poll::Ready(Ok(read.map(|()| buf.filled().len()))),
-                        Poll::Pending => Pin::new(&mut ending).poll(cx).map(Err),
-                    }
-                })
-                .await;
-                match read {
-                    Ok(Ok(0) | Err(_)) => return,
-                    Ok(Ok(read)) => n += read,
-                    Err(ending) => {
-                        if ending == Ending::Expired {
-                            tracing::debug!("{SILENT}");
-                        }
-                        return;
-                    }
-                }
-                if head[..n] != PREFACE[..n] {
-                    break Protocol::Http1;
-                }
-                if n == PREFACE.len() {
-                    break Protocol::Http2;
-                }
-            };
-            (protocol, Bytes::copy_from_slice(&head[..n]))
-        }
-    };
-
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
         let connection = setup.builder.http2.serve_connection(io, requests);
@@ -595,73 +691,43 @@ async fn serve<I: Readable>(
         if let Err(err) = result {
             tracing::debug!(error = %err, "client connection ended with an error");
         }
-        return;
+        return None;
     }
 
-    let mut parked = false;
-    loop {
-        if parked {
-            let woke = std::future::poll_fn(|cx| match io.poll_readable(cx) {
-                Poll::Ready(readable) => Poll::Ready(Ok(readable)),
-                Poll::Pending => Pin::new(&mut ending).poll(cx).map(Err),
-            })
-            .await;
-            match woke {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(ending) => {
-                    if ending == Ending::Expired {
-                        tracing::debug!("{SILENT}");
-                    }
-                    return;
-                }
-            }
+    let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
+    let connection = setup
+        .builder
+        .http1
+        .serve_connection(resumable, requests)
+        .with_upgrades();
+    let (step, connection) = drive_http1(connection, &context.idle, &mut ending).await;
+    let result = match step {
+        Step::Park => {
+            // `None` only after an upgrade, which never parks.
+            let parts = connection.into_parts()?;
+            let (unread, io) = parts.io.into_inner().into_parts();
+            return Some(Parked {
+                io,
+                prefix: leftover(unread, parts.read_buf),
+                idle_since: context.idle.idle_since(),
+            });
         }
-        let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        let connection = setup
-            .builder
-            .http1
-            .serve_connection(resumable, requests.clone())
-            .with_upgrades();
-        // Boxed with the connection in it: hyper's state is on the heap only
-        // while it serves, and the task itself stays a few hundred bytes.
-        let (step, connection) =
-            Box::pin(drive_http1(connection, &context.idle, &mut ending)).await;
-        let result = match step {
-            Step::Park => {
-                // `None` only after an upgrade, which never parks.
-                let Some(parts) = connection.into_parts() else {
-                    return;
-                };
-                let (unread, stream) = parts.io.into_inner().into_parts();
-                prefix = leftover(unread, parts.read_buf);
-                if !prefix.is_empty() {
-                    // A partial head is parked once; until it is whole, the
-                    // next connection keeps it, so a head trickled a byte
-                    // at a time is not copied out and back for each byte.
-                    context.idle.set_parkable(false);
-                }
-                io = stream;
-                parked = true;
-                continue;
-            }
-            Step::Ended(result) => result,
-            Step::Expired => {
-                tracing::debug!("{SILENT}");
-                Ok(())
-            }
-            Step::Drained => {
-                // Finish the request in flight, then close.
-                let mut connection = Box::pin(connection);
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "client connection ended with an error");
+        Step::Ended(result) => result,
+        Step::Expired => {
+            tracing::debug!("{SILENT}");
+            Ok(())
         }
-        return;
+        Step::Drained => {
+            // Finish the request in flight, then close.
+            let mut connection = Box::pin(connection);
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "client connection ended with an error");
     }
+    None
 }
 
 /// How long an HTTP/1.1 connection must have had nothing to do before it
@@ -708,13 +774,6 @@ where
     })
     .await;
     (step, connection)
-}
-
-/// The value out of its box, freed here: a box moved out of in an async fn
-/// is freed only when the function ends.
-#[allow(clippy::boxed_local)] // taking the box is the point: it is freed here
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
 }
 
 /// Whether a request's `Connection` header says `close`: hyper closes after
