@@ -290,6 +290,7 @@ async fn a_layer_written_by_another_veer_is_adopted_and_kept_locally() {
         .send(crate::state::RemoteChange {
             service: "svc0".into(),
             state: Some(theirs),
+            merged_with: None,
         })
         .expect("the actor listens");
     for _ in 0..1_000 {
