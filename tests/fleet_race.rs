@@ -230,3 +230,79 @@ async fn a_latch_made_while_an_older_resume_is_merged_stays() {
     let stored = fleet(&etcd, prefix).await;
     assert_eq!(stored.map(|s| s.latches), Some(vec![latch(1)]));
 }
+
+/// Polls `admin` until the canary's weight in force is `want`.
+async fn until_canary(
+    client: &support::client::HttpClient,
+    admin: std::net::SocketAddr,
+    want: u64,
+    what: &str,
+) {
+    use support::release::{status_at, version, web};
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let status = status_at(client, admin).await;
+        let web = web(&status);
+        if version(web, "canary")["weight"].as_u64() == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: canary weight not {want} within {LIMIT:?}; /status of web:\n{web:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn rollbacks_and_resumes_sent_to_different_replicas_in_quick_succession_all_hold() {
+    use support::binary::VeerProcess;
+    use support::client::http1_client;
+    use support::fleet::{wait_fleet, ReplicaPlan};
+    use support::release::{admin_of, admin_post};
+    use support::upstream::Upstream;
+
+    let etcd = Etcd::start();
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("state dir"))
+        .collect();
+    let names = ["a", "b", "c"];
+    let replicas: Vec<VeerProcess> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| {
+            let mut plan = ReplicaPlan::new(name, vec![etcd.endpoint()]);
+            plan.prefix = "/veer/race-e2e";
+            // Only the operator decides here: no traffic, no trips.
+            plan.guard = "baseline: stable, interval: 1s, window: 30s, min_requests: 100000, \
+                          max_error_rate: 0.2";
+            plan.weights = (90, 10);
+            plan.start(&stable, &canary, dir.path())
+        })
+        .collect();
+    let client = http1_client();
+    wait_fleet(&client, &replicas[0], &names).await;
+    let admins: Vec<_> = replicas.iter().map(admin_of).collect();
+    // Each round: a rollback on one replica, and as soon as every replica
+    // holds it, a resume on the same replica or the next (the siblings are
+    // writing back what they took in just then); every replica must end
+    // with each decision.
+    for round in 0..30 {
+        let origin = round % 3;
+        let resumer = (origin + round / 3 % 2) % 3;
+        for (action, on, want) in [("rollback", origin, 0), ("resume", resumer, 10)] {
+            let path = format!("/services/web/{action}");
+            let answer = admin_post(&client, admins[on], &path, None).await;
+            assert_eq!(answer.status, 200, "{action}: {}", answer.text());
+            for (i, admin) in admins.iter().enumerate() {
+                let what = format!(
+                    "round {round}: the {action} on {} in force on {}",
+                    names[on], names[i]
+                );
+                until_canary(&client, *admin, want, &what).await;
+            }
+        }
+    }
+}
