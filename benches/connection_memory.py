@@ -1,105 +1,255 @@
 #!/usr/bin/env python3
-"""Memory per client connection, for sizing (docs/deploy.md): starts veer on
-loopback, opens connections in steps, has each make one HTTP/1.1 keep-alive
-request (answered by veer itself: a 404 for a host no service names, so no
-upstream is involved) and then stay open and idle, and reads veer's VmRSS
-after each step. Prints KiB per connection between steps and MiB per 1,000.
+"""Memory per idle client connection, for sizing (docs/deploy.md) and beside
+NGINX and HAProxy (docs/benchmarks.md).
 
-Loopback only, bounded by the counts given; raises its own open-files limit
-to what it needs.
+Starts the server on loopback, opens connections in steps and leaves them
+idle, and reads the server's resident memory (VmRSS, summed over its
+processes) after each step. Prints KiB per connection between steps and MiB
+per 1,000.
 
-Usage: connection_memory.py BINARY [COUNT ...]   (default 1000 5000 10000)
+  h1   each connection makes one HTTP/1.1 keep-alive request (answered by
+       the server itself: 404, no upstream) and then stays open, idle
+  h2c  each connection sends the HTTP/2 preface and SETTINGS, ACKs the
+       server's, and stays open with no stream
+
+Loopback only, bounded by the counts given. Raises its own open-files limit
+(the server inherits it; root may raise the hard limit) and spreads the
+connections over source addresses 127.0.0.1-127.0.0.8, so 50,000 do not run
+out of ephemeral ports. The idle limits are raised in each server's config so
+nothing is closed while measuring.
+
+Usage: connection_memory.py [--server veer|nginx|haproxy] [--proto h1|h2c]
+                            [BINARY] [COUNT ...]     (default 1000 5000 10000)
+BINARY is veer's (default target/release/veer); NGINX and HAProxy are found
+on PATH (apt-get install nginx haproxy).
 """
+import argparse
 import os
 import re
 import resource
+import select
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-CONFIG = """listeners:
+VEER = """listeners:
   - name: public
     address: 127.0.0.1:0
 admin:
   address: 127.0.0.1:0
+limits:
+  max_connections: 200000
+  header_read_timeout: 1h
 services:
   - name: web
     match: { hosts: [web] }
     versions:
       - { name: stable, revision: "1", endpoints: [127.0.0.1:9], weight: 1 }
 """
+NGINX = """worker_processes 1;
+worker_rlimit_nofile {nofile};
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections {maxconn}; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 3600s;
+  http2_idle_timeout 3600s;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{h2port} http2 backlog=4096;
+    location / {{ return 404; }}
+  }}
+}}
+"""
+HAPROXY = """global
+  nbthread 1
+  maxconn {maxconn}
+
+defaults
+  mode http
+  option http-keep-alive
+  timeout client 3600s
+  timeout http-keep-alive 3600s
+  timeout http-request 3600s
+
+frontend public
+  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{h2port} proto h2
+  http-request return status 404
+"""
 REQUEST = b"GET / HTTP/1.1\r\nHost: nobody\r\n\r\n"
+# The preface, an empty SETTINGS, and the ACK of the server's SETTINGS.
+H2_HELLO = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+SOURCES = [f"127.0.0.{i}" for i in range(1, 9)]
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                found = re.search(r"VmRSS:\s+(\d+)", f.read())
+        except FileNotFoundError:
+            continue
+        if found:  # not a zombie
+            total += int(found.group(1))
+    return total
 
 
-def settle(pid):
+def settle(pids):
     """RSS once it stops moving (allocator and kernel catch up)."""
-    last = rss_kib(pid)
-    for _ in range(20):
-        time.sleep(0.2)
-        now = rss_kib(pid)
+    last = rss_kib(pids)
+    for _ in range(30):
+        time.sleep(0.3)
+        now = rss_kib(pids)
         if abs(now - last) < 16:
             return now
         last = now
     return last
 
 
-def main():
-    if len(sys.argv) < 2:
-        print(__doc__, file=sys.stderr)
-        return 64
-    binary = sys.argv[1]
-    counts = [int(c) for c in sys.argv[2:]] or [1000, 5000, 10000]
-    need = max(counts) + 256
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    with tempfile.TemporaryDirectory() as dir:
-        path = os.path.join(dir, "veer.yaml")
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def start(server, binary, proto, work, maxconn):
+    """Starts the server; returns (process, pids to measure, address)."""
+    if server == "veer":
+        path = os.path.join(work, "veer.yaml")
         with open(path, "w") as f:
-            f.write(CONFIG)
+            f.write(VEER)
         proc = subprocess.Popen([binary, "run", "-c", path], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
+        addr = None
+        for line in proc.stdout:
+            m = re.match(r"veer: listener public on (\S+):(\d+)", line)
+            if m:
+                addr = (m.group(1), int(m.group(2)))
+            if line.startswith("veer: ready"):
+                break
+        if addr is None:
+            raise RuntimeError("veer did not start")
+        return proc, [proc.pid], addr
+    port, h2port = free_port(), free_port()
+    if server == "nginx":
+        path = os.path.join(work, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(NGINX.format(dir=work, port=port, h2port=h2port, maxconn=maxconn,
+                                 nofile=maxconn + 64))
+        cmd = [shutil.which("nginx") or "nginx", "-p", work, "-c", path, "-g", "daemon off;"]
+    else:
+        path = os.path.join(work, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(HAPROXY.format(port=port, h2port=h2port, maxconn=maxconn))
+        cmd = [shutil.which("haproxy") or "haproxy", "-db", "-f", path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    addr = ("127.0.0.1", h2port if proto == "h2c" else port)
+    for _ in range(100):
         try:
-            addr = None
-            for line in proc.stdout:
-                m = re.match(r"veer: listener public on (\S+):(\d+)", line)
-                if m:
-                    addr = (m.group(1), int(m.group(2)))
-                if line.startswith("veer: ready"):
-                    break
-            if addr is None:
-                print("veer did not start", file=sys.stderr)
+            socket.create_connection(addr, timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(0.5)
+    return proc, [proc.pid] + children(proc.pid), addr
+
+
+def open_batch(addr, n, proto, first):
+    """Opens n connections, has each say hello and read its answer."""
+    conns = []
+    for i in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((SOURCES[(first + i) % len(SOURCES)], 0))
+        s.connect(addr)
+        s.sendall(REQUEST if proto == "h1" else H2_HELLO)
+        conns.append(s)
+    for s in conns:
+        s.settimeout(30)
+        data = b""
+        # h1: the whole head; h2c: the server's SETTINGS frame (9 bytes or more).
+        while (b"\r\n\r\n" not in data) if proto == "h1" else (len(data) < 9):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError("the server closed a connection")
+            data += chunk
+    # Drain whatever else came (h2: the ACK of our SETTINGS, WINDOW_UPDATE).
+    time.sleep(0.2)
+    for s in conns:
+        s.setblocking(False)
+        try:
+            while s.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+    return conns
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["veer", "nginx", "haproxy"], default="veer")
+    parser.add_argument("--proto", choices=["h1", "h2c"], default="h1")
+    parser.add_argument("binary", nargs="?", default="target/release/veer")
+    parser.add_argument("counts", nargs="*", type=int)
+    args = parser.parse_args()
+    if args.binary.isdigit():
+        args.counts.insert(0, int(args.binary))
+        args.binary = "target/release/veer"
+    counts = args.counts or [1000, 5000, 10000]
+    need = max(counts) + 1024  # each process: the clients here, the server its own
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(need, hard)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            if hard < need:
+                print(f"open-files limit {hard} is below the {need} needed", file=sys.stderr)
                 return 1
-            base = settle(proc.pid)
-            print(f"veer idle: {base} KiB RSS")
+    with tempfile.TemporaryDirectory() as work:
+        # Sized to the run, as an operator would: NGINX allocates every
+        # connection slot up front (in its idle RSS, not in the deltas).
+        proc, pids, addr = start(args.server, args.binary, args.proto, work, max(counts) + 256)
+        try:
+            base = settle(pids)
+            print(f"{args.server} {args.proto} idle: {base} KiB RSS")
             conns, previous, previous_n = [], base, 0
             for n in counts:
+                # In batches of 500 with a pause: clients arrive over time, and
+                # veer parks a connection 50 ms after its answer; one burst of
+                # thousands at once would measure the allocator's retained
+                # peak of busy connections instead.
                 while len(conns) < n:
-                    s = socket.create_connection(addr)
-                    s.sendall(REQUEST)
-                    conns.append(s)
-                for s in conns[previous_n:]:
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = s.recv(4096)
-                        if not chunk:
-                            raise RuntimeError("veer closed a connection")
-                        data += chunk
-                now = settle(proc.pid)
+                    conns += open_batch(addr, min(500, n - len(conns)), args.proto, len(conns))
+                    time.sleep(0.15)
+                now = settle(pids)
                 per = (now - previous) / (n - previous_n)
-                print(f"{n:>6} connections: {now} KiB RSS, {per:.1f} KiB per connection "
-                      f"over the last {n - previous_n} ({per * 1000 / 1024:.1f} MiB per 1,000)")
+                print(f"{n:>6} connections: {now} KiB RSS, {per:.2f} KiB per connection "
+                      f"over the last {n - previous_n} ({per * 1000 / 1024:.2f} MiB per 1,000)")
                 previous, previous_n = now, n
             total = (previous - base) / previous_n
-            print(f"overall: {total:.1f} KiB per idle keep-alive connection "
-                  f"({total * 1000 / 1024:.1f} MiB per 1,000)")
+            print(f"overall: {args.server} {args.proto} {total:.2f} KiB per idle connection "
+                  f"({total * 1000 / 1024:.2f} MiB per 1,000)")
+            if proc.poll() is not None:
+                print(f"{args.server} exited during the run", file=sys.stderr)
+                return 1
             for s in conns:
                 s.close()
         finally:

@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Version;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
@@ -38,9 +37,12 @@ pub struct IdleClock {
     in_flight: AtomicUsize,
     /// Since `origin`, when `in_flight` last fell to 0.
     idle_since_micros: AtomicU64,
-    /// The connection has carried an HTTP/2 request: it is closed with
-    /// GOAWAY rather than dropped.
-    http2: AtomicBool,
+    /// HTTP/1.1 parking (`park`): the last read would block,
+    read_blocked: AtomicBool,
+    /// everything written was flushed,
+    flushed: AtomicBool,
+    /// and the last request left no body bytes or upgrade behind it.
+    parkable: AtomicBool,
     /// The listener's in-flight gauge (`veer_listener_requests_in_flight`).
     listener: Arc<ListenerGauges>,
 }
@@ -61,18 +63,17 @@ impl IdleClock {
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_micros: AtomicU64::new(0),
-            http2: AtomicBool::new(false),
+            read_blocked: AtomicBool::new(false),
+            flushed: AtomicBool::new(true),
+            parkable: AtomicBool::new(true),
         }
     }
 
     /// A request head arrived: the clock stops until its response ends.
     #[inline]
-    pub fn request_started(&self, version: Version) {
+    pub fn request_started(&self) {
         self.listener.request_started();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if version == Version::HTTP_2 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
     }
 
     /// A response ended (or was abandoned): the clock restarts when it was
@@ -87,14 +88,56 @@ impl IdleClock {
         }
     }
 
+    /// Set by the service for each HTTP/1.1 request: whether, once its
+    /// response is written, the connection is between requests with nothing
+    /// of this one left to read (no body, no upgrade, keep-alive).
+    #[inline]
+    pub fn set_parkable(&self, parkable: bool) {
+        self.parkable.store(parkable, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn set_read_blocked(&self, blocked: bool) {
+        self.read_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn set_flushed(&self, flushed: bool) {
+        self.flushed.store(flushed, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn read_blocked(&self) -> bool {
+        self.read_blocked.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub fn flushed(&self) -> bool {
+        self.flushed.load(Ordering::Relaxed)
+    }
+
+    /// Whether an HTTP/1.1 connection whose future just returned `Pending`
+    /// may be parked: nothing in flight, nothing unwritten, waiting on the
+    /// socket for the next head. Read by the connection task only, after
+    /// polling hyper, so the flags were set by that same poll.
+    #[inline]
+    pub fn may_park(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.read_blocked.load(Ordering::Relaxed)
+            && self.flushed.load(Ordering::Relaxed)
+            && self.parkable.load(Ordering::Relaxed)
+    }
+
+    /// When the connection last had no request in flight: its start, or
+    /// the end of its last response.
+    #[inline]
+    pub fn idle_since(&self) -> Instant {
+        self.origin + Duration::from_micros(self.idle_since_micros.load(Ordering::Relaxed))
+    }
+
     /// How long a connection may wait for a request head.
     pub fn limit(&self) -> Duration {
         self.limit
-    }
-
-    /// Whether the connection speaks HTTP/2 (it has carried a request).
-    pub fn is_http2(&self) -> bool {
-        self.http2.load(Ordering::Relaxed)
     }
 
     pub fn verdict(&self, now: Instant) -> Verdict {
@@ -125,6 +168,12 @@ impl IdleClock {
     }
 }
 
+impl AsRef<IdleClock> for IdleClock {
+    fn as_ref(&self) -> &IdleClock {
+        self
+    }
+}
+
 /// One request's hold on its connection's clock, from its head to the end
 /// of its response (or until it is dropped unfinished). It owns the
 /// connection's shared state `C`, so the request needs no other handle.
@@ -132,8 +181,8 @@ pub struct InFlight<C: AsRef<IdleClock>>(Arc<C>);
 
 impl<C: AsRef<IdleClock>> InFlight<C> {
     #[inline]
-    pub fn start(owner: Arc<C>, version: Version) -> InFlight<C> {
-        AsRef::<IdleClock>::as_ref(&*owner).request_started(version);
+    pub fn start(owner: Arc<C>) -> InFlight<C> {
+        AsRef::<IdleClock>::as_ref(&*owner).request_started();
         InFlight(owner)
     }
 }
@@ -208,7 +257,7 @@ mod tests {
             Verdict::Close
         );
 
-        clock.request_started(Version::HTTP_11);
+        clock.request_started();
         let later = start + Duration::from_secs(60);
         assert_eq!(
             clock.verdict(later),
@@ -229,10 +278,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn http2_connections_idle_out_like_http1_ones() {
+    async fn a_long_request_stops_the_clock_until_it_ends() {
         let clock = IdleClock::new(Duration::from_secs(1), Arc::default());
-        clock.request_started(Version::HTTP_2);
-        assert!(clock.is_http2());
+        clock.request_started();
         let busy = Instant::now() + Duration::from_secs(3600);
         assert_eq!(
             clock.verdict(busy),
@@ -246,12 +294,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn parks_only_when_idle_flushed_blocked_and_parkable() {
+        let clock = IdleClock::new(Duration::from_secs(1), Arc::default());
+        assert!(!clock.may_park(), "nothing read yet");
+        clock.set_read_blocked(true);
+        assert!(
+            clock.may_park(),
+            "a fresh connection has nothing left behind"
+        );
+        clock.request_started();
+        assert!(!clock.may_park(), "a request in flight");
+        clock.request_ended();
+        clock.set_parkable(false);
+        assert!(
+            !clock.may_park(),
+            "the last request had a body or an upgrade"
+        );
+        clock.set_parkable(true);
+        clock.set_flushed(false);
+        assert!(!clock.may_park(), "bytes not yet flushed");
+        clock.set_flushed(true);
+        clock.set_read_blocked(false);
+        assert!(!clock.may_park(), "hyper did not ask the socket for more");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_completes_after_the_idle_limit() {
         let clock = Arc::new(IdleClock::new(Duration::from_secs(2), Arc::default()));
         let watched = Arc::clone(&clock);
         let watchdog = tokio::spawn(async move { watched.expired().await });
-        clock.request_started(Version::HTTP_11);
+        clock.request_started();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(
             !watchdog.is_finished(),

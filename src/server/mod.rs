@@ -5,9 +5,11 @@
 //! shutdown.
 //!
 //! Each listener accepts in a task of its own and serves every connection with
-//! hyper-util's auto builder: HTTP/1.1 (keep-alive, pipelining, upgrades) and
-//! HTTP/2 with prior knowledge share the port; on a TLS listener, after a
-//! handshake in the connection's task (ALPN `h2` or `http/1.1`). A semaphore caps open
+//! hyper: HTTP/1.1 (keep-alive, pipelining, upgrades) and HTTP/2 with prior
+//! knowledge share the port (the first bytes tell which); on a TLS listener,
+//! after a handshake in the connection's task, ALPN tells (`h2` or
+//! `http/1.1`). An idle HTTP/1.1 connection is parked as a bare socket
+//! between requests (`park`). A semaphore caps open
 //! connections (beyond the cap, clients wait in the kernel's backlog). On
 //! shutdown the listeners close first, then every connection is told to finish
 //! its in-flight requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY) and
@@ -16,6 +18,7 @@
 
 mod idle;
 mod listeners;
+mod park;
 pub mod runtime;
 pub mod signal;
 mod woken;
