@@ -46,7 +46,8 @@ fn latch(version: &str, revision: &str) -> Latch {
 }
 
 /// What the control plane does with the store, reduced to the layer: it
-/// applies siblings' changes and saves after every change of its own.
+/// applies siblings' changes (as the control task's `adopt` does) and saves
+/// after every change of its own.
 struct Replica {
     layer: PersistedState,
     store: EtcdStore,
@@ -81,7 +82,8 @@ impl Replica {
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}; layer: {:?}", self.layer))
                 .expect("store task alive");
-            match change.state {
+            let ours = self.layer.services.get(&change.service);
+            match veer::fleet::merge::rebase(change.merged_with.as_ref(), ours, change.state) {
                 Some(state) => {
                     self.layer.services.insert(change.service, state);
                 }

@@ -824,9 +824,15 @@ impl Actor {
     }
 
     /// A service's layer as the shared store holds it now (a sibling's
-    /// write, merged with ours by the store): it replaces ours, reconciled
+    /// write, merged with ours by the store): it replaces ours (with what
+    /// we decided since the store's merge put back on top), reconciled
     /// with our config, and is saved so the local copy follows the fleet.
-    fn adopt(&mut self, change: crate::state::RemoteChange) {
+    fn adopt(&mut self, mut change: crate::state::RemoteChange) {
+        change.state = crate::fleet::merge::rebase(
+            change.merged_with.as_ref(),
+            self.layer.services.get(&change.service),
+            change.state,
+        );
         // Only the fleet's leader holds rollouts, so the hold time this
         // replica added since its last write is not in theirs: it stays
         // while the rollout stands at the same step; a rollout that moved,

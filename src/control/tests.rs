@@ -274,6 +274,38 @@ async fn refusals_are_variants_with_their_status() {
 }
 
 #[tokio::test]
+async fn a_resume_taken_after_the_store_merged_a_siblings_write_is_not_undone_by_it() {
+    let store = TestStore::new(usize::MAX >> 4);
+    let (sender, receiver) = mpsc::unbounded_channel();
+    *store.0.changes.lock().expect("lock") = Some(receiver);
+    let control = start(2, 1, &store).await;
+    control.rollback("svc0").await.expect("rolled back");
+    let latched = store.last().services["svc0"].clone();
+    assert_eq!(latched.latches.len(), 1);
+    // The store merged a sibling's write with the latched layer; before the
+    // actor takes it in, the operator resumes here.
+    assert_eq!(control.resume("svc0").await, Ok(1));
+    let saves = store.saves();
+    sender
+        .send(crate::state::RemoteChange {
+            service: "svc0".into(),
+            state: Some(latched.clone()),
+            merged_with: Some(latched),
+        })
+        .expect("the actor listens");
+    for _ in 0..1_000 {
+        if store.saves() > saves {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.saves(), saves + 1, "the change is taken in and saved");
+    assert!(control.latches("svc0").is_empty(), "the resume holds");
+    assert!(store.last().services["svc0"].latches.is_empty());
+    assert_eq!(store.last().remote_applied, 1);
+}
+
+#[tokio::test]
 async fn a_layer_written_by_another_veer_is_adopted_and_kept_locally() {
     let store = TestStore::new(usize::MAX >> 4);
     let (sender, receiver) = mpsc::unbounded_channel();
@@ -290,6 +322,7 @@ async fn a_layer_written_by_another_veer_is_adopted_and_kept_locally() {
         .send(crate::state::RemoteChange {
             service: "svc0".into(),
             state: Some(theirs),
+            merged_with: None,
         })
         .expect("the actor listens");
     for _ in 0..1_000 {

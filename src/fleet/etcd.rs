@@ -550,6 +550,7 @@ impl Sync {
             let _ = self.changes.send(RemoteChange {
                 service: service.to_string(),
                 state: target.clone(),
+                merged_with: local.cloned(),
             });
             self.sent += 1;
             self.announced

@@ -52,6 +52,33 @@ pub fn merge(
     }
 }
 
+/// A sibling's write (`theirs`), merged by the store with this replica's
+/// layer as it was then (`merged_with`), taken in by a control plane whose
+/// layer is now `ours`. When `ours` moved on meanwhile (a resume, a trip, a
+/// weights command taken between the store's merge and this), what it
+/// changed since is put back on top, three ways against `merged_with`:
+/// replacing `ours` with `theirs` would undo a decision nobody else has
+/// seen yet, and the store would never write it.
+pub fn rebase(
+    merged_with: Option<&ServiceState>,
+    ours: Option<&ServiceState>,
+    theirs: Option<ServiceState>,
+) -> Option<ServiceState> {
+    if ours == merged_with {
+        return theirs;
+    }
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) => {
+            let empty = ServiceState::default();
+            Some(merge(Some(merged_with.unwrap_or(&empty)), ours, &theirs))
+        }
+        // Gone from the fleet, but changed here since: kept.
+        (Some(ours), None) => Some(ours.clone()),
+        // Dropped here since (a reload): the fleet's stands, as in the store.
+        (None, theirs) => theirs,
+    }
+}
+
 fn same_latch(a: &Latch, b: &Latch) -> bool {
     a.version == b.version && a.revision == b.revision
 }
@@ -272,6 +299,45 @@ mod tests {
             .rollout
             .expect("a rollout");
         assert_eq!(merged.step, 3);
+    }
+
+    #[test]
+    fn a_resume_taken_after_the_stores_merge_survives_taking_it_in() {
+        let latched = ServiceState {
+            latches: vec![latch("canary", "v2", 10)],
+            ..Default::default()
+        };
+        // A sibling's write, merged with the latched layer.
+        let theirs = ServiceState {
+            weights: weights(&[("stable", 60), ("canary", 40)]),
+            ..latched.clone()
+        };
+        // Meanwhile the operator resumed here.
+        let ours = ServiceState::default();
+        let taken = rebase(Some(&latched), Some(&ours), Some(theirs.clone())).expect("a layer");
+        assert!(taken.latches.is_empty(), "the resume holds");
+        assert_eq!(taken.weights, theirs.weights, "the sibling's change is in");
+        // Nothing decided here since: the store's merge as it is.
+        let taken = rebase(Some(&latched), Some(&latched), Some(theirs.clone()));
+        assert_eq!(taken, Some(theirs));
+    }
+
+    #[test]
+    fn a_trip_taken_after_the_stores_merge_of_a_resume_stays() {
+        let old = ServiceState {
+            latches: vec![latch("canary", "v2", 10)],
+            ..Default::default()
+        };
+        // The fleet resumed the old latch; here the canary tripped again.
+        let ours = ServiceState {
+            latches: vec![latch("canary", "v2", 20)],
+            ..Default::default()
+        };
+        let taken = rebase(Some(&old), Some(&ours), Some(ServiceState::default()));
+        assert_eq!(taken.map(|s| s.latches), Some(ours.latches.clone()));
+        // The fleet dropped the service; a trip here since keeps it.
+        let taken = rebase(Some(&old), Some(&ours), None);
+        assert_eq!(taken, Some(ours));
     }
 
     #[test]

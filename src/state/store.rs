@@ -36,6 +36,11 @@ pub type Changes = mpsc::UnboundedReceiver<RemoteChange>;
 pub struct RemoteChange {
     pub service: String,
     pub state: Option<super::ServiceState>,
+    /// This veer's layer of the service that `state` was merged with (`None`:
+    /// it had none). A control task whose layer moved on since (a command it
+    /// took meanwhile) applies the change on top of its own, three ways
+    /// against this (`fleet::merge::rebase`), so the merge never undoes it.
+    pub merged_with: Option<super::ServiceState>,
 }
 
 /// What a store held at start.
