@@ -462,8 +462,9 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     }
 }
 
-async fn read_json(request: Request<Incoming>) -> Refusable {
-    let body = Limited::new(request.into_body(), MAX_BODY)
+/// The request's body, at most `MAX_BODY` bytes.
+async fn read_body(request: Request<Incoming>) -> Result<bytes::Bytes, Refusal> {
+    Ok(Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|err| {
@@ -472,7 +473,11 @@ async fn read_json(request: Request<Incoming>) -> Refusable {
                 format!("cannot read the body: {err}"),
             )
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+async fn read_json(request: Request<Incoming>) -> Refusable {
+    let body = read_body(request).await?;
     serde_json::from_slice(&body).map_err(|err| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -484,16 +489,7 @@ async fn read_json(request: Request<Incoming>) -> Refusable {
 /// A pause's optional body, `{"reason": "..."}`: no body is a pause with
 /// no reason given.
 async fn pause_reason(request: Request<Incoming>) -> Result<Option<String>, Refusal> {
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|err| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {err}"),
-            )
-        })?
-        .to_bytes();
+    let body = read_body(request).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
