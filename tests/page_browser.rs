@@ -75,10 +75,11 @@ async fn start_driver(client: &HttpClient) -> Driver {
         {
             let ready = tokio::time::timeout(
                 Duration::from_secs(5),
-                send(client, get(&format!("{}/status", driver.url), None)),
+                support::client::try_send(client, get(&format!("{}/status", driver.url), None)),
             )
             .await;
-            if matches!(ready, Ok(ref a) if a.status == 200) {
+            // A driver still starting may reset the connection: try again.
+            if matches!(ready, Ok(Ok(ref a)) if a.status == 200) {
                 return driver;
             }
         }
