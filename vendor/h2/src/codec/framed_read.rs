@@ -2,6 +2,7 @@ use crate::frame::{self, Frame, Kind, Reason};
 use crate::frame::{
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_SETTINGS_HEADER_TABLE_SIZE, MAX_MAX_FRAME_SIZE,
 };
+use crate::codec::pool;
 use crate::proto::Error;
 
 use crate::hpack;
@@ -59,9 +60,23 @@ enum Continuable {
 }
 
 impl<T> FramedRead<T> {
-    pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
+    pub fn new(mut inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
+        // veer patch: the read buffer is taken when a read is tried; this one,
+        // new, goes to the pool for that.
+        pool::READ.give(inner.read_buffer_mut());
         FramedRead { inner, decoder }
+    }
+
+    /// veer patch: gives the read buffer and the HPACK scratch buffer back
+    /// to the pool when the read would block with no bytes buffered, so an
+    /// idle connection holds neither. Between the frames of a burst there
+    /// are bytes buffered, or the read does not block: they are kept.
+    fn release_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty() {
+            pool::READ.give(self.inner.read_buffer_mut());
+            self.decoder.hpack.release_buffer();
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -419,12 +434,20 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        // veer patch: the buffer given back when the last read blocked.
+        if self.inner.read_buffer().capacity() == 0 {
+            *self.inner.read_buffer_mut() = pool::READ.take();
+        }
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
-                None => return Poll::Ready(None),
+            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    self.release_buffers();
+                    return Poll::Pending;
+                }
             };
 
             tracing::trace!(read.bytes = bytes.len());

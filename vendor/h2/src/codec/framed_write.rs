@@ -1,3 +1,4 @@
+use crate::codec::pool;
 use crate::codec::UserError;
 use crate::codec::UserError::*;
 use crate::frame::{self, Frame, FrameSize};
@@ -60,11 +61,8 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Initialize the connection with this amount of write buffer.
-///
-/// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
-/// frame that big.
-const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
+// veer patch: the write buffer's size (16 KiB, the smallest MAX_FRAME_SIZE,
+// so a HEADERS frame that big always fits) is `pool::WRITE`'s.
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
@@ -93,7 +91,8 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // veer patch: taken from the pool when a frame is buffered.
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -169,6 +168,10 @@ where
             }
         }
 
+        // veer patch: everything is written; an idle connection holds no
+        // write buffer.
+        pool::WRITE.give(self.encoder.buf.get_mut());
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -223,6 +226,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // veer patch: the buffer was given back when it was last flushed.
+        if self.buf.get_ref().capacity() == 0 {
+            *self.buf.get_mut() = pool::WRITE.take();
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +314,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        let buf = self.buf.get_ref();
+        // veer patch: a buffer given back (no capacity) is taken again by
+        // `buffer`.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -1,6 +1,8 @@
 mod error;
 mod framed_read;
 mod framed_write;
+// veer patch: buffers released while a connection is idle.
+pub(crate) mod pool;
 
 pub use self::error::{SendError, UserError};
 

@@ -1,4 +1,5 @@
 use super::{header::BytesStr, huffman, Header};
+use crate::codec::pool;
 use crate::frame;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -158,8 +159,17 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // veer patch: taken from the pool when a string is decoded.
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// veer patch: gives the buffer for Huffman-decoded strings back to the
+    /// pool; called between header blocks, when it holds no bytes.
+    pub(crate) fn release_buffer(&mut self) {
+        // A string whose decoding failed may have left bytes.
+        self.buffer.clear();
+        pool::HPACK.give(&mut self.buffer);
     }
 
     /// Queues a potential size update
@@ -333,6 +343,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // veer patch: the buffer given back while the connection was idle.
+            if self.buffer.capacity() == 0 {
+                self.buffer = pool::HPACK.take();
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
