@@ -169,10 +169,14 @@ const END_HEADERS: u8 = 4;
 fn response_headers(socket: &mut std::net::TcpStream, stream: u32) -> Vec<u8> {
     loop {
         let mut head = [0u8; 9];
-        socket.read_exact(&mut head).expect("a frame head from veer");
+        socket
+            .read_exact(&mut head)
+            .expect("a frame head from veer");
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; len];
-        socket.read_exact(&mut payload).expect("a frame payload from veer");
+        socket
+            .read_exact(&mut payload)
+            .expect("a frame payload from veer");
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         assert_ne!(head[3], 7, "veer sent GOAWAY: {payload:?}");
         assert_ne!(head[3], 3, "veer reset stream {id}: {payload:?}");
@@ -189,14 +193,14 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
     let addr = proxy.addr();
     tokio::task::spawn_blocking(move || {
         let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-        socket
-            .set_read_timeout(Some(LIMIT))
-            .expect("read timeout");
+        socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
         socket
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .expect("preface");
         socket.write_all(&frame(4, 0, 0, &[])).expect("SETTINGS");
-        socket.write_all(&frame(4, 1, 0, &[])).expect("SETTINGS ACK");
+        socket
+            .write_all(&frame(4, 1, 0, &[]))
+            .expect("SETTINGS ACK");
 
         // GET http://web/ in a HEADERS frame sent in two parts with pauses
         // between, then its CONTINUATION: `:authority: web`, literal with
@@ -217,7 +221,12 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
         // After a pause, a request naming its authority by the index the
         // first one gave it (62, the first dynamic entry).
         std::thread::sleep(PAUSE);
-        let indexed = frame(HEADERS, END_STREAM | END_HEADERS, 3, &[0x82, 0x86, 0x84, 0xbe]);
+        let indexed = frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            3,
+            &[0x82, 0x86, 0x84, 0xbe],
+        );
         socket.write_all(&indexed).expect("second request");
         assert_eq!(response_headers(&mut socket, 3).first(), Some(&0x88));
     })
