@@ -92,11 +92,21 @@ fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Bytes of heap per connection of a batch of `N` idle h2c connections.
-async fn per_idle_connection(addr: SocketAddr) -> isize {
+/// An h2c connection that, when `used`, has made one request: open, idle.
+fn idle(addr: SocketAddr, used: bool) -> TcpStream {
+    let mut stream = connect(addr);
+    if used {
+        assert_eq!(exchange(&mut stream, 1, true), 0x88, "a 200 answer");
+    }
+    stream
+}
+
+/// Bytes of heap per connection of a batch of `N` idle h2c connections
+/// (each has made one request when `used`).
+async fn per_idle_connection(addr: SocketAddr, used: bool) -> isize {
     let before = settled().await;
     let conns =
-        tokio::task::spawn_blocking(move || (0..N).map(|_| connect(addr)).collect::<Vec<_>>())
+        tokio::task::spawn_blocking(move || (0..N).map(|_| idle(addr, used)).collect::<Vec<_>>())
             .await
             .expect("clients");
     let after = settled().await;
@@ -192,15 +202,17 @@ async fn an_idle_http2_connection_holds_no_codec_buffers() {
     // The first connections pay for what is made once (tokio's slab pages,
     // the blocking pool's thread, the buffer pools): keep them open, out of
     // the count.
-    let warm =
-        tokio::task::spawn_blocking(move || (0..64).map(|_| connect(addr)).collect::<Vec<_>>())
-            .await
-            .expect("warm-up");
+    let warm = tokio::task::spawn_blocking(move || {
+        (0..64).map(|i| idle(addr, i % 2 == 0)).collect::<Vec<_>>()
+    })
+    .await
+    .expect("warm-up");
 
-    let heap = per_idle_connection(addr).await;
+    let heap = per_idle_connection(addr, false).await;
+    let used = per_idle_connection(addr, true).await;
     let per_request = allocations_per_request(addr).await;
     println!(
-        "HTTP/2 (h2c): heap per idle connection {heap} B; \
+        "HTTP/2 (h2c): heap per idle connection {heap} B, {used} B after one request; \
          allocations per request, {REQUESTS} one after another on one connection: {per_request:.2}"
     );
     // About 7,500 B in a debug build (`cargo test`), less in a release
