@@ -224,8 +224,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table (veer patch: a copy
+                    // that does not keep the frame's buffer).
+                    self.table.insert(entry.unshared());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -61,6 +61,34 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// veer patch: a copy whose value owns its bytes. A header decoded from
+    /// a frame, or parsed from an upstream's response, shares the buffer it
+    /// was read into; kept in an HPACK table, it would keep that whole
+    /// buffer (8 KiB or more) for as long as the connection lives.
+    pub fn unshared(&self) -> Header {
+        use self::Header::*;
+
+        match self {
+            Field { name, value } => {
+                let value = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut copy) => {
+                        copy.set_sensitive(value.is_sensitive());
+                        copy
+                    }
+                    Err(_) => value.clone(),
+                };
+                Field {
+                    name: name.clone(),
+                    value,
+                }
+            }
+            Authority(v) => Authority(BytesStr::from(v.as_str())),
+            Scheme(v) => Scheme(BytesStr::from(v.as_str())),
+            Path(v) => Path(BytesStr::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));

@@ -339,7 +339,9 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // veer patch: a copy that does not keep the buffer the header was
+            // read into (an upstream's response, another connection's).
+            header: header.unshared(),
             next: None,
         });
     }
