@@ -60,11 +60,8 @@ enum Continuable {
 }
 
 impl<T> FramedRead<T> {
-    pub fn new(mut inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
+    pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        // veer patch: the read buffer is taken when a read is tried; this one,
-        // new, goes to the pool for that.
-        pool::READ.give(inner.read_buffer_mut());
         FramedRead { inner, decoder }
     }
 
