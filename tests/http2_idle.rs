@@ -235,3 +235,79 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
     assert_eq!(upstream.count("/"), 2);
     proxy.shutdown().await;
 }
+
+/// Sends `body` to `path` on `client` and reads the answer whole: its
+/// status and body.
+async fn exchange(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    body: bytes::Bytes,
+) -> (u16, Vec<u8>) {
+    let request = Request::post(format!("http://web{path}"))
+        .body(())
+        .expect("request");
+    let (response, mut send) = client
+        .send_request(request, body.is_empty())
+        .expect("stream opened");
+    if !body.is_empty() {
+        // Flow control: the body goes as the window opens.
+        let mut rest = body;
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len());
+            let room = within(
+                LIMIT,
+                "send window",
+                std::future::poll_fn(|cx| send.poll_capacity(cx)),
+            )
+            .await
+            .expect("window")
+            .expect("capacity");
+            let chunk = rest.split_to(room.min(rest.len()));
+            send.send_data(chunk, rest.is_empty()).expect("send body");
+        }
+    }
+    let response = within(LIMIT, "response", response).await.expect("answer");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = within(LIMIT, "body", body.data()).await {
+        let chunk = chunk.expect("body data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    (status, got)
+}
+
+/// Frames larger than the pooled buffers (a 100 KiB upload read in 16 KiB
+/// DATA frames, a 300 KiB download written through the write buffer) grow
+/// them past what the pool keeps; each burst, and each after an idle pause,
+/// is carried whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_before_and_after_idle_pauses_arrive_whole() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let upload = bytes::Bytes::from(vec![b'u'; 100 * 1024]);
+    for round in 0..3 {
+        tokio::time::sleep(PAUSE).await;
+        client = client.ready().await.expect("ready after the pause");
+        let (status, got) = exchange(&mut client, "/sink", upload.clone()).await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(
+            got, b"102400",
+            "round {round}: the upstream's count of the upload"
+        );
+        client = client.ready().await.expect("ready");
+        let (status, got) = exchange(&mut client, "/download/300000", bytes::Bytes::new()).await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(got.len(), 300_000, "round {round}");
+        assert!(
+            got.iter().all(|&b| b == b'x'),
+            "round {round}: the download's bytes"
+        );
+    }
+    proxy.shutdown().await;
+}
