@@ -151,17 +151,27 @@ impl Snapshot {
         } = parts;
         telemetry.configure(&config.telemetry);
         let now_ms = crate::clock::now_ms();
-        let previous_by_name: std::collections::HashMap<&str, &Arc<ServiceSnapshot>> = previous
-            .map(|p| p.services.iter().map(|s| (&*s.name, s)).collect())
-            .unwrap_or_default();
+        // Each service's previous part is looked for at its own index
+        // first (a publish rarely moves services); by name when not there.
+        let mut previous_by_name: Option<std::collections::HashMap<&str, &Arc<ServiceSnapshot>>> =
+            None;
+        let mut find_previous = |index: usize, name: &str| {
+            let services = &previous?.services;
+            if let Some(at) = services.get(index).filter(|s| &*s.name == name) {
+                return Some(at);
+            }
+            previous_by_name
+                .get_or_insert_with(|| services.iter().map(|s| (&*s.name, s)).collect())
+                .get(name)
+                .copied()
+        };
         let services = config
             .services
             .iter()
             .enumerate()
             .map(|(index, service)| {
                 let inputs = effective(index, service);
-                if let Some(kept) = previous_by_name
-                    .get(service.name.as_str())
+                if let Some(kept) = find_previous(index, service.name.as_str())
                     .filter(|kept| kept.can_keep(service, &inputs, now_ms, registry))
                 {
                     mirrors.keep(service);

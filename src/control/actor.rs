@@ -310,8 +310,12 @@ impl Actor {
             // A bug in one command must not end the control plane (no more
             // trips, no reloads) while the request path goes on: the caller
             // hears nothing (its reply is dropped) and the next command runs.
+            // A reload's stages are timed for the debug log (see `reload`).
+            let timed =
+                matches!(command, Command::ApplyConfig { .. }).then(std::time::Instant::now);
             let applied =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(command)));
+            let apply_us = timed.map(crate::clock::took_us);
             let effect = match applied {
                 Ok(effect) => effect,
                 Err(_) => {
@@ -328,9 +332,11 @@ impl Actor {
             if effect.publish {
                 self.publish();
             }
+            let publish_us = timed.map(crate::clock::took_us);
             if let (Some((actor, service, layer, snapshot)), true) = (observed, effect.write) {
                 self.record_history(actor, service.as_deref(), &layer, &snapshot);
             }
+            let history_us = timed.map(crate::clock::took_us);
             if effect.write {
                 let written = self.write();
                 if let (true, Some(written)) = (effect.wait, written) {
@@ -339,6 +345,20 @@ impl Actor {
                 }
             }
             self.publish_view();
+            if let (Some(timed), Some(apply_us), Some(publish_us), Some(history_us)) =
+                (timed, apply_us, publish_us, history_us)
+            {
+                // Each figure from the command's start: the config taken
+                // in, the snapshot published (requests see it from then),
+                // the history recorded, the layer written and the view out.
+                tracing::debug!(
+                    apply_us,
+                    publish_us,
+                    history_us,
+                    written_us = crate::clock::took_us(timed),
+                    "control: config applied"
+                );
+            }
             if let Some(ack) = effect.ack {
                 ack();
             }
@@ -906,15 +926,44 @@ impl Actor {
         let config = Arc::clone(&self.config);
         let elapsed = self.telemetry.elapsed(Instant::now());
         let unix = unix_ms();
-        // A reload looks at every service: find the old ones by name once.
-        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = only
-            .is_none()
+        // A reload that kept the services where they were changed those
+        // whose part it rebuilt and those whose run-time state moved: only
+        // they are looked at. Otherwise every service is, the old ones found
+        // by name once.
+        let in_place = only.is_none()
+            && was.services.len() == now.services.len()
+            && was
+                .services
+                .iter()
+                .zip(&now.services)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = (only.is_none()
+            && !in_place)
             .then(|| was.services.iter().map(|s| (&*s.name, &**s)).collect());
         let indices: Vec<usize> = match only {
             Some(names) => names
                 .iter()
                 .filter_map(|n| self.names.get(n).copied())
                 .collect(),
+            None if in_place => {
+                let mut indices: std::collections::BTreeSet<usize> = (0..now.services.len())
+                    .filter(|&i| !Arc::ptr_eq(&now.services[i], &was.services[i]))
+                    .collect();
+                let moved = self
+                    .layer
+                    .services
+                    .iter()
+                    .filter(|(name, state)| before.services.get(*name) != Some(*state))
+                    .map(|(name, _)| name)
+                    .chain(
+                        before
+                            .services
+                            .keys()
+                            .filter(|name| !self.layer.services.contains_key(*name)),
+                    );
+                indices.extend(moved.filter_map(|name| self.names.get(name).copied()));
+                indices.into_iter().collect()
+            }
             None => (0..config.services.len()).collect(),
         };
         for index in indices {
@@ -933,6 +982,7 @@ impl Actor {
             };
             let previous = match &old {
                 Some(old) => old.get(name).copied(),
+                None if in_place => was.services.get(index).map(|s| &**s),
                 None => was.services.iter().find(|s| &*s.name == name).map(|s| &**s),
             };
             let own = before.services.get(name);
@@ -987,7 +1037,9 @@ impl Actor {
     }
 
     fn publish(&mut self) {
+        let started = std::time::Instant::now();
         let snapshot = Arc::new(self.build());
+        let build_us = crate::clock::took_us(started);
         let previous = self.published.swap(Arc::clone(&snapshot));
         // Series of versions and endpoints that left the config leave /metrics.
         // Only what this publish rebuilt: a one-weight change among 10,000
@@ -1020,6 +1072,12 @@ impl Actor {
                 version.stats.evict();
             }
         }
+        tracing::debug!(
+            generation = snapshot.generation,
+            build_us,
+            took_us = crate::clock::took_us(started),
+            "control: snapshot published"
+        );
     }
 
     fn build(&mut self) -> Snapshot {
