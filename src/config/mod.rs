@@ -229,31 +229,32 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     let digests: Vec<Digest> = split.services.iter().map(|span| digest(span)).collect();
     let digest_us = crate::clock::took_us(started);
     // Each service's text is first looked for at its own index (an edit
-    // leaves the others where they were); when many are not there (services
-    // added, removed or moved), by digest among all that were kept.
-    const LOOSE_AFTER: usize = 16;
-    let mut by_digest: Option<HashMap<&Digest, usize>> = None;
-    let mut found: Vec<Option<usize>> = Vec::with_capacity(digests.len());
-    let mut misses = 0;
-    for (i, digest) in digests.iter().enumerate() {
-        if reuse.kept.get(i).is_some_and(|(kept, _)| kept == digest) {
-            found.push(Some(i));
-            continue;
-        }
-        misses += 1;
-        if misses <= LOOSE_AFTER {
-            found.push(None);
-            continue;
-        }
-        let index = by_digest.get_or_insert_with(|| {
+    // leaves the others where they were), then among the kept services no
+    // index claimed: as many as the file's services moved or changed.
+    let mut found: Vec<Option<usize>> = digests
+        .iter()
+        .enumerate()
+        .map(|(i, digest)| {
             reuse
                 .kept
-                .iter()
-                .enumerate()
-                .map(|(k, (d, _))| (d, k))
-                .collect()
-        });
-        found.push(index.get(digest).copied());
+                .get(i)
+                .filter(|(kept, _)| kept == digest)
+                .map(|_| i)
+        })
+        .collect();
+    if found.iter().any(Option::is_none) {
+        let unclaimed: HashMap<&Digest, usize> = reuse
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| found.get(k).is_none_or(Option::is_none))
+            .map(|(k, (digest, _))| (digest, k))
+            .collect();
+        for (i, slot) in found.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = unclaimed.get(&digests[i]).copied();
+            }
+        }
     }
     let fresh: Vec<usize> = (0..digests.len()).filter(|&i| found[i].is_none()).collect();
     let parsed = fresh.len();
