@@ -183,6 +183,9 @@ struct Actor {
     history: Arc<HistoryMetrics>,
     /// How often hold time alone is written: the store's say.
     holds_every: Duration,
+    /// The config and layer the snapshot in force was built from, to tell
+    /// which services the next publish must look at.
+    built_from: (Arc<Config>, Arc<PersistedState>),
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -231,6 +234,7 @@ pub(super) fn spawn(
             starting: true,
             previous: None,
         },
+        None,
     );
     // Series of what the first config does not name (none yet) are dropped,
     // and the rare counters of what it does are declared at 0.
@@ -249,6 +253,7 @@ pub(super) fn spawn(
         checks: Arc::default(),
     };
     let actor = Actor {
+        built_from: (Arc::clone(&config), Arc::clone(&layer)),
         holds: Arc::default(),
         config,
         names,
@@ -313,9 +318,16 @@ impl Actor {
             // A reload's stages are timed for the debug log (see `reload`).
             let timed =
                 matches!(command, Command::ApplyConfig { .. }).then(std::time::Instant::now);
+            // A republish is about endpoint health, which only a look at
+            // every service sees.
+            let republish = matches!(command, Command::Republish);
             let applied =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(command)));
             let apply_us = timed.map(crate::clock::took_us);
+            // After a panic, everything is looked at again.
+            let changed = (applied.is_ok() && !republish)
+                .then(|| self.changed())
+                .flatten();
             let effect = match applied {
                 Ok(effect) => effect,
                 Err(_) => {
@@ -330,7 +342,7 @@ impl Actor {
                 }
             };
             if effect.publish {
-                self.publish();
+                self.publish_changed(changed.as_deref());
             }
             let publish_us = timed.map(crate::clock::took_us);
             if let (Some((actor, service, layer, snapshot)), true) = (observed, effect.write) {
@@ -1036,9 +1048,47 @@ impl Actor {
         }));
     }
 
+    /// The indices of the services whose config or run-time state differ
+    /// from what the snapshot in force was built from; `None` when the
+    /// services moved (then every one is looked at).
+    fn changed(&self) -> Option<Vec<usize>> {
+        let (config, layer) = &self.built_from;
+        let mut changed = std::collections::BTreeSet::new();
+        if !Arc::ptr_eq(config, &self.config) {
+            let (old, new) = (&config.services, &self.config.services);
+            if old.len() != new.len() {
+                return None;
+            }
+            changed.extend((0..new.len()).filter(|&i| old[i] != new[i]));
+        }
+        if !Arc::ptr_eq(layer, &self.layer) {
+            let now = &self.layer.services;
+            let moved = now
+                .iter()
+                .filter(|(name, state)| layer.services.get(*name) != Some(*state))
+                .map(|(name, _)| name)
+                .chain(
+                    layer
+                        .services
+                        .keys()
+                        .filter(|name| !now.contains_key(*name)),
+                );
+            changed.extend(moved.filter_map(|name| self.names.get(name).copied()));
+        }
+        Some(changed.into_iter().collect())
+    }
+
+    /// Publishes a snapshot that looks at every service.
     fn publish(&mut self) {
+        self.publish_changed(None);
+    }
+
+    /// Publishes a snapshot; with `Some(changed)`, the services not listed
+    /// keep their parts without a look (see `Snapshot::build_changed`).
+    fn publish_changed(&mut self, changed: Option<&[usize]>) {
         let started = std::time::Instant::now();
-        let snapshot = Arc::new(self.build());
+        let snapshot = Arc::new(self.build(changed));
+        self.built_from = (Arc::clone(&self.config), Arc::clone(&self.layer));
         let build_us = crate::clock::took_us(started);
         let previous = self.published.swap(Arc::clone(&snapshot));
         // Series of versions and endpoints that left the config leave /metrics.
@@ -1080,7 +1130,7 @@ impl Actor {
         );
     }
 
-    fn build(&mut self) -> Snapshot {
+    fn build(&mut self, changed: Option<&[usize]>) -> Snapshot {
         self.generation += 1;
         // The services that did not change keep their part of it.
         let previous = self.published.load_full();
@@ -1096,12 +1146,19 @@ impl Actor {
                 starting: self.generation == 1,
                 previous: Some(&previous),
             },
+            changed,
         )
     }
 }
 
 /// The snapshot for `config` with the layer's weights and latches on top.
-fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<'_>) -> Snapshot {
+fn build(
+    generation: u64,
+    config: &Config,
+    layer: &PersistedState,
+    parts: Parts<'_>,
+    changed: Option<&[usize]>,
+) -> Snapshot {
     for service in &config.services {
         if service.rollout.is_some() {
             let step = overlay::current_rollout(service, layer.services.get(&service.name))
@@ -1109,7 +1166,7 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
             parts.telemetry.set_rollout_step(&service.name, step);
         }
     }
-    Snapshot::build(generation, config, parts, |_, service| {
+    let effective = |_, service: &Service| {
         let own = layer.services.get(&service.name);
         Effective {
             weights: overlay::effective_weights(service, own),
@@ -1119,7 +1176,8 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
                 .map(|v| own.is_some_and(|l| overlay::is_latched(l, &v.name, &v.revision)))
                 .collect(),
         }
-    })
+    };
+    Snapshot::build_changed(generation, config, parts, effective, changed)
 }
 
 /// Who sent a command that may change a service's release (and which
