@@ -186,6 +186,8 @@ struct Actor {
     /// The config and layer the snapshot in force was built from, to tell
     /// which services the next publish must look at.
     built_from: (Arc<Config>, Arc<PersistedState>),
+    /// Configs replaced by this command, freed off the workers after it.
+    retired: Vec<Arc<Config>>,
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -254,6 +256,7 @@ pub(super) fn spawn(
     };
     let actor = Actor {
         built_from: (Arc::clone(&config), Arc::clone(&layer)),
+        retired: Vec::new(),
         holds: Arc::default(),
         config,
         names,
@@ -357,6 +360,12 @@ impl Actor {
                 }
             }
             self.publish_view();
+            if !self.retired.is_empty() {
+                // Thousands of services take milliseconds to free: not on a
+                // worker that requests wait for.
+                let retired = std::mem::take(&mut self.retired);
+                tokio::task::spawn_blocking(move || drop(retired));
+            }
             if let (Some(timed), Some(apply_us), Some(publish_us), Some(history_us)) =
                 (timed, apply_us, publish_us, history_us)
             {
@@ -409,8 +418,18 @@ impl Actor {
                         "reload: {note}"
                     );
                 }
-                self.names = index(&config);
-                self.config = Arc::new(*config);
+                // The index stays while every service keeps its place.
+                let same_places = config.services.len() == self.config.services.len()
+                    && config
+                        .services
+                        .iter()
+                        .zip(&self.config.services)
+                        .all(|(new, old)| new.name == old.name);
+                if !same_places {
+                    self.names = index(&config);
+                }
+                let replaced = std::mem::replace(&mut self.config, Arc::new(*config));
+                self.retired.push(replaced);
                 Effect::durable(true, ack(reply, ()))
             }
             Command::RecordReload { record, reply } => {

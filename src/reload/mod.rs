@@ -193,6 +193,9 @@ impl Reloader {
         if config.admin != current.admin {
             tracing::warn!("`admin` changed: it takes effect at the next restart");
         }
+        // Not held across the apply: the config it replaces is freed off
+        // the workers (see the control actor).
+        drop(current);
         let (listeners, wanted) = (Arc::clone(&self.listeners), config.listeners.clone());
         tokio::task::spawn_blocking(move || listeners.reconcile(&wanted))
             .await
