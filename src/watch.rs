@@ -14,7 +14,6 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::hash::{DefaultHasher, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -300,14 +299,11 @@ enum Fingerprint {
 impl Fingerprint {
     fn of(file: &Path) -> Self {
         match std::fs::read(file) {
-            Ok(bytes) => {
-                let mut hasher = DefaultHasher::new();
-                hasher.write(&bytes);
-                Fingerprint::Content {
-                    len: bytes.len() as u64,
-                    hash: hasher.finish(),
-                }
-            }
+            Ok(bytes) => Fingerprint::Content {
+                len: bytes.len() as u64,
+                // xxh3: a large config is hashed in a fraction of a millisecond.
+                hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Fingerprint::Missing,
             Err(e) => Fingerprint::Unreadable(e.kind()),
         }

@@ -90,7 +90,7 @@ pub fn load_file_checked(
 }
 
 /// What a reload keeps of the last file it read: each service's text (by
-/// its SHA-256) and the service it validated to, so that the next read
+/// its digest) and the service it validated to, so that the next read
 /// parses and checks only the services whose text changed. The checks
 /// across services (names, routes) and everything outside `services:` are
 /// still run on the whole file every time.
@@ -105,7 +105,10 @@ pub struct Reuse {
     parsed: usize,
 }
 
-type Digest = [u8; 32];
+/// xxh3's 128 bits of a service's text: not a cryptographic hash (the file
+/// is the operator's own), and two different texts of one file meeting on
+/// the same 128 bits is beyond any chance worth counting.
+type Digest = u128;
 
 impl Reuse {
     /// How many services it holds (those of the last file read).
@@ -331,9 +334,7 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
 }
 
 fn digest(span: &str) -> Digest {
-    let mut out = [0; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, span.as_bytes()).as_ref());
-    out
+    xxhash_rust::xxh3::xxh3_128(span.as_bytes())
 }
 
 /// The services of the spans at `indices`, each parsed and checked on its
