@@ -1662,9 +1662,18 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
         // first read of the file.
         std::fs::write(veer.config_path(), many(count, up.addr(), (50, 50))).expect("write");
         wait_reloads(&veer, 1).await;
+        // When the first read caught the change, the watcher's event for it
+        // reloads the same text once more (nothing parsed): let it pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let base = reloads_parsed(&veer).len();
         // The last service's weights move to green: one service parsed.
         std::fs::write(veer.config_path(), many(count, up.addr(), (0, 100))).expect("write");
-        assert_eq!(wait_reloads(&veer, 2).await[1], 1, "{}", veer.stderr());
+        assert_eq!(
+            wait_reloads(&veer, base + 1).await[base],
+            1,
+            "{}",
+            veer.stderr()
+        );
         let request = Request::get(format!("http://{addr}/"))
             .header("host", host.as_str())
             .body(empty())
@@ -1681,7 +1690,12 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
             .collect();
         services.swap(0, 1);
         std::fs::write(veer.config_path(), format!("{head}{}", services.concat())).expect("write");
-        assert_eq!(wait_reloads(&veer, 3).await[2], 0, "{}", veer.stderr());
+        assert_eq!(
+            wait_reloads(&veer, base + 2).await[base + 1],
+            0,
+            "{}",
+            veer.stderr()
+        );
 
         // A bad line in a changed service: refused, the old config serves.
         let bad = many(count, up.addr(), (0, 100)).replace("weight: 100 }", "weight: lots }");
