@@ -8,20 +8,51 @@
 //! `VEER_EVENT_INTERVAL`, `VEER_GLOBAL_QUEUE_INTERVAL` and
 //! `VEER_MAX_IO_EVENTS` (tokio's settings of those names). A value that is
 //! not a positive number is refused with a message, never ignored.
+//!
+//! `VEER_IO=uring` (a build with the `io-uring` feature, `--workers 1`)
+//! serves client connections through io_uring on a tokio-uring runtime
+//! instead (`uring`); `VEER_IO=epoll`, or unset, is the default.
 
+use std::future::Future;
 use std::io;
+
+/// The runtime veer serves on: tokio's, or tokio-uring's around it.
+pub enum Runtime {
+    Tokio(tokio::runtime::Runtime),
+    #[cfg(feature = "io-uring")]
+    Uring(super::uring::Runtime),
+}
+
+impl Runtime {
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match self {
+            Runtime::Tokio(runtime) => runtime.block_on(future),
+            #[cfg(feature = "io-uring")]
+            Runtime::Uring(runtime) => runtime.block_on(future),
+        }
+    }
+}
 
 /// Builds the runtime: multi-threaded, one worker per core unless `workers`
 /// says how many (0 or `None`: one per core).
-pub fn build(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+pub fn build(workers: Option<usize>) -> io::Result<Runtime> {
     build_with(workers, &|name| std::env::var(name).ok())
 }
 
 fn build_with(
     workers: Option<usize>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> io::Result<tokio::runtime::Runtime> {
+) -> io::Result<Runtime> {
     let workers = workers.filter(|&n| n > 0);
+    match env("VEER_IO").as_deref() {
+        None | Some("epoll") => {}
+        Some("uring") => return uring(workers),
+        Some(other) => {
+            return Err(invalid(format!(
+                "VEER_IO={other:?} is not an I/O mode; use epoll or uring"
+            )))
+        }
+    }
     let current_thread = match env("VEER_RUNTIME_FLAVOR").as_deref() {
         None | Some("multi_thread") => false,
         Some("current_thread") if workers == Some(1) => true,
@@ -54,7 +85,24 @@ fn build_with(
     if let Some(n) = setting(env, "VEER_MAX_IO_EVENTS")? {
         builder.max_io_events_per_tick(n as usize);
     }
-    builder.build()
+    builder.build().map(Runtime::Tokio)
+}
+
+/// tokio-uring's runtime is one thread: the tokio settings above do not
+/// apply to it.
+fn uring(workers: Option<usize>) -> io::Result<Runtime> {
+    if workers != Some(1) {
+        return Err(invalid(
+            "VEER_IO=uring serves on one thread: run it with --workers 1".to_string(),
+        ));
+    }
+    #[cfg(feature = "io-uring")]
+    return super::uring::Runtime::new().map(Runtime::Uring);
+    #[cfg(not(feature = "io-uring"))]
+    Err(invalid(
+        "VEER_IO=uring needs a veer built with `--features io-uring`; unset VEER_IO to serve with epoll"
+            .to_string(),
+    ))
 }
 
 fn setting(env: &dyn Fn(&str) -> Option<String>, name: &str) -> io::Result<Option<u32>> {
