@@ -40,12 +40,26 @@ fn start(up: &Upstream, limits: &[(&str, &str)]) -> VeerProcess {
     VeerProcess::start_with_args(BIN, &yaml, &["--workers", "1"], URING)
 }
 
+/// Whether process `pid` has an io_uring open: each ring is a file
+/// descriptor on the anonymous inode `[io_uring]`.
+fn holds_a_ring(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .any(|target| target.to_string_lossy().contains("io_uring"))
+}
+
 #[tokio::test]
 async fn forwards_over_pooled_and_single_keep_alive_connections() {
     let up = Upstream::start("stable").await;
     let veer = start(&up, &[]);
     let addr = veer.listener(LISTENER);
     let url = format!("http://{addr}/");
+    assert!(
+        holds_a_ring(veer.pid()),
+        "VEER_IO=uring started no io_uring\n{}",
+        veer.output()
+    );
     let client = http1_client();
     for _ in 0..50 {
         let answer = send(&client, get(&url, None)).await;
@@ -131,13 +145,18 @@ async fn a_client_that_leaves_mid_request_does_not_hurt_the_next() {
     for _ in 0..5 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream
-            .write_all(b"POST /sink HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\nhalf a bo")
+            .write_all(
+                b"POST /sink HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\nhalf a bo",
+            )
             .await
             .expect("write");
         drop(stream);
         // And one that leaves in the middle of its head.
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
         drop(stream);
     }
     let answer = send(&http1_client(), get(&format!("http://{addr}/"), None)).await;
@@ -157,7 +176,11 @@ async fn a_silent_client_is_closed_after_the_header_read_timeout() {
         read_until_close(&mut stream, Duration::from_secs(10)),
     )
     .await;
-    assert!(reply.closed, "veer kept a silent connection open\n{}", veer.output());
+    assert!(
+        reply.closed,
+        "veer kept a silent connection open\n{}",
+        veer.output()
+    );
     // An idle keep-alive connection too, after its response.
     let reply = raw_exchange(
         addr,
@@ -181,7 +204,11 @@ async fn an_upgrade_is_refused_with_what_to_do() {
     )
     .await;
     assert_eq!(reply.status(), Some(501), "{}", reply.text());
-    assert!(reply.text().contains("x-veer-error: upgrade_unsupported"), "{}", reply.text());
+    assert!(
+        reply.text().contains("x-veer-error: upgrade_unsupported"),
+        "{}",
+        reply.text()
+    );
     assert!(
         reply.text().contains(
             "veer: upgrades (WebSocket, CONNECT) are not served with VEER_IO=uring; unset VEER_IO to serve them"
@@ -223,13 +250,19 @@ async fn sigterm_finishes_requests_in_flight_closes_idle_ones_and_exits_0() {
         assert_eq!(answer.text(), "stable");
     }
     let reply = read_until_close(&mut idle, Duration::from_secs(10)).await;
-    assert!(reply.closed, "the idle connection was not closed by the drain");
+    assert!(
+        reply.closed,
+        "the idle connection was not closed by the drain"
+    );
     let status = veer.wait_exit(Duration::from_secs(20)).await;
     match status {
         Some(status) => assert!(status.success(), "exit {status}\n{}", veer.output()),
         None => panic!("veer still running 20 s after SIGTERM\n{}", veer.output()),
     }
-    assert!(TcpStream::connect(addr).await.is_err(), "the listener is still open");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is still open"
+    );
 }
 
 #[test]
@@ -266,5 +299,68 @@ fn uring_needs_one_worker_and_a_known_mode() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "VEER_IO={mode}: {stderr}");
         assert!(stderr.contains(message), "VEER_IO={mode}: {stderr}");
+    }
+}
+
+/// A free port on loopback, for a listener a reload adds.
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// A listener a reload adds accepts through the ring too (it is started
+/// from the reload's thread), and one a reload removes stops accepting even
+/// with an accept in flight.
+#[tokio::test]
+async fn a_reload_adds_and_removes_listeners_on_the_ring() {
+    let up = Upstream::start("stable").await;
+    let veer = start(&up, &[]);
+    let base = std::fs::read_to_string(veer.config_path()).expect("config");
+    let second = free_port();
+    let with_second = base.replacen(
+        "admin:",
+        &format!("  - name: second\n    address: \"{second}\"\nadmin:"),
+        1,
+    );
+    let write = |yaml: &str| {
+        let next = veer.config_path().with_extension("next");
+        std::fs::write(&next, yaml).expect("write config");
+        std::fs::rename(&next, veer.config_path()).expect("replace config");
+    };
+    write(&with_second);
+    let url = format!("http://{second}/");
+    wait_until_async(Duration::from_secs(15), "the added listener serves", || async {
+        let client = http1_client();
+        matches!(support::client::try_send(&client, get(&url, None)).await, Ok(answer) if answer.status == 200)
+    })
+    .await;
+    write(&base);
+    wait_until_async(
+        Duration::from_secs(15),
+        "the removed listener refuses",
+        || async { TcpStream::connect(second).await.is_err() },
+    )
+    .await;
+    let answer = send(
+        &http1_client(),
+        get(&format!("http://{}/", veer.listener(LISTENER)), None),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", veer.output());
+}
+
+async fn wait_until_async<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -39,10 +39,7 @@ pub fn build(workers: Option<usize>) -> io::Result<Runtime> {
     build_with(workers, &|name| std::env::var(name).ok())
 }
 
-fn build_with(
-    workers: Option<usize>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> io::Result<Runtime> {
+fn build_with(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> io::Result<Runtime> {
     let workers = workers.filter(|&n| n > 0);
     match env("VEER_IO").as_deref() {
         None | Some("epoll") => {}
@@ -178,6 +175,41 @@ mod tests {
         assert_eq!(
             error(None, &[("VEER_MAX_IO_EVENTS", "lots")]),
             "VEER_MAX_IO_EVENTS=\"lots\" is not a positive number; unset it for tokio's default"
+        );
+        assert_eq!(
+            error(Some(1), &[("VEER_IO", "io_uring")]),
+            "VEER_IO=\"io_uring\" is not an I/O mode; use epoll or uring"
+        );
+        assert_eq!(
+            error(None, &[("VEER_IO", "uring")]),
+            "VEER_IO=uring serves on one thread: run it with --workers 1"
+        );
+    }
+
+    #[test]
+    fn epoll_is_the_default_io_mode() {
+        let runtime = build_with(Some(1), &with(&[("VEER_IO", "epoll")])).expect("epoll builds");
+        assert!(matches!(runtime, Runtime::Tokio(_)));
+    }
+
+    #[cfg(not(feature = "io-uring"))]
+    #[test]
+    fn uring_without_the_feature_says_how_to_get_it() {
+        assert_eq!(
+            error(Some(1), &[("VEER_IO", "uring")]),
+            "VEER_IO=uring needs a veer built with `--features io-uring`; unset VEER_IO to serve with epoll"
+        );
+    }
+
+    #[cfg(feature = "io-uring")]
+    #[test]
+    fn uring_builds_a_runtime_that_runs_tokio_tasks() {
+        let runtime = build_with(Some(1), &with(&[("VEER_IO", "uring")]))
+            .expect("io_uring can be set up where these tests run");
+        assert!(matches!(runtime, Runtime::Uring(_)));
+        assert_eq!(
+            runtime.block_on(async { tokio::spawn(async { 7 }).await.expect("task runs") }),
+            7
         );
     }
 }

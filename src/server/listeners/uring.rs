@@ -245,7 +245,10 @@ fn upgrade_refused() -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(UPGRADE_REFUSED));
     *response.status_mut() = StatusCode::NOT_IMPLEMENTED;
     let headers = response.headers_mut();
-    headers.insert(ERROR_HEADER, HeaderValue::from_static("upgrade_unsupported"));
+    headers.insert(
+        ERROR_HEADER,
+        HeaderValue::from_static("upgrade_unsupported"),
+    );
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
