@@ -62,6 +62,8 @@
 #                     `veer-uring` is the same binary with VEER_IO=uring (client
 #                     connections through io_uring; build it with
 #                     `--features io-uring`), on ports BASE+20..BASE+22
+#   URING_ENV=""      more of veer-uring's environment, e.g.
+#                     "VEER_URING_SQPOLL=1000" or "VEER_URING_COOP_TASKRUN=1"
 #   VEER_WORKERS=1    veer's --workers (2: two workers on the one proxy core, to
 #                     count what crosses between them; see syscalls.sh)
 #   PROXY_CPU=0 LOAD_CPU=1    the cores to pin to
@@ -272,7 +274,7 @@ declare -A MAIN_PID CMD CONFIG_FILE
 # (its TLS listener stays on epoll), on the one thread that mode has.
 start_veer() {
   local target=${1:-veer} io="" workers=$VEER_WORKERS
-  if [[ $target == veer-uring ]]; then io="VEER_IO=uring" workers=1; fi
+  if [[ $target == veer-uring ]]; then io="VEER_IO=uring ${URING_ENV:-}" workers=1; fi
   local dir="$WORK/$target"
   mkdir -p "$dir/state"
   CONFIG_FILE[$target]="$dir/veer.yaml"
@@ -298,7 +300,8 @@ EOF
   CMD[$target]="${io:+$io }taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers $workers"
   # Its log goes beside, not into, the directory veer watches for config
   # changes.
-  env ${io:+"$io"} taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[$target]}" --workers "$workers" \
+  # shellcheck disable=SC2086 # $io is a list of NAME=VALUE words
+  env $io taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[$target]}" --workers "$workers" \
     >"$WORK/$target-out.log" 2>&1 &
   MAIN_PID[$target]=$!
   PIDS+=($!)

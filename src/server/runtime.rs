@@ -43,7 +43,7 @@ fn build_with(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> i
     let workers = workers.filter(|&n| n > 0);
     match env("VEER_IO").as_deref() {
         None | Some("epoll") => {}
-        Some("uring") => return uring(workers),
+        Some("uring") => return uring(workers, env),
         Some(other) => {
             return Err(invalid(format!(
                 "VEER_IO={other:?} is not an I/O mode; use epoll or uring"
@@ -87,14 +87,22 @@ fn build_with(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> i
 
 /// tokio-uring's runtime is one thread: the tokio settings above do not
 /// apply to it.
-fn uring(workers: Option<usize>) -> io::Result<Runtime> {
+/// `VEER_URING_SQPOLL=MS` and `VEER_URING_COOP_TASKRUN=1` set the ring up
+/// with the kernel's options of those names (`uring::RingSettings`).
+fn uring(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> io::Result<Runtime> {
     if workers != Some(1) {
         return Err(invalid(
             "VEER_IO=uring serves on one thread: run it with --workers 1".to_string(),
         ));
     }
+    let _sqpoll = setting(env, "VEER_URING_SQPOLL")?;
+    let _coop = setting(env, "VEER_URING_COOP_TASKRUN")?;
     #[cfg(feature = "io-uring")]
-    return super::uring::Runtime::new().map(Runtime::Uring);
+    return super::uring::Runtime::new(super::uring::RingSettings {
+        sqpoll_idle_ms: _sqpoll,
+        coop_taskrun: _coop.is_some(),
+    })
+    .map(Runtime::Uring);
     #[cfg(not(feature = "io-uring"))]
     Err(invalid(
         "VEER_IO=uring needs a veer built with `--features io-uring`; unset VEER_IO to serve with epoll"

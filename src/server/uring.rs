@@ -35,6 +35,18 @@ thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// How the ring is set up: the kernel's options that change how many calls
+/// a wake-up costs, for measuring (docs/benchmarks.md).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RingSettings {
+    /// `IORING_SETUP_SQPOLL`: a kernel thread takes submissions, so none
+    /// needs a call, and sleeps after this many idle milliseconds.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// `IORING_SETUP_COOP_TASKRUN`: completions are not pushed by an
+    /// interrupt of the running thread but run at its next kernel entry.
+    pub coop_taskrun: bool,
+}
+
 /// A tokio-uring runtime: a current-thread tokio runtime, a `LocalSet` for
 /// the ring's `!Send` tasks, and the ring.
 pub struct Runtime(tokio_uring::Runtime);
@@ -43,8 +55,15 @@ impl Runtime {
     /// Fails when io_uring cannot be set up here: an old kernel, or a seccomp
     /// profile (as container runtimes' defaults do) or
     /// `kernel.io_uring_disabled` refusing `io_uring_setup`.
-    pub fn new() -> io::Result<Runtime> {
-        tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))
+    pub fn new(settings: RingSettings) -> io::Result<Runtime> {
+        let mut ring = tokio_uring::uring_builder();
+        if let Some(idle) = settings.sqpoll_idle_ms {
+            ring.setup_sqpoll(idle);
+        }
+        if settings.coop_taskrun {
+            ring.setup_coop_taskrun();
+        }
+        tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES).uring_builder(&ring))
             .map(Runtime)
             .map_err(|err| {
                 io::Error::new(
@@ -157,9 +176,10 @@ impl UringIo {
         }
     }
 
-    /// The bytes read and not yet taken.
+    /// The bytes read and not yet taken (none while a read is in flight:
+    /// the kernel has the buffer).
     pub fn buffered(&self) -> &[u8] {
-        &self.buffer[self.taken..]
+        self.buffer.get(self.taken..).unwrap_or_default()
     }
 
     /// Reads once more, keeping what is buffered in front of it: for a look
@@ -238,7 +258,7 @@ impl hyper::rt::Read for UringIo {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.taken == this.buffer.len() {
+        if this.reading.is_some() || this.taken >= this.buffer.len() {
             // Nothing buffered: read. Zero bytes is the end of the stream,
             // which hyper reads as a cursor left empty.
             if std::task::ready!(this.poll_fill(cx, false))? == 0 {
