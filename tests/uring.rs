@@ -336,6 +336,14 @@ async fn a_reload_adds_and_removes_listeners_on_the_ring() {
     })
     .await;
     write(&base);
+    // The port comes free with no client knocking: an accept left in the
+    // ring does not keep the listening socket open.
+    wait_until(
+        Duration::from_secs(15),
+        "the removed listener's port to be free",
+        || std::net::TcpListener::bind(second).is_ok(),
+    )
+    .await;
     wait_until_async(
         Duration::from_secs(15),
         "the removed listener refuses",

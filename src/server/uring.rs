@@ -15,7 +15,7 @@
 //!
 //! Depends on nothing of veer's; `listeners::uring` builds the serving on it.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -31,8 +31,8 @@ use tokio_uring::net::TcpStream;
 const RING_ENTRIES: u32 = 1024;
 
 thread_local! {
-    /// Set on the thread a tokio-uring runtime is driving.
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// The spawner of the ring this thread drives, while it drives one.
+    static SPAWNER: RefCell<Option<Spawner>> = const { RefCell::new(None) };
 }
 
 /// How the ring is set up: the kernel's options that change how many calls
@@ -63,35 +63,50 @@ impl Runtime {
         if settings.coop_taskrun {
             ring.setup_coop_taskrun();
         }
-        tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES).uring_builder(&ring))
-            .map(Runtime)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!(
-                        "VEER_IO=uring: io_uring cannot be set up here ({err}); it needs Linux 5.11 or later, \
-                         and container runtimes' default seccomp profiles block it; unset VEER_IO to serve with epoll"
-                    ),
-                )
-            })
+        tokio_uring::Runtime::new(
+            tokio_uring::builder()
+                .entries(RING_ENTRIES)
+                .uring_builder(&ring),
+        )
+        .map(Runtime)
+        .map_err(refused)
     }
 
+    /// Runs `future` on the ring's thread; while it runs, `Spawner::here`
+    /// reaches the ring from any task of this runtime.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         struct Unset;
         impl Drop for Unset {
             fn drop(&mut self) {
-                ACTIVE.with(|active| active.set(false));
+                SPAWNER.with(|spawner| spawner.borrow_mut().take());
             }
         }
-        ACTIVE.with(|active| active.set(true));
-        let _unset = Unset;
-        self.0.block_on(future)
+        self.0.block_on(async move {
+            // Started here, inside tokio-uring's `LocalSet`, where local
+            // tasks can be spawned; tasks of the runtime's own scheduler
+            // (`tokio::spawn`) and its blocking pool cannot spawn them.
+            let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+            tokio::task::spawn_local(async move {
+                while let Some(job) = queue.recv().await {
+                    tokio::task::spawn_local(job());
+                }
+            });
+            SPAWNER.with(|spawner| *spawner.borrow_mut() = Some(Spawner(jobs)));
+            let _unset = Unset;
+            future.await
+        })
     }
 }
 
-/// Whether this thread is driven by a tokio-uring runtime.
-pub fn active() -> bool {
-    ACTIVE.with(Cell::get)
+/// What `io_uring_setup`'s refusal means, and what to do about it.
+fn refused(err: io::Error) -> io::Error {
+    io::Error::new(
+        err.kind(),
+        format!(
+            "VEER_IO=uring: io_uring cannot be set up here ({err}); it needs Linux 5.11 or later, \
+             and container runtimes' default seccomp profiles block it; unset VEER_IO to serve with epoll"
+        ),
+    )
 }
 
 /// A job for the ring's thread: it builds the `!Send` future there.
@@ -103,19 +118,10 @@ type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 pub struct Spawner(mpsc::UnboundedSender<Job>);
 
 impl Spawner {
-    /// A spawner for this thread's ring; `None` when no tokio-uring runtime
-    /// drives this thread. Must be called from inside its `block_on`.
+    /// The spawner of the ring this thread drives; `None` when no
+    /// tokio-uring runtime drives it (veer runs on epoll).
     pub fn here() -> Option<Spawner> {
-        if !active() {
-            return None;
-        }
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        tokio::task::spawn_local(async move {
-            while let Some(job) = queue.recv().await {
-                tokio::task::spawn_local(job());
-            }
-        });
-        Some(Spawner(jobs))
+        SPAWNER.with(|spawner| spawner.borrow().clone())
     }
 
     /// Runs what `make` builds as a task on the ring's thread; the returned
@@ -321,5 +327,23 @@ impl Drop for UringIo {
         if self.reading.take().is_some() {
             let _ = self.stream.shutdown(std::net::Shutdown::Read);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_ring_says_why_and_what_to_do() {
+        // What a seccomp filter or `kernel.io_uring_disabled` answers.
+        let err = refused(io::Error::from_raw_os_error(1));
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            "VEER_IO=uring: io_uring cannot be set up here (Operation not permitted (os error 1)); \
+             it needs Linux 5.11 or later, and container runtimes' default seccomp profiles block it; \
+             unset VEER_IO to serve with epoll"
+        );
     }
 }
