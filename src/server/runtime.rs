@@ -85,10 +85,11 @@ fn build_with(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> i
     builder.build().map(Runtime::Tokio)
 }
 
-/// tokio-uring's runtime is one thread: the tokio settings above do not
-/// apply to it.
-/// `VEER_URING_SQPOLL=MS` and `VEER_URING_COOP_TASKRUN=1` set the ring up
-/// with the kernel's options of those names (`uring::RingSettings`).
+/// tokio-uring's runtime is one thread, and the tokio settings above do not
+/// apply to it. `VEER_URING_SQPOLL=MS` and `VEER_URING_COOP_TASKRUN=1` set
+/// the ring up with the kernel's options of those names
+/// (`uring::RingSettings`); they are read, and refused when malformed, with
+/// or without the feature.
 fn uring(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> io::Result<Runtime> {
     if workers != Some(1) {
         return Err(invalid(
