@@ -43,6 +43,9 @@ use crate::telemetry::operator::{ListenerGauges, OpenConnection};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
 
+#[cfg(feature = "io-uring")]
+mod uring;
+
 /// A listener's TLS, swapped by reloads; `None` for cleartext. Read once
 /// per accepted connection.
 type SharedTls = Arc<ArcSwapOption<Terminator>>;
@@ -60,6 +63,10 @@ pub struct ListenerSet {
     active: Mutex<Vec<Active>>,
     /// Set, under the `active` lock, once the drain has begun.
     closed: AtomicBool,
+    /// Cleartext listeners accept through io_uring when veer runs on a
+    /// tokio-uring runtime (`VEER_IO=uring`).
+    #[cfg(feature = "io-uring")]
+    uring: Option<super::uring::Spawner>,
 }
 
 struct Active {
@@ -89,6 +96,8 @@ impl ListenerSet {
             drain: Arc::default(),
             active: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "io-uring")]
+            uring: super::uring::Spawner::here(),
         };
         set.reconcile(listeners)?;
         tokio::spawn(park::sweep(Arc::downgrade(&set.drain.parked)));
@@ -153,7 +162,7 @@ impl ListenerSet {
             tracing::info!(listener = %settings.name, address = %bound, scheme, "listening");
             let tls: SharedTls = Arc::new(ArcSwapOption::new(tls.map(Arc::new)));
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(accept(
+            let task = self.spawn_accept(
                 listener,
                 Arc::new(ConnectionSetup {
                     gauges: self.telemetry.operator().listener(&settings.name),
@@ -165,7 +174,7 @@ impl ListenerSet {
                 Arc::clone(&self.connections),
                 Arc::clone(&self.drain),
                 stopped,
-            ));
+            );
             active.push(Active {
                 settings,
                 tls,
@@ -175,6 +184,23 @@ impl ListenerSet {
             });
         }
         Ok(())
+    }
+
+    /// Starts a listener's accept loop: through io_uring on a tokio-uring
+    /// runtime for a cleartext listener, with epoll otherwise.
+    fn spawn_accept(
+        &self,
+        listener: TcpListener,
+        setup: Arc<ConnectionSetup>,
+        connections: Arc<Semaphore>,
+        drain: Arc<Drain>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        #[cfg(feature = "io-uring")]
+        if let (Some(spawner), None) = (&self.uring, &*setup.tls.load()) {
+            return uring::spawn_accept(spawner, listener, setup, connections, drain, stop);
+        }
+        tokio::spawn(accept(listener, setup, connections, drain, stop))
     }
 
     /// The TLS of `listener`, loaded from its files; `None` for cleartext.
