@@ -1658,16 +1658,19 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
         let addr = veer.listener("public");
         let client = http1_client();
         let host = format!("s-{}.example.com", count - 1);
+        // Every change is renamed over the file: a write in place can be
+        // read half-written, and a half that ends between two services is a
+        // valid config of fewer services, which throws the counts off.
         // A first change: reloaded once, however it raced the reloader's
         // first read of the file.
-        std::fs::write(veer.config_path(), many(count, up.addr(), (50, 50))).expect("write");
+        rename_over(&veer.config_path(), &many(count, up.addr(), (50, 50)));
         wait_reloads(&veer, 1).await;
         // When the first read caught the change, the watcher's event for it
         // reloads the same text once more (nothing parsed): let it pass.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let base = reloads_parsed(&veer).len();
         // The last service's weights move to green: one service parsed.
-        std::fs::write(veer.config_path(), many(count, up.addr(), (0, 100))).expect("write");
+        rename_over(&veer.config_path(), &many(count, up.addr(), (0, 100)));
         assert_eq!(
             wait_reloads(&veer, base + 1).await[base],
             1,
@@ -1689,7 +1692,7 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
             .map(str::to_string)
             .collect();
         services.swap(0, 1);
-        std::fs::write(veer.config_path(), format!("{head}{}", services.concat())).expect("write");
+        rename_over(&veer.config_path(), &format!("{head}{}", services.concat()));
         assert_eq!(
             wait_reloads(&veer, base + 2).await[base + 1],
             0,
@@ -1702,7 +1705,7 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
         let at = bad.find("lots").expect("the bad weight");
         let line = bad[..at].matches('\n').count() + 1;
         let column = at - bad[..at].rfind('\n').expect("a line");
-        std::fs::write(veer.config_path(), &bad).expect("write");
+        rename_over(&veer.config_path(), &bad);
         let deadline = tokio::time::Instant::now() + RELOAD_LIMIT;
         while !veer.stderr().contains("reload refused") {
             assert!(tokio::time::Instant::now() < deadline, "{}", veer.stderr());
