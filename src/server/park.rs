@@ -498,116 +498,277 @@ mod tests {
         assert!(owner.flushed());
     }
 
-    /// A socket that never has bytes.
-    struct Silent;
+    /// What happened to a parked test connection.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Fate {
+        Resumed(usize),
+        Expired(usize),
+    }
 
-    impl AsyncRead for Silent {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Pending
+    /// A parked test connection: its socket (none: never readable), and
+    /// where it reports its fate; counts itself out when dropped.
+    struct Probe {
+        io: Option<TcpStream>,
+        id: usize,
+        fate: tokio::sync::mpsc::UnboundedSender<Fate>,
+        alive: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Probe {
+        fn new(
+            io: Option<TcpStream>,
+            id: usize,
+            fate: &tokio::sync::mpsc::UnboundedSender<Fate>,
+            alive: &Arc<std::sync::atomic::AtomicUsize>,
+        ) -> Probe {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Probe {
+                io,
+                id,
+                fate: fate.clone(),
+                alive: Arc::clone(alive),
+            }
         }
     }
 
-    impl AsyncWrite for Silent {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    impl Readable for Silent {
-        fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
+    impl Parkable for Probe {
+        fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match &self.io {
+                Some(io) => io.poll_readable(cx),
+                None => Poll::Pending,
+            }
+        }
+
+        fn expire(self) {
+            let _ = self.fate.send(Fate::Expired(self.id));
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_parked_wait_expires_after_its_deadline_within_a_sweep() {
+    struct Fixture {
+        lot: Arc<ParkingLot<Probe>>,
+        fates: tokio::sync::mpsc::UnboundedReceiver<Fate>,
+        fate: tokio::sync::mpsc::UnboundedSender<Fate>,
+        alive: Arc<std::sync::atomic::AtomicUsize>,
+        /// Resumed connections, kept open and unread: their sockets still
+        /// hold their slot's waker.
+        resumed: Arc<Mutex<Vec<Probe>>>,
+    }
+
+    /// A lot and its task; a resumed connection reports and is kept.
+    fn fixture() -> Fixture {
         let lot = Arc::new(ParkingLot::default());
-        tokio::spawn(sweep(Arc::downgrade(&lot)));
-        let deadline = Instant::now() + Duration::from_millis(1100);
-        let woke = wait(&Silent, &lot, deadline).await;
-        assert_eq!(woke, Woke::Expired);
-        let now = Instant::now();
-        assert!(now >= deadline, "never before its deadline");
-        assert!(now <= deadline + SWEEP, "noticed by the next sweep");
-        assert_eq!(lot.len(), 0, "its slot was given back");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_parked_wait_expires_at_its_own_deadline() {
-        let lot = Arc::new(ParkingLot::default());
-        tokio::spawn(sweep(Arc::downgrade(&lot)));
-        let start = Instant::now();
-        let later = {
-            let lot = Arc::clone(&lot);
-            tokio::spawn(async move { wait(&Silent, &lot, start + Duration::from_secs(5)).await })
-        };
-        let sooner = wait(&Silent, &lot, start + Duration::from_millis(600)).await;
-        assert_eq!(sooner, Woke::Expired);
-        assert_eq!(lot.len(), 1, "the later one still waits");
-        assert!(!later.is_finished());
-        assert_eq!(later.await.expect("wait task"), Woke::Expired);
-        assert!(Instant::now() >= start + Duration::from_secs(5));
-        assert_eq!(lot.len(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_drain_wakes_every_parked_wait() {
-        let lot = Arc::new(ParkingLot::default());
-        let far = Instant::now() + Duration::from_secs(3600);
-        let waits: Vec<_> = (0..3)
-            .map(|_| {
-                let lot = Arc::clone(&lot);
-                tokio::spawn(async move { wait(&Silent, &lot, far).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(lot.len(), 3, "each parked wait holds one slot");
-        lot.drain();
-        for waiting in waits {
-            assert_eq!(waiting.await.expect("wait task"), Woke::Drained);
+        let (fate, fates) = tokio::sync::mpsc::unbounded_channel();
+        let resumed: Arc<Mutex<Vec<Probe>>> = Arc::default();
+        let kept = Arc::clone(&resumed);
+        tokio::spawn(run(Arc::downgrade(&lot), move |probe: Probe| {
+            let _ = probe.fate.send(Fate::Resumed(probe.id));
+            lock(&kept).push(probe);
+        }));
+        Fixture {
+            lot,
+            fates,
+            fate,
+            alive: Arc::default(),
+            resumed,
         }
-        assert_eq!(lot.len(), 0);
-        let late = wait(&Silent, &lot, far).await;
-        assert_eq!(late, Woke::Drained, "a park after the drain ends at once");
     }
 
-    #[tokio::test]
-    async fn a_readable_socket_takes_no_slot() {
+    impl Fixture {
+        fn probe(&self, io: Option<TcpStream>, id: usize) -> Probe {
+            Probe::new(io, id, &self.fate, &self.alive)
+        }
+
+        fn alive(&self) -> usize {
+            self.alive.load(Ordering::SeqCst)
+        }
+    }
+
+    /// `n` connected pairs on loopback: (client, server side).
+    async fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        // Two descriptors a pair, beside other tests' in this process.
+        let limit = rlimit::increase_nofile_limit(16_384).expect("raise RLIMIT_NOFILE");
+        assert!(limit >= 4 * n as u64, "RLIMIT_NOFILE only {limit}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let lot = ParkingLot::default();
-        let far = Instant::now() + Duration::from_secs(3600);
-        client.write_all(b"GET").await.expect("write");
-        assert_eq!(wait(&server, &lot, far).await, Woke::Readable);
-        assert_eq!(lot.len(), 0);
+        let addr = listener.local_addr().expect("addr");
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            let client = TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            // A new socket reads as ready until a read would block, as it
+            // has by the time a connection parks.
+            let would_block = server.try_read(&mut [0u8; 1]).expect_err("no bytes yet");
+            assert_eq!(would_block.kind(), io::ErrorKind::WouldBlock);
+            all.push((client, server));
+        }
+        all
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_wait_dropped_unfinished_gives_its_slot_back() {
-        let lot = ParkingLot::default();
+    async fn a_parked_connection_expires_after_its_deadline_within_a_sweep() {
+        let mut f = fixture();
+        let deadline = Instant::now() + Duration::from_millis(1100);
+        assert!(f.lot.park(f.probe(None, 1), deadline).is_none());
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(1)));
+        let now = Instant::now();
+        assert!(now >= deadline, "never before its deadline");
+        assert!(now <= deadline + SWEEP, "noticed by the next sweep");
+        assert_eq!(f.lot.len(), 0, "its slot was given back");
+        assert_eq!(f.alive(), 0, "and the connection closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_parked_connection_expires_at_its_own_deadline() {
+        let mut f = fixture();
+        let start = Instant::now();
+        assert!(f
+            .lot
+            .park(f.probe(None, 1), start + Duration::from_secs(5))
+            .is_none());
+        assert!(f
+            .lot
+            .park(f.probe(None, 2), start + Duration::from_millis(600))
+            .is_none());
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(2)));
+        assert_eq!(f.lot.len(), 1, "the later one still waits");
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(1)));
+        assert!(Instant::now() >= start + Duration::from_secs(5));
+        assert_eq!(f.lot.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_deadline_is_not_parked() {
+        let mut f = fixture();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let past = Instant::now() - Duration::from_millis(500);
+        assert!(f.lot.park(f.probe(None, 7), past).is_none());
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(7)));
+    }
+
+    #[tokio::test]
+    async fn the_drain_closes_every_parked_connection_at_once() {
+        let f = fixture();
         let far = Instant::now() + Duration::from_secs(3600);
-        let timed_out =
-            tokio::time::timeout(Duration::from_millis(10), wait(&Silent, &lot, far)).await;
-        assert!(timed_out.is_err());
-        assert_eq!(lot.len(), 0);
+        let sockets = pairs(1000).await;
+        let mut clients = Vec::new();
+        for (id, (client, server)) in sockets.into_iter().enumerate() {
+            assert!(f.lot.park(f.probe(Some(server), id), far).is_none());
+            clients.push(client);
+        }
+        assert_eq!(f.lot.len(), 1000);
+        assert_eq!(f.alive(), 1000);
+        f.lot.drain();
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(f.alive(), 0, "every parked connection was closed");
+        for client in &mut clients {
+            let mut buf = [0u8; 8];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+                .await
+                .expect("closed at once")
+                .expect("read");
+            assert_eq!(n, 0, "EOF");
+        }
+        assert!(
+            f.lot.park(f.probe(None, 1), far).is_none(),
+            "a park after the drain"
+        );
+        assert_eq!(f.lot.len(), 0, "is closed at once");
+        assert_eq!(f.alive(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_readable_at_park_time_is_handed_back() {
+        let f = fixture();
+        let (mut client, server) = pairs(1).await.pop().expect("a pair");
+        client.write_all(b"GET").await.expect("write");
+        server.readable().await.expect("bytes arrive");
+        let far = Instant::now() + Duration::from_secs(3600);
+        let back = f.lot.park(f.probe(Some(server), 1), far);
+        assert_eq!(back.map(|probe| probe.id), Some(1), "served on at once");
+        assert_eq!(f.lot.len(), 0, "it took no slot");
+    }
+
+    #[tokio::test]
+    async fn a_parked_socket_that_becomes_readable_is_resumed() {
+        let mut f = fixture();
+        let mut sockets = pairs(3).await;
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (mut first, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 0), far).is_none());
+        let (mut second, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 1), far).is_none());
+        let (_third, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 2), far).is_none());
+        assert_eq!(f.lot.len(), 3);
+
+        second.write_all(b"GET").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(1)));
+        assert_eq!(f.lot.len(), 2, "only the readable one left the lot");
+        drop(first.shutdown().await);
+        assert_eq!(
+            f.fates.recv().await,
+            Some(Fate::Resumed(0)),
+            "EOF is for the connection to read"
+        );
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(lock(&f.resumed).len(), 2);
+        assert_eq!(f.alive(), 3, "none was closed");
+    }
+
+    #[tokio::test]
+    async fn a_wake_storm_resumes_every_socket() {
+        let mut f = fixture();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut clients = Vec::new();
+        for (id, (client, server)) in pairs(1000).await.into_iter().enumerate() {
+            assert!(f.lot.park(f.probe(Some(server), id), far).is_none());
+            clients.push(client);
+        }
+        for client in &mut clients {
+            client.write_all(b"G").await.expect("write");
+        }
+        let mut resumed = vec![false; clients.len()];
+        for _ in 0..clients.len() {
+            match f.fates.recv().await {
+                Some(Fate::Resumed(id)) => {
+                    assert!(!resumed[id], "{id} resumed twice");
+                    resumed[id] = true;
+                }
+                other => panic!("expected a resumption, got {other:?}"),
+            }
+        }
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(lock(&f.resumed).len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_slot_reused_after_its_socket_left_is_not_confused() {
+        let mut f = fixture();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut sockets = pairs(2).await;
+        let (mut first, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 0), far).is_none());
+        first.write_all(b"G").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(0)));
+        // The same key, another socket; a stale wake-up of the old waker
+        // makes the lot look at it, and it is not readable.
+        let (mut second, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 1), far).is_none());
+        assert_eq!(f.lot.len(), 1);
+        first.write_all(b"G").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(f.fates.try_recv().is_err(), "nothing resumed");
+        assert_eq!(f.lot.len(), 1);
+        second.write_all(b"G").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(1)));
     }
 }
