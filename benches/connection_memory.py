@@ -21,7 +21,9 @@ nothing is closed while measuring.
 Usage: connection_memory.py [--server veer|nginx|haproxy] [--proto h1|h2c]
                             [BINARY] [COUNT ...]     (default 1000 5000 10000)
 BINARY is veer's (default target/release/veer); NGINX and HAProxy are found
-on PATH (apt-get install nginx haproxy).
+on PATH (apt-get install nginx haproxy). The server inherits the
+environment: MALLOC_ARENA_MAX=1 shows how much of veer's figure is glibc
+keeping one arena per worker thread.
 """
 import argparse
 import os
@@ -230,7 +232,7 @@ def main():
         try:
             base = settle(pids)
             print(f"{args.server} {args.proto} idle: {base} KiB RSS")
-            conns, previous, previous_n = [], base, 0
+            conns, previous, previous_n, marks = [], base, 0, []
             for n in counts:
                 # In batches of 500 with a pause: clients arrive over time, and
                 # veer parks a connection 50 ms after its answer; one burst of
@@ -244,9 +246,18 @@ def main():
                 print(f"{n:>6} connections: {now} KiB RSS, {per:.2f} KiB per connection "
                       f"over the last {n - previous_n} ({per * 1000 / 1024:.2f} MiB per 1,000)")
                 previous, previous_n = now, n
+                marks.append((now, n))
             total = (previous - base) / previous_n
             print(f"overall: {args.server} {args.proto} {total:.2f} KiB per idle connection "
                   f"({total * 1000 / 1024:.2f} MiB per 1,000)")
+            if len(counts) > 1:
+                # The first step also pays for what the allocator keeps of
+                # the busy connections' buffers, once; past it, the cost of
+                # each further idle connection.
+                first_rss, first_n = marks[0]
+                past = (previous - first_rss) / (previous_n - first_n)
+                print(f"past the first step: {args.server} {args.proto} {past:.2f} KiB per idle "
+                      f"connection ({past * 1000 / 1024:.2f} MiB per 1,000)")
             if proc.poll() is not None:
                 print(f"{args.server} exited during the run", file=sys.stderr)
                 return 1
