@@ -623,7 +623,9 @@ async fn detect<I: Readable>(io: &mut I, seen: &mut Bytes) -> Detected {
             return Detected::Protocol(Protocol::Http1);
         }
         if n == PREFACE.len() {
-            *seen = Bytes::copy_from_slice(&head[..n]);
+            // The preface is known: no copy for every HTTP/2 connection to
+            // hold.
+            *seen = Bytes::from_static(PREFACE);
             return Detected::Protocol(Protocol::Http2);
         }
     }
