@@ -851,40 +851,45 @@ async fn serve_spell<I: Readable>(
         return None;
     }
 
-    let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-    let connection = setup
-        .builder
-        .http1
-        .serve_connection(resumable, requests)
-        .with_upgrades();
-    let (step, connection) = drive_http1(connection, &context.idle, &mut ending).await;
-    let result = match step {
-        Step::Park => {
-            // `None` only after an upgrade, which never parks.
-            let parts = connection.into_parts()?;
-            let (unread, io) = parts.io.into_inner().into_parts();
-            return Some(Parked {
-                io,
-                prefix: leftover(unread, parts.read_buf),
-                idle_since: context.idle.idle_since(),
-            });
+    // Boxed too, so that an HTTP/2 connection's spell (which lives as long
+    // as the connection, idle or not) is not sized by HTTP/1.1's state.
+    Box::pin(async move {
+        let resumable = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
+        let connection = setup
+            .builder
+            .http1
+            .serve_connection(resumable, requests)
+            .with_upgrades();
+        let (step, connection) = drive_http1(connection, &context.idle, &mut ending).await;
+        let result = match step {
+            Step::Park => {
+                // `None` only after an upgrade, which never parks.
+                let parts = connection.into_parts()?;
+                let (unread, io) = parts.io.into_inner().into_parts();
+                return Some(Parked {
+                    io,
+                    prefix: leftover(unread, parts.read_buf),
+                    idle_since: context.idle.idle_since(),
+                });
+            }
+            Step::Ended(result) => result,
+            Step::Expired => {
+                tracing::debug!("{SILENT}");
+                Ok(())
+            }
+            Step::Drained => {
+                // Finish the request in flight, then close.
+                let mut connection = Box::pin(connection);
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "client connection ended with an error");
         }
-        Step::Ended(result) => result,
-        Step::Expired => {
-            tracing::debug!("{SILENT}");
-            Ok(())
-        }
-        Step::Drained => {
-            // Finish the request in flight, then close.
-            let mut connection = Box::pin(connection);
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(error = %err, "client connection ended with an error");
-    }
-    None
+        None
+    })
+    .await
 }
 
 /// How long an HTTP/1.1 connection must have had nothing to do before it
