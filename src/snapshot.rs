@@ -60,7 +60,9 @@ pub struct ServiceSnapshot {
 
 #[derive(Debug)]
 struct BuiltFrom {
-    service: Service,
+    /// The config's own `Arc`, not a copy: a reload that reused the
+    /// service's model (`config::Reuse`) is told unchanged by its pointer.
+    service: Arc<Service>,
     effective: Effective,
     /// Per version, per endpoint: whether it could take requests.
     available: Vec<Vec<bool>>,
@@ -319,7 +321,7 @@ impl Snapshot {
                         }
                     }),
                     built_from: BuiltFrom {
-                        service: service.clone(),
+                        service: Arc::clone(service),
                         effective: inputs,
                         available: available_then,
                     },
@@ -349,14 +351,14 @@ impl ServiceSnapshot {
     /// endpoint as available as it was.
     fn can_keep(
         &self,
-        service: &Service,
+        service: &Arc<Service>,
         effective: &Effective,
         now_ms: u64,
         registry: &Registry,
     ) -> bool {
         let from = &self.built_from;
         from.effective == *effective
-            && from.service == *service
+            && (Arc::ptr_eq(&from.service, service) || *from.service == **service)
             // A name's answer may have changed since: its addresses must be
             // the ones built.
             && service
@@ -403,13 +405,14 @@ fn addresses(version: &crate::config::Version, registry: &Registry) -> Vec<std::
 
 /// Whether the route table of `previous` still routes `services`: the same
 /// services in the same order with the same names, hosts and prefixes.
-fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Service]) -> bool {
+fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Arc<Service>]) -> bool {
     previous.len() == services.len()
         && previous.iter().zip(services).all(|(before, now)| {
             let before = &before.built_from.service;
-            before.name == now.name
-                && before.hosts == now.hosts
-                && before.path_prefix == now.path_prefix
+            Arc::ptr_eq(before, now)
+                || before.name == now.name
+                    && before.hosts == now.hosts
+                    && before.path_prefix == now.path_prefix
         })
 }
 

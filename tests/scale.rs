@@ -89,7 +89,7 @@ async fn the_first_the_last_and_a_wildcard_host_of_10000_services_route_by_looku
                 .remove(0);
             let services: Vec<_> = (0..10_000)
                 .map(|i| {
-                    let mut service = one.clone();
+                    let mut service = (*one).clone();
                     service.name = format!("svc-{i}");
                     service.hosts = vec![
                         HostMatch::Exact(format!("svc-{i}.example.com")),

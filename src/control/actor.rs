@@ -378,7 +378,9 @@ impl Actor {
                     );
                 }
                 self.names = index(&config);
-                self.config = Arc::new(*config);
+                let mut config = *config;
+                config.share_unchanged(&self.config);
+                self.config = Arc::new(config);
                 Effect::durable(true, ack(reply, ()))
             }
             Command::RecordReload { record, reply } => {
@@ -485,6 +487,7 @@ impl Actor {
         self.names
             .get(name)
             .and_then(|&i| self.config.services.get(i))
+            .map(|service| &**service)
             .ok_or_else(|| ControlError::NoService(name.to_string()))
     }
 

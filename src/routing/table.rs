@@ -31,9 +31,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(services: &[Service]) -> RouteTable {
+    pub fn new<S: std::borrow::Borrow<Service>>(services: &[S]) -> RouteTable {
         let mut table = RouteTable::default();
         for (index, service) in services.iter().enumerate() {
+            let service = service.borrow();
             let route = Route {
                 prefix: service.path_prefix.as_str().into(),
                 service: index,

@@ -21,7 +21,7 @@ impl Validator {
     /// name twice, no (host, path_prefix) routed twice. Finds what
     /// [`Validator::services`] finds; the whole-file check, which a file
     /// refused here goes through, reports it in full.
-    pub(super) fn across_services(&mut self, services: &[Service]) {
+    pub(super) fn across_services(&mut self, services: &[Arc<Service>]) {
         if services.is_empty() {
             self.err("services", "no services");
             return;
@@ -53,7 +53,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn services(&mut self, raw: Option<Vec<Part<RawService>>>) -> Vec<Service> {
+    pub(super) fn services(&mut self, raw: Option<Vec<Part<RawService>>>) -> Vec<Arc<Service>> {
         let raw = raw.unwrap_or_default();
         if raw.is_empty() {
             self.err(
@@ -124,7 +124,7 @@ impl Validator {
                     }
                 }
             }
-            services.push(service);
+            services.push(Arc::new(service));
         }
         services
     }
