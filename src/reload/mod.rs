@@ -140,6 +140,9 @@ impl Reloader {
                 detail.as_deref(),
             );
         }
+        // What the read freed (and the snapshot it replaced) goes back to
+        // the system, so memory does not step up with each reload.
+        crate::heap::release_free_memory_soon("reload");
         result
     }
 
@@ -242,6 +245,8 @@ impl Listening {
         if changed {
             let _ = reloader.reload(Trigger::FileChanged).await;
         }
+        // Start-up's reads of the file are over: what they freed goes back.
+        crate::heap::release_free_memory_soon("start-up");
         loop {
             let trigger = tokio::select! {
                 Some(()) = recv(&mut self.changes) => Trigger::FileChanged,

@@ -128,12 +128,12 @@ pub struct Present<'a> {
 
 /// Every series of one version of one service.
 pub struct VersionSeries {
-    /// `veer_requests_total` of the common statuses, by `COMMON_SLOT`.
-    requests: [AtomicU64; COMMON_STATUSES.len()],
+    /// Its requests' counters, made by the first one that counts: a
+    /// version that never sees a request (one of thousands) holds none. A
+    /// scrape reads zeros meanwhile.
+    counts: OnceLock<Box<Counts>>,
     /// The other statuses, by `status - 100`, allocated on first use.
     rare_requests: OnceLock<Box<[AtomicU64]>>,
-    client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
-    failures: [AtomicU64; FAILURE_REASONS.len()],
     /// `veer_request_duration_seconds` and `veer_response_duration_seconds`,
     /// made by the first request: most of a version's weight, which a
     /// version that never sees a request (one of thousands) does not hold.
@@ -159,6 +159,27 @@ pub struct VersionSeries {
     retired: AtomicBool,
 }
 
+/// A version's request counters (see `VersionSeries::counts`).
+struct Counts {
+    /// `veer_requests_total` of the common statuses, by `COMMON_SLOT`.
+    requests: [AtomicU64; COMMON_STATUSES.len()],
+    client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
+    failures: [AtomicU64; FAILURE_REASONS.len()],
+}
+
+impl Counts {
+    const fn zero() -> Counts {
+        Counts {
+            requests: [const { AtomicU64::new(0) }; COMMON_STATUSES.len()],
+            client_aborts: [const { AtomicU64::new(0) }; CLIENT_FAULTS.len()],
+            failures: [const { AtomicU64::new(0) }; FAILURE_REASONS.len()],
+        }
+    }
+}
+
+/// What a scrape reads for a version that has counted nothing yet.
+static NO_COUNTS: Counts = Counts::zero();
+
 /// A version's two latency histograms (see `VersionSeries::durations`).
 #[derive(Default)]
 struct Durations {
@@ -180,6 +201,11 @@ impl EndpointMap {
         let at = match self.0.binary_search_by_key(&addr, |(a, _)| *a) {
             Ok(at) => at,
             Err(at) => {
+                // Grown one at a time while small, not doubled: a version
+                // has a few endpoints, and thousands of versions keep a map.
+                if self.0.len() < 8 {
+                    self.0.reserve_exact(1);
+                }
                 self.0.insert(at, (addr, Arc::default()));
                 at
             }
@@ -214,10 +240,8 @@ struct EndpointSeries {
 impl Default for VersionSeries {
     fn default() -> Self {
         VersionSeries {
-            requests: Default::default(),
+            counts: OnceLock::new(),
             rare_requests: OnceLock::new(),
-            client_aborts: Default::default(),
-            failures: Default::default(),
             durations: OnceLock::new(),
             grpc_codes: OnceLock::new(),
             weight: Gauge::default(),
@@ -256,7 +280,7 @@ impl VersionSeries {
         match COMMON_SLOT[index] {
             NONE => self.count_rare_status(index),
             slot => {
-                self.requests[usize::from(slot)].fetch_add(1, Ordering::Relaxed);
+                self.counting().requests[usize::from(slot)].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -278,12 +302,23 @@ impl VersionSeries {
 
     #[inline]
     pub fn count_failure(&self, reason: FailureReason) {
-        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.counting().failures[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
     pub fn count_client_fault(&self, fault: ClientFault) {
-        self.client_aborts[fault as usize].fetch_add(1, Ordering::Relaxed);
+        self.counting().client_aborts[fault as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its counters, made now if this is the first count.
+    #[inline]
+    fn counting(&self) -> &Counts {
+        self.counts.get_or_init(|| Box::new(Counts::zero()))
+    }
+
+    /// Its counters as they are (zeros before the first count).
+    fn counted(&self) -> &Counts {
+        self.counts.get().map_or(&NO_COUNTS, |counts| counts)
     }
 
     #[inline]
@@ -677,7 +712,7 @@ impl Registry {
                         0 => continue,
                         v => v,
                     },
-                    (slot, _) => s.requests[usize::from(slot)].load(Ordering::Relaxed),
+                    (slot, _) => s.counted().requests[usize::from(slot)].load(Ordering::Relaxed),
                 };
                 let digits = status_digits(index + 100);
                 let code = std::str::from_utf8(&digits).unwrap_or("other");
@@ -693,7 +728,7 @@ impl Registry {
 
         let mut f = FamilyWriter::new(out, CLIENT_ABORTS);
         for ((service, version), s) in &versions {
-            for (fault, count) in CLIENT_FAULTS.iter().zip(&s.client_aborts) {
+            for (fault, count) in CLIENT_FAULTS.iter().zip(&s.counted().client_aborts) {
                 let labels = [
                     ("service", &**service),
                     ("version", &**version),
@@ -706,7 +741,7 @@ impl Registry {
 
         let mut f = FamilyWriter::new(out, UPSTREAM_FAILURES);
         for ((service, version), s) in &versions {
-            for (reason, count) in FAILURE_REASONS.iter().zip(&s.failures) {
+            for (reason, count) in FAILURE_REASONS.iter().zip(&s.counted().failures) {
                 let labels = [
                     ("service", &**service),
                     ("version", &**version),
@@ -971,6 +1006,29 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn an_idle_version_holds_no_counters_until_its_first_count() {
+        let series = VersionSeries::default();
+        assert!(series.counts.get().is_none());
+        assert_eq!(series.counted().requests[0].load(Ordering::Relaxed), 0);
+        series.count_status(StatusCode::OK);
+        series.count_failure(FailureReason::ALL[0]);
+        assert!(series.counts.get().is_some());
+        let slot = usize::from(COMMON_SLOT[200 - 100]);
+        assert_eq!(series.counted().requests[slot].load(Ordering::Relaxed), 1);
+        assert_eq!(series.counted().failures[0].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_endpoint_map_holds_no_spare_room() {
+        let mut map = EndpointMap::default();
+        for port in [3, 1, 2] {
+            map.entry(addr(port));
+        }
+        assert_eq!(map.0.capacity(), 3);
+        assert!(map.0.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     fn present<'a>(service: &'a str, version: &'a str, endpoints: &[u16]) -> Present<'a> {
