@@ -45,8 +45,10 @@ pub struct ServiceSnapshot {
     pub window: Duration,
     /// The guard's policy; its `baseline` indexes `versions`.
     pub guard: Option<Guard>,
-    pub rollout: Option<Rollout>,
-    pub health_check: Option<HealthCheck>,
+    /// Boxed, as most services have neither: inline they were a third of
+    /// every part.
+    pub rollout: Option<Box<Rollout>>,
+    pub health_check: Option<Box<HealthCheck>>,
     pub outlier: Outlier,
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
@@ -295,8 +297,8 @@ impl Snapshot {
                     timeouts: service.timeouts.clone(),
                     window,
                     guard: service.guard.clone(),
-                    rollout: service.rollout.clone(),
-                    health_check: service.health_check.clone(),
+                    rollout: service.rollout.clone().map(Box::new),
+                    health_check: service.health_check.clone().map(Box::new),
                     outlier: service.outlier.clone(),
                     grpc_errors: service.grpc.error_codes,
                     rules: service
