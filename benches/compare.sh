@@ -56,6 +56,13 @@
 #   H2_RATES="5000"   fixed rates over HTTP/2 (h2c, prior knowledge; one
 #                     stream at a time per connection; empty: none). The
 #                     proxies talk HTTP/1.1 to the upstreams either way.
+#   IDLE_RATES=""     fixed rates over HTTP/1.1 run while IDLE_CONNECTIONS idle
+#                     keep-alive clients are held open on the same proxy
+#                     (benches/idle_clients.py on CPU $LOAD_CPU: each made one
+#                     request and then sends nothing); e.g. IDLE_RATES=5000.
+#                     Not run for `direct`.
+#   IDLE_CONNECTIONS=9000  how many (HAProxy needs two descriptors for each of
+#                     its maxconn; this machine's hard limit is 20,000 per process)
 #   WARMUP=1          seconds of wrk before each measured run (0: none)
 #   CONNECTIONS=64    client connections
 #   TARGETS="direct veer nginx haproxy"   what to run, in this order
@@ -80,6 +87,10 @@ RATE_DURATION=${RATE_DURATION:-$DURATION}
 RATES=${RATES-5000 12000}
 H2_RATES=${H2_RATES-5000}
 TLS_RATES=${TLS_RATES-5000 12000}
+IDLE_RATES=${IDLE_RATES-}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-9000}
+# Room for the idle clients beside the measured ones, in every proxy.
+MAX_CLIENTS=$((IDLE_CONNECTIONS + 1024))
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 TARGETS=${TARGETS:-direct veer nginx haproxy}
@@ -229,7 +240,7 @@ worker_processes 1;
 worker_rlimit_nofile 65536;
 error_log $dir/error.log warn;
 pid $dir/nginx.pid;
-events { worker_connections 8192; }
+events { worker_connections $((MAX_CLIENTS > 8192 ? MAX_CLIENTS : 8192)); }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -269,6 +280,7 @@ listeners:
   - { name: public, address: 127.0.0.1:${PORT[veer]} }
 $([[ -n $TLS_RATES ]] && echo "  - { name: secure, address: 127.0.0.1:${TLS_PORT[veer]}, tls: { cert: $TLS_CERT, key: $TLS_KEY } }")
 admin: { address: 127.0.0.1:$VEER_ADMIN_PORT }
+$([[ -n $IDLE_RATES ]] && echo "limits: { max_connections: $MAX_CLIENTS, header_read_timeout: 300s }")
 state_dir: $dir/state
 services:
   - name: app
@@ -302,7 +314,7 @@ worker_processes 1;
 worker_rlimit_nofile 65536;
 error_log $dir/error.log warn;
 pid $dir/nginx.pid;
-events { worker_connections 8192; }
+events { worker_connections $((MAX_CLIENTS > 8192 ? MAX_CLIENTS : 8192)); }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -346,7 +358,7 @@ start_haproxy() {
 global
   nbthread 1
   ssl-default-bind-options ssl-min-ver TLSv1.2
-  maxconn 8000
+  maxconn $((IDLE_CONNECTIONS + 200 > 8000 ? IDLE_CONNECTIONS + 200 : 8000))
 
 defaults
   mode http
@@ -492,9 +504,36 @@ run_load() { # load url
   fi
 }
 
+# Starts benches/idle_clients.py against a target and waits until it holds
+# every connection; its PID is left in IDLE_PID.
+hold_idle() { # target
+  local out="$WORK/idle-clients.out"
+  : >"$out"
+  taskset -c "$LOAD_CPU" python3 "$ROOT/benches/idle_clients.py" 127.0.0.1 "${PORT[$1]}" \
+    "$IDLE_CONNECTIONS" >"$out" 2>&1 &
+  IDLE_PID=$!
+  PIDS+=($!)
+  for _ in $(seq 1200); do
+    grep -q '^ready' "$out" && return 0
+    kill -0 "$IDLE_PID" 2>/dev/null || die "idle_clients.py stopped: $(cat "$out")"
+    sleep 0.1
+  done
+  die "idle_clients.py did not get $IDLE_CONNECTIONS connections open in 120 s: $(cat "$out")"
+}
+release_idle() {
+  kill -TERM "$IDLE_PID" 2>/dev/null || true
+  wait "$IDLE_PID" 2>/dev/null || true
+  # The proxy closes its side; give it a moment before the next run.
+  sleep 1
+}
+
 measure() { # round load target
   local round=$1 load=$2 target=$3
   local url="http://127.0.0.1:${PORT[$target]}/" protocol=h1
+  if [[ $load == idle-* ]]; then
+    [[ $target == direct ]] && return 0
+    hold_idle "$target"
+  fi
   if [[ $load == h2-* ]]; then
     url="http://127.0.0.1:${H2_PORT[$target]}/"
     protocol=h2
@@ -515,7 +554,13 @@ measure() { # round load target
   s1=$(stub_requests "$STABLE_PORT")
   c1=$(stub_requests "$CANARY_PORT")
   local rss
-  rss=$(peak_rss_kb "$(serving_pid "$target")")
+  if [[ $load == idle-* ]]; then
+    # What the idle clients cost held, not the peak of their arrival.
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$(serving_pid "$target")/status" 2>/dev/null || echo 0)
+    release_idle
+  else
+    rss=$(peak_rss_kb "$(serving_pid "$target")")
+  fi
   read -r requests secs p50 p99 p999 errors <<<"$figures"
   # Each counter also counted the poll that read it.
   local ds=$((s1 - s0 - 1)) dc=$((c1 - c0 - 1))
@@ -635,6 +680,7 @@ fi
 LOADS="sat $RATES"
 for rate in $H2_RATES; do LOADS+=" h2-$rate"; done
 for rate in $TLS_RATES; do LOADS+=" tls-$rate"; done
+for rate in $IDLE_RATES; do LOADS+=" idle-$rate"; done
 printf 'round\tload\ttarget\trequests\trps\tp50_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kb\tcanary_pct\terrors\tcpu_kernel_pct\n' >"$RAW"
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 UPTIME_START=$(uptime)
@@ -643,8 +689,18 @@ log "ROUNDS=$ROUNDS DURATION=${DURATION}s RATE_DURATION=${RATE_DURATION}s RATES=
 printf 'round\tload\ttarget\trequests\trps\tp50\tp99\tp99.9\tcpu_us/req\trss_kb\tcanary%%\terrors\tkernel%%\n' >&2
 for round in $(seq "$ROUNDS"); do
   for load in $LOADS; do
+    [[ $load == idle-* ]] && continue
     for target in $TARGETS; do
       measure "$round" "$load" "$target" >&2
+    done
+  done
+done
+# With idle clients last: a process's peak RSS (VmHWM) never comes down, and
+# the other loads' peaks must not include the idle clients'.
+for round in $(seq "$ROUNDS"); do
+  for rate in $IDLE_RATES; do
+    for target in $TARGETS; do
+      measure "$round" "idle-$rate" "$target" >&2
     done
   done
 done
@@ -724,8 +780,8 @@ for load in $LOADS; do
     for col in 5 6 7 8 9; do
       row+="	$(awk -F'\t' -v l="$load" -v t="$target" -v c="$col" 'NR > 1 && $2 == l && $3 == t { print $c }' "$RAW" | median)"
     done
-    # Peak RSS: the highest seen; errors: all of them.
-    row+="	$(awk -F'\t' -v l="$load" -v t="$target" 'NR > 1 && $3 == t && $10 > m { m = $10 } END { print m + 0 }' "$RAW")"
+    # Peak RSS: the highest seen (under idle clients: with them); errors: all of them.
+    row+="	$(awk -F'\t' -v l="$load" -v t="$target" 'NR > 1 && $3 == t && (l ~ /^idle-/ ? $2 == l : $2 !~ /^idle-/) && $10 > m { m = $10 } END { print m + 0 }' "$RAW")"
     row+="	$(awk -F'\t' -v l="$load" -v t="$target" 'NR > 1 && $2 == l && $3 == t { print $11 }' "$RAW" | median)"
     row+="	$(awk -F'\t' -v l="$load" -v t="$target" 'NR > 1 && $2 == l && $3 == t { s += $12 } END { print s + 0 }' "$RAW")"
     row+="	$(awk -F'\t' -v l="$load" -v t="$target" 'NR > 1 && $2 == l && $3 == t { print $13 }' "$RAW" | median)"
@@ -741,6 +797,8 @@ load_title() {
     echo "HTTP/2 (h2c) at fixed rate ${1#h2-} req/s: h2load -c$CONNECTIONS -m1, ${RATE_DURATION}s"
   elif [[ $1 == tls-* ]]; then
     echo "HTTPS (TLS 1.3, HTTP/1.1, keep-alive) at fixed rate ${1#tls-} req/s: h2load --h1 -c$CONNECTIONS, ${RATE_DURATION}s"
+  elif [[ $1 == idle-* ]]; then
+    echo "Fixed rate ${1#idle-} req/s beside $IDLE_CONNECTIONS idle keep-alive clients held open: h2load --h1 -c$CONNECTIONS, ${RATE_DURATION}s (RSS: at the end of the run, the idle clients held)"
   else
     echo "Fixed rate $1 req/s: h2load --h1 -c$CONNECTIONS, ${RATE_DURATION}s"
   fi
@@ -784,7 +842,7 @@ TABLES="$WORK/tables.md"
 # The issue's goals (#7), met or missed, from the medians.
 GOALS="$WORK/goals.md"
 awk -F'\t' -v rates="$RATES" '
-  NR > 1 { k = $1 SUBSEP $2; rps[k] = $3; p50[k] = $4; p99[k] = $5; cpu[k] = $7; if ($8 > rss[$2]) rss[$2] = $8; seen[$2] = 1 }
+  NR > 1 { k = $1 SUBSEP $2; rps[k] = $3; p50[k] = $4; p99[k] = $5; cpu[k] = $7; if ($1 !~ /^idle-/ && $8 > rss[$2]) rss[$2] = $8; seen[$2] = 1 }
   function best_cpu(l,   b) {
     b = -1
     if (seen["nginx"] && cpu[l, "nginx"] > 0) b = cpu[l, "nginx"]

@@ -502,6 +502,7 @@ mod tests {
                         revision: "2".into(),
                         reason: "error_rate".into(),
                         at_unix_ms: 5,
+                        id: 0,
                     }],
                     min_requests: 20,
                 }),

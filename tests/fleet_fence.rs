@@ -146,6 +146,7 @@ fn latch() -> Latch {
         revision: "2".into(),
         reason: "error_rate".into(),
         at_unix_ms: 7,
+        id: 0,
     }
 }
 

@@ -111,6 +111,7 @@ fn latch(round: u64) -> Latch {
         revision: "2".into(),
         reason: "manual".into(),
         at_unix_ms: 1_000 + round,
+        id: 0,
     }
 }
 

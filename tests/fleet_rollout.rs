@@ -634,6 +634,7 @@ mod merge_base {
             revision: "2".into(),
             reason: "error_rate".into(),
             at_unix_ms: 7,
+            id: 0,
         }
     }
 

@@ -42,6 +42,7 @@ fn latch(version: &str, revision: &str) -> Latch {
         revision: revision.into(),
         reason: "error_rate".into(),
         at_unix_ms: 1,
+        id: 0,
     }
 }
 

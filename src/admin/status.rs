@@ -405,6 +405,7 @@ mod tests {
             "services.guard.interval_ms",
             "services.guard.latches",
             "services.guard.latches.at_unix_ms",
+            "services.guard.latches.id",
             "services.guard.latches.reason",
             "services.guard.latches.revision",
             "services.guard.latches.version",

@@ -595,6 +595,7 @@ impl Actor {
             revision: revision.clone(),
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
+            id: Latch::fresh_id(),
         });
         // After completion too: a pipeline must not take a revision that
         // tripped at 100 % for a good one.

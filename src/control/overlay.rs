@@ -261,6 +261,7 @@ mod tests {
             revision: revision.into(),
             reason: "error_rate".into(),
             at_unix_ms: 0,
+            id: 0,
         }
     }
 

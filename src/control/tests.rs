@@ -314,6 +314,7 @@ async fn a_layer_written_by_another_veer_is_adopted_and_kept_locally() {
     let mut theirs = crate::state::ServiceState::default();
     theirs.latches.push(Latch {
         at_unix_ms: 1,
+        id: 0,
         reason: "error_rate".into(),
         revision: "2".into(),
         version: "v1".into(),

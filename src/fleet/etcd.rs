@@ -884,6 +884,7 @@ mod tests {
                 revision: "2".into(),
                 reason: "error_rate".into(),
                 at_unix_ms: 1,
+                id: 0,
             }],
             ..ServiceState::default()
         }

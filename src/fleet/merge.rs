@@ -154,6 +154,7 @@ mod tests {
             revision: revision.into(),
             reason: "error_rate".into(),
             at_unix_ms: at,
+            id: 0,
         }
     }
 
@@ -212,6 +213,49 @@ mod tests {
         };
         let merged = merge(Some(&base), &resumed, &tripped_again);
         assert_eq!(merged.latches, tripped_again.latches);
+    }
+
+    #[test]
+    fn a_trip_identical_to_the_resumed_latch_but_for_its_id_stays() {
+        // Two replicas tripped the same revision for the same reason in the
+        // same millisecond; an operator resumed the one they saw.
+        let seen = Latch {
+            id: 1,
+            ..latch("canary", "v2", 10)
+        };
+        let other = Latch {
+            id: 2,
+            ..latch("canary", "v2", 10)
+        };
+        let base = ServiceState {
+            latches: vec![seen],
+            ..Default::default()
+        };
+        let resumed = ServiceState::default();
+        let tripped = ServiceState {
+            latches: vec![other.clone()],
+            ..Default::default()
+        };
+        let merged = merge(Some(&base), &resumed, &tripped);
+        assert_eq!(merged.latches, vec![other]);
+    }
+
+    #[test]
+    fn a_latch_id_is_written_and_a_latch_without_one_still_reads() {
+        let fresh = Latch {
+            id: Latch::fresh_id(),
+            ..latch("canary", "v2", 10)
+        };
+        assert_ne!(fresh.id, 0);
+        let json = serde_json::to_string(&fresh).expect("encode");
+        assert!(json.contains("\"id\":"), "{json}");
+        let old: Latch = serde_json::from_str(
+            r#"{"at_unix_ms":10,"reason":"error_rate","revision":"v2","version":"canary"}"#,
+        )
+        .expect("a latch written before ids existed");
+        assert_eq!(old, latch("canary", "v2", 10));
+        let old_json = serde_json::to_string(&old).expect("encode");
+        assert!(!old_json.contains("\"id\""), "{old_json}");
     }
 
     #[test]

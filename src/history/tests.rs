@@ -156,6 +156,7 @@ fn a_trip_rolls_the_rollout_back_with_its_reason_and_is_a_record_of_its_own() {
                 revision: "2".into(),
                 reason: "error_rate".into(),
                 at_unix_ms: 3_000,
+                id: 0,
             });
             let p = s.rollout.as_ref().expect("progress");
             s.rollout = Some(crate::rollout::on_rollback(p));
@@ -469,6 +470,7 @@ fn a_failed_shadow_stage_closes_the_rollout_rolled_back_with_its_pairs() {
     let mut after = before.clone();
     after.latches.push(crate::state::Latch {
         at_unix_ms: 1_000,
+        id: 0,
         reason: "shadow_mismatch".into(),
         revision: "2".into(),
         version: "canary".into(),

@@ -103,9 +103,27 @@ pub struct ServiceState {
 // sent every object's keys sorted.
 pub struct Latch {
     pub at_unix_ms: u64,
+    /// Drawn at random when the latch is set, so that two trips of the same
+    /// version and revision with the same reason in the same millisecond (on
+    /// two replicas of a fleet) are still two latches: a resume of one must
+    /// not be read as the removal of the other. 0 in files written before it
+    /// existed, where the other fields are all there is to tell them apart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
     pub reason: String,
     pub revision: String,
     pub version: String,
+}
+
+impl Latch {
+    /// A new latch's `id`: never 0, which marks a latch from an older file.
+    pub fn fresh_id() -> u64 {
+        fastrand::u64(1..)
+    }
+}
+
+fn is_zero(id: &u64) -> bool {
+    *id == 0
 }
 
 /// Where a rollout stands: its candidate at `revision`, at `steps[step]` since
@@ -475,6 +493,7 @@ mod tests {
                     revision: "1.2.0".into(),
                     reason: "error_rate".into(),
                     at_unix_ms: 1_795_000_000_000,
+                    id: 0,
                 }],
                 rollout: Some(RolloutProgress {
                     candidate: "canary".into(),
