@@ -233,8 +233,15 @@ impl EndpointMap {
 #[derive(Default)]
 struct EndpointSeries {
     healthy: Gauge,
-    ejections: [AtomicU64; EJECTION_REASONS.len()],
-    other_ejections: Mutex<BTreeMap<String, u64>>,
+    /// Made by its first ejection: most endpoints are never ejected, and
+    /// tens of thousands of them each held the counters inline.
+    ejections: OnceLock<Box<Ejections>>,
+}
+
+#[derive(Default)]
+struct Ejections {
+    counts: [AtomicU64; EJECTION_REASONS.len()],
+    other: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for VersionSeries {
@@ -359,12 +366,13 @@ impl VersionSeries {
 
     pub fn count_ejection(&self, addr: SocketAddr, reason: &str) {
         let endpoint = self.endpoint(addr);
+        let ejections = endpoint.ejections.get_or_init(Box::default);
         match EJECTION_REASONS.iter().position(|r| *r == reason) {
             Some(i) => {
-                endpoint.ejections[i].fetch_add(1, Ordering::Relaxed);
+                ejections.counts[i].fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                *lock(&endpoint.other_ejections)
+                *lock(&ejections.other)
                     .entry(reason.to_string())
                     .or_default() += 1
             }
@@ -847,14 +855,17 @@ impl Registry {
                         ("reason", reason),
                     ]
                 };
-                for (reason, count) in EJECTION_REASONS.iter().zip(&e.ejections) {
-                    let value = count.load(Ordering::Relaxed);
+                let ejections = e.ejections.get();
+                for (i, reason) in EJECTION_REASONS.iter().enumerate() {
+                    let value = ejections.map_or(0, |ej| ej.counts[i].load(Ordering::Relaxed));
                     if *ejects || value > 0 {
                         f.counter(&labels(reason), value)?;
                     }
                 }
-                for (reason, value) in lock(&e.other_ejections).iter() {
-                    f.counter(&labels(reason), *value)?;
+                if let Some(ejections) = ejections {
+                    for (reason, value) in lock(&ejections.other).iter() {
+                        f.counter(&labels(reason), *value)?;
+                    }
                 }
             }
         }
