@@ -46,7 +46,7 @@ pub struct ServiceSnapshot {
     /// The guard's policy; its `baseline` indexes `versions`.
     pub guard: Option<Guard>,
     /// Boxed, as most services have neither: inline they were a third of
-    /// every part.
+    /// the part's own struct, in every part.
     pub rollout: Option<Box<Rollout>>,
     pub health_check: Option<Box<HealthCheck>>,
     pub outlier: Outlier,
@@ -66,8 +66,9 @@ struct BuiltFrom {
     /// service's model (`config::Reuse`) is told unchanged by its pointer.
     service: Arc<Service>,
     effective: Effective,
-    /// Per version, per endpoint: whether it could take requests.
-    available: Vec<Vec<bool>>,
+    /// Whether each endpoint could take requests, version after version in
+    /// the order of their `all_endpoints`: one allocation, not one a version.
+    available: Box<[bool]>,
 }
 
 /// Where a sticky user's key comes from, and its bucket table.
@@ -237,7 +238,8 @@ impl Snapshot {
                 }
                 let available_then = all
                     .iter()
-                    .map(|eps| eps.iter().map(|e| e.health.available(now_ms)).collect())
+                    .flatten()
+                    .map(|e| e.health.available(now_ms))
                     .collect();
                 let versions = service
                     .versions
@@ -373,18 +375,13 @@ impl ServiceSnapshot {
                         .into_iter()
                         .eq(built.all_endpoints.iter().map(|e| e.addr()))
                 })
+            // The endpoints are this part's own, built with `available`.
             && self
                 .versions
                 .iter()
-                .zip(&from.available)
-                .all(|(version, then)| {
-                    version.all_endpoints.len() == then.len()
-                        && version
-                            .all_endpoints
-                            .iter()
-                            .zip(then)
-                            .all(|(e, &was)| e.health.available(now_ms) == was)
-                })
+                .flat_map(|version| version.all_endpoints.iter())
+                .map(|e| e.health.available(now_ms))
+                .eq(from.available.iter().copied())
     }
 }
 

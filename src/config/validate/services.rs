@@ -18,7 +18,7 @@ pub(crate) fn service_alone(raw: RawService) -> Option<Service> {
 
 /// A copy of `service` whose every string and list is allocated at its
 /// length: the parse grew them by doubling, and a model lives as long as its
-/// config (a third of a service's bytes were spare room).
+/// config (a quarter of a service's bytes were spare room).
 fn compact(service: &Service) -> Service {
     service.clone()
 }
