@@ -121,6 +121,25 @@ impl Reuse {
     pub fn parsed(&self) -> usize {
         self.parsed
     }
+
+    /// Takes `config`'s `Arc` for every service held here that is equal to
+    /// it: after a read that was not applied (the file was what is in
+    /// force), so that what is kept for the next read is the model in
+    /// force, not a second copy of it.
+    pub fn share_with(&mut self, config: &Config) {
+        let live: HashMap<&str, &Arc<Service>> = config
+            .services
+            .iter()
+            .map(|service| (service.name.as_str(), service))
+            .collect();
+        for kept in self.services.values_mut() {
+            if let Some(&live) = live.get(kept.name.as_str()) {
+                if !Arc::ptr_eq(live, kept) && **live == **kept {
+                    *kept = Arc::clone(live);
+                }
+            }
+        }
+    }
 }
 
 /// As [`load_file_checked`], reusing what `reuse` holds from the last file
@@ -895,6 +914,28 @@ services:
             let tls = config.services[0].versions[0].tls.as_ref().expect("tls");
             assert_eq!(tls.ca, Some(dir.path().join("certs/ca.pem")));
         }
+    }
+
+    #[test]
+    fn a_reuse_shares_the_model_in_force_once_told_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        std::fs::write(&path, MINIMAL).expect("write");
+        let in_force = load_file(&path).expect("valid");
+        let mut reuse = Reuse::default();
+        let read = |reuse: &mut Reuse| {
+            load_file_reusing(&path, |_| Vec::new(), Some(reuse))
+                .expect("valid")
+                .0
+        };
+        assert!(!Arc::ptr_eq(
+            &read(&mut reuse).services[0],
+            &in_force.services[0]
+        ));
+        reuse.share_with(&in_force);
+        let again = read(&mut reuse);
+        assert_eq!(reuse.parsed(), 0);
+        assert!(Arc::ptr_eq(&again.services[0], &in_force.services[0]));
     }
 
     #[test]

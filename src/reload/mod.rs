@@ -237,10 +237,15 @@ impl Listening {
         // what changed since.
         let changed = {
             let mut reuse = reloader.serial.lock().await;
-            reloader
+            let changed = reloader
                 .read(&mut reuse, |_| Vec::new())
                 .await
-                .is_ok_and(|(now, _)| now != *reloader.control.config())
+                .is_ok_and(|(now, _)| now != *reloader.control.config());
+            if !changed {
+                // Keep the model in force for the next read, not a copy.
+                reuse.share_with(&reloader.control.config());
+            }
+            changed
         };
         if changed {
             let _ = reloader.reload(Trigger::FileChanged).await;
