@@ -21,6 +21,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The patched h2 that Cargo.toml's [patch] section names.
+COPY vendor ./vendor
 COPY src ./src
 COPY benches ./benches
 COPY docker/rootfs.sh ./docker/rootfs.sh

@@ -11,6 +11,9 @@ per 1,000.
        the server itself: 404, no upstream) and then stays open, idle
   h2c  each connection sends the HTTP/2 preface and SETTINGS, ACKs the
        server's, and stays open with no stream
+  h2c-used  as h2c, then one request on stream 1 (answered by the server
+       itself: 404) read to its end; the connection stays open, idle, with
+       its header tables holding what the request put there
 
 Loopback only, bounded by the counts given. Raises its own open-files limit
 (the server inherits it; root may raise the hard limit) and spreads the
@@ -18,7 +21,7 @@ connections over source addresses 127.0.0.1-127.0.0.8, so 50,000 do not run
 out of ephemeral ports. The idle limits are raised in each server's config so
 nothing is closed while measuring.
 
-Usage: connection_memory.py [--server veer|nginx|haproxy] [--proto h1|h2c]
+Usage: connection_memory.py [--server veer|nginx|haproxy] [--proto h1|h2c|h2c-used]
                             [BINARY] [COUNT ...]     (default 1000 5000 10000)
 BINARY is veer's (default target/release/veer); NGINX and HAProxy are found
 on PATH (apt-get install nginx haproxy).
@@ -87,6 +90,12 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: nobody\r\n\r\n"
 H2_HELLO = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
             b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
             b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+# GET http://nobody/ on stream 1, END_STREAM | END_HEADERS: `:method GET`,
+# `:scheme http`, `:path /` from the static table, `:authority` a literal the
+# server's decoder indexes, and a user-agent it indexes too.
+H2_BLOCK = (b"\x82\x86\x84\x41\x06nobody"
+            b"\x7a\x0cbench-client")
+H2_REQUEST = (len(H2_BLOCK).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + H2_BLOCK)
 SOURCES = [f"127.0.0.{i}" for i in range(1, 9)]
 
 
@@ -160,7 +169,7 @@ def start(server, binary, proto, work, maxconn):
             f.write(HAPROXY.format(port=port, h2port=h2port, maxconn=maxconn))
         cmd = [shutil.which("haproxy") or "haproxy", "-db", "-f", path]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    addr = ("127.0.0.1", h2port if proto == "h2c" else port)
+    addr = ("127.0.0.1", h2port if proto.startswith("h2c") else port)
     for _ in range(100):
         try:
             socket.create_connection(addr, timeout=1).close()
@@ -171,6 +180,32 @@ def start(server, binary, proto, work, maxconn):
     return proc, [proc.pid] + children(proc.pid), addr
 
 
+def h2_stream_ended(data):
+    """Whether the frames in `data` include the end of stream 1."""
+    at = 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        kind, flags = data[at + 3], data[at + 4]
+        stream = int.from_bytes(data[at + 5:at + 9], "big") & 0x7FFFFFFF
+        if at + 9 + length > len(data):
+            return False
+        if kind == 7:
+            raise RuntimeError("the server sent GOAWAY")
+        if stream == 1 and kind in (0, 1) and flags & 1:
+            return True
+        at += 9 + length
+    return False
+
+
+def answered(data, proto):
+    """Whether `data` holds the whole answer to what the connection said."""
+    if proto == "h1":
+        return b"\r\n\r\n" in data
+    if proto == "h2c":
+        return len(data) >= 9  # the server's SETTINGS frame (or more)
+    return h2_stream_ended(data)
+
+
 def open_batch(addr, n, proto, first):
     """Opens n connections, has each say hello and read its answer."""
     conns = []
@@ -179,13 +214,12 @@ def open_batch(addr, n, proto, first):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((SOURCES[(first + i) % len(SOURCES)], 0))
         s.connect(addr)
-        s.sendall(REQUEST if proto == "h1" else H2_HELLO)
+        s.sendall({"h1": REQUEST, "h2c": H2_HELLO, "h2c-used": H2_HELLO + H2_REQUEST}[proto])
         conns.append(s)
     for s in conns:
         s.settimeout(30)
         data = b""
-        # h1: the whole head; h2c: the server's SETTINGS frame (9 bytes or more).
-        while (b"\r\n\r\n" not in data) if proto == "h1" else (len(data) < 9):
+        while not answered(data, proto):
             chunk = s.recv(4096)
             if not chunk:
                 raise RuntimeError("the server closed a connection")
@@ -205,7 +239,7 @@ def open_batch(addr, n, proto, first):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=["veer", "nginx", "haproxy"], default="veer")
-    parser.add_argument("--proto", choices=["h1", "h2c"], default="h1")
+    parser.add_argument("--proto", choices=["h1", "h2c", "h2c-used"], default="h1")
     parser.add_argument("binary", nargs="?", default="target/release/veer")
     parser.add_argument("counts", nargs="*", type=int)
     args = parser.parse_args()

@@ -4,11 +4,17 @@
 //! and frees the connection's `max_connections` slot. A stream still open
 //! keeps the connection, however long it takes.
 //!
-//! A real HTTP/2 client (the `h2` crate) on loopback; no timing is asserted,
+//! An idle connection gives its read, write and header-decoding buffers
+//! back and takes them again when bytes arrive; what must outlive the idle
+//! time does: the HPACK tables of both sides, and a frame half received.
+//!
+//! A real HTTP/2 client (the `h2` crate) on loopback, and raw frames where
+//! the test must say exactly what is on the wire; no timing is asserted,
 //! every wait is bounded.
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use http::Request;
@@ -79,5 +85,229 @@ async fn an_idle_http2_client_is_sent_goaway_and_its_slot_freed() {
     tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
     assert_eq!(get(&mut client, "/").await, 200);
+    proxy.shutdown().await;
+}
+
+/// A proxy that leaves idle HTTP/2 connections open for the test's pauses.
+async fn patient_proxy(upstream: &Upstream) -> TestProxy {
+    let yaml = ConfigBuilder::new()
+        .limit("header_read_timeout", "60s")
+        .service(service("web").version("stable", &[upstream.addr()], 1))
+        .yaml();
+    TestProxy::start(&yaml).await
+}
+
+/// Long enough for veer to see its read block and give its buffers back.
+const PAUSE: Duration = Duration::from_millis(150);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_idle_then_busy_keeps_its_header_tables() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+
+    // The client's encoder indexes `x-tenant` (Huffman-coded) on its first
+    // use and sends only its index after; veer's encoder does the same with
+    // the answer's `x-upstream`. Each round follows an idle pause.
+    let tenant = "a-tenant-with-a-name-long-enough-to-be-worth-indexing";
+    for round in 0..4 {
+        tokio::time::sleep(PAUSE).await;
+        client = client.ready().await.expect("ready after the pause");
+        let request = Request::get("http://web/headers")
+            .header("x-tenant", tenant)
+            .header("x-round", round.to_string())
+            .body(())
+            .expect("request");
+        let (response, _) = client.send_request(request, true).expect("stream opened");
+        let response = within(LIMIT, "response", response).await.expect("answer");
+        assert_eq!(response.status(), 200, "round {round}");
+        assert_eq!(
+            response.headers().get("x-upstream").map(|v| v.as_bytes()),
+            Some(&b"stable"[..]),
+            "round {round}: the answer's headers as veer indexed them"
+        );
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = within(LIMIT, "body", body.data()).await {
+            let chunk = chunk.expect("body data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.contains(&format!("\"x-tenant\":[\"{tenant}\"]")),
+            "round {round}: the upstream saw {got}"
+        );
+        assert!(
+            got.contains(&format!("\"x-round\":[\"{round}\"]")),
+            "round {round}: the upstream saw {got}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// One HTTP/2 frame: its 9-byte head, then `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a small frame");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+const HEADERS: u8 = 1;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// Reads frames until the HEADERS of `stream`; its header block.
+fn response_headers(socket: &mut std::net::TcpStream, stream: u32) -> Vec<u8> {
+    loop {
+        let mut head = [0u8; 9];
+        socket
+            .read_exact(&mut head)
+            .expect("a frame head from veer");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        socket
+            .read_exact(&mut payload)
+            .expect("a frame payload from veer");
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        assert_ne!(head[3], 7, "veer sent GOAWAY: {payload:?}");
+        assert_ne!(head[3], 3, "veer reset stream {id}: {payload:?}");
+        if head[3] == HEADERS && id == stream {
+            return payload;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+        socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        socket.write_all(&frame(4, 0, 0, &[])).expect("SETTINGS");
+        socket
+            .write_all(&frame(4, 1, 0, &[]))
+            .expect("SETTINGS ACK");
+
+        // GET http://web/ in a HEADERS frame sent in two parts with pauses
+        // between, then its CONTINUATION: `:authority: web`, literal with
+        // incremental indexing, goes into veer's decoding table.
+        let headers = frame(HEADERS, END_STREAM, 1, &[0x82, 0x86, 0x84]);
+        let (first, rest) = headers.split_at(10);
+        socket.write_all(first).expect("half a frame");
+        std::thread::sleep(PAUSE);
+        socket.write_all(rest).expect("the rest of the frame");
+        std::thread::sleep(PAUSE);
+        let authority = [0x41, 3, b'w', b'e', b'b'];
+        socket
+            .write_all(&frame(CONTINUATION, END_HEADERS, 1, &authority))
+            .expect("CONTINUATION");
+        // `:status: 200` is the static table's entry 8.
+        assert_eq!(response_headers(&mut socket, 1).first(), Some(&0x88));
+
+        // After a pause, a request naming its authority by the index the
+        // first one gave it (62, the first dynamic entry).
+        std::thread::sleep(PAUSE);
+        let indexed = frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            3,
+            &[0x82, 0x86, 0x84, 0xbe],
+        );
+        socket.write_all(&indexed).expect("second request");
+        assert_eq!(response_headers(&mut socket, 3).first(), Some(&0x88));
+    })
+    .await
+    .expect("raw client");
+    assert_eq!(upstream.count("/"), 2);
+    proxy.shutdown().await;
+}
+
+/// Sends `body` to `path` on `client` and reads the answer whole: its
+/// status and body.
+async fn exchange(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    body: bytes::Bytes,
+) -> (u16, Vec<u8>) {
+    let request = Request::post(format!("http://web{path}"))
+        .body(())
+        .expect("request");
+    let (response, mut send) = client
+        .send_request(request, body.is_empty())
+        .expect("stream opened");
+    if !body.is_empty() {
+        // Flow control: the body goes as the window opens.
+        let mut rest = body;
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len());
+            let room = within(
+                LIMIT,
+                "send window",
+                std::future::poll_fn(|cx| send.poll_capacity(cx)),
+            )
+            .await
+            .expect("window")
+            .expect("capacity");
+            let chunk = rest.split_to(room.min(rest.len()));
+            send.send_data(chunk, rest.is_empty()).expect("send body");
+        }
+    }
+    let response = within(LIMIT, "response", response).await.expect("answer");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = within(LIMIT, "body", body.data()).await {
+        let chunk = chunk.expect("body data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    (status, got)
+}
+
+/// Frames larger than the pooled buffers (a 100 KiB upload read in 16 KiB
+/// DATA frames, a 300 KiB download written through the write buffer) grow
+/// them past what the pool keeps; each burst, and each after an idle pause,
+/// is carried whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_before_and_after_idle_pauses_arrive_whole() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let upload = bytes::Bytes::from(vec![b'u'; 100 * 1024]);
+    for round in 0..3 {
+        tokio::time::sleep(PAUSE).await;
+        client = client.ready().await.expect("ready after the pause");
+        let (status, got) = exchange(&mut client, "/sink", upload.clone()).await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(
+            got, b"102400",
+            "round {round}: the upstream's count of the upload"
+        );
+        client = client.ready().await.expect("ready");
+        let (status, got) = exchange(&mut client, "/download/300000", bytes::Bytes::new()).await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(got.len(), 300_000, "round {round}");
+        assert!(
+            got.iter().all(|&b| b == b'x'),
+            "round {round}: the download's bytes"
+        );
+    }
     proxy.shutdown().await;
 }

@@ -579,7 +579,9 @@ async fn detect<I: Readable>(
             return Some((Protocol::Http1, Bytes::copy_from_slice(&head[..n])));
         }
         if n == PREFACE.len() {
-            return Some((Protocol::Http2, Bytes::copy_from_slice(&head[..n])));
+            // The preface is known: no copy for every HTTP/2 connection to
+            // hold.
+            return Some((Protocol::Http2, Bytes::from_static(PREFACE)));
         }
     }
 }
