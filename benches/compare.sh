@@ -65,7 +65,12 @@
 #                     its maxconn; this machine's hard limit is 20,000 per process)
 #   WARMUP=1          seconds of wrk before each measured run (0: none)
 #   CONNECTIONS=64    client connections
-#   TARGETS="direct veer nginx haproxy"   what to run, in this order
+#   TARGETS="direct veer nginx haproxy"   what to run, in this order;
+#                     `veer-uring` is the same binary with VEER_IO=uring (client
+#                     connections through io_uring; build it with
+#                     `--features io-uring`), on ports BASE+20..BASE+22
+#   URING_ENV=""      more of veer-uring's environment, e.g.
+#                     "VEER_URING_SQPOLL=1000" or "VEER_URING_COOP_TASKRUN=1"
 #   VEER_WORKERS=1    veer's --workers (2: two workers on the one proxy core, to
 #                     count what crosses between them; see syscalls.sh)
 #   PROXY_CPU=0 LOAD_CPU=1    the cores to pin to
@@ -109,6 +114,7 @@ declare -A PORT=(
   [veer]=$((BASE_PORT + 11))
   [nginx]=$((BASE_PORT + 12))
   [haproxy]=$((BASE_PORT + 13))
+  [veer-uring]=$((BASE_PORT + 20))
 )
 # HTTP/2 cleartext (prior knowledge): veer serves both on one port; NGINX and
 # HAProxy get a second listener; `direct` is the stable upstream's.
@@ -117,6 +123,7 @@ declare -A H2_PORT=(
   [veer]=${PORT[veer]}
   [nginx]=$((BASE_PORT + 14))
   [haproxy]=$((BASE_PORT + 15))
+  [veer-uring]=$((BASE_PORT + 20))
 )
 # HTTPS: a TLS listener each (`direct`: the stable upstream's own).
 declare -A TLS_PORT=(
@@ -124,8 +131,10 @@ declare -A TLS_PORT=(
   [veer]=$((BASE_PORT + 16))
   [nginx]=$((BASE_PORT + 17))
   [haproxy]=$((BASE_PORT + 18))
+  [veer-uring]=$((BASE_PORT + 21))
 )
 VEER_ADMIN_PORT=$((BASE_PORT + 19))
+declare -A ADMIN_PORT=([veer]=$VEER_ADMIN_PORT [veer-uring]=$((BASE_PORT + 22)))
 
 ROOT=$(pwd)
 if [[ ! -f "$ROOT/Cargo.toml" || ! -f "$ROOT/benches/compare.sh" ]]; then
@@ -196,7 +205,8 @@ fi
 
 for port in "$STABLE_PORT" "$CANARY_PORT" "${PORT[veer]}" "${PORT[nginx]}" "${PORT[haproxy]}" \
   "${H2_PORT[direct]}" "${H2_PORT[nginx]}" "${H2_PORT[haproxy]}" "$VEER_ADMIN_PORT" \
-  "${TLS_PORT[direct]}" "${TLS_PORT[veer]}" "${TLS_PORT[nginx]}" "${TLS_PORT[haproxy]}"; do
+  "${TLS_PORT[direct]}" "${TLS_PORT[veer]}" "${TLS_PORT[nginx]}" "${TLS_PORT[haproxy]}" \
+  "${PORT[veer-uring]}" "${TLS_PORT[veer-uring]}" "${ADMIN_PORT[veer-uring]}"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     die "127.0.0.1:$port is already in use; stop what serves it or set BASE_PORT"
   fi
@@ -271,15 +281,19 @@ stub_requests() { # port -> requests counted by that NGINX so far
 # 4. proxies
 declare -A MAIN_PID CMD CONFIG_FILE
 
+# veer-uring: the same binary serving its cleartext listener through io_uring
+# (its TLS listener stays on epoll), on the one thread that mode has.
 start_veer() {
-  local dir="$WORK/veer"
+  local target=${1:-veer} io="" workers=$VEER_WORKERS
+  if [[ $target == veer-uring ]]; then io="VEER_IO=uring ${URING_ENV:-}" workers=1; fi
+  local dir="$WORK/$target"
   mkdir -p "$dir/state"
-  CONFIG_FILE[veer]="$dir/veer.yaml"
-  cat >"${CONFIG_FILE[veer]}" <<EOF
+  CONFIG_FILE[$target]="$dir/veer.yaml"
+  cat >"${CONFIG_FILE[$target]}" <<EOF
 listeners:
-  - { name: public, address: 127.0.0.1:${PORT[veer]} }
-$([[ -n $TLS_RATES ]] && echo "  - { name: secure, address: 127.0.0.1:${TLS_PORT[veer]}, tls: { cert: $TLS_CERT, key: $TLS_KEY } }")
-admin: { address: 127.0.0.1:$VEER_ADMIN_PORT }
+  - { name: public, address: 127.0.0.1:${PORT[$target]} }
+$([[ -n $TLS_RATES ]] && echo "  - { name: secure, address: 127.0.0.1:${TLS_PORT[$target]}, tls: { cert: $TLS_CERT, key: $TLS_KEY } }")
+admin: { address: 127.0.0.1:${ADMIN_PORT[$target]} }
 $([[ -n $IDLE_RATES ]] && echo "limits: { max_connections: $MAX_CLIENTS, header_read_timeout: 300s }")
 state_dir: $dir/state
 services:
@@ -295,14 +309,15 @@ services:
       max_error_rate: 0.05
       max_p99_latency: 1s
 EOF
-  CMD[veer]="taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers $VEER_WORKERS"
+  CMD[$target]="${io:+$io }taskset -c $PROXY_CPU target/release/veer run -c veer.yaml --workers $workers"
   # Its log goes beside, not into, the directory veer watches for config
   # changes.
-  taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[veer]}" --workers "$VEER_WORKERS" \
-    >"$WORK/veer-out.log" 2>&1 &
-  MAIN_PID[veer]=$!
+  # shellcheck disable=SC2086 # $io is a list of NAME=VALUE words
+  env $io taskset -c "$PROXY_CPU" "$VEER_BIN" run -c "${CONFIG_FILE[$target]}" --workers "$workers" \
+    >"$WORK/$target-out.log" 2>&1 &
+  MAIN_PID[$target]=$!
   PIDS+=($!)
-  wait_http "http://127.0.0.1:$VEER_ADMIN_PORT/health/readiness" veer
+  wait_http "http://127.0.0.1:${ADMIN_PORT[$target]}/health/readiness" "$target"
 }
 
 start_nginx() {
@@ -393,10 +408,10 @@ EOF
 for target in $TARGETS; do
   case $target in
     direct) ;;
-    veer) start_veer ;;
+    veer | veer-uring) start_veer "$target" ;;
     nginx) start_nginx ;;
     haproxy) start_haproxy ;;
-    *) die "unknown target '$target' (direct, veer, nginx, haproxy)" ;;
+    *) die "unknown target '$target' (direct, veer, veer-uring, nginx, haproxy)" ;;
   esac
 done
 log "targets up: $TARGETS (proxies on CPU $PROXY_CPU)"
@@ -933,7 +948,7 @@ awk -F'\t' -v loads="$LOADS" -v targets="$TARGETS" -v title="veer vs NGINX vs HA
   function nice(x,   p) { p = 1; while (p * 10 <= x) p *= 10; while (p > x && p > 0.01) p /= 10; if (x / p > 5) return 10 * p; if (x / p > 2) return 5 * p; if (x / p > 1) return 2 * p; return p }
   END {
     nl = split(loads, ld, " "); nt = split(targets, tg, " ")
-    color["direct"] = "#9e9e9e"; color["veer"] = "#1f6feb"; color["nginx"] = "#2e9e44"; color["haproxy"] = "#d9822b"
+    color["direct"] = "#9e9e9e"; color["veer"] = "#1f6feb"; color["veer-uring"] = "#8250df"; color["nginx"] = "#2e9e44"; color["haproxy"] = "#d9822b"
     print "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"380\" viewBox=\"0 0 1200 380\" font-family=\"sans-serif\">"
     print "<style>.h{font-size:13px;font-weight:bold}.tick{font-size:10px;text-anchor:end;fill:#555}.val{font-size:9px;text-anchor:middle;fill:#222}.grp{font-size:11px;text-anchor:middle}.grid{stroke:#ddd;stroke-width:1}.t{font-size:13px}.lg{font-size:11px}.note{font-size:11px;fill:#555}</style>"
     print "<rect width=\"1200\" height=\"380\" fill=\"white\"/>"

@@ -22,9 +22,14 @@ out of ephemeral ports. The idle limits are raised in each server's config so
 nothing is closed while measuring.
 
 Usage: connection_memory.py [--server veer|nginx|haproxy] [--proto h1|h2c|h2c-used]
-                            [BINARY] [COUNT ...]     (default 1000 5000 10000)
+                            [--wake-all] [BINARY] [COUNT ...]
+                                                     (default 1000 5000 10000)
+--wake-all (h1) then sends a request on every idle connection at once and
+checks each is answered: parked sockets all woken together.
 BINARY is veer's (default target/release/veer); NGINX and HAProxy are found
-on PATH (apt-get install nginx haproxy).
+on PATH (apt-get install nginx haproxy). The server inherits the
+environment: MALLOC_ARENA_MAX=1 shows how much of veer's figure is glibc
+keeping one arena per worker thread.
 """
 import argparse
 import os
@@ -236,12 +241,36 @@ def open_batch(addr, n, proto, first):
     return conns
 
 
+def wake_all(conns):
+    """Sends a request on every connection at once; counts the answers."""
+    for s in conns:
+        s.setblocking(True)
+        s.sendall(REQUEST)
+    answered = 0
+    for s in conns:
+        s.settimeout(30)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            continue
+        answered += data.startswith(b"HTTP/1.1 ")
+    return answered
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=["veer", "nginx", "haproxy"], default="veer")
     parser.add_argument("--proto", choices=["h1", "h2c", "h2c-used"], default="h1")
     parser.add_argument("binary", nargs="?", default="target/release/veer")
     parser.add_argument("counts", nargs="*", type=int)
+    parser.add_argument("--wake-all", action="store_true",
+                        help="h1: at the end, send a request on every idle connection at once "
+                             "and check that each is answered (a wake-up storm of parked sockets)")
     args = parser.parse_args()
     if args.binary.isdigit():
         args.counts.insert(0, int(args.binary))
@@ -264,7 +293,7 @@ def main():
         try:
             base = settle(pids)
             print(f"{args.server} {args.proto} idle: {base} KiB RSS")
-            conns, previous, previous_n = [], base, 0
+            conns, previous, previous_n, marks = [], base, 0, []
             for n in counts:
                 # In batches of 500 with a pause: clients arrive over time, and
                 # veer parks a connection 50 ms after its answer; one burst of
@@ -278,12 +307,27 @@ def main():
                 print(f"{n:>6} connections: {now} KiB RSS, {per:.2f} KiB per connection "
                       f"over the last {n - previous_n} ({per * 1000 / 1024:.2f} MiB per 1,000)")
                 previous, previous_n = now, n
+                marks.append((now, n))
             total = (previous - base) / previous_n
             print(f"overall: {args.server} {args.proto} {total:.2f} KiB per idle connection "
                   f"({total * 1000 / 1024:.2f} MiB per 1,000)")
+            if len(counts) > 1:
+                # The first step also pays for what the allocator keeps of
+                # the busy connections' buffers, once; past it, the cost of
+                # each further idle connection.
+                first_rss, first_n = marks[0]
+                past = (previous - first_rss) / (previous_n - first_n)
+                print(f"past the first step: {args.server} {args.proto} {past:.2f} KiB per idle "
+                      f"connection ({past * 1000 / 1024:.2f} MiB per 1,000)")
             if proc.poll() is not None:
                 print(f"{args.server} exited during the run", file=sys.stderr)
                 return 1
+            if args.wake_all and args.proto == "h1":
+                answered = wake_all(conns)
+                print(f"wake-all: {answered} of {len(conns)} idle connections answered "
+                      f"after all sent at once")
+                if answered != len(conns):
+                    return 1
             for s in conns:
                 s.close()
         finally:

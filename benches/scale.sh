@@ -41,6 +41,9 @@
 #   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
 #   READ_WHOLE=1: veer's file gets a comment with `&`, so veer reads it whole
 #   (no per-service read, no reuse on reload): the cost of the whole read
+#   FLIP_STAGES=1: veer logs the stages of each reload (debug lines with
+#   `took_us` and `*_us` fields: watch, read, parse, publish, write), and
+#   they are printed after the flips, per stage the median of the rounds
 # Needs python3, curl, nginx, haproxy (apt-get install -y nginx haproxy curl).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
@@ -61,6 +64,7 @@ FLIP_TIMEOUT=${FLIP_TIMEOUT:-60}
 IDLE_CPU_SECONDS=${IDLE_CPU_SECONDS:-30}
 export FLIP_TIMEOUT
 READ_WHOLE=${READ_WHOLE:-0}
+FLIP_STAGES=${FLIP_STAGES:-0}
 
 LISTEN=$((BASE_PORT))
 ADMIN=$((BASE_PORT + 1))
@@ -194,8 +198,12 @@ run_one() {
     since=$(date +%s.%N)
     case $target in
         veer)
+            if [[ $FLIP_STAGES == 1 ]]; then
+                export VEER_LOG="info,veer::reload=debug,veer::control=debug,veer::config=debug,veer::watch=debug"
+            fi
             taskset -c "$PROXY_CPU" "$BIN" run -c "$conf" --workers 1 >"$work/log" 2>&1 &
-            pid=$! ;;
+            pid=$!
+            unset VEER_LOG ;;
         nginx)
             taskset -c "$PROXY_CPU" nginx -p "$work" -c "$conf" -g 'daemon off;' >"$work/log" 2>&1 &
             pid=$!
@@ -225,6 +233,22 @@ run_one() {
     wild=$($PROBE latency "$LISTEN" "x.svc-$last.internal" 2000) || wild="err err"
     local flips
     flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | median_max) || flips="err err"
+    if [[ $target == veer && $FLIP_STAGES == 1 ]]; then
+        # The last FLIPS reloads' stages, median per field, µs.
+        echo "stages of a one-weight change at $n services (median of $FLIPS, µs):"
+        grep -E 'watched file: change signalled|config read service by service|config file read|control: snapshot published|control: config applied|reload: read and applied' "$work/log" |
+            grep -v 'parsed=[0-9][0-9]' | tail -n $((FLIPS * 6)) |
+            python3 -c '
+import re, sys, statistics
+stages = {}
+for line in sys.stdin:
+    what = re.search(r"(DEBUG|INFO) (.*?) \w+=", line).group(2)
+    for key, value in re.findall(r"(\w+_us)=(\d+)", line):
+        stages.setdefault(f"{what}: {key}", []).append(int(value))
+for stage, values in stages.items():
+    print(f"  {stage:60} {statistics.median(values):>9.0f}")
+'
+    fi
     sleep 3
     [[ $target != veer ]] && settle_workers "$pid"
     local rss_reloads=$(($(rss_kb "$pid") / 1024))

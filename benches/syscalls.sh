@@ -7,6 +7,9 @@
 #     benches/syscalls.sh                         # HTTP/1.1 at 5,000 and 12,000 req/s, h2c at 5,000
 #     SKIP_BUILD=1 benches/syscalls.sh            # use target/release/veer as it is
 #     SYSCALL_LOADS="5000 tls-5000" benches/syscalls.sh
+#     TARGETS="veer veer-uring" SYSCALL_LOADS="5000 12000" benches/syscalls.sh
+#                                                 # epoll and io_uring, one binary
+#                                                 # (cargo build --release --features io-uring)
 #
 # Each proxy serves each load while `perf stat -e 'syscalls:sys_enter_*'`
 # counts every system call of all its processes over SYSCALL_SECONDS (3);

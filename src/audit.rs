@@ -176,6 +176,31 @@ pub fn reload_weights(before: &Snapshot, after: &Snapshot) -> (String, String, O
     if before.services.len().max(after.services.len()) <= RELOAD_LISTS_ALL_UP_TO {
         return (weights(before, None), weights(after, None), None);
     }
+    // A publish usually keeps the services where they were, and shares
+    // the parts it did not rebuild: only the others are compared.
+    if before.services.len() == after.services.len()
+        && before
+            .services
+            .iter()
+            .zip(&after.services)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b) || a.name == b.name)
+    {
+        let (mut out_before, mut out_after) = (String::new(), String::new());
+        let mut unchanged = 0;
+        for (a, b) in before.services.iter().zip(&after.services) {
+            if std::sync::Arc::ptr_eq(a, b) || same_weights(a, b) {
+                unchanged += 1;
+                continue;
+            }
+            for (out, service) in [(&mut out_before, a), (&mut out_after, b)] {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                let _ = write!(out, "{}[{}]", service.name, service_weights(service));
+            }
+        }
+        return (out_before, out_after, Some(unchanged));
+    }
     fn by_name(snapshot: &Snapshot) -> std::collections::HashMap<&str, &ServiceSnapshot> {
         snapshot.services.iter().map(|s| (&*s.name, &**s)).collect()
     }

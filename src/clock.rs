@@ -14,3 +14,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(u64::MAX)
         .saturating_add(1)
 }
+
+/// Microseconds since `since` on the wall clock, for the `took_us` fields of
+/// the debug lines that time a reload's stages (a measure for people, never
+/// an input to a decision).
+pub fn took_us(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}

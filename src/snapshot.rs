@@ -146,6 +146,23 @@ impl Snapshot {
         parts: Parts<'_>,
         effective: impl Fn(usize, &Service) -> Effective,
     ) -> Snapshot {
+        Snapshot::build_changed(generation, config, parts, effective, None)
+    }
+
+    /// As [`Snapshot::build`], told which services may have changed since
+    /// `parts.previous` was built: with `Some(changed)`, a service at an
+    /// index not listed there has the config and the effective weights its
+    /// previous part was built from, and keeps that part without a look,
+    /// when the previous snapshot has the same services in the same order.
+    /// Endpoint health and names are not vouched for: a change of those is
+    /// published with `None`, which looks at every service.
+    pub fn build_changed(
+        generation: u64,
+        config: &Config,
+        parts: Parts<'_>,
+        effective: impl Fn(usize, &Service) -> Effective,
+        changed: Option<&[usize]>,
+    ) -> Snapshot {
         let Parts {
             endpoints: registry,
             stats,
@@ -156,17 +173,53 @@ impl Snapshot {
         } = parts;
         telemetry.configure(&config.telemetry);
         let now_ms = crate::clock::now_ms();
-        let previous_by_name: std::collections::HashMap<&str, &Arc<ServiceSnapshot>> = previous
-            .map(|p| p.services.iter().map(|s| (&*s.name, s)).collect())
-            .unwrap_or_default();
-        let services = config
+        // Each service's previous part is looked for at its own index
+        // first (a publish rarely moves services); by name when not there.
+        let mut previous_by_name: Option<std::collections::HashMap<&str, &Arc<ServiceSnapshot>>> =
+            None;
+        let mut find_previous = |index: usize, name: &str| {
+            let services = &previous?.services;
+            if let Some(at) = services.get(index).filter(|s| &*s.name == name) {
+                return Some(at);
+            }
+            previous_by_name
+                .get_or_insert_with(|| services.iter().map(|s| (&*s.name, s)).collect())
+                .get(name)
+                .copied()
+        };
+        // The parts kept without a look: the previous snapshot's, in place.
+        let unchanged: Option<(&[Arc<ServiceSnapshot>], Vec<bool>)> = previous
+            .zip(changed)
+            .filter(|(previous, _)| {
+                previous.services.len() == config.services.len()
+                    && previous
+                        .services
+                        .iter()
+                        .zip(&config.services)
+                        .all(|(part, service)| *part.name == *service.name)
+            })
+            .map(|(previous, changed)| {
+                let mut unchanged = vec![true; config.services.len()];
+                for &index in changed {
+                    if let Some(slot) = unchanged.get_mut(index) {
+                        *slot = false;
+                    }
+                }
+                (previous.services.as_slice(), unchanged)
+            });
+        let services: Vec<Arc<ServiceSnapshot>> = config
             .services
             .iter()
             .enumerate()
             .map(|(index, service)| {
+                if let Some((parts, unchanged)) = &unchanged {
+                    if unchanged[index] {
+                        mirrors.keep(service);
+                        return Arc::clone(&parts[index]);
+                    }
+                }
                 let inputs = effective(index, service);
-                if let Some(kept) = previous_by_name
-                    .get(service.name.as_str())
+                if let Some(kept) = find_previous(index, service.name.as_str())
                     .filter(|kept| kept.can_keep(service, &inputs, now_ms, registry))
                 {
                     mirrors.keep(service);
@@ -335,8 +388,22 @@ impl Snapshot {
         registry.retain_used();
         stats.retain_used();
         mirrors.retain_used();
-        let routes = match previous {
-            Some(previous) if same_routes(&previous.services, &config.services) => {
+        let routes = match (previous, &unchanged) {
+            // Kept parts route as they did: only the others are compared.
+            (Some(previous), Some((_, unchanged))) => {
+                let moved = (0..services.len()).filter(|&i| !unchanged[i]).any(|i| {
+                    !same_route(
+                        &previous.services[i].built_from.service,
+                        &config.services[i],
+                    )
+                });
+                if moved {
+                    Arc::new(RouteTable::new(&config.services))
+                } else {
+                    Arc::clone(&previous.routes)
+                }
+            }
+            (Some(previous), None) if same_routes(&previous.services, &config.services) => {
                 Arc::clone(&previous.routes)
             }
             _ => Arc::new(RouteTable::new(&config.services)),
@@ -407,12 +474,14 @@ fn addresses(version: &crate::config::Version, registry: &Registry) -> Vec<std::
 fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Arc<Service>]) -> bool {
     previous.len() == services.len()
         && previous.iter().zip(services).all(|(before, now)| {
-            let before = &before.built_from.service;
-            Arc::ptr_eq(before, now)
-                || before.name == now.name
-                    && before.hosts == now.hosts
-                    && before.path_prefix == now.path_prefix
+            Arc::ptr_eq(&before.built_from.service, now)
+                || same_route(&before.built_from.service, now)
         })
+}
+
+/// Whether two services claim the same routes.
+fn same_route(before: &Service, now: &Service) -> bool {
+    before.name == now.name && before.hosts == now.hosts && before.path_prefix == now.path_prefix
 }
 
 impl Snapshot {

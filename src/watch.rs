@@ -14,7 +14,6 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::hash::{DefaultHasher, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -300,14 +299,11 @@ enum Fingerprint {
 impl Fingerprint {
     fn of(file: &Path) -> Self {
         match std::fs::read(file) {
-            Ok(bytes) => {
-                let mut hasher = DefaultHasher::new();
-                hasher.write(&bytes);
-                Fingerprint::Content {
-                    len: bytes.len() as u64,
-                    hash: hasher.finish(),
-                }
-            }
+            Ok(bytes) => Fingerprint::Content {
+                len: bytes.len() as u64,
+                // xxh3: a large config is hashed in a fraction of a millisecond.
+                hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Fingerprint::Missing,
             Err(e) => Fingerprint::Unreadable(e.kind()),
         }
@@ -335,10 +331,13 @@ impl Tracker {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Watch first, read second: a change after the read then raises an event.
         self.follow_symlink_target();
+        let started = std::time::Instant::now();
         let now = Fingerprint::of(&self.file);
         let changed = now != self.last;
         if changed {
-            tracing::debug!(file = %self.file.display(), fingerprint = ?now, "watched file changed");
+            // `took_us`: reading and fingerprinting the file.
+            let took_us = crate::clock::took_us(started);
+            tracing::debug!(file = %self.file.display(), fingerprint = ?now, took_us, "watched file changed");
         }
         self.last = now;
         changed
@@ -398,6 +397,7 @@ async fn debounce_loop(
             poke = pokes.recv() => if poke.is_none() { return },
             () = out.closed() => return,
         }
+        let burst = std::time::Instant::now();
         let cap = Instant::now() + max_burst;
         let mut quiet_at = (Instant::now() + debounce).min(cap);
         loop {
@@ -425,6 +425,10 @@ async fn debounce_loop(
             }
         };
         if changed {
+            // `took_us`: from the first event of the burst to this signal,
+            // the debounce's wait and the fingerprint included.
+            let took_us = crate::clock::took_us(burst);
+            tracing::debug!(took_us, "watched file: change signalled");
             match out.try_send(()) {
                 // Full: a signal is pending and the reloader will read this content.
                 Ok(()) | Err(TrySendError::Full(())) => {}

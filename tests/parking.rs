@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -243,4 +244,112 @@ async fn tls_connections_park_and_resume() {
         }
     }
     assert_eq!(up.total(), 10);
+}
+
+#[tokio::test]
+async fn a_connection_silent_after_connecting_is_served_when_it_speaks() {
+    let (up, proxy) = fixture("10s").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    // Parked before a byte is read: the protocol is not known yet.
+    tokio::time::sleep(GAP).await;
+    exchange(&mut stream, &get("/late")).await;
+    // An HTTP/2 preface cut at the park point is still told apart.
+    let mut h2 = TcpStream::connect(proxy.addr()).await.expect("connect");
+    h2.write_all(&H2_HELLO[..10]).await.expect("write");
+    tokio::time::sleep(GAP).await;
+    h2.write_all(&H2_HELLO[10..]).await.expect("write");
+    let mut frame = [0u8; 9];
+    within(LIMIT, "the server's SETTINGS", h2.read_exact(&mut frame))
+        .await
+        .expect("read");
+    assert_eq!(frame[3], 4, "a SETTINGS frame: veer took the preface");
+    assert_eq!(up.count("/late"), 1);
+}
+
+/// The HTTP/2 preface and an empty SETTINGS frame.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The `public` listener's open connections, as `/metrics` says.
+async fn open_connections(client: &support::client::HttpClient, admin: SocketAddr) -> f64 {
+    let scrape = support::metrics::scrape(client, admin).await;
+    support::metrics::sum(
+        &scrape,
+        "veer_listener_connections",
+        &[("listener", "public")],
+    )
+}
+
+/// Waits until `/metrics` counts `want` open connections.
+async fn until_open(client: &support::client::HttpClient, admin: SocketAddr, want: f64) {
+    within(LIMIT, "the open-connections gauge", async {
+        while open_connections(client, admin).await != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+fn admin_yaml(up: &Upstream) -> String {
+    ConfigBuilder::new()
+        .limit("header_read_timeout", "60s")
+        .service(
+            service("web")
+                .hosts(&["app.example"])
+                .version("stable", &[up.addr()], 1),
+        )
+        .yaml()
+}
+
+#[tokio::test]
+async fn a_client_that_closes_while_parked_is_released() {
+    let up = Upstream::start("stable").await;
+    let (running, proxy, admin) = support::harness::start_with_admin(&admin_yaml(&up), None).await;
+    let client = support::client::http1_client();
+    let mut served = TcpStream::connect(proxy).await.expect("connect");
+    exchange(&mut served, &get("/")).await;
+    let silent = TcpStream::connect(proxy).await.expect("connect");
+    tokio::time::sleep(GAP).await;
+    until_open(&client, admin, 2.0).await;
+    drop(served);
+    drop(silent);
+    // Each closed socket reads EOF in the lot: its slot, permit and place
+    // in the gauge are given back long before the 60 s idle limit.
+    until_open(&client, admin, 0.0).await;
+    assert!(
+        within(LIMIT, "the drain", running.shutdown()).await,
+        "nothing left to drain"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_parked_connections_are_drained_at_once_and_counted() {
+    const CONNECTIONS: usize = 1_000;
+    // Client and proxy share this process: two descriptors a connection.
+    let limit = rlimit::increase_nofile_limit(16_384).expect("raise RLIMIT_NOFILE");
+    assert!(limit >= 5_000, "RLIMIT_NOFILE only {limit}");
+    let up = Upstream::start("stable").await;
+    let (running, proxy, admin) = support::harness::start_with_admin(&admin_yaml(&up), None).await;
+    let mut parked = Vec::with_capacity(CONNECTIONS);
+    within(LIMIT, "1,000 keep-alive exchanges", async {
+        for i in 0..CONNECTIONS {
+            let mut stream = TcpStream::connect(proxy).await.expect("connect");
+            // Half say nothing at all: parked before their first byte.
+            if i % 2 == 0 {
+                exchange(&mut stream, &get("/")).await;
+            }
+            parked.push(stream);
+        }
+    })
+    .await;
+    tokio::time::sleep(GAP).await;
+    let client = support::client::http1_client();
+    until_open(&client, admin, CONNECTIONS as f64).await;
+    assert!(
+        within(LIMIT, "the drain", running.shutdown()).await,
+        "every parked connection's permit came back"
+    );
+    for stream in &mut parked {
+        closed(stream).await;
+    }
+    assert_eq!(up.total(), CONNECTIONS as u64 / 2);
 }

@@ -1658,13 +1658,25 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
         let addr = veer.listener("public");
         let client = http1_client();
         let host = format!("s-{}.example.com", count - 1);
+        // Every change is renamed over the file: a write in place can be
+        // read half-written, and a half that ends between two services is a
+        // valid config of fewer services, which throws the counts off.
         // A first change: reloaded once, however it raced the reloader's
         // first read of the file.
-        std::fs::write(veer.config_path(), many(count, up.addr(), (50, 50))).expect("write");
+        rename_over(&veer.config_path(), &many(count, up.addr(), (50, 50)));
         wait_reloads(&veer, 1).await;
+        // When the first read caught the change, the watcher's event for it
+        // reloads the same text once more (nothing parsed): let it pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let base = reloads_parsed(&veer).len();
         // The last service's weights move to green: one service parsed.
-        std::fs::write(veer.config_path(), many(count, up.addr(), (0, 100))).expect("write");
-        assert_eq!(wait_reloads(&veer, 2).await[1], 1, "{}", veer.stderr());
+        rename_over(&veer.config_path(), &many(count, up.addr(), (0, 100)));
+        assert_eq!(
+            wait_reloads(&veer, base + 1).await[base],
+            1,
+            "{}",
+            veer.stderr()
+        );
         let request = Request::get(format!("http://{addr}/"))
             .header("host", host.as_str())
             .body(empty())
@@ -1680,15 +1692,20 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
             .map(str::to_string)
             .collect();
         services.swap(0, 1);
-        std::fs::write(veer.config_path(), format!("{head}{}", services.concat())).expect("write");
-        assert_eq!(wait_reloads(&veer, 3).await[2], 0, "{}", veer.stderr());
+        rename_over(&veer.config_path(), &format!("{head}{}", services.concat()));
+        assert_eq!(
+            wait_reloads(&veer, base + 2).await[base + 1],
+            0,
+            "{}",
+            veer.stderr()
+        );
 
         // A bad line in a changed service: refused, the old config serves.
         let bad = many(count, up.addr(), (0, 100)).replace("weight: 100 }", "weight: lots }");
         let at = bad.find("lots").expect("the bad weight");
         let line = bad[..at].matches('\n').count() + 1;
         let column = at - bad[..at].rfind('\n').expect("a line");
-        std::fs::write(veer.config_path(), &bad).expect("write");
+        rename_over(&veer.config_path(), &bad);
         let deadline = tokio::time::Instant::now() + RELOAD_LIMIT;
         while !veer.stderr().contains("reload refused") {
             assert!(tokio::time::Instant::now() < deadline, "{}", veer.stderr());
@@ -1704,5 +1721,87 @@ async fn the_binary_reparses_only_the_services_a_reload_changed() {
         );
         stop_binary(veer).await;
     })
+    .await;
+}
+
+/// A service whose text was seen before is not checked again on its own,
+/// but the checks across services still run on the whole file: a name or a
+/// service written twice is refused at its place, and the old config serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_clash_between_services_it_did_not_reparse() {
+    within(
+        RELOAD_LIMIT * 3,
+        "refused reloads of a 300-service file",
+        async {
+            let up = Upstream::start("last").await;
+            let count = 300;
+            let veer = VeerProcess::start_with_args(
+                veer_bin(),
+                &many(count, up.addr(), (100, 0)),
+                &["--log-format", "json"],
+                &[],
+            );
+            let addr = veer.listener("public");
+            let client = http1_client();
+            let host = format!("s-{}.example.com", count - 1);
+            std::fs::write(veer.config_path(), many(count, up.addr(), (0, 100))).expect("write");
+            wait_reloads(&veer, 1).await;
+            let good = many(count, up.addr(), (0, 100));
+            // The first error line of each refused reload.
+            let refusals = |veer: &VeerProcess| {
+                veer.stderr()
+                    .matches("\"message\":\"reload refused, the previous config keeps serving: ")
+                    .count()
+            };
+            let refused = |bad: String, at: usize, expected: String| {
+                let line = bad[..at].matches('\n').count() + 1;
+                let column = at - bad[..at].rfind('\n').expect("a line");
+                (bad, format!("veer.yaml:{line}:{column}: {expected}"))
+            };
+
+            // Another service's name: only that service's text changed.
+            let bad = good.replacen("name: s-200\n", "name: s-10\n", 1);
+            let at = bad
+                .find("name: s-10\n    match: { hosts: [s-200")
+                .expect("renamed")
+                + 6;
+            let case_name = refused(
+                bad,
+                at,
+                "services[200].name: duplicate service name `s-10` (also services[10])".to_string(),
+            );
+            // A service written twice, byte for byte, at the end.
+            let first = good.find("  - name: s-5\n").expect("s-5");
+            let item = &good[first..first + good[first..].find("  - name: s-6\n").expect("s-6")];
+            let bad = format!("{good}{item}");
+            let at = good.len() + "  - name: ".len();
+            let case_twice = refused(
+                bad,
+                at,
+                format!("services[{count}].name: duplicate service name `s-5` (also services[5])"),
+            );
+            for (n, (bad, expected)) in [case_name, case_twice].into_iter().enumerate() {
+                std::fs::write(veer.config_path(), &bad).expect("write");
+                let deadline = tokio::time::Instant::now() + RELOAD_LIMIT;
+                while refusals(&veer) <= n {
+                    assert!(tokio::time::Instant::now() < deadline, "{}", veer.stderr());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert!(
+                    veer.stderr().contains(&expected),
+                    "{expected}\n{}",
+                    veer.stderr()
+                );
+                // The last good config still serves: green has the weight.
+                let request = Request::get(format!("http://{addr}/"))
+                    .header("host", host.as_str())
+                    .body(empty())
+                    .expect("request");
+                let answer = send(&client, request).await;
+                assert_eq!(answer.status.as_u16(), 200);
+            }
+            stop_binary(veer).await;
+        },
+    )
     .await;
 }

@@ -295,6 +295,40 @@ async fn a_reload_of_one_weight_keeps_every_other_service_and_its_counters() {
             );
         }
 
+        // Run-time weights and a rollback rebuild the one service they name.
+        let control = proxy.control();
+        for (service, change) in [(7, "weights"), (9, "rollback")] {
+            let name = format!("svc-{service}");
+            let before = control.snapshot();
+            match change {
+                "weights" => control
+                    .set_weights(&name, &[("stable", 0), ("canary", 100)])
+                    .await
+                    .expect("weights set"),
+                _ => {
+                    control.rollback(&name).await.expect("rolled back");
+                }
+            }
+            let after = control.snapshot();
+            let weights: Vec<u32> = after.services[service]
+                .versions
+                .iter()
+                .map(|v| v.weight)
+                .collect();
+            let expected = if change == "weights" {
+                [0, 100]
+            } else {
+                [100, 0]
+            };
+            assert_eq!(weights, expected, "{change} in force");
+            for i in (0..count).filter(|&i| i != service) {
+                assert!(
+                    Arc::ptr_eq(&before.services[i], &after.services[i]),
+                    "{change} of svc-{service} kept svc-{i}"
+                );
+            }
+        }
+
         for _ in 0..20 {
             let (status, _) = through(&client, addr, &format!("svc-{last}.example.com")).await;
             assert_eq!(status, 200);

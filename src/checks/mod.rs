@@ -102,6 +102,9 @@ pub struct CheckRunner {
     paused: HashMap<Arc<str>, String>,
     finished: mpsc::UnboundedReceiver<(Key, Result<f64, String>)>,
     finish: mpsc::UnboundedSender<(Key, Result<f64, String>)>,
+    /// The indices of the services with checks in the snapshot of this
+    /// generation: a pass plans those, not thousands of services without.
+    with_checks: (u64, Arc<[usize]>),
 }
 
 /// What a finished run calls for, applied after the pass.
@@ -131,6 +134,7 @@ impl CheckRunner {
             paused: HashMap::new(),
             finished,
             finish,
+            with_checks: (0, Arc::from([])),
         }
     }
 
@@ -222,21 +226,29 @@ impl CheckRunner {
     /// traffic. Targets no longer called for end here.
     fn plan(&mut self, view: &ControlView, now: Instant) {
         let snapshot = self.control.snapshot();
+        if self.with_checks.0 != snapshot.generation {
+            // No checks, nothing to plan (the reports of checks a reload
+            // removed go below all the same): of thousands of services, most
+            // cost this pass nothing, and are looked at once per publish.
+            let with_checks = snapshot.services.iter().enumerate().filter(|(_, service)| {
+                service.guard.as_ref().is_some_and(|guard| {
+                    !guard.checks.is_empty()
+                        || service
+                            .rollout
+                            .as_ref()
+                            .is_some_and(|r| !r.checks.is_empty())
+                })
+            });
+            self.with_checks = (snapshot.generation, with_checks.map(|(i, _)| i).collect());
+        }
         let mut wanted: HashMap<Key, (&Check, String)> = HashMap::new();
         let mut configured: HashSet<(Arc<str>, Scope, String)> = HashSet::new();
         let mut versions: HashMap<Arc<str>, HashSet<String>> = HashMap::new();
-        for service in &snapshot.services {
+        let with_checks = Arc::clone(&self.with_checks.1);
+        for service in with_checks.iter().filter_map(|&i| snapshot.services.get(i)) {
             let Some(guard) = &service.guard else {
                 continue;
             };
-            // No checks, nothing to plan (the reports of checks a reload
-            // removed go below all the same): of thousands of services, most
-            // cost this pass nothing, and nothing is allocated for them.
-            if guard.checks.is_empty()
-                && service.rollout.as_ref().is_none_or(|r| r.checks.is_empty())
-            {
-                continue;
-            }
             let baseline = service.versions[guard.baseline].name.to_string();
             versions.insert(
                 Arc::clone(&service.name),

@@ -91,29 +91,35 @@ pub fn load_file_checked(
 }
 
 /// What a reload keeps of the last file it read: each service's text (by
-/// its SHA-256) and the service it validated to, so that the next read
+/// its digest) and the service it validated to, so that the next read
 /// parses and checks only the services whose text changed. The services are
-/// the `Arc`s the config holds, shared: an unchanged one is never copied. The checks
-/// across services (names, routes) and everything outside `services:` are
+/// the `Arc`s the config holds, shared: an unchanged one is never copied.
+/// The checks across services (names, routes) and everything outside `services:` are
 /// still run on the whole file every time.
 #[derive(Debug, Default)]
 pub struct Reuse {
-    /// As validated, before relative paths were resolved.
-    services: HashMap<Digest, Arc<Service>>,
+    /// This file's services in its order, as validated (before relative
+    /// paths were resolved), each beside the digest of its text. In order,
+    /// so that an edit finds each unchanged service at its own index: one
+    /// comparison of digests, no table to rebuild per reload.
+    kept: Vec<(Digest, Arc<Service>)>,
     /// How many services the last successful read parsed and checked.
     parsed: usize,
 }
 
-type Digest = [u8; 32];
+/// xxh3's 128 bits of a service's text: not a cryptographic hash (the file
+/// is the operator's own), and two different texts of one file meeting on
+/// the same 128 bits is beyond any chance worth counting.
+type Digest = u128;
 
 impl Reuse {
     /// How many services it holds (those of the last file read).
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.kept.is_empty()
     }
 
     /// How many services the last successful read parsed and checked; the
@@ -132,7 +138,7 @@ impl Reuse {
             .iter()
             .map(|service| (service.name.as_str(), service))
             .collect();
-        for kept in self.services.values_mut() {
+        for (_, kept) in &mut self.kept {
             if let Some(&live) = live.get(kept.name.as_str()) {
                 if !Arc::ptr_eq(live, kept) && **live == **kept {
                     *kept = Arc::clone(live);
@@ -152,9 +158,11 @@ pub fn load_file_reusing(
     reuse: Option<&mut Reuse>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file = path.display().to_string();
+    let started = std::time::Instant::now();
     let text = std::fs::read_to_string(path).map_err(|error| {
         whole_file_error(&file, format!("cannot read the config file: {error}"))
     })?;
+    let read_us = crate::clock::took_us(started);
     let mut reuse = reuse;
     let (mut config, source) = match parse_split(&text, reuse.as_deref_mut()) {
         Some(config) => (config, None),
@@ -162,17 +170,26 @@ pub fn load_file_reusing(
             let read = parse_with_source(&text, &file)?;
             if let Some(reuse) = reuse {
                 // A file read whole leaves nothing to reuse.
-                reuse.services = HashMap::new();
+                reuse.kept = Vec::new();
                 reuse.parsed = read.0.services.len();
             }
             read
         }
     };
+    let parse_us = crate::clock::took_us(started).saturating_sub(read_us);
     if let Some(base) = path.parent() {
         resolve_paths(&mut config, base);
     }
     let (warnings, errors): (Vec<FileIssue>, Vec<FileIssue>) =
         check(&config).into_iter().partition(|issue| issue.warning);
+    // The read's stages: the file, its parse and checks, then the paths
+    // resolved and the files it names checked.
+    tracing::debug!(
+        read_us,
+        parse_us,
+        files_us = crate::clock::took_us(started).saturating_sub(read_us + parse_us),
+        "config file read"
+    );
     let issues = |list: Vec<FileIssue>, prefix: &str| {
         list.into_iter()
             .map(|issue| Issue::at(issue.path, format!("{prefix}{}", issue.reason)))
@@ -209,6 +226,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
 /// read then gives the answer, errors placed. `reuse` is updated only when
 /// this read succeeds.
 fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
+    let split_started = std::time::Instant::now();
     let split = spans::split(text)?;
     let mut issues = Vec::new();
     let rest = match SourceMap::tree(&split.rest).ok()?? {
@@ -224,47 +242,120 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
         return None;
     }
 
+    let split_us = crate::clock::took_us(split_started);
     let Some(reuse) = reuse else {
         let all: Vec<usize> = (0..split.services.len()).collect();
         let services = service_spans(&all, &split.services)?;
         let config = validate::validate_prepared(raw, services, &mut issues)?;
         return issues.is_empty().then_some(config);
     };
+    let started = std::time::Instant::now();
     let digests: Vec<Digest> = split.services.iter().map(|span| digest(span)).collect();
-    let fresh: Vec<usize> = (0..digests.len())
-        .filter(|&i| !reuse.services.contains_key(&digests[i]))
+    let digest_us = crate::clock::took_us(started);
+    // Each service's text is first looked for at its own index (an edit
+    // leaves the others where they were), then among the kept services no
+    // index claimed: as many as the file's services moved or changed.
+    let mut found: Vec<Option<usize>> = digests
+        .iter()
+        .enumerate()
+        .map(|(i, digest)| {
+            reuse
+                .kept
+                .get(i)
+                .filter(|(kept, _)| kept == digest)
+                .map(|_| i)
+        })
         .collect();
+    if found.iter().any(Option::is_none) {
+        let unclaimed: HashMap<&Digest, usize> = reuse
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| found.get(k).is_none_or(Option::is_none))
+            .map(|(k, (digest, _))| (digest, k))
+            .collect();
+        for (i, slot) in found.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = unclaimed.get(&digests[i]).copied();
+            }
+        }
+    }
+    let fresh: Vec<usize> = (0..digests.len()).filter(|&i| found[i].is_none()).collect();
     let parsed = fresh.len();
+    let started = std::time::Instant::now();
     let made = service_spans(&fresh, &split.services)?;
-    let mut made_by_index: HashMap<usize, Arc<Service>> = fresh.into_iter().zip(made).collect();
+    let parse_us = crate::clock::took_us(started);
+    let started = std::time::Instant::now();
+    let mut made = made.into_iter();
     let mut services = Vec::with_capacity(digests.len());
-    for (i, digest) in digests.iter().enumerate() {
-        let service = match made_by_index.get(&i) {
-            Some(made) => Arc::clone(made),
-            None => Arc::clone(reuse.services.get(digest)?),
+    let mut made_here: Vec<(usize, Arc<Service>)> = Vec::with_capacity(parsed);
+    for (i, kept) in found.iter().enumerate() {
+        let service = match kept {
+            Some(k) => Arc::clone(&reuse.kept[*k].1),
+            None => {
+                let service = made.next()?;
+                made_here.push((i, Arc::clone(&service)));
+                service
+            }
         };
         services.push(service);
     }
+    let assemble_us = crate::clock::took_us(started);
+    let started = std::time::Instant::now();
     let config = validate::validate_prepared(raw, services, &mut issues)?;
     if !issues.is_empty() {
         return None;
     }
-    // Keep exactly this file's services, so what is kept never grows.
+    let validate_us = crate::clock::took_us(started);
+    // Keep exactly this file's services, so what is kept never grows. An
+    // edit in place replaces only what it changed.
     reuse.parsed = parsed;
-    let mut old = std::mem::take(&mut reuse.services);
-    for (i, digest) in digests.into_iter().enumerate() {
-        // A service written twice, identically, is kept once.
-        if let Some(service) = made_by_index.remove(&i).or_else(|| old.remove(&digest)) {
-            reuse.services.insert(digest, service);
+    let in_place = digests.len() == reuse.kept.len()
+        && found
+            .iter()
+            .enumerate()
+            .all(|(i, k)| k.is_none_or(|k| k == i));
+    if in_place {
+        for (i, service) in made_here {
+            reuse.kept[i] = (digests[i], service);
+        }
+    } else {
+        let mut old: Vec<Option<(Digest, Arc<Service>)>> = std::mem::take(&mut reuse.kept)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut made_here = made_here.into_iter().peekable();
+        for (i, kept) in found.into_iter().enumerate() {
+            let entry = match kept {
+                // A service written twice, identically, is kept twice: each
+                // is looked for at its own index first.
+                Some(k) => old[k]
+                    .take()
+                    .or_else(|| Some((digests[i], config.services.get(i)?.clone()))),
+                None => made_here
+                    .next_if(|(at, _)| *at == i)
+                    .map(|(_, service)| (digests[i], service)),
+            };
+            if let Some(entry) = entry {
+                reuse.kept.push(entry);
+            }
         }
     }
+    tracing::debug!(
+        services = digests.len(),
+        parsed,
+        split_us,
+        digest_us,
+        parse_us,
+        assemble_us,
+        validate_us,
+        "config read service by service"
+    );
     Some(config)
 }
 
 fn digest(span: &str) -> Digest {
-    let mut out = [0; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, span.as_bytes()).as_ref());
-    out
+    xxhash_rust::xxh3::xxh3_128(span.as_bytes())
 }
 
 /// The services of the spans at `indices`, each parsed and checked on its

@@ -28,7 +28,7 @@ pub(crate) struct Split<'a> {
 pub(crate) fn split(text: &str) -> Option<Split<'_>> {
     // An anchor could be aliased from another piece; a tab may be
     // indentation the cut would misread. Both are rare in configs.
-    if text.bytes().any(|b| b == b'&' || b == b'\t') {
+    if memchr::memchr2(b'&', b'\t', text.as_bytes()).is_some() {
         return None;
     }
     let mut lines = Lines { text, at: 0 };
@@ -117,7 +117,7 @@ impl<'a> Iterator for Lines<'a> {
         }
         let start = self.at;
         let rest = &self.text[start..];
-        let (line, next) = match rest.find('\n') {
+        let (line, next) = match memchr::memchr(b'\n', rest.as_bytes()) {
             Some(i) => (&rest[..i], start + i + 1),
             None => (rest, self.text.len()),
         };

@@ -183,6 +183,11 @@ struct Actor {
     history: Arc<HistoryMetrics>,
     /// How often hold time alone is written: the store's say.
     holds_every: Duration,
+    /// The config and layer the snapshot in force was built from, to tell
+    /// which services the next publish must look at.
+    built_from: (Arc<Config>, Arc<PersistedState>),
+    /// Configs replaced by this command, freed off the workers after it.
+    retired: Vec<Arc<Config>>,
 }
 
 /// Builds the first snapshot and view, and starts the actor (and the writer,
@@ -231,6 +236,7 @@ pub(super) fn spawn(
             starting: true,
             previous: None,
         },
+        None,
     );
     // Series of what the first config does not name (none yet) are dropped,
     // and the rare counters of what it does are declared at 0.
@@ -249,6 +255,8 @@ pub(super) fn spawn(
         checks: Arc::default(),
     };
     let actor = Actor {
+        built_from: (Arc::clone(&config), Arc::clone(&layer)),
+        retired: Vec::new(),
         holds: Arc::default(),
         config,
         names,
@@ -310,8 +318,19 @@ impl Actor {
             // A bug in one command must not end the control plane (no more
             // trips, no reloads) while the request path goes on: the caller
             // hears nothing (its reply is dropped) and the next command runs.
+            // A reload's stages are timed for the debug log (see `reload`).
+            let timed =
+                matches!(command, Command::ApplyConfig { .. }).then(std::time::Instant::now);
+            // A republish is about endpoint health, which only a look at
+            // every service sees.
+            let republish = matches!(command, Command::Republish);
             let applied =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(command)));
+            let apply_us = timed.map(crate::clock::took_us);
+            // After a panic, everything is looked at again.
+            let changed = (applied.is_ok() && !republish)
+                .then(|| self.changed())
+                .flatten();
             let effect = match applied {
                 Ok(effect) => effect,
                 Err(_) => {
@@ -326,11 +345,13 @@ impl Actor {
                 }
             };
             if effect.publish {
-                self.publish();
+                self.publish_changed(changed.as_deref());
             }
+            let publish_us = timed.map(crate::clock::took_us);
             if let (Some((actor, service, layer, snapshot)), true) = (observed, effect.write) {
                 self.record_history(actor, service.as_deref(), &layer, &snapshot);
             }
+            let history_us = timed.map(crate::clock::took_us);
             if effect.write {
                 let written = self.write();
                 if let (true, Some(written)) = (effect.wait, written) {
@@ -339,6 +360,26 @@ impl Actor {
                 }
             }
             self.publish_view();
+            if !self.retired.is_empty() {
+                // Thousands of services take milliseconds to free: not on a
+                // worker that requests wait for.
+                let retired = std::mem::take(&mut self.retired);
+                tokio::task::spawn_blocking(move || drop(retired));
+            }
+            if let (Some(timed), Some(apply_us), Some(publish_us), Some(history_us)) =
+                (timed, apply_us, publish_us, history_us)
+            {
+                // Each figure from the command's start: the config taken
+                // in, the snapshot published (requests see it from then),
+                // the history recorded, the layer written and the view out.
+                tracing::debug!(
+                    apply_us,
+                    publish_us,
+                    history_us,
+                    written_us = crate::clock::took_us(timed),
+                    "control: config applied"
+                );
+            }
             if let Some(ack) = effect.ack {
                 ack();
             }
@@ -377,10 +418,20 @@ impl Actor {
                         "reload: {note}"
                     );
                 }
-                self.names = index(&config);
+                // The index stays while every service keeps its place.
+                let same_places = config.services.len() == self.config.services.len()
+                    && config
+                        .services
+                        .iter()
+                        .zip(&self.config.services)
+                        .all(|(new, old)| new.name == old.name);
+                if !same_places {
+                    self.names = index(&config);
+                }
                 let mut config = *config;
                 config.share_unchanged(&self.config);
-                self.config = Arc::new(config);
+                let replaced = std::mem::replace(&mut self.config, Arc::new(config));
+                self.retired.push(replaced);
                 Effect::durable(true, ack(reply, ()))
             }
             Command::RecordReload { record, reply } => {
@@ -910,15 +961,44 @@ impl Actor {
         let config = Arc::clone(&self.config);
         let elapsed = self.telemetry.elapsed(Instant::now());
         let unix = unix_ms();
-        // A reload looks at every service: find the old ones by name once.
-        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = only
-            .is_none()
+        // A reload that kept the services where they were changed those
+        // whose part it rebuilt and those whose run-time state moved: only
+        // they are looked at. Otherwise every service is, the old ones found
+        // by name once.
+        let in_place = only.is_none()
+            && was.services.len() == now.services.len()
+            && was
+                .services
+                .iter()
+                .zip(&now.services)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        let old: Option<HashMap<&str, &crate::snapshot::ServiceSnapshot>> = (only.is_none()
+            && !in_place)
             .then(|| was.services.iter().map(|s| (&*s.name, &**s)).collect());
         let indices: Vec<usize> = match only {
             Some(names) => names
                 .iter()
                 .filter_map(|n| self.names.get(n).copied())
                 .collect(),
+            None if in_place => {
+                let mut indices: std::collections::BTreeSet<usize> = (0..now.services.len())
+                    .filter(|&i| !Arc::ptr_eq(&now.services[i], &was.services[i]))
+                    .collect();
+                let moved = self
+                    .layer
+                    .services
+                    .iter()
+                    .filter(|(name, state)| before.services.get(*name) != Some(*state))
+                    .map(|(name, _)| name)
+                    .chain(
+                        before
+                            .services
+                            .keys()
+                            .filter(|name| !self.layer.services.contains_key(*name)),
+                    );
+                indices.extend(moved.filter_map(|name| self.names.get(name).copied()));
+                indices.into_iter().collect()
+            }
             None => (0..config.services.len()).collect(),
         };
         for index in indices {
@@ -937,6 +1017,7 @@ impl Actor {
             };
             let previous = match &old {
                 Some(old) => old.get(name).copied(),
+                None if in_place => was.services.get(index).map(|s| &**s),
                 None => was.services.iter().find(|s| &*s.name == name).map(|s| &**s),
             };
             let own = before.services.get(name);
@@ -990,8 +1071,48 @@ impl Actor {
         }));
     }
 
+    /// The indices of the services whose config or run-time state differ
+    /// from what the snapshot in force was built from; `None` when the
+    /// services moved (then every one is looked at).
+    fn changed(&self) -> Option<Vec<usize>> {
+        let (config, layer) = &self.built_from;
+        let mut changed = std::collections::BTreeSet::new();
+        if !Arc::ptr_eq(config, &self.config) {
+            let (old, new) = (&config.services, &self.config.services);
+            if old.len() != new.len() {
+                return None;
+            }
+            changed.extend((0..new.len()).filter(|&i| old[i] != new[i]));
+        }
+        if !Arc::ptr_eq(layer, &self.layer) {
+            let now = &self.layer.services;
+            let moved = now
+                .iter()
+                .filter(|(name, state)| layer.services.get(*name) != Some(*state))
+                .map(|(name, _)| name)
+                .chain(
+                    layer
+                        .services
+                        .keys()
+                        .filter(|name| !now.contains_key(*name)),
+                );
+            changed.extend(moved.filter_map(|name| self.names.get(name).copied()));
+        }
+        Some(changed.into_iter().collect())
+    }
+
+    /// Publishes a snapshot that looks at every service.
     fn publish(&mut self) {
-        let snapshot = Arc::new(self.build());
+        self.publish_changed(None);
+    }
+
+    /// Publishes a snapshot; with `Some(changed)`, the services not listed
+    /// keep their parts without a look (see `Snapshot::build_changed`).
+    fn publish_changed(&mut self, changed: Option<&[usize]>) {
+        let started = std::time::Instant::now();
+        let snapshot = Arc::new(self.build(changed));
+        self.built_from = (Arc::clone(&self.config), Arc::clone(&self.layer));
+        let build_us = crate::clock::took_us(started);
         let previous = self.published.swap(Arc::clone(&snapshot));
         // Series of versions and endpoints that left the config leave /metrics.
         // Only what this publish rebuilt: a one-weight change among 10,000
@@ -1024,9 +1145,15 @@ impl Actor {
                 version.stats.evict();
             }
         }
+        tracing::debug!(
+            generation = snapshot.generation,
+            build_us,
+            took_us = crate::clock::took_us(started),
+            "control: snapshot published"
+        );
     }
 
-    fn build(&mut self) -> Snapshot {
+    fn build(&mut self, changed: Option<&[usize]>) -> Snapshot {
         self.generation += 1;
         // The services that did not change keep their part of it.
         let previous = self.published.load_full();
@@ -1042,12 +1169,19 @@ impl Actor {
                 starting: self.generation == 1,
                 previous: Some(&previous),
             },
+            changed,
         )
     }
 }
 
 /// The snapshot for `config` with the layer's weights and latches on top.
-fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<'_>) -> Snapshot {
+fn build(
+    generation: u64,
+    config: &Config,
+    layer: &PersistedState,
+    parts: Parts<'_>,
+    changed: Option<&[usize]>,
+) -> Snapshot {
     for service in &config.services {
         if service.rollout.is_some() {
             let step = overlay::current_rollout(service, layer.services.get(&service.name))
@@ -1055,7 +1189,7 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
             parts.telemetry.set_rollout_step(&service.name, step);
         }
     }
-    Snapshot::build(generation, config, parts, |_, service| {
+    let effective = |_, service: &Service| {
         let own = layer.services.get(&service.name);
         Effective {
             weights: overlay::effective_weights(service, own),
@@ -1065,7 +1199,8 @@ fn build(generation: u64, config: &Config, layer: &PersistedState, parts: Parts<
                 .map(|v| own.is_some_and(|l| overlay::is_latched(l, &v.name, &v.revision)))
                 .collect(),
         }
-    })
+    };
+    Snapshot::build_changed(generation, config, parts, effective, changed)
 }
 
 /// Who sent a command that may change a service's release (and which

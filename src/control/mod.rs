@@ -531,14 +531,31 @@ impl Control {
         const TICK: Duration = Duration::from_millis(250);
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Only a window that had a request has a ring to advance: of
+        // thousands of versions, the tick visits those, found again when a
+        // publish or a version's first request changes the set.
+        let mut active: Vec<Arc<crate::telemetry::VersionStats>> = Vec::new();
+        let mut seen = (0, u64::MAX);
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = stop.changed() => return,
             }
+            let snapshot = self.published.load();
+            let now = (snapshot.generation, crate::telemetry::window::rings_made());
+            if now != seen {
+                seen = now;
+                active.clear();
+                active.extend(
+                    snapshot
+                        .versions()
+                        .filter(|v| v.stats.window().is_allocated())
+                        .map(|v| Arc::clone(&v.stats)),
+                );
+            }
             let elapsed = self.telemetry.elapsed(tokio::time::Instant::now());
-            for version in self.published.load().versions() {
-                version.stats.advance(elapsed);
+            for stats in &active {
+                stats.advance(elapsed);
             }
         }
     }

@@ -168,8 +168,26 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             state.rollout = Some(crate::rollout::start(candidate, now_ms));
         }
     }
+    // With run-time state for many services, find each by name once (a
+    // scan per entry would cost services × entries).
+    let by_name: Option<std::collections::HashMap<&str, &Service>> = (layer.services.len() > 8)
+        .then(|| {
+            config
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), &**s))
+                .collect()
+        });
     layer.services.retain(|name, state| {
-        let Some(service) = config.services.iter().find(|s| &s.name == name) else {
+        let found = match &by_name {
+            Some(by_name) => by_name.get(name.as_str()).copied(),
+            None => config
+                .services
+                .iter()
+                .find(|s| &s.name == name)
+                .map(|s| &**s),
+        };
+        let Some(service) = found else {
             notes.push(Note::service(
                 name,
                 "service_removed",

@@ -60,6 +60,12 @@ struct Watch {
     /// Services that needed a look at their last visit.
     active: std::collections::BTreeSet<usize>,
     drained: crate::telemetry::activity::Drained,
+    /// The parts of that snapshot, to tell which a publish rebuilt (a
+    /// `Weak` keeps the allocation, so an address is never another part's).
+    parts: Vec<std::sync::Weak<crate::snapshot::ServiceSnapshot>>,
+    /// Versions in that snapshot when `by_id` was last made whole: ids of
+    /// rebuilt versions pile up in it until it is made whole again.
+    versions: usize,
 }
 
 impl Watch {
@@ -74,20 +80,33 @@ impl Watch {
         let mut everything = everything || self.drained.overflowed;
         if snapshot.generation != self.generation {
             self.generation = snapshot.generation;
-            self.by_id.clear();
-            self.always.clear();
-            for (index, service) in snapshot.services.iter().enumerate() {
-                if service.guard.is_none() {
-                    continue;
+            // A publish that kept the services where they were (a weight
+            // change, a health change) rebuilt a few: only those are looked
+            // at again, not all of them.
+            let in_place = self.parts.len() == snapshot.services.len()
+                && self.by_id.len() <= 2 * self.versions.max(1);
+            if in_place {
+                let mut parts = std::mem::take(&mut self.parts);
+                for (index, (was, now)) in parts.iter_mut().zip(&snapshot.services).enumerate() {
+                    if std::ptr::eq(was.as_ptr(), Arc::as_ptr(now)) {
+                        continue;
+                    }
+                    *was = Arc::downgrade(now);
+                    self.always.retain(|&i| i != index);
+                    self.watch(index, now);
+                    self.active.insert(index);
                 }
-                for version in &service.versions {
-                    self.by_id.insert(version.stats.activity_id(), index);
+                self.parts = parts;
+            } else {
+                self.by_id.clear();
+                self.always.clear();
+                self.parts = snapshot.services.iter().map(Arc::downgrade).collect();
+                self.versions = snapshot.services.iter().map(|s| s.versions.len()).sum();
+                for (index, service) in snapshot.services.iter().enumerate() {
+                    self.watch(index, service);
                 }
-                if service.rollout.as_ref().is_some_and(|r| r.shadow.is_some()) {
-                    self.always.push(index);
-                }
+                everything = true;
             }
-            everything = true;
         }
         if everything {
             self.active.clear();
@@ -100,6 +119,20 @@ impl Watch {
         }
         self.active.extend(&self.always);
         Some(std::mem::take(&mut self.active).into_iter().collect())
+    }
+
+    /// Notes where `service`'s versions are and whether it is judged
+    /// without traffic of its own.
+    fn watch(&mut self, index: usize, service: &crate::snapshot::ServiceSnapshot) {
+        if service.guard.is_none() {
+            return;
+        }
+        for version in &service.versions {
+            self.by_id.insert(version.stats.activity_id(), index);
+        }
+        if service.rollout.as_ref().is_some_and(|r| r.shadow.is_some()) {
+            self.always.push(index);
+        }
     }
 }
 

@@ -100,6 +100,7 @@ impl Reloader {
             .await
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
         let parsed = reuse.parsed();
+        let read_us = crate::clock::took_us(started);
         let result = match loaded {
             Ok((config, warnings)) => {
                 for warning in &warnings {
@@ -109,6 +110,14 @@ impl Reloader {
             }
             Err(errors) => Err(errors),
         };
+        // The stages of a reload, for whoever wonders where its time goes:
+        // the read (file, parse of what changed, checks), then the apply
+        // (listeners, names, the control plane's publish and write).
+        tracing::debug!(
+            read_us,
+            apply_us = crate::clock::took_us(started).saturating_sub(read_us),
+            "reload: read and applied"
+        );
         match &result {
             Ok(()) => {
                 // `parsed`: the services whose text changed; the others
@@ -128,6 +137,7 @@ impl Reloader {
                 }
             }
         }
+        let recorded = std::time::Instant::now();
         self.control.record_reload(&result).await;
         // The admin API writes its own line, with who asked.
         if trigger != Trigger::Admin {
@@ -140,6 +150,10 @@ impl Reloader {
                 detail.as_deref(),
             );
         }
+        tracing::debug!(
+            took_us = crate::clock::took_us(recorded),
+            "reload: recorded and audited"
+        );
         // What the read freed (and the snapshot it replaced) goes back to
         // the system, so memory does not step up with each reload.
         crate::heap::release_free_memory_soon("reload");
@@ -182,6 +196,9 @@ impl Reloader {
         if config.admin != current.admin {
             tracing::warn!("`admin` changed: it takes effect at the next restart");
         }
+        // Not held across the apply: the config it replaces is freed off
+        // the workers (see the control actor).
+        drop(current);
         let (listeners, wanted) = (Arc::clone(&self.listeners), config.listeners.clone());
         tokio::task::spawn_blocking(move || listeners.reconcile(&wanted))
             .await

@@ -355,6 +355,10 @@ pub struct RolloutRunner {
     figures: Arc<dyn StepFigures>,
     pending_gates: HashMap<String, GateCall>,
     gate_retry_at: HashMap<String, Instant>,
+    /// The indices of the services with a rollout (and a guard) in the
+    /// snapshot of this generation: a tick walks those, not thousands of
+    /// services without one.
+    rolling: (u64, Arc<[usize]>),
 }
 
 impl RolloutRunner {
@@ -371,6 +375,7 @@ impl RolloutRunner {
             figures,
             pending_gates: HashMap::new(),
             gate_retry_at: HashMap::new(),
+            rolling: (0, Arc::from([])),
         }
     }
 
@@ -401,17 +406,25 @@ impl RolloutRunner {
             return;
         }
         let snapshot = self.control.snapshot();
+        if self.rolling.0 != snapshot.generation {
+            let rolling = snapshot
+                .services
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.rollout.is_some() && s.guard.is_some())
+                .map(|(i, _)| i);
+            self.rolling = (snapshot.generation, rolling.collect());
+        }
+        let rolling = Arc::clone(&self.rolling.1);
+        let services = || rolling.iter().filter_map(|&i| snapshot.services.get(i));
         let elapsed = self.control.telemetry().elapsed(now);
-        let holds = snapshot
-            .services
-            .iter()
-            .filter(|s| s.rollout.is_some() && s.guard.is_some())
+        let holds = services()
             .map(|s| (Arc::clone(&s.name), since_last))
             .collect();
         self.control.add_rollout_holds(holds).await;
         let view = self.control.view();
         let mut gates = Vec::new();
-        for service in &snapshot.services {
+        for service in services() {
             let (Some(rollout), Some(guard)) = (&service.rollout, &service.guard) else {
                 continue;
             };

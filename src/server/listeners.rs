@@ -32,9 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use super::idle::{IdleClock, InFlight, Tracked};
-use super::park::{self, leftover, ParkingLot, Readable, Resumable, Woke};
+use super::park::{self, leftover, ParkingLot, Readable, Resumable};
 use super::woken::PollWhenWoken;
 use super::StartError;
 use crate::config::{Limits, Listener};
@@ -42,6 +43,9 @@ use crate::proxy::{ClientInfo, ProxyService, RequestTimer};
 use crate::telemetry::operator::{ListenerGauges, OpenConnection};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
+
+#[cfg(feature = "io-uring")]
+mod uring;
 
 /// A listener's TLS, swapped by reloads; `None` for cleartext. Read once
 /// per accepted connection.
@@ -60,6 +64,10 @@ pub struct ListenerSet {
     active: Mutex<Vec<Active>>,
     /// Set, under the `active` lock, once the drain has begun.
     closed: AtomicBool,
+    /// Cleartext listeners accept through io_uring when veer runs on a
+    /// tokio-uring runtime (`VEER_IO=uring`).
+    #[cfg(feature = "io-uring")]
+    uring: Option<super::uring::Spawner>,
 }
 
 struct Active {
@@ -89,9 +97,19 @@ impl ListenerSet {
             drain: Arc::default(),
             active: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "io-uring")]
+            uring: super::uring::Spawner::here(),
         };
         set.reconcile(listeners)?;
-        tokio::spawn(park::sweep(Arc::downgrade(&set.drain.parked)));
+        let drain = Arc::downgrade(&set.drain);
+        tokio::spawn(park::run(
+            Arc::downgrade(&set.drain.parked),
+            move |idle: Idle| {
+                if let Some(drain) = drain.upgrade() {
+                    tokio::spawn(resume(idle, drain));
+                }
+            },
+        ));
         Ok(set)
     }
 
@@ -153,7 +171,7 @@ impl ListenerSet {
             tracing::info!(listener = %settings.name, address = %bound, scheme, "listening");
             let tls: SharedTls = Arc::new(ArcSwapOption::new(tls.map(Arc::new)));
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(accept(
+            let task = self.spawn_accept(
                 listener,
                 Arc::new(ConnectionSetup {
                     gauges: self.telemetry.operator().listener(&settings.name),
@@ -165,7 +183,7 @@ impl ListenerSet {
                 Arc::clone(&self.connections),
                 Arc::clone(&self.drain),
                 stopped,
-            ));
+            );
             active.push(Active {
                 settings,
                 tls,
@@ -175,6 +193,23 @@ impl ListenerSet {
             });
         }
         Ok(())
+    }
+
+    /// Starts a listener's accept loop: through io_uring on a tokio-uring
+    /// runtime for a cleartext listener, with epoll otherwise.
+    fn spawn_accept(
+        &self,
+        listener: TcpListener,
+        setup: Arc<ConnectionSetup>,
+        connections: Arc<Semaphore>,
+        drain: Arc<Drain>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        #[cfg(feature = "io-uring")]
+        if let (Some(spawner), None) = (&self.uring, &*setup.tls.load()) {
+            return uring::spawn_accept(spawner, listener, setup, connections, drain, stop);
+        }
+        tokio::spawn(accept(listener, setup, connections, drain, stop))
     }
 
     /// The TLS of `listener`, loaded from its files; `None` for cleartext.
@@ -282,7 +317,7 @@ struct Drain {
     draining: AtomicBool,
     notify: Notify,
     /// Where parked connections wait, for it and for their idle deadline.
-    parked: Arc<ParkingLot>,
+    parked: Arc<ParkingLot<Idle>>,
 }
 
 impl Drain {
@@ -392,7 +427,10 @@ async fn connection(
     drain: Arc<Drain>,
     permit: OwnedSemaphorePermit,
 ) {
-    let _open = OpenConnection::open(Arc::clone(&setup.gauges));
+    let held = Held {
+        _permit: permit,
+        _open: OpenConnection::open(Arc::clone(&setup.gauges)),
+    };
     let _ = stream.set_nodelay(true);
     // A client that vanished (host down, cable cut) without closing is found
     // by the kernel in about a minute, at no cost per request.
@@ -403,22 +441,29 @@ async fn connection(
             .with_retries(CLIENT_KEEPALIVE_PROBES),
     );
     let Some(tls) = setup.tls.load_full() else {
-        serve(stream, None, &setup, Client::Peer(peer), drain).await;
-        drop(permit);
+        let parts = Parts {
+            prefix: Bytes::new(),
+            protocol: None,
+            client: Client::Peer(peer),
+            idle_since: Instant::now(),
+            setup,
+            _held: held,
+        };
+        serve(stream, parts, drain).await;
         return;
     };
     // Boxed: the handshake's and the TLS stream's state would otherwise make
     // every connection's task, cleartext ones too, as large as a TLS one's.
-    Box::pin(tls_connection(stream, peer, &setup, drain, tls)).await;
-    drop(permit);
+    Box::pin(tls_connection(stream, peer, setup, drain, tls, held)).await;
 }
 
 async fn tls_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    setup: &ConnectionSetup,
+    setup: Arc<ConnectionSetup>,
     drain: Arc<Drain>,
     tls: Arc<Terminator>,
+    held: Held,
 ) {
     let Some(accepted) = tls.accept(stream, setup.first_request_timeout).await else {
         return;
@@ -435,14 +480,15 @@ async fn tls_connection(
         Some(_) => Some(Protocol::Http1),
         None => None,
     };
-    serve(
-        Box::new(accepted.stream),
+    let parts = Parts {
+        prefix: Bytes::new(),
         protocol,
+        client: Client::Known(Box::new(client)),
+        idle_since: Instant::now(),
         setup,
-        Client::Known(Box::new(client)),
-        drain,
-    )
-    .await;
+        _held: held,
+    };
+    serve(Box::new(accepted.stream), parts, drain).await;
 }
 
 /// The HTTP/2 connection preface: a cleartext connection that opens with it
@@ -494,64 +540,94 @@ const SILENT: &str =
     "closing a connection that sent no request head within limits.header_read_timeout";
 
 /// Serves HTTP on `io` until the client leaves, the idle clock runs out or
-/// the drain ends it. `protocol` is what ALPN said; `None` reads the first
-/// bytes to tell.
+/// the drain ends it, or until it is parked: then its task ends, and the
+/// parking lot starts a new one (`resume`) when bytes arrive.
 ///
-/// This frame is what an idle HTTP/1.1 connection's task holds while it is
-/// parked, so it keeps only the socket, the client, when it went idle and
-/// the bytes left unparsed; each spell of serving is a boxed future of its
-/// own, dropped at the park.
-async fn serve<I: Readable>(
-    mut io: I,
-    protocol: Option<Protocol>,
-    setup: &ConnectionSetup,
-    client: Client,
-    drain: Arc<Drain>,
-) {
-    let mut idle_since = Instant::now();
-    let (protocol, mut prefix) = match protocol {
-        Some(protocol) => (protocol, Bytes::new()),
-        None => match detect(
-            &mut io,
-            &drain.parked,
-            idle_since + setup.first_request_timeout,
-        )
-        .await
-        {
-            Some(detected) => detected,
-            None => return,
-        },
-    };
+/// Each spell of serving is a boxed future of its own, dropped at the park.
+async fn serve<I: StreamKind>(mut io: I, mut parts: Parts, drain: Arc<Drain>) {
     loop {
+        let protocol = match parts.protocol {
+            Some(protocol) => protocol,
+            None => match detect(&mut io, &mut parts.prefix).await {
+                Detected::Protocol(protocol) => {
+                    parts.protocol = Some(protocol);
+                    protocol
+                }
+                Detected::Gone => return,
+                Detected::Blocked => {
+                    // A client that connects and waits: give it `PARK_AFTER`
+                    // here, so a connection whose head follows at once (the
+                    // common case) does not go through the lot.
+                    let readable = std::future::poll_fn(|cx| io.poll_readable(cx));
+                    if tokio::time::timeout(PARK_AFTER, readable).await.is_ok() {
+                        continue;
+                    }
+                    match park_or_resume(io, parts, &drain) {
+                        Some((back, resumed)) => (io, parts) = (back, resumed),
+                        None => return,
+                    }
+                    continue;
+                }
+            },
+        };
         let spell = Box::pin(serve_spell(
-            io, prefix, protocol, setup, &client, &drain, idle_since,
+            io,
+            std::mem::take(&mut parts.prefix),
+            protocol,
+            &parts.setup,
+            &parts.client,
+            &drain,
+            parts.idle_since,
         ))
         .await;
         let Some(parked) = spell else { return };
-        (io, prefix, idle_since) = (parked.io, parked.prefix, parked.idle_since);
-        match park::wait(&io, &drain.parked, idle_since + setup.first_request_timeout).await {
-            Woke::Readable => {}
-            Woke::Expired => {
-                tracing::debug!("{SILENT}");
-                return;
-            }
-            Woke::Failed | Woke::Drained => return,
+        (parts.prefix, parts.idle_since) = (parked.prefix, parked.idle_since);
+        match park_or_resume(parked.io, parts, &drain) {
+            Some((back, resumed)) => (io, parts) = (back, resumed),
+            None => return,
         }
     }
 }
 
+/// Moves an idle connection into the parking lot; hands it back when its
+/// socket is readable already.
+fn park_or_resume<I: StreamKind>(io: I, parts: Parts, drain: &Drain) -> Option<(I, Parts)> {
+    let deadline = parts.idle_since + parts.setup.first_request_timeout;
+    let idle = Idle {
+        stream: io.into_stream(),
+        parts,
+    };
+    let idle = drain.parked.park(idle, deadline)?;
+    Some((I::from_stream(idle.stream)?, idle.parts))
+}
+
+/// A parked connection whose socket became readable, on a task of its own.
+async fn resume(idle: Idle, drain: Arc<Drain>) {
+    match idle.stream {
+        Stream::Plain(io) => serve(io, idle.parts, drain).await,
+        Stream::Tls(io) => serve(io, idle.parts, drain).await,
+    }
+}
+
+/// What a cleartext connection's first bytes said.
+enum Detected {
+    Protocol(Protocol),
+    /// Not enough bytes yet to tell; the read would block.
+    Blocked,
+    /// The client left.
+    Gone,
+}
+
 /// Reads a cleartext connection's first bytes to tell HTTP/2 with prior
-/// knowledge from HTTP/1; returns the protocol and the bytes read, or `None`
-/// when the client left, said nothing by `deadline`, or the drain began.
-async fn detect<I: Readable>(
-    io: &mut I,
-    lot: &ParkingLot,
-    deadline: Instant,
-) -> Option<(Protocol, Bytes)> {
+/// knowledge from HTTP/1. `seen` holds the bytes read so far (the start of
+/// the preface, when it was parked before it could tell) and, on return,
+/// all the bytes read.
+async fn detect<I: Readable>(io: &mut I, seen: &mut Bytes) -> Detected {
     let mut head = [0u8; PREFACE.len()];
-    let mut n = 0;
+    let mut n = seen.len().min(PREFACE.len());
+    head[..n].copy_from_slice(&seen[..n]);
     loop {
-        // `None` when the read would block: then wait parked.
+        // `None` when the read would block.
         let read = std::future::poll_fn(|cx| {
             let mut buf = ReadBuf::new(&mut head[n..]);
             match Pin::new(&mut *io).poll_read(cx, &mut buf) {
@@ -560,29 +636,108 @@ async fn detect<I: Readable>(
             }
         })
         .await;
-        let read = match read {
-            Some(read) => read,
-            None => match park::wait(io, lot, deadline).await {
-                Woke::Readable => continue,
-                Woke::Expired => {
-                    tracing::debug!("{SILENT}");
-                    return None;
-                }
-                Woke::Failed | Woke::Drained => return None,
-            },
-        };
         match read {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => n += read,
+            None => {
+                *seen = Bytes::copy_from_slice(&head[..n]);
+                return Detected::Blocked;
+            }
+            Some(Ok(0) | Err(_)) => return Detected::Gone,
+            Some(Ok(read)) => n += read,
         }
         if head[..n] != PREFACE[..n] {
-            return Some((Protocol::Http1, Bytes::copy_from_slice(&head[..n])));
+            *seen = Bytes::copy_from_slice(&head[..n]);
+            return Detected::Protocol(Protocol::Http1);
         }
         if n == PREFACE.len() {
             // The preface is known: no copy for every HTTP/2 connection to
             // hold.
-            return Some((Protocol::Http2, Bytes::from_static(PREFACE)));
+            *seen = Bytes::from_static(PREFACE);
+            return Detected::Protocol(Protocol::Http2);
         }
+    }
+}
+
+/// What keeps a connection counted while it is open, parked or not: its
+/// permit of the connection cap (which the drain counts) and its place in
+/// the listener's open-connections gauge.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// A connection, but for its stream: what it takes to serve it again.
+struct Parts {
+    /// Bytes read and not yet parsed: a partial head, or the start of the
+    /// HTTP/2 preface before the protocol is known.
+    prefix: Bytes,
+    /// `None` until the first bytes of a cleartext connection tell.
+    protocol: Option<Protocol>,
+    client: Client,
+    /// When its last response ended (or it was accepted).
+    idle_since: Instant,
+    setup: Arc<ConnectionSetup>,
+    _held: Held,
+}
+
+/// A connection's stream while it is parked.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed, so a cleartext slot is not as large as a TLS one.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A stream that can wait in the parking lot.
+trait StreamKind: Readable {
+    fn into_stream(self) -> Stream;
+    /// `None` when it is the other kind, which `serve` never parks and
+    /// takes back as.
+    fn from_stream(stream: Stream) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+impl StreamKind for TcpStream {
+    fn into_stream(self) -> Stream {
+        Stream::Plain(self)
+    }
+
+    fn from_stream(stream: Stream) -> Option<TcpStream> {
+        match stream {
+            Stream::Plain(io) => Some(io),
+            Stream::Tls(_) => None,
+        }
+    }
+}
+
+impl StreamKind for Box<TlsStream<TcpStream>> {
+    fn into_stream(self) -> Stream {
+        Stream::Tls(self)
+    }
+
+    fn from_stream(stream: Stream) -> Option<Box<TlsStream<TcpStream>>> {
+        match stream {
+            Stream::Tls(io) => Some(io),
+            Stream::Plain(_) => None,
+        }
+    }
+}
+
+/// An idle connection in the parking lot.
+struct Idle {
+    stream: Stream,
+    parts: Parts,
+}
+
+impl park::Parkable for Idle {
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match &self.stream {
+            Stream::Plain(io) => io.poll_readable(cx),
+            Stream::Tls(io) => io.poll_readable(cx),
+        }
+    }
+
+    fn expire(self) {
+        tracing::debug!("{SILENT}");
     }
 }
 

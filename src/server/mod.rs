@@ -21,6 +21,8 @@ mod listeners;
 mod park;
 pub mod runtime;
 pub mod signal;
+#[cfg(feature = "io-uring")]
+mod uring;
 mod woken;
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Idle HTTP/1.1 connections parked as bare sockets.
+//! Idle HTTP/1.1 connections parked as bare sockets, with no task.
 //!
 //! A hyper connection holds an 8 KiB read buffer (grown up to
 //! `limits.max_header_bytes`), a write buffer and its dispatcher state for
@@ -8,37 +8,41 @@
 //! the socket would block on read, and the last request could not have left
 //! body bytes or an upgrade behind) and has stayed so for 50 ms (a busy
 //! client's next request comes sooner and pays no rebuild), the connection
-//! task takes the socket back
-//! from hyper with `into_parts`, drops hyper's state, and waits for
-//! readability on the bare socket. When bytes arrive, a new hyper connection
-//! is built around it. The bytes hyper had read but not parsed (a partial
-//! head) are copied out and handed to the next connection first, so a head
-//! split across the park point is read whole.
+//! task takes the socket back from hyper with `into_parts`, drops hyper's
+//! state, moves the socket into the `ParkingLot` and ends. When bytes
+//! arrive, a new task builds a new hyper connection around it. The bytes
+//! hyper had read but not parsed (a partial head) are copied out and handed
+//! to the next connection first, so a head split across the park point is
+//! read whole.
 //!
 //! The conditions are tracked by `Resumable`, the I/O hyper is given, and by
 //! the service (`IdleClock::set_parkable`), in relaxed atomics on the
 //! connection's `IdleClock`: hyper does not say whether it is between
 //! requests, so the connection is parked only when all of them hold.
 //!
-//! A parked connection keeps only its socket, the bytes it left unparsed,
-//! who its client is and when it went idle: everything a request needs
-//! (the connection's shared context, its idle timer, its drain future) is
-//! dropped and built again when bytes arrive. Its idle deadline and the
-//! drain reach it through one `ParkingLot` shared by all connections: a
-//! slot holding its task's waker and a coarse deadline, swept every
-//! `SWEEP`, instead of a timer and a drain future in every connection.
+//! A parked connection is a slot in the lot: its socket (the `TcpStream`
+//! itself, never a bare file descriptor, which the kernel could hand to
+//! another connection once closed), the bytes it left unparsed, who its
+//! client is, when it went idle and its hold on the listener's connection
+//! count; a few hundred bytes, where a task of its own, waiting, was some
+//! 650 more. Each slot's socket holds a waker that names the slot: a
+//! readable socket queues its key and wakes the lot's one task (`run`),
+//! which checks readiness and spawns a task to serve the connection again.
+//! The same task sweeps the idle deadlines every `SWEEP`; the drain closes
+//! every parked socket at once.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
@@ -171,57 +175,154 @@ impl<I: AsyncWrite + Unpin, C: AsRef<IdleClock>> AsyncWrite for Resumable<I, C> 
 /// connection is closed at most this long after its deadline.
 pub const SWEEP: Duration = Duration::from_millis(250);
 
-/// Where parked connections wait for their idle deadline and the drain.
-pub struct ParkingLot {
+/// How many woken sockets the lot's task looks at before it yields: a
+/// wake-up of 10,000 parked sockets at once (a load balancer's probes, a
+/// network blip) must not hold a worker for all of them.
+const BATCH: usize = 64;
+
+/// A connection that can wait in the lot: what the lot needs of it.
+pub trait Parkable: Send + 'static {
+    /// Ready when its socket has bytes, EOF or an error to read; otherwise
+    /// registers `cx`'s waker with the socket.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// It sent no request head by its deadline: close it.
+    fn expire(self);
+}
+
+/// Where parked connections wait, with no task of their own, for bytes,
+/// their idle deadline or the drain. One task (`run`) serves the lot: a
+/// socket that becomes readable wakes its slot's waker, which queues the
+/// slot's key and wakes that task, which hands the connection back to be
+/// served on a new task of its own.
+pub struct ParkingLot<P> {
     /// When tick 0 began; deadlines are kept in whole `SWEEP` ticks.
     origin: Instant,
-    /// Off the request path: locked when a connection parks or unparks (at
-    /// most once per `PARK_AFTER` of idleness), by the sweep every `SWEEP`,
-    /// and by the drain.
-    parked: Mutex<Parked>,
+    /// Off the request path: locked when a connection parks (at most once
+    /// per `PARK_AFTER` of idleness), when a parked socket wakes, by the
+    /// sweep every `SWEEP`, and by the drain.
+    parked: Mutex<Slots<P>>,
+    ready: Arc<Ready>,
     draining: AtomicBool,
 }
 
-struct Parked {
-    slots: Slab<Slot>,
+struct Slots<P> {
+    slab: Slab<Slot<P>>,
     /// No slot is due before this tick: a sweep before it scans nothing,
     /// so a long idle limit costs one lock every `SWEEP`, not a scan of
     /// every parked connection.
     next_due: u32,
 }
 
-/// One parked connection: 24 bytes, where a timer and a drain future in
-/// the connection's own task were some 300.
-struct Slot {
+/// One parked connection. The connection is boxed so that the slab, which
+/// keeps its largest size after a burst, holds three words a slot.
+struct Slot<P> {
     /// The first tick at or after the connection's idle deadline.
     due: u32,
-    waker: Waker,
+    waker: Arc<SlotWaker>,
+    conn: Box<P>,
 }
 
-impl Default for ParkingLot {
-    fn default() -> ParkingLot {
+/// The keys of slots whose socket woke, for the lot's task.
+struct Ready {
+    keys: Mutex<Vec<usize>>,
+    task: Notify,
+}
+
+/// The waker a parked socket holds: wakes the lot's task with its slot's
+/// key. A waker outliving its slot (the socket moved on, the key given to
+/// another connection) at worst makes the task look at a slot whose socket
+/// is not readable, which costs one readiness check.
+struct SlotWaker {
+    key: usize,
+    /// Already in `Ready::keys` and not yet looked at: a socket that wakes
+    /// again meanwhile queues nothing more, so the queue holds each slot at
+    /// most once.
+    queued: AtomicBool,
+    ready: Arc<Ready>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.ready.keys).push(self.key);
+            self.ready.task.notify_one();
+        }
+    }
+}
+
+impl<P> Default for ParkingLot<P> {
+    fn default() -> ParkingLot<P> {
         ParkingLot {
             origin: Instant::now(),
-            parked: Mutex::new(Parked {
-                slots: Slab::new(),
+            parked: Mutex::new(Slots {
+                slab: Slab::new(),
                 next_due: u32::MAX,
+            }),
+            ready: Arc::new(Ready {
+                keys: Mutex::new(Vec::new()),
+                task: Notify::new(),
             }),
             draining: AtomicBool::new(false),
         }
     }
 }
 
-impl ParkingLot {
-    /// Wakes every parked connection for good: each closes its socket.
+impl<P: Parkable> ParkingLot<P> {
+    /// Parks `conn` until its socket is readable, `deadline` has passed
+    /// (noticed within one `SWEEP`, never before) or the drain begins.
+    /// Hands it back when it is readable already: serve it on. Closes it
+    /// when the drain has begun or the deadline has passed.
+    pub fn park(&self, conn: P, deadline: Instant) -> Option<P> {
+        let due = self.tick(deadline, true);
+        let mut slots = self.lock();
+        if self.draining() {
+            drop(slots);
+            drop(conn);
+            return None;
+        }
+        if self.tick(Instant::now(), false) >= due {
+            drop(slots);
+            conn.expire();
+            return None;
+        }
+        let entry = slots.slab.vacant_entry();
+        let waker = Arc::new(SlotWaker {
+            key: entry.key(),
+            queued: AtomicBool::new(false),
+            ready: Arc::clone(&self.ready),
+        });
+        // The slot's waker is registered with the socket before the slot is
+        // filled, under the lock: bytes that arrive in between queue the key,
+        // and the lot's task, which needs the lock to look, finds it filled.
+        let woken = Waker::from(Arc::clone(&waker));
+        if conn
+            .poll_readable(&mut Context::from_waker(&woken))
+            .is_ready()
+        {
+            return Some(conn);
+        }
+        entry.insert(Slot {
+            due,
+            waker,
+            conn: Box::new(conn),
+        });
+        slots.next_due = slots.next_due.min(due);
+        None
+    }
+
+    /// Closes every parked connection, at once, and every one parked from
+    /// now on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self
-            .lock()
-            .slots
-            .iter()
-            .map(|(_, s)| s.waker.clone())
-            .collect();
-        wakers.into_iter().for_each(Waker::wake);
+        let all = std::mem::take(&mut self.lock().slab);
+        // Closed outside the lock: 10,000 sockets are 10,000 system calls.
+        drop(all);
+        self.ready.task.notify_one();
     }
 
     fn draining(&self) -> bool {
@@ -231,37 +332,57 @@ impl ParkingLot {
     /// How many connections are parked.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().slots.len()
+        self.lock().slab.len()
     }
 
-    /// Wakes the connections whose deadline has passed by `now`; they see it
-    /// and close.
+    /// Looks at the slots whose socket woke; returns the connections that
+    /// are readable, out of the lot.
+    fn take_readable(&self, keys: &[usize], readable: &mut Vec<Box<P>>) {
+        let mut slots = self.lock();
+        for &key in keys {
+            let Some(slot) = slots.slab.get(key) else {
+                continue;
+            };
+            // Cleared before the check: a wake-up after it queues the key
+            // again, one before it is seen by the check.
+            slot.waker.queued.store(false, Ordering::Release);
+            let waker = Waker::from(Arc::clone(&slot.waker));
+            if slot
+                .conn
+                .poll_readable(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                readable.push(slots.slab.remove(key).conn);
+            }
+        }
+    }
+
+    /// Closes the connections whose deadline has passed by `now`.
     fn sweep(&self, now: Instant) {
         let tick = self.tick(now, false);
-        let due: Vec<Waker> = {
-            let mut parked = self.lock();
-            if tick < parked.next_due {
+        let mut expired = Vec::new();
+        {
+            let mut slots = self.lock();
+            if tick < slots.next_due {
                 return;
             }
             let mut next_due = u32::MAX;
             let mut due = Vec::new();
-            for (_, slot) in parked.slots.iter() {
+            for (key, slot) in slots.slab.iter() {
                 if slot.due <= tick {
-                    due.push(slot.waker.clone());
+                    due.push(key);
+                } else {
+                    next_due = next_due.min(slot.due);
                 }
-                // A woken slot stays until its connection takes it out: it
-                // keeps `next_due` low so a later sweep wakes it again if
-                // that has not happened yet.
-                next_due = next_due.min(slot.due);
             }
-            parked.next_due = next_due;
-            due
-        };
-        due.into_iter().for_each(Waker::wake);
+            slots.next_due = next_due;
+            expired.extend(due.into_iter().map(|key| slots.slab.remove(key).conn));
+        }
+        expired.into_iter().for_each(|conn| conn.expire());
     }
 
     /// `at` in ticks since `origin`, rounded up for a deadline (so the
-    /// sweep never wakes a connection before it).
+    /// sweep never closes a connection before it).
     fn tick(&self, at: Instant, up: bool) -> u32 {
         let since = at.saturating_duration_since(self.origin).as_millis();
         let step = SWEEP.as_millis();
@@ -272,120 +393,55 @@ impl ParkingLot {
         };
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Parked> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+impl<P> ParkingLot<P> {
+    fn lock(&self) -> MutexGuard<'_, Slots<P>> {
+        lock(&self.parked)
     }
 }
 
-/// Sweeps `lot` every `SWEEP` until the drain begins or the lot is gone.
-pub async fn sweep(lot: Weak<ParkingLot>) {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The lot's task: hands each parked connection whose socket is readable
+/// to `resume` (which serves it on a task of its own) and sweeps the idle
+/// deadlines every `SWEEP`, until the drain begins or the lot is gone.
+pub async fn run<P: Parkable>(lot: Weak<ParkingLot<P>>, mut resume: impl FnMut(P)) {
+    let Some(ready) = lot.upgrade().map(|lot| Arc::clone(&lot.ready)) else {
+        return;
+    };
     let mut ticks = tokio::time::interval(SWEEP);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keys = Vec::new();
+    let mut readable = Vec::with_capacity(BATCH);
     loop {
-        ticks.tick().await;
+        let swept = tokio::select! {
+            () = ready.task.notified() => false,
+            _ = ticks.tick() => true,
+        };
         let Some(lot) = lot.upgrade() else { return };
         if lot.draining() {
             return;
         }
-        lot.sweep(Instant::now());
-    }
-}
-
-/// Why a parked connection stopped waiting.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Woke {
-    /// Bytes (or EOF) to read: serve it again.
-    Readable,
-    /// The socket failed.
-    Failed,
-    /// No request head by `deadline`.
-    Expired,
-    Drained,
-}
-
-/// Waits on a parked connection's bare socket until it is readable, its
-/// idle deadline passes or the drain begins. A socket already readable
-/// returns at once, without taking a slot in the lot. Four words: this is
-/// what an idle connection's task holds besides its socket.
-pub struct Wait<'a, I> {
-    io: &'a I,
-    lot: &'a ParkingLot,
-    /// The tick the deadline falls in (rounded up).
-    due: u32,
-    /// Its slot in the lot; `NO_SLOT` until it has one.
-    key: usize,
-}
-
-/// Waits on `io` until it is readable, `deadline` has passed (noticed
-/// within one `SWEEP`, never before) or the drain begins.
-pub fn wait<'a, I: Readable>(io: &'a I, lot: &'a ParkingLot, deadline: Instant) -> Wait<'a, I> {
-    Wait {
-        io,
-        lot,
-        due: lot.tick(deadline, true),
-        key: NO_SLOT,
-    }
-}
-
-/// A `Wait` that holds no slot (a slab never hands out this key: its
-/// entries would not fit in memory).
-const NO_SLOT: usize = usize::MAX;
-
-impl<I: Readable> Wait<'_, I> {
-    fn hold(&mut self, waker: &Waker) {
-        let mut parked = self.lot.lock();
-        match parked.slots.get_mut(self.key) {
-            Some(slot) => {
-                if !slot.waker.will_wake(waker) {
-                    slot.waker = waker.clone();
-                }
+        if swept {
+            lot.sweep(Instant::now());
+        }
+        loop {
+            std::mem::swap(&mut keys, &mut *lock(&ready.keys));
+            if keys.is_empty() {
+                break;
             }
-            None => {
-                self.key = parked.slots.insert(Slot {
-                    due: self.due,
-                    waker: waker.clone(),
-                });
-                parked.next_due = parked.next_due.min(self.due);
+            for batch in keys.chunks(BATCH) {
+                lot.take_readable(batch, &mut readable);
+                readable.drain(..).for_each(|conn| resume(*conn));
+                tokio::task::yield_now().await;
             }
+            keys.clear();
         }
     }
 }
-
-impl<I: Readable> std::future::Future for Wait<'_, I> {
-    type Output = Woke;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woke> {
-        let this = self.get_mut();
-        match this.io.poll_readable(cx) {
-            Poll::Ready(Ok(())) => return Poll::Ready(Woke::Readable),
-            Poll::Ready(Err(_)) => return Poll::Ready(Woke::Failed),
-            Poll::Pending => {}
-        }
-        if this.lot.draining() {
-            return Poll::Ready(Woke::Drained);
-        }
-        if this.lot.tick(Instant::now(), false) >= this.due {
-            return Poll::Ready(Woke::Expired);
-        }
-        this.hold(cx.waker());
-        // Read after the slot is held: a drain that began in between
-        // either saw the slot and woke it, or is seen here.
-        if this.lot.draining() {
-            return Poll::Ready(Woke::Drained);
-        }
-        Poll::Pending
-    }
-}
-
-impl<I> Drop for Wait<'_, I> {
-    fn drop(&mut self) {
-        if self.key != NO_SLOT {
-            self.lot.lock().slots.try_remove(self.key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,116 +498,277 @@ mod tests {
         assert!(owner.flushed());
     }
 
-    /// A socket that never has bytes.
-    struct Silent;
+    /// What happened to a parked test connection.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Fate {
+        Resumed(usize),
+        Expired(usize),
+    }
 
-    impl AsyncRead for Silent {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Pending
+    /// A parked test connection: its socket (none: never readable), and
+    /// where it reports its fate; counts itself out when dropped.
+    struct Probe {
+        io: Option<TcpStream>,
+        id: usize,
+        fate: tokio::sync::mpsc::UnboundedSender<Fate>,
+        alive: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Probe {
+        fn new(
+            io: Option<TcpStream>,
+            id: usize,
+            fate: &tokio::sync::mpsc::UnboundedSender<Fate>,
+            alive: &Arc<std::sync::atomic::AtomicUsize>,
+        ) -> Probe {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Probe {
+                io,
+                id,
+                fate: fate.clone(),
+                alive: Arc::clone(alive),
+            }
         }
     }
 
-    impl AsyncWrite for Silent {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    impl Readable for Silent {
-        fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
+    impl Parkable for Probe {
+        fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match &self.io {
+                Some(io) => io.poll_readable(cx),
+                None => Poll::Pending,
+            }
+        }
+
+        fn expire(self) {
+            let _ = self.fate.send(Fate::Expired(self.id));
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_parked_wait_expires_after_its_deadline_within_a_sweep() {
+    struct Fixture {
+        lot: Arc<ParkingLot<Probe>>,
+        fates: tokio::sync::mpsc::UnboundedReceiver<Fate>,
+        fate: tokio::sync::mpsc::UnboundedSender<Fate>,
+        alive: Arc<std::sync::atomic::AtomicUsize>,
+        /// Resumed connections, kept open and unread: their sockets still
+        /// hold their slot's waker.
+        resumed: Arc<Mutex<Vec<Probe>>>,
+    }
+
+    /// A lot and its task; a resumed connection reports and is kept.
+    fn fixture() -> Fixture {
         let lot = Arc::new(ParkingLot::default());
-        tokio::spawn(sweep(Arc::downgrade(&lot)));
-        let deadline = Instant::now() + Duration::from_millis(1100);
-        let woke = wait(&Silent, &lot, deadline).await;
-        assert_eq!(woke, Woke::Expired);
-        let now = Instant::now();
-        assert!(now >= deadline, "never before its deadline");
-        assert!(now <= deadline + SWEEP, "noticed by the next sweep");
-        assert_eq!(lot.len(), 0, "its slot was given back");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_parked_wait_expires_at_its_own_deadline() {
-        let lot = Arc::new(ParkingLot::default());
-        tokio::spawn(sweep(Arc::downgrade(&lot)));
-        let start = Instant::now();
-        let later = {
-            let lot = Arc::clone(&lot);
-            tokio::spawn(async move { wait(&Silent, &lot, start + Duration::from_secs(5)).await })
-        };
-        let sooner = wait(&Silent, &lot, start + Duration::from_millis(600)).await;
-        assert_eq!(sooner, Woke::Expired);
-        assert_eq!(lot.len(), 1, "the later one still waits");
-        assert!(!later.is_finished());
-        assert_eq!(later.await.expect("wait task"), Woke::Expired);
-        assert!(Instant::now() >= start + Duration::from_secs(5));
-        assert_eq!(lot.len(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_drain_wakes_every_parked_wait() {
-        let lot = Arc::new(ParkingLot::default());
-        let far = Instant::now() + Duration::from_secs(3600);
-        let waits: Vec<_> = (0..3)
-            .map(|_| {
-                let lot = Arc::clone(&lot);
-                tokio::spawn(async move { wait(&Silent, &lot, far).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(lot.len(), 3, "each parked wait holds one slot");
-        lot.drain();
-        for waiting in waits {
-            assert_eq!(waiting.await.expect("wait task"), Woke::Drained);
+        let (fate, fates) = tokio::sync::mpsc::unbounded_channel();
+        let resumed: Arc<Mutex<Vec<Probe>>> = Arc::default();
+        let kept = Arc::clone(&resumed);
+        tokio::spawn(run(Arc::downgrade(&lot), move |probe: Probe| {
+            let _ = probe.fate.send(Fate::Resumed(probe.id));
+            lock(&kept).push(probe);
+        }));
+        Fixture {
+            lot,
+            fates,
+            fate,
+            alive: Arc::default(),
+            resumed,
         }
-        assert_eq!(lot.len(), 0);
-        let late = wait(&Silent, &lot, far).await;
-        assert_eq!(late, Woke::Drained, "a park after the drain ends at once");
     }
 
-    #[tokio::test]
-    async fn a_readable_socket_takes_no_slot() {
+    impl Fixture {
+        fn probe(&self, io: Option<TcpStream>, id: usize) -> Probe {
+            Probe::new(io, id, &self.fate, &self.alive)
+        }
+
+        fn alive(&self) -> usize {
+            self.alive.load(Ordering::SeqCst)
+        }
+    }
+
+    /// `n` connected pairs on loopback: (client, server side).
+    async fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        // Two descriptors a pair, beside other tests' in this process.
+        let limit = rlimit::increase_nofile_limit(16_384).expect("raise RLIMIT_NOFILE");
+        assert!(limit >= 4 * n as u64, "RLIMIT_NOFILE only {limit}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let lot = ParkingLot::default();
-        let far = Instant::now() + Duration::from_secs(3600);
-        client.write_all(b"GET").await.expect("write");
-        assert_eq!(wait(&server, &lot, far).await, Woke::Readable);
-        assert_eq!(lot.len(), 0);
+        let addr = listener.local_addr().expect("addr");
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            let client = TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            // A new socket reads as ready until a read would block, as it
+            // has by the time a connection parks.
+            let would_block = server.try_read(&mut [0u8; 1]).expect_err("no bytes yet");
+            assert_eq!(would_block.kind(), io::ErrorKind::WouldBlock);
+            all.push((client, server));
+        }
+        all
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_wait_dropped_unfinished_gives_its_slot_back() {
-        let lot = ParkingLot::default();
+    async fn a_parked_connection_expires_after_its_deadline_within_a_sweep() {
+        let mut f = fixture();
+        let deadline = Instant::now() + Duration::from_millis(1100);
+        assert!(f.lot.park(f.probe(None, 1), deadline).is_none());
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(1)));
+        let now = Instant::now();
+        assert!(now >= deadline, "never before its deadline");
+        assert!(now <= deadline + SWEEP, "noticed by the next sweep");
+        assert_eq!(f.lot.len(), 0, "its slot was given back");
+        assert_eq!(f.alive(), 0, "and the connection closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_parked_connection_expires_at_its_own_deadline() {
+        let mut f = fixture();
+        let start = Instant::now();
+        assert!(f
+            .lot
+            .park(f.probe(None, 1), start + Duration::from_secs(5))
+            .is_none());
+        assert!(f
+            .lot
+            .park(f.probe(None, 2), start + Duration::from_millis(600))
+            .is_none());
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(2)));
+        assert_eq!(f.lot.len(), 1, "the later one still waits");
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(1)));
+        assert!(Instant::now() >= start + Duration::from_secs(5));
+        assert_eq!(f.lot.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_deadline_is_not_parked() {
+        let mut f = fixture();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let past = Instant::now() - Duration::from_millis(500);
+        assert!(f.lot.park(f.probe(None, 7), past).is_none());
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(f.fates.recv().await, Some(Fate::Expired(7)));
+    }
+
+    #[tokio::test]
+    async fn the_drain_closes_every_parked_connection_at_once() {
+        let f = fixture();
         let far = Instant::now() + Duration::from_secs(3600);
-        let timed_out =
-            tokio::time::timeout(Duration::from_millis(10), wait(&Silent, &lot, far)).await;
-        assert!(timed_out.is_err());
-        assert_eq!(lot.len(), 0);
+        let sockets = pairs(1000).await;
+        let mut clients = Vec::new();
+        for (id, (client, server)) in sockets.into_iter().enumerate() {
+            assert!(f.lot.park(f.probe(Some(server), id), far).is_none());
+            clients.push(client);
+        }
+        assert_eq!(f.lot.len(), 1000);
+        assert_eq!(f.alive(), 1000);
+        f.lot.drain();
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(f.alive(), 0, "every parked connection was closed");
+        for client in &mut clients {
+            let mut buf = [0u8; 8];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+                .await
+                .expect("closed at once")
+                .expect("read");
+            assert_eq!(n, 0, "EOF");
+        }
+        assert!(
+            f.lot.park(f.probe(None, 1), far).is_none(),
+            "a park after the drain"
+        );
+        assert_eq!(f.lot.len(), 0, "is closed at once");
+        assert_eq!(f.alive(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_readable_at_park_time_is_handed_back() {
+        let f = fixture();
+        let (mut client, server) = pairs(1).await.pop().expect("a pair");
+        client.write_all(b"GET").await.expect("write");
+        server.readable().await.expect("bytes arrive");
+        let far = Instant::now() + Duration::from_secs(3600);
+        let back = f.lot.park(f.probe(Some(server), 1), far);
+        assert_eq!(back.map(|probe| probe.id), Some(1), "served on at once");
+        assert_eq!(f.lot.len(), 0, "it took no slot");
+    }
+
+    #[tokio::test]
+    async fn a_parked_socket_that_becomes_readable_is_resumed() {
+        let mut f = fixture();
+        let mut sockets = pairs(3).await;
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (mut first, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 0), far).is_none());
+        let (mut second, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 1), far).is_none());
+        let (_third, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 2), far).is_none());
+        assert_eq!(f.lot.len(), 3);
+
+        second.write_all(b"GET").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(1)));
+        assert_eq!(f.lot.len(), 2, "only the readable one left the lot");
+        drop(first.shutdown().await);
+        assert_eq!(
+            f.fates.recv().await,
+            Some(Fate::Resumed(0)),
+            "EOF is for the connection to read"
+        );
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(lock(&f.resumed).len(), 2);
+        assert_eq!(f.alive(), 3, "none was closed");
+    }
+
+    #[tokio::test]
+    async fn a_wake_storm_resumes_every_socket() {
+        let mut f = fixture();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut clients = Vec::new();
+        for (id, (client, server)) in pairs(1000).await.into_iter().enumerate() {
+            assert!(f.lot.park(f.probe(Some(server), id), far).is_none());
+            clients.push(client);
+        }
+        for client in &mut clients {
+            client.write_all(b"G").await.expect("write");
+        }
+        let mut resumed = vec![false; clients.len()];
+        for _ in 0..clients.len() {
+            match f.fates.recv().await {
+                Some(Fate::Resumed(id)) => {
+                    assert!(!resumed[id], "{id} resumed twice");
+                    resumed[id] = true;
+                }
+                other => panic!("expected a resumption, got {other:?}"),
+            }
+        }
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(lock(&f.resumed).len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_slot_reused_after_its_socket_left_is_not_confused() {
+        let mut f = fixture();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut sockets = pairs(2).await;
+        let (mut first, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 0), far).is_none());
+        first.write_all(b"G").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(0)));
+        // The same key, another socket; a stale wake-up of the old waker
+        // makes the lot look at it, and it is not readable.
+        let (mut second, server) = sockets.remove(0);
+        assert!(f.lot.park(f.probe(Some(server), 1), far).is_none());
+        assert_eq!(f.lot.len(), 1);
+        first.write_all(b"G").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(f.fates.try_recv().is_err(), "nothing resumed");
+        assert_eq!(f.lot.len(), 1);
+        second.write_all(b"G").await.expect("write");
+        assert_eq!(f.fates.recv().await, Some(Fate::Resumed(1)));
     }
 }

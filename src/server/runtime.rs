@@ -8,20 +8,48 @@
 //! `VEER_EVENT_INTERVAL`, `VEER_GLOBAL_QUEUE_INTERVAL` and
 //! `VEER_MAX_IO_EVENTS` (tokio's settings of those names). A value that is
 //! not a positive number is refused with a message, never ignored.
+//!
+//! `VEER_IO=uring` (a build with the `io-uring` feature, `--workers 1`)
+//! serves client connections through io_uring on a tokio-uring runtime
+//! instead (`uring`); `VEER_IO=epoll`, or unset, is the default.
 
+use std::future::Future;
 use std::io;
+
+/// The runtime veer serves on: tokio's, or tokio-uring's around it.
+pub enum Runtime {
+    Tokio(tokio::runtime::Runtime),
+    #[cfg(feature = "io-uring")]
+    Uring(super::uring::Runtime),
+}
+
+impl Runtime {
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match self {
+            Runtime::Tokio(runtime) => runtime.block_on(future),
+            #[cfg(feature = "io-uring")]
+            Runtime::Uring(runtime) => runtime.block_on(future),
+        }
+    }
+}
 
 /// Builds the runtime: multi-threaded, one worker per core unless `workers`
 /// says how many (0 or `None`: one per core).
-pub fn build(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+pub fn build(workers: Option<usize>) -> io::Result<Runtime> {
     build_with(workers, &|name| std::env::var(name).ok())
 }
 
-fn build_with(
-    workers: Option<usize>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> io::Result<tokio::runtime::Runtime> {
+fn build_with(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> io::Result<Runtime> {
     let workers = workers.filter(|&n| n > 0);
+    match env("VEER_IO").as_deref() {
+        None | Some("epoll") => {}
+        Some("uring") => return uring(workers, env),
+        Some(other) => {
+            return Err(invalid(format!(
+                "VEER_IO={other:?} is not an I/O mode; use epoll or uring"
+            )))
+        }
+    }
     let current_thread = match env("VEER_RUNTIME_FLAVOR").as_deref() {
         None | Some("multi_thread") => false,
         Some("current_thread") if workers == Some(1) => true,
@@ -54,7 +82,33 @@ fn build_with(
     if let Some(n) = setting(env, "VEER_MAX_IO_EVENTS")? {
         builder.max_io_events_per_tick(n as usize);
     }
-    builder.build()
+    builder.build().map(Runtime::Tokio)
+}
+
+/// tokio-uring's runtime is one thread, and the tokio settings above do not
+/// apply to it. `VEER_URING_SQPOLL=MS` and `VEER_URING_COOP_TASKRUN=1` set
+/// the ring up with the kernel's options of those names
+/// (`uring::RingSettings`); they are read, and refused when malformed, with
+/// or without the feature.
+fn uring(workers: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> io::Result<Runtime> {
+    if workers != Some(1) {
+        return Err(invalid(
+            "VEER_IO=uring serves on one thread: run it with --workers 1".to_string(),
+        ));
+    }
+    let _sqpoll = setting(env, "VEER_URING_SQPOLL")?;
+    let _coop = setting(env, "VEER_URING_COOP_TASKRUN")?;
+    #[cfg(feature = "io-uring")]
+    return super::uring::Runtime::new(super::uring::RingSettings {
+        sqpoll_idle_ms: _sqpoll,
+        coop_taskrun: _coop.is_some(),
+    })
+    .map(Runtime::Uring);
+    #[cfg(not(feature = "io-uring"))]
+    Err(invalid(
+        "VEER_IO=uring needs a veer built with `--features io-uring`; unset VEER_IO to serve with epoll"
+            .to_string(),
+    ))
 }
 
 fn setting(env: &dyn Fn(&str) -> Option<String>, name: &str) -> io::Result<Option<u32>> {
@@ -130,6 +184,41 @@ mod tests {
         assert_eq!(
             error(None, &[("VEER_MAX_IO_EVENTS", "lots")]),
             "VEER_MAX_IO_EVENTS=\"lots\" is not a positive number; unset it for tokio's default"
+        );
+        assert_eq!(
+            error(Some(1), &[("VEER_IO", "io_uring")]),
+            "VEER_IO=\"io_uring\" is not an I/O mode; use epoll or uring"
+        );
+        assert_eq!(
+            error(None, &[("VEER_IO", "uring")]),
+            "VEER_IO=uring serves on one thread: run it with --workers 1"
+        );
+    }
+
+    #[test]
+    fn epoll_is_the_default_io_mode() {
+        let runtime = build_with(Some(1), &with(&[("VEER_IO", "epoll")])).expect("epoll builds");
+        assert!(matches!(runtime, Runtime::Tokio(_)));
+    }
+
+    #[cfg(not(feature = "io-uring"))]
+    #[test]
+    fn uring_without_the_feature_says_how_to_get_it() {
+        assert_eq!(
+            error(Some(1), &[("VEER_IO", "uring")]),
+            "VEER_IO=uring needs a veer built with `--features io-uring`; unset VEER_IO to serve with epoll"
+        );
+    }
+
+    #[cfg(feature = "io-uring")]
+    #[test]
+    fn uring_builds_a_runtime_that_runs_tokio_tasks() {
+        let runtime = build_with(Some(1), &with(&[("VEER_IO", "uring")]))
+            .expect("io_uring can be set up where these tests run");
+        assert!(matches!(runtime, Runtime::Uring(_)));
+        assert_eq!(
+            runtime.block_on(async { tokio::spawn(async { 7 }).await.expect("task runs") }),
+            7
         );
     }
 }

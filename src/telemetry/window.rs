@@ -29,6 +29,17 @@ use crate::outcome::FailureReason;
 
 const SLOT: Duration = Duration::from_secs(1);
 
+/// How many rings were ever made, in the process: the ticker, which
+/// advances only the windows that hold a ring, looks for new ones when this
+/// moves (a version's first request), not at every version on every tick.
+static RINGS_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// See [`RINGS_MADE`]; read before a scan, so a ring made during it moves
+/// the count past what the scan saw.
+pub fn rings_made() -> u64 {
+    RINGS_MADE.load(Ordering::Acquire)
+}
+
 pub struct Window {
     /// Allocated on the first record; `None` reads as a window of zeros.
     ring: OnceLock<Box<[Slot]>>,
@@ -203,8 +214,10 @@ impl Window {
     /// The ring, made now if this is the first record.
     #[cold]
     fn allocate(&self) -> &[Slot] {
-        self.ring
-            .get_or_init(|| (0..self.len).map(|_| Slot::default()).collect())
+        self.ring.get_or_init(|| {
+            RINGS_MADE.fetch_add(1, Ordering::Release);
+            (0..self.len).map(|_| Slot::default()).collect()
+        })
     }
 
     /// Counts one request, `elapsed` since the clock's origin.
