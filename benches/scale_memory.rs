@@ -10,8 +10,8 @@
 //!     SIZES=10000 cargo bench --bench scale_memory
 //!     cargo test --bench scale_memory                  # the same, dev profile
 //!
-//! Also printed: the sizes of the structs a service is made of, and the
-//! tokio tasks alive once idle.
+//! Also printed: the peak heap of the read `veer check` makes, the sizes of
+//! the structs a service is made of, and the tokio tasks alive once idle.
 
 // A global allocator cannot be written without `unsafe`; this one only
 // counts and hands every call to the system allocator.
@@ -26,11 +26,24 @@ struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// The most `LIVE` has been since the last `reset_peak`.
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+fn reset_peak() -> isize {
+    let now = live();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
 
 // SAFETY: every method forwards its arguments to `System` unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        grew(layout.size() as isize);
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc(layout) }
@@ -41,16 +54,13 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        grew(layout.size() as isize);
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        grew(new_size as isize - layout.size() as isize);
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -162,8 +172,10 @@ fn breakdown(runtime: &tokio::runtime::Runtime, config: &veer::config::Config, c
     use veer::snapshot::{Effective, Parts, Snapshot};
     let _guard = runtime.enter();
     let before = live();
-    let copy = config.clone();
-    println!("  a clone of the model    {}", per(live() - before, count));
+    // The services are shared `Arc`s: a deep copy is what each holder of a
+    // copy (a snapshot's part, a reload's `Reuse`) would cost.
+    let copy: Vec<veer::config::Service> = config.services.iter().map(|s| (**s).clone()).collect();
+    println!("  a deep copy of services {}", per(live() - before, count));
     drop(copy);
     let before = live();
     let telemetry = veer::telemetry::Telemetry::new();
@@ -215,19 +227,36 @@ fn measure(runtime: &tokio::runtime::Runtime, count: usize) {
     let dir = tempfile_dir(count);
     let path = dir.join("veer.yaml");
     std::fs::write(&path, yaml(count, 10)).expect("write the config");
-    let start = live();
-    let config = veer::config::load_file(&path).expect("the generated config is valid");
-    let parsed = live();
+    // What `veer check` holds at its peak: the read of the file, as the
+    // command does it (`veer check` adds only the files' checks).
+    let start = reset_peak();
+    let checked = veer::config::load_file_reusing(
+        &path,
+        |_| Vec::new(),
+        Some(&mut veer::config::Reuse::default()),
+    )
+    .expect("the generated config is valid");
+    let peak = PEAK.load(Ordering::Relaxed) - start;
+    drop(checked);
     println!("{count} services:");
+    println!("  a check's read, peak    {}", per(peak, count));
+    let start = live();
+    // Read as `veer run` reads it: what the read validated seeds the
+    // reloader, so its first look at the file shares the services.
+    let mut reuse = veer::config::Reuse::default();
+    let (config, _) = veer::config::load_file_reusing(&path, |_| Vec::new(), Some(&mut reuse))
+        .expect("the generated config is valid");
+    let parsed = live();
     println!("  config model            {}", per(parsed - start, count));
     breakdown(runtime, &config, count);
     let proxy = runtime.block_on(async {
-        veer::server::Proxy::start_with(
+        veer::server::Proxy::start_seeded(
             config,
             veer::server::StartOptions {
                 source: Some(path.clone()),
                 admin: false,
             },
+            reuse,
         )
         .await
         .expect("the proxy starts")

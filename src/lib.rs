@@ -31,6 +31,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod guard;
 pub mod health;
+pub mod heap;
 pub mod history;
 pub mod logging;
 pub mod mirror;

@@ -45,8 +45,10 @@ pub struct ServiceSnapshot {
     pub window: Duration,
     /// The guard's policy; its `baseline` indexes `versions`.
     pub guard: Option<Guard>,
-    pub rollout: Option<Rollout>,
-    pub health_check: Option<HealthCheck>,
+    /// Boxed, as most services have neither: inline they were a third of
+    /// the part's own struct, in every part.
+    pub rollout: Option<Box<Rollout>>,
+    pub health_check: Option<Box<HealthCheck>>,
     pub outlier: Outlier,
     /// A/B rules, first match wins, before weights.
     pub rules: Vec<CompiledRule>,
@@ -60,10 +62,13 @@ pub struct ServiceSnapshot {
 
 #[derive(Debug)]
 struct BuiltFrom {
-    service: Service,
+    /// The config's own `Arc`, not a copy: a reload that reused the
+    /// service's model (`config::Reuse`) is told unchanged by its pointer.
+    service: Arc<Service>,
     effective: Effective,
-    /// Per version, per endpoint: whether it could take requests.
-    available: Vec<Vec<bool>>,
+    /// Whether each endpoint could take requests, version after version in
+    /// the order of their `all_endpoints`: one allocation, not one a version.
+    available: Box<[bool]>,
 }
 
 /// Where a sticky user's key comes from, and its bucket table.
@@ -286,7 +291,8 @@ impl Snapshot {
                 }
                 let available_then = all
                     .iter()
-                    .map(|eps| eps.iter().map(|e| e.health.available(now_ms)).collect())
+                    .flatten()
+                    .map(|e| e.health.available(now_ms))
                     .collect();
                 let versions = service
                     .versions
@@ -346,8 +352,8 @@ impl Snapshot {
                     timeouts: service.timeouts.clone(),
                     window,
                     guard: service.guard.clone(),
-                    rollout: service.rollout.clone(),
-                    health_check: service.health_check.clone(),
+                    rollout: service.rollout.clone().map(Box::new),
+                    health_check: service.health_check.clone().map(Box::new),
                     outlier: service.outlier.clone(),
                     grpc_errors: service.grpc.error_codes,
                     rules: service
@@ -372,7 +378,7 @@ impl Snapshot {
                         }
                     }),
                     built_from: BuiltFrom {
-                        service: service.clone(),
+                        service: Arc::clone(service),
                         effective: inputs,
                         available: available_then,
                     },
@@ -416,14 +422,14 @@ impl ServiceSnapshot {
     /// endpoint as available as it was.
     fn can_keep(
         &self,
-        service: &Service,
+        service: &Arc<Service>,
         effective: &Effective,
         now_ms: u64,
         registry: &Registry,
     ) -> bool {
         let from = &self.built_from;
         from.effective == *effective
-            && from.service == *service
+            && (Arc::ptr_eq(&from.service, service) || *from.service == **service)
             // A name's answer may have changed since: its addresses must be
             // the ones built.
             && service
@@ -436,18 +442,13 @@ impl ServiceSnapshot {
                         .into_iter()
                         .eq(built.all_endpoints.iter().map(|e| e.addr()))
                 })
+            // The endpoints are this part's own, built with `available`.
             && self
                 .versions
                 .iter()
-                .zip(&from.available)
-                .all(|(version, then)| {
-                    version.all_endpoints.len() == then.len()
-                        && version
-                            .all_endpoints
-                            .iter()
-                            .zip(then)
-                            .all(|(e, &was)| e.health.available(now_ms) == was)
-                })
+                .flat_map(|version| version.all_endpoints.iter())
+                .map(|e| e.health.available(now_ms))
+                .eq(from.available.iter().copied())
     }
 }
 
@@ -470,12 +471,12 @@ fn addresses(version: &crate::config::Version, registry: &Registry) -> Vec<std::
 
 /// Whether the route table of `previous` still routes `services`: the same
 /// services in the same order with the same names, hosts and prefixes.
-fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Service]) -> bool {
+fn same_routes(previous: &[Arc<ServiceSnapshot>], services: &[Arc<Service>]) -> bool {
     previous.len() == services.len()
-        && previous
-            .iter()
-            .zip(services)
-            .all(|(before, now)| same_route(&before.built_from.service, now))
+        && previous.iter().zip(services).all(|(before, now)| {
+            Arc::ptr_eq(&before.built_from.service, now)
+                || same_route(&before.built_from.service, now)
+        })
 }
 
 /// Whether two services claim the same routes.

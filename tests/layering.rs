@@ -40,7 +40,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Validated configuration.
     ("config", &["config"]),
     // Depend on no other module of veer.
-    ("leaves", &["outcome", "grpc", "watch", "logging", "clock"]),
+    (
+        "leaves",
+        &["outcome", "grpc", "watch", "logging", "clock", "heap"],
+    ),
 ];
 
 /// Edges that point up today, each with the reason it is allowed. The aim is

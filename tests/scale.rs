@@ -89,7 +89,7 @@ async fn the_first_the_last_and_a_wildcard_host_of_10000_services_route_by_looku
                 .remove(0);
             let services: Vec<_> = (0..10_000)
                 .map(|i| {
-                    let mut service = one.clone();
+                    let mut service = (*one).clone();
                     service.name = format!("svc-{i}");
                     service.hosts = vec![
                         HostMatch::Exact(format!("svc-{i}.example.com")),
@@ -267,6 +267,7 @@ async fn a_reload_of_one_weight_keeps_every_other_service_and_its_counters() {
             assert_eq!(through(&client, addr, "svc-0.example.com").await.0, 200);
         }
         let before = proxy.control().snapshot();
+        let model_before = proxy.control().config();
 
         // The last service's canary goes from 10 to 0.
         std::fs::write(&path, config(count, &live, idle, 0)).expect("write config");
@@ -285,6 +286,14 @@ async fn a_reload_of_one_weight_keeps_every_other_service_and_its_counters() {
             Arc::ptr_eq(&before.routes, &after.routes),
             "routes unchanged"
         );
+        // The models of the unchanged services are shared, not copied.
+        let model_after = proxy.control().config();
+        for i in 0..last {
+            assert!(
+                Arc::ptr_eq(&model_before.services[i], &model_after.services[i]),
+                "svc-{i}'s model is the one in force before"
+            );
+        }
 
         // Run-time weights and a rollback rebuild the one service they name.
         let control = proxy.control();

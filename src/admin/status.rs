@@ -112,7 +112,7 @@ pub fn report(control: &Control) -> StatusReport {
                     min_requests: g.min_requests,
                 }),
                 name: service.name.to_string(),
-                rollout: rollout(&view, &service.name, service.rollout.as_ref()),
+                rollout: rollout(&view, &service.name, service.rollout.as_deref()),
                 versions,
                 window_seconds: service.window.as_secs(),
             }
@@ -254,7 +254,7 @@ pub fn service_rollout(control: &Control, service: &str) -> Value {
         .services
         .iter()
         .find(|s| &*s.name == service)
-        .and_then(|s| s.rollout.as_ref());
+        .and_then(|s| s.rollout.as_deref());
     json!({
         "service": service,
         "rollout": rollout(&control.view(), service, config),

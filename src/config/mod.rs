@@ -41,6 +41,7 @@ mod yaml;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -91,8 +92,9 @@ pub fn load_file_checked(
 
 /// What a reload keeps of the last file it read: each service's text (by
 /// its digest) and the service it validated to, so that the next read
-/// parses and checks only the services whose text changed. The checks
-/// across services (names, routes) and everything outside `services:` are
+/// parses and checks only the services whose text changed. The services are
+/// the `Arc`s the config holds, shared: an unchanged one is never copied.
+/// The checks across services (names, routes) and everything outside `services:` are
 /// still run on the whole file every time.
 #[derive(Debug, Default)]
 pub struct Reuse {
@@ -100,7 +102,7 @@ pub struct Reuse {
     /// paths were resolved), each beside the digest of its text. In order,
     /// so that an edit finds each unchanged service at its own index: one
     /// comparison of digests, no table to rebuild per reload.
-    kept: Vec<(Digest, Service)>,
+    kept: Vec<(Digest, Arc<Service>)>,
     /// How many services the last successful read parsed and checked.
     parsed: usize,
 }
@@ -124,6 +126,25 @@ impl Reuse {
     /// others were reused. A file read whole (see `spans`) counts them all.
     pub fn parsed(&self) -> usize {
         self.parsed
+    }
+
+    /// Takes `config`'s `Arc` for every service held here that is equal to
+    /// it: after a read that was not applied (the file was what is in
+    /// force), so that what is kept for the next read is the model in
+    /// force, not a second copy of it.
+    pub fn share_with(&mut self, config: &Config) {
+        let live: HashMap<&str, &Arc<Service>> = config
+            .services
+            .iter()
+            .map(|service| (service.name.as_str(), service))
+            .collect();
+        for (_, kept) in &mut self.kept {
+            if let Some(&live) = live.get(kept.name.as_str()) {
+                if !Arc::ptr_eq(live, kept) && **live == **kept {
+                    *kept = Arc::clone(live);
+                }
+            }
+        }
     }
 }
 
@@ -267,13 +288,13 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     let started = std::time::Instant::now();
     let mut made = made.into_iter();
     let mut services = Vec::with_capacity(digests.len());
-    let mut made_here: Vec<(usize, Service)> = Vec::with_capacity(parsed);
+    let mut made_here: Vec<(usize, Arc<Service>)> = Vec::with_capacity(parsed);
     for (i, kept) in found.iter().enumerate() {
         let service = match kept {
-            Some(k) => reuse.kept[*k].1.clone(),
+            Some(k) => Arc::clone(&reuse.kept[*k].1),
             None => {
                 let service = made.next()?;
-                made_here.push((i, service.clone()));
+                made_here.push((i, Arc::clone(&service)));
                 service
             }
         };
@@ -299,7 +320,7 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
             reuse.kept[i] = (digests[i], service);
         }
     } else {
-        let mut old: Vec<Option<(Digest, Service)>> = std::mem::take(&mut reuse.kept)
+        let mut old: Vec<Option<(Digest, Arc<Service>)>> = std::mem::take(&mut reuse.kept)
             .into_iter()
             .map(Some)
             .collect();
@@ -339,7 +360,7 @@ fn digest(span: &str) -> Digest {
 
 /// The services of the spans at `indices`, each parsed and checked on its
 /// own; spread over the cores when there are many. `None` if any fails.
-fn service_spans(indices: &[usize], spans: &[&str]) -> Option<Vec<Service>> {
+fn service_spans(indices: &[usize], spans: &[&str]) -> Option<Vec<Arc<Service>>> {
     /// Below this many, a thread costs more than it saves.
     const PER_THREAD: usize = 256;
     let threads = std::thread::available_parallelism()
@@ -365,7 +386,7 @@ fn service_spans(indices: &[usize], spans: &[&str]) -> Option<Vec<Service>> {
 }
 
 /// One `- name: ...` item of `services:`, read as a list of one.
-fn service_span(span: &str) -> Option<Service> {
+fn service_span(span: &str) -> Option<Arc<Service>> {
     let Node::Sequence(mut items) = SourceMap::tree(span).ok()?? else {
         return None;
     };
@@ -378,7 +399,7 @@ fn service_span(span: &str) -> Option<Service> {
     if !issues.is_empty() {
         return None;
     }
-    validate::service_alone(raw)
+    validate::service_alone(raw).map(Arc::new)
 }
 
 /// The config, and the map of where each field is if it was made (a valid
@@ -719,19 +740,6 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(file) = config.dns.resolv_conf.as_mut() {
         resolve(file);
     }
-    for service in &mut config.services {
-        let guard = service.guard.iter_mut().flat_map(|g| g.checks.iter_mut());
-        let rollout = service.rollout.iter_mut().flat_map(|r| r.checks.iter_mut());
-        for check in guard.chain(rollout) {
-            if let CheckSource::Web(WebCheck {
-                token_file: Some(file),
-                ..
-            }) = &mut check.source
-            {
-                resolve(file);
-            }
-        }
-    }
     if let Some(etcd) = config.fleet.as_mut().map(|f| &mut f.etcd) {
         if let Some(file) = etcd.password_file.as_mut() {
             resolve(file);
@@ -756,21 +764,61 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             }
         }
     }
-    for version in config
-        .services
-        .iter_mut()
-        .flat_map(|s| s.versions.iter_mut())
-    {
-        if let Some(tls) = version.tls.as_mut() {
-            if let Some(ca) = tls.ca.as_mut() {
-                resolve(ca);
-            }
-            if let Some((cert, key)) = tls.client_cert.as_mut() {
-                resolve(cert);
-                resolve(key);
-            }
+    for service in &mut config.services {
+        // Shared with `Reuse` (which keeps paths as written): copied only
+        // when it names a relative path, which few services do.
+        if service_paths(service).any(|path| path.is_relative()) {
+            service_paths_mut(Arc::make_mut(service)).for_each(resolve);
         }
     }
+}
+
+/// The files a service names: checks' token files, upstream TLS files.
+fn service_paths(service: &Service) -> impl Iterator<Item = &PathBuf> {
+    let guard = service.guard.iter().flat_map(|g| g.checks.iter());
+    let rollout = service.rollout.iter().flat_map(|r| r.checks.iter());
+    let checks = guard
+        .chain(rollout)
+        .filter_map(|check| match &check.source {
+            CheckSource::Web(WebCheck {
+                token_file: Some(file),
+                ..
+            }) => Some(file),
+            _ => None,
+        });
+    let tls = service.versions.iter().filter_map(|v| v.tls.as_ref());
+    let tls = tls.flat_map(|tls| {
+        let pair = tls.client_cert.as_ref();
+        tls.ca
+            .iter()
+            .chain(pair.map(|(cert, _)| cert))
+            .chain(pair.map(|(_, key)| key))
+    });
+    checks.chain(tls)
+}
+
+/// As [`service_paths`], to resolve them.
+fn service_paths_mut(service: &mut Service) -> impl Iterator<Item = &mut PathBuf> {
+    let guard = service.guard.iter_mut().flat_map(|g| g.checks.iter_mut());
+    let rollout = service.rollout.iter_mut().flat_map(|r| r.checks.iter_mut());
+    let checks = guard
+        .chain(rollout)
+        .filter_map(|check| match &mut check.source {
+            CheckSource::Web(WebCheck {
+                token_file: Some(file),
+                ..
+            }) => Some(file),
+            _ => None,
+        });
+    let tls = service.versions.iter_mut().filter_map(|v| v.tls.as_mut());
+    let tls = tls.flat_map(|tls| {
+        let (cert, key) = match tls.client_cert.as_mut() {
+            Some((cert, key)) => (Some(cert), Some(key)),
+            None => (None, None),
+        };
+        tls.ca.as_mut().into_iter().chain(cert).chain(key)
+    });
+    checks.chain(tls)
 }
 
 #[cfg(test)]
@@ -930,6 +978,70 @@ services:
         assert_eq!(config.admin.address, DEFAULT_ADMIN_ADDRESS);
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.state_dir, None);
+    }
+
+    #[test]
+    fn a_reread_shares_each_unchanged_service_and_resolves_paths_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        let text = format!(
+            "{MINIMAL}        tls: {{ ca: certs/ca.pem }}\n  - name: other\n    match: {{ hosts: [other] }}\n    versions:\n      - name: stable\n        endpoints: [127.0.0.1:18082]\n        weight: 1\n"
+        );
+        std::fs::write(&path, &text).expect("write");
+        let mut reuse = Reuse::default();
+        let read = |reuse: &mut Reuse| {
+            load_file_reusing(&path, |_| Vec::new(), Some(reuse))
+                .expect("valid")
+                .0
+        };
+        let first = read(&mut reuse);
+        let second = read(&mut reuse);
+        assert_eq!(reuse.parsed(), 0, "nothing changed: nothing parsed again");
+        // A service naming no relative path is the one `Arc`, not a copy.
+        assert!(Arc::ptr_eq(&first.services[1], &second.services[1]));
+        // One that does is resolved on every read from the text as written,
+        // never joined twice.
+        for config in [&first, &second] {
+            let tls = config.services[0].versions[0].tls.as_ref().expect("tls");
+            assert_eq!(tls.ca, Some(dir.path().join("certs/ca.pem")));
+        }
+    }
+
+    #[test]
+    fn a_reuse_shares_the_model_in_force_once_told_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        std::fs::write(&path, MINIMAL).expect("write");
+        let in_force = load_file(&path).expect("valid");
+        let mut reuse = Reuse::default();
+        let read = |reuse: &mut Reuse| {
+            load_file_reusing(&path, |_| Vec::new(), Some(reuse))
+                .expect("valid")
+                .0
+        };
+        assert!(!Arc::ptr_eq(
+            &read(&mut reuse).services[0],
+            &in_force.services[0]
+        ));
+        reuse.share_with(&in_force);
+        let again = read(&mut reuse);
+        assert_eq!(reuse.parsed(), 0);
+        assert!(Arc::ptr_eq(&again.services[0], &in_force.services[0]));
+    }
+
+    #[test]
+    fn share_unchanged_takes_the_previous_arc_of_an_equal_service() {
+        let before = parse_str(MINIMAL, "t.yaml").expect("valid");
+        let mut again = parse_str(MINIMAL, "t.yaml").expect("valid");
+        assert!(!Arc::ptr_eq(&before.services[0], &again.services[0]));
+        again.share_unchanged(&before);
+        assert!(Arc::ptr_eq(&before.services[0], &again.services[0]));
+        // A changed service stays its own.
+        let mut changed =
+            parse_str(&MINIMAL.replace("weight: 1", "weight: 2"), "t.yaml").expect("valid");
+        changed.share_unchanged(&before);
+        assert!(!Arc::ptr_eq(&before.services[0], &changed.services[0]));
+        assert_eq!(changed.services[0].versions[0].weight.get(), 2);
     }
 
     #[test]

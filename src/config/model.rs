@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -34,11 +35,51 @@ pub struct Config {
     pub access_log: Option<AccessLog>,
     /// How much release history each service keeps.
     pub history: History,
-    pub services: Vec<Service>,
+    /// Shared, not copied: the snapshot's parts and a reload's `Reuse` hold
+    /// the same `Arc`s, so an unchanged service is in memory once and is
+    /// told unchanged by a pointer comparison.
+    pub services: Vec<Arc<Service>>,
     /// How endpoints written as `NAME:PORT` are resolved.
     pub dns: Dns,
     /// What `/metrics` exports.
     pub telemetry: Telemetry,
+}
+
+impl Config {
+    /// Takes `previous`'s `Arc` for every service that is unchanged (equal)
+    /// but was read anew (a file read whole, or a read without `Reuse`), so
+    /// that the old model is freed instead of living on beside the new one
+    /// in the snapshot's kept parts, and the next build tells it unchanged
+    /// by its pointer. Services already shared cost a pointer comparison.
+    pub fn share_unchanged(&mut self, previous: &Config) {
+        let in_place = self.services.len() == previous.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&previous.services)
+                .all(|(now, before)| now.name == before.name);
+        let by_name: std::collections::HashMap<&str, &Arc<Service>> = if in_place {
+            std::collections::HashMap::new()
+        } else {
+            previous
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .collect()
+        };
+        for (index, service) in self.services.iter_mut().enumerate() {
+            let before = if in_place {
+                previous.services.get(index)
+            } else {
+                by_name.get(service.name.as_str()).copied()
+            };
+            if let Some(before) = before {
+                if !Arc::ptr_eq(before, service) && **before == **service {
+                    *service = Arc::clone(before);
+                }
+            }
+        }
+    }
 }
 
 /// The release history's bound (`history: { keep: N }`).

@@ -428,7 +428,9 @@ impl Actor {
                 if !same_places {
                     self.names = index(&config);
                 }
-                let replaced = std::mem::replace(&mut self.config, Arc::new(*config));
+                let mut config = *config;
+                config.share_unchanged(&self.config);
+                let replaced = std::mem::replace(&mut self.config, Arc::new(config));
                 self.retired.push(replaced);
                 Effect::durable(true, ack(reply, ()))
             }
@@ -536,6 +538,7 @@ impl Actor {
         self.names
             .get(name)
             .and_then(|&i| self.config.services.get(i))
+            .map(|service| &**service)
             .ok_or_else(|| ControlError::NoService(name.to_string()))
     }
 

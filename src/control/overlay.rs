@@ -175,13 +175,17 @@ pub fn reconcile(layer: &mut PersistedState, config: &Config, now_ms: u64) -> Ve
             config
                 .services
                 .iter()
-                .map(|s| (s.name.as_str(), s))
+                .map(|s| (s.name.as_str(), &**s))
                 .collect()
         });
     layer.services.retain(|name, state| {
         let found = match &by_name {
             Some(by_name) => by_name.get(name.as_str()).copied(),
-            None => config.services.iter().find(|s| &s.name == name),
+            None => config
+                .services
+                .iter()
+                .find(|s| &s.name == name)
+                .map(|s| &**s),
         };
         let Some(service) = found else {
             notes.push(Note::service(

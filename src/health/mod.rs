@@ -162,7 +162,7 @@ impl HealthRunner {
                             endpoint.addr(),
                             endpoint.protocol(),
                         ),
-                        (check.clone(), Arc::clone(endpoint)),
+                        ((**check).clone(), Arc::clone(endpoint)),
                     );
                 }
             }

@@ -154,6 +154,9 @@ impl Reloader {
             took_us = crate::clock::took_us(recorded),
             "reload: recorded and audited"
         );
+        // What the read freed (and the snapshot it replaced) goes back to
+        // the system, so memory does not step up with each reload.
+        crate::heap::release_free_memory_soon("reload");
         result
     }
 
@@ -251,14 +254,21 @@ impl Listening {
         // what changed since.
         let changed = {
             let mut reuse = reloader.serial.lock().await;
-            reloader
+            let changed = reloader
                 .read(&mut reuse, |_| Vec::new())
                 .await
-                .is_ok_and(|(now, _)| now != *reloader.control.config())
+                .is_ok_and(|(now, _)| now != *reloader.control.config());
+            if !changed {
+                // Keep the model in force for the next read, not a copy.
+                reuse.share_with(&reloader.control.config());
+            }
+            changed
         };
         if changed {
             let _ = reloader.reload(Trigger::FileChanged).await;
         }
+        // Start-up's reads of the file are over: what they freed goes back.
+        crate::heap::release_free_memory_soon("start-up");
         loop {
             let trigger = tokio::select! {
                 Some(()) = recv(&mut self.changes) => Trigger::FileChanged,

@@ -31,9 +31,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(services: &[Service]) -> RouteTable {
+    pub fn new<S: std::borrow::Borrow<Service>>(services: &[S]) -> RouteTable {
         let mut table = RouteTable::default();
         for (index, service) in services.iter().enumerate() {
+            let service = service.borrow();
             let route = Route {
                 prefix: service.path_prefix.as_str().into(),
                 service: index,
@@ -59,6 +60,9 @@ impl RouteTable {
         }
         let longest_first = |routes: &mut Vec<Route>| {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            // Most hosts have one route: no room for four (a table lives
+            // as long as its routes, with one entry per host).
+            routes.shrink_to_fit();
         };
         table.exact.values_mut().for_each(longest_first);
         table.wildcard.values_mut().for_each(longest_first);

@@ -476,7 +476,22 @@ impl std::fmt::Debug for VersionStats {
 /// snapshot's writer.
 #[derive(Default)]
 pub struct StatsRegistry {
-    stats: HashMap<(String, String, String), Arc<VersionStats>>,
+    /// By [`stats_key`]: one allocation per version, not three strings.
+    stats: HashMap<Box<str>, Arc<VersionStats>>,
+}
+
+/// Service, version and revision in one string, each name led by its length
+/// so that no two triples give the same key.
+fn stats_key(service: &str, version: &str, revision: &str) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(service.len() + version.len() + revision.len() + 8);
+    let _ = write!(
+        key,
+        "{}:{service}{}:{version}{revision}",
+        service.len(),
+        version.len()
+    );
+    key
 }
 
 impl StatsRegistry {
@@ -489,12 +504,8 @@ impl StatsRegistry {
         window: Duration,
         max_methods: usize,
     ) -> Arc<VersionStats> {
-        let key = (
-            service.to_string(),
-            version.to_string(),
-            revision.to_string(),
-        );
-        if let Some(existing) = self.stats.get(&key) {
+        let key = stats_key(service, version, revision);
+        if let Some(existing) = self.stats.get(key.as_str()) {
             // A version that left the config and came back starts afresh:
             // its old series are no longer exported.
             if existing.window.capacity() >= window
@@ -505,7 +516,7 @@ impl StatsRegistry {
             }
         }
         let fresh = Arc::new(telemetry.version_stats(service, version, window, max_methods));
-        self.stats.insert(key, Arc::clone(&fresh));
+        self.stats.insert(key.into_boxed_str(), Arc::clone(&fresh));
         fresh
     }
 
@@ -518,6 +529,13 @@ impl StatsRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_keys_do_not_run_into_each_other() {
+        assert_ne!(stats_key("a", "bc", ""), stats_key("ab", "c", ""));
+        assert_ne!(stats_key("a", "b", "c"), stats_key("a", "bc", ""));
+        assert_eq!(stats_key("svc", "stable", "1.0"), "3:svc6:stable1.0");
+    }
 
     fn ok(latency: Duration) -> Outcome {
         Outcome {

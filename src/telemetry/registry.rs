@@ -128,12 +128,12 @@ pub struct Present<'a> {
 
 /// Every series of one version of one service.
 pub struct VersionSeries {
-    /// `veer_requests_total` of the common statuses, by `COMMON_SLOT`.
-    requests: [AtomicU64; COMMON_STATUSES.len()],
+    /// Its requests' counters, made by the first one that counts: a
+    /// version that never sees a request (one of thousands) holds none. A
+    /// scrape reads zeros meanwhile.
+    counts: OnceLock<Box<Counts>>,
     /// The other statuses, by `status - 100`, allocated on first use.
     rare_requests: OnceLock<Box<[AtomicU64]>>,
-    client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
-    failures: [AtomicU64; FAILURE_REASONS.len()],
     /// `veer_request_duration_seconds` and `veer_response_duration_seconds`,
     /// made by the first request: most of a version's weight, which a
     /// version that never sees a request (one of thousands) does not hold.
@@ -159,6 +159,27 @@ pub struct VersionSeries {
     retired: AtomicBool,
 }
 
+/// A version's request counters (see `VersionSeries::counts`).
+struct Counts {
+    /// `veer_requests_total` of the common statuses, by `COMMON_SLOT`.
+    requests: [AtomicU64; COMMON_STATUSES.len()],
+    client_aborts: [AtomicU64; CLIENT_FAULTS.len()],
+    failures: [AtomicU64; FAILURE_REASONS.len()],
+}
+
+impl Counts {
+    const fn zero() -> Counts {
+        Counts {
+            requests: [const { AtomicU64::new(0) }; COMMON_STATUSES.len()],
+            client_aborts: [const { AtomicU64::new(0) }; CLIENT_FAULTS.len()],
+            failures: [const { AtomicU64::new(0) }; FAILURE_REASONS.len()],
+        }
+    }
+}
+
+/// What a scrape reads for a version that has counted nothing yet.
+static NO_COUNTS: Counts = Counts::zero();
+
 /// A version's two latency histograms (see `VersionSeries::durations`).
 #[derive(Default)]
 struct Durations {
@@ -180,6 +201,11 @@ impl EndpointMap {
         let at = match self.0.binary_search_by_key(&addr, |(a, _)| *a) {
             Ok(at) => at,
             Err(at) => {
+                // Grown one at a time while small, not doubled: a version
+                // has a few endpoints, and thousands of versions keep a map.
+                if self.0.len() < 8 {
+                    self.0.reserve_exact(1);
+                }
                 self.0.insert(at, (addr, Arc::default()));
                 at
             }
@@ -207,17 +233,22 @@ impl EndpointMap {
 #[derive(Default)]
 struct EndpointSeries {
     healthy: Gauge,
-    ejections: [AtomicU64; EJECTION_REASONS.len()],
-    other_ejections: Mutex<BTreeMap<String, u64>>,
+    /// Made by its first ejection: most endpoints are never ejected, and
+    /// tens of thousands of them each held the counters inline.
+    ejections: OnceLock<Box<Ejections>>,
+}
+
+#[derive(Default)]
+struct Ejections {
+    counts: [AtomicU64; EJECTION_REASONS.len()],
+    other: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for VersionSeries {
     fn default() -> Self {
         VersionSeries {
-            requests: Default::default(),
+            counts: OnceLock::new(),
             rare_requests: OnceLock::new(),
-            client_aborts: Default::default(),
-            failures: Default::default(),
             durations: OnceLock::new(),
             grpc_codes: OnceLock::new(),
             weight: Gauge::default(),
@@ -256,7 +287,7 @@ impl VersionSeries {
         match COMMON_SLOT[index] {
             NONE => self.count_rare_status(index),
             slot => {
-                self.requests[usize::from(slot)].fetch_add(1, Ordering::Relaxed);
+                self.counting().requests[usize::from(slot)].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -278,12 +309,23 @@ impl VersionSeries {
 
     #[inline]
     pub fn count_failure(&self, reason: FailureReason) {
-        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.counting().failures[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
     pub fn count_client_fault(&self, fault: ClientFault) {
-        self.client_aborts[fault as usize].fetch_add(1, Ordering::Relaxed);
+        self.counting().client_aborts[fault as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its counters, made now if this is the first count.
+    #[inline]
+    fn counting(&self) -> &Counts {
+        self.counts.get_or_init(|| Box::new(Counts::zero()))
+    }
+
+    /// Its counters as they are (zeros before the first count).
+    fn counted(&self) -> &Counts {
+        self.counts.get().map_or(&NO_COUNTS, |counts| counts)
     }
 
     #[inline]
@@ -324,12 +366,13 @@ impl VersionSeries {
 
     pub fn count_ejection(&self, addr: SocketAddr, reason: &str) {
         let endpoint = self.endpoint(addr);
+        let ejections = endpoint.ejections.get_or_init(Box::default);
         match EJECTION_REASONS.iter().position(|r| *r == reason) {
             Some(i) => {
-                endpoint.ejections[i].fetch_add(1, Ordering::Relaxed);
+                ejections.counts[i].fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                *lock(&endpoint.other_ejections)
+                *lock(&ejections.other)
                     .entry(reason.to_string())
                     .or_default() += 1
             }
@@ -677,7 +720,7 @@ impl Registry {
                         0 => continue,
                         v => v,
                     },
-                    (slot, _) => s.requests[usize::from(slot)].load(Ordering::Relaxed),
+                    (slot, _) => s.counted().requests[usize::from(slot)].load(Ordering::Relaxed),
                 };
                 let digits = status_digits(index + 100);
                 let code = std::str::from_utf8(&digits).unwrap_or("other");
@@ -693,7 +736,7 @@ impl Registry {
 
         let mut f = FamilyWriter::new(out, CLIENT_ABORTS);
         for ((service, version), s) in &versions {
-            for (fault, count) in CLIENT_FAULTS.iter().zip(&s.client_aborts) {
+            for (fault, count) in CLIENT_FAULTS.iter().zip(&s.counted().client_aborts) {
                 let labels = [
                     ("service", &**service),
                     ("version", &**version),
@@ -706,7 +749,7 @@ impl Registry {
 
         let mut f = FamilyWriter::new(out, UPSTREAM_FAILURES);
         for ((service, version), s) in &versions {
-            for (reason, count) in FAILURE_REASONS.iter().zip(&s.failures) {
+            for (reason, count) in FAILURE_REASONS.iter().zip(&s.counted().failures) {
                 let labels = [
                     ("service", &**service),
                     ("version", &**version),
@@ -812,14 +855,17 @@ impl Registry {
                         ("reason", reason),
                     ]
                 };
-                for (reason, count) in EJECTION_REASONS.iter().zip(&e.ejections) {
-                    let value = count.load(Ordering::Relaxed);
+                let ejections = e.ejections.get();
+                for (i, reason) in EJECTION_REASONS.iter().enumerate() {
+                    let value = ejections.map_or(0, |ej| ej.counts[i].load(Ordering::Relaxed));
                     if *ejects || value > 0 {
                         f.counter(&labels(reason), value)?;
                     }
                 }
-                for (reason, value) in lock(&e.other_ejections).iter() {
-                    f.counter(&labels(reason), *value)?;
+                if let Some(ejections) = ejections {
+                    for (reason, value) in lock(&ejections.other).iter() {
+                        f.counter(&labels(reason), *value)?;
+                    }
                 }
             }
         }
@@ -971,6 +1017,29 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn an_idle_version_holds_no_counters_until_its_first_count() {
+        let series = VersionSeries::default();
+        assert!(series.counts.get().is_none());
+        assert_eq!(series.counted().requests[0].load(Ordering::Relaxed), 0);
+        series.count_status(StatusCode::OK);
+        series.count_failure(FailureReason::ALL[0]);
+        assert!(series.counts.get().is_some());
+        let slot = usize::from(COMMON_SLOT[200 - 100]);
+        assert_eq!(series.counted().requests[slot].load(Ordering::Relaxed), 1);
+        assert_eq!(series.counted().failures[0].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_endpoint_map_holds_no_spare_room() {
+        let mut map = EndpointMap::default();
+        for port in [3, 1, 2] {
+            map.entry(addr(port));
+        }
+        assert_eq!(map.0.capacity(), 3);
+        assert!(map.0.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     fn present<'a>(service: &'a str, version: &'a str, endpoints: &[u16]) -> Present<'a> {

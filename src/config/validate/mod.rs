@@ -49,6 +49,7 @@ mod versions;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -111,7 +112,7 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
 /// over them. `raw.services` is ignored.
 pub(crate) fn validate_prepared(
     raw: RawConfig,
-    services: Vec<Service>,
+    services: Vec<Arc<Service>>,
     issues: &mut Vec<Issue>,
 ) -> Option<Config> {
     validate_with(raw, issues, |v, _| {
@@ -125,7 +126,7 @@ pub(crate) use services::service_alone;
 fn validate_with(
     raw: RawConfig,
     issues: &mut Vec<Issue>,
-    services: impl FnOnce(&mut Validator, Option<Vec<Part<RawService>>>) -> Vec<Service>,
+    services: impl FnOnce(&mut Validator, Option<Vec<Part<RawService>>>) -> Vec<Arc<Service>>,
 ) -> Option<Config> {
     let mut v = Validator { issues: Vec::new() };
     let listeners = v.listeners(raw.listeners);
