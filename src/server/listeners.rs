@@ -377,6 +377,19 @@ impl AsRef<IdleClock> for ConnectionContext {
     }
 }
 
+/// A permit for one more client connection, or `None` once the listener is
+/// stopped (a reload removed it, or the drain began) or the proxy closes the
+/// semaphore.
+async fn connection_permit(
+    connections: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = Arc::clone(connections).acquire_owned() => permit.ok(),
+        _ = stop.changed() => None,
+    }
+}
+
 async fn accept(
     listener: TcpListener,
     setup: Arc<ConnectionSetup>,
@@ -385,12 +398,8 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
+        let Some(permit) = connection_permit(&connections, &mut stop).await else {
+            return;
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -82,12 +82,8 @@ async fn accept(
     };
     let listener = tokio_uring::net::TcpListener::from_std(listener);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
+        let Some(permit) = super::connection_permit(&connections, &mut stop).await else {
+            break;
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
