@@ -168,15 +168,7 @@ async fn serve(mut io: UringIo, peer: SocketAddr, setup: &ConnectionSetup, drain
                 if upgrade {
                     return Ok(upgrade_refused().map(|body| Tracked::new(body, context)));
                 }
-                let mut timer = context.request_timer.take();
-                let response = context
-                    .service
-                    .serve(request, &context.client, &mut timer)
-                    .await;
-                if timer.is_some() {
-                    context.request_timer.store(timer);
-                }
-                response.map(|response| response.map(|body| Tracked::new(body, context)))
+                super::serve_request(context, request).await
             })
         })
     };
