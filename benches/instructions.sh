@@ -10,6 +10,7 @@
 #   CONNECTIONS=8 benches/instructions.sh BIN     # 8 connections (batched wake-ups)
 #   WORKERS=2 CONNECTIONS=8 benches/instructions.sh BIN   # two workers: what sharing costs
 #   benches/instructions.sh nginx https           # NGINX as the proxy, for comparison
+#   TLS13_CIPHERS=TLS_AES_256_GCM_SHA384 benches/instructions.sh BIN https   # the client offers only this suite
 #
 # veer runs under `valgrind --tool=callgrind` with `--workers $WORKERS` (1) in front of
 # two NGINX upstreams (90/10 split, guard on, as in compare.sh); h2load sends
@@ -23,7 +24,8 @@
 # `master_process off`, the upstream block and headers of compare.sh's
 # config, TLS with the same certificate): the same count for the peer.
 #
-# Settings: N1=2000 N2=12000 CONNECTIONS=1 WORKERS=1 BASE_PORT=19180 KEEP=0.
+# Settings: N1=2000 N2=12000 CONNECTIONS=1 WORKERS=1 BASE_PORT=19180 KEEP=0
+# TLS13_CIPHERS= (h2load's own list, TLS_AES_128_GCM_SHA256 first).
 # With WORKERS=2 valgrind still runs one thread at a time, so the figure
 # is the instructions the two workers' hand-offs add (stealing, parking,
 # waking each other), not a measure of parallel speed.
@@ -40,6 +42,7 @@ CONNECTIONS=${CONNECTIONS:-1}
 WORKERS=${WORKERS:-1}
 BASE_PORT=${BASE_PORT:-19180}
 KEEP=${KEEP:-0}
+TLS13_CIPHERS=${TLS13_CIPHERS:-}
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 [[ $BIN == nginx || -x $BIN ]] || die "no veer binary at $BIN (cargo build --release)"
@@ -138,7 +141,7 @@ h2c_port=$PROXY
 case $MODE in
   h1) load=(h2load --h1 "http://127.0.0.1:$PROXY/") ;;
   h2c) load=(h2load "http://127.0.0.1:$h2c_port/") ;;
-  https) load=(h2load --h1 "https://127.0.0.1:$TLS/") ;;
+  https) load=(h2load --h1 ${TLS13_CIPHERS:+"--tls13-ciphers=$TLS13_CIPHERS"} "https://127.0.0.1:$TLS/") ;;
 esac
 
 # Instructions of one veer process serving N requests, start to exit.

@@ -838,6 +838,33 @@ mod tests {
     }
 
     #[test]
+    fn heads_up_to_the_header_limit_parse_whole_and_more_are_refused() {
+        for count in [0, 1, 16, 17, MAX_HEADERS - 1] {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..count {
+                head.push_str(&format!("x-h{i}: value {i}\r\n"));
+            }
+            head.push_str("content-length: 2\r\n\r\nok");
+            let parsed = parse_whole(head.as_bytes(), &Method::GET).expect("parses");
+            assert_eq!(parsed.headers.len(), count + 1, "{count} headers");
+            for i in 0..count {
+                assert_eq!(
+                    parsed.headers[format!("x-h{i}").as_str()],
+                    format!("value {i}")
+                );
+            }
+            assert_eq!(parsed.body, b"ok");
+        }
+        let mut over = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..=MAX_HEADERS {
+            over.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        over.push_str("\r\n");
+        let refused = parse_whole(over.as_bytes(), &Method::GET).expect_err("too many headers");
+        assert!(refused.contains("too many headers"), "{refused}");
+    }
+
+    #[test]
     fn request_head_is_written_as_it_is() {
         let request = Request::builder()
             .method(Method::DELETE)
