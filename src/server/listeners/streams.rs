@@ -2,14 +2,19 @@
 //!
 //! hyper's HTTP/2 server hands each new stream's future to its executor;
 //! with tokio's, that is a task per stream. A proxied request then took four
-//! task runs over its two wake-ups (the connection reads HEADERS and spawns;
+//! task polls over its two wake-ups (the connection reads HEADERS and spawns;
 //! the stream writes upstream; the stream answers and wakes the connection;
 //! the connection writes the frames), one task allocated and scheduled, and
 //! a wake across tasks each way. Here the executor leaves each stream with
 //! the connection that made it ([`InConnection`]), and [`Multiplexed`] polls
-//! the connection and its streams as one future: two runs per request, and
-//! the connection is polled only when something woke it, which includes its
-//! own streams handing it frames within the same run.
+//! the connection and its streams as one future: one poll per wake-up, the
+//! connection polled only when something woke it (its own streams handing
+//! it frames included, served within the same poll), a stream only when its
+//! own waker fired.
+//!
+//! Not `FuturesUnordered`: it wakes its task again whenever it has polled
+//! every future once, which with one stream in flight is every time: a
+//! third task poll per request.
 //!
 //! The price: one connection's streams share its task, so they run on one
 //! worker at a time, as NGINX and Envoy serve a connection on one thread.
@@ -22,8 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use futures_util::task::AtomicWaker;
+use atomic_waker::AtomicWaker;
 
 /// A stream's future (or a CONNECT tunnel's), type-erased: hyper's type
 /// for it names the executor, which cannot name it back.
@@ -57,40 +61,84 @@ where
     }
 }
 
-/// The connection's waker: records that the connection has work, and wakes
-/// the task only when the task is not running already. A stream that
-/// queues its response frames wakes the connection from inside the task's
-/// own poll; tokio would run the task once more for that, where the poll
-/// loop below sees the flag and polls the connection at once.
-struct Nudge {
-    woken: AtomicBool,
+/// What woke, shared by the connection's waker and its streams' wakers.
+/// A wake records what has work, and wakes the task only when the task is
+/// not polling already: a stream that queues its response frames wakes the
+/// connection from inside the task's own poll, where tokio would poll the
+/// task once more for it, and the poll loop sees the flag instead.
+struct Shared {
+    connection: AtomicBool,
+    streams: AtomicBool,
     polling: AtomicBool,
     task: AtomicWaker,
 }
 
-impl Wake for Nudge {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // SeqCst with the poll loop's pair below: either this sees the loop
-        // still polling, or the loop sees `woken` after it stopped.
-        self.woken.store(true, Ordering::SeqCst);
+impl Shared {
+    fn nudge(&self) {
+        // SeqCst with the poll loop's pair (`polling` stored false, then the
+        // flags read): either this sees the loop still polling, or the loop
+        // sees the flag.
         if !self.polling.load(Ordering::SeqCst) {
             self.task.wake();
         }
     }
 }
 
+/// The connection's waker.
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.connection.store(true, Ordering::SeqCst);
+        self.nudge();
+    }
+}
+
+/// A stream slot's waker. Slots are reused, so a waker lives as long as
+/// its connection and a stream costs no allocation but its own box; a
+/// late wake meant for a slot's last stream polls the next one once more,
+/// which a future allows.
+struct Slot {
+    woken: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl Wake for Slot {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.shared.streams.store(true, Ordering::SeqCst);
+        self.shared.nudge();
+    }
+}
+
+struct Entry {
+    stream: Option<Stream>,
+    slot: Arc<Slot>,
+    waker: Waker,
+}
+
+/// Rounds of one poll past which the task yields to the others: a stream
+/// that keeps waking itself (tokio's budget spent) is polled again on the
+/// task's next turn rather than in a loop here.
+const ROUNDS: usize = 16;
+
+/// Slots an idle connection keeps for its next streams.
+const KEPT_SLOTS: usize = 4;
+
 /// An HTTP/2 connection with its streams, polled together.
 pub struct Multiplexed<C> {
     connection: C,
-    /// `None` until the first stream: a connection that never carries one
-    /// allocates nothing for them.
-    streams: Option<FuturesUnordered<Stream>>,
-    nudge: Arc<Nudge>,
+    shared: Arc<Shared>,
     waker: Waker,
+    /// Empty, and unallocated, until the first stream.
+    entries: Vec<Entry>,
+    live: usize,
     /// The connection's end, held while streams it left still run.
     ended: Option<hyper::Result<()>>,
 }
@@ -100,17 +148,19 @@ where
     C: Future<Output = hyper::Result<()>> + Unpin,
 {
     pub fn new(connection: C) -> Multiplexed<C> {
-        let nudge = Arc::new(Nudge {
+        let shared = Arc::new(Shared {
             // The first poll must poll the connection.
-            woken: AtomicBool::new(true),
+            connection: AtomicBool::new(true),
+            streams: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
         Multiplexed {
             connection,
-            streams: None,
-            waker: Waker::from(Arc::clone(&nudge)),
-            nudge,
+            waker: Waker::from(Arc::clone(&shared)),
+            shared,
+            entries: Vec::new(),
+            live: 0,
             ended: None,
         }
     }
@@ -118,56 +168,98 @@ where
     /// The connection itself (for its graceful shutdown); it is polled on
     /// the next poll whatever was done to it.
     pub fn connection(&mut self) -> &mut C {
-        self.nudge.woken.store(true, Ordering::SeqCst);
+        self.shared.connection.store(true, Ordering::SeqCst);
         &mut self.connection
     }
 
     /// Takes the streams handed over during the last poll of the
-    /// connection or of a stream; whether there were any.
+    /// connection or of a stream, each marked to be polled; whether there
+    /// were any.
     fn adopt(&mut self) -> bool {
         HANDED.with(|handed| {
             let mut handed = handed.borrow_mut();
             if handed.is_empty() {
                 return false;
             }
-            let streams = self.streams.get_or_insert_with(FuturesUnordered::new);
             for stream in handed.drain(..) {
-                streams.push(stream);
+                self.live += 1;
+                let free = self.entries.iter().position(|entry| entry.stream.is_none());
+                let index = free.unwrap_or_else(|| {
+                    let slot = Arc::new(Slot {
+                        woken: AtomicBool::new(false),
+                        shared: Arc::clone(&self.shared),
+                    });
+                    self.entries.push(Entry {
+                        stream: None,
+                        waker: Waker::from(Arc::clone(&slot)),
+                        slot,
+                    });
+                    self.entries.len() - 1
+                });
+                let entry = &mut self.entries[index];
+                entry.stream = Some(stream);
+                entry.slot.woken.store(true, Ordering::SeqCst);
             }
+            self.shared.streams.store(true, Ordering::SeqCst);
             true
         })
     }
 
+    /// Polls the streams whose wakers fired.
+    fn poll_streams(&mut self) {
+        for entry in &mut self.entries {
+            let Some(stream) = &mut entry.stream else {
+                continue;
+            };
+            if !entry.slot.woken.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let mut cx = Context::from_waker(&entry.waker);
+            if stream.as_mut().poll(&mut cx).is_ready() {
+                entry.stream = None;
+                self.live -= 1;
+            }
+        }
+    }
+
     fn poll_inside(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        self.nudge.task.register(cx.waker());
+        self.shared.task.register(cx.waker());
+        let mut rounds = 0;
         loop {
-            self.nudge.polling.store(true, Ordering::SeqCst);
-            if self.ended.is_none() && self.nudge.woken.swap(false, Ordering::SeqCst) {
+            self.shared.polling.store(true, Ordering::SeqCst);
+            if self.ended.is_none() && self.shared.connection.swap(false, Ordering::SeqCst) {
                 let mut own = Context::from_waker(&self.waker);
                 if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(&mut own) {
                     self.ended = Some(result);
                 }
                 self.adopt();
             }
-            if let Some(streams) = &mut self.streams {
-                // Each stream that ends may have handed over a tunnel.
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if self.shared.streams.swap(false, Ordering::SeqCst) {
+                self.poll_streams();
+                // A stream that ended may have handed over a tunnel.
+                self.adopt();
             }
-            if self.adopt() {
-                continue;
+            self.shared.polling.store(false, Ordering::SeqCst);
+            let more = (self.ended.is_none() && self.shared.connection.load(Ordering::SeqCst))
+                || self.shared.streams.load(Ordering::SeqCst);
+            if !more {
+                break;
             }
-            self.nudge.polling.store(false, Ordering::SeqCst);
-            if self.ended.is_none() && self.nudge.woken.load(Ordering::SeqCst) {
-                continue;
+            rounds += 1;
+            if rounds == ROUNDS {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-            let idle = self.streams.as_ref().is_none_or(FuturesUnordered::is_empty);
-            if idle {
-                if let Some(result) = self.ended.take() {
-                    return Poll::Ready(result);
-                }
-            }
-            return Poll::Pending;
         }
+        if self.live == 0 {
+            if let Some(result) = self.ended.take() {
+                return Poll::Ready(result);
+            }
+            // A burst of streams does not leave its slots to an idle
+            // connection (some 80 bytes each).
+            self.entries.truncate(KEPT_SLOTS);
+        }
+        Poll::Pending
     }
 }
 
@@ -353,6 +445,56 @@ mod tests {
             0,
             "the task was not woken for it"
         );
+    }
+
+    #[test]
+    fn a_stream_that_keeps_waking_itself_yields_the_task() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let stream = {
+            let polls = Arc::clone(&polls);
+            Box::pin(std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                cx.waker().wake_by_ref();
+                Poll::<()>::Pending
+            })) as Stream
+        };
+        let (fake, _, _, _) = connection(vec![stream]);
+        let mut multiplexed = Multiplexed::new(fake);
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let outer = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&outer);
+        assert!(Pin::new(&mut multiplexed).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), ROUNDS);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "woken to come back");
+    }
+
+    #[test]
+    fn a_future_handed_over_by_a_stream_runs_and_slots_are_reused() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        // Each stream hands over another as it ends, as an HTTP/2 CONNECT
+        // hands over its tunnel.
+        let stream = {
+            let ran = Arc::clone(&ran);
+            Box::pin(async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                let ran = Arc::clone(&ran);
+                InConnection.execute(async move {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                });
+            }) as Stream
+        };
+        let (fake, _, _, end) = connection(vec![stream]);
+        end.store(true, Ordering::SeqCst);
+        let mut multiplexed = Multiplexed::new(fake);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut multiplexed).poll(&mut cx).is_ready());
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            multiplexed.entries.len(),
+            1,
+            "the tunnel took the stream's slot"
+        );
+        assert_eq!(multiplexed.live, 0);
     }
 
     #[tokio::test]
