@@ -325,14 +325,16 @@ mod tests {
         }
     }
 
-    fn connection(
-        streams: Vec<Stream>,
-    ) -> (
+    /// The fake connection, its poll count, the waker it was last polled
+    /// with, and its switch to end.
+    type Handles = (
         Connection,
         Arc<AtomicUsize>,
         Arc<Mutex<Option<Waker>>>,
         Arc<AtomicBool>,
-    ) {
+    );
+
+    fn connection(streams: Vec<Stream>) -> Handles {
         let polls = Arc::new(AtomicUsize::new(0));
         let waker = Arc::new(Mutex::new(None));
         let end = Arc::new(AtomicBool::new(false));
