@@ -139,3 +139,50 @@ async fn streams_that_arrive_in_one_read_are_all_answered() {
     drop(stream);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_with_a_stream_in_flight_leaves_no_connection_open() {
+    let upstream = Upstream::start("stable").await;
+    let yaml = ConfigBuilder::new()
+        .service(service("web").version("stable", &[upstream.addr()], 1))
+        .yaml();
+    let (running, addr, admin) = support::harness::start_with_admin(&yaml, None).await;
+    let metrics = support::client::http1_client();
+    let open = |scrape: &prometheus_parse::Scrape| {
+        support::metrics::sum(
+            scrape,
+            "veer_listener_connections",
+            &[("listener", "public")],
+        )
+    };
+
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = Request::get("http://web/delay/1000")
+        .body(())
+        .expect("request");
+    let mut client = client.ready().await.expect("ready");
+    let (response, _) = client.send_request(request, true).expect("stream opened");
+    // The stream is in flight once the upstream has it.
+    within(LIMIT, "the upstream to get the request", async {
+        while upstream.total() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    assert_eq!(open(&support::metrics::scrape(&metrics, admin).await), 1.0);
+
+    // The client vanishes: its socket closes with the stream unanswered.
+    connection.abort();
+    drop((client, response));
+    // The connection's task, its streams inside it, ends all the same.
+    within(LIMIT, "no client connection left open", async {
+        while open(&support::metrics::scrape(&metrics, admin).await) != 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(running.shutdown().await, "a clean drain");
+}
