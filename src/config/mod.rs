@@ -157,11 +157,55 @@ pub fn load_file_reusing(
     check: impl FnOnce(&Config) -> Vec<FileIssue>,
     reuse: Option<&mut Reuse>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    load_reusing(path, None, check, reuse)
+}
+
+/// As [`load_file_reusing`], for the file at `path` already read into
+/// `bytes` (by the file watcher, which read it to tell it had changed): the
+/// same result, errors and all, without a second read of a large file.
+pub fn load_bytes_reusing(
+    path: &Path,
+    bytes: &[u8],
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+    reuse: Option<&mut Reuse>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    load_reusing(path, Some(bytes), check, reuse)
+}
+
+/// The text of the config file, as `std::fs::read_to_string` gives it.
+fn config_text<'a>(
+    path: &Path,
+    bytes: Option<&'a [u8]>,
+    file: &str,
+) -> Result<std::borrow::Cow<'a, str>, ConfigErrors> {
+    let refused = |error: std::io::Error| {
+        whole_file_error(file, format!("cannot read the config file: {error}"))
+    };
+    match bytes {
+        None => std::fs::read_to_string(path)
+            .map(std::borrow::Cow::Owned)
+            .map_err(refused),
+        // `read_to_string`'s own error, word for word.
+        Some(bytes) => std::str::from_utf8(bytes)
+            .map(std::borrow::Cow::Borrowed)
+            .map_err(|_| {
+                refused(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ))
+            }),
+    }
+}
+
+fn load_reusing(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+    reuse: Option<&mut Reuse>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file = path.display().to_string();
     let started = std::time::Instant::now();
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        whole_file_error(&file, format!("cannot read the config file: {error}"))
-    })?;
+    let text = config_text(path, bytes, &file)?;
     let read_us = crate::clock::took_us(started);
     let mut reuse = reuse;
     let (mut config, source) = match parse_split(&text, reuse.as_deref_mut()) {
@@ -1042,6 +1086,50 @@ services:
         changed.share_unchanged(&before);
         assert!(!Arc::ptr_eq(&before.services[0], &changed.services[0]));
         assert_eq!(changed.services[0].versions[0].weight.get(), 2);
+    }
+
+    #[test]
+    fn bytes_handed_on_read_as_the_file_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        let text = format!("{MINIMAL}state_dir: state\n");
+        std::fs::write(&path, &text).expect("write");
+        let mut reuse = Reuse::default();
+        let (from_file, _) =
+            load_file_reusing(&path, |_| Vec::new(), Some(&mut reuse)).expect("valid");
+        let (from_bytes, _) =
+            load_bytes_reusing(&path, text.as_bytes(), |_| Vec::new(), Some(&mut reuse))
+                .expect("valid");
+        assert_eq!(from_file, from_bytes);
+        assert_eq!(
+            reuse.parsed(),
+            0,
+            "the bytes reuse what the file's read kept"
+        );
+        assert_eq!(from_bytes.state_dir, Some(dir.path().join("state")));
+        // Errors, placed in the file named, word for word.
+        let bad = MINIMAL.replace("weight: 1", "weight: one");
+        std::fs::write(&path, &bad).expect("write");
+        let from_file =
+            load_file_reusing(&path, |_| Vec::new(), Some(&mut reuse)).expect_err("invalid");
+        let from_bytes =
+            load_bytes_reusing(&path, bad.as_bytes(), |_| Vec::new(), Some(&mut reuse))
+                .expect_err("invalid");
+        assert_eq!(from_file.to_string(), from_bytes.to_string());
+        // Not UTF-8: the same refusal as reading the file gives.
+        let latin1 = b"listeners: []\n# caf\xe9\n";
+        std::fs::write(&path, latin1).expect("write");
+        let from_file = load_file(&path).expect_err("not utf-8");
+        let from_bytes =
+            load_bytes_reusing(&path, latin1, |_| Vec::new(), None).expect_err("not utf-8");
+        assert_eq!(from_file.to_string(), from_bytes.to_string());
+        assert_eq!(
+            from_bytes.0[0].to_string(),
+            format!(
+                "{}:1:1: (file): cannot read the config file: stream did not contain valid UTF-8",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -60,7 +60,17 @@ pub struct Reloader {
     /// Reloads run one at a time, whatever triggered them; the lock holds
     /// what the last read validated, so the next reload parses and checks
     /// only the services whose text changed. Off the request path.
-    serial: tokio::sync::Mutex<config::Reuse>,
+    serial: tokio::sync::Mutex<Serial>,
+}
+
+/// What reloads pass on to the next, under the reloader's lock.
+#[derive(Debug, Default)]
+struct Serial {
+    reuse: config::Reuse,
+    /// When the reloader's own latest read of the file (SIGHUP, `POST
+    /// /reload`, the first look) ended: the watcher's bytes of a read begun
+    /// before then may be older than what that read applied, and are not used.
+    own_read_done: Option<std::time::Instant>,
 }
 
 impl Reloader {
@@ -75,7 +85,7 @@ impl Reloader {
             control,
             listeners,
             check_files,
-            serial: tokio::sync::Mutex::new(config::Reuse::default()),
+            serial: tokio::sync::Mutex::new(Serial::default()),
         }
     }
 
@@ -84,7 +94,10 @@ impl Reloader {
     /// services whose text changed since.
     pub fn seeded(self, reuse: config::Reuse) -> Reloader {
         Reloader {
-            serial: tokio::sync::Mutex::new(reuse),
+            serial: tokio::sync::Mutex::new(Serial {
+                reuse,
+                own_read_done: None,
+            }),
             ..self
         }
     }
@@ -92,14 +105,29 @@ impl Reloader {
     /// Reloads now; the file is read and the listeners bound on a blocking
     /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
-        let mut reuse = self.serial.lock().await;
+        self.reload_seen(trigger, None).await
+    }
+
+    /// As [`Reloader::reload`], from the file's bytes as the watcher read
+    /// them when it saw the change, when it has them and no read of the
+    /// reloader's own may have seen newer content since.
+    async fn reload_seen(
+        &self,
+        trigger: Trigger,
+        seen: Option<watch::Seen>,
+    ) -> Result<(), Vec<String>> {
+        let mut serial = self.serial.lock().await;
         let started = std::time::Instant::now();
         let before = self.control.snapshot();
+        let handed = seen.and_then(|seen| {
+            let fresh = serial.own_read_done.is_none_or(|done| seen.read_at > done);
+            seen.bytes.filter(|_| fresh)
+        });
         let loaded = self
-            .read(&mut reuse, self.check_files)
+            .read(&mut serial, handed, self.check_files)
             .await
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
-        let parsed = reuse.parsed();
+        let parsed = serial.reuse.parsed();
         let read_us = crate::clock::took_us(started);
         let result = match loaded {
             Ok((config, warnings)) => {
@@ -160,22 +188,36 @@ impl Reloader {
         result
     }
 
-    /// Reads and checks the file on a blocking thread, reusing and updating
-    /// what the last read validated.
+    /// Checks the file on a blocking thread, reusing and updating what the
+    /// last read validated: `bytes` when given (the file as the watcher
+    /// read it), else the file read now.
     async fn read(
         &self,
-        reuse: &mut config::Reuse,
+        serial: &mut Serial,
+        bytes: Option<bytes::Bytes>,
         check_files: FileCheck,
     ) -> Result<(Config, Vec<config::ConfigError>), config::ConfigErrors> {
         let path = self.path.clone();
-        let mut taken = std::mem::take(reuse);
+        let mut taken = std::mem::take(&mut serial.reuse);
+        let own = bytes.is_none();
         let task = tokio::task::spawn_blocking(move || {
-            let loaded = config::load_file_reusing(&path, check_files, Some(&mut taken));
+            let loaded = match &bytes {
+                Some(bytes) => {
+                    config::load_bytes_reusing(&path, bytes, check_files, Some(&mut taken))
+                }
+                None => config::load_file_reusing(&path, check_files, Some(&mut taken)),
+            };
+            // The watcher's buffer goes here, off the async workers.
+            drop(bytes);
             (loaded, taken)
         });
-        match task.await {
+        let result = task.await;
+        if own {
+            serial.own_read_done = Some(std::time::Instant::now());
+        }
+        match result {
             Ok((loaded, taken)) => {
-                *reuse = taken;
+                serial.reuse = taken;
                 loaded
             }
             Err(err) => Err(config::ConfigErrors(vec![config::ConfigError {
@@ -216,7 +258,7 @@ impl Reloader {
     /// first load and this call is caught when [`Listening::run`] starts, by
     /// comparing the file with the config in force.
     pub fn listen(self: &Arc<Self>) -> Listening {
-        let (watcher, changes) = match watch::watch(&self.path, DEBOUNCE) {
+        let (watcher, changes) = match watch::watch_content(&self.path, DEBOUNCE) {
             Ok((watcher, changes)) => (Some(watcher), Some(changes)),
             Err(err) => {
                 tracing::error!(
@@ -241,7 +283,7 @@ impl Reloader {
 pub struct Listening {
     reloader: Arc<Reloader>,
     _watcher: Option<watch::FileWatcher>,
-    changes: Option<tokio::sync::mpsc::Receiver<()>>,
+    changes: Option<watch::Changes>,
     hangup: Option<tokio::signal::unix::Signal>,
 }
 
@@ -253,14 +295,14 @@ impl Listening {
         // the first reload to reuse; seeded by the first load, it parses only
         // what changed since.
         let changed = {
-            let mut reuse = reloader.serial.lock().await;
+            let mut serial = reloader.serial.lock().await;
             let changed = reloader
-                .read(&mut reuse, |_| Vec::new())
+                .read(&mut serial, None, |_| Vec::new())
                 .await
                 .is_ok_and(|(now, _)| now != *reloader.control.config());
             if !changed {
                 // Keep the model in force for the next read, not a copy.
-                reuse.share_with(&reloader.control.config());
+                serial.reuse.share_with(&reloader.control.config());
             }
             changed
         };
@@ -270,19 +312,19 @@ impl Listening {
         // Start-up's reads of the file are over: what they freed goes back.
         crate::heap::release_free_memory_soon("start-up");
         loop {
-            let trigger = tokio::select! {
-                Some(()) = recv(&mut self.changes) => Trigger::FileChanged,
-                Some(()) = recv_signal(&mut self.hangup) => Trigger::Signal,
+            let (trigger, seen) = tokio::select! {
+                Some(seen) = recv(&mut self.changes) => (Trigger::FileChanged, Some(seen)),
+                Some(()) = recv_signal(&mut self.hangup) => (Trigger::Signal, None),
                 _ = stop.changed() => return,
             };
-            let _ = self.reloader.reload(trigger).await;
+            let _ = self.reloader.reload_seen(trigger, seen).await;
         }
     }
 }
 
-async fn recv(changes: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+async fn recv(changes: &mut Option<watch::Changes>) -> Option<watch::Seen> {
     match changes {
-        Some(rx) => rx.recv().await,
+        Some(changes) => changes.next().await,
         None => std::future::pending().await,
     }
 }
