@@ -94,8 +94,10 @@ pub fn load_file_checked(
 /// its digest) and the service it validated to, so that the next read
 /// parses and checks only the services whose text changed. The services are
 /// the `Arc`s the config holds, shared: an unchanged one is never copied.
-/// The checks across services (names, routes) and everything outside `services:` are
-/// still run on the whole file every time.
+/// Everything outside `services:` is still read and checked every time; the
+/// checks across services (no name, no route twice) weigh the services that
+/// changed against counts kept of all the others, which is the whole check
+/// for the cost of the change (a first read runs it over every service).
 #[derive(Debug, Default)]
 pub struct Reuse {
     /// This file's services in its order, as validated (before relative
@@ -105,6 +107,9 @@ pub struct Reuse {
     kept: Vec<(Digest, Arc<Service>)>,
     /// How many services the last successful read parsed and checked.
     parsed: usize,
+    /// The names and routes of the services in `kept`, which passed the
+    /// checks across services; `None` when `kept` is empty.
+    across: Option<validate::Across>,
 }
 
 /// xxh3's 128 bits of a service's text: not a cryptographic hash (the file
@@ -215,6 +220,7 @@ fn load_reusing(
             if let Some(reuse) = reuse {
                 // A file read whole leaves nothing to reuse.
                 reuse.kept = Vec::new();
+                reuse.across = None;
                 reuse.parsed = read.0.services.len();
             }
             read
@@ -290,7 +296,7 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     let Some(reuse) = reuse else {
         let all: Vec<usize> = (0..split.services.len()).collect();
         let services = service_spans(&all, &split.services)?;
-        let config = validate::validate_prepared(raw, services, &mut issues)?;
+        let config = validate::validate_prepared(raw, services, true, &mut issues)?;
         return issues.is_empty().then_some(config);
     };
     let started = std::time::Instant::now();
@@ -346,9 +352,21 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     }
     let assemble_us = crate::clock::took_us(started);
     let started = std::time::Instant::now();
-    let config = validate::validate_prepared(raw, services, &mut issues)?;
+    // A first read checks every service against every other; a reread
+    // checks the services it added or took out against the others' counts.
+    let whole_check = reuse.across.is_none();
+    let config = validate::validate_prepared(raw, services, whole_check, &mut issues)?;
     if !issues.is_empty() {
         return None;
+    }
+    if whole_check {
+        reuse.across = Some(validate::Across::of(&config.services));
+    } else {
+        let (removed, added) = changed_services(&reuse.kept, &found, &config.services);
+        let across = reuse.across.as_mut()?;
+        if !across.change(&removed, &added) {
+            return None;
+        }
     }
     let validate_us = crate::clock::took_us(started);
     // Keep exactly this file's services, so what is kept never grows. An
@@ -396,6 +414,31 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
         "config read service by service"
     );
     Some(config)
+}
+
+/// What a read took out of the services kept (`removed`: those no service of
+/// the file was found equal to) and what it put in (`added`: those parsed
+/// anew, and a second service found equal to one kept).
+fn changed_services<'a>(
+    kept: &'a [(Digest, Arc<Service>)],
+    found: &[Option<usize>],
+    services: &'a [Arc<Service>],
+) -> (Vec<&'a Service>, Vec<&'a Service>) {
+    let mut claimed = vec![false; kept.len()];
+    let mut added = Vec::new();
+    for (i, found) in found.iter().enumerate() {
+        match found.and_then(|k| claimed.get_mut(k)) {
+            Some(claimed) if !*claimed => *claimed = true,
+            _ => added.extend(services.get(i).map(|service| &**service)),
+        }
+    }
+    let removed = kept
+        .iter()
+        .zip(claimed)
+        .filter(|(_, claimed)| !claimed)
+        .map(|((_, service), _)| &**service)
+        .collect();
+    (removed, added)
 }
 
 fn digest(span: &str) -> Digest {
