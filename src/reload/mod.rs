@@ -1,8 +1,9 @@
-//! Hot reload: a change to the config file (seen by `watch`), a SIGHUP or
-//! `POST /reload` reads the file again, validates all of it, binds any new
-//! listener, and only then publishes the new snapshot. A file that fails any
-//! of that changes nothing: the old config keeps serving and the error is
-//! logged, counted and shown in `/status`.
+//! Hot reload: a change to the config file (seen by `watch`, which hands on
+//! the bytes it read), a SIGHUP or `POST /reload` (which read the file) gives
+//! the new text; it is validated whole, any new listener bound, and only then
+//! the new snapshot published. A file that fails any of that changes nothing:
+//! the old config keeps serving and the error is logged, counted and shown in
+//! `/status`.
 //!
 //! Depends on `config`, `control`, `audit` and `watch`; the listeners are
 //! reached through the `Listeners` trait so that this module does not depend
@@ -119,10 +120,7 @@ impl Reloader {
         let mut serial = self.serial.lock().await;
         let started = std::time::Instant::now();
         let before = self.control.snapshot();
-        let handed = seen.and_then(|seen| {
-            let fresh = serial.own_read_done.is_none_or(|done| seen.read_at > done);
-            seen.bytes.filter(|_| fresh)
-        });
+        let handed = seen.and_then(|seen| handed_bytes(seen, serial.own_read_done));
         let loaded = self
             .read(&mut serial, handed, self.check_files)
             .await
@@ -322,6 +320,18 @@ impl Listening {
     }
 }
 
+/// The watcher's bytes, when they are the newest content the reloader has
+/// met: a read of its own that ended after the watcher's began may have
+/// applied a newer file, which these bytes must not replace (the file is
+/// then read again; a change after it is the watcher's next signal).
+fn handed_bytes(
+    seen: watch::Seen,
+    own_read_done: Option<std::time::Instant>,
+) -> Option<bytes::Bytes> {
+    let fresh = own_read_done.is_none_or(|done| seen.read_at > done);
+    seen.bytes.filter(|_| fresh)
+}
+
 async fn recv(changes: &mut Option<watch::Changes>) -> Option<watch::Seen> {
     match changes {
         Some(changes) => changes.next().await,
@@ -333,5 +343,36 @@ async fn recv_signal(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option
     match hangup {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_watcher_s_bytes_are_used_unless_an_own_read_may_be_newer() {
+        let bytes = bytes::Bytes::from_static(b"services: []\n");
+        let read_at = Instant::now();
+        let seen = |bytes: Option<bytes::Bytes>| watch::Seen { bytes, read_at };
+        // No read of its own yet, or one that ended before the watcher's
+        // began: the bytes are the newest.
+        assert_eq!(
+            handed_bytes(seen(Some(bytes.clone())), None),
+            Some(bytes.clone())
+        );
+        let before = read_at.checked_sub(Duration::from_millis(1));
+        assert_eq!(
+            handed_bytes(seen(Some(bytes.clone())), before),
+            Some(bytes.clone())
+        );
+        // One that ended after (a SIGHUP or POST /reload raced the watcher):
+        // the file is read again.
+        let after = read_at + Duration::from_millis(1);
+        assert_eq!(handed_bytes(seen(Some(bytes.clone())), Some(after)), None);
+        assert_eq!(handed_bytes(seen(Some(bytes)), Some(read_at)), None);
+        // A missing or unreadable file: read it, to say why.
+        assert_eq!(handed_bytes(seen(None), None), None);
     }
 }
