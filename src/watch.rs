@@ -290,7 +290,8 @@ fn start(file: &Path, debounce: Duration, out: Out) -> Result<FileWatcher, Watch
     };
     // The baseline, taken with the OS watch in place: any later change is either
     // in it or raises an event. Direct std::fs here: this runs once, at start.
-    tracker.refresh(std::time::Instant::now());
+    let baseline = tracker.look();
+    tracker.take(baseline, std::time::Instant::now());
 
     let task = runtime.spawn(debounce_loop(poke_rx, out, tracker, debounce));
     Ok(FileWatcher {
@@ -449,20 +450,59 @@ enum Fingerprint {
 impl Fingerprint {
     /// The file's fingerprint, and its bytes when it could be read.
     fn read(file: &Path) -> (Self, Option<Bytes>) {
-        match std::fs::read(file) {
+        match read_file(file) {
             Ok(bytes) => {
                 let fingerprint = Fingerprint::Content {
                     len: bytes.len() as u64,
                     // xxh3: a large config is hashed in a fraction of a millisecond.
                     hash: xxhash_rust::xxh3::xxh3_64(&bytes),
                 };
-                // No copy: `Bytes` takes the vector's buffer.
-                (fingerprint, Some(Bytes::from(bytes)))
+                (fingerprint, Some(bytes))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Fingerprint::Missing, None),
             Err(e) => (Fingerprint::Unreadable(e.kind()), None),
         }
     }
+}
+
+/// From this size up, a file is read into a mapping of its own.
+const MAPPED_FROM: u64 = 1 << 20;
+
+/// The file's bytes. A large one goes into an anonymous mapping, unmapped
+/// when the last holder drops it: the buffer is made on one thread and
+/// freed on another (the reader's, after its parse), and glibc keeps a
+/// freed block at the top of a thread's heap resident, out of
+/// `malloc_trim`'s reach: megabytes of a large config for good.
+fn read_file(file: &Path) -> io::Result<Bytes> {
+    use std::io::Read;
+    let mut handle = std::fs::File::open(file)?;
+    let expected = handle.metadata()?.len();
+    let Some(room) = (expected >= MAPPED_FROM)
+        .then(|| usize::try_from(expected).ok())
+        .flatten()
+    else {
+        let mut bytes = Vec::new();
+        handle.read_to_end(&mut bytes)?;
+        return Ok(Bytes::from(bytes));
+    };
+    // One byte more than the file had: filling it means the file grew.
+    let mut mapped = memmap2::MmapMut::map_anon(room + 1)?;
+    let mut filled = 0;
+    loop {
+        match handle.read(&mut mapped[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if filled == mapped.len() {
+            // Written to as it is read: the rest as it comes, on the heap.
+            let mut bytes = mapped[..filled].to_vec();
+            handle.read_to_end(&mut bytes)?;
+            return Ok(Bytes::from(bytes));
+        }
+    }
+    Ok(Bytes::from_owner(mapped).slice(..filled))
 }
 
 /// The debounce task's view of the file: the last fingerprint, and a second watch
@@ -478,23 +518,32 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Looks at the file again, a read begun at `read_at`; what it read when
-    /// that differs from the last look. Blocking: reads the file and talks to
-    /// notify's thread.
-    fn refresh(&mut self, read_at: std::time::Instant) -> Option<Seen> {
+    /// Looks at the file again: its fingerprint and bytes. Blocking: reads
+    /// the file and talks to notify's thread.
+    fn look(&mut self) -> (Fingerprint, Option<Bytes>) {
         #[cfg(test)]
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Watch first, read second: a change after the read then raises an event.
         self.follow_symlink_target();
         let started = std::time::Instant::now();
-        let (now, bytes) = Fingerprint::read(&self.file);
-        let changed = now != self.last;
-        if changed {
-            // `took_us`: reading and fingerprinting the file.
-            let took_us = crate::clock::took_us(started);
-            tracing::debug!(file = %self.file.display(), fingerprint = ?now, took_us, "watched file changed");
+        let looked = Fingerprint::read(&self.file);
+        // `took_us`: reading and fingerprinting the file.
+        let took_us = crate::clock::took_us(started);
+        if looked.0 != self.last {
+            tracing::debug!(file = %self.file.display(), fingerprint = ?looked.0, took_us, "watched file changed");
         }
+        looked
+    }
+
+    /// Takes a look, begun at `read_at`, as the file's content: what it read
+    /// when that differs from the last content taken.
+    fn take(
+        &mut self,
+        (now, bytes): (Fingerprint, Option<Bytes>),
+        read_at: std::time::Instant,
+    ) -> Option<Seen> {
+        let changed = now != self.last;
         self.last = now;
         changed.then_some(Seen { bytes, read_at })
     }
@@ -539,6 +588,11 @@ impl Tracker {
     }
 }
 
+/// After a renamed-over file was read at once, how long its in-place
+/// writes, if one began before that read, have to show: their events come
+/// through notify's thread.
+const AT_ONCE_GRACE: Duration = Duration::from_millis(1);
+
 /// Waits for a burst, waits for it to go quiet (or not, when it ended with the
 /// file replaced whole and `out` reads replacements at once), looks at the
 /// file, and reports a change. Ends when the watcher or the receiver is
@@ -570,46 +624,75 @@ async fn debounce_loop(
         // is read now. Any later event of the burst (an in-place write
         // after the rename) brings the debounce back.
         let mut complete = at_once && first.replaced;
-        loop {
-            let poke = if complete {
-                // What is queued already still counts.
+        let (looked, read_at) = loop {
+            loop {
+                let poke = if complete {
+                    // What is queued already still counts.
+                    match pokes.try_recv() {
+                        Ok(poke) => poke,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        poke = pokes.recv() => match poke {
+                            Some(poke) => poke,
+                            None => return,
+                        },
+                        () = tokio::time::sleep_until(quiet_at) => break,
+                    }
+                };
+                complete = at_once && poke.replaced;
+                quiet_at = (Instant::now() + debounce).min(cap);
+                if Instant::now() >= cap {
+                    break;
+                }
+            }
+            // spawn_blocking: the file may live on a network or FUSE mount, and a
+            // stalled read must not stall a runtime worker that serves requests.
+            let read_at = std::time::Instant::now();
+            let looked = tokio::task::spawn_blocking(move || {
+                let looked = tracker.look();
+                (tracker, looked)
+            })
+            .await;
+            let looked = match looked {
+                Ok((back, looked)) => {
+                    tracker = back;
+                    looked
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "file watcher stopped: changes will not be seen");
+                    return;
+                }
+            };
+            if !complete {
+                break (looked, read_at);
+            }
+            // Read at once after a rename: an in-place write that began
+            // before the read may have been read half done. Its events get
+            // a moment to show; if any did, the read is dropped and the
+            // burst waited out as any other.
+            tokio::time::sleep(AT_ONCE_GRACE).await;
+            let mut in_place = false;
+            loop {
                 match pokes.try_recv() {
-                    Ok(poke) => poke,
+                    Ok(poke) if !poke.replaced => in_place = true,
+                    Ok(poke) if poke.at >= read_at => carried = carried.or(Some(poke)),
+                    Ok(_) => {}
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
-            } else {
-                tokio::select! {
-                    poke = pokes.recv() => match poke {
-                        Some(poke) => poke,
-                        None => return,
-                    },
-                    () = tokio::time::sleep_until(quiet_at) => break,
-                }
-            };
-            complete = at_once && poke.replaced;
+            }
+            if !in_place || Instant::now() >= cap {
+                break (looked, read_at);
+            }
+            // This burst's next read covers what came after this one.
+            carried = None;
+            complete = false;
             quiet_at = (Instant::now() + debounce).min(cap);
-            if Instant::now() >= cap {
-                break;
-            }
-        }
-        // spawn_blocking: the file may live on a network or FUSE mount, and a
-        // stalled read must not stall a runtime worker that serves requests.
-        let read_at = std::time::Instant::now();
-        let looked = tokio::task::spawn_blocking(move || {
-            let seen = tracker.refresh(read_at);
-            (tracker, seen)
-        })
-        .await;
-        let seen;
-        (tracker, seen) = match looked {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "file watcher stopped: changes will not be seen");
-                return;
-            }
         };
-        if let Some(seen) = seen {
+        if let Some(seen) = tracker.take(looked, read_at) {
             // `took_us`: from the first event of the burst to this signal,
             // the debounce's wait (if any) and the read included.
             let took_us = crate::clock::took_us(first.at);
@@ -620,13 +703,10 @@ async fn debounce_loop(
         }
         // An event delivered before the look began reports a change the look
         // saw: it needs no look of its own.
-        loop {
+        while carried.is_none() {
             match pokes.try_recv() {
                 Ok(poke) if poke.at < read_at => {}
-                Ok(poke) => {
-                    carried = Some(poke);
-                    break;
-                }
+                Ok(poke) => carried = Some(poke),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -1041,6 +1121,31 @@ mod tests {
         }
         // The look has ended once its signal is sent: give it a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[test]
+    fn a_large_file_is_read_whole_into_its_own_mapping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("veer.yaml");
+        for len in [
+            0,
+            10,
+            MAPPED_FROM as usize - 1,
+            MAPPED_FROM as usize,
+            3 << 20,
+        ] {
+            let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            fs::write(&file, &content).expect("write");
+            let read = read_file(&file).expect("read");
+            assert_eq!(read.len(), len);
+            assert!(read[..] == content[..], "{len} bytes read back different");
+        }
+        assert_eq!(
+            read_file(&dir.path().join("nope"))
+                .expect_err("missing")
+                .kind(),
+            io::ErrorKind::NotFound
+        );
     }
 
     #[test]
