@@ -121,10 +121,9 @@ impl Reloader {
         let started = std::time::Instant::now();
         let before = self.control.snapshot();
         let handed = seen.and_then(|seen| handed_bytes(seen, serial.own_read_done));
-        let loaded = self
-            .read(&mut serial, handed, self.check_files)
-            .await
-            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let (loaded, handed) = self.read(&mut serial, handed, self.check_files).await;
+        let loaded =
+            loaded.map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
         let parsed = serial.reuse.parsed();
         let read_us = crate::clock::took_us(started);
         let result = match loaded {
@@ -136,6 +135,11 @@ impl Reloader {
             }
             Err(errors) => Err(errors),
         };
+        // The watcher's buffer of a large file is a mapping of its own:
+        // unmapped once the change is in force, and off the workers.
+        if let Some(bytes) = handed {
+            tokio::task::spawn_blocking(move || drop(bytes));
+        }
         // The stages of a reload, for whoever wonders where its time goes:
         // the read (file, parse of what changed, checks), then the apply
         // (listeners, names, the control plane's publish and write).
@@ -188,13 +192,16 @@ impl Reloader {
 
     /// Checks the file on a blocking thread, reusing and updating what the
     /// last read validated: `bytes` when given (the file as the watcher
-    /// read it), else the file read now.
+    /// read it, given back), else the file read now.
     async fn read(
         &self,
         serial: &mut Serial,
         bytes: Option<bytes::Bytes>,
         check_files: FileCheck,
-    ) -> Result<(Config, Vec<config::ConfigError>), config::ConfigErrors> {
+    ) -> (
+        Result<(Config, Vec<config::ConfigError>), config::ConfigErrors>,
+        Option<bytes::Bytes>,
+    ) {
         let path = self.path.clone();
         let mut taken = std::mem::take(&mut serial.reuse);
         let own = bytes.is_none();
@@ -205,26 +212,27 @@ impl Reloader {
                 }
                 None => config::load_file_reusing(&path, check_files, Some(&mut taken)),
             };
-            // The watcher's buffer goes here, off the async workers.
-            drop(bytes);
-            (loaded, taken)
+            (loaded, taken, bytes)
         });
         let result = task.await;
         if own {
             serial.own_read_done = Some(std::time::Instant::now());
         }
         match result {
-            Ok((loaded, taken)) => {
+            Ok((loaded, taken, bytes)) => {
                 serial.reuse = taken;
-                loaded
+                (loaded, bytes)
             }
-            Err(err) => Err(config::ConfigErrors(vec![config::ConfigError {
-                file: self.path.display().to_string(),
-                line: 1,
-                column: 1,
-                path: "(file)".to_string(),
-                reason: format!("the reload task failed: {err}"),
-            }])),
+            Err(err) => (
+                Err(config::ConfigErrors(vec![config::ConfigError {
+                    file: self.path.display().to_string(),
+                    line: 1,
+                    column: 1,
+                    path: "(file)".to_string(),
+                    reason: format!("the reload task failed: {err}"),
+                }])),
+                None,
+            ),
         }
     }
 
@@ -297,6 +305,7 @@ impl Listening {
             let changed = reloader
                 .read(&mut serial, None, |_| Vec::new())
                 .await
+                .0
                 .is_ok_and(|(now, _)| now != *reloader.control.config());
             if !changed {
                 // Keep the model in force for the next read, not a copy.
