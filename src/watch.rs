@@ -17,8 +17,8 @@
 //! also hands the bytes it read to the reader with the signal ([`Seen`]), so a
 //! large config is read once per change, not twice.
 //!
-//! A leaf: depends on `notify`, tokio and std only, so that `reload` (the
-//! config) and `tls` (certificates) can both use it.
+//! A leaf: depends on `notify`, tokio, `bytes`, `memmap2` and std only, so
+//! that `reload` (the config) and `tls` (certificates) can both use it.
 
 use std::ffi::OsString;
 use std::fmt;
