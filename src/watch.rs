@@ -486,7 +486,12 @@ fn read_file(file: &Path) -> io::Result<Bytes> {
         return Ok(Bytes::from(bytes));
     };
     // One byte more than the file had: filling it means the file grew.
-    let mut mapped = memmap2::MmapMut::map_anon(room + 1)?;
+    // Populated: the kernel makes its pages in one go, not in one fault
+    // each as the read fills them.
+    let mut mapped = memmap2::MmapOptions::new()
+        .len(room + 1)
+        .populate()
+        .map_anon()?;
     let mut filled = 0;
     loop {
         match handle.read(&mut mapped[filled..]) {
