@@ -24,6 +24,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -55,6 +56,27 @@ struct Poke {
     /// written completely before it got the name, so there is no half-written
     /// file to wait out.
     replaced: bool,
+}
+
+/// The debounce task's end of the pokes.
+struct Pokes {
+    queue: mpsc::Receiver<Poke>,
+    /// Set when a poke found the queue full and was dropped.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Pokes {
+    async fn recv(&mut self) -> Option<Poke> {
+        self.queue.recv().await
+    }
+
+    fn try_recv(&mut self) -> Result<Poke, TryRecvError> {
+        self.queue.try_recv()
+    }
+
+    fn take_overflow(&self) -> bool {
+        self.overflowed.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// A burst that never goes quiet (a busy neighbour in a symlinked file's
@@ -248,6 +270,11 @@ fn start(file: &Path, debounce: Duration, out: Out) -> Result<FileWatcher, Watch
     let file = dir.join(&name);
 
     let (poke_tx, poke_rx) = mpsc::channel(POKE_QUEUE);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let pokes = Pokes {
+        queue: poke_rx,
+        overflowed: Arc::clone(&overflowed),
+    };
     let relevance = Relevance {
         name,
         dir: dir.clone(),
@@ -266,8 +293,12 @@ fn start(file: &Path, debounce: Duration, out: Out) -> Result<FileWatcher, Watch
             }
         };
         if let Some(replaced) = replaced {
-            // Full: a poke is already queued. Closed: the watcher is shutting down.
-            let _ = poke_tx.try_send(Poke { at, replaced });
+            // Closed: the watcher is shutting down.
+            if let Err(TrySendError::Full(_)) = poke_tx.try_send(Poke { at, replaced }) {
+                // Pokes are queued, but all may be older than this one; a
+                // look that began before it must not be the last.
+                overflowed.store(true, Ordering::Release);
+            }
         }
     };
     let mut watcher =
@@ -293,7 +324,7 @@ fn start(file: &Path, debounce: Duration, out: Out) -> Result<FileWatcher, Watch
     let baseline = tracker.look();
     tracker.take(baseline, std::time::Instant::now());
 
-    let task = runtime.spawn(debounce_loop(poke_rx, out, tracker, debounce));
+    let task = runtime.spawn(debounce_loop(pokes, out, tracker, debounce));
     Ok(FileWatcher {
         file,
         _watcher: watcher,
@@ -602,12 +633,7 @@ const AT_ONCE_GRACE: Duration = Duration::from_millis(1);
 /// file replaced whole and `out` reads replacements at once), looks at the
 /// file, and reports a change. Ends when the watcher or the receiver is
 /// dropped.
-async fn debounce_loop(
-    mut pokes: mpsc::Receiver<Poke>,
-    out: Out,
-    mut tracker: Tracker,
-    debounce: Duration,
-) {
+async fn debounce_loop(mut pokes: Pokes, out: Out, mut tracker: Tracker, debounce: Duration) {
     let max_burst = (debounce * MAX_BURST_PERIODS).max(MIN_MAX_BURST);
     let at_once = out.reads_replacements_at_once();
     // A poke that came after the last look began: the next burst's first.
@@ -689,6 +715,8 @@ async fn debounce_loop(
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            // Events were lost: what they were is unknown.
+            in_place |= pokes.take_overflow();
             if !in_place || Instant::now() >= cap {
                 break (looked, read_at);
             }
@@ -716,6 +744,14 @@ async fn debounce_loop(
                 Err(TryRecvError::Disconnected) => return,
             }
         }
+        if pokes.take_overflow() && carried.is_none() {
+            // A poke was dropped on a full queue: it may have been later
+            // than the look. Look again.
+            carried = Some(Poke {
+                at: std::time::Instant::now(),
+                replaced: false,
+            });
+        }
     }
 }
 
@@ -725,7 +761,6 @@ mod tests {
     use std::fs;
     use std::io::Write;
     use std::os::unix::fs::symlink;
-    use std::sync::atomic::Ordering;
     use tokio::time::timeout;
 
     /// Longer than production's few milliseconds so that a busy CI machine
@@ -1151,6 +1186,54 @@ mod tests {
                 .kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poke_dropped_on_a_full_queue_brings_another_look() {
+        // The queue was full while the file was looked at: a change after
+        // the look may have lost its poke, so the task looks once more
+        // rather than trust the pokes it has, all older than the look.
+        let (_dir, file) = setup("weight: 1\n");
+        let refreshes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tracker = Tracker {
+            file: file.clone(),
+            dir: file.parent().expect("dir").to_path_buf(),
+            last: Fingerprint::Missing,
+            target_dir: None,
+            watcher: Weak::new(),
+            refreshes: Arc::clone(&refreshes),
+        };
+        let baseline = tracker.look();
+        tracker.take(baseline, std::time::Instant::now());
+        let (tx, queue) = mpsc::channel(1);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let pokes = Pokes {
+            queue,
+            overflowed: Arc::clone(&overflowed),
+        };
+        let (signal, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(debounce_loop(pokes, Out::Signal(signal), tracker, DEBOUNCE));
+        fs::write(&file, "weight: 2\n").expect("rewrite");
+        overflowed.store(true, Ordering::SeqCst);
+        tx.send(Poke {
+            at: std::time::Instant::now(),
+            replaced: false,
+        })
+        .await
+        .expect("poke");
+        expect_signal(&mut rx, "the change").await;
+        let deadline = Instant::now() + FIRST_WITHIN;
+        while refreshes.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "no second look after an overflow"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nothing changed since: no second signal, and no third look.
+        expect_none(&mut rx, "the look after the overflow").await;
+        assert_eq!(refreshes.load(Ordering::SeqCst), 3);
+        task.abort();
     }
 
     #[test]

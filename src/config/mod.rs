@@ -22,9 +22,11 @@
 //! A valid file takes a faster road to the same result (`parse_split`):
 //! its services are cut apart on lines (`spans`), each parsed and checked
 //! on its own, on every core, and a reload ([`Reuse`]) takes the services
-//! whose text it has seen from what it kept; the rest of the file and the
-//! checks across services run whole every time. Any problem sends the file
-//! down the road above, which places it.
+//! whose text it has seen from what it kept; the rest of the file is read
+//! whole every time, and the checks across services (no name, no route
+//! twice) weigh the services added and taken out against counts kept of the
+//! last valid file's (`validate::Across`). Any problem sends the file down
+//! the road above, which places it.
 //!
 //! Depends only on `grpc` (the status codes a `grpc:` block names).
 
