@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -44,6 +44,7 @@ use crate::telemetry::operator::{ListenerGauges, OpenConnection};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
 
+mod streams;
 #[cfg(feature = "io-uring")]
 mod uring;
 
@@ -285,7 +286,7 @@ pub(super) fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
 /// How a connection is served, once its protocol is known.
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<streams::InConnection>,
 }
 
 fn connection_builder(limits: &Limits) -> Builders {
@@ -297,7 +298,7 @@ fn connection_builder(limits: &Limits) -> Builders {
         .header_read_timeout(None)
         // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8 * 1024));
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(streams::InConnection);
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -818,23 +819,23 @@ async fn serve_spell<I: Readable>(
     });
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        let connection = setup.builder.http2.serve_connection(io, requests);
+        let mut connection =
+            streams::Multiplexed::new(setup.builder.http2.serve_connection(io, requests));
         let limit = context.idle.limit();
         // Boxed, as every state the task may be in sizes it: an idle
         // HTTP/1.1 connection's task must not be as large as this.
         let result = Box::pin(async move {
-            tokio::pin!(connection);
             tokio::select! {
-                result = connection.as_mut() => result,
+                result = &mut connection => result,
                 ending = &mut ending => {
                     // GOAWAY, so the client knows to open a new connection
                     // rather than see its next stream fail; then finish the
                     // open streams.
-                    connection.as_mut().graceful_shutdown();
+                    Pin::new(connection.connection()).graceful_shutdown();
                     if ending == Ending::Expired {
                         tracing::debug!("{SILENT}");
                         // Bounded: a client that never reads would hold it.
-                        let _ = tokio::time::timeout(limit, connection.as_mut()).await;
+                        let _ = tokio::time::timeout(limit, &mut connection).await;
                         Ok(())
                     } else {
                         connection.await
