@@ -270,3 +270,162 @@ fn the_errors_name_the_line_of_the_changed_service() {
         )
     );
 }
+
+/// The checks across services (no name, no route twice) that a reread runs
+/// on what changed only: a name or a host handed from one service to
+/// another within one reload is no clash; one taken while its holder keeps
+/// it is, at the place a fresh read gives.
+#[test]
+fn names_and_routes_handed_over_in_one_reload_are_no_clash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("veer.yaml");
+    let mut reuse = Reuse::default();
+    let base = file(30, 10);
+    read(&path, &base, &mut reuse).expect("valid");
+    let (head, items, tail) = items(&base);
+
+    // svc-1 and svc-2 swap names (and hosts) in one write.
+    let mut swapped = items.clone();
+    swapped[1] = items[2].clone();
+    swapped[2] = items[1].clone();
+    // svc-4 gives its host up; svc-5 takes it in the same write.
+    let mut handed = items.clone();
+    handed[4] = items[4].replace("[svc-4.example.com,", "[svc-4-old.example.com,");
+    handed[5] = items[5].replace("[svc-5.example.com,", "[svc-4.example.com,");
+    // svc-6 is removed and svc-7 renamed to it.
+    let mut taken = items.clone();
+    taken[7] = items[7].replace("name: svc-7\n", "name: svc-6\n");
+    taken.remove(6);
+    for (what, changed) in [
+        ("names swapped", &swapped),
+        ("a host handed over", &handed),
+        ("a removed service's name taken", &taken),
+    ] {
+        read(&path, &base, &mut reuse).expect("valid");
+        let text = join(&head, changed, &tail);
+        let config = read(&path, &text, &mut reuse).expect(what);
+        assert!(reuse.parsed() <= 2, "{what}: read service by service");
+        assert_eq!(config, fresh(&path, &text).expect(what), "{what}");
+    }
+
+    // A rename onto a name still held is refused at the renamed service's
+    // name, the place a fresh read gives, however often it is tried; and
+    // once the holder goes, the same rename passes.
+    read(&path, &base, &mut reuse).expect("valid");
+    let onto = base.replace("name: svc-12\n", "name: svc-5\n");
+    let line = onto[..onto
+        .find("name: svc-5\n    match:\n      hosts: [svc-12")
+        .expect("renamed")]
+        .matches('\n')
+        .count()
+        + 1;
+    for attempt in 0..2 {
+        let refused = read(&path, &onto, &mut reuse).expect_err("a name held twice");
+        assert_eq!(
+            refused,
+            format!(
+                "{}:{line}:11: services[12].name: duplicate service name `svc-5` (also services[5]): give each service its own name",
+                path.display()
+            ),
+            "attempt {attempt}"
+        );
+        assert_eq!(refused, fresh(&path, &onto).expect_err("fresh"));
+    }
+    let (_, now, _) = self::items(&onto);
+    let without_holder: Vec<String> = now
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 5)
+        .map(|(_, item)| item.clone())
+        .collect();
+    let text = join(&head, &without_holder, &tail);
+    let config = read(&path, &text, &mut reuse).expect("the holder gone");
+    assert_eq!(config, fresh(&path, &text).expect("fresh"));
+}
+
+/// A run of rereads, each from the last one's file, each changing a few
+/// services in a way that may or may not clash: every result equals a fresh
+/// read's, so the counts a reread keeps never drift from the file.
+#[test]
+fn a_run_of_rereads_agrees_with_fresh_reads_throughout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("veer.yaml");
+    let mut reuse = Reuse::default();
+    let base = file(24, 10);
+    let (head, mut items, tail) = items(&base);
+    read(&path, &base, &mut reuse).expect("valid");
+    // A fixed sequence (an LCG), so a failure replays.
+    let mut seed: u64 = 0x5eed;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(seed >> 33).expect("31 bits") % n
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..60 {
+        let mut changed = items.clone();
+        let (a, b) = (next(changed.len()), next(changed.len()));
+        let name_of = |item: &str| {
+            item.lines()
+                .next()
+                .and_then(|line| line.strip_prefix("  - name: "))
+                .expect("a name line")
+                .to_string()
+        };
+        match next(6) {
+            // A new name of its own.
+            0 => changed[a] = changed[a].replacen(&name_of(&changed[a]), &format!("n{round}"), 1),
+            // Another service's name.
+            1 => {
+                let taken = name_of(&changed[b]);
+                changed[a] = changed[a].replacen(&name_of(&changed[a]), &taken, 1);
+            }
+            // Another service's hosts.
+            2 => {
+                let hosts = |item: &str| {
+                    item.lines()
+                        .find(|line| line.contains("hosts:"))
+                        .expect("hosts")
+                        .to_string()
+                };
+                let theirs = hosts(&changed[b]);
+                changed[a] = changed[a].replacen(&hosts(&changed[a]), &theirs, 1);
+            }
+            // A service written twice.
+            3 => {
+                let copy = changed[a].clone();
+                changed.insert(b, copy);
+            }
+            // One removed.
+            4 if changed.len() > 2 => {
+                changed.remove(a);
+            }
+            // Two swapped.
+            _ => changed.swap(a, b),
+        }
+        let text = join(&head, &changed, &tail);
+        let reread = read(&path, &text, &mut reuse);
+        assert_eq!(reread, fresh(&path, &text), "round {round}");
+        if reread.is_ok() {
+            // Taken service by service, not sent to the whole-file read by
+            // a clash that was none.
+            assert!(
+                reuse.parsed() <= 1,
+                "round {round}: {} parsed",
+                reuse.parsed()
+            );
+            items = changed;
+            accepted += 1;
+        } else {
+            refused += 1;
+            // The file goes back to the last one accepted, as an operator
+            // would fix it.
+            read(&path, &join(&head, &items, &tail), &mut reuse).expect("the last good file");
+        }
+    }
+    assert!(
+        accepted > 10 && refused > 10,
+        "accepted {accepted}, refused {refused}"
+    );
+}

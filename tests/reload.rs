@@ -609,6 +609,60 @@ async fn a_change_written_right_after_start_is_not_lost() {
     }
 }
 
+/// The watcher hands the reloader the bytes it read. Files written one after
+/// another with no pause (renamed over and written in place by turns, some
+/// followed by `POST /reload`, which reads the file itself) change the file
+/// between the watcher's read and the parse, and while a read is pending:
+/// the newest file must end in force, and nothing older may follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_replacements_ends_in_the_newest_file() {
+    within(TEST_LIMIT, "bursts of replacements", async {
+        let stable = Upstream::start("stable").await;
+        let canary = Upstream::start("canary").await;
+        let base = Cfg::new(&[stable.addr()], 100, &[canary.addr()], 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Way::RenameOver.setup(dir.path(), &base.yaml());
+        let proxy = start_watched(&path).await;
+        let admin = admin_addr(&proxy);
+        let client = http1_client();
+        until_watching(&proxy, &path, &base).await;
+        for round in 0..4 {
+            let configs: Vec<Cfg> = (0..12)
+                .map(|k| Cfg {
+                    revision: format!("burst-{round}-{k}"),
+                    ..base.weights(100 - k * 5, k * 5)
+                })
+                .collect();
+            for (k, cfg) in configs.iter().enumerate() {
+                if (k + round) % 2 == 0 {
+                    rename_over(&path, &cfg.yaml());
+                } else {
+                    write_in_place(&path, &cfg.yaml());
+                }
+                if round % 2 == 1 && k % 4 == 2 {
+                    let answer = admin_call(&client, admin, "POST", "/reload", None).await;
+                    assert_eq!(answer.status, 200, "POST /reload: {}", answer.text());
+                }
+            }
+            let newest = configs.last().expect("a config");
+            let what = format!("round {round}");
+            until_in_force(&proxy, newest, &what).await;
+            let settled = Instant::now() + SLOW_START_SETTLE;
+            while Instant::now() < settled {
+                let (generation, got) = in_force(&proxy);
+                assert_eq!(
+                    got,
+                    newest.view(),
+                    "{what}: an older file was put in force after the newest (generation {generation})"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        within(Duration::from_secs(30), "shutdown", proxy.shutdown()).await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // Load
 

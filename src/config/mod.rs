@@ -22,9 +22,11 @@
 //! A valid file takes a faster road to the same result (`parse_split`):
 //! its services are cut apart on lines (`spans`), each parsed and checked
 //! on its own, on every core, and a reload ([`Reuse`]) takes the services
-//! whose text it has seen from what it kept; the rest of the file and the
-//! checks across services run whole every time. Any problem sends the file
-//! down the road above, which places it.
+//! whose text it has seen from what it kept; the rest of the file is read
+//! whole every time, and the checks across services (no name, no route
+//! twice) weigh the services added and taken out against counts kept of the
+//! last valid file's (`validate::Across`). Any problem sends the file down
+//! the road above, which places it.
 //!
 //! Depends only on `grpc` (the status codes a `grpc:` block names).
 
@@ -94,8 +96,10 @@ pub fn load_file_checked(
 /// its digest) and the service it validated to, so that the next read
 /// parses and checks only the services whose text changed. The services are
 /// the `Arc`s the config holds, shared: an unchanged one is never copied.
-/// The checks across services (names, routes) and everything outside `services:` are
-/// still run on the whole file every time.
+/// Everything outside `services:` is still read and checked every time; the
+/// checks across services (no name, no route twice) weigh the services that
+/// changed against counts kept of all the others, which is the whole check
+/// for the cost of the change (a first read runs it over every service).
 #[derive(Debug, Default)]
 pub struct Reuse {
     /// This file's services in its order, as validated (before relative
@@ -105,6 +109,9 @@ pub struct Reuse {
     kept: Vec<(Digest, Arc<Service>)>,
     /// How many services the last successful read parsed and checked.
     parsed: usize,
+    /// The names and routes of the services in `kept`, which passed the
+    /// checks across services; `None` when `kept` is empty.
+    across: Option<validate::Across>,
 }
 
 /// xxh3's 128 bits of a service's text: not a cryptographic hash (the file
@@ -157,11 +164,55 @@ pub fn load_file_reusing(
     check: impl FnOnce(&Config) -> Vec<FileIssue>,
     reuse: Option<&mut Reuse>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    load_reusing(path, None, check, reuse)
+}
+
+/// As [`load_file_reusing`], for the file at `path` already read into
+/// `bytes` (by the file watcher, which read it to tell it had changed): the
+/// same result, errors and all, without a second read of a large file.
+pub fn load_bytes_reusing(
+    path: &Path,
+    bytes: &[u8],
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+    reuse: Option<&mut Reuse>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    load_reusing(path, Some(bytes), check, reuse)
+}
+
+/// The text of the config file, as `std::fs::read_to_string` gives it.
+fn config_text<'a>(
+    path: &Path,
+    bytes: Option<&'a [u8]>,
+    file: &str,
+) -> Result<std::borrow::Cow<'a, str>, ConfigErrors> {
+    let refused = |error: std::io::Error| {
+        whole_file_error(file, format!("cannot read the config file: {error}"))
+    };
+    match bytes {
+        None => std::fs::read_to_string(path)
+            .map(std::borrow::Cow::Owned)
+            .map_err(refused),
+        // `read_to_string`'s own error, word for word.
+        Some(bytes) => std::str::from_utf8(bytes)
+            .map(std::borrow::Cow::Borrowed)
+            .map_err(|_| {
+                refused(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ))
+            }),
+    }
+}
+
+fn load_reusing(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    check: impl FnOnce(&Config) -> Vec<FileIssue>,
+    reuse: Option<&mut Reuse>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file = path.display().to_string();
     let started = std::time::Instant::now();
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        whole_file_error(&file, format!("cannot read the config file: {error}"))
-    })?;
+    let text = config_text(path, bytes, &file)?;
     let read_us = crate::clock::took_us(started);
     let mut reuse = reuse;
     let (mut config, source) = match parse_split(&text, reuse.as_deref_mut()) {
@@ -171,6 +222,7 @@ pub fn load_file_reusing(
             if let Some(reuse) = reuse {
                 // A file read whole leaves nothing to reuse.
                 reuse.kept = Vec::new();
+                reuse.across = None;
                 reuse.parsed = read.0.services.len();
             }
             read
@@ -246,7 +298,7 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     let Some(reuse) = reuse else {
         let all: Vec<usize> = (0..split.services.len()).collect();
         let services = service_spans(&all, &split.services)?;
-        let config = validate::validate_prepared(raw, services, &mut issues)?;
+        let config = validate::validate_prepared(raw, services, true, &mut issues)?;
         return issues.is_empty().then_some(config);
     };
     let started = std::time::Instant::now();
@@ -302,9 +354,21 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
     }
     let assemble_us = crate::clock::took_us(started);
     let started = std::time::Instant::now();
-    let config = validate::validate_prepared(raw, services, &mut issues)?;
+    // A first read checks every service against every other; a reread
+    // checks the services it added or took out against the others' counts.
+    let whole_check = reuse.across.is_none();
+    let config = validate::validate_prepared(raw, services, whole_check, &mut issues)?;
     if !issues.is_empty() {
         return None;
+    }
+    if whole_check {
+        reuse.across = Some(validate::Across::of(&config.services));
+    } else {
+        let (removed, added) = changed_services(&reuse.kept, &found, &config.services);
+        let across = reuse.across.as_mut()?;
+        if !across.change(&removed, &added) {
+            return None;
+        }
     }
     let validate_us = crate::clock::took_us(started);
     // Keep exactly this file's services, so what is kept never grows. An
@@ -352,6 +416,31 @@ fn parse_split(text: &str, reuse: Option<&mut Reuse>) -> Option<Config> {
         "config read service by service"
     );
     Some(config)
+}
+
+/// What a read took out of the services kept (`removed`: those no service of
+/// the file was found equal to) and what it put in (`added`: those parsed
+/// anew, and a second service found equal to one kept).
+fn changed_services<'a>(
+    kept: &'a [(Digest, Arc<Service>)],
+    found: &[Option<usize>],
+    services: &'a [Arc<Service>],
+) -> (Vec<&'a Service>, Vec<&'a Service>) {
+    let mut claimed = vec![false; kept.len()];
+    let mut added = Vec::new();
+    for (i, found) in found.iter().enumerate() {
+        match found.and_then(|k| claimed.get_mut(k)) {
+            Some(claimed) if !*claimed => *claimed = true,
+            _ => added.extend(services.get(i).map(|service| &**service)),
+        }
+    }
+    let removed = kept
+        .iter()
+        .zip(claimed)
+        .filter(|(_, claimed)| !claimed)
+        .map(|((_, service), _)| &**service)
+        .collect();
+    (removed, added)
 }
 
 fn digest(span: &str) -> Digest {
@@ -1042,6 +1131,50 @@ services:
         changed.share_unchanged(&before);
         assert!(!Arc::ptr_eq(&before.services[0], &changed.services[0]));
         assert_eq!(changed.services[0].versions[0].weight.get(), 2);
+    }
+
+    #[test]
+    fn bytes_handed_on_read_as_the_file_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("veer.yaml");
+        let text = format!("{MINIMAL}state_dir: state\n");
+        std::fs::write(&path, &text).expect("write");
+        let mut reuse = Reuse::default();
+        let (from_file, _) =
+            load_file_reusing(&path, |_| Vec::new(), Some(&mut reuse)).expect("valid");
+        let (from_bytes, _) =
+            load_bytes_reusing(&path, text.as_bytes(), |_| Vec::new(), Some(&mut reuse))
+                .expect("valid");
+        assert_eq!(from_file, from_bytes);
+        assert_eq!(
+            reuse.parsed(),
+            0,
+            "the bytes reuse what the file's read kept"
+        );
+        assert_eq!(from_bytes.state_dir, Some(dir.path().join("state")));
+        // Errors, placed in the file named, word for word.
+        let bad = MINIMAL.replace("weight: 1", "weight: one");
+        std::fs::write(&path, &bad).expect("write");
+        let from_file =
+            load_file_reusing(&path, |_| Vec::new(), Some(&mut reuse)).expect_err("invalid");
+        let from_bytes =
+            load_bytes_reusing(&path, bad.as_bytes(), |_| Vec::new(), Some(&mut reuse))
+                .expect_err("invalid");
+        assert_eq!(from_file.to_string(), from_bytes.to_string());
+        // Not UTF-8: the same refusal as reading the file gives.
+        let latin1 = b"listeners: []\n# caf\xe9\n";
+        std::fs::write(&path, latin1).expect("write");
+        let from_file = load_file(&path).expect_err("not utf-8");
+        let from_bytes =
+            load_bytes_reusing(&path, latin1, |_| Vec::new(), None).expect_err("not utf-8");
+        assert_eq!(from_file.to_string(), from_bytes.to_string());
+        assert_eq!(
+            from_bytes.0[0].to_string(),
+            format!(
+                "{}:1:1: (file): cannot read the config file: stream did not contain valid UTF-8",
+                path.display()
+            )
+        );
     }
 
     #[test]

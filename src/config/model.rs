@@ -57,7 +57,7 @@ impl Config {
                 .services
                 .iter()
                 .zip(&previous.services)
-                .all(|(now, before)| now.name == before.name);
+                .all(|(now, before)| Arc::ptr_eq(now, before) || now.name == before.name);
         let by_name: std::collections::HashMap<&str, &Arc<Service>> = if in_place {
             std::collections::HashMap::new()
         } else {

@@ -48,7 +48,26 @@ pub(crate) fn split(text: &str) -> Option<Split<'_>> {
     let mut services = Vec::new();
     let mut item_start = None;
     let mut end = text.len();
-    for (start, line) in lines.by_ref() {
+    let bytes = text.as_bytes();
+    // One search for the list's newlines, not one per line: a large
+    // config's list is most of its file, a few dozen bytes a line.
+    let body = lines.at;
+    let mut newlines = memchr::memchr_iter(b'\n', &bytes[body..]).map(|i| body + i);
+    let mut next_start = body;
+    while next_start < text.len() {
+        let start = next_start;
+        let newline = newlines.next();
+        next_start = newline.map_or(text.len(), |i| i + 1);
+        // Most lines are inside an item, indented past the items: told by
+        // their first bytes alone.
+        if let (Some(indent), Some(_)) = (indent, item_start) {
+            let lead = bytes.get(start..=start + indent);
+            if lead.is_some_and(|lead| lead.iter().all(|&b| b == b' ')) {
+                continue;
+            }
+        }
+        let line = &text[start..newline.unwrap_or(text.len())];
+        let line = line.strip_suffix('\r').unwrap_or(line);
         let content = line.trim_start_matches(' ');
         if content.is_empty() || content.starts_with('#') {
             continue;
@@ -178,6 +197,28 @@ admin:
         let split = split(text).expect("a plain layout");
         assert_eq!(split.services, ["  - name: a\r\n", "  - name: b\r\n"]);
         assert_eq!(split.rest, "admin: {}\r\n");
+    }
+
+    #[test]
+    fn lines_inside_an_item_at_any_depth_stay_with_it() {
+        let text = "services:\n  - name: a\n      deep: 1\n   \n # c\n    x: 1\r\n  -\n    name: b\nadmin: {}\n";
+        let cut = split(text).expect("a plain layout");
+        assert_eq!(
+            cut.services,
+            [
+                "  - name: a\n      deep: 1\n   \n # c\n    x: 1\r\n",
+                "  -\n    name: b\n"
+            ]
+        );
+        assert_eq!(cut.rest, "admin: {}\n");
+        // Content left of the items, or at their column but no item.
+        for text in [
+            "services:\n  - name: a\n x: 1\n",
+            "services:\n  - name: a\n  x: 1\n",
+            "services:\n  - name: a\n    x: 1\n - name: b\n",
+        ] {
+            assert_eq!(split(text), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -424,7 +424,7 @@ impl Actor {
                         .services
                         .iter()
                         .zip(&self.config.services)
-                        .all(|(new, old)| new.name == old.name);
+                        .all(|(new, old)| Arc::ptr_eq(new, old) || new.name == old.name);
                 if !same_places {
                     self.names = index(&config);
                 }
@@ -1082,7 +1082,11 @@ impl Actor {
             if old.len() != new.len() {
                 return None;
             }
-            changed.extend((0..new.len()).filter(|&i| old[i] != new[i]));
+            // `Service` is not `Eq`, so `Arc`'s `!=` compares contents even
+            // of one shared `Arc`: the pointer first.
+            changed.extend(
+                (0..new.len()).filter(|&i| !Arc::ptr_eq(&old[i], &new[i]) && old[i] != new[i]),
+            );
         }
         if !Arc::ptr_eq(layer, &self.layer) {
             let now = &self.layer.services;

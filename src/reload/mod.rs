@@ -1,8 +1,9 @@
-//! Hot reload: a change to the config file (seen by `watch`), a SIGHUP or
-//! `POST /reload` reads the file again, validates all of it, binds any new
-//! listener, and only then publishes the new snapshot. A file that fails any
-//! of that changes nothing: the old config keeps serving and the error is
-//! logged, counted and shown in `/status`.
+//! Hot reload: a change to the config file (seen by `watch`, which hands on
+//! the bytes it read), a SIGHUP or `POST /reload` (which read the file) gives
+//! the new text; it is validated whole, any new listener bound, and only then
+//! the new snapshot published. A file that fails any of that changes nothing:
+//! the old config keeps serving and the error is logged, counted and shown in
+//! `/status`.
 //!
 //! Depends on `config`, `control`, `audit` and `watch`; the listeners are
 //! reached through the `Listeners` trait so that this module does not depend
@@ -60,7 +61,17 @@ pub struct Reloader {
     /// Reloads run one at a time, whatever triggered them; the lock holds
     /// what the last read validated, so the next reload parses and checks
     /// only the services whose text changed. Off the request path.
-    serial: tokio::sync::Mutex<config::Reuse>,
+    serial: tokio::sync::Mutex<Serial>,
+}
+
+/// What reloads pass on to the next, under the reloader's lock.
+#[derive(Debug, Default)]
+struct Serial {
+    reuse: config::Reuse,
+    /// When the reloader's own latest read of the file (SIGHUP, `POST
+    /// /reload`, the first look) ended: the watcher's bytes of a read begun
+    /// before then may be older than what that read applied, and are not used.
+    own_read_done: Option<std::time::Instant>,
 }
 
 impl Reloader {
@@ -75,7 +86,7 @@ impl Reloader {
             control,
             listeners,
             check_files,
-            serial: tokio::sync::Mutex::new(config::Reuse::default()),
+            serial: tokio::sync::Mutex::new(Serial::default()),
         }
     }
 
@@ -84,7 +95,10 @@ impl Reloader {
     /// services whose text changed since.
     pub fn seeded(self, reuse: config::Reuse) -> Reloader {
         Reloader {
-            serial: tokio::sync::Mutex::new(reuse),
+            serial: tokio::sync::Mutex::new(Serial {
+                reuse,
+                own_read_done: None,
+            }),
             ..self
         }
     }
@@ -92,14 +106,25 @@ impl Reloader {
     /// Reloads now; the file is read and the listeners bound on a blocking
     /// thread. Returns every error, as `FILE:LINE:COL: path: reason`.
     pub async fn reload(&self, trigger: Trigger) -> Result<(), Vec<String>> {
-        let mut reuse = self.serial.lock().await;
+        self.reload_seen(trigger, None).await
+    }
+
+    /// As [`Reloader::reload`], from the file's bytes as the watcher read
+    /// them when it saw the change, when it has them and no read of the
+    /// reloader's own may have seen newer content since.
+    async fn reload_seen(
+        &self,
+        trigger: Trigger,
+        seen: Option<watch::Seen>,
+    ) -> Result<(), Vec<String>> {
+        let mut serial = self.serial.lock().await;
         let started = std::time::Instant::now();
         let before = self.control.snapshot();
-        let loaded = self
-            .read(&mut reuse, self.check_files)
-            .await
-            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
-        let parsed = reuse.parsed();
+        let handed = seen.and_then(|seen| handed_bytes(seen, serial.own_read_done));
+        let (loaded, handed) = self.read(&mut serial, handed, self.check_files).await;
+        let loaded =
+            loaded.map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let parsed = serial.reuse.parsed();
         let read_us = crate::clock::took_us(started);
         let result = match loaded {
             Ok((config, warnings)) => {
@@ -110,6 +135,11 @@ impl Reloader {
             }
             Err(errors) => Err(errors),
         };
+        // The watcher's buffer of a large file is a mapping of its own:
+        // unmapped once the change is in force, and off the workers.
+        if let Some(bytes) = handed {
+            tokio::task::spawn_blocking(move || drop(bytes));
+        }
         // The stages of a reload, for whoever wonders where its time goes:
         // the read (file, parse of what changed, checks), then the apply
         // (listeners, names, the control plane's publish and write).
@@ -160,31 +190,49 @@ impl Reloader {
         result
     }
 
-    /// Reads and checks the file on a blocking thread, reusing and updating
-    /// what the last read validated.
+    /// Checks the file on a blocking thread, reusing and updating what the
+    /// last read validated: `bytes` when given (the file as the watcher
+    /// read it, given back), else the file read now.
     async fn read(
         &self,
-        reuse: &mut config::Reuse,
+        serial: &mut Serial,
+        bytes: Option<bytes::Bytes>,
         check_files: FileCheck,
-    ) -> Result<(Config, Vec<config::ConfigError>), config::ConfigErrors> {
+    ) -> (
+        Result<(Config, Vec<config::ConfigError>), config::ConfigErrors>,
+        Option<bytes::Bytes>,
+    ) {
         let path = self.path.clone();
-        let mut taken = std::mem::take(reuse);
+        let mut taken = std::mem::take(&mut serial.reuse);
+        let own = bytes.is_none();
         let task = tokio::task::spawn_blocking(move || {
-            let loaded = config::load_file_reusing(&path, check_files, Some(&mut taken));
-            (loaded, taken)
+            let loaded = match &bytes {
+                Some(bytes) => {
+                    config::load_bytes_reusing(&path, bytes, check_files, Some(&mut taken))
+                }
+                None => config::load_file_reusing(&path, check_files, Some(&mut taken)),
+            };
+            (loaded, taken, bytes)
         });
-        match task.await {
-            Ok((loaded, taken)) => {
-                *reuse = taken;
-                loaded
+        let result = task.await;
+        if own {
+            serial.own_read_done = Some(std::time::Instant::now());
+        }
+        match result {
+            Ok((loaded, taken, bytes)) => {
+                serial.reuse = taken;
+                (loaded, bytes)
             }
-            Err(err) => Err(config::ConfigErrors(vec![config::ConfigError {
-                file: self.path.display().to_string(),
-                line: 1,
-                column: 1,
-                path: "(file)".to_string(),
-                reason: format!("the reload task failed: {err}"),
-            }])),
+            Err(err) => (
+                Err(config::ConfigErrors(vec![config::ConfigError {
+                    file: self.path.display().to_string(),
+                    line: 1,
+                    column: 1,
+                    path: "(file)".to_string(),
+                    reason: format!("the reload task failed: {err}"),
+                }])),
+                None,
+            ),
         }
     }
 
@@ -216,7 +264,7 @@ impl Reloader {
     /// first load and this call is caught when [`Listening::run`] starts, by
     /// comparing the file with the config in force.
     pub fn listen(self: &Arc<Self>) -> Listening {
-        let (watcher, changes) = match watch::watch(&self.path, DEBOUNCE) {
+        let (watcher, changes) = match watch::watch_content(&self.path, DEBOUNCE) {
             Ok((watcher, changes)) => (Some(watcher), Some(changes)),
             Err(err) => {
                 tracing::error!(
@@ -241,7 +289,7 @@ impl Reloader {
 pub struct Listening {
     reloader: Arc<Reloader>,
     _watcher: Option<watch::FileWatcher>,
-    changes: Option<tokio::sync::mpsc::Receiver<()>>,
+    changes: Option<watch::Changes>,
     hangup: Option<tokio::signal::unix::Signal>,
 }
 
@@ -253,14 +301,15 @@ impl Listening {
         // the first reload to reuse; seeded by the first load, it parses only
         // what changed since.
         let changed = {
-            let mut reuse = reloader.serial.lock().await;
+            let mut serial = reloader.serial.lock().await;
             let changed = reloader
-                .read(&mut reuse, |_| Vec::new())
+                .read(&mut serial, None, |_| Vec::new())
                 .await
+                .0
                 .is_ok_and(|(now, _)| now != *reloader.control.config());
             if !changed {
                 // Keep the model in force for the next read, not a copy.
-                reuse.share_with(&reloader.control.config());
+                serial.reuse.share_with(&reloader.control.config());
             }
             changed
         };
@@ -270,19 +319,31 @@ impl Listening {
         // Start-up's reads of the file are over: what they freed goes back.
         crate::heap::release_free_memory_soon("start-up");
         loop {
-            let trigger = tokio::select! {
-                Some(()) = recv(&mut self.changes) => Trigger::FileChanged,
-                Some(()) = recv_signal(&mut self.hangup) => Trigger::Signal,
+            let (trigger, seen) = tokio::select! {
+                Some(seen) = recv(&mut self.changes) => (Trigger::FileChanged, Some(seen)),
+                Some(()) = recv_signal(&mut self.hangup) => (Trigger::Signal, None),
                 _ = stop.changed() => return,
             };
-            let _ = self.reloader.reload(trigger).await;
+            let _ = self.reloader.reload_seen(trigger, seen).await;
         }
     }
 }
 
-async fn recv(changes: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+/// The watcher's bytes, when they are the newest content the reloader has
+/// met: a read of its own that ended after the watcher's began may have
+/// applied a newer file, which these bytes must not replace (the file is
+/// then read again; a change after it is the watcher's next signal).
+fn handed_bytes(
+    seen: watch::Seen,
+    own_read_done: Option<std::time::Instant>,
+) -> Option<bytes::Bytes> {
+    let fresh = own_read_done.is_none_or(|done| seen.read_at > done);
+    seen.bytes.filter(|_| fresh)
+}
+
+async fn recv(changes: &mut Option<watch::Changes>) -> Option<watch::Seen> {
     match changes {
-        Some(rx) => rx.recv().await,
+        Some(changes) => changes.next().await,
         None => std::future::pending().await,
     }
 }
@@ -291,5 +352,36 @@ async fn recv_signal(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option
     match hangup {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_watcher_s_bytes_are_used_unless_an_own_read_may_be_newer() {
+        let bytes = bytes::Bytes::from_static(b"services: []\n");
+        let read_at = Instant::now();
+        let seen = |bytes: Option<bytes::Bytes>| watch::Seen { bytes, read_at };
+        // No read of its own yet, or one that ended before the watcher's
+        // began: the bytes are the newest.
+        assert_eq!(
+            handed_bytes(seen(Some(bytes.clone())), None),
+            Some(bytes.clone())
+        );
+        let before = read_at.checked_sub(Duration::from_millis(1));
+        assert_eq!(
+            handed_bytes(seen(Some(bytes.clone())), before),
+            Some(bytes.clone())
+        );
+        // One that ended after (a SIGHUP or POST /reload raced the watcher):
+        // the file is read again.
+        let after = read_at + Duration::from_millis(1);
+        assert_eq!(handed_bytes(seen(Some(bytes.clone())), Some(after)), None);
+        assert_eq!(handed_bytes(seen(Some(bytes)), Some(read_at)), None);
+        // A missing or unreadable file: read it, to say why.
+        assert_eq!(handed_bytes(seen(None), None), None);
     }
 }

@@ -109,19 +109,25 @@ pub(crate) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Option<Config
 
 /// As [`validate`], for a file whose services were each checked already
 /// ([`service_alone`]): only the checks across services (names, routes) run
-/// over them. `raw.services` is ignored.
+/// over them, unless `across` is false (the caller checks them with an
+/// [`Across`] of the services it knows). `raw.services` is ignored.
 pub(crate) fn validate_prepared(
     raw: RawConfig,
     services: Vec<Arc<Service>>,
+    across: bool,
     issues: &mut Vec<Issue>,
 ) -> Option<Config> {
     validate_with(raw, issues, |v, _| {
-        v.across_services(&services);
+        if across {
+            v.across_services(&services);
+        } else if services.is_empty() {
+            v.err("services", "no services");
+        }
         services
     })
 }
 
-pub(crate) use services::service_alone;
+pub(crate) use services::{service_alone, Across};
 
 fn validate_with(
     raw: RawConfig,

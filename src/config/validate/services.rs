@@ -23,6 +23,103 @@ fn compact(service: &Service) -> Service {
     service.clone()
 }
 
+/// The keys [`Validator::across_services`] checks, each service's name and
+/// each of its routes, counted over a list of services that passed it: so
+/// that a reload that adds, removes or changes a few services checks those
+/// against the rest without a look at the rest.
+#[derive(Debug, Default)]
+pub(crate) struct Across {
+    hasher: std::hash::RandomState,
+    /// How many services hold each key, by the key's hash. Two different
+    /// keys on one hash look like a clash, which sends the file to the
+    /// whole-file check: a slower read, never a wrong one.
+    names: HashMap<u64, u32>,
+    routes: HashMap<u64, u32>,
+}
+
+impl Across {
+    /// The keys of `services`, which passed the checks across services.
+    pub(crate) fn of(services: &[Arc<Service>]) -> Across {
+        let mut across = Across {
+            names: HashMap::with_capacity(services.len()),
+            routes: HashMap::with_capacity(services.len() * 2),
+            ..Across::default()
+        };
+        for service in services {
+            across.count(service, Self::increment);
+        }
+        across
+    }
+
+    /// Takes the keys of `removed` out and puts those of `added` in. False,
+    /// and nothing changed, when a name or a route is then held by two
+    /// services: the list is one [`Validator::across_services`] refuses
+    /// (provided the services held before passed it, and `removed` were
+    /// among them).
+    pub(crate) fn change(&mut self, removed: &[&Service], added: &[&Service]) -> bool {
+        for service in removed {
+            self.count(service, Self::decrement);
+        }
+        for service in added {
+            self.count(service, Self::increment);
+        }
+        let clash = added.iter().any(|service| {
+            let (name, routes) = self.keys(service);
+            self.names.get(&name).is_some_and(|&n| n > 1)
+                || routes
+                    .into_iter()
+                    .any(|route| self.routes.get(&route).is_some_and(|&n| n > 1))
+        });
+        if clash {
+            for service in added {
+                self.count(service, Self::decrement);
+            }
+            for service in removed {
+                self.count(service, Self::increment);
+            }
+        }
+        !clash
+    }
+
+    /// The hashes of a service's name and of its routes, the keys
+    /// [`Validator::across_services`] puts in its tables.
+    fn keys(&self, service: &Service) -> (u64, Vec<u64>) {
+        use std::hash::BuildHasher;
+        let prefix = service.path_prefix.as_str();
+        let routes = if service.hosts.is_empty() {
+            vec![self.hasher.hash_one((None::<&HostMatch>, prefix))]
+        } else {
+            service
+                .hosts
+                .iter()
+                .map(|host| self.hasher.hash_one((Some(host), prefix)))
+                .collect()
+        };
+        (self.hasher.hash_one(service.name.as_str()), routes)
+    }
+
+    fn count(&mut self, service: &Service, step: fn(&mut HashMap<u64, u32>, u64)) {
+        let (name, routes) = self.keys(service);
+        step(&mut self.names, name);
+        for route in routes {
+            step(&mut self.routes, route);
+        }
+    }
+
+    fn increment(table: &mut HashMap<u64, u32>, key: u64) {
+        *table.entry(key).or_insert(0) += 1;
+    }
+
+    fn decrement(table: &mut HashMap<u64, u32>, key: u64) {
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = table.entry(key) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
 impl Validator {
     /// The checks across services that were each checked on their own: no
     /// name twice, no (host, path_prefix) routed twice. Finds what
