@@ -324,6 +324,10 @@ where
                             // This will also handle flushing `self.codec`
                             ready!(self.inner.streams.poll_complete(cx, &mut self.codec))?;
 
+                            // veer patch: an idle connection gives back what
+                            // its last streams grew.
+                            self.inner.streams.shrink_when_idle();
+
                             if (self.inner.error.is_some()
                                 || self.inner.go_away.should_close_on_idle())
                                 && !self.inner.streams.has_streams()

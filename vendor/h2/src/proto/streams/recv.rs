@@ -123,6 +123,12 @@ impl Recv {
         self.last_processed_id
     }
 
+    /// veer patch: frees the buffer of received frames once it is empty
+    /// (see `Store::shrink_if_empty`).
+    pub fn shrink_if_empty(&mut self) {
+        self.buffer.shrink_if_empty();
+    }
+
     /// Update state reflecting a new, remotely opened stream
     ///
     /// Returns the stream state if successful. `None` if refused

@@ -86,6 +86,23 @@ impl Store {
         }
     }
 
+    /// veer patch: frees the slab and the id map once no stream is left in
+    /// them, so a connection idle after a burst of streams does not keep
+    /// them at the size the burst grew them to (an allocation each when
+    /// the next stream opens). Whether the store is empty.
+    pub fn shrink_if_empty(&mut self) -> bool {
+        if !self.slab.is_empty() {
+            return false;
+        }
+        if self.slab.capacity() > 0 {
+            self.slab = slab::Slab::new();
+        }
+        if self.ids.capacity() > 0 {
+            self.ids = IndexMap::new();
+        }
+        true
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -1144,6 +1144,20 @@ where
         me.counts.has_streams()
     }
 
+    /// veer patch: once no stream is left, frees the stream store and the
+    /// frame buffers at the size the last burst of streams grew them to.
+    /// An idle connection then holds none of them; the next stream
+    /// allocates them again (a few allocations per idle spell).
+    pub fn shrink_when_idle(&self) {
+        let mut me = self.inner.lock().unwrap();
+        if !me.store.shrink_if_empty() {
+            return;
+        }
+        me.actions.recv.shrink_if_empty();
+        drop(me);
+        self.send_buffer.inner.lock().unwrap().shrink_if_empty();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
