@@ -385,3 +385,24 @@ mod unstable {
         }
     }
 }
+
+#[cfg(test)]
+mod veer_sizes {
+    use super::*;
+
+    /// veer patch: the writer's inline parts (run with `--nocapture`).
+    #[test]
+    fn print_sizes() {
+        type Io = tokio::io::DuplexStream;
+        type B = crate::proto::Prioritized<bytes::Bytes>;
+        println!(
+            "FramedWrite {} Encoder {} Option<Next> {} Option<Data> {} hpack::Encoder {} Continuation {}",
+            std::mem::size_of::<FramedWrite<Io, B>>(),
+            std::mem::size_of::<Encoder<B>>(),
+            std::mem::size_of::<Option<Next<B>>>(),
+            std::mem::size_of::<Option<frame::Data<B>>>(),
+            std::mem::size_of::<hpack::Encoder>(),
+            std::mem::size_of::<frame::Continuation>(),
+        );
+    }
+}

@@ -40,7 +40,8 @@ where
     ///
     /// This exists separately from State in order to support
     /// graceful shutdown.
-    error: Option<frame::GoAway>,
+    // veer patch: boxed (see `go_away::GoAway::pending`).
+    error: Option<Box<frame::GoAway>>,
 
     /// Pending GOAWAY frames to write.
     go_away: GoAway,
@@ -71,7 +72,7 @@ struct DynConnection<'a, B: Buf = Bytes> {
 
     streams: DynStreams<'a, B>,
 
-    error: &'a mut Option<frame::GoAway>,
+    error: &'a mut Option<Box<frame::GoAway>>,
 
     ping_pong: &'a mut PingPong,
 }
@@ -597,7 +598,7 @@ where
                 // until they are all EOS. Once they are, State should
                 // transition to GoAway.
                 self.streams.recv_go_away(&frame)?;
-                *self.error = Some(frame);
+                *self.error = Some(Box::new(frame));
             }
             Some(Ping(frame)) => {
                 tracing::trace!(?frame, "recv PING");
@@ -727,6 +728,35 @@ mod tests {
         assert_eq!(
             DataFrameBudget::Configured(123).resolve(Some(MAX_WINDOW_SIZE)),
             123
+        );
+    }
+}
+
+#[cfg(test)]
+mod veer_sizes {
+    use super::*;
+    use std::mem::size_of;
+
+    /// veer patch: what an idle server connection holds inline (run with
+    /// `--nocapture`).
+    #[test]
+    fn print_sizes() {
+        type Io = tokio::io::DuplexStream;
+        println!(
+            "Connection {} Codec {} ConnectionInner {} State {} GoAway frame {} GoAway {} PingPong {} Settings {} frame::Settings {} Streams {} Span {} server::Connection {} server::Handshake {}",
+            size_of::<Connection<Io, server::Peer, Bytes>>(),
+            size_of::<Codec<Io, Prioritized<Bytes>>>(),
+            size_of::<ConnectionInner<server::Peer, Bytes>>(),
+            size_of::<State>(),
+            size_of::<Option<frame::GoAway>>(),
+            size_of::<GoAway>(),
+            size_of::<PingPong>(),
+            size_of::<Settings>(),
+            size_of::<frame::Settings>(),
+            size_of::<Streams<Bytes, server::Peer>>(),
+            size_of::<tracing::Span>(),
+            size_of::<server::Connection<Io, Bytes>>(),
+            size_of::<server::Handshake<Io, Bytes>>(),
         );
     }
 }
