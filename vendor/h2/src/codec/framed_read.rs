@@ -1,8 +1,8 @@
+use crate::codec::pool;
 use crate::frame::{self, Frame, Kind, Reason};
 use crate::frame::{
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_SETTINGS_HEADER_TABLE_SIZE, MAX_MAX_FRAME_SIZE,
 };
-use crate::codec::pool;
 use crate::proto::Error;
 
 use crate::hpack;
@@ -41,6 +41,14 @@ struct FrameDecoder {
     // veer patch: boxed. A header block split over CONTINUATION frames is
     // rare, and inline it sized every connection by 280 bytes.
     partial: Option<Box<Partial>>,
+}
+
+/// veer patch: a reader's state while its connection is parked.
+#[derive(Debug)]
+pub(crate) struct ParkedReader {
+    hpack: hpack::ParkedDecoder,
+    max_frame_size: u32,
+    max_header_list_size: usize,
 }
 
 /// Partially loaded headers frame
@@ -114,6 +122,40 @@ impl<T> FramedRead<T> {
     #[inline]
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
+    }
+
+    /// veer patch: whether nothing received waits to be decoded (no bytes
+    /// buffered, no header block half assembled), so the reader can be
+    /// parked.
+    pub(crate) fn parkable(&self) -> bool {
+        self.inner.read_buffer().is_empty() && self.decoder.partial.is_none()
+    }
+
+    /// veer patch: the inner stream and the reader's state, once
+    /// `parkable`.
+    pub(crate) fn park(self) -> Option<(T, ParkedReader)> {
+        if !self.parkable() {
+            return None;
+        }
+        let parked = ParkedReader {
+            hpack: self.decoder.hpack.park(),
+            max_frame_size: self.max_frame_size() as u32,
+            max_header_list_size: self.decoder.max_header_list_size,
+        };
+        Some((self.inner.into_inner(), parked))
+    }
+
+    /// veer patch: a reader for a parked connection's stream, with what
+    /// `park` kept.
+    pub(crate) fn resume(
+        inner: InnerFramedRead<T, LengthDelimitedCodec>,
+        parked: &ParkedReader,
+    ) -> Result<FramedRead<T>, hpack::DecoderError> {
+        let mut framed = FramedRead::new(inner);
+        framed.set_max_frame_size(parked.max_frame_size as usize);
+        framed.set_max_header_list_size(parked.max_header_list_size);
+        framed.decoder.hpack = hpack::Decoder::resume(&parked.hpack)?;
+        Ok(framed)
     }
 }
 

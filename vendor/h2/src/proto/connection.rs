@@ -77,6 +77,14 @@ struct DynConnection<'a, B: Buf = Bytes> {
     ping_pong: &'a mut PingPong,
 }
 
+/// veer patch: an idle connection's state while its stream waits for
+/// bytes without a task (see `Connection::park`).
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub(crate) codec: crate::codec::ParkedCodec,
+    streams: ParkedStreams,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub next_stream_id: StreamId,
@@ -172,6 +180,49 @@ where
                 _phantom: PhantomData,
             },
         }
+    }
+
+    /// veer patch: takes an idle connection apart into its stream and a
+    /// compact record of its state (`Parked`), to be resumed with
+    /// `resume` when bytes arrive. Only a connection with nothing in
+    /// progress parks: no stream open, reserved or kept after a reset, no
+    /// reference to one, nothing buffered to read or write, both sides'
+    /// SETTINGS acknowledged, no PING to send or answer, no GOAWAY sent or
+    /// received. Otherwise it is handed back unchanged.
+    pub(crate) fn park(self) -> Result<(T, Parked), Self> {
+        let inner = &self.inner;
+        let idle = matches!(inner.state, State::Open)
+            && inner.error.is_none()
+            && inner.go_away.is_idle()
+            && inner.pending_refusal.is_none()
+            && inner.ping_pong.is_idle()
+            && inner.settings.is_synced()
+            && self.codec.parkable();
+        if !idle {
+            return Err(self);
+        }
+        let Some(streams) = self.inner.streams.park() else {
+            return Err(self);
+        };
+        let Connection { codec, inner } = self;
+        match codec.park() {
+            Ok((io, codec)) => Ok((io, Parked { codec, streams })),
+            Err(codec) => Err(Connection { codec, inner }),
+        }
+    }
+
+    /// veer patch: a connection in the state `park` saw, on `codec` (made
+    /// from the parked stream by `Codec::resume`). No handshake: both
+    /// sides' settings are in force already.
+    pub(crate) fn resume(
+        codec: Codec<T, Prioritized<B>>,
+        config: Config,
+        parked: &Parked,
+    ) -> Connection<T, P, B> {
+        let mut connection = Connection::new(codec, config);
+        connection.inner.settings = Settings::resumed();
+        connection.inner.streams.resume(&parked.streams);
+        connection
     }
 
     /// connection flow control
@@ -683,14 +734,17 @@ where
     }
 }
 
-impl<T, P, B> Drop for Connection<T, P, B>
+// veer patch: on the inner part rather than on `Connection`, so `park` can
+// take the codec out. The same effect: the streams learn the connection is
+// gone when it is dropped.
+impl<P, B> Drop for ConnectionInner<P, B>
 where
     P: Peer,
     B: Buf,
 {
     fn drop(&mut self) {
         // Ignore errors as this indicates that the mutex is poisoned.
-        let _ = self.inner.streams.recv_eof(true);
+        let _ = self.streams.recv_eof(true);
     }
 }
 

@@ -92,6 +92,12 @@ impl GoAway {
         self.going_away.is_some()
     }
 
+    /// veer patch: whether no GOAWAY was sent, queued or asked for, so the
+    /// connection can be parked.
+    pub fn is_idle(&self) -> bool {
+        self.going_away.is_none() && self.pending.is_none() && !self.close_now
+    }
+
     pub fn is_user_initiated(&self) -> bool {
         self.is_user_initiated
     }

@@ -40,6 +40,24 @@ impl Settings {
         }
     }
 
+    /// veer patch: whether both sides' SETTINGS are acknowledged and
+    /// applied, so the connection can be parked.
+    pub(crate) fn is_synced(&self) -> bool {
+        matches!(self.local, Local::Synced)
+            && self.remote.is_none()
+            && self.has_received_remote_initial_settings
+    }
+
+    /// veer patch: the settings of a parked connection that resumes: in
+    /// sync, their values restored with its codec and streams.
+    pub(crate) fn resumed() -> Self {
+        Settings {
+            local: Local::Synced,
+            remote: None,
+            has_received_remote_initial_settings: true,
+        }
+    }
+
     pub(crate) fn recv_settings<T, B, C, P>(
         &mut self,
         frame: frame::Settings,

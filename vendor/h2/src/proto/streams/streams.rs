@@ -58,6 +58,15 @@ pub(crate) enum RecvOutcome {
     Refused(StreamId),
 }
 
+/// veer patch: the streams' state of a parked connection (see
+/// `Streams::park`).
+#[derive(Debug)]
+pub(crate) struct ParkedStreams {
+    counts: super::counts::ParkedCounts,
+    recv: super::recv::ParkedRecv,
+    send: super::send::ParkedSend,
+}
+
 /// Reference to the stream state
 #[derive(Debug)]
 pub(crate) struct StreamRef<B> {
@@ -1142,6 +1151,34 @@ where
     pub fn has_streams(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams()
+    }
+
+    /// veer patch: what a parked connection keeps of its streams' state
+    /// (windows, stream ids, the peer's limits, the connection-long
+    /// counts); `None` while a stream, a reference to one or a frame is
+    /// left.
+    pub(crate) fn park(&self) -> Option<ParkedStreams> {
+        let mut me = self.inner.lock().unwrap();
+        if me.refs != 1
+            || !me.store.shrink_if_empty()
+            || me.actions.conn_error.is_some()
+            || !self.send_buffer.is_empty()
+        {
+            return None;
+        }
+        Some(ParkedStreams {
+            counts: me.counts.park()?,
+            recv: me.actions.recv.park()?,
+            send: me.actions.send.park()?,
+        })
+    }
+
+    /// veer patch: the state `park` kept, on a new connection's streams.
+    pub(crate) fn resume(&mut self, parked: &ParkedStreams) {
+        let mut me = self.inner.lock().unwrap();
+        me.counts.resume(&parked.counts);
+        me.actions.recv.resume(&parked.recv);
+        me.actions.send.resume(&parked.send);
     }
 
     /// veer patch: once no stream is left, frees the stream store and the
