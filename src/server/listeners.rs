@@ -818,11 +818,15 @@ async fn serve_spell<I: Readable>(
     });
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        let connection = setup.builder.http2.serve_connection(io, requests);
+        let http2 = &setup.builder.http2;
         let limit = context.idle.limit();
         // Boxed, as every state the task may be in sizes it: an idle
         // HTTP/1.1 connection's task must not be as large as this.
         let result = Box::pin(async move {
+            // Made in here rather than captured: a captured connection and
+            // its pinned copy would both size this future (1.1 KiB each,
+            // held by every idle HTTP/2 connection).
+            let connection = http2.serve_connection(io, requests);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => result,
