@@ -812,5 +812,9 @@ mod veer_sizes {
             size_of::<server::Connection<Io, Bytes>>(),
             size_of::<server::Handshake<Io, Bytes>>(),
         );
+        // 1,216 before the rarely used parts were boxed.
+        assert!(size_of::<server::Connection<Io, Bytes>>() <= 856);
+        // A parked connection's record, apart from its HPACK entries.
+        assert!(size_of::<server::Parked>() <= 224);
     }
 }

@@ -331,3 +331,44 @@ async fn a_connection_with_a_stream_open_does_not_park() {
         .expect("server task");
     let _ = client.await;
 }
+
+#[tokio::test]
+async fn a_settings_frame_while_parked_is_applied_and_acknowledged() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let counters = Arc::new(Counters::default());
+    let server = tokio::spawn(serve(listener, Arc::clone(&counters)));
+    let socket = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, mut connection) = client::handshake(socket).await.expect("client handshake");
+    // The client's connection, driven here so it can be told to send a
+    // SETTINGS frame.
+    let (window, mut windows) = tokio::sync::mpsc::channel::<u32>(1);
+    let client = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ended = &mut connection => return ended,
+                Some(size) = windows.recv() => connection
+                    .set_initial_window_size(size)
+                    .expect("SETTINGS sent"),
+            }
+        }
+    });
+    let (status, _, _) = exchange(&mut send, "/", "d", Bytes::new()).await;
+    assert_eq!(status, 200);
+    parked(&counters, 1).await;
+    // A larger initial window for the streams the client receives on.
+    window.send(1_000_000).await.expect("to the client");
+    // Parked again only once the SETTINGS is applied and acknowledged
+    // (a connection with a SETTINGS frame unanswered does not park).
+    parked(&counters, 2).await;
+    let (status, _, download) = exchange(&mut send, "/large", "d", Bytes::new()).await;
+    assert_eq!((status, download.len()), (200, LARGE));
+    parked(&counters, 3).await;
+    drop(send);
+    drop(window);
+    let ended = tokio::time::timeout(LIMIT, server)
+        .await
+        .expect("server ends");
+    ended.expect("server task").expect("a clean end");
+    let _ = client.await;
+}
