@@ -1773,7 +1773,9 @@ fn maybe_cancel(stream: &mut store::Ptr, actions: &mut Actions, counts: &mut Cou
 
 impl<B> SendBuffer<B> {
     fn new() -> Self {
-        let inner = Mutex::new(Buffer::new());
+        // veer patch: a response's HEADERS and DATA are queued together,
+        // so room for two is kept while idle (`Buffer::shrink_if_empty`).
+        let inner = Mutex::new(Buffer::keeping(2));
         SendBuffer { inner }
     }
 
