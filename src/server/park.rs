@@ -188,6 +188,10 @@ pub trait Parkable: Send + 'static {
 
     /// It sent no request head by its deadline: close it.
     fn expire(self);
+
+    /// The drain closes it (dropping it closes its socket; an HTTP/2
+    /// connection is sent GOAWAY first).
+    fn close(self);
 }
 
 /// Where parked connections wait, with no task of their own, for bytes,
@@ -321,7 +325,7 @@ impl<P: Parkable> ParkingLot<P> {
         self.draining.store(true, Ordering::SeqCst);
         let all = std::mem::take(&mut self.lock().slab);
         // Closed outside the lock: 10,000 sockets are 10,000 system calls.
-        drop(all);
+        all.into_iter().for_each(|(_, slot)| slot.conn.close());
         self.ready.task.notify_one();
     }
 
@@ -548,6 +552,8 @@ mod tests {
         fn expire(self) {
             let _ = self.fate.send(Fate::Expired(self.id));
         }
+
+        fn close(self) {}
     }
 
     struct Fixture {
