@@ -475,3 +475,57 @@ async fn a_thousand_parked_http2_connections_woken_at_once_are_all_served() {
     assert_eq!(upstream.count("/"), MANY as u64);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_over_tls_parks_and_resumes() {
+    let upstream = Upstream::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = support::tls::Ca::new("veer test root");
+    let (cert, key) = ca.leaf(&["app.example"]).write(dir.path(), "server");
+    let yaml = format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\nlimits:\n  header_read_timeout: 60s\nservices:\n  - name: web\n    versions:\n      - {{ name: stable, revision: \"1\", endpoints: [\"{}\"], weight: 1 }}\n",
+        cert.display(),
+        key.display(),
+        upstream.addr()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let config = support::tls::client_config(&[&ca], &["h2"], None);
+    let tls = within(
+        LIMIT,
+        "TLS handshake",
+        support::tls::connect(proxy.addr(), "app.example", config),
+    )
+    .await
+    .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    // Each request after a pause long enough to park the connection; the
+    // same header, indexed by the client the first time, referred to after.
+    for round in 0..3 {
+        tokio::time::sleep(PAUSE).await;
+        let mut send = send.clone().ready().await.expect("ready");
+        let request = Request::get("http://app.example/headers")
+            .header(
+                "x-tenant",
+                "a-tenant-with-a-name-long-enough-to-be-worth-indexing",
+            )
+            .body(())
+            .expect("request");
+        let (response, _) = send.send_request(request, true).expect("stream opened");
+        let response = within(LIMIT, "response", response).await.expect("answer");
+        assert_eq!(response.status(), 200, "round {round}");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = within(LIMIT, "body", body.data()).await {
+            let chunk = chunk.expect("body data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).contains("a-tenant-with-a-name"),
+            "round {round}: the upstream saw the header"
+        );
+    }
+    proxy.shutdown().await;
+}
