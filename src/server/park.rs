@@ -1,4 +1,5 @@
-//! Idle HTTP/1.1 connections parked as bare sockets, with no task.
+//! Idle HTTP/1.1 and HTTP/2 connections parked as bare sockets, with no
+//! task.
 //!
 //! A hyper connection holds an 8 KiB read buffer (grown up to
 //! `limits.max_header_bytes`), a write buffer and its dispatcher state for
@@ -14,6 +15,14 @@
 //! hyper had read but not parsed (a partial head) are copied out and handed
 //! to the next connection first, so a head split across the park point is
 //! read whole.
+//!
+//! An HTTP/2 connection is parked the same way once it has had no stream
+//! open for 50 ms, with nothing buffered: hyper's connection (patched, see
+//! `vendor/hyper`) hands back the socket and h2's compact record of the
+//! connection's state (HPACK decoding table, settings, windows, stream
+//! ids), and resumes from them without a handshake. A parked HTTP/2
+//! connection closed by its idle deadline or the drain is resumed once
+//! more to send GOAWAY.
 //!
 //! The conditions are tracked by `Resumable`, the I/O hyper is given, and by
 //! the service (`IdleClock::set_parkable`), in relaxed atomics on the
