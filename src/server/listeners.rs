@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -44,6 +44,7 @@ use crate::telemetry::operator::{ListenerGauges, OpenConnection};
 use crate::telemetry::Telemetry;
 use crate::tls::server::Terminator;
 
+mod streams;
 #[cfg(feature = "io-uring")]
 mod uring;
 
@@ -285,7 +286,7 @@ pub(super) fn bind(listener: &Listener) -> Result<TcpListener, StartError> {
 /// How a connection is served, once its protocol is known.
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<streams::InConnection>,
 }
 
 fn connection_builder(limits: &Limits) -> Builders {
@@ -297,7 +298,7 @@ fn connection_builder(limits: &Limits) -> Builders {
         .header_read_timeout(None)
         // hyper answers 431 when the head does not fit; it needs at least 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8 * 1024));
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(streams::InConnection);
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -886,7 +887,7 @@ async fn serve_spell<I: Readable>(
             // Made in here rather than captured: a captured connection and
             // its pinned copy would both size this future (1.1 KiB each,
             // held by every idle HTTP/2 connection).
-            let mut connection = match h2 {
+            let connection = match h2 {
                 Some(parked) => match http2.resume(io, *parked, requests) {
                     Ok(connection) => connection,
                     Err(err) => {
@@ -896,6 +897,7 @@ async fn serve_spell<I: Readable>(
                 },
                 None => http2.serve_connection(io, requests),
             };
+            let mut connection = streams::Multiplexed::new(connection);
             // After a park refused (h2 had something in progress that the
             // idle clock does not see, such as a SETTINGS frame to
             // acknowledge), the next try waits another `PARK_AFTER`.
@@ -904,34 +906,39 @@ async fn serve_spell<I: Readable>(
                 let (step, back) = drive(connection, &context.idle, &mut ending, retry).await;
                 connection = back;
                 match step {
-                    Step::Park => match connection.park() {
-                        Ok((io, parked, _service)) => {
-                            let (unread, io) = io.into_inner().into_parts();
-                            return Some(Parked {
-                                io,
-                                prefix: unread,
-                                idle_since: context.idle.idle_since(),
-                                h2: Some(Box::new(parked)),
-                            });
-                        }
-                        Err(back) => {
-                            connection = back;
-                            retry = Some(Instant::now() + PARK_AFTER);
-                        }
-                    },
+                    Step::Park => {
+                        // Only with no stream (or tunnel) left running.
+                        let refused = match connection.into_connection() {
+                            Ok(inner) => match inner.park() {
+                                Ok((io, parked, _service)) => {
+                                    let (unread, io) = io.into_inner().into_parts();
+                                    return Some(Parked {
+                                        io,
+                                        prefix: unread,
+                                        idle_since: context.idle.idle_since(),
+                                        h2: Some(Box::new(parked)),
+                                    });
+                                }
+                                Err(back) => streams::Multiplexed::new(back),
+                            },
+                            Err(back) => back,
+                        };
+                        connection = refused;
+                        retry = Some(Instant::now() + PARK_AFTER);
+                    }
                     Step::Ended(result) => break result,
                     Step::Expired => {
                         // GOAWAY, so the client knows to open a new
                         // connection rather than see its next stream fail;
                         // then finish the open streams.
                         tracing::debug!("{SILENT}");
-                        Pin::new(&mut connection).graceful_shutdown();
+                        Pin::new(connection.connection()).graceful_shutdown();
                         // Bounded: a client that never reads would hold it.
-                        let _ = tokio::time::timeout(limit, connection).await;
+                        let _ = tokio::time::timeout(limit, &mut connection).await;
                         break Ok(());
                     }
                     Step::Drained => {
-                        Pin::new(&mut connection).graceful_shutdown();
+                        Pin::new(connection.connection()).graceful_shutdown();
                         break connection.await;
                     }
                 }

@@ -173,15 +173,15 @@ async fn serve(mut io: UringIo, peer: SocketAddr, setup: &ConnectionSetup, drain
         })
     };
     let result = if protocol == Protocol::Http2 {
-        let connection = setup.builder.http2.serve_connection(io, requests);
-        tokio::pin!(connection);
+        let mut connection =
+            super::streams::Multiplexed::new(setup.builder.http2.serve_connection(io, requests));
         tokio::select! {
-            result = connection.as_mut() => result,
+            result = &mut connection => result,
             ending = &mut ending => {
-                connection.as_mut().graceful_shutdown();
+                std::pin::Pin::new(connection.connection()).graceful_shutdown();
                 if ending == Ending::Expired {
                     tracing::debug!("{SILENT}");
-                    let _ = tokio::time::timeout(context.idle.limit(), connection.as_mut()).await;
+                    let _ = tokio::time::timeout(context.idle.limit(), &mut connection).await;
                     Ok(())
                 } else {
                     connection.await

@@ -195,6 +195,9 @@ pub struct Handshake<T, B: Buf = Bytes> {
 #[must_use = "streams do nothing unless polled"]
 pub struct Connection<T, B: Buf> {
     connection: proto::Connection<T, Peer, B>,
+    /// veer patch: the waker of the `poll_accept` that polled the connection
+    /// to `Pending` and then handed out a stream (see there).
+    accepted_after_pending: Option<std::task::Waker>,
 }
 
 /// Builds server connections with custom configuration values.
@@ -396,9 +399,16 @@ where
     /// which HPACK allows), so its first response sends its headers as
     /// literals again.
     pub fn park(self) -> Result<(T, Parked), Self> {
-        match self.connection.park() {
+        let Connection {
+            connection,
+            accepted_after_pending,
+        } = self;
+        match connection.park() {
             Ok((io, parked)) => Ok((io, Parked(parked))),
-            Err(connection) => Err(Connection { connection }),
+            Err(connection) => Err(Connection {
+                connection,
+                accepted_after_pending,
+            }),
         }
     }
 
@@ -447,6 +457,23 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<(Request<RecvStream>, SendResponse<B>), crate::Error>>> {
+        // veer patch: a caller accepts in a loop until `Pending` (hyper's
+        // server does), so a call that polled the connection to `Pending`
+        // and handed out a stream is followed at once by one that polled it
+        // again for nothing: a third of the connection's polls per request.
+        // The first poll left the same task's waker with the socket and the
+        // streams, so until it is woken there is nothing to poll for; the
+        // next call hands out the streams already accepted, then `Pending`.
+        if let Some(waker) = self.accepted_after_pending.take() {
+            if waker.will_wake(cx.waker()) {
+                if let Some(accepted) = self.next_accepted() {
+                    self.accepted_after_pending = Some(waker);
+                    return Poll::Ready(Some(Ok(accepted)));
+                }
+                return Poll::Pending;
+            }
+        }
+
         // Always try to advance the internal state. Getting Pending also is
         // needed to allow this function to return Pending.
         if self.poll_closed(cx)?.is_ready() {
@@ -455,18 +482,23 @@ where
             return Poll::Ready(None);
         }
 
-        if let Some(inner) = self.connection.next_incoming() {
-            tracing::trace!("received incoming");
-            let (head, _) = inner.take_request().into_parts();
-            let body = RecvStream::new(FlowControl::new(inner.clone_to_opaque()));
-
-            let request = Request::from_parts(head, body);
-            let respond = SendResponse { inner };
-
-            return Poll::Ready(Some(Ok((request, respond))));
+        if let Some(accepted) = self.next_accepted() {
+            self.accepted_after_pending = Some(cx.waker().clone());
+            return Poll::Ready(Some(Ok(accepted)));
         }
 
         Poll::Pending
+    }
+
+    fn next_accepted(&mut self) -> Option<(Request<RecvStream>, SendResponse<B>)> {
+        let inner = self.connection.next_incoming()?;
+        tracing::trace!("received incoming");
+        let (head, _) = inner.take_request().into_parts();
+        let body = RecvStream::new(FlowControl::new(inner.clone_to_opaque()));
+
+        let request = Request::from_parts(head, body);
+        let respond = SendResponse { inner };
+        Some((request, respond))
     }
 
     /// Sets the target window size for the whole connection.
@@ -488,6 +520,8 @@ where
     /// [`FlowControl`]: ../struct.FlowControl.html
     /// [library level]: ../index.html#flow-control
     pub fn set_target_window_size(&mut self, size: u32) {
+        // veer patch: this may give the connection work to poll for.
+        self.accepted_after_pending = None;
         assert!(size <= proto::MAX_WINDOW_SIZE);
         self.connection.set_target_window_size(size);
     }
@@ -506,6 +540,8 @@ where
     /// Returns an error if a previous call is still pending acknowledgement
     /// from the remote endpoint.
     pub fn set_initial_window_size(&mut self, size: u32) -> Result<(), crate::Error> {
+        // veer patch: this may give the connection work to poll for.
+        self.accepted_after_pending = None;
         assert!(size <= proto::MAX_WINDOW_SIZE);
         self.connection.set_initial_window_size(size)?;
         Ok(())
@@ -520,6 +556,8 @@ where
     /// Returns an error if a previous call is still pending acknowledgement
     /// from the remote endpoint.
     pub fn enable_connect_protocol(&mut self) -> Result<(), crate::Error> {
+        // veer patch: this may give the connection work to poll for.
+        self.accepted_after_pending = None;
         self.connection.set_enable_connect_protocol()?;
         Ok(())
     }
@@ -554,6 +592,8 @@ where
     ///
     /// For graceful shutdowns, see [`graceful_shutdown`](Connection::graceful_shutdown).
     pub fn abrupt_shutdown(&mut self, reason: Reason) {
+        // veer patch: this may give the connection work to poll for.
+        self.accepted_after_pending = None;
         self.connection.go_away_from_user(reason);
     }
 
@@ -568,6 +608,8 @@ where
     ///
     /// [1]: http://httpwg.org/specs/rfc7540.html#GOAWAY
     pub fn graceful_shutdown(&mut self) {
+        // veer patch: this may give the connection work to poll for.
+        self.accepted_after_pending = None;
         self.connection.go_away_gracefully();
     }
 
@@ -1170,7 +1212,10 @@ impl Builder {
         let codec = Codec::resume(io, &parked.0.codec)
             .map_err(|_| crate::Error::from(Reason::COMPRESSION_ERROR))?;
         let connection = proto::Connection::resume(codec, self.config(), &parked.0);
-        Ok(Connection { connection })
+        Ok(Connection {
+            connection,
+            accepted_after_pending: None,
+        })
     }
 
     /// The config of a connection this builder makes (veer patch: one place
@@ -1590,7 +1635,10 @@ where
                     let connection = proto::Connection::new(codec, self.builder.config());
 
                     tracing::trace!("connection established!");
-                    let mut c = Connection { connection };
+                    let mut c = Connection {
+                        connection,
+                        accepted_after_pending: None,
+                    };
                     if let Some(sz) = self.builder.initial_target_connection_window_size {
                         c.set_target_window_size(sz);
                     }
