@@ -9,6 +9,8 @@
 #   benches/instructions.sh BIN https             # TLS 1.3 + HTTP/1.1 to veer
 #   CONNECTIONS=8 benches/instructions.sh BIN     # 8 connections (batched wake-ups)
 #   WORKERS=2 CONNECTIONS=8 benches/instructions.sh BIN   # two workers: what sharing costs
+#   benches/instructions.sh nginx https           # NGINX as the proxy, for comparison
+#   TLS13_CIPHERS=TLS_AES_256_GCM_SHA384 benches/instructions.sh BIN https   # the client offers only this suite
 #
 # veer runs under `valgrind --tool=callgrind` with `--workers $WORKERS` (1) in front of
 # two NGINX upstreams (90/10 split, guard on, as in compare.sh); h2load sends
@@ -18,7 +20,12 @@
 # The run-to-run spread is a few hundred instructions (the number of
 # wake-ups varies a little): compare figures of at least two runs each.
 #
-# Settings: N1=2000 N2=12000 CONNECTIONS=1 WORKERS=1 BASE_PORT=19180 KEEP=0.
+# With `nginx` in place of BIN, NGINX is the proxy instead (one process,
+# `master_process off`, the upstream block and headers of compare.sh's
+# config, TLS with the same certificate): the same count for the peer.
+#
+# Settings: N1=2000 N2=12000 CONNECTIONS=1 WORKERS=1 BASE_PORT=19180 KEEP=0
+# TLS13_CIPHERS= (h2load's own list, TLS_AES_128_GCM_SHA256 first).
 # With WORKERS=2 valgrind still runs one thread at a time, so the figure
 # is the instructions the two workers' hand-offs add (stealing, parking,
 # waking each other), not a measure of parallel speed.
@@ -35,9 +42,10 @@ CONNECTIONS=${CONNECTIONS:-1}
 WORKERS=${WORKERS:-1}
 BASE_PORT=${BASE_PORT:-19180}
 KEEP=${KEEP:-0}
+TLS13_CIPHERS=${TLS13_CIPHERS:-}
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
-[[ -x $BIN ]] || die "no veer binary at $BIN (cargo build --release)"
+[[ $BIN == nginx || -x $BIN ]] || die "no veer binary at $BIN (cargo build --release)"
 case $MODE in h1 | h2c | https) ;; *) die "mode must be h1, h2c or https, not $MODE" ;; esac
 
 need=()
@@ -60,7 +68,7 @@ cleanup() {
 trap cleanup EXIT
 
 PROXY=$BASE_PORT STABLE=$((BASE_PORT + 1)) CANARY=$((BASE_PORT + 2))
-TLS=$((BASE_PORT + 3)) ADMIN=$((BASE_PORT + 10))
+TLS=$((BASE_PORT + 3)) H2C=$((BASE_PORT + 4)) ADMIN=$((BASE_PORT + 10))
 
 cat >"$WORK/upstreams.conf" <<EOF
 worker_processes 1;
@@ -90,29 +98,78 @@ services:
     guard: { baseline: stable, max_error_rate: 0.05, max_p95_latency: 500ms }
 EOF
 
+# NGINX as the proxy: one process, so callgrind sees all of its work.
+mkdir -p "$WORK/proxy"
+cat >"$WORK/proxy/nginx.conf" <<EOF
+master_process off;
+daemon off;
+pid $WORK/proxy/nginx.pid;
+error_log $WORK/proxy/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream app {
+    server 127.0.0.1:$STABLE weight=9;
+    server 127.0.0.1:$CANARY weight=1;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$PROXY;
+    listen 127.0.0.1:$H2C http2;
+    listen 127.0.0.1:$TLS ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+    }
+  }
+}
+EOF
+
 nginx -p "$WORK" -c "$WORK/upstreams.conf" &
 PIDS+=($!)
 sleep 0.3
 
+h2c_port=$PROXY
+[[ $BIN == nginx ]] && h2c_port=$H2C
 case $MODE in
   h1) load=(h2load --h1 "http://127.0.0.1:$PROXY/") ;;
-  h2c) load=(h2load "http://127.0.0.1:$PROXY/") ;;
-  https) load=(h2load --h1 "https://127.0.0.1:$TLS/") ;;
+  h2c) load=(h2load "http://127.0.0.1:$h2c_port/") ;;
+  https) load=(h2load --h1 ${TLS13_CIPHERS:+"--tls13-ciphers=$TLS13_CIPHERS"} "https://127.0.0.1:$TLS/") ;;
 esac
 
 # Instructions of one veer process serving N requests, start to exit.
 count() {
   local n=$1 out="$WORK/callgrind.$1"
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$BIN" run -c "$WORK/veer.yaml" --workers "$WORKERS" >"$WORK/veer.out" 2>"$WORK/veer.err" &
+  if [[ $BIN == nginx ]]; then
+    valgrind --tool=callgrind --callgrind-out-file="$out" \
+      nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" >"$WORK/veer.out" 2>"$WORK/veer.err" &
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$out" \
+      "$BIN" run -c "$WORK/veer.yaml" --workers "$WORKERS" >"$WORK/veer.out" 2>"$WORK/veer.err" &
+  fi
   local vpid=$!
   PIDS+=("$vpid")
-  for _ in $(seq 120); do grep -q ready "$WORK/veer.out" 2>/dev/null && break; sleep 0.5; done
-  grep -q ready "$WORK/veer.out" || die "veer did not start under valgrind: $(tail -3 "$WORK/veer.err")"
+  if [[ $BIN == nginx ]]; then
+    # No line to wait for: one request (the same in both runs) says it serves.
+    for _ in $(seq 120); do
+      "${load[@]}" -c 1 -n 1 2>&1 | grep -q '1 succeeded' && break
+      sleep 0.5
+    done
+  else
+    for _ in $(seq 120); do grep -q ready "$WORK/veer.out" 2>/dev/null && break; sleep 0.5; done
+    grep -q ready "$WORK/veer.out" || die "veer did not start under valgrind: $(tail -3 "$WORK/veer.err")"
+  fi
   local done
   done=$("${load[@]}" -c "$CONNECTIONS" -n "$n" 2>&1 | awk '/^requests:/ {print $8}')
   [[ $done == "$n" ]] || die "only $done of $n requests succeeded"
-  kill -INT "$vpid"
+  if [[ $BIN == nginx ]]; then kill -QUIT "$vpid"; else kill -INT "$vpid"; fi
   wait "$vpid" 2>/dev/null || true
   awk '/^totals:/ {s += $2} END {print s}' "$out"
 }
@@ -120,4 +177,9 @@ count() {
 i1=$(count "$N1")
 i2=$(count "$N2")
 per=$(((i2 - i1) / (N2 - N1)))
-echo "veer $("$BIN" --version 2>&1 | head -1), $MODE, $CONNECTIONS connection(s), $WORKERS worker(s): $per instructions per request (I($N1)=$i1, I($N2)=$i2)"
+if [[ $BIN == nginx ]]; then
+  version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+else
+  version="veer $("$BIN" --version 2>&1 | head -1)"
+fi
+echo "$version, $MODE, $CONNECTIONS connection(s), $WORKERS worker(s): $per instructions per request (I($N1)=$i1, I($N2)=$i2)"

@@ -1086,3 +1086,101 @@ async fn plain_http_and_stalled_handshakes_are_counted() {
     assert_eq!(failures("not_tls"), 1, "{}", proxy.metrics());
     assert_eq!(failures("timeout"), 1, "{}", proxy.metrics());
 }
+
+/// One keep-alive exchange over TLS 1.3, read as raw records: the number of
+/// TLS records that carried the response, and the response's plaintext.
+/// The first exchange absorbs the session tickets the server sends after the
+/// handshake; the second is the one counted.
+fn records_of_second_response(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> (usize, String) {
+    use std::io::{Read, Write};
+
+    let name = rustls::pki_types::ServerName::try_from("app.test").expect("name");
+    let mut tls = rustls::ClientConnection::new(config, name).expect("client connection");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).expect("handshake");
+    }
+    let mut exchange = |tls: &mut rustls::ClientConnection| -> (usize, String) {
+        tls.writer()
+            .write_all(b"GET /x HTTP/1.1\r\nhost: app.test\r\n\r\n")
+            .expect("write request");
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).expect("send request");
+        }
+        // Raw bytes not yet whole records; each record header is 5 bytes:
+        // type, version, length.
+        let (mut raw, mut records, mut plaintext) = (Vec::new(), 0, Vec::new());
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = tcp.read(&mut buf).expect("read");
+            assert!(n > 0, "connection closed after {plaintext:?}");
+            raw.extend_from_slice(&buf[..n]);
+            while raw.len() >= 5 {
+                let len = 5 + usize::from(u16::from_be_bytes([raw[3], raw[4]]));
+                if raw.len() < len {
+                    break;
+                }
+                let record: Vec<u8> = raw.drain(..len).collect();
+                records += 1;
+                tls.read_tls(&mut record.as_slice()).expect("feed record");
+                tls.process_new_packets().expect("process record");
+            }
+            let mut chunk = Vec::new();
+            match tls.reader().read_to_end(&mut chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("plaintext: {e}"),
+            }
+            plaintext.extend_from_slice(&chunk);
+            let text = String::from_utf8_lossy(&plaintext);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("the response has a Content-Length");
+                if body.len() >= length && raw.is_empty() {
+                    return (records, text.into_owned());
+                }
+            }
+        }
+    };
+    exchange(&mut tls);
+    exchange(&mut tls)
+}
+
+/// A small response is one TLS record (and so one write): hyper's head and
+/// body go to rustls as one vectored write. Two records would cost a second
+/// seal, record header and, often, a second TCP segment per response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_response_is_one_tls_record() {
+    let upstream = Upstream::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("veer test root");
+    let (cert, key) = ca.leaf(&["app.test"]).write(dir.path(), "server");
+    let tls = format!("{{ cert: {}, key: {} }}", p(&cert), p(&key));
+    let proxy = Running::start(dir, &yaml(&tls, &endpoint_version(upstream.addr()))).await;
+    let addr = proxy.addr("secure");
+    let config = client_config(&[&ca], &["http/1.1"], None);
+    let (records, response) = within(
+        LIMIT,
+        "two exchanges",
+        tokio::task::spawn_blocking(move || records_of_second_response(addr, config)),
+    )
+    .await
+    .expect("client thread");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("stable"), "{response}");
+    assert_eq!(
+        records, 1,
+        "the response came in {records} records: {response}"
+    );
+}

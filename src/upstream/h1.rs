@@ -122,8 +122,12 @@ impl Connection {
             .map_err(ExchangeError::Unwritten)?;
         let mut received_any = false;
         loop {
-            if let Some(head) = parse_head(&mut self.read, request.method())? {
-                return Ok(head);
+            // A pooled connection's buffer is empty when the request goes
+            // out: nothing to parse before the first read.
+            if !self.read.is_empty() {
+                if let Some(head) = parse_head(&mut self.read, request.method())? {
+                    return Ok(head);
+                }
             }
             if self.read.len() >= MAX_HEAD {
                 return Err(ExchangeError::Protocol(format!(
@@ -383,16 +387,22 @@ fn parse_length(text: &[u8]) -> Option<u64> {
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
 /// unless told `keep-alive`.
 fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
+    // A value that is not visible ASCII names no token, as hyper reads it;
+    // the rest is compared as bytes (`str::trim` would look for Unicode
+    // spaces that such a value cannot hold).
+    let has = |token: &[u8]| {
         headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            v.to_str().is_ok_and(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+            })
         })
     };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        has(b"keep-alive")
     } else {
-        !has("close")
+        !has(b"close")
     }
 }
 
@@ -814,6 +824,44 @@ mod tests {
             v10,
             &headers(&[("connection", "keep-alive")])
         ));
+        assert!(!wants_keep_alive(
+            v11,
+            &headers(&[("connection", "upgrade"), ("connection", "\tCLOSE ")])
+        ));
+        // A value that is not visible ASCII names no token (hyper's reading).
+        let mut obs_text = HeaderMap::new();
+        obs_text.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"close, \xff").expect("obs-text is a valid value"),
+        );
+        assert!(wants_keep_alive(v11, &obs_text));
+    }
+
+    #[test]
+    fn heads_up_to_the_header_limit_parse_whole_and_more_are_refused() {
+        for count in [0, 1, 16, 17, MAX_HEADERS - 1] {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..count {
+                head.push_str(&format!("x-h{i}: value {i}\r\n"));
+            }
+            head.push_str("content-length: 2\r\n\r\nok");
+            let parsed = parse_whole(head.as_bytes(), &Method::GET).expect("parses");
+            assert_eq!(parsed.headers.len(), count + 1, "{count} headers");
+            for i in 0..count {
+                assert_eq!(
+                    parsed.headers[format!("x-h{i}").as_str()],
+                    format!("value {i}")
+                );
+            }
+            assert_eq!(parsed.body, b"ok");
+        }
+        let mut over = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..=MAX_HEADERS {
+            over.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        over.push_str("\r\n");
+        let refused = parse_whole(over.as_bytes(), &Method::GET).expect_err("too many headers");
+        assert!(refused.contains("too many headers"), "{refused}");
     }
 
     #[test]
