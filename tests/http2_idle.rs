@@ -5,8 +5,11 @@
 //! keeps the connection, however long it takes.
 //!
 //! An idle connection gives its read, write and header-decoding buffers
-//! back and takes them again when bytes arrive; what must outlive the idle
-//! time does: the HPACK tables of both sides, and a frame half received.
+//! back and takes them again when bytes arrive, and one with no stream open
+//! is parked (its task and its hyper and h2 state dropped, a compact record
+//! kept) after 50 ms, as the pauses here are; what must outlive the idle
+//! time does: the client's HPACK table in veer's decoder, the flow-control
+//! windows, and a frame half received.
 //!
 //! A real HTTP/2 client (the `h2` crate) on loopback, and raw frames where
 //! the test must say exactly what is on the wire; no timing is asserted,
@@ -186,6 +189,27 @@ fn response_headers(socket: &mut std::net::TcpStream, stream: u32) -> Vec<u8> {
     }
 }
 
+/// The first field of a response's header block, past any dynamic table
+/// size updates in front of it: a connection parked while idle and resumed
+/// starts its next block with updates that empty the client's table (its
+/// encoder's table is not kept while parked).
+fn first_field(block: &[u8]) -> Option<u8> {
+    let mut rest = block;
+    // `001xxxxx`: a size update, its value in 5 bits, then more bytes
+    // while their high bit is set when the 5 bits are all ones.
+    while let Some((&first, tail)) = rest.split_first() {
+        if first & 0xe0 != 0x20 {
+            return Some(first);
+        }
+        rest = tail;
+        if first & 0x1f == 0x1f {
+            let more = rest.iter().position(|b| b & 0x80 == 0)?;
+            rest = &rest[more + 1..];
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
     let upstream = Upstream::start("stable").await;
@@ -216,7 +240,7 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
             .write_all(&frame(CONTINUATION, END_HEADERS, 1, &authority))
             .expect("CONTINUATION");
         // `:status: 200` is the static table's entry 8.
-        assert_eq!(response_headers(&mut socket, 1).first(), Some(&0x88));
+        assert_eq!(first_field(&response_headers(&mut socket, 1)), Some(0x88));
 
         // After a pause, a request naming its authority by the index the
         // first one gave it (62, the first dynamic entry).
@@ -228,7 +252,7 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
             &[0x82, 0x86, 0x84, 0xbe],
         );
         socket.write_all(&indexed).expect("second request");
-        assert_eq!(response_headers(&mut socket, 3).first(), Some(&0x88));
+        assert_eq!(first_field(&response_headers(&mut socket, 3)), Some(0x88));
     })
     .await
     .expect("raw client");
@@ -307,6 +331,200 @@ async fn large_bodies_before_and_after_idle_pauses_arrive_whole() {
         assert!(
             got.iter().all(|&b| b == b'x'),
             "round {round}: the download's bytes"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// A connected h2 client whose connection task reports how it ended.
+struct Client {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    ping: Option<h2::PingPong>,
+    ended: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (send, mut connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    let ping = connection.ping_pong();
+    Client {
+        send,
+        ping,
+        ended: tokio::spawn(connection),
+    }
+}
+
+/// A proxy that keeps idle connections for a minute and serves one client
+/// connection at a time.
+async fn single_patient_proxy(upstream: &Upstream) -> TestProxy {
+    let yaml = ConfigBuilder::new()
+        .limit("header_read_timeout", "60s")
+        .limit("max_connections", "1")
+        .service(service("web").version("stable", &[upstream.addr()], 1))
+        .yaml();
+    TestProxy::start(&yaml).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_while_parked_is_answered_and_the_connection_serves_on() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let mut client = client(proxy.addr()).await;
+    let mut send = client.send.clone().ready().await.expect("ready");
+    assert_eq!(get(&mut send, "/").await, 200);
+    // Parked in the pause; the PING wakes it and is answered.
+    tokio::time::sleep(PAUSE).await;
+    let mut ping = client.ping.take().expect("the ping handle");
+    within(LIMIT, "a PONG", ping.ping(h2::Ping::opaque()))
+        .await
+        .expect("the PONG");
+    tokio::time::sleep(PAUSE).await;
+    let mut send = client.send.clone().ready().await.expect("ready");
+    assert_eq!(get(&mut send, "/").await, 200);
+    assert_eq!(upstream.count("/"), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_parked_frees_its_slot() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = single_patient_proxy(&upstream).await;
+    let first = client(proxy.addr()).await;
+    let mut send = first.send.clone().ready().await.expect("ready");
+    assert_eq!(get(&mut send, "/").await, 200);
+    tokio::time::sleep(PAUSE).await;
+    // The client sends GOAWAY and closes while parked: veer sees the socket
+    // readable, reads the GOAWAY and the end, and frees the one slot well
+    // before the minute's idle limit.
+    drop((send, first.send, first.ping));
+    let _ = within(LIMIT, "the client's connection to end", first.ended).await;
+    let second = client(proxy.addr()).await;
+    let mut send = within(LIMIT, "a slot for the next client", second.send.ready())
+        .await
+        .expect("ready");
+    assert_eq!(get(&mut send, "/").await, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_sends_goaway_to_parked_http2_connections() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = client(proxy.addr()).await;
+        let mut send = client.send.clone().ready().await.expect("ready");
+        assert_eq!(get(&mut send, "/").await, 200);
+        clients.push(client);
+    }
+    tokio::time::sleep(PAUSE).await;
+    within(LIMIT, "the drain", proxy.shutdown()).await;
+    for client in clients {
+        // GOAWAY (NO_ERROR) and a close: a clean end for the client, not a
+        // dropped socket.
+        let ended = within(LIMIT, "the parked connection to end", client.ended)
+            .await
+            .expect("connection task");
+        assert!(
+            ended.is_ok(),
+            "a clean GOAWAY, not a reset or a dropped socket: {ended:?}"
+        );
+    }
+}
+
+/// Parked connections woken by one write each, all at once.
+const MANY: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_parked_http2_connections_woken_at_once_are_all_served() {
+    let upstream = Upstream::start("stable").await;
+    let proxy = patient_proxy(&upstream).await;
+    let addr = proxy.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut sockets: Vec<std::net::TcpStream> = (0..MANY)
+            .map(|_| {
+                let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+                socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
+                socket
+                    .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    .expect("preface");
+                socket.write_all(&frame(4, 0, 0, &[])).expect("SETTINGS");
+                socket
+                    .write_all(&frame(4, 1, 0, &[]))
+                    .expect("SETTINGS ACK");
+                socket
+            })
+            .collect();
+        // Parked, each of them, in the pause.
+        std::thread::sleep(PAUSE);
+        let request = frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &[0x82, 0x86, 0x84, 0x41, 3, b'w', b'e', b'b'],
+        );
+        for socket in &mut sockets {
+            socket.write_all(&request).expect("a request");
+        }
+        for socket in &mut sockets {
+            assert_eq!(first_field(&response_headers(socket, 1)), Some(0x88));
+        }
+    })
+    .await
+    .expect("clients");
+    assert_eq!(upstream.count("/"), MANY as u64);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_over_tls_parks_and_resumes() {
+    let upstream = Upstream::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = support::tls::Ca::new("veer test root");
+    let (cert, key) = ca.leaf(&["app.example"]).write(dir.path(), "server");
+    let yaml = format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\nlimits:\n  header_read_timeout: 60s\nservices:\n  - name: web\n    versions:\n      - {{ name: stable, revision: \"1\", endpoints: [\"{}\"], weight: 1 }}\n",
+        cert.display(),
+        key.display(),
+        upstream.addr()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let config = support::tls::client_config(&[&ca], &["h2"], None);
+    let tls = within(
+        LIMIT,
+        "TLS handshake",
+        support::tls::connect(proxy.addr(), "app.example", config),
+    )
+    .await
+    .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    // Each request after a pause long enough to park the connection; the
+    // same header, indexed by the client the first time, referred to after.
+    for round in 0..3 {
+        tokio::time::sleep(PAUSE).await;
+        let mut send = send.clone().ready().await.expect("ready");
+        let request = Request::get("http://app.example/headers")
+            .header(
+                "x-tenant",
+                "a-tenant-with-a-name-long-enough-to-be-worth-indexing",
+            )
+            .body(())
+            .expect("request");
+        let (response, _) = send.send_request(request, true).expect("stream opened");
+        let response = within(LIMIT, "response", response).await.expect("answer");
+        assert_eq!(response.status(), 200, "round {round}");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = within(LIMIT, "body", body.data()).await {
+            let chunk = chunk.expect("body data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).contains("a-tenant-with-a-name"),
+            "round {round}: the upstream saw the header"
         );
     }
     proxy.shutdown().await;

@@ -456,6 +456,7 @@ async fn connection(
             protocol: None,
             client: Client::Peer(peer),
             idle_since: Instant::now(),
+            h2: None,
             setup,
             _held: held,
         };
@@ -495,6 +496,7 @@ async fn tls_connection(
         protocol,
         client: Client::Known(Box::new(client)),
         idle_since: Instant::now(),
+        h2: None,
         setup,
         _held: held,
     };
@@ -580,18 +582,22 @@ async fn serve<I: StreamKind>(mut io: I, mut parts: Parts, drain: Arc<Drain>) {
                 }
             },
         };
-        let spell = Box::pin(serve_spell(
+        let from = Parked {
             io,
-            std::mem::take(&mut parts.prefix),
+            prefix: std::mem::take(&mut parts.prefix),
+            idle_since: parts.idle_since,
+            h2: parts.h2.take(),
+        };
+        let spell = Box::pin(serve_spell(
+            from,
             protocol,
             &parts.setup,
             &parts.client,
             &drain,
-            parts.idle_since,
         ))
         .await;
         let Some(parked) = spell else { return };
-        (parts.prefix, parts.idle_since) = (parked.prefix, parked.idle_since);
+        (parts.prefix, parts.idle_since, parts.h2) = (parked.prefix, parked.idle_since, parked.h2);
         match park_or_resume(parked.io, parts, &drain) {
             Some((back, resumed)) => (io, parts) = (back, resumed),
             None => return,
@@ -685,6 +691,9 @@ struct Parts {
     client: Client,
     /// When its last response ended (or it was accepted).
     idle_since: Instant,
+    /// A parked HTTP/2 connection's state (HPACK tables, settings, windows,
+    /// stream ids): what it is resumed from, without a handshake.
+    h2: Option<Box<http2::Parked>>,
     setup: Arc<ConnectionSetup>,
     _held: Held,
 }
@@ -748,30 +757,81 @@ impl park::Parkable for Idle {
 
     fn expire(self) {
         tracing::debug!("{SILENT}");
+        self.close();
+    }
+
+    fn close(self) {
+        if self.parts.h2.is_some() {
+            tokio::spawn(go_away(self));
+        }
     }
 }
 
-/// An HTTP/1.1 connection parked between requests: what it takes to serve
-/// it again.
+/// A parked HTTP/2 connection closed by its idle deadline or the drain:
+/// resumed to send GOAWAY, so its client opens a new connection for its
+/// next request rather than see it fail. Its hold on the connection count
+/// lasts until then, so the drain waits for it.
+async fn go_away(idle: Idle) {
+    match idle.stream {
+        Stream::Plain(io) => go_away_on(io, idle.parts).await,
+        Stream::Tls(io) => go_away_on(io, idle.parts).await,
+    }
+}
+
+async fn go_away_on<I: Readable>(io: I, mut parts: Parts) {
+    let Some(parked) = parts.h2.take() else {
+        return;
+    };
+    // A request racing the GOAWAY is refused: 503, and the client retries
+    // it on a new connection.
+    let refuse = service_fn(|_: Request<Incoming>| async {
+        let mut response = http::Response::new(http_body_util::Empty::<Bytes>::new());
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let limit = parts.setup.first_request_timeout;
+    match parts
+        .setup
+        .builder
+        .http2
+        .resume(TokioIo::new(io), *parked, refuse)
+    {
+        Ok(mut connection) => {
+            Pin::new(&mut connection).graceful_shutdown();
+            // Bounded: a client that never reads would hold it.
+            let _ = tokio::time::timeout(limit, connection).await;
+        }
+        Err(err) => tracing::debug!(error = %err, "a parked HTTP/2 connection could not resume"),
+    }
+}
+
+/// A connection between two spells of serving (parked, or about to be):
+/// what it takes to serve it again.
 struct Parked<I> {
     io: I,
     /// Bytes read and not yet parsed: a partial head.
     prefix: Bytes,
     /// When its last response ended (or it was accepted).
     idle_since: Instant,
+    /// An HTTP/2 connection's state.
+    h2: Option<Box<http2::Parked>>,
 }
 
-/// One spell of serving: from the first bytes to the connection's end, or,
-/// for HTTP/1.1, to the point where it is parked.
+/// One spell of serving: from the first bytes (or a resume) to the
+/// connection's end, or to the point where it is parked.
 async fn serve_spell<I: Readable>(
-    io: I,
-    prefix: Bytes,
+    from: Parked<I>,
     protocol: Protocol,
     setup: &ConnectionSetup,
     client: &Client,
     drain: &Arc<Drain>,
-    idle_since: Instant,
 ) -> Option<Parked<I>> {
+    let Parked {
+        io,
+        prefix,
+        idle_since,
+        h2,
+    } = from;
     let context = Arc::new(ConnectionContext {
         service: setup.service.clone(),
         client: client.info(),
@@ -819,35 +879,76 @@ async fn serve_spell<I: Readable>(
     });
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Resumable::new(prefix, io, Arc::clone(&context)));
-        let mut connection =
-            streams::Multiplexed::new(setup.builder.http2.serve_connection(io, requests));
+        let http2 = &setup.builder.http2;
         let limit = context.idle.limit();
         // Boxed, as every state the task may be in sizes it: an idle
         // HTTP/1.1 connection's task must not be as large as this.
-        let result = Box::pin(async move {
-            tokio::select! {
-                result = &mut connection => result,
-                ending = &mut ending => {
-                    // GOAWAY, so the client knows to open a new connection
-                    // rather than see its next stream fail; then finish the
-                    // open streams.
-                    Pin::new(connection.connection()).graceful_shutdown();
-                    if ending == Ending::Expired {
+        return Box::pin(async move {
+            // Made in here rather than captured: a captured connection and
+            // its pinned copy would both size this future (1.1 KiB each,
+            // held by every idle HTTP/2 connection).
+            let connection = match h2 {
+                Some(parked) => match http2.resume(io, *parked, requests) {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "a parked HTTP/2 connection could not resume");
+                        return None;
+                    }
+                },
+                None => http2.serve_connection(io, requests),
+            };
+            let mut connection = streams::Multiplexed::new(connection);
+            // After a park refused (h2 had something in progress that the
+            // idle clock does not see, such as a SETTINGS frame to
+            // acknowledge), the next try waits another `PARK_AFTER`.
+            let mut retry = None;
+            let result = loop {
+                let (step, back) = drive(connection, &context.idle, &mut ending, retry).await;
+                connection = back;
+                match step {
+                    Step::Park => {
+                        // Only with no stream (or tunnel) left running.
+                        let refused = match connection.into_connection() {
+                            Ok(inner) => match inner.park() {
+                                Ok((io, parked, _service)) => {
+                                    let (unread, io) = io.into_inner().into_parts();
+                                    return Some(Parked {
+                                        io,
+                                        prefix: unread,
+                                        idle_since: context.idle.idle_since(),
+                                        h2: Some(Box::new(parked)),
+                                    });
+                                }
+                                Err(back) => streams::Multiplexed::new(back),
+                            },
+                            Err(back) => back,
+                        };
+                        connection = refused;
+                        retry = Some(Instant::now() + PARK_AFTER);
+                    }
+                    Step::Ended(result) => break result,
+                    Step::Expired => {
+                        // GOAWAY, so the client knows to open a new
+                        // connection rather than see its next stream fail;
+                        // then finish the open streams.
                         tracing::debug!("{SILENT}");
+                        Pin::new(connection.connection()).graceful_shutdown();
                         // Bounded: a client that never reads would hold it.
                         let _ = tokio::time::timeout(limit, &mut connection).await;
-                        Ok(())
-                    } else {
-                        connection.await
+                        break Ok(());
+                    }
+                    Step::Drained => {
+                        Pin::new(connection.connection()).graceful_shutdown();
+                        break connection.await;
                     }
                 }
+            };
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "client connection ended with an error");
             }
+            None
         })
         .await;
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "client connection ended with an error");
-        }
-        return None;
     }
 
     // Boxed too, so that an HTTP/2 connection's spell (which lives as long
@@ -859,7 +960,7 @@ async fn serve_spell<I: Readable>(
             .http1
             .serve_connection(resumable, requests)
             .with_upgrades();
-        let (step, connection) = drive_http1(connection, &context.idle, &mut ending).await;
+        let (step, connection) = drive(connection, &context.idle, &mut ending, None).await;
         let result = match step {
             Step::Park => {
                 // `None` only after an upgrade, which never parks.
@@ -869,6 +970,7 @@ async fn serve_spell<I: Readable>(
                     io,
                     prefix: leftover(unread, parts.read_buf),
                     idle_since: context.idle.idle_since(),
+                    h2: None,
                 });
             }
             Step::Ended(result) => result,
@@ -915,13 +1017,14 @@ async fn serve_request(
 /// next request sooner than this (a busy keep-alive client) never pays it.
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
-/// Polls an HTTP/1.1 connection until it ends, has been idle for
-/// `PARK_AFTER` and may be parked (see `park`), or is ended from outside;
-/// hands it back for the caller to take apart.
-async fn drive_http1<C, E>(
+/// Polls a connection until it ends, has been idle for `PARK_AFTER` (and
+/// until `retry`, when given) and may be parked (see `park`), or is ended
+/// from outside; hands it back for the caller to take apart.
+async fn drive<C, E>(
     mut connection: C,
     idle: &IdleClock,
     ending: &mut PollWhenWoken<E>,
+    retry: Option<Instant>,
 ) -> (Step, C)
 where
     C: std::future::Future<Output = hyper::Result<()>> + Unpin,
@@ -938,6 +1041,7 @@ where
         }
         if idle.may_park() {
             let at = idle.idle_since() + PARK_AFTER;
+            let at = retry.map_or(at, |retry| at.max(retry));
             if quiet.deadline() != at {
                 quiet.as_mut().reset(at);
             }

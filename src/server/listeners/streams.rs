@@ -172,6 +172,16 @@ where
         &mut self.connection
     }
 
+    /// The connection alone, to be parked, when no stream (or tunnel) it
+    /// made is running and it has not ended; otherwise itself.
+    pub fn into_connection(self) -> Result<C, Self> {
+        if self.live == 0 && self.ended.is_none() {
+            Ok(self.connection)
+        } else {
+            Err(self)
+        }
+    }
+
     /// Takes the streams handed over during the last poll of the
     /// connection or of a stream, each marked to be polled; whether there
     /// were any.

@@ -384,6 +384,34 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     B: Buf,
 {
+    /// veer patch: takes an idle connection apart into its stream and a
+    /// compact record of its state, so it can wait for bytes without a
+    /// task or its buffers, and be resumed by [`Builder::resume`] when
+    /// they arrive. Parks only a connection with nothing in progress: no
+    /// stream open or reserved (nor a reset one kept), no `SendResponse`,
+    /// `RecvStream` or ping handle held, nothing buffered to read or write
+    /// (poll it until it is pending first), both sides' SETTINGS
+    /// acknowledged, no PING to answer, no GOAWAY sent or received.
+    /// Otherwise the connection is handed back unchanged.
+    ///
+    /// The HPACK encoding table is not kept: the resumed connection's
+    /// first header block empties the client's copy (a table size update,
+    /// which HPACK allows), so its first response sends its headers as
+    /// literals again.
+    pub fn park(self) -> Result<(T, Parked), Self> {
+        let Connection {
+            connection,
+            accepted_after_pending,
+        } = self;
+        match connection.park() {
+            Ok((io, parked)) => Ok((io, Parked(parked))),
+            Err(connection) => Err(Connection {
+                connection,
+                accepted_after_pending,
+            }),
+        }
+    }
+
     fn handshake2(io: T, builder: Builder) -> Handshake<T, B> {
         let span = tracing::trace_span!("server_handshake");
         let entered = span.enter();
@@ -1167,7 +1195,54 @@ impl Builder {
     {
         Connection::handshake2(io, self.clone())
     }
+
+    /// veer patch: resumes a connection parked by [`Connection::park`], on
+    /// its stream, without a handshake: its HPACK tables, settings,
+    /// flow-control windows and stream ids are as they were. The builder
+    /// must be configured as the one whose handshake made the connection.
+    ///
+    /// Fails only when the parked state cannot be read back (a header in
+    /// the HPACK table that does not parse again), which `park` does not
+    /// produce.
+    pub fn resume<T, B>(&self, io: T, parked: Parked) -> Result<Connection<T, B>, crate::Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+        B: Buf,
+    {
+        let codec = Codec::resume(io, &parked.0.codec)
+            .map_err(|_| crate::Error::from(Reason::COMPRESSION_ERROR))?;
+        let connection = proto::Connection::resume(codec, self.config(), &parked.0);
+        Ok(Connection {
+            connection,
+            accepted_after_pending: None,
+        })
+    }
+
+    /// The config of a connection this builder makes (veer patch: one place
+    /// for `handshake` and `resume`).
+    fn config(&self) -> Config {
+        Config {
+            next_stream_id: 2.into(),
+            // Server does not need to locally initiate any streams
+            initial_max_send_streams: 0,
+            max_send_buffer_size: self.max_send_buffer_size,
+            reset_stream_duration: self.reset_stream_duration,
+            reset_stream_max: self.reset_stream_max,
+            remote_reset_stream_max: self.pending_accept_reset_stream_max,
+            local_error_reset_streams_max: self.local_max_error_reset_streams,
+            settings: self.settings.clone(),
+            data_frame_budget: self.data_frame_budget,
+        }
+    }
 }
+
+/// veer patch: an idle server connection's state while it is parked (see
+/// [`Connection::park`]): its HPACK decoding table in one allocation (none
+/// before the client's first header is indexed), the settings in force,
+/// both connection windows and the stream ids. Resumed by
+/// [`Builder::resume`].
+#[derive(Debug)]
+pub struct Parked(proto::Parked);
 
 impl Default for Builder {
     fn default() -> Builder {
@@ -1555,23 +1630,9 @@ where
 
                     self.state = Handshaking::Done;
 
-                    let connection = proto::Connection::new(
-                        codec,
-                        Config {
-                            next_stream_id: 2.into(),
-                            // Server does not need to locally initiate any streams
-                            initial_max_send_streams: 0,
-                            max_send_buffer_size: self.builder.max_send_buffer_size,
-                            reset_stream_duration: self.builder.reset_stream_duration,
-                            reset_stream_max: self.builder.reset_stream_max,
-                            remote_reset_stream_max: self.builder.pending_accept_reset_stream_max,
-                            local_error_reset_streams_max: self
-                                .builder
-                                .local_max_error_reset_streams,
-                            settings: self.builder.settings.clone(),
-                            data_frame_budget: self.builder.data_frame_budget,
-                        },
-                    );
+                    // veer patch: the config made by `Builder::config`,
+                    // which `Builder::resume` shares.
+                    let connection = proto::Connection::new(codec, self.builder.config());
 
                     tracing::trace!("connection established!");
                     let mut c = Connection {
@@ -1824,3 +1885,8 @@ where
         }
     }
 }
+
+// veer patch: parking an idle connection and resuming it, on loopback
+// sockets with this crate's client.
+#[cfg(test)]
+mod park_tests;

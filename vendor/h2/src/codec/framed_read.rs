@@ -1,8 +1,8 @@
+use crate::codec::pool;
 use crate::frame::{self, Frame, Kind, Reason};
 use crate::frame::{
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_SETTINGS_HEADER_TABLE_SIZE, MAX_MAX_FRAME_SIZE,
 };
-use crate::codec::pool;
 use crate::proto::Error;
 
 use crate::hpack;
@@ -38,7 +38,17 @@ struct FrameDecoder {
 
     max_continuation_frames: usize,
 
-    partial: Option<Partial>,
+    // veer patch: boxed. A header block split over CONTINUATION frames is
+    // rare, and inline it sized every connection by 280 bytes.
+    partial: Option<Box<Partial>>,
+}
+
+/// veer patch: a reader's state while its connection is parked.
+#[derive(Debug)]
+pub(crate) struct ParkedReader {
+    hpack: hpack::ParkedDecoder,
+    max_frame_size: u32,
+    max_header_list_size: usize,
 }
 
 /// Partially loaded headers frame
@@ -112,6 +122,40 @@ impl<T> FramedRead<T> {
     #[inline]
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
+    }
+
+    /// veer patch: whether nothing received waits to be decoded (no bytes
+    /// buffered, no header block half assembled), so the reader can be
+    /// parked.
+    pub(crate) fn parkable(&self) -> bool {
+        self.inner.read_buffer().is_empty() && self.decoder.partial.is_none()
+    }
+
+    /// veer patch: the inner stream and the reader's state, once
+    /// `parkable`.
+    pub(crate) fn park(self) -> Option<(T, ParkedReader)> {
+        if !self.parkable() {
+            return None;
+        }
+        let parked = ParkedReader {
+            hpack: self.decoder.hpack.park(),
+            max_frame_size: self.max_frame_size() as u32,
+            max_header_list_size: self.decoder.max_header_list_size,
+        };
+        Some((self.inner.into_inner(), parked))
+    }
+
+    /// veer patch: a reader for a parked connection's stream, with what
+    /// `park` kept.
+    pub(crate) fn resume(
+        inner: InnerFramedRead<T, LengthDelimitedCodec>,
+        parked: &ParkedReader,
+    ) -> Result<FramedRead<T>, hpack::DecoderError> {
+        let mut framed = FramedRead::new(inner);
+        framed.set_max_frame_size(parked.max_frame_size as usize);
+        framed.set_max_header_list_size(parked.max_header_list_size);
+        framed.decoder.hpack = hpack::Decoder::resume(&parked.hpack)?;
+        Ok(framed)
     }
 }
 
@@ -228,11 +272,11 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             } else {
                 tracing::trace!("loaded partial header block");
                 // Defer returning the frame
-                decoder.partial = Some(Partial {
+                decoder.partial = Some(Box::new(Partial {
                     frame: Continuable::$frame(frame),
                     buf: payload,
                     continuation_frames_count: 0,
-                });
+                }));
 
                 return Ok(None);
             }
@@ -509,5 +553,26 @@ impl<T> From<Continuable> for Frame<T> {
                 push.into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod veer_sizes {
+    use super::*;
+
+    /// veer patch: the reader's inline parts (run with `--nocapture`).
+    #[test]
+    fn print_sizes() {
+        type Io = tokio::io::DuplexStream;
+        println!(
+            "FramedRead {} FrameDecoder {} Option<Partial> {} hpack::Decoder {} Continuable {} Headers {} PushPromise {}",
+            std::mem::size_of::<FramedRead<crate::codec::FramedWrite<Io, bytes::Bytes>>>(),
+            std::mem::size_of::<FrameDecoder>(),
+            std::mem::size_of::<Option<Partial>>(),
+            std::mem::size_of::<hpack::Decoder>(),
+            std::mem::size_of::<Continuable>(),
+            std::mem::size_of::<frame::Headers>(),
+            std::mem::size_of::<frame::PushPromise>(),
+        );
     }
 }

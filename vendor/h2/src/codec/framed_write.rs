@@ -102,6 +102,19 @@ where
         }
     }
 
+    /// veer patch: a writer for a parked connection's stream, with what
+    /// `park` kept.
+    pub(crate) fn resume(
+        inner: T,
+        max_frame_size: FrameSize,
+        encoder: &hpack::ParkedEncoder,
+    ) -> FramedWrite<T, B> {
+        let mut framed = FramedWrite::new(inner);
+        framed.encoder.max_frame_size = max_frame_size;
+        framed.encoder.hpack = hpack::Encoder::resume(encoder);
+        framed
+    }
+
     /// Returns `Ready` when `send` is able to accept a frame
     ///
     /// Calling this function may result in the current contents of the buffer
@@ -360,6 +373,26 @@ impl<T, B> FramedWrite<T, B> {
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }
+
+    /// veer patch: whether nothing is left to write, so the writer can be
+    /// parked: no bytes buffered, no frame half written or to reclaim, not
+    /// shut down.
+    pub(crate) fn parkable(&self) -> bool {
+        !self.encoder.buf.has_remaining()
+            && self.encoder.next.is_none()
+            && self.encoder.last_data_frame.is_none()
+            && !self.final_flush_done
+    }
+
+    /// veer patch: the stream, the peer's max frame size and the HPACK
+    /// encoder's state, once `parkable`.
+    pub(crate) fn park(self) -> Option<(T, FrameSize, hpack::ParkedEncoder)> {
+        if !self.parkable() {
+            return None;
+        }
+        let encoder = self.encoder.hpack.park();
+        Some((self.inner, self.encoder.max_frame_size, encoder))
+    }
 }
 
 impl<T: AsyncRead + Unpin, B> AsyncRead for FramedWrite<T, B> {
@@ -383,5 +416,26 @@ mod unstable {
         pub fn get_ref(&self) -> &T {
             &self.inner
         }
+    }
+}
+
+#[cfg(test)]
+mod veer_sizes {
+    use super::*;
+
+    /// veer patch: the writer's inline parts (run with `--nocapture`).
+    #[test]
+    fn print_sizes() {
+        type Io = tokio::io::DuplexStream;
+        type B = crate::proto::Prioritized<bytes::Bytes>;
+        println!(
+            "FramedWrite {} Encoder {} Option<Next> {} Option<Data> {} hpack::Encoder {} Continuation {}",
+            std::mem::size_of::<FramedWrite<Io, B>>(),
+            std::mem::size_of::<Encoder<B>>(),
+            std::mem::size_of::<Option<Next<B>>>(),
+            std::mem::size_of::<Option<frame::Data<B>>>(),
+            std::mem::size_of::<hpack::Encoder>(),
+            std::mem::size_of::<frame::Continuation>(),
+        );
     }
 }

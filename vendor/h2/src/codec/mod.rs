@@ -63,6 +63,63 @@ where
     }
 }
 
+/// veer patch: a codec's state while its connection is parked (see
+/// `Codec::park`).
+#[derive(Debug)]
+pub(crate) struct ParkedCodec {
+    reader: framed_read::ParkedReader,
+    encoder: crate::hpack::ParkedEncoder,
+    max_send_frame_size: u32,
+}
+
+impl<T, B> Codec<T, B>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    B: Buf,
+{
+    /// veer patch: whether nothing waits to be decoded or written.
+    pub(crate) fn parkable(&self) -> bool {
+        self.inner.parkable() && self.inner.get_ref().parkable()
+    }
+
+    /// veer patch: the stream and the codec's state (HPACK tables, frame
+    /// and header list sizes); the codec back when it is not `parkable`.
+    pub(crate) fn park(self) -> Result<(T, ParkedCodec), Self> {
+        if !self.parkable() {
+            return Err(self);
+        }
+        let Some((write, reader)) = self.inner.park() else {
+            unreachable!("a parkable reader parks");
+        };
+        let Some((io, max_send_frame_size, encoder)) = write.park() else {
+            unreachable!("a parkable writer parks");
+        };
+        Ok((
+            io,
+            ParkedCodec {
+                reader,
+                encoder,
+                max_send_frame_size,
+            },
+        ))
+    }
+
+    /// veer patch: a codec for a parked connection's stream, in the state
+    /// `park` saw.
+    pub(crate) fn resume(io: T, parked: &ParkedCodec) -> Result<Self, crate::hpack::DecoderError> {
+        let framed_write = FramedWrite::resume(io, parked.max_send_frame_size, &parked.encoder);
+        let codec = length_delimited::Builder::new()
+            .big_endian()
+            .length_field_length(3)
+            .length_adjustment(9)
+            .num_skip(0)
+            .new_codec();
+        let delimited = tokio_util::codec::FramedRead::with_capacity(framed_write, codec, 0);
+        let inner = FramedRead::resume(delimited, &parked.reader)?;
+        Ok(Codec { inner })
+    }
+}
+
 impl<T, B> Codec<T, B> {
     /// Updates the max received frame size.
     ///

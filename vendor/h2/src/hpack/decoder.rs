@@ -23,6 +23,16 @@ pub struct Decoder {
     buffer: BytesMut,
 }
 
+/// veer patch: a `Decoder`'s state while its connection is parked (see
+/// `Decoder::park`).
+#[derive(Debug)]
+pub(crate) struct ParkedDecoder {
+    entries: Box<[u8]>,
+    max_size: usize,
+    last_max_update: usize,
+    max_size_update: Option<usize>,
+}
+
 /// Represents all errors that can be encountered while performing the decoding
 /// of an HPACK header set.
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]
@@ -170,6 +180,62 @@ impl Decoder {
         // A string whose decoding failed may have left bytes.
         self.buffer.clear();
         pool::HPACK.give(&mut self.buffer);
+    }
+
+    /// veer patch: the decoder's state in a compact form, for a connection
+    /// parked while idle: the dynamic table's entries (oldest first, each a
+    /// name and a value behind their lengths) in one allocation, none when
+    /// the table is empty. A size update expected from the peer is kept.
+    pub(crate) fn park(&self) -> ParkedDecoder {
+        let mut bytes = Vec::new();
+        if !self.table.entries.is_empty() {
+            let len: usize = self
+                .table
+                .entries
+                .iter()
+                .map(|entry| 8 + entry.name().as_slice().len() + entry.value_slice().len())
+                .sum();
+            bytes.reserve_exact(len);
+            for entry in self.table.entries.iter().rev() {
+                for part in [entry.name().as_slice(), entry.value_slice()] {
+                    bytes.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                    bytes.extend_from_slice(part);
+                }
+            }
+        }
+        ParkedDecoder {
+            entries: bytes.into_boxed_slice(),
+            max_size: self.table.max_size,
+            last_max_update: self.last_max_update,
+            max_size_update: self.max_size_update,
+        }
+    }
+
+    /// veer patch: a decoder whose dynamic table is the one `park` saw.
+    pub(crate) fn resume(parked: &ParkedDecoder) -> Result<Decoder, DecoderError> {
+        fn part<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], DecoderError> {
+            let truncated = DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream);
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or(truncated)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(truncated);
+            }
+            let (part, tail) = tail.split_at(len);
+            *rest = tail;
+            Ok(part)
+        }
+        let mut decoder = Decoder::new(parked.max_size);
+        decoder.last_max_update = parked.last_max_update;
+        decoder.max_size_update = parked.max_size_update;
+        let mut rest = &parked.entries[..];
+        while !rest.is_empty() {
+            // Owned bytes, as an entry decoded from a frame is (see
+            // `Header::unshared`).
+            let name = Bytes::copy_from_slice(part(&mut rest)?);
+            let value = Bytes::copy_from_slice(part(&mut rest)?);
+            decoder.table.insert(Header::new(name, value)?);
+        }
+        Ok(decoder)
     }
 
     /// Queues a potential size update

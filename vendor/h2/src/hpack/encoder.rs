@@ -20,6 +20,17 @@ pub struct Encoder {
     scratch: BytesMut,
 }
 
+/// veer patch: an `Encoder`'s state while its connection is parked (see
+/// `Encoder::park`).
+#[derive(Debug)]
+pub(crate) struct ParkedEncoder {
+    max_size: usize,
+    max_allowed_size: usize,
+    /// What the next header block starts with: an update queued before
+    /// the park, or one that empties the peer's table.
+    size_update: Option<SizeUpdate>,
+}
+
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 enum SizeUpdate {
     One(usize),
@@ -60,6 +71,38 @@ impl Encoder {
     /// Returns a fully-written header block buffer for reuse.
     pub(crate) fn return_scratch(&mut self, scratch: BytesMut) {
         self.scratch = scratch;
+    }
+
+    /// veer patch: the encoder's state while its connection is parked.
+    /// The dynamic table is not kept: the encoder that resumes starts with
+    /// an empty one and tells the peer so (a size update to 0, at the
+    /// start of its first header block), which HPACK allows at any time. A
+    /// size update queued and not yet sent is kept.
+    pub(crate) fn park(&self) -> ParkedEncoder {
+        let size_update = if self.table.is_empty() {
+            self.size_update
+        } else {
+            let max = match self.size_update {
+                Some(SizeUpdate::One(max) | SizeUpdate::Two(_, max)) => max,
+                None => self.table.max_size(),
+            };
+            Some(SizeUpdate::Two(0, max))
+        };
+        ParkedEncoder {
+            max_size: self.table.max_size(),
+            max_allowed_size: self.max_allowed_size,
+            size_update,
+        }
+    }
+
+    /// veer patch: an encoder from what `park` kept.
+    pub(crate) fn resume(parked: &ParkedEncoder) -> Encoder {
+        Encoder {
+            table: Table::new(parked.max_size, 0),
+            max_allowed_size: parked.max_allowed_size,
+            size_update: parked.size_update,
+            scratch: BytesMut::new(),
+        }
     }
 
     /// Queues a max size update.

@@ -40,7 +40,8 @@ where
     ///
     /// This exists separately from State in order to support
     /// graceful shutdown.
-    error: Option<frame::GoAway>,
+    // veer patch: boxed (see `go_away::GoAway::pending`).
+    error: Option<Box<frame::GoAway>>,
 
     /// Pending GOAWAY frames to write.
     go_away: GoAway,
@@ -71,9 +72,17 @@ struct DynConnection<'a, B: Buf = Bytes> {
 
     streams: DynStreams<'a, B>,
 
-    error: &'a mut Option<frame::GoAway>,
+    error: &'a mut Option<Box<frame::GoAway>>,
 
     ping_pong: &'a mut PingPong,
+}
+
+/// veer patch: an idle connection's state while its stream waits for
+/// bytes without a task (see `Connection::park`).
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub(crate) codec: crate::codec::ParkedCodec,
+    streams: ParkedStreams,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +180,49 @@ where
                 _phantom: PhantomData,
             },
         }
+    }
+
+    /// veer patch: takes an idle connection apart into its stream and a
+    /// compact record of its state (`Parked`), to be resumed with
+    /// `resume` when bytes arrive. Only a connection with nothing in
+    /// progress parks: no stream open, reserved or kept after a reset, no
+    /// reference to one, nothing buffered to read or write, both sides'
+    /// SETTINGS acknowledged, no PING to send or answer, no GOAWAY sent or
+    /// received. Otherwise it is handed back unchanged.
+    pub(crate) fn park(self) -> Result<(T, Parked), Self> {
+        let inner = &self.inner;
+        let idle = matches!(inner.state, State::Open)
+            && inner.error.is_none()
+            && inner.go_away.is_idle()
+            && inner.pending_refusal.is_none()
+            && inner.ping_pong.is_idle()
+            && inner.settings.is_synced()
+            && self.codec.parkable();
+        if !idle {
+            return Err(self);
+        }
+        let Some(streams) = self.inner.streams.park() else {
+            return Err(self);
+        };
+        let Connection { codec, inner } = self;
+        match codec.park() {
+            Ok((io, codec)) => Ok((io, Parked { codec, streams })),
+            Err(codec) => Err(Connection { codec, inner }),
+        }
+    }
+
+    /// veer patch: a connection in the state `park` saw, on `codec` (made
+    /// from the parked stream by `Codec::resume`). No handshake: both
+    /// sides' settings are in force already.
+    pub(crate) fn resume(
+        codec: Codec<T, Prioritized<B>>,
+        config: Config,
+        parked: &Parked,
+    ) -> Connection<T, P, B> {
+        let mut connection = Connection::new(codec, config);
+        connection.inner.settings = Settings::resumed();
+        connection.inner.streams.resume(&parked.streams);
+        connection
     }
 
     /// connection flow control
@@ -323,6 +375,10 @@ where
                             //
                             // This will also handle flushing `self.codec`
                             ready!(self.inner.streams.poll_complete(cx, &mut self.codec))?;
+
+                            // veer patch: an idle connection gives back what
+                            // its last streams grew.
+                            self.inner.streams.shrink_when_idle();
 
                             if (self.inner.error.is_some()
                                 || self.inner.go_away.should_close_on_idle())
@@ -593,7 +649,7 @@ where
                 // until they are all EOS. Once they are, State should
                 // transition to GoAway.
                 self.streams.recv_go_away(&frame)?;
-                *self.error = Some(frame);
+                *self.error = Some(Box::new(frame));
             }
             Some(Ping(frame)) => {
                 tracing::trace!(?frame, "recv PING");
@@ -678,14 +734,17 @@ where
     }
 }
 
-impl<T, P, B> Drop for Connection<T, P, B>
+// veer patch: on the inner part rather than on `Connection`, so `park` can
+// take the codec out. The same effect: the streams learn the connection is
+// gone when it is dropped.
+impl<P, B> Drop for ConnectionInner<P, B>
 where
     P: Peer,
     B: Buf,
 {
     fn drop(&mut self) {
         // Ignore errors as this indicates that the mutex is poisoned.
-        let _ = self.inner.streams.recv_eof(true);
+        let _ = self.streams.recv_eof(true);
     }
 }
 
@@ -724,5 +783,38 @@ mod tests {
             DataFrameBudget::Configured(123).resolve(Some(MAX_WINDOW_SIZE)),
             123
         );
+    }
+}
+
+#[cfg(test)]
+mod veer_sizes {
+    use super::*;
+    use std::mem::size_of;
+
+    /// veer patch: what an idle server connection holds inline (run with
+    /// `--nocapture`).
+    #[test]
+    fn print_sizes() {
+        type Io = tokio::io::DuplexStream;
+        println!(
+            "Connection {} Codec {} ConnectionInner {} State {} GoAway frame {} GoAway {} PingPong {} Settings {} frame::Settings {} Streams {} Span {} server::Connection {} server::Handshake {}",
+            size_of::<Connection<Io, server::Peer, Bytes>>(),
+            size_of::<Codec<Io, Prioritized<Bytes>>>(),
+            size_of::<ConnectionInner<server::Peer, Bytes>>(),
+            size_of::<State>(),
+            size_of::<Option<frame::GoAway>>(),
+            size_of::<GoAway>(),
+            size_of::<PingPong>(),
+            size_of::<Settings>(),
+            size_of::<frame::Settings>(),
+            size_of::<Streams<Bytes, server::Peer>>(),
+            size_of::<tracing::Span>(),
+            size_of::<server::Connection<Io, Bytes>>(),
+            size_of::<server::Handshake<Io, Bytes>>(),
+        );
+        // 1,216 before the rarely used parts were boxed.
+        assert!(size_of::<server::Connection<Io, Bytes>>() <= 856);
+        // A parked connection's record, apart from its HPACK entries.
+        assert!(size_of::<server::Parked>() <= 224);
     }
 }

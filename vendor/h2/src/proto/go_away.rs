@@ -16,7 +16,9 @@ pub(super) struct GoAway {
     /// Whether the user started the GOAWAY by calling `abrupt_shutdown`.
     is_user_initiated: bool,
     /// A GOAWAY frame that must be buffered in the Codec immediately.
-    pending: Option<frame::GoAway>,
+    // veer patch: boxed, as it is there only for a moment at the end of a
+    // connection, and inline it sized every connection.
+    pending: Option<Box<frame::GoAway>>,
 }
 
 /// Keeps a memory of any GOAWAY frames we've sent before.
@@ -65,7 +67,7 @@ impl GoAway {
             last_processed_id: f.last_stream_id(),
             reason: f.reason(),
         });
-        self.pending = Some(f);
+        self.pending = Some(Box::new(f));
     }
 
     pub fn go_away_now(&mut self, f: frame::GoAway) {
@@ -88,6 +90,12 @@ impl GoAway {
     /// Return if a GOAWAY has ever been scheduled.
     pub fn is_going_away(&self) -> bool {
         self.going_away.is_some()
+    }
+
+    /// veer patch: whether no GOAWAY was sent, queued or asked for, so the
+    /// connection can be parked.
+    pub fn is_idle(&self) -> bool {
+        self.going_away.is_none() && self.pending.is_none() && !self.close_now
     }
 
     pub fn is_user_initiated(&self) -> bool {
@@ -133,7 +141,7 @@ impl GoAway {
             }
 
             let reason = frame.reason();
-            dst.buffer(frame.into()).expect("invalid GOAWAY frame");
+            dst.buffer((*frame).into()).expect("invalid GOAWAY frame");
 
             return Poll::Ready(Some(Ok(reason)));
         } else if self.should_close_now() {

@@ -7,11 +7,15 @@ mod settings;
 mod streams;
 
 pub(crate) use self::connection::{Config, Connection, DataFrameBudget};
+// veer patch: the state of a parked connection.
+pub(crate) use self::connection::Parked;
 pub use self::error::{Error, Initiator};
 pub(crate) use self::peer::{Dyn as DynPeer, Peer};
 pub(crate) use self::ping_pong::UserPings;
 pub(crate) use self::streams::{DynStreams, OpaqueStreamRef, StreamRef, Streams};
 pub(crate) use self::streams::{Open, PollReset, Prioritized};
+// veer patch: the streams' state of a parked connection.
+pub(crate) use self::streams::ParkedStreams;
 
 use crate::codec::Codec;
 

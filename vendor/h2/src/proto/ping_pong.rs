@@ -61,6 +61,12 @@ const USER_STATE_CLOSED: usize = 4;
 // ===== impl PingPong =====
 
 impl PingPong {
+    /// veer patch: whether no PING is to be sent or answered and no user
+    /// holds the ping handle, so the connection can be parked.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending_ping.is_none() && self.pending_pong.is_none() && self.user_pings.is_none()
+    }
+
     pub(crate) fn new() -> Self {
         PingPong {
             pending_ping: None,

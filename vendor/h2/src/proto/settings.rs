@@ -10,7 +10,9 @@ pub(crate) struct Settings {
     /// Received SETTINGS frame pending processing. The ACK must be written to
     /// the socket first then the settings applied **before** receiving any
     /// further frames.
-    remote: Option<frame::Settings>,
+    // veer patch: boxed; it is only there between a SETTINGS frame received
+    // and its ACK written, and inline it sized every connection.
+    remote: Option<Box<frame::Settings>>,
     /// Whether the connection has received the initial SETTINGS frame from the
     /// remote peer.
     has_received_remote_initial_settings: bool,
@@ -35,6 +37,24 @@ impl Settings {
             local: Local::WaitingAck(local),
             remote: None,
             has_received_remote_initial_settings: false,
+        }
+    }
+
+    /// veer patch: whether both sides' SETTINGS are acknowledged and
+    /// applied, so the connection can be parked.
+    pub(crate) fn is_synced(&self) -> bool {
+        matches!(self.local, Local::Synced)
+            && self.remote.is_none()
+            && self.has_received_remote_initial_settings
+    }
+
+    /// veer patch: the settings of a parked connection that resumes: in
+    /// sync, their values restored with its codec and streams.
+    pub(crate) fn resumed() -> Self {
+        Settings {
+            local: Local::Synced,
+            remote: None,
+            has_received_remote_initial_settings: true,
         }
     }
 
@@ -82,7 +102,7 @@ impl Settings {
             // We always ACK before reading more frames, so `remote` should
             // always be none!
             assert!(self.remote.is_none());
-            self.remote = Some(frame);
+            self.remote = Some(Box::new(frame));
             Ok(())
         }
     }
@@ -120,8 +140,11 @@ impl Settings {
         C: Buf,
         P: Peer,
     {
-        if let Some(settings) = self.remote.clone() {
+        // veer patch: taken, not cloned (it is boxed), and put back while
+        // the codec has no room for the ACK.
+        if let Some(settings) = self.remote.take() {
             if !dst.poll_ready(cx)?.is_ready() {
+                self.remote = Some(settings);
                 return Poll::Pending;
             }
 

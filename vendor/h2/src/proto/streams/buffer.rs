@@ -4,6 +4,9 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
+    /// veer patch: the frames it has room for when first used, and keeps
+    /// while idle (`shrink_if_empty`).
+    keep: usize,
 }
 
 /// A sequence of frames in a `Buffer`
@@ -27,11 +30,34 @@ struct Slot<T> {
 
 impl<T> Buffer<T> {
     pub fn new() -> Self {
-        Buffer { slab: Slab::new() }
+        Buffer::keeping(1)
+    }
+
+    /// veer patch: a buffer that keeps room for `keep` frames while idle.
+    pub fn keeping(keep: usize) -> Self {
+        Buffer {
+            slab: Slab::new(),
+            keep,
+        }
+    }
+
+    /// veer patch: room for exactly `keep` frames when it has none.
+    fn reserve_first(&mut self) {
+        if self.slab.capacity() == 0 {
+            self.slab.reserve_exact(self.keep);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
+    }
+
+    /// veer patch: frees the slab once no frame is left in it, unless it
+    /// has no more room than it keeps (see `Store::shrink_if_empty`).
+    pub fn shrink_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() > self.keep {
+            self.slab = Slab::new();
+        }
     }
 }
 
@@ -45,6 +71,7 @@ impl Deque {
     }
 
     pub fn push_back<T>(&mut self, buf: &mut Buffer<T>, value: T) {
+        buf.reserve_first();
         let key = buf.slab.insert(Slot { value, next: None });
 
         match self.indices {
@@ -62,6 +89,7 @@ impl Deque {
     }
 
     pub fn push_front<T>(&mut self, buf: &mut Buffer<T>, value: T) {
+        buf.reserve_first();
         let key = buf.slab.insert(Slot { value, next: None });
 
         match self.indices {

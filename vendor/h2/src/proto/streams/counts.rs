@@ -88,6 +88,18 @@ pub(super) struct Counts {
     num_recv_empty_data_frames: usize,
 }
 
+/// veer patch: the limits and the connection-long counts of a parked
+/// connection (see `Counts::park`).
+#[derive(Debug)]
+pub(super) struct ParkedCounts {
+    max_send_streams: usize,
+    max_recv_streams: usize,
+    num_local_error_reset_streams: usize,
+    data_frame_budget_spent: usize,
+    data_frame_budget_max: usize,
+    num_recv_empty_data_frames: usize,
+}
+
 impl Counts {
     /// Create a new `Counts` using the provided configuration values.
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
@@ -107,6 +119,33 @@ impl Counts {
             data_frame_budget_is_auto: config.data_frame_budget.is_auto(),
             num_recv_empty_data_frames: 0,
         }
+    }
+
+    /// veer patch: what a parked connection keeps; `None` while a stream
+    /// is counted.
+    pub(super) fn park(&self) -> Option<ParkedCounts> {
+        let idle = self.num_send_streams == 0
+            && self.num_recv_streams == 0
+            && self.num_local_reset_streams == 0
+            && self.num_remote_reset_streams == 0;
+        idle.then_some(ParkedCounts {
+            max_send_streams: self.max_send_streams,
+            max_recv_streams: self.max_recv_streams,
+            num_local_error_reset_streams: self.num_local_error_reset_streams,
+            data_frame_budget_spent: self.data_frame_budget.spent,
+            data_frame_budget_max: self.data_frame_budget.max,
+            num_recv_empty_data_frames: self.num_recv_empty_data_frames,
+        })
+    }
+
+    /// veer patch: the state `park` kept, on a new connection's counts.
+    pub(super) fn resume(&mut self, parked: &ParkedCounts) {
+        self.max_send_streams = parked.max_send_streams;
+        self.max_recv_streams = parked.max_recv_streams;
+        self.num_local_error_reset_streams = parked.num_local_error_reset_streams;
+        self.data_frame_budget.spent = parked.data_frame_budget_spent;
+        self.data_frame_budget.max = parked.data_frame_budget_max;
+        self.num_recv_empty_data_frames = parked.num_recv_empty_data_frames;
     }
 
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) {

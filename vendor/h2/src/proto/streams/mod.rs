@@ -14,6 +14,8 @@ pub(crate) use self::prioritize::Prioritized;
 pub(crate) use self::recv::Open;
 pub(crate) use self::send::PollReset;
 pub(crate) use self::streams::{DynStreams, OpaqueStreamRef, RecvOutcome, StreamRef, Streams};
+// veer patch: the streams' state of a parked connection.
+pub(crate) use self::streams::ParkedStreams;
 
 use self::buffer::Buffer;
 use self::counts::Counts;

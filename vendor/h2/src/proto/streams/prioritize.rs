@@ -104,6 +104,21 @@ impl Prioritize {
         }
     }
 
+    /// veer patch: the connection's send window, when nothing is queued
+    /// or in flight (see `Send::park`).
+    pub(super) fn park(&self) -> Option<FlowControl> {
+        let idle = self.pending_send.is_empty()
+            && self.pending_capacity.is_empty()
+            && self.pending_open.is_empty()
+            && self.in_flight_data_frame == InFlightData::Nothing;
+        idle.then_some(self.flow)
+    }
+
+    /// veer patch: the send window `park` kept.
+    pub(super) fn resume(&mut self, flow: FlowControl) {
+        self.flow = flow;
+    }
+
     pub(crate) fn max_buffer_size(&self) -> usize {
         self.max_buffer_size
     }

@@ -58,6 +58,18 @@ pub(super) struct Recv {
     is_extended_connect_protocol_enabled: bool,
 }
 
+/// veer patch: the receiving side of a parked connection (see `Recv::park`).
+#[derive(Debug)]
+pub(super) struct ParkedRecv {
+    init_window_sz: WindowSize,
+    flow: FlowControl,
+    next_stream_id: Result<StreamId, StreamIdOverflow>,
+    last_processed_id: StreamId,
+    max_stream_id: StreamId,
+    is_push_enabled: bool,
+    is_extended_connect_protocol_enabled: bool,
+}
+
 #[derive(Debug)]
 pub(super) enum Event {
     Headers(peer::PollMessage),
@@ -121,6 +133,42 @@ impl Recv {
     /// Returns the ID of the last processed stream
     pub fn last_processed_id(&self) -> StreamId {
         self.last_processed_id
+    }
+
+    /// veer patch: frees the buffer of received frames once it is empty
+    /// (see `Store::shrink_if_empty`).
+    pub fn shrink_if_empty(&mut self) {
+        self.buffer.shrink_if_empty();
+    }
+
+    /// veer patch: what a parked connection keeps of the receiving side;
+    /// `None` while a stream or a frame is left, or data is unreleased.
+    pub(super) fn park(&self) -> Option<ParkedRecv> {
+        let idle = self.in_flight_data == 0
+            && self.buffer.is_empty()
+            && self.pending_window_updates.is_empty()
+            && self.pending_accept.is_empty()
+            && self.pending_reset_expired.is_empty();
+        idle.then_some(ParkedRecv {
+            init_window_sz: self.init_window_sz,
+            flow: self.flow,
+            next_stream_id: self.next_stream_id,
+            last_processed_id: self.last_processed_id,
+            max_stream_id: self.max_stream_id,
+            is_push_enabled: self.is_push_enabled,
+            is_extended_connect_protocol_enabled: self.is_extended_connect_protocol_enabled,
+        })
+    }
+
+    /// veer patch: the state `park` kept, on a new connection's `Recv`.
+    pub(super) fn resume(&mut self, parked: &ParkedRecv) {
+        self.init_window_sz = parked.init_window_sz;
+        self.flow = parked.flow;
+        self.next_stream_id = parked.next_stream_id;
+        self.last_processed_id = parked.last_processed_id;
+        self.max_stream_id = parked.max_stream_id;
+        self.is_push_enabled = parked.is_push_enabled;
+        self.is_extended_connect_protocol_enabled = parked.is_extended_connect_protocol_enabled;
     }
 
     /// Update state reflecting a new, remotely opened stream

@@ -47,6 +47,17 @@ pub(crate) enum PollReset {
     Streaming,
 }
 
+/// veer patch: the sending side of a parked connection (see `Send::park`).
+#[derive(Debug)]
+pub(super) struct ParkedSend {
+    init_window_sz: WindowSize,
+    max_stream_id: StreamId,
+    next_stream_id: Result<StreamId, StreamIdOverflow>,
+    flow: super::FlowControl,
+    is_push_enabled: bool,
+    is_extended_connect_protocol_enabled: bool,
+}
+
 impl Send {
     /// Create a new `Send`
     pub fn new(config: &Config) -> Self {
@@ -63,6 +74,29 @@ impl Send {
     /// Returns the initial send window size
     pub fn init_window_sz(&self) -> WindowSize {
         self.init_window_sz
+    }
+
+    /// veer patch: what a parked connection keeps of the sending side;
+    /// `None` while a frame is queued or in flight.
+    pub(super) fn park(&self) -> Option<ParkedSend> {
+        Some(ParkedSend {
+            init_window_sz: self.init_window_sz,
+            max_stream_id: self.max_stream_id,
+            next_stream_id: self.next_stream_id,
+            flow: self.prioritize.park()?,
+            is_push_enabled: self.is_push_enabled,
+            is_extended_connect_protocol_enabled: self.is_extended_connect_protocol_enabled,
+        })
+    }
+
+    /// veer patch: the state `park` kept, on a new connection's `Send`.
+    pub(super) fn resume(&mut self, parked: &ParkedSend) {
+        self.init_window_sz = parked.init_window_sz;
+        self.max_stream_id = parked.max_stream_id;
+        self.next_stream_id = parked.next_stream_id;
+        self.prioritize.resume(parked.flow);
+        self.is_push_enabled = parked.is_push_enabled;
+        self.is_extended_connect_protocol_enabled = parked.is_extended_connect_protocol_enabled;
     }
 
     pub fn open(&mut self) -> Result<StreamId, UserError> {

@@ -86,6 +86,33 @@ impl Store {
         }
     }
 
+    /// veer patch: frees the slab and the id map once no stream is left in
+    /// them, so a connection idle after a burst of streams does not keep
+    /// them at the size the burst grew them to. Room for one stream is
+    /// kept (see `reserve_first`): a client making one request at a time
+    /// then allocates nothing per request for it. Whether the store is
+    /// empty.
+    pub fn shrink_if_empty(&mut self) -> bool {
+        if !self.slab.is_empty() {
+            return false;
+        }
+        if self.slab.capacity() > 1 {
+            self.slab = slab::Slab::new();
+            self.ids = IndexMap::new();
+        }
+        true
+    }
+
+    /// veer patch: room for exactly one stream when the store has none,
+    /// rather than the four a first insert allocates: what an idle
+    /// connection keeps (`shrink_if_empty`).
+    fn reserve_first(&mut self) {
+        if self.slab.capacity() == 0 {
+            self.slab.reserve_exact(1);
+            self.ids.reserve_exact(1);
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;
@@ -102,6 +129,7 @@ impl Store {
     }
 
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        self.reserve_first();
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -116,6 +144,8 @@ impl Store {
 
     pub fn find_entry(&mut self, id: StreamId) -> Entry<'_> {
         use self::indexmap::map::Entry::*;
+
+        self.reserve_first();
 
         match self.ids.entry(id) {
             Occupied(e) => Entry::Occupied(OccupiedEntry { ids: e }),

@@ -58,6 +58,15 @@ pub(crate) enum RecvOutcome {
     Refused(StreamId),
 }
 
+/// veer patch: the streams' state of a parked connection (see
+/// `Streams::park`).
+#[derive(Debug)]
+pub(crate) struct ParkedStreams {
+    counts: super::counts::ParkedCounts,
+    recv: super::recv::ParkedRecv,
+    send: super::send::ParkedSend,
+}
+
 /// Reference to the stream state
 #[derive(Debug)]
 pub(crate) struct StreamRef<B> {
@@ -1144,6 +1153,48 @@ where
         me.counts.has_streams()
     }
 
+    /// veer patch: what a parked connection keeps of its streams' state
+    /// (windows, stream ids, the peer's limits, the connection-long
+    /// counts); `None` while a stream, a reference to one or a frame is
+    /// left.
+    pub(crate) fn park(&self) -> Option<ParkedStreams> {
+        let mut me = self.inner.lock().unwrap();
+        if me.refs != 1
+            || !me.store.shrink_if_empty()
+            || me.actions.conn_error.is_some()
+            || !self.send_buffer.is_empty()
+        {
+            return None;
+        }
+        Some(ParkedStreams {
+            counts: me.counts.park()?,
+            recv: me.actions.recv.park()?,
+            send: me.actions.send.park()?,
+        })
+    }
+
+    /// veer patch: the state `park` kept, on a new connection's streams.
+    pub(crate) fn resume(&mut self, parked: &ParkedStreams) {
+        let mut me = self.inner.lock().unwrap();
+        me.counts.resume(&parked.counts);
+        me.actions.recv.resume(&parked.recv);
+        me.actions.send.resume(&parked.send);
+    }
+
+    /// veer patch: once no stream is left, frees the stream store and the
+    /// frame buffers at the size the last burst of streams grew them to.
+    /// An idle connection then holds none of them; the next stream
+    /// allocates them again (a few allocations per idle spell).
+    pub fn shrink_when_idle(&self) {
+        let mut me = self.inner.lock().unwrap();
+        if !me.store.shrink_if_empty() {
+            return;
+        }
+        me.actions.recv.shrink_if_empty();
+        drop(me);
+        self.send_buffer.inner.lock().unwrap().shrink_if_empty();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
@@ -1722,7 +1773,9 @@ fn maybe_cancel(stream: &mut store::Ptr, actions: &mut Actions, counts: &mut Cou
 
 impl<B> SendBuffer<B> {
     fn new() -> Self {
-        let inner = Mutex::new(Buffer::new());
+        // veer patch: a response's HEADERS and DATA are queued together,
+        // so room for two is kept while idle (`Buffer::shrink_if_empty`).
+        let inner = Mutex::new(Buffer::keeping(2));
         SendBuffer { inner }
     }
 
