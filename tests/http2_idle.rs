@@ -432,6 +432,83 @@ async fn the_drain_sends_goaway_to_parked_http2_connections() {
     }
 }
 
+/// A request sent right after the GOAWAY that closes a parked connection
+/// (the client had not read it yet) is served by the proxy, not refused: a
+/// GOAWAY's first round names no last stream, so the stream is accepted, and
+/// the client would not retry a refusal it got as an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_racing_the_goaway_of_a_parked_connection_is_served() {
+    let upstream = Upstream::start("stable").await;
+    let yaml = ConfigBuilder::new()
+        .limit("header_read_timeout", "1s")
+        .service(service("web").version("stable", &[upstream.addr()], 1))
+        .yaml();
+    let proxy = TestProxy::start(&yaml).await;
+    let addr = proxy.addr();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+        socket
+            .set_read_timeout(Some(LIMIT))
+            .expect("a bounded read");
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        socket
+            .write_all(&frame(SETTINGS, 0, 0, &[]))
+            .expect("settings");
+        // veer's SETTINGS acknowledged (so the idle connection can park),
+        // then nothing until veer, past the idle limit, sends GOAWAY.
+        loop {
+            let (kind, flags, _) = read_frame(&mut socket);
+            if kind == SETTINGS && flags & ACK == 0 {
+                socket
+                    .write_all(&frame(SETTINGS, ACK, 0, &[]))
+                    .expect("settings ack");
+            }
+            if kind == GOAWAY {
+                break;
+            }
+        }
+        // GET http://web/ on stream 1: :method GET, :scheme http, :path /
+        // from the static table, :authority a literal.
+        let block = [0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
+        socket
+            .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .expect("a request after the GOAWAY");
+        loop {
+            let (kind, _, payload) = read_frame(&mut socket);
+            assert_ne!(kind, RST_STREAM, "veer reset the stream: {payload:?}");
+            if kind == HEADERS {
+                return first_field(&payload);
+            }
+        }
+    })
+    .await
+    .expect("the raw client");
+    // 0x88: `:status 200` from the static table (503 has no entry there).
+    assert_eq!(status, Some(0x88), "the racing request was not served");
+    proxy.shutdown().await;
+}
+
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const RST_STREAM: u8 = 3;
+const ACK: u8 = 1;
+
+/// One frame from veer: its type, flags and payload.
+fn read_frame(socket: &mut std::net::TcpStream) -> (u8, u8, Vec<u8>) {
+    let mut head = [0u8; 9];
+    socket
+        .read_exact(&mut head)
+        .expect("a frame head from veer");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    socket
+        .read_exact(&mut payload)
+        .expect("a frame payload from veer");
+    (head[3], head[4], payload)
+}
+
 /// Parked connections woken by one write each, all at once.
 const MANY: usize = 1000;
 

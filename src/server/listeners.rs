@@ -13,7 +13,7 @@ use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -180,6 +180,7 @@ impl ListenerSet {
                     builder: Arc::clone(&self.builder),
                     tls: Arc::clone(&tls),
                     first_request_timeout: self.first_request_timeout,
+                    drain: Arc::downgrade(&self.drain),
                 }),
                 Arc::clone(&self.connections),
                 Arc::clone(&self.drain),
@@ -357,6 +358,9 @@ struct ConnectionSetup {
     tls: SharedTls,
     /// Bounds the TLS handshake, and then the wait for the first request.
     first_request_timeout: Duration,
+    /// Where a parked HTTP/2 connection closed by the lot is served its
+    /// GOAWAY (weak: the lot holds the parked connections, which hold this).
+    drain: Weak<Drain>,
 }
 
 /// What every request on one connection needs, behind one `Arc`.
@@ -760,48 +764,19 @@ impl park::Parkable for Idle {
         self.close();
     }
 
+    /// An HTTP/2 connection is resumed to be sent GOAWAY, so its client
+    /// opens a new connection for its next request rather than see it fail.
+    /// It is resumed as any woken connection is, with its real service: the
+    /// spell finds its idle deadline passed or the drain begun, sends
+    /// GOAWAY, and serves a request that raced it. Its hold on the
+    /// connection count lasts until then, so the drain waits for it.
     fn close(self) {
-        if self.parts.h2.is_some() {
-            tokio::spawn(go_away(self));
+        if self.parts.h2.is_none() {
+            return;
         }
-    }
-}
-
-/// A parked HTTP/2 connection closed by its idle deadline or the drain:
-/// resumed to send GOAWAY, so its client opens a new connection for its
-/// next request rather than see it fail. Its hold on the connection count
-/// lasts until then, so the drain waits for it.
-async fn go_away(idle: Idle) {
-    match idle.stream {
-        Stream::Plain(io) => go_away_on(io, idle.parts).await,
-        Stream::Tls(io) => go_away_on(io, idle.parts).await,
-    }
-}
-
-async fn go_away_on<I: Readable>(io: I, mut parts: Parts) {
-    let Some(parked) = parts.h2.take() else {
-        return;
-    };
-    // A request racing the GOAWAY is refused: 503, and the client retries
-    // it on a new connection.
-    let refuse = service_fn(|_: Request<Incoming>| async {
-        let mut response = http::Response::new(http_body_util::Empty::<Bytes>::new());
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        Ok::<_, std::convert::Infallible>(response)
-    });
-    let limit = parts.setup.first_request_timeout;
-    match parts
-        .setup
-        .builder
-        .http2
-        .resume(TokioIo::new(io), *parked, refuse)
-    {
-        Ok(mut connection) => {
-            Pin::new(&mut connection).graceful_shutdown();
-            // Bounded: a client that never reads would hold it.
-            let _ = tokio::time::timeout(limit, connection).await;
+        if let Some(drain) = self.parts.setup.drain.upgrade() {
+            tokio::spawn(resume(self, drain));
         }
-        Err(err) => tracing::debug!(error = %err, "a parked HTTP/2 connection could not resume"),
     }
 }
 
@@ -1039,6 +1014,15 @@ where
         if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
             return Poll::Ready(Step::Ended(result));
         }
+        // Before the park: a connection resumed by the lot to be sent its
+        // GOAWAY (deadline passed, drain begun) has been quiet long enough
+        // to park again, and must not go back.
+        if let Poll::Ready(ending) = Pin::new(&mut *ending).poll(cx) {
+            return Poll::Ready(match ending {
+                Ending::Expired => Step::Expired,
+                Ending::Drained => Step::Drained,
+            });
+        }
         if idle.may_park() {
             let at = idle.idle_since() + PARK_AFTER;
             let at = retry.map_or(at, |retry| at.max(retry));
@@ -1049,10 +1033,7 @@ where
                 return Poll::Ready(Step::Park);
             }
         }
-        Pin::new(&mut *ending).poll(cx).map(|ending| match ending {
-            Ending::Expired => Step::Expired,
-            Ending::Drained => Step::Drained,
-        })
+        Poll::Pending
     })
     .await;
     (step, connection)

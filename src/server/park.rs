@@ -295,7 +295,7 @@ impl<P: Parkable> ParkingLot<P> {
         let mut slots = self.lock();
         if self.draining() {
             drop(slots);
-            drop(conn);
+            conn.close();
             return None;
         }
         if self.tick(Instant::now(), false) >= due {
