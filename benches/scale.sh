@@ -38,7 +38,7 @@
 #   IDLE_CPU_SECONDS=30 (how long idle CPU is taken over)
 #   FLIPS=10 FLIP_TIMEOUT=60 (seconds one flip may take; a round past it is
 #   counted as a timeout, not timed)
-#   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir)
+#   IDLE_SERIES_AFTER=10m  KEEP=0 (keep the temp dir; each flip time is in flips-TARGET-N.txt there)
 #   READ_WHOLE=1: veer's file gets a comment with `&`, so veer reads it whole
 #   (no per-service read, no reuse on reload): the cost of the whole read
 #   FLIP_STAGES=1: veer logs the stages of each reload (debug lines with
@@ -232,7 +232,7 @@ run_one() {
     last_l=$($PROBE latency "$LISTEN" "svc-$last.example.com" 2000) || last_l="err err"
     wild=$($PROBE latency "$LISTEN" "x.svc-$last.internal" 2000) || wild="err err"
     local flips
-    flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | median_max) || flips="err err"
+    flips=$($PROBE flip "$LISTEN" "svc-$last.example.com" "$conf" "$work/a.$ext" "$work/b.$ext" "$FLIPS" "$reload_cmd" | tee "$work/flips-$target-$n.txt" | median_max) || flips="err err"
     if [[ $target == veer && $FLIP_STAGES == 1 ]]; then
         # The last FLIPS reloads' stages, median per field, µs.
         echo "stages of a one-weight change at $n services (median of $FLIPS, µs):"

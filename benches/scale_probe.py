@@ -51,6 +51,12 @@ def ready(port, host, since, timeout):
 
 
 def flip(port, host, dest, a, b, rounds, cmd):
+    # Polled over one keep-alive connection, every millisecond: a connection
+    # per poll made the observer's own accepts and handshakes a share of the
+    # proxy's one core while it applied the change (PROBE_NEW_CONNECTIONS=1
+    # polls as before, a new connection each time).
+    conn = None
+    fresh = os.environ.get("PROBE_NEW_CONNECTIONS") == "1"
     for n in range(rounds):
         source, want = (a, b"canary") if n % 2 == 0 else (b, b"stable")
         tmp = dest + ".next"
@@ -66,11 +72,17 @@ def flip(port, host, dest, a, b, rounds, cmd):
         timed_out = False
         while True:
             try:
-                _, body = get(port, host)
+                if conn is None and not fresh:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                _, body = get(port, host, conn)
                 if body.strip() == want:
                     break
-            except OSError:
-                pass
+            except (OSError, http.client.HTTPException):
+                # A proxy's old worker closes its keep-alive connections on
+                # a reload: the next poll opens a new one.
+                if conn is not None:
+                    conn.close()
+                conn = None
             if time.perf_counter() > deadline:
                 timed_out = True
                 break
