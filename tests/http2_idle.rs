@@ -171,19 +171,10 @@ const END_HEADERS: u8 = 4;
 /// Reads frames until the HEADERS of `stream`; its header block.
 fn response_headers(socket: &mut std::net::TcpStream, stream: u32) -> Vec<u8> {
     loop {
-        let mut head = [0u8; 9];
-        socket
-            .read_exact(&mut head)
-            .expect("a frame head from veer");
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        socket
-            .read_exact(&mut payload)
-            .expect("a frame payload from veer");
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        assert_ne!(head[3], 7, "veer sent GOAWAY: {payload:?}");
-        assert_ne!(head[3], 3, "veer reset stream {id}: {payload:?}");
-        if head[3] == HEADERS && id == stream {
+        let (kind, _, id, payload) = read_frame(socket);
+        assert_ne!(kind, GOAWAY, "veer sent GOAWAY: {payload:?}");
+        assert_ne!(kind, RST_STREAM, "veer reset stream {id}: {payload:?}");
+        if kind == HEADERS && id == stream {
             return payload;
         }
     }
@@ -459,7 +450,7 @@ async fn a_request_racing_the_goaway_of_a_parked_connection_is_served() {
         // veer's SETTINGS acknowledged (so the idle connection can park),
         // then nothing until veer, past the idle limit, sends GOAWAY.
         loop {
-            let (kind, flags, _) = read_frame(&mut socket);
+            let (kind, flags, _, _) = read_frame(&mut socket);
             if kind == SETTINGS && flags & ACK == 0 {
                 socket
                     .write_all(&frame(SETTINGS, ACK, 0, &[]))
@@ -476,7 +467,7 @@ async fn a_request_racing_the_goaway_of_a_parked_connection_is_served() {
             .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
             .expect("a request after the GOAWAY");
         loop {
-            let (kind, _, payload) = read_frame(&mut socket);
+            let (kind, _, _, payload) = read_frame(&mut socket);
             assert_ne!(kind, RST_STREAM, "veer reset the stream: {payload:?}");
             if kind == HEADERS {
                 return first_field(&payload);
@@ -495,8 +486,8 @@ const GOAWAY: u8 = 7;
 const RST_STREAM: u8 = 3;
 const ACK: u8 = 1;
 
-/// One frame from veer: its type, flags and payload.
-fn read_frame(socket: &mut std::net::TcpStream) -> (u8, u8, Vec<u8>) {
+/// One frame from veer: its type, flags, stream and payload.
+fn read_frame(socket: &mut std::net::TcpStream) -> (u8, u8, u32, Vec<u8>) {
     let mut head = [0u8; 9];
     socket
         .read_exact(&mut head)
@@ -506,7 +497,8 @@ fn read_frame(socket: &mut std::net::TcpStream) -> (u8, u8, Vec<u8>) {
     socket
         .read_exact(&mut payload)
         .expect("a frame payload from veer");
-    (head[3], head[4], payload)
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    (head[3], head[4], stream, payload)
 }
 
 /// Parked connections woken by one write each, all at once.
