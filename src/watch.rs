@@ -517,29 +517,40 @@ fn read_file(file: &Path) -> io::Result<Bytes> {
         return Ok(Bytes::from(bytes));
     };
     // One byte more than the file had: filling it means the file grew.
-    // Populated: the kernel makes its pages in one go, not in one fault
-    // each as the read fills them.
-    let mut mapped = memmap2::MmapOptions::new()
-        .len(room + 1)
-        .populate()
+    // The buffer starts on a huge page's boundary, in a mapping one huge
+    // page longer (address space only: what is never written never gets a
+    // page), and asks for huge pages: a few faults for megabytes, where
+    // fresh 4 KiB pages cost one each (and, on some virtual machines, tens
+    // of microseconds each: see `heap`). Advice only; without it the read
+    // faults 4 KiB pages in as it fills them.
+    let mapped = memmap2::MmapOptions::new()
+        .len(room + 1 + HUGE_PAGE)
         .map_anon()?;
+    let start = mapped.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
+    let end = start + room + 1;
+    #[cfg(target_os = "linux")]
+    let _ = mapped.advise_range(memmap2::Advice::HugePage, start, room + 1);
+    let mut mapped = mapped;
     let mut filled = 0;
     loop {
-        match handle.read(&mut mapped[filled..]) {
+        match handle.read(&mut mapped[start + filled..end]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if filled == mapped.len() {
+        if start + filled == end {
             // Written to as it is read: the rest as it comes, on the heap.
-            let mut bytes = mapped[..filled].to_vec();
+            let mut bytes = mapped[start..end].to_vec();
             handle.read_to_end(&mut bytes)?;
             return Ok(Bytes::from(bytes));
         }
     }
-    Ok(Bytes::from_owner(mapped).slice(..filled))
+    Ok(Bytes::from_owner(mapped).slice(start..start + filled))
 }
+
+/// x86-64's and aarch64's (4 KiB base pages) transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
 
 /// The debounce task's view of the file: the last fingerprint, and a second watch
 /// on a symlinked file's target directory.

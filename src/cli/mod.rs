@@ -184,6 +184,11 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    if matches!(cli.command, Command::Run { .. }) {
+        // Before any thread: may start this process again, with the heap
+        // on huge pages (see `heap`).
+        crate::heap::use_huge_pages();
+    }
     // The proxy logs what it does; the other commands print their results
     // and log only problems.
     init_logging(
@@ -195,6 +200,9 @@ pub fn main() -> ExitCode {
             .as_deref()
             .and_then(crate::logging::Format::parse),
     );
+    if matches!(cli.command, Command::Run { .. }) {
+        crate::heap::log_huge_pages();
+    }
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
         Command::Check { config, offline } => check(&config, offline),
