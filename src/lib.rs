@@ -15,7 +15,7 @@
 //! rotation. `audit` and `logging` are the structured logs.
 //!
 //! Dependencies point down one order, from the binary's `cli` to the leaves
-//! (`clock`, `logging`, `watch`, `grpc`, `outcome`); `tests/layering.rs`
+//! (`clock`, `logging`, `watch`, `grpc`, `outcome`, `connection_header`); `tests/layering.rs`
 //! holds the order, fails on an edge that points up, and lists the few that
 //! still do with their reasons. docs/architecture.md draws it.
 
@@ -25,6 +25,7 @@ pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connection_header;
 pub mod control;
 pub mod demo;
 pub mod fleet;

@@ -42,7 +42,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Depend on no other module of veer.
     (
         "leaves",
-        &["outcome", "grpc", "watch", "logging", "clock", "heap"],
+        &[
+            "outcome",
+            "grpc",
+            "watch",
+            "logging",
+            "clock",
+            "heap",
+            "connection_header",
+        ],
     ),
 ];
 

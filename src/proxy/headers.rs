@@ -125,18 +125,15 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 /// `None` (no allocation) in the common case of `keep-alive`/`close` only.
 fn connection_named_headers(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut named: Option<Vec<HeaderName>> = None;
-    for value in headers.get_all(CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim) {
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.get_or_insert_with(Vec::new).push(name);
-            }
+    for token in crate::connection_header::tokens(headers) {
+        if token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            named.get_or_insert_with(Vec::new).push(name);
         }
     }
     named
@@ -144,13 +141,7 @@ fn connection_named_headers(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 /// True when the request asks to switch protocols (WebSocket over HTTP/1.1).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|t| {
-                t.split(',')
-                    .any(|tok| tok.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+    headers.contains_key(UPGRADE) && crate::connection_header::names(headers, b"upgrade")
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and

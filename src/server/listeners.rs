@@ -1042,15 +1042,7 @@ where
 /// Whether a request's `Connection` header says `close`: hyper closes after
 /// its response, so the connection must not be parked in between.
 fn asks_to_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
+    crate::connection_header::names(headers, b"close")
 }
 
 impl crate::reload::Listeners for ListenerSet {

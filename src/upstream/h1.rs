@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -387,22 +387,11 @@ fn parse_length(text: &[u8]) -> Option<u64> {
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
 /// unless told `keep-alive`.
 fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    // A value that is not visible ASCII names no token, as hyper reads it;
-    // the rest is compared as bytes (`str::trim` would look for Unicode
-    // spaces that such a value cannot hold).
-    let has = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-            })
-        })
-    };
+    use crate::connection_header::names;
     if version == Version::HTTP_10 {
-        has(b"keep-alive")
+        names(headers, b"keep-alive")
     } else {
-        !has(b"close")
+        !names(headers, b"close")
     }
 }
 
@@ -831,7 +820,7 @@ mod tests {
         // A value that is not visible ASCII names no token (hyper's reading).
         let mut obs_text = HeaderMap::new();
         obs_text.append(
-            CONNECTION,
+            http::header::CONNECTION,
             HeaderValue::from_bytes(b"close, \xff").expect("obs-text is a valid value"),
         );
         assert!(wants_keep_alive(v11, &obs_text));
