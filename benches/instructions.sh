@@ -151,6 +151,9 @@ count() {
     valgrind --tool=callgrind --callgrind-out-file="$out" \
       nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" >"$WORK/veer.out" 2>"$WORK/veer.err" &
   else
+    # veer's own tunables, given here: its start-up re-exec (src/heap.rs)
+    # would leave callgrind behind.
+    GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1} \
     valgrind --tool=callgrind --callgrind-out-file="$out" \
       "$BIN" run -c "$WORK/veer.yaml" --workers "$WORKERS" >"$WORK/veer.out" 2>"$WORK/veer.err" &
   fi

@@ -133,9 +133,14 @@ fn reexec(tunables: &str) {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let Some(argv0) = args.next() else { return };
-    // `/proc/self/exe`: this very binary, even if its file was replaced
-    // or removed since it started (an upgrade in place).
-    let error = std::process::Command::new("/proc/self/exe")
+    // This very binary: by its path (what a tool that runs veer, such as
+    // valgrind, says it is), or through `/proc/self/exe` when its file was
+    // replaced or removed since it started (an upgrade in place).
+    let binary = std::env::current_exe()
+        .ok()
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| "/proc/self/exe".into());
+    let error = std::process::Command::new(binary)
         .arg0(argv0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)

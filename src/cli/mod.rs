@@ -200,9 +200,6 @@ pub fn main() -> ExitCode {
             .as_deref()
             .and_then(crate::logging::Format::parse),
     );
-    if matches!(cli.command, Command::Run { .. }) {
-        crate::heap::log_huge_pages();
-    }
     match cli.command {
         Command::Run { config, workers } => run(&config, workers),
         Command::Check { config, offline } => check(&config, offline),
@@ -529,6 +526,8 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Said once the config is good: a refused start logs only its errors.
+    crate::heap::log_huge_pages();
     // A proxy holds two sockets per proxied connection; the default soft
     // limit (often 1024) would cap it far below what the machine allows.
     if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
