@@ -523,14 +523,13 @@ fn read_file(file: &Path) -> io::Result<Bytes> {
     // fresh 4 KiB pages cost one each (and, on some virtual machines, tens
     // of microseconds each: see `heap`). Advice only; without it the read
     // faults 4 KiB pages in as it fills them.
-    let mapped = memmap2::MmapOptions::new()
+    let mut mapped = memmap2::MmapOptions::new()
         .len(room + 1 + HUGE_PAGE)
         .map_anon()?;
     let start = mapped.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
     let end = start + room + 1;
     #[cfg(target_os = "linux")]
     let _ = mapped.advise_range(memmap2::Advice::HugePage, start, room + 1);
-    let mut mapped = mapped;
     let mut filled = 0;
     loop {
         match handle.read(&mut mapped[start + filled..end]) {
@@ -914,27 +913,36 @@ mod tests {
         fs::write(folder.join("veer.yaml"), content).expect("version file");
     }
 
+    /// Mounts `content` as kubelet does (version `..2026_A`); the file's path.
+    fn configmap_mount(root: &Path, content: &str) -> PathBuf {
+        configmap_version(root, "..2026_A", content);
+        symlink("..2026_A", root.join("..data")).expect("..data");
+        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
+        root.join("veer.yaml")
+    }
+
+    /// Publishes `content` as `version`, as kubelet does: a fresh
+    /// `..data_tmp` link renamed over `..data`.
+    fn configmap_swap(root: &Path, version: &str, content: &str) {
+        configmap_version(root, version, content);
+        symlink(version, root.join("..data_tmp")).expect("..data_tmp");
+        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn configmap_symlink_swap_is_one_notification() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        configmap_version(root, "..2026_A", "weight: 1\n");
-        symlink("..2026_A", root.join("..data")).expect("..data");
-        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
-        let file = root.join("veer.yaml");
+        let file = configmap_mount(root, "weight: 1\n");
         let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
 
-        configmap_version(root, "..2026_B", "weight: 2\n");
-        symlink("..2026_B", root.join("..data_tmp")).expect("..data_tmp");
-        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        configmap_swap(root, "..2026_B", "weight: 2\n");
         fs::remove_dir_all(root.join("..2026_A")).expect("remove old");
         expect_one(&mut rx, "configmap swap").await;
         assert_eq!(fs::read_to_string(&file).expect("read"), "weight: 2\n");
 
         // And the next update after that, through the newly watched folder.
-        configmap_version(root, "..2026_C", "weight: 3\n");
-        symlink("..2026_C", root.join("..data_tmp")).expect("..data_tmp");
-        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        configmap_swap(root, "..2026_C", "weight: 3\n");
         fs::remove_dir_all(root.join("..2026_B")).expect("remove old");
         expect_one(&mut rx, "second configmap swap").await;
     }
@@ -943,14 +951,10 @@ mod tests {
     async fn configmap_swap_with_unchanged_content_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        configmap_version(root, "..2026_A", "weight: 1\n");
-        symlink("..2026_A", root.join("..data")).expect("..data");
-        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
-        let (_w, mut rx) = watch(&root.join("veer.yaml"), DEBOUNCE).expect("watch");
+        let file = configmap_mount(root, "weight: 1\n");
+        let (_w, mut rx) = watch(&file, DEBOUNCE).expect("watch");
 
-        configmap_version(root, "..2026_B", "weight: 1\n");
-        symlink("..2026_B", root.join("..data_tmp")).expect("..data_tmp");
-        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        configmap_swap(root, "..2026_B", "weight: 1\n");
         fs::remove_dir_all(root.join("..2026_A")).expect("remove old");
         expect_none(&mut rx, "swap to identical content").await;
     }
@@ -1085,14 +1089,9 @@ mod tests {
     async fn a_configmap_swap_is_read_without_the_debounce() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        configmap_version(root, "..2026_A", "weight: 1\n");
-        symlink("..2026_A", root.join("..data")).expect("..data");
-        symlink("..data/veer.yaml", root.join("veer.yaml")).expect("veer.yaml link");
-        let file = root.join("veer.yaml");
+        let file = configmap_mount(root, "weight: 1\n");
         let (_w, mut changes) = watch_content(&file, LONG_DEBOUNCE).expect("watch");
-        configmap_version(root, "..2026_B", "weight: 2\n");
-        symlink("..2026_B", root.join("..data_tmp")).expect("..data_tmp");
-        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+        configmap_swap(root, "..2026_B", "weight: 2\n");
         let seen = next_seen(&mut changes, "configmap swap, long debounce").await;
         assert_eq!(seen.as_deref(), Some("weight: 2\n"));
     }

@@ -163,6 +163,21 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A raw HTTP/2 client's socket to `addr`, reads bounded by `LIMIT`, past
+/// the preface and its own (empty) SETTINGS; veer's SETTINGS is the caller's
+/// to acknowledge.
+fn raw_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+    socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("preface");
+    socket
+        .write_all(&frame(SETTINGS, 0, 0, &[]))
+        .expect("SETTINGS");
+    socket
+}
+
 const HEADERS: u8 = 1;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
@@ -207,14 +222,9 @@ async fn a_header_block_split_across_idle_pauses_is_decoded_whole() {
     let proxy = patient_proxy(&upstream).await;
     let addr = proxy.addr();
     tokio::task::spawn_blocking(move || {
-        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-        socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
+        let mut socket = raw_client(addr);
         socket
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .expect("preface");
-        socket.write_all(&frame(4, 0, 0, &[])).expect("SETTINGS");
-        socket
-            .write_all(&frame(4, 1, 0, &[]))
+            .write_all(&frame(SETTINGS, ACK, 0, &[]))
             .expect("SETTINGS ACK");
 
         // GET http://web/ in a HEADERS frame sent in two parts with pauses
@@ -437,16 +447,7 @@ async fn a_request_racing_the_goaway_of_a_parked_connection_is_served() {
     let proxy = TestProxy::start(&yaml).await;
     let addr = proxy.addr();
     let status = tokio::task::spawn_blocking(move || {
-        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-        socket
-            .set_read_timeout(Some(LIMIT))
-            .expect("a bounded read");
-        socket
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .expect("preface");
-        socket
-            .write_all(&frame(SETTINGS, 0, 0, &[]))
-            .expect("settings");
+        let mut socket = raw_client(addr);
         // veer's SETTINGS acknowledged (so the idle connection can park),
         // then nothing until veer, past the idle limit, sends GOAWAY.
         loop {
@@ -512,14 +513,9 @@ async fn a_thousand_parked_http2_connections_woken_at_once_are_all_served() {
     tokio::task::spawn_blocking(move || {
         let mut sockets: Vec<std::net::TcpStream> = (0..MANY)
             .map(|_| {
-                let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-                socket.set_read_timeout(Some(LIMIT)).expect("read timeout");
+                let mut socket = raw_client(addr);
                 socket
-                    .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                    .expect("preface");
-                socket.write_all(&frame(4, 0, 0, &[])).expect("SETTINGS");
-                socket
-                    .write_all(&frame(4, 1, 0, &[]))
+                    .write_all(&frame(SETTINGS, ACK, 0, &[]))
                     .expect("SETTINGS ACK");
                 socket
             })
